@@ -1,0 +1,33 @@
+"""The result row: one flat record per probe run (results/runs.csv). Tables and plots are functions of rows."""
+from __future__ import annotations
+
+RUN_COLUMNS: tuple[str, ...] = (
+    "run_id",  # stable hash of the run's defining fields (upstream, ckpt_hash, corpus, task, mode, layer, fraction, seed, probe config)
+    "corpus",
+    "upstream",  # mel, mockingjay, aalbert, mockingjay_random, aalbert_random
+    "preset",
+    "ckpt_hash",  # first 16 hex of the model weights' SHA-256 (or of the config for mel / random-init)
+    "params",  # upstream parameter count
+    "pretrain_frames",  # frames seen in pretraining (0 for mel / random)
+    "pretrain_seconds",  # pretraining wall time (0 for mel / random)
+    "task",  # phone_linear, phone_1hidden, speaker_utterance, speaker_frame
+    "mode",  # last, layer, weighted_sum, finetune
+    "layer",  # hidden-state index used (-1 for weighted_sum)
+    "fraction",  # fraction of the labelled train split (0 < f <= 1)
+    "train_utts",
+    "train_frames",
+    "seed",
+    "metric",  # name of the metric in dev_metric/test_metric (frame_acc, utt_acc)
+    "dev_metric",
+    "test_metric",
+    "test_utt_metric",  # speaker_frame: utterance accuracy from averaged frame logits; else empty
+    "best_step",
+    "steps",
+    "wall_seconds",
+    "layer_weights",  # weighted_sum: softmax weights joined by ';' (hidden state 0 first); else empty
+    "device",
+    "toolkit_version",
+    "git_commit",
+    "date",
+)
+LEADERBOARD_KEYS: tuple[str, ...] = ("corpus", "upstream", "preset", "task", "mode", "layer", "fraction")

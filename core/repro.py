@@ -1,0 +1,58 @@
+"""Reproducibility: seeding and the provenance (versions, git commit, device) recorded with every result."""
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core import __version__
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a torch Generator seeded the same way for local use."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=5)
+        commit = out.stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(device: torch.device | str | None = None) -> dict[str, str]:
+    """Versions and environment to store beside a result or checkpoint."""
+    import torchaudio
+
+    dev = torch.device(device) if device is not None else default_device()
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    return {
+        "toolkit_version": __version__,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "torchaudio": torchaudio.__version__,
+        "python": platform.python_version(),
+        "device": name,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }

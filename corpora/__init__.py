@@ -1,0 +1,1 @@
+"""Corpora as data: JSONL manifests of utterances (audio, speaker, split, phone alignment) and their preparation."""

@@ -1,0 +1,133 @@
+"""Upstream registry: names -> presets (explicit dict literals) and the one factory that builds them.
+
+Names: `mel` (log-mel baseline), `mockingjay`, `aalbert`, and the random-init controls
+`mockingjay_random` / `aalbert_random` (same architecture, never trained). A spec is `name` or
+`name:preset` (e.g. `mockingjay:base`); without a preset the name's default (the CPU-sized `small`) is used.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from upstream.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint
+from upstream.features import FeatureConfig
+from upstream.interface import MelUpstream, TransformerUpstream, Upstream
+from upstream.transformer import EncoderConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    feature: FeatureConfig
+    encoder: EncoderConfig | None = None  # None: the log-mel baseline
+
+
+def _base(layers: int, share: bool) -> EncoderConfig:
+    return EncoderConfig(num_layers=layers, share_layers=share)  # 768 hidden, 12 heads, FFN 3072
+
+
+def _small(layers: int, share: bool) -> EncoderConfig:
+    # Sized so that 2 CPU cores pretrain it in minutes: 256 hidden, 4 heads of 64, FFN 1024.
+    return EncoderConfig(num_layers=layers, share_layers=share, hidden_size=256, num_heads=4, intermediate_size=1024)
+
+
+MEL, MEL_DELTA = FeatureConfig(), FeatureConfig(deltas=True)
+
+UPSTREAMS: dict[str, dict[str, Preset]] = {
+    "mel": {"default": Preset(MEL), "delta": Preset(MEL_DELTA)},
+    "mockingjay": {
+        "small": Preset(MEL, _small(3, False)),
+        "base": Preset(MEL, _base(3, False)),  # hub mockingjay_960hr: 21,327,360 parameters
+        "large": Preset(MEL, _base(12, False)),  # hub mockingjay: 85,118,208 parameters
+    },
+    "aalbert": {
+        "small": Preset(MEL, _small(3, True)),
+        "base": Preset(MEL, _base(3, True)),  # hub audio_albert: 7,151,616 parameters at any depth
+        "base6": Preset(MEL, _base(6, True)),
+    },
+}
+RANDOM_CONTROLS: dict[str, str] = {"mockingjay_random": "mockingjay", "aalbert_random": "aalbert"}
+DEFAULT_PRESET: dict[str, str] = {"mel": "default", "mockingjay": "small", "aalbert": "small"}
+RANDOM_INIT_SEED = 0  # random-init controls are deterministic so their cached features can be reused
+
+
+def upstream_names() -> list[str]:
+    return [*UPSTREAMS, *RANDOM_CONTROLS]
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """'mockingjay:base' -> ('mockingjay', 'base'); unknown names raise listing the valid ones."""
+    name, _, preset = spec.partition(":")
+    family = RANDOM_CONTROLS.get(name, name)
+    if family not in UPSTREAMS:
+        raise ValueError(f"unknown upstream {name!r}; valid: {', '.join(upstream_names())}")
+    preset = preset or DEFAULT_PRESET[family]
+    if preset not in UPSTREAMS[family]:
+        raise ValueError(f"unknown preset {preset!r} for upstream {name!r}; valid: {', '.join(UPSTREAMS[family])}")
+    return name, preset
+
+
+def get_preset(name: str, preset: str) -> Preset:
+    return UPSTREAMS[RANDOM_CONTROLS.get(name, name)][preset]
+
+
+def is_pretrained(name: str) -> bool:
+    """True for upstreams whose weights must come from a checkpoint (not mel, not the random controls)."""
+    return name in UPSTREAMS and get_preset(name, DEFAULT_PRESET[name]).encoder is not None
+
+
+def build_upstream(spec: str, ckpt: str | Path | None = None, feature: FeatureConfig | None = None) -> Upstream:
+    """Build an upstream by spec. Pretrained transformers need `ckpt`; its JSON config wins over the preset.
+
+    `feature` overrides the preset's front-end (e.g. one carrying corpus normalisation statistics)
+    for `mel` and the random-init controls; checkpoints always bring their own.
+    """
+    name, preset_name = parse_spec(spec)
+    preset = get_preset(name, preset_name)
+    if ckpt is not None:
+        if preset.encoder is None:
+            raise ValueError(f"upstream {name!r} has no weights: --ckpt is only for transformer upstreams")
+        return load_upstream(ckpt, expect_family=RANDOM_CONTROLS.get(name, name))
+    feat = feature or preset.feature
+    if preset.encoder is None:
+        return MelUpstream(feat)
+    if is_pretrained(name):
+        raise ValueError(f"upstream {name!r} needs a checkpoint (--ckpt {name}=PATH, or pretrain one with "
+                         f"`python -m pretrain --upstream {name}:{preset_name}`)")
+    torch.manual_seed(RANDOM_INIT_SEED)
+    enc = replace(preset.encoder, input_dim=feat.feature_dim)
+    return TransformerUpstream(feat, enc)
+
+
+def load_upstream(ckpt: str | Path, expect_family: str | None = None) -> TransformerUpstream:
+    """Load a TransformerUpstream from a toolkit checkpoint directory, checking it matches its config."""
+    meta, tensors = load_checkpoint(ckpt)
+    try:
+        feature = FeatureConfig.from_dict(meta["feature"])
+        encoder = EncoderConfig.from_dict(meta["encoder"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {ckpt}: bad or missing model/feature config: {e}") from e
+    if expect_family is not None and meta.get("upstream") not in (None, expect_family):
+        raise CheckpointError(f"checkpoint {ckpt} holds a {meta.get('upstream')!r} model, expected {expect_family!r}")
+    model = TransformerUpstream(feature, encoder)
+    state = {k.removeprefix("encoder."): v for k, v in tensors["model"].items() if k.startswith("encoder.")}
+    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {ckpt} does not match its encoder config: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    return model
+
+
+def upstream_identity(spec: str, ckpt: str | Path | None, model: Upstream) -> dict[str, str]:
+    """What identifies an upstream's outputs (for cache keys and result rows)."""
+    from core.io import sha256_json
+
+    name, preset = parse_spec(spec)
+    if ckpt is not None:
+        h = checkpoint_hash(ckpt)
+    else:
+        cfg = {"feature": model.feature_cfg.to_dict(), "seed": RANDOM_INIT_SEED,
+               "encoder": model.encoder_cfg.to_dict() if isinstance(model, TransformerUpstream) else None}
+        h = sha256_json(cfg)
+    return {"upstream": name, "preset": preset, "ckpt_hash": h[:16]}
