@@ -1,0 +1,131 @@
+"""results/REPORT.md, per-task leaderboards and plots, rebuilt in seconds from runs.csv (+ cost.csv, attention/)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark import plots
+from benchmark.aggregate import aggregate_runs, read_runs
+from benchmark.checks import checks_markdown, science_checks
+from benchmark.tables import write_leaderboards
+from core.io import atomic_write_text
+
+PLOT_NAMES = ("ablation.png", "layer_weights.png", "layer_probe.png")
+COMMAND_FILE = "command.txt"  # written by the harness: the command line that produced runs.csv
+REPORT_COMMAND = "python run_benchmark.py report"
+
+
+def _provenance(runs: pd.DataFrame) -> str:
+    def uniq(col: str) -> str:
+        vals = sorted({str(v) for v in runs[col].dropna()})
+        return ", ".join(vals[:8]) + (f" (+{len(vals) - 8} more)" if len(vals) > 8 else "") if vals else "-"
+
+    dates = pd.to_datetime(runs["date"], errors="coerce", utc=True).dropna()
+    span = f"{dates.min():%Y-%m-%d %H:%M} to {dates.max():%Y-%m-%d %H:%M} UTC" if len(dates) else "-"
+    return (f"{len(runs)} probe runs on corpus {uniq('corpus')}; upstreams {uniq('upstream')}; tasks {uniq('task')}; "
+            f"seeds {uniq('seed')}; devices {uniq('device')}; code {uniq('git_commit')}; runs dated {span}.")
+
+
+def _cost_section(results_dir: Path) -> str:
+    path = results_dir / "cost.csv"
+    if not path.is_file():
+        return "No `cost.csv` yet: measure it with `python -m benchmark.cost --out results/cost.csv ...`.\n"
+    from benchmark.cost import cost_markdown, read_costs
+
+    return cost_markdown(read_costs(path))
+
+
+def _attention_section(results_dir: Path) -> str:
+    att = results_dir / "attention"
+    parts = []
+    cmd = att / COMMAND_FILE
+    if cmd.is_file():
+        parts.append(f"Produced by `{cmd.read_text(encoding='utf-8').strip()}`.\n")
+    for name, caption in (("attention_maps.png", "Attention maps of one utterance"),
+                          ("attention_stats.png", "Per-layer attention statistics")):
+        if (att / name).is_file():
+            parts.append(f"![{caption}](attention/{name})\n")
+    if (att / "attention_stats.md").is_file():
+        parts.append((att / "attention_stats.md").read_text(encoding="utf-8"))
+    if not parts:
+        return ("No attention analysis yet: run `python -m analysis.attention --ckpt mockingjay=CKPT "
+                "--ckpt aalbert=CKPT --audio FILE --corpus CORPUS --out results/attention`.\n")
+    return "\n".join(parts)
+
+
+def build_report(results_dir: Path) -> Path:
+    """Build results_dir/REPORT.md, tables/<task>.{md,csv} and plots/*.png from results_dir/runs.csv."""
+    results_dir = Path(results_dir)
+    runs = read_runs(results_dir / "runs.csv")
+    agg = aggregate_runs(runs)
+    plot_dir, table_dir = results_dir / "plots", results_dir / "tables"
+    made: dict[str, Path] = {}
+    if (agg["mode"] != "layer").any():
+        made["ablation.png"] = plots.plot_ablation(agg, plot_dir / "ablation.png")
+    weights = plots.mean_layer_weights(runs)
+    if not weights.empty:
+        made["layer_weights.png"] = plots.plot_layer_weights(weights, plot_dir / "layer_weights.png")
+        atomic_write_text(table_dir / "layer_weights.csv", weights.to_csv(index=False))
+    if (agg["mode"] == "layer").any():
+        made["layer_probe.png"] = plots.plot_layer_probe(agg, plot_dir / "layer_probe.png")
+    for name in PLOT_NAMES:  # a figure the rows no longer support must not linger from an older build
+        if name not in made:
+            (plot_dir / name).unlink(missing_ok=True)
+    boards = write_leaderboards(agg, table_dir)
+
+    cmd_file = results_dir / COMMAND_FILE
+    produced = (f"The rows were produced by `{cmd_file.read_text(encoding='utf-8').strip()}`" if cmd_file.is_file()
+                else "The command that produced the rows was not recorded (no `command.txt`)")
+    md = [f"# Benchmark report\n",
+          f"{produced}; this report was rebuilt from `runs.csv` alone with `{REPORT_COMMAND}` "
+          f"(no model is run). {_provenance(runs)}\n",
+          "Scores are test-split means over seeds with the half-width of the 95% Student-t confidence interval; "
+          "probes pick their step on dev. Tables: `tables/<task>.md` / `.csv`; aggregated over seeds by "
+          "`benchmark.aggregate.aggregate_runs`.\n",
+          "## Data-size ablation\n"]
+    md.append("![Data-size ablation](plots/ablation.png)\n" if "ablation.png" in made else "No ablation rows.\n")
+    md.append("## Leaderboards (largest label fraction)\n")
+    for task, lb in boards.items():
+        md.append(f"### {task}\n\nFraction {lb['fraction'].iloc[0]:g} ({lb['train_utts'].iloc[0]:.0f} labelled "
+                  f"training utterances), ranked by test score.\n\n" + (table_dir / f"{task}.md").read_text("utf-8"))
+    md.append("## Layer analysis\n")
+    if "layer_weights.png" in made:
+        md.append("Learned weighted-sum weights (hidden state 0 = input block); "
+                  "bars above the dotted line get more than a uniform share.\n\n"
+                  "![Layer weights](plots/layer_weights.png)\n")
+    if "layer_probe.png" in made:
+        md.append("One probe per single hidden state (`--mode layer=K`); the star marks the best layer, the dashed "
+                  "line the weighted sum trained on the same data.\n\n![Per-layer probes](plots/layer_probe.png)\n")
+    if "layer_weights.png" not in made and "layer_probe.png" not in made:
+        md.append("No weighted-sum or per-layer rows.\n")
+    md += ["## Attention\n", _attention_section(results_dir), "## Cost\n", _cost_section(results_dir),
+           "## Science checks\n",
+           "Each claim of the Mockingjay / AALBERT papers is tested on the rows above; a gap counts as clear when "
+           "it exceeds the combined 95% CI half-widths. Gaps are in metric points (accuracy %).\n\n"
+           + checks_markdown(science_checks(agg))]
+    out = results_dir / "REPORT.md"
+    atomic_write_text(out, "\n".join(md))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Rebuild REPORT.md, tables and plots from a results directory.")
+    p.add_argument("results_dir", nargs="?", default="results", type=Path,
+                   help="folder holding runs.csv (default: results)")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        out = build_report(args.results_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Leaderboard tables per task (ranked, with cost columns and 95% CIs) as DataFrames, Markdown and CSV."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.plots import metric_display
+from core.io import atomic_write_text
+
+LEADERBOARD_COLUMNS = ("rank", "upstream", "preset", "mode", "layer", "params", "pretrain_frames",
+                       "pretrain_seconds", "metric", "fraction", "train_utts", "n_seeds", "test_mean", "test_ci95",
+                       "test_std", "dev_mean", "test_utt_mean", "ckpt_hash")
+
+
+def fmt_count(n: float) -> str:
+    """3_600_000 -> '3.60 M'; 0 -> '0'; missing -> '-'."""
+    if n is None or not math.isfinite(float(n)):
+        return "-"
+    n = float(n)
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def fmt_seconds(s: float) -> str:
+    if s is None or not math.isfinite(float(s)):
+        return "-"
+    s = float(s)
+    if s == 0:
+        return "0"
+    if s < 120:
+        return f"{s:.0f} s"
+    return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.2f} h"
+
+
+def fmt_score(mean: float, ci: float, scale: float) -> str:
+    if not math.isfinite(mean):
+        return "-"
+    return f"{mean * scale:.2f} ± {ci * scale:.2f}" if math.isfinite(ci) else f"{mean * scale:.2f} (1 seed)"
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """Plain GitHub Markdown table (no extra dependency); pipes inside cells are escaped."""
+    cells = [[str(c) for c in df.columns]] + [[str(v).replace("|", "\\|") for v in r] for r in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(r) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("---" for _ in df.columns) + "|")
+    return "\n".join(lines) + "\n"
+
+
+def leaderboard(agg: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Ranked rows of one task at its largest label fraction: every last / weighted_sum / finetune entry,
+    plus each upstream's best single layer (chosen on DEV, so the test score stays an honest estimate)."""
+    t = agg[agg["task"] == task]
+    if t.empty:
+        raise ValueError(f"leaderboard: no rows for task {task!r}; tasks present: {sorted(agg['task'].unique())}")
+    t = t[t["fraction"] == t["fraction"].max()]
+    main = t[t["mode"] != "layer"]
+    lay = t[t["mode"] == "layer"]
+    best = lay.loc[lay.groupby(["upstream", "preset"])["dev_mean"].idxmax()] if not lay.empty else lay
+    out = pd.concat([main, best]).sort_values(["test_mean", "dev_mean"], ascending=False).reset_index(drop=True)
+    out.insert(0, "rank", range(1, len(out) + 1))
+    return out[list(LEADERBOARD_COLUMNS)]
+
+
+def leaderboard_markdown(lb: pd.DataFrame) -> str:
+    label, k = metric_display(str(lb["metric"].iloc[0]))
+    utt = lb["test_utt_mean"].notna().any()
+    show = pd.DataFrame({
+        "rank": lb["rank"], "upstream": lb["upstream"] + ":" + lb["preset"],
+        "mode": [m if m != "layer" else f"layer {int(layer)} (best on dev)" for m, layer in zip(lb["mode"], lb["layer"])],
+        "params": lb["params"].map(fmt_count), "pretrain frames": lb["pretrain_frames"].map(fmt_count),
+        "pretrain time": lb["pretrain_seconds"].map(fmt_seconds),
+        f"test {label}, mean ± 95% CI": [fmt_score(m, c, k) for m, c in zip(lb["test_mean"], lb["test_ci95"])],
+        "dev": (lb["dev_mean"] * k).map(lambda v: f"{v:.2f}"), "seeds": lb["n_seeds"],
+    })
+    if utt:
+        show["test utterance acc (%)"] = (lb["test_utt_mean"] * 100).map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
+    return to_markdown(show)
+
+
+def write_leaderboards(agg: pd.DataFrame, tables_dir: Path) -> dict[str, pd.DataFrame]:
+    """Write tables_dir/<task>.md and .csv for every task; return {task: ranked table}."""
+    out = {}
+    for task in sorted(agg["task"].unique()):
+        lb = leaderboard(agg, task)
+        atomic_write_text(tables_dir / f"{task}.csv", lb.to_csv(index=False))
+        atomic_write_text(tables_dir / f"{task}.md", leaderboard_markdown(lb))
+        out[task] = lb
+    return out
