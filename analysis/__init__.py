@@ -1,0 +1,1 @@
+"""Analyses of trained upstreams (self-attention maps and statistics)."""
