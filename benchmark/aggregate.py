@@ -35,7 +35,7 @@ def validate_runs(df: pd.DataFrame, where: str = "runs table") -> pd.DataFrame:
             raise ValueError(f"{where}: column {c!r} is empty or not numeric in {int(bad.sum())} row(s), "
                              f"first at data row {int(np.flatnonzero(bad.to_numpy())[0]) + 1}")
     out["layer"] = out["layer"].fillna(-1).astype(int)
-    out["layer_weights"] = out["layer_weights"].fillna("").astype(str)
+    out["layer_weights"] = out["layer_weights"].map(lambda v: "" if pd.isna(v) else str(v))
     return out
 
 

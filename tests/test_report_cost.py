@@ -1,0 +1,53 @@
+"""Cost table: parameter counts, throughput from checkpoint meta, a measured real-time factor, atomic CSV."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmark.cost import COST_COLUMNS, cost_markdown, measure_costs, read_costs
+from upstream.checkpoint import save_checkpoint
+from upstream.features import FeatureConfig
+from upstream.interface import TransformerUpstream
+from upstream.transformer import EncoderConfig, count_parameters
+
+
+def _ckpt(tmp_path, extra_meta):
+    feat, enc = FeatureConfig(norm="utterance"), EncoderConfig(hidden_size=32, num_heads=2, intermediate_size=64,
+                                                               num_layers=2, share_layers=True)
+    torch.manual_seed(0)
+    model = TransformerUpstream(feat, enc)
+    path = save_checkpoint(tmp_path / "al", {"model": {"encoder." + k: v for k, v in model.encoder.state_dict().items()}},
+                           {"upstream": "aalbert", "encoder": enc.to_dict(), "feature": feat.to_dict(), **extra_meta})
+    return path, count_parameters(model)
+
+
+def test_measure_costs(tmp_path):
+    ckpt, n_params = _ckpt(tmp_path, {"pretrain_frames": 120_000, "pretrain_seconds": 60.0})
+    out = tmp_path / "cost.csv"
+    df = measure_costs([("mel", None), ("aalbert", ckpt)], out, device="cpu", seconds=0.5, n_utts=2)
+    table = read_costs(out)
+    assert list(table.columns) == list(COST_COLUMNS) and len(table) == 2
+    mel, al = table.iloc[0], table.iloc[1]
+    assert mel["params"] == 0 and mel["pretrain_frames"] == 0 and math.isnan(mel["pretrain_frames_per_s"])
+    assert al["params"] == n_params and al["pretrain_frames_per_s"] == pytest.approx(2000.0)
+    assert (table["infer_rtf"] > 0).all() and (table["infer_audio_seconds"] == 1.0).all()
+    assert "2,000" in cost_markdown(df) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_checkpoint_without_throughput_meta_reports_unknown(tmp_path):
+    ckpt, _ = _ckpt(tmp_path, {})
+    df = measure_costs([("aalbert", ckpt)], tmp_path / "cost.csv", device="cpu", seconds=0.3, n_utts=1)
+    assert math.isnan(df.iloc[0]["pretrain_frames"]) and math.isnan(df.iloc[0]["pretrain_frames_per_s"])
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(ValueError, match="no upstreams"):
+        measure_costs([], tmp_path / "cost.csv")
+    with pytest.raises(ValueError, match="unknown upstream"):
+        measure_costs([("wav2vec", None)], tmp_path / "cost.csv")
+    pd.DataFrame({"upstream": ["x"]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match=r"bad\.csv.*missing columns"):
+        read_costs(tmp_path / "bad.csv")
