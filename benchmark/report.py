@@ -61,6 +61,8 @@ def build_report(results_dir: Path) -> Path:
     """Build results_dir/REPORT.md, tables/<task>.{md,csv} and plots/*.png from results_dir/runs.csv."""
     results_dir = Path(results_dir)
     runs = read_runs(results_dir / "runs.csv")
+    if runs["corpus"].nunique() > 1:  # panels and tables are per task: keep corpora apart by naming them in it
+        runs["task"] = runs["corpus"].astype(str) + "-" + runs["task"].astype(str)
     agg = aggregate_runs(runs)
     plot_dir, table_dir = results_dir / "plots", results_dir / "tables"
     made: dict[str, Path] = {}

@@ -143,3 +143,10 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     _write(tmp_path, synthetic_runs(**SMALL)[list(RUN_COLUMNS)[::-1]])
     assert main([str(tmp_path)]) == 2
     assert "order differs" in capsys.readouterr().err
+
+
+def test_several_corpora_stay_apart(tmp_path):
+    a, b = synthetic_runs(**SMALL), synthetic_runs(**SMALL, seed=1).assign(corpus="other")
+    build_report(_write(tmp_path, pd.concat([a, b])))
+    names = sorted(p.name for p in (tmp_path / "tables").glob("*.csv") if p.name != "layer_weights.csv")
+    assert names == sorted(f"{c}-{t}.csv" for c in ("synthetic", "other") for t in SMALL["tasks"])
