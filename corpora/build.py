@@ -1,0 +1,74 @@
+"""Shared end of every preparation: idempotency check, staging directory, validation, atomic commit.
+
+A corpus is built in a hidden staging directory beside `out_dir` and swapped in only after validation
+passed and corpus.json (the done-marker) was written, so a failed or interrupted run leaves any earlier
+output intact, and re-running with the same config is a cheap load.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from core.io import sha256_json
+from corpora.manifest import SPLITS, Corpus, Utterance, is_prepared, load_corpus, write_corpus_info, write_manifest
+from corpora.validate import Issues, validate_records
+
+
+def existing(out_dir: Path, name: str, config: dict[str, Any], force: bool) -> Corpus | None:
+    """The prepared corpus in `out_dir` when it was made from the same config; None when it must be built."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_prepared(out_dir):
+        # never replace a folder we did not make: it may hold the user's own data
+        raise ValueError(f"--out {out_dir} is a non-empty directory without corpus.json; choose an empty or new directory")
+    if not is_prepared(out_dir) or force:
+        return None
+    corpus = load_corpus(out_dir)
+    if corpus.name == name and corpus.info.get("config_hash") == sha256_json(config):
+        return corpus
+    raise ValueError(f"{out_dir} already holds a corpus ({corpus.name!r}) prepared with a different config; "
+                     f"choose another --out directory or pass --force to rebuild it")
+
+
+def staging_dir(out_dir: Path) -> Path:
+    stage = out_dir.parent / f".{out_dir.name}.partial"
+    if stage.exists():
+        shutil.rmtree(stage)  # leftover of an interrupted run: never trusted
+    stage.mkdir(parents=True)
+    return stage
+
+
+def commit(stage: Path, out_dir: Path, name: str, utts: list[Utterance], where: list[str], issues: Issues,
+           config: dict[str, Any], info: dict[str, Any], closed_set_speakers: bool) -> Corpus:
+    """Validate, write manifests then corpus.json into `stage`, and move it to `out_dir`."""
+    try:
+        phones, speakers = validate_records(utts, where, issues, closed_set_speakers)
+        issues.raise_if_any(f"cannot prepare corpus {name!r} into {out_dir}")
+        counts = {}
+        for split in SPLITS:
+            part = [u for u in utts if u.split == split]
+            write_manifest(stage / f"{split}.jsonl", part)
+            counts[split] = {"utterances": len(part), "hours": round(sum(u.duration for u in part) / 3600, 4),
+                             "speakers": len({u.speaker for u in part})}
+        full_info = {**info, "config": config, "config_hash": sha256_json(config), "splits": counts,
+                     "closed_set_speakers": closed_set_speakers}
+        write_corpus_info(stage, name, phones, speakers, full_info)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = out_dir.parent / f".{out_dir.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if out_dir.exists():
+        out_dir.rename(old)
+    stage.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return load_corpus(out_dir)
+
+
+def write_texts(stage: Path, texts: dict[str, str]) -> None:
+    """Transcripts beside the manifests (texts.json), for inspection; no consumer needs them."""
+    from core.io import atomic_write_json
+
+    atomic_write_json(stage / "texts.json", texts)

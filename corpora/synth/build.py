@@ -1,0 +1,115 @@
+"""prepare_synth: the default corpus, many generated voices in parallel worker processes, validated, committed."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from core.config import config_from_dict, config_to_dict
+from corpora import build
+from corpora.manifest import Corpus, Utterance
+from corpora.synth.phones import CLASSES
+from corpora.synth.worker import SpeakerTask, synth_speaker
+from corpora.validate import Issues
+
+FORMAT_VERSION = 1  # bump when the generator's output changes for the same config
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Size and difficulty of the built-in corpus; the defaults are the benchmark's default corpus."""
+
+    seed: int = 0
+    probe_speakers: int = 100
+    train_per_speaker: int = 12
+    dev_per_speaker: int = 3
+    test_per_speaker: int = 3
+    pretrain_speakers: int = 150
+    pretrain_hours: float = 2.0
+    snr_db: tuple[float, float] = (10.0, 30.0)
+    rate_jitter: float = 0.12  # per-utterance speaking-rate factor 1 +- this
+    pitch_jitter: int = 15  # per-utterance eSpeak pitch parameter 50 +- this
+    audio_format: str = "flac"
+
+    def __post_init__(self) -> None:
+        for k in ("probe_speakers", "train_per_speaker", "dev_per_speaker", "test_per_speaker"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"SynthConfig.{k} must be >= 1, got {getattr(self, k)}")
+        if self.pretrain_speakers < 0 or self.pretrain_hours < 0:
+            raise ValueError("SynthConfig.pretrain_speakers and pretrain_hours must be >= 0")
+        if self.pretrain_hours > 0 and self.pretrain_speakers == 0:
+            raise ValueError("SynthConfig.pretrain_hours > 0 needs pretrain_speakers >= 1")
+        if self.audio_format not in ("flac", "wav"):
+            raise ValueError(f"SynthConfig.audio_format must be 'flac' or 'wav', got {self.audio_format!r}")
+        if len(self.snr_db) != 2 or self.snr_db[0] > self.snr_db[1]:
+            raise ValueError(f"SynthConfig.snr_db must be (low, high), got {self.snr_db}")
+
+
+def quick_config(seed: int = 0) -> SynthConfig:
+    """The small corpus for smoke runs (< 40 s on 2 cores): 30 probe speakers, ~10 min of pretraining audio."""
+    return SynthConfig(seed=seed, probe_speakers=30, pretrain_speakers=40, pretrain_hours=1 / 6)
+
+
+def _tasks(cfg: SynthConfig, stage: Path) -> list[SpeakerTask]:
+    seeds = random.Random(cfg.seed)
+    tasks = []
+    probe = (("train", cfg.train_per_speaker, 0.0), ("dev", cfg.dev_per_speaker, 0.0), ("test", cfg.test_per_speaker, 0.0))
+    per_pre = cfg.pretrain_hours * 3600 / cfg.pretrain_speakers if cfg.pretrain_speakers else 0.0
+    names = [(f"p{i:03d}", probe) for i in range(cfg.probe_speakers)]
+    names += [(f"u{i:03d}", (("pretrain", 0, per_pre),)) for i in range(cfg.pretrain_speakers) if per_pre > 0]
+    for name, plan in names:
+        tasks.append(SpeakerTask(speaker=name, seed=seeds.getrandbits(62), plan=plan, stage=str(stage),
+                                 audio_format=cfg.audio_format, snr_db=tuple(cfg.snr_db), rate_jitter=cfg.rate_jitter,
+                                 pitch_jitter=cfg.pitch_jitter))
+    return tasks
+
+
+def prepare_synth(out_dir: str | Path, workers: int = 2, force: bool = False, progress: bool = True,
+                  **options: Any) -> Corpus:
+    """Build (or load, when already built with the same options) the synthetic corpus in `out_dir`."""
+    cfg = config_from_dict(SynthConfig, options, "synth corpus options")
+    return prepare_synth_config(out_dir, cfg, workers=workers, force=force, progress=progress)
+
+
+def prepare_synth_config(out_dir: str | Path, cfg: SynthConfig, workers: int = 2, force: bool = False,
+                         progress: bool = True) -> Corpus:
+    out_dir = Path(out_dir)
+    config = {**config_to_dict(cfg), "format_version": FORMAT_VERSION}
+    done = build.existing(out_dir, "synth", config, force)
+    if done is not None:
+        return done
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    stage = build.staging_dir(out_dir)
+    tasks = _tasks(cfg, stage)
+    t0 = time.time()
+    # one fresh process per speaker (maxtasksperchild=1): libespeak-ng keeps state between utterances, so
+    # only "new process + seed + fixed utterance order" is reproducible. fork, not spawn/forkserver: those
+    # re-import the caller's __main__ in every child, which re-runs an unguarded script's build. Children
+    # use only numpy/scipy/soundfile/ctypes, never torch, so forking a torch process is safe here; the
+    # library itself is never loaded in the parent.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    results: dict[str, list[dict]] = {}
+    with ctx.Pool(processes=workers, maxtasksperchild=1) as pool:
+        it = pool.imap_unordered(synth_speaker, tasks)
+        for recs in tqdm(it, total=len(tasks), desc="synth speakers", unit="spk", disable=not progress):
+            if recs:
+                results[recs[0]["speaker"]] = recs
+    utts: list[Utterance] = []
+    where: list[str] = []
+    texts: dict[str, str] = {}
+    for t in tasks:  # task order, not completion order: the manifests are deterministic
+        for rec in results.get(t.speaker, []):
+            texts[rec["id"]] = rec.pop("text")
+            utts.append(Utterance.from_json(rec, f"synth speaker {t.speaker}"))
+            where.append(f"synth utterance {rec['id']} ({rec['path']})")
+    info = {"source": "eSpeak NG via espeakng-loader (libespeak-ng is GPL-3.0, loaded at run time)",
+            "phone_set": "TIMIT-39 (corpora/synth/phones.py)", "all_phone_classes": list(CLASSES),
+            "seed": cfg.seed, "build_seconds": round(time.time() - t0, 1), "workers": workers}
+    build.write_texts(stage, texts)
+    return build.commit(stage, out_dir, "synth", utts, where, Issues(), config, info, closed_set_speakers=True)
