@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.plots import metric_display
+from upstream.registry import is_pretrained
 
 _SCENE = ["corpus", "task", "fraction"]
 
@@ -44,7 +45,8 @@ def _summary(m: pd.DataFrame, what: str) -> tuple[int, int, str]:
 
 
 def _pretrained(agg: pd.DataFrame) -> pd.Series:
-    return (agg["pretrain_frames"].fillna(0) > 0) & ~agg["upstream"].str.endswith("_random")
+    # By name, not by pretrain_frames: a checkpoint that predates throughput metadata is still pretrained.
+    return agg["upstream"].map(is_pretrained).astype(bool)
 
 
 def check_scarce_labels(agg: pd.DataFrame) -> Check:
