@@ -95,3 +95,26 @@ def test_cli_errors_name_the_argument(tmp_path, capsys):
     assert "NAME=CKPT_DIR" in capsys.readouterr().err
     assert main(["--upstream", "mel", "--audio", str(tmp_path / "a.wav"), "--out", str(tmp_path)]) == 2
     assert "no self-attention" in capsys.readouterr().err
+
+
+def test_cli_samples_a_corpus(tmp_path):
+    from corpora.manifest import Utterance, write_corpus_info, write_manifest
+
+    root = tmp_path / "corpus"
+    (root / "wav").mkdir(parents=True)
+    utts = []
+    for i in range(4):
+        wav = _wav(0.3 + 0.05 * i, 10 + i).numpy()
+        sf.write(root / "wav" / f"u{i}.wav", wav, 16000)
+        utts.append(Utterance(id=f"u{i}", path=f"wav/u{i}.wav", sample_rate=16000, num_samples=len(wav),
+                              speaker="s0", split="test"))
+    write_manifest(root / "test.jsonl", utts)
+    write_corpus_info(root, "tiny", ["a"], ["s0"], {})
+    out = tmp_path / "out"
+    rc = main(["--upstream", "aalbert_random", "--audio", str(root / "wav" / "u0.wav"), "--corpus", str(root),
+               "--n", "3", "--out", str(out)])
+    assert rc == 0
+    per_head = pd.read_csv(out / "attention_stats_per_head.csv")
+    assert per_head["utt"].nunique() == 3 and set(per_head["utt"]) <= {f"u{i}" for i in range(4)}
+    assert main(["--upstream", "aalbert_random", "--audio", str(root / "wav" / "u0.wav"), "--corpus", str(root),
+                 "--split", "train", "--out", str(out)]) == 2
