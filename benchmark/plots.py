@@ -135,11 +135,12 @@ def mean_layer_weights(runs: pd.DataFrame) -> pd.DataFrame:
     for (up, preset, task), g in ws.groupby(["upstream", "preset", "task"], sort=True):
         g = g[g["fraction"] == g["fraction"].max()]
         try:
-            w = np.array([[float(x) for x in s.split(";")] for s in g["layer_weights"]])
+            parsed = [[float(x) for x in s.split(";")] for s in g["layer_weights"]]
         except ValueError as e:
             raise ValueError(f"layer_weights of {up}/{task}: not ';'-joined numbers ({e})") from e
-        if w.ndim != 2:
+        if len({len(p) for p in parsed}) != 1:
             raise ValueError(f"layer_weights of {up}/{task}: seeds disagree on the number of hidden states")
+        w = np.array(parsed)  # (seeds, hidden states)
         for i in range(w.shape[1]):
             out.append(dict(upstream=up, preset=preset, task=task, fraction=float(g["fraction"].iloc[0]),
                             hidden_state=i, weight_mean=w[:, i].mean(), weight_std=w[:, i].std(), n_seeds=len(w)))
