@@ -15,6 +15,10 @@ from corpora.manifest import SPLITS, Corpus, Utterance, is_prepared, load_corpus
 from corpora.validate import Issues, validate_records
 
 
+class ConfigMismatch(ValueError):
+    """The output directory already holds a corpus prepared with other options."""
+
+
 def existing(out_dir: Path, name: str, config: dict[str, Any], force: bool) -> Corpus | None:
     """The prepared corpus in `out_dir` when it was made from the same config; None when it must be built."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -27,7 +31,7 @@ def existing(out_dir: Path, name: str, config: dict[str, Any], force: bool) -> C
     corpus = load_corpus(out_dir)
     if corpus.name == name and corpus.info.get("config_hash") == sha256_json(config):
         return corpus
-    raise ValueError(f"{out_dir} already holds a corpus ({corpus.name!r}) prepared with a different config; "
+    raise ConfigMismatch(f"{out_dir} already holds a corpus ({corpus.name!r}) prepared with a different config; "
                      f"choose another --out directory or pass --force to rebuild it")
 
 

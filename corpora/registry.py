@@ -1,0 +1,48 @@
+"""The corpus registry: one preparation function per corpus name (an explicit dict, no discovery)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from corpora.build import ConfigMismatch
+from corpora.librispeech import prepare_librispeech
+from corpora.manifest import Corpus
+from corpora.synth.build import SynthConfig, prepare_synth, prepare_synth_config, quick_config
+from corpora.timit import prepare_timit
+from corpora.usermanifest import prepare_manifest
+
+PREPARERS: dict[str, Callable[..., Corpus]] = {
+    "synth": prepare_synth,
+    "librispeech": prepare_librispeech,
+    "timit": prepare_timit,
+    "manifest": prepare_manifest,
+}
+
+
+def prepare_corpus(name: str, out_dir: str | Path, **options: Any) -> Corpus:
+    """Prepare corpus `name` into `out_dir` (idempotent: same options on a prepared dir just load it)."""
+    if name not in PREPARERS:
+        raise ValueError(f"unknown corpus {name!r}; valid names: {sorted(PREPARERS)}")
+    return PREPARERS[name](out_dir, **options)
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def ensure_default_corpus(data_dir: str | Path, quick: bool = False, progress: bool = True) -> Corpus:
+    """The built-in corpus in data_dir/"synth" (or the small data_dir/"synth_quick"): built when missing, else loaded.
+
+    A corpus left there by an older generator version (different config hash) is rebuilt: these folders
+    belong to the toolkit, so replacing them loses nothing the user made.
+    """
+    out = Path(data_dir) / ("synth_quick" if quick else "synth")
+    cfg: SynthConfig = quick_config() if quick else SynthConfig()
+    try:
+        return prepare_synth_config(out, cfg, workers=default_workers(), progress=progress)
+    except ConfigMismatch:
+        return prepare_synth_config(out, cfg, workers=default_workers(), progress=progress, force=True)
