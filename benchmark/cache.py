@@ -1,0 +1,187 @@
+"""The feature cache: each frozen upstream's hidden states extracted ONCE per split to disk, then reused.
+
+Keyed by (upstream, preset, checkpoint content hash, feature config, corpus split manifest, format
+version). One directory per key under `cache/features/<key>/`:
+  hidden.npy   float16 (L, total_frames, D): hidden state l of utterance i at [l, offsets[i]:offsets[i+1]]
+  offsets.npy  int64 (n_utts + 1,)
+  meta.json    the key fields, shapes and a sampled checksum
+  DONE         written LAST; without it the directory is never used.
+Everything is built in a temporary sibling directory that is renamed into place, so a killed extraction
+leaves nothing that looks finished. Extraction streams batches to the file with positioned writes
+(no memory map while writing), so peak memory is one batch of hidden states, not the split.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.frames import SAMPLE_RATE
+from core.io import atomic_write_json, read_json, sha256_json
+from corpora.manifest import Corpus, Utterance
+from downstream.sources import SplitArrays
+from upstream.interface import Upstream
+
+CACHE_FORMAT_VERSION = 1
+DONE = "DONE"
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+def manifest_digest(utts: list[Utterance]) -> str:
+    return sha256_json([[u.id, u.path, u.sample_rate, u.num_samples] for u in utts])
+
+
+def cache_key(identity: dict[str, str], upstream: Upstream, corpus: Corpus, split: str,
+              utts: list[Utterance]) -> tuple[str, dict[str, Any]]:
+    """(directory name, key fields): everything that changes the stored hidden states is in the key."""
+    fields = {"format": CACHE_FORMAT_VERSION, "upstream": identity["upstream"], "preset": identity["preset"],
+              "ckpt_hash": identity["ckpt_hash"], "feature": upstream.feature_cfg.to_dict(),
+              "num_hidden_states": upstream.num_hidden_states, "hidden_size": upstream.hidden_size,
+              "corpus": corpus.name, "split": split, "manifest": manifest_digest(utts)}
+    return f"{identity['upstream']}-{corpus.name}-{split}-{sha256_json(fields)[:16]}", fields
+
+
+def sampled_checksum(path: Path, blocks: int = 16, block: int = 1 << 16) -> str:
+    """SHA-256 of the size and `blocks` evenly spaced 64 KiB blocks: catches truncation and most damage
+    in milliseconds where a full hash of a multi-GB file would cost seconds on every open."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        for k in range(blocks):
+            f.seek(max(0, (size - block) * k // max(1, blocks - 1)))
+            h.update(f.read(block))
+    return h.hexdigest()
+
+
+def _problem(d: Path, fields: dict[str, Any]) -> str | None:
+    """Why the cache directory `d` cannot be used, or None when it is complete and matches `fields`."""
+    if not (d / DONE).is_file():
+        return "no done-marker (interrupted extraction)"
+    try:
+        meta = read_json(d / "meta.json", "feature cache metadata")
+        done = read_json(d / DONE, "feature cache done-marker")
+    except (FileNotFoundError, ValueError) as e:
+        return str(e)
+    if meta.get("key") != fields:
+        return "key fields differ (stale cache for another model, config or manifest)"
+    hidden = d / "hidden.npy"
+    if not hidden.is_file() or hidden.stat().st_size != done.get("hidden_bytes"):
+        return "hidden.npy missing or of the wrong size (truncated)"
+    if sampled_checksum(hidden) != done.get("hidden_checksum"):
+        return "hidden.npy checksum differs (corrupted)"
+    try:
+        offsets = np.load(d / "offsets.npy")
+    except (OSError, ValueError) as e:
+        return f"offsets.npy unreadable: {e}"
+    if offsets.tolist() != meta.get("offsets_list"):
+        return "offsets.npy differs from meta.json"
+    return None
+
+
+def open_split(d: Path) -> SplitArrays:
+    hidden = np.load(d / "hidden.npy", mmap_mode="r")  # memory-mapped: pages are read on demand
+    return SplitArrays(hidden=hidden, offsets=np.load(d / "offsets.npy"))
+
+
+def expected_lengths(upstream: Upstream, utts: list[Utterance]) -> np.ndarray:
+    cfg = upstream.feature_cfg
+    return np.array([cfg.num_frames(round(u.num_samples * SAMPLE_RATE / u.sample_rate)) for u in utts], dtype=np.int64)
+
+
+@torch.no_grad()
+def extract_split(upstream: Upstream, corpus: Corpus, utts: list[Utterance], out_dir: Path, fields: dict[str, Any],
+                  batch_seconds: float = 64.0, progress: bool = True, device: torch.device | str = "cpu") -> None:
+    """Stream `utts` through `upstream` into out_dir/hidden.npy (float16) + offsets, then meta and DONE last."""
+    from core.audio import load_audio
+
+    lengths = expected_lengths(upstream, utts)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    L, N, D = upstream.num_hidden_states, int(offsets[-1]), upstream.hidden_size
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hidden_path = out_dir / "hidden.npy"
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False, "shape": (L, N, D)}
+    with open(hidden_path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        data_start = f.tell()
+        f.truncate(data_start + L * N * D * 2)
+    upstream.eval().to(device)
+    order = np.argsort(-np.array([u.num_samples / u.sample_rate for u in utts]), kind="stable")  # long first: OOM early
+    batches, cur, cur_s = [], [], 0.0
+    for i in order.tolist():
+        dur = utts[i].duration
+        if cur and (len(cur) + 1) * max(cur_s, dur) > batch_seconds:  # padded seconds in the batch
+            batches.append(cur)
+            cur, cur_s = [], 0.0
+        cur.append(i)
+        cur_s = max(cur_s, dur)
+    if cur:
+        batches.append(cur)
+    bar = _bar(sum(u.duration for u in utts), progress, f"extract {fields['upstream']}/{fields['split']}")
+    fd = os.open(hidden_path, os.O_WRONLY)
+    try:
+        for batch in batches:
+            wavs = [load_audio(corpus.audio_path(utts[i]), upstream.sample_rate) for i in batch]
+            wav_len = torch.tensor([len(w) for w in wavs])
+            padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
+            hidden, out_len = upstream(padded, wav_len.to(device))
+            for b, i in enumerate(batch):
+                n = int(out_len[b])
+                if n != lengths[i]:
+                    raise ValueError(f"feature cache: utterance {utts[i].id} gave {n} frames, manifest length "
+                                     f"{utts[i].num_samples} samples implies {lengths[i]}: fix the manifest")
+                for layer in range(L):
+                    x = hidden[layer][b, :n].float().clamp_(-_F16_MAX, _F16_MAX).cpu().numpy().astype(np.float16)
+                    os.pwrite(fd, x.tobytes(), data_start + (layer * N + int(offsets[i])) * D * 2)
+            if bar is not None:
+                bar.update(sum(utts[i].duration for i in batch))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        if bar is not None:
+            bar.close()
+    np.save(out_dir / "offsets.npy", offsets)
+    atomic_write_json(out_dir / "meta.json", {"key": fields, "shape": [L, N, D], "utt_ids": [u.id for u in utts],
+                                              "offsets_list": offsets.tolist()})
+    atomic_write_json(out_dir / DONE, {"hidden_bytes": hidden_path.stat().st_size,
+                                       "hidden_checksum": sampled_checksum(hidden_path)})
+
+
+def ensure_split(cache_root: Path, identity: dict[str, str], upstream: Upstream, corpus: Corpus, split: str,
+                 utts: list[Utterance], progress: bool = True, device: torch.device | str = "cpu",
+                 log=print) -> tuple[SplitArrays, bool]:
+    """(arrays, built): reuse the valid cache for this key or (re)build it; stale/corrupt ones are replaced."""
+    name, fields = cache_key(identity, upstream, corpus, split, utts)
+    final = Path(cache_root) / name
+    if final.exists():
+        why = _problem(final, fields)
+        if why is None:
+            return open_split(final), False
+        log(f"feature cache {final}: {why}; rebuilding")
+        shutil.rmtree(final)
+    tmp = final.with_name(f".{name}.partial-{os.getpid()}-{secrets.token_hex(3)}")
+    try:
+        extract_split(upstream, corpus, utts, tmp, fields, progress=progress, device=device)
+        os.replace(tmp, final)  # atomic: the key directory appears complete or not at all
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return open_split(final), True
+
+
+def cache_size_bytes(cache_root: Path) -> int:
+    return sum(p.stat().st_size for p in Path(cache_root).rglob("*") if p.is_file())
+
+
+def _bar(total: float, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=round(total, 1), desc=desc, unit="s audio", leave=False, dynamic_ncols=True)
+

@@ -1,0 +1,151 @@
+"""The command line of run_benchmark.py: parse and validate, then --list, --dry-run, run or report."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from downstream.modes import MODE_CHOICES, parse_modes
+from downstream.tasks import TASKS
+from benchmark.plan import DEFAULT_MODES, DEFAULT_UPSTREAMS, BenchmarkConfig, parse_fractions
+from benchmark.presets import main_job, quick_job
+from upstream.registry import RANDOM_CONTROLS, UPSTREAMS, is_pretrained, parse_spec, upstream_names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_benchmark.py", description=(
+        "Probe speech representations (mel, Mockingjay, AALBERT, random-init controls) on phone and speaker "
+        "tasks. With no arguments: the default benchmark end to end on the built-in corpus."))
+    p.add_argument("command", nargs="?", default="run", choices=("run", "report"),
+                   help="run (default): train the planned probes; report: rebuild results/REPORT.md from the rows")
+    p.add_argument("--upstream", help=f"comma list of upstreams[:preset] (default: {','.join(DEFAULT_UPSTREAMS)})")
+    p.add_argument("--task", help=f"comma list of tasks (default: all of {','.join(TASKS)})")
+    p.add_argument("--mode", help=f"comma list of {', '.join(MODE_CHOICES)} (default: {DEFAULT_MODES}; "
+                                  "'layers' = every hidden state as layer=K)")
+    p.add_argument("--fractions", help="comma list of label fractions in (0, 1] (default: the papers' "
+                                       "0.001,0.005,0.01,0.05,0.125,1 that the corpus is large enough for)")
+    p.add_argument("--seeds", type=int, help="seeds per configuration (default 3)")
+    p.add_argument("--corpus", help="corpus name or prepared corpus directory (default: synth)")
+    p.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH",
+                   help="checkpoint directory for a pretrained upstream, e.g. aalbert=runs/pretrain/aalbert-small")
+    p.add_argument("--steps", type=int, help="frozen-probe training steps (default: the job's budget)")
+    p.add_argument("--finetune-steps", type=int, help="fine-tuning steps (default: the job's budget)")
+    p.add_argument("--no-finetune", action="store_true", help="skip the default fine-tuning runs at the end fractions")
+    p.add_argument("--quick", action="store_true", help="reduced benchmark (small corpus, short budgets, < 5 min)")
+    p.add_argument("--force", action="store_true", help="re-run configurations already in results/runs.csv")
+    p.add_argument("--no-cache", action="store_true", help="recompute the upstream every batch (no feature cache)")
+    p.add_argument("--list", action="store_true", help="list upstreams, presets, tasks, modes and corpora, then exit")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its size, train nothing")
+    p.add_argument("--data-dir", type=Path, default=Path("data"))
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
+    p.add_argument("--runs-dir", type=Path, default=Path("runs/pretrain"))
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _names(text: str, valid: list[str], what: str) -> tuple[str, ...]:
+    items = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not items:
+        raise ValueError(f"--{what} is empty; valid: {', '.join(valid)}")
+    for t in items:
+        if t not in valid:
+            raise ValueError(f"unknown {what} {t!r}; valid: {', '.join(valid)}")
+    return items
+
+
+def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
+    """Validated BenchmarkConfig; ValueError with the valid choices for any bad name or value."""
+    cfg = quick_job() if args.quick else main_job()
+    kw: dict = {"data_dir": args.data_dir, "results_dir": args.results_dir, "cache_dir": args.cache_dir,
+                "runs_dir": args.runs_dir, "device": args.device, "progress": not args.no_progress,
+                "force": args.force, "no_cache": args.no_cache}
+    if args.upstream:
+        specs = tuple(dict.fromkeys(t.strip() for t in args.upstream.split(",") if t.strip()))
+        if not specs:
+            raise ValueError(f"--upstream is empty; valid: {', '.join(upstream_names())}")
+        for s in specs:
+            parse_spec(s)  # raises listing valid names / presets
+        kw["upstreams"] = specs
+    if args.task:
+        kw["tasks"] = _names(args.task, list(TASKS), "task")
+    if args.mode:
+        parse_modes(args.mode, num_hidden_states=1 if "layers" in args.mode else None)  # syntax check
+        kw["modes"] = args.mode
+    if args.fractions:
+        kw["fractions"] = parse_fractions(args.fractions)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+        kw["seeds"] = args.seeds
+    if args.corpus:
+        kw["corpus"] = args.corpus
+    ckpts = {}
+    for item in (c for arg in args.ckpt for c in arg.split(",") if c):
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--ckpt {item!r}: expected NAME=PATH, e.g. aalbert=runs/pretrain/aalbert-small")
+        if not is_pretrained(name):
+            raise ValueError(f"--ckpt {item!r}: {name!r} is not a pretrained upstream; valid: mockingjay, aalbert")
+        if not (Path(path) / "checkpoint.json").is_file():
+            raise ValueError(f"--ckpt {item!r}: {path} is not a checkpoint directory (no checkpoint.json)")
+        ckpts[name] = path
+    kw["ckpts"] = ckpts
+    if args.steps is not None:
+        kw["probe"] = replace(cfg.probe, max_steps=args.steps, eval_every=min(cfg.probe.eval_every, args.steps))
+    if args.finetune_steps is not None:
+        kw["finetune_probe"] = replace(cfg.finetune_probe, max_steps=args.finetune_steps,
+                                       eval_every=min(cfg.finetune_probe.eval_every, args.finetune_steps))
+    if args.no_finetune:
+        kw["finetune_ends"] = False
+    return replace(cfg, **kw)
+
+
+def print_list() -> None:
+    from benchmark.resolve import corpus_choices
+
+    print("upstreams (name:preset, default preset first):")
+    for name in upstream_names():
+        fam = RANDOM_CONTROLS.get(name, name)
+        kind = "random-init control of " + fam if name in RANDOM_CONTROLS else (
+            "log-mel baseline" if UPSTREAMS[fam][next(iter(UPSTREAMS[fam]))].encoder is None else "pretrained")
+        print(f"  {name:18s} presets: {', '.join(UPSTREAMS[fam])}   ({kind})")
+    print("tasks:")
+    for t in TASKS.values():
+        print(f"  {t.name:18s} {t.labels} labels, {t.level}-level, {t.head} head, {t.metric}"
+              + (" (+ utterance accuracy)" if t.utt_metric else ""))
+    print(f"modes: {', '.join(MODE_CHOICES)}")
+    print(f"corpora: {', '.join(corpus_choices()) or '(none installed)'} (or a prepared corpus directory)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        print_list()
+        return 0
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.command == "report":
+        from benchmark.runner import build_report_if_available
+        from benchmark.results import write_leaderboard
+
+        write_leaderboard(cfg.results_dir)
+        return 0 if build_report_if_available(cfg.results_dir) else 1
+    if args.dry_run:
+        from benchmark.dryrun import print_plan
+
+        print_plan(cfg)
+        return 0
+    from benchmark.runner import run_benchmark
+
+    run_benchmark(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The benchmark plan: configuration, expansion into runs, and the stable run id that makes re-runs skip."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.io import sha256_json
+from downstream.modes import LayerMode, parse_modes
+from downstream.tasks import TASKS
+from downstream.train import ProbeConfig
+
+DEFAULT_UPSTREAMS = ("mel", "mockingjay", "aalbert", "mockingjay_random", "aalbert_random")
+DEFAULT_MODES = "last,weighted_sum"
+FINETUNE_UPSTREAMS = ("mockingjay", "aalbert")  # the main job fine-tunes the pretrained models only
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Everything one invocation of the harness does; the CLI builds it, the runner executes it."""
+
+    corpus: str = "synth"  # a corpus preparer name or a prepared corpus directory
+    upstreams: tuple[str, ...] = DEFAULT_UPSTREAMS
+    tasks: tuple[str, ...] = tuple(TASKS)
+    modes: str = DEFAULT_MODES
+    fractions: tuple[float, ...] | None = None  # None: the paper fractions the corpus is large enough for
+    seeds: int = 3
+    # main-job fine-tuning: at the smallest and largest fraction, for FINETUNE_UPSTREAMS, this many seeds
+    finetune_ends: bool = True
+    finetune_seeds: int = 1
+    ckpts: dict[str, str] = field(default_factory=dict)  # upstream name -> checkpoint dir
+    probe: ProbeConfig = ProbeConfig()
+    finetune_probe: ProbeConfig = ProbeConfig(max_steps=60, eval_every=20, batch_size=16)
+    quick: bool = False
+    force: bool = False
+    no_cache: bool = False
+    data_dir: Path = Path("data")
+    results_dir: Path = Path("results")
+    cache_dir: Path = Path("cache/features")
+    runs_dir: Path = Path("runs/pretrain")
+    device: str = "cpu"
+    progress: bool = True
+    report: bool = False  # build results/REPORT.md at the end (the main job does)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    upstream: str  # spec as given (name or name:preset)
+    task: str
+    mode: LayerMode
+    fraction: float
+    seed: int
+
+    @property
+    def finetune(self) -> bool:
+        return self.mode.kind == "finetune"
+
+
+def expand_runs(cfg: BenchmarkConfig, spec: str, num_hidden_states: int, fractions: list[float],
+                notes: list[str]) -> list[PlannedRun]:
+    """The runs of one upstream: tasks x modes x fractions x seeds, plus the main job's fine-tuning runs."""
+    name = spec.partition(":")[0]
+    modes = parse_modes(cfg.modes, num_hidden_states)
+    if num_hidden_states == 1:
+        # one hidden state: weighted_sum and layer=0 ARE the last layer, and there is nothing to fine-tune
+        collapsed = [m for m in modes if m.kind in ("weighted_sum", "layer")]
+        if collapsed:
+            notes.append(f"{spec}: one hidden state, so {', '.join(m.label for m in collapsed)} = last (run once)")
+        if any(m.kind == "finetune" for m in modes):
+            notes.append(f"{spec}: has no trainable upstream; finetune skipped")
+        modes = list(dict.fromkeys(LayerMode("last") if m.kind != "finetune" else None for m in modes))
+        modes = [m for m in modes if m is not None]
+    runs = [PlannedRun(spec, t, m, f, s) for m in modes for t in cfg.tasks for f in fractions for s in range(cfg.seeds)]
+    explicit_ft = any(m.kind == "finetune" for m in modes)
+    if cfg.finetune_ends and not explicit_ft and name in FINETUNE_UPSTREAMS and fractions:
+        ends = sorted({min(fractions), max(fractions)})
+        runs += [PlannedRun(spec, t, LayerMode("finetune"), f, s)
+                 for t in cfg.tasks for f in ends for s in range(min(cfg.finetune_seeds, cfg.seeds))]
+    return runs
+
+
+def run_id(corpus_digest: str, identity: dict[str, str], run: PlannedRun, layer: int, probe_cfg: ProbeConfig) -> str:
+    """Stable hash of what defines a run: same inputs -> same id -> skipped when already in runs.csv."""
+    return sha256_json({"corpus": corpus_digest, **identity, "task": run.task, "mode": run.mode.kind, "layer": layer,
+                        "fraction": run.fraction, "seed": run.seed, "probe": probe_cfg.to_dict()})[:16]
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """'0.01,0.1,1' -> (0.01, 0.1, 1.0); each must be in (0, 1] (percentages are not accepted: 5 is an error)."""
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        try:
+            f = float(item)
+        except ValueError:
+            raise ValueError(f"--fractions: {item!r} is not a number; give fractions in (0, 1], e.g. 0.01,0.1,1") from None
+        if not 0 < f <= 1:
+            raise ValueError(f"--fractions: {item} is outside (0, 1]; give fractions of the train split, e.g. 0.05 for 5%")
+        out.append(f)
+    if not out:
+        raise ValueError("--fractions is empty; e.g. 0.01,0.1,1")
+    return tuple(sorted(set(out)))

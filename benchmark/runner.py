@@ -1,0 +1,176 @@
+"""Executes a benchmark plan: per upstream, extract (or reuse) cached features once, then train every probe."""
+from __future__ import annotations
+
+import datetime as _dt
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.io import sha256_json
+from core.repro import provenance
+from corpora.manifest import Corpus, PROBE_SPLITS
+from downstream.data import SplitLabels, num_classes, split_labels
+from downstream.fractions import default_fractions, fraction_subset
+from downstream.sources import ArraySource, FeatureSource, LiveSource
+from downstream.tasks import get_task
+from downstream.train import train_probe
+from benchmark.cache import ensure_split
+from benchmark.plan import BenchmarkConfig, PlannedRun, expand_runs, run_id
+from benchmark.resolve import ResolvedUpstream, resolve_corpus, resolve_upstream
+from benchmark.results import RUNS_FILE, append_row, done_run_ids, write_leaderboard
+
+
+@dataclass
+class RunnerStats:
+    runs_done: int = 0
+    runs_skipped: int = 0
+    extract_seconds: float = 0.0
+    probe_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def corpus_digest(corpus: Corpus) -> str:
+    from benchmark.cache import manifest_digest
+
+    return sha256_json({"name": corpus.name, **{s: manifest_digest(corpus.utterances(s)) for s in PROBE_SPLITS}})[:16]
+
+
+def choose_fractions(cfg: BenchmarkConfig, corpus: Corpus, log=print) -> list[float]:
+    train = corpus.utterances("train")
+    n_spk = len({u.speaker for u in train})
+    if cfg.fractions is not None:
+        for f in cfg.fractions:
+            if round(f * len(train)) < n_spk:
+                log(f"fraction {f:g}: {round(f * len(train))} of {len(train)} train utterances is fewer than the "
+                    f"{n_spk} speakers; speaker tasks use one utterance per speaker ({n_spk}), phone tasks "
+                    f"max(1, {round(f * len(train))}) (the row's train_utts records it)")
+        return list(cfg.fractions)
+    kept, dropped = default_fractions(len(train), n_spk)
+    if dropped:
+        log(f"default fractions {', '.join(f'{f:g}' for f in dropped)} dropped: this corpus's train split "
+            f"({len(train)} utterances, {n_spk} speakers) is too small for them to leave one utterance per "
+            f"speaker; ask for them with --fractions to run them at that floor")
+    if not kept:
+        kept = [1.0]
+    return kept
+
+
+def _source(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, utts: dict, stats: RunnerStats,
+            log) -> FeatureSource:
+    if cfg.no_cache:
+        return LiveSource(up.model, corpus, utts, cfg.device)
+    t0 = time.perf_counter()
+    arrays = {}
+    for split in PROBE_SPLITS:
+        arrays[split], built = ensure_split(cfg.cache_dir, up.identity, up.model, corpus, split, utts[split],
+                                            progress=cfg.progress, device=cfg.device, log=log)
+        if built:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            log(f"{up.spec}: extracted {split} ({arrays[split].hidden.shape[1]} frames x "
+                f"{arrays[split].hidden.shape[0]} hidden states), peak RSS so far {rss:.0f} MiB")
+    stats.extract_seconds += time.perf_counter() - t0
+    return ArraySource(arrays)
+
+
+def make_row(run: PlannedRun, rid: str, up: ResolvedUpstream, corpus: Corpus, layer: int, result, prov: dict) -> dict[str, Any]:
+    task = get_task(run.task)
+    return {
+        "run_id": rid, "corpus": corpus.name, **up.identity, "params": up.params,
+        "pretrain_frames": up.pretrain_frames, "pretrain_seconds": round(up.pretrain_seconds, 1),
+        "task": run.task, "mode": run.mode.kind, "layer": layer, "fraction": run.fraction,
+        "train_utts": result.train_utts, "train_frames": result.train_frames, "seed": run.seed,
+        "metric": task.metric, "dev_metric": result.dev_metric, "test_metric": result.test_metric,
+        "test_utt_metric": result.test_utt_metric, "best_step": result.best_step, "steps": result.steps,
+        "wall_seconds": round(result.wall_seconds, 2),
+        "layer_weights": ";".join(f"{w:.5f}" for w in result.layer_weights) if result.layer_weights else None,
+        "device": prov["device"], "toolkit_version": prov["toolkit_version"], "git_commit": prov["git_commit"],
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, runs: list[PlannedRun],
+                 stats: RunnerStats, prov: dict, log=print) -> None:
+    """Train every pending run of one upstream; each finished run appends its row immediately."""
+    runs_csv = Path(cfg.results_dir) / RUNS_FILE
+    done = set() if cfg.force else done_run_ids(runs_csv)
+    digest = corpus_digest(corpus)
+    L = up.model.num_hidden_states
+    pending = []
+    for r in runs:
+        pcfg = cfg.finetune_probe if r.finetune else cfg.probe
+        rid = run_id(digest, up.identity, r, r.mode.resolved_layer(L), pcfg)
+        if rid in done:
+            stats.runs_skipped += 1
+        else:
+            pending.append((r, rid, pcfg))
+    if not pending:
+        log(f"{up.spec}: all {len(runs)} runs already in {runs_csv}")
+        return
+    utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
+    frozen = [p for p in pending if not p[0].finetune]
+    cached = _source(cfg, up, corpus, utts, stats, log) if frozen else None
+    live = LiveSource(up.model, corpus, utts, cfg.device) if len(frozen) < len(pending) else None
+    feat = up.model.feature_cfg
+    labels: dict[str, dict[str, SplitLabels]] = {}
+    train_spk = [u.speaker for u in utts["train"]]
+    from tqdm import tqdm
+
+    bar = tqdm(pending, desc=f"probes {up.spec}", unit="run", disable=not cfg.progress, dynamic_ncols=True)
+    for r, rid, pcfg in bar:
+        task = get_task(r.task)
+        if task.labels not in labels:
+            labels[task.labels] = {s: split_labels(corpus, utts[s], s, task.labels, feat.hop_length, feat.downsample)
+                                   for s in PROBE_SPLITS}
+        sub = fraction_subset(train_spk, r.fraction, r.seed, task.needs_all_speakers)
+        source = live if r.finetune else cached
+        assert source is not None
+        bar.set_postfix_str(f"{r.task} {r.mode.label} f={r.fraction:g} s={r.seed}")
+        t0 = time.perf_counter()
+        result = train_probe(task, r.mode, source, labels[task.labels], list(sub.indices), num_classes(corpus, task),
+                             pcfg, r.seed, upstream=up.model if r.finetune else None, device=cfg.device,
+                             progress=cfg.progress and r.finetune)
+        stats.probe_seconds += time.perf_counter() - t0
+        append_row(runs_csv, make_row(r, rid, up, corpus, r.mode.resolved_layer(L), result, prov))
+        stats.runs_done += 1
+    bar.close()
+
+
+def run_benchmark(cfg: BenchmarkConfig, log=print) -> RunnerStats:
+    """The whole benchmark: corpus, upstreams, cached features, probes, rows, leaderboard (and report)."""
+    stats = RunnerStats()
+    t0 = time.perf_counter()
+    corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick)
+    assert corpus is not None
+    fractions = choose_fractions(cfg, corpus, log)
+    prov = provenance(cfg.device)
+    log(f"corpus {corpus.name} ({corpus.root}); fractions {', '.join(f'{f:g}' for f in fractions)}; "
+        f"seeds {cfg.seeds}; results -> {cfg.results_dir}/{RUNS_FILE}")
+    for spec in cfg.upstreams:
+        up = resolve_upstream(spec, corpus, cfg.ckpts, cfg.runs_dir, cfg.quick, log)
+        runs = expand_runs(cfg, spec, up.model.num_hidden_states, fractions, stats.notes)
+        run_upstream(cfg, up, corpus, runs, stats, prov, log)
+        del up
+    for note in dict.fromkeys(stats.notes):
+        log(f"note: {note}")
+    board = write_leaderboard(Path(cfg.results_dir))
+    if board is not None:
+        log(f"leaderboard: {board}")
+    if cfg.report:
+        build_report_if_available(Path(cfg.results_dir), log)
+    log(f"done: {stats.runs_done} runs trained, {stats.runs_skipped} already done; extraction "
+        f"{stats.extract_seconds:.0f} s, probes {stats.probe_seconds:.0f} s, total {time.perf_counter() - t0:.0f} s; "
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    return stats
+
+
+def build_report_if_available(results_dir: Path, log=print) -> Path | None:
+    try:
+        from benchmark.report import build_report
+    except ImportError as e:
+        log(f"report skipped: benchmark.report is not available ({e})")
+        return None
+    path = build_report(results_dir)
+    log(f"report: {path}")
+    return path
