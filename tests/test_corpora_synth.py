@@ -1,0 +1,131 @@
+"""Built-in eSpeak corpus: phone mapping coverage, silence fix, determinism, idempotency, splits."""
+import hashlib
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from corpora import ensure_default_corpus, load_corpus, prepare_corpus
+from corpora.labels import frame_labels
+from corpora.synth import signal
+from corpora.synth.build import SynthConfig, quick_config
+from corpora.synth.espeak import ESpeak
+from corpora.synth.phones import CLASSES, to_class
+from corpora.synth.text import all_words, sentence
+
+TINY = dict(probe_speakers=3, train_per_speaker=6, dev_per_speaker=1, test_per_speaker=1, pretrain_speakers=2,
+            pretrain_hours=0.004)
+
+
+def test_every_grammar_word_maps_to_a_class():
+    es = ESpeak()
+    words = all_words()
+    seen = set()
+    for w in random.Random(0).sample(words, 120):
+        _, events = es.synth(w)
+        seen.update(to_class(p) for p, _ in events)  # KeyError on an unmapped phoneme
+    assert seen <= set(CLASSES) and len(seen) > 30
+
+
+def test_unknown_phoneme_raises_with_its_name():
+    with pytest.raises(KeyError, match="zz9"):
+        to_class("zz9")
+    assert to_class("'aI") == "ay" and to_class("_:") == "sil"
+
+
+def test_silence_fix_relabels_zero_runs_inside_a_phone():
+    sr = 22050
+    wav = np.ones(2000, np.int16)
+    wav[500:900] = 0  # 18 ms of digital silence at the end of "p"'s interval (a stop closure)
+    wav[1500:1600] = 0  # 4.5 ms: too short, stays
+    segs = signal.event_segments(wav, [("s", 100), ("p", 300), ("'a", 900)], sr)
+    assert segs == [("sil", 0, 100), ("s", 100, 300), ("p", 300, 500), ("sil", 500, 900), ("ae", 900, 2000)]
+
+
+def test_resampled_segments_stay_contiguous_and_cover_the_audio():
+    segs = [("sil", 0, 100), ("s", 100, 333), ("ae", 333, 22050)]
+    out = signal.resample_segments(segs, 22050, 16000, 16000)
+    assert out[0][1] == 0 and out[-1][2] == 16000
+    assert all(a[2] == b[1] for a, b in zip(out, out[1:]))
+
+
+def test_sentences_are_deterministic_and_in_range():
+    a = [sentence(random.Random(3)) for _ in range(3)]
+    assert a[0] == a[1] == a[2]
+    r = random.Random(1)
+    assert all(8 <= len(sentence(r).split()) <= 15 for _ in range(50))
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "corpus.json":  # corpus.json records the build time
+            h.update(p.relative_to(root).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "c"
+    return prepare_corpus("synth", root, workers=2, progress=False, **TINY)
+
+
+def test_synth_corpus_is_deterministic_and_idempotent(tiny, tmp_path):
+    other = prepare_corpus("synth", tmp_path / "c2", workers=1, progress=False, **TINY)
+    assert _digest(tiny.root) == _digest(other.root)  # byte-identical audio and labels, any worker count
+    mtime = (tiny.root / "corpus.json").stat().st_mtime_ns
+    again = prepare_corpus("synth", tiny.root, workers=2, progress=False, **TINY)
+    assert (tiny.root / "corpus.json").stat().st_mtime_ns == mtime and again.info == tiny.info
+    changed = prepare_corpus("synth", tmp_path / "c3", workers=2, progress=False, **{**TINY, "seed": 1})
+    assert _digest(changed.root) != _digest(tiny.root)
+
+
+def test_synth_splits_speakers_and_labels(tiny):
+    c = load_corpus(tiny.root)
+    tr, dv, te, pre = (c.utterances(s) for s in ("train", "dev", "test", "pretrain"))
+    probe = {u.speaker for u in tr}
+    assert {u.speaker for u in dv} == {u.speaker for u in te} == probe == set(c.speakers)
+    assert not probe & {u.speaker for u in pre} and pre
+    assert set(c.phones) <= set(CLASSES) and "sil" in c.phones
+    idx = {p: i for i, p in enumerate(c.phones)}
+    for u in tr[:3]:
+        assert u.sample_rate == 16000 and not Path(u.path).is_absolute()
+        assert c.audio_path(u).is_file()
+        lab = frame_labels(u, idx)
+        assert len(lab) == 1 + u.num_samples // 160 and len(set(lab.tolist())) > 5
+
+
+def test_config_mismatch_and_unknown_options(tiny, tmp_path):
+    with pytest.raises(ValueError, match="different config"):
+        prepare_corpus("synth", tiny.root, workers=1, progress=False, **{**TINY, "seed": 5})
+    with pytest.raises(ValueError, match="unknown keys"):
+        prepare_corpus("synth", tmp_path / "x", speakers=3)
+    with pytest.raises(ValueError, match="valid names"):
+        prepare_corpus("nope", tmp_path / "x")
+    with pytest.raises(ValueError, match="probe_speakers"):
+        SynthConfig(probe_speakers=0)
+
+
+def test_quick_config_is_small():
+    q = quick_config()
+    assert q.probe_speakers >= 30 and q.pretrain_hours * 60 >= 10 - 1e-9
+    d = SynthConfig()
+    assert d.probe_speakers >= 100 and d.pretrain_hours >= 2
+
+
+def test_ensure_default_corpus_uses_existing(tmp_path, monkeypatch):
+    import corpora.registry as reg
+
+    calls = []
+
+    def fake(out, cfg, workers, progress, force=False):
+        calls.append((Path(out).name, cfg, force))
+        return "corpus"
+
+    monkeypatch.setattr(reg, "prepare_synth_config", fake)
+    assert ensure_default_corpus(tmp_path, quick=True) == "corpus"
+    assert calls[0][0] == "synth_quick" and calls[0][1] == quick_config()
+    ensure_default_corpus(tmp_path)
+    assert calls[1][0] == "synth" and calls[1][1] == SynthConfig()
