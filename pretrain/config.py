@@ -1,0 +1,76 @@
+"""Pretraining settings (REFERENCE section 2) as one frozen dataclass, and the CPU budgets of the main job."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from core.config import config_from_dict, config_to_dict
+
+Precision = Literal["auto", "float32", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Masked acoustic model training. Optimiser, schedule and masking defaults follow s3prl's Mockingjay."""
+
+    steps: int = 2000  # optimizer steps (each = `accumulation` micro-batches)
+    batch_size: int = 8  # utterances per micro-batch (s3prl: 32 on a GPU)
+    accumulation: int = 1
+    crop_frames: int = 500  # random crop of longer utterances, in model frames (s3prl Base: 1500)
+    min_frames: int = 50  # shorter utterances are skipped (and counted in the log)
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
+    warmup: float = 0.07  # fraction of steps with linear warm-up, then linear decay to 0
+    clip: float = 5.0
+    mask_proportion: float = 0.15
+    mask_span: int = 7
+    mask_zero: float = 0.8  # per utterance: P(zero the spans); P(random frames) = mask_random; rest unchanged
+    mask_random: float = 0.1
+    # "auto": bfloat16 autocast where measured to train as well as float32 (see docs/pretraining.md), else float32.
+    precision: Precision = "auto"
+    val_fraction: float = 0.05  # utterances held out for the validation loss
+    val_max_utterances: int = 64
+    eval_interval: int = 100  # steps between validation losses (and always at the end)
+    ckpt_interval: int = 200  # steps between checkpoints (and always at the end)
+    log_interval: int = 10  # steps between CSV rows
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "accumulation", "crop_frames", "mask_span", "eval_interval",
+                     "ckpt_interval", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PretrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.crop_frames < self.mask_span or self.min_frames < self.mask_span:
+            raise ValueError(f"PretrainConfig: crop_frames and min_frames must be >= mask_span ({self.mask_span})")
+        if not 0 < self.mask_proportion < 1 or not 0 <= self.warmup < 1 or not 0 <= self.val_fraction < 1:
+            raise ValueError("PretrainConfig: mask_proportion in (0, 1), warmup and val_fraction in [0, 1)")
+        if self.mask_zero < 0 or self.mask_random < 0 or self.mask_zero + self.mask_random > 1:
+            raise ValueError("PretrainConfig: mask_zero + mask_random must be within [0, 1]")
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"PretrainConfig.precision must be auto, float32 or bfloat16; got {self.precision!r}")
+
+    def to_dict(self) -> dict:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainConfig":
+        return config_from_dict(cls, d, "pretrain config")
+
+
+def default_budget(quick: bool = False) -> PretrainConfig:
+    """The main job's budget per model on 2 CPU cores: about 5-6 minutes (quick: well under a minute).
+
+    Sized from measured throughput of the `small` presets (docs/pretraining.md).
+    """
+    if quick:
+        return PretrainConfig(steps=60, batch_size=8, crop_frames=200, eval_interval=20, ckpt_interval=30,
+                              warmup=0.1, lr=1e-3)
+    return PretrainConfig(steps=1200, batch_size=12, crop_frames=300, eval_interval=100, ckpt_interval=200,
+                          lr=1e-3)
+
+
+def with_overrides(cfg: PretrainConfig, **kw) -> PretrainConfig:
+    """`cfg` with the given non-None fields replaced (CLI flags)."""
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
