@@ -229,7 +229,8 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
     return out_dir
 
 
-def ensure_pretrained(spec: str, corpus: Corpus, out_dir: Path, cfg: PretrainConfig) -> Path:
+def ensure_pretrained(spec: str, corpus: Corpus, out_dir: Path, cfg: PretrainConfig, *,
+                      encoder: EncoderConfig | None = None) -> Path:
     """Reuse a complete matching checkpoint in `out_dir`, resume an incomplete matching one, else train.
 
     A checkpoint trained with another config/corpus is moved aside (`<out_dir>.replaced-<time>`), never deleted.
@@ -237,12 +238,12 @@ def ensure_pretrained(spec: str, corpus: Corpus, out_dir: Path, cfg: PretrainCon
     out_dir = Path(out_dir)
     if (out_dir / META_FILE).is_file():
         meta = read_meta(out_dir)
-        bad = _mismatch(meta, run_identity(spec, resolve_source(corpus), cfg))
+        bad = _mismatch(meta, run_identity(spec, resolve_source(corpus), cfg, encoder))
         if not bad:
             if meta.get("complete"):
                 return out_dir
-            return run_pretraining(spec, corpus, out_dir, cfg, resume=True)
+            return run_pretraining(spec, corpus, out_dir, cfg, resume=True, encoder=encoder)
         aside = out_dir.with_name(f"{out_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         log.warning("checkpoint %s differs in %s: moving it to %s and retraining", out_dir, ", ".join(bad), aside)
         shutil.move(str(out_dir), str(aside))
-    return run_pretraining(spec, corpus, out_dir, cfg)
+    return run_pretraining(spec, corpus, out_dir, cfg, encoder=encoder)
