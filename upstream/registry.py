@@ -112,7 +112,10 @@ def load_upstream(ckpt: str | Path, expect_family: str | None = None) -> Transfo
         raise CheckpointError(f"checkpoint {ckpt} holds a {meta.get('upstream')!r} model, expected {expect_family!r}")
     model = TransformerUpstream(feature, encoder)
     state = {k.removeprefix("encoder."): v for k, v in tensors["model"].items() if k.startswith("encoder.")}
-    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even when strict=False
+        raise CheckpointError(f"checkpoint {ckpt}: weights do not match its encoder config: {e}") from e
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {ckpt} does not match its encoder config: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
