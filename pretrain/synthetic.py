@@ -9,14 +9,15 @@ import soundfile as sf
 from corpora.manifest import Utterance, write_corpus_info, write_manifest
 
 
-def harmonic_utterance(rng: np.random.Generator, seconds: float, sr: int = 16_000) -> np.ndarray:
+def harmonic_utterance(rng: np.random.Generator, seconds: float, sr: int = 16_000,
+                       segment: tuple[float, float] = (0.25, 0.6)) -> np.ndarray:
     """Voiced segments of a harmonic series whose pitch and spectral tilt drift, separated by noise bursts."""
     n = int(seconds * sr)
     t = np.arange(n) / sr
     out = np.zeros(n)
     pos = 0
     while pos < n:
-        seg = int(rng.uniform(0.25, 0.6) * sr)
+        seg = int(rng.uniform(*segment) * sr)
         end = min(n, pos + seg)
         tt = t[pos:end]
         if rng.random() < 0.9:
@@ -34,14 +35,14 @@ def harmonic_utterance(rng: np.random.Generator, seconds: float, sr: int = 16_00
 
 
 def make_tiny_corpus(root: str | Path, n_utts: int = 24, seconds: tuple[float, float] = (1.0, 2.5), seed: int = 0,
-                     sr: int = 16_000) -> Path:
+                     sr: int = 16_000, segment: tuple[float, float] = (0.25, 0.6)) -> Path:
     """Write a prepared corpus (pretrain split only, plus corpus.json last) of generated audio under `root`."""
     root = Path(root)
     (root / "wav").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     utts = []
     for i in range(n_utts):
-        wav = harmonic_utterance(rng, rng.uniform(*seconds), sr)
+        wav = harmonic_utterance(rng, rng.uniform(*seconds), sr, segment)
         rel = f"wav/u{i:04d}.wav"
         sf.write(root / rel, wav, sr, subtype="FLOAT")
         utts.append(Utterance(id=f"u{i:04d}", path=rel, sample_rate=sr, num_samples=len(wav),
