@@ -75,6 +75,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
                 d = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from e
+            if not isinstance(d, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(d).__name__}")
             utts.append(Utterance.from_json(d, f"{path}:{lineno}"))
     return utts
 
