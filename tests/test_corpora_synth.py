@@ -14,7 +14,7 @@ from corpora.synth.espeak import ESpeak
 from corpora.synth.phones import CLASSES, to_class
 from corpora.synth.text import all_words, sentence
 
-TINY = dict(probe_speakers=3, train_per_speaker=6, dev_per_speaker=1, test_per_speaker=1, pretrain_speakers=2,
+TINY = dict(probe_speakers=3, train_per_speaker=8, dev_per_speaker=1, test_per_speaker=1, pretrain_speakers=2,
             pretrain_hours=0.004)
 
 
@@ -129,3 +129,30 @@ def test_ensure_default_corpus_uses_existing(tmp_path, monkeypatch):
     assert calls[0][0] == "synth_quick" and calls[0][1] == quick_config()
     ensure_default_corpus(tmp_path)
     assert calls[1][0] == "synth" and calls[1][1] == SynthConfig()
+
+
+def _f0(wav: np.ndarray, sr: int) -> float:
+    x = wav.astype(np.float64)
+    spec = np.fft.rfft(x, 2 * len(x))
+    ac = np.fft.irfft(spec * np.conj(spec))[: len(x)]
+    lo, hi = sr // 400, sr // 50
+    return sr / (lo + int(np.argmax(ac[lo:hi])))
+
+
+def test_generated_voices_are_really_used(tmp_path):
+    """A voice file that failed to load would silently give the default voice: its pitch must show."""
+    import dataclasses
+
+    from corpora.synth.voices import sample_voice, voice_file_text
+
+    es = ESpeak()
+    f0 = []
+    for k, (lo, hi) in enumerate(((70, 78), (240, 250))):
+        v = dataclasses.replace(sample_voice(f"v{k}", random.Random(k)), pitch_base=lo, pitch_top=hi)
+        vf = tmp_path / f"v{k}"
+        vf.write_text(voice_file_text(v))
+        es.set_voice_file(vf)
+        f0.append(_f0(es.synth("Hello, we are all here all along.")[0], es.sample_rate))
+    assert f0[0] < 110 < 180 < f0[1], f0
+    with pytest.raises(Exception, match="could not load voice file"):
+        es.set_voice_file(tmp_path / "missing")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ class SynthConfig:
     pretrain_hours: float = 2.0
     snr_db: tuple[float, float] = (10.0, 30.0)
     rate_jitter: float = 0.12  # per-utterance speaking-rate factor 1 +- this
-    pitch_jitter: int = 15  # per-utterance eSpeak pitch parameter 50 +- this
+    pitch_jitter: int = 20  # per-utterance eSpeak pitch parameter 50 +- this
     audio_format: str = "flac"
 
     def __post_init__(self) -> None:
@@ -95,11 +96,15 @@ def prepare_synth_config(out_dir: str | Path, cfg: SynthConfig, workers: int = 2
     # library itself is never loaded in the parent.
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     results: dict[str, list[dict]] = {}
-    with ctx.Pool(processes=workers, maxtasksperchild=1) as pool:
-        it = pool.imap_unordered(synth_speaker, tasks)
-        for recs in tqdm(it, total=len(tasks), desc="synth speakers", unit="spk", disable=not progress):
-            if recs:
-                results[recs[0]["speaker"]] = recs
+    try:
+        with ctx.Pool(processes=min(workers, len(tasks)), maxtasksperchild=1) as pool:
+            it = pool.imap_unordered(synth_speaker, tasks)
+            for recs in tqdm(it, total=len(tasks), desc="synth speakers", unit="spk", disable=not progress):
+                if recs:
+                    results[recs[0]["speaker"]] = recs
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)  # a failed synthesis leaves nothing half-built behind
+        raise
     utts: list[Utterance] = []
     where: list[str] = []
     texts: dict[str, str] = {}

@@ -11,6 +11,8 @@ This module is the only place that touches the library: replacing the synthesise
 from __future__ import annotations
 
 import ctypes
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ INITIALIZE_PHONEME_EVENTS = 0x0001
 INITIALIZE_DONT_EXIT = 0x8000
 CHARS_UTF8 = 1
 EVENT_LIST_TERMINATED, EVENT_PHONEME = 0, 7
+MAX_VOICE_PATH = 40  # espeak-ng's LoadVoice keeps the voice name in char[40]
 PARAM_RATE, PARAM_VOLUME, PARAM_PITCH, PARAM_RANGE, PARAM_WORDGAP = 1, 2, 3, 4, 7
 
 
@@ -71,7 +74,21 @@ class ESpeak:
         return 0
 
     def set_voice_file(self, path: str | Path) -> None:
-        status = self._lib.espeak_SetVoiceByFile(str(path).encode())
+        raw = str(path).encode()
+        if len(raw) < MAX_VOICE_PATH:
+            status = self._lib.espeak_SetVoiceByFile(raw)
+        else:  # the library copies the path into a 40-byte buffer: load a copy from a short path
+            short = Path(tempfile.mkdtemp(dir="/tmp" if Path("/tmp").is_dir() else None)) / "v"
+            try:
+                short.write_bytes(Path(path).read_bytes())
+                if len(str(short).encode()) >= MAX_VOICE_PATH:
+                    raise ESpeakError(f"cannot load voice file {path}: libespeak-ng needs a path under "
+                                      f"{MAX_VOICE_PATH} bytes and the temp folder {short.parent} is too long")
+                status = self._lib.espeak_SetVoiceByFile(str(short).encode())
+            except OSError as e:
+                raise ESpeakError(f"libespeak-ng could not load voice file {path}: {e}") from e
+            finally:
+                shutil.rmtree(short.parent, ignore_errors=True)
         if status != 0:
             raise ESpeakError(f"libespeak-ng could not load voice file {path} (status {status})")
 

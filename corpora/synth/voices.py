@@ -29,20 +29,20 @@ def sample_voice(name: str, r: random.Random) -> Voice:
     """A random speaker; everything derives from `r` so one seed gives one voice."""
     gender = r.choice(("male", "female"))
     if gender == "male":
-        base = r.randint(75, 125)
-        tract = r.gauss(97.0, 3.0)
+        base = r.randint(85, 115)
+        tract = r.gauss(97.0, 2.0)
     else:
-        base = r.randint(150, 215)
-        tract = r.gauss(110.0, 3.5)
-    top = base + r.randint(25, 70)
+        base = r.randint(165, 205)
+        tract = r.gauss(108.0, 2.5)
+    top = base + r.randint(30, 60)
     formants = tuple(
-        (round(tract * r.uniform(0.96, 1.04)) if k <= 5 else 100, r.randint(85, 115), r.randint(85, 125))
+        (round(tract * r.uniform(0.975, 1.025)) if k <= 5 else 100, r.randint(92, 108), r.randint(90, 115))
         for k in range(9))
     strength = r.choice((0, 0, 1, 2))  # most voices modal, some breathy
     breath = tuple(r.randint(0, 6 * strength) for _ in range(8))
     return Voice(name=name, gender=gender, pitch_base=base, pitch_top=top, tract=round(tract, 2), formants=formants,
-                 breath=breath, roughness=r.randint(0, 6), flutter=r.randint(2, 20), voicing=r.randint(85, 115),
-                 consonants=r.randint(85, 115), rate_wpm=r.randint(150, 195))
+                 breath=breath, roughness=r.randint(0, 4), flutter=r.randint(5, 15), voicing=r.randint(92, 108),
+                 consonants=r.randint(92, 108), rate_wpm=r.randint(160, 185))
 
 
 def voice_file_text(v: Voice) -> str:
