@@ -20,7 +20,7 @@ TINY = EncoderConfig(hidden_size=64, num_heads=4, intermediate_size=128, num_lay
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return make_tiny_corpus(tmp_path_factory.mktemp("corpus"), n_utts=64, seconds=(1.0, 1.5))
+    return make_tiny_corpus(tmp_path_factory.mktemp("corpus"), n_utts=48, seconds=(1.0, 1.5), segment=(0.6, 1.5))
 
 
 def val_curve(ckpt):
@@ -29,15 +29,15 @@ def val_curve(ckpt):
 
 
 def test_tiny_model_learns(corpus, tmp_path):
-    cfg = PretrainConfig(steps=300, batch_size=8, crop_frames=100, lr=3e-3, warmup=0.05, val_fraction=0.25,
-                         val_max_utterances=16, eval_interval=100, ckpt_interval=300, precision="float32")
+    cfg = PretrainConfig(steps=200, batch_size=8, crop_frames=100, lr=3e-3, warmup=0.05, val_fraction=0.25,
+                         val_max_utterances=16, eval_interval=100, ckpt_interval=200, precision="float32")
     out = run_pretraining("mockingjay:small", corpus, tmp_path / "ckpt", cfg, device="cpu", encoder=TINY)
     curve = val_curve(out)
-    assert curve[0][0] == 0 and curve[-1][0] == 300
+    assert curve[0][0] == 0 and curve[-1][0] == 200
     start, end = curve[0][1], curve[-1][1]
     assert end <= 0.7 * start, f"held-out masked L1 fell only from {start:.3f} to {end:.3f}"
     meta = read_meta(out)
-    assert meta["complete"] and meta["step"] == 300 and meta["upstream"] == "mockingjay"
+    assert meta["complete"] and meta["step"] == 200 and meta["upstream"] == "mockingjay"
     assert meta["feature"]["norm"] == "corpus" and len(meta["feature"]["norm_mean"]) == 80
     assert meta["pretrain_frames"] > 0 and meta["pretrain_seconds"] > 0 and "git_commit" in meta["provenance"]
     model = load_upstream(out)  # the registry loads what pretraining wrote
