@@ -81,6 +81,12 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
         kw["seeds"] = args.seeds
     if args.corpus:
+        from benchmark.resolve import corpus_choices
+        from corpora.manifest import is_prepared
+
+        if not is_prepared(args.corpus) and args.corpus not in corpus_choices():
+            raise ValueError(f"--corpus {args.corpus!r}: neither a prepared corpus directory (with corpus.json) nor "
+                             f"a known corpus; valid names: {', '.join(corpus_choices())}")
         kw["corpus"] = args.corpus
     ckpts = {}
     for item in (c for arg in args.ckpt for c in arg.split(",") if c):

@@ -12,6 +12,9 @@ from downstream.train import ProbeConfig
 DEFAULT_UPSTREAMS = ("mel", "mockingjay", "aalbert", "mockingjay_random", "aalbert_random")
 DEFAULT_MODES = "last,weighted_sum"
 FINETUNE_UPSTREAMS = ("mockingjay", "aalbert")  # the main job fine-tunes the pretrained models only
+# fine-tuning is the expensive part (the upstream runs forward+backward every step): the main job fine-tunes
+# one phone and one speaker probe, as the Mockingjay paper does
+FINETUNE_TASKS = ("phone_linear", "speaker_utterance")
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def expand_runs(cfg: BenchmarkConfig, spec: str, num_hidden_states: int, fractio
     if cfg.finetune_ends and not explicit_ft and name in FINETUNE_UPSTREAMS and fractions:
         ends = sorted({min(fractions), max(fractions)})
         runs += [PlannedRun(spec, t, LayerMode("finetune"), f, s)
-                 for t in cfg.tasks for f in ends for s in range(min(cfg.finetune_seeds, cfg.seeds))]
+                 for t in cfg.tasks if t in FINETUNE_TASKS for f in ends for s in range(min(cfg.finetune_seeds, cfg.seeds))]
     return runs
 
 

@@ -38,7 +38,8 @@ def resolve_corpus(corpus: str, data_dir: Path, quick: bool, prepare: bool = Tru
 
     if corpus == DEFAULT_CORPUS:
         if not prepare:
-            return None
+            out = Path(data_dir) / ("synth_quick" if quick else "synth")  # where ensure_default_corpus puts it
+            return load_corpus(out) if is_prepared(out) else None
         return corpora.ensure_default_corpus(Path(data_dir), quick=quick)
     out = Path(data_dir) / corpus
     if is_prepared(out):

@@ -12,7 +12,7 @@ from core.io import sha256_json
 from core.repro import provenance
 from corpora.manifest import Corpus, PROBE_SPLITS
 from downstream.data import SplitLabels, num_classes, split_labels
-from downstream.fractions import default_fractions, fraction_subset
+from downstream.fractions import MIN_DEFAULT_UTTS, default_fractions, fraction_subset
 from downstream.sources import ArraySource, FeatureSource, LiveSource
 from downstream.tasks import get_task
 from downstream.train import train_probe
@@ -49,9 +49,13 @@ def choose_fractions(cfg: BenchmarkConfig, corpus: Corpus, log=print) -> list[fl
         return list(cfg.fractions)
     kept, dropped = default_fractions(len(train), n_spk)
     if dropped:
-        log(f"default fractions {', '.join(f'{f:g}' for f in dropped)} dropped: this corpus's train split "
-            f"({len(train)} utterances, {n_spk} speakers) is too small for them to leave one utterance per "
-            f"speaker; ask for them with --fractions to run them at that floor")
+        log(f"default fractions {', '.join(f'{f:g}' for f in dropped)} dropped: on this corpus's train split "
+            f"({len(train)} utterances) they leave fewer than {MIN_DEFAULT_UTTS} utterances; ask for them with "
+            f"--fractions to run them anyway (raised to one utterance, or one per speaker for speaker tasks)")
+    for f in kept:
+        if round(f * len(train)) < n_spk:
+            log(f"fraction {f:g}: speaker tasks are raised to one utterance per speaker ({n_spk} instead of "
+                f"{round(f * len(train))}); phone tasks use {round(f * len(train))}")
     if not kept:
         kept = [1.0]
     return kept

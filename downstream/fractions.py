@@ -59,15 +59,19 @@ def fraction_subset(speakers: list[str], fraction: float, seed: int, per_speaker
     return SubsetInfo(fraction, tuple(int(i) for i in order[:k]), requested, k > requested)
 
 
+MIN_DEFAULT_UTTS = 10  # a default fraction must leave at least this many labelled utterances
+
+
 def default_fractions(n_train: int, n_speakers: int) -> tuple[list[float], list[float]]:
     """(kept, dropped) paper fractions for a train split of `n_train` utterances and `n_speakers` speakers.
 
-    A default fraction is kept when round(f * N) reaches the floor of one utterance per speaker, i.e. when
-    the corpus is large enough for it to mean what it says; smaller ones are dropped from the DEFAULT list
-    (the caller prints them). Asked for explicitly, they still run, raised to the floor.
+    A default fraction is kept when round(f * N) >= MIN_DEFAULT_UTTS: smaller ones would train a probe on a
+    handful of utterances and are dropped from the DEFAULT list (the caller prints which and why). A kept
+    fraction smaller than one utterance per speaker is raised to that floor for the speaker tasks only
+    (`fraction_subset`). Asked for explicitly, any fraction runs, raised to the floors.
     """
-    if n_train <= 0:
-        raise ValueError("default_fractions: empty train split")
-    kept = [f for f in PAPER_FRACTIONS if round(f * n_train) >= n_speakers]
+    if n_train <= 0 or n_speakers <= 0:
+        raise ValueError(f"default_fractions: empty train split ({n_train} utterances, {n_speakers} speakers)")
+    kept = [f for f in PAPER_FRACTIONS if round(f * n_train) >= MIN_DEFAULT_UTTS]
     dropped = [f for f in PAPER_FRACTIONS if f not in kept]
     return kept, dropped

@@ -30,8 +30,13 @@ class ProbeConfig:
     weight_decay: float = 0.01
     max_steps: int = 600  # s3prl trains 300k-1M steps; chosen by measurement to fit the 30-minute main job
     eval_every: int = 100  # dev evaluations at every eval_every steps and at the end; model selection on dev
+    # frame-level tasks: train each step on at most this many frames drawn at random from the batch's valid
+    # frames (an unbiased estimate of the full-batch loss at a fraction of the cost); None = all frames
+    frames_per_step: int | None = None
 
     def __post_init__(self) -> None:
+        if self.frames_per_step is not None and self.frames_per_step < 1:
+            raise ValueError(f"ProbeConfig.frames_per_step must be >= 1 or None, got {self.frames_per_step}")
         for name in ("batch_size", "max_steps", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ProbeConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -134,8 +139,12 @@ def train_probe(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: 
                 if upstream is not None:
                     upstream.train(mode.kind == "finetune")
                 hidden, lens = source.batch("train", idx, layers, grad=mode.kind == "finetune")
+                target = batch_targets(task, labels["train"], idx, lens)
+                if task.level == "frame" and cfg.frames_per_step is not None and len(target) > cfg.frames_per_step:
+                    sel = torch.from_numpy(np.sort(rng.choice(len(target), cfg.frames_per_step, replace=False)))
+                    hidden, target = [h[sel.to(h.device)] for h in hidden], target[sel]
                 logits = probe([h.to(device) for h in hidden], lens.to(device))
-                loss = _loss(logits, batch_targets(task, labels["train"], idx, lens).to(device))
+                loss = _loss(logits, target.to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)

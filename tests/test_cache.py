@@ -1,0 +1,95 @@
+"""Feature cache: equals live features, reused, and rebuilt when stale, corrupt or half-written."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.cache import DONE, cache_key, ensure_split
+from downstream.sources import ArraySource, LiveSource
+from tests.test_probes_corpus import make_tiny_corpus
+from upstream.features import FeatureConfig, corpus_stats
+from upstream.registry import build_upstream, upstream_identity
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from core.audio import load_audio
+
+    corpus = make_tiny_corpus(tmp_path_factory.mktemp("tinyc") / "c", n_speakers=2,
+                              per_speaker={"train": 3, "dev": 1, "test": 1})
+    cfg = FeatureConfig()
+    feat = cfg.with_stats(*corpus_stats(cfg, [load_audio(corpus.audio_path(u)) for u in corpus.utterances("train")]))
+    up = build_upstream("aalbert_random", feature=feat).eval()
+    return corpus, up, upstream_identity("aalbert_random", None, up)
+
+
+def test_cache_matches_live_and_is_reused(setup, tmp_path):
+    corpus, up, ident = setup
+    utts = corpus.utterances("train")
+    arr, built = ensure_split(tmp_path, ident, up, corpus, "train", utts, progress=False)
+    assert built and arr.hidden.dtype == np.float16 and arr.hidden.shape[0] == up.num_hidden_states
+    assert isinstance(arr.hidden, np.memmap)
+    cached = ArraySource({"train": arr})
+    live = LiveSource(up, corpus, {"train": utts})
+    assert cached.lengths("train").tolist() == live.lengths("train").tolist()
+    layers = list(range(up.num_hidden_states))
+    (a, *_), la = cached.batch("train", [4, 0, 2], layers)
+    (b, *_), lb = live.batch("train", [4, 0, 2], layers)
+    assert torch.equal(la, lb) and torch.allclose(a, b, atol=2e-2, rtol=1e-2)  # float16 storage
+    mtime = (Path(tmp_path) / cache_key(ident, up, corpus, "train", utts)[0] / DONE).stat().st_mtime_ns
+    _, built2 = ensure_split(tmp_path, ident, up, corpus, "train", utts, progress=False)
+    assert not built2 and (Path(tmp_path) / cache_key(ident, up, corpus, "train", utts)[0] / DONE).stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no_done", "meta"])
+def test_damaged_cache_is_rebuilt(setup, tmp_path, damage):
+    corpus, up, ident = setup
+    utts = corpus.utterances("dev")
+    ensure_split(tmp_path, ident, up, corpus, "dev", utts, progress=False)
+    d = Path(tmp_path) / cache_key(ident, up, corpus, "dev", utts)[0]
+    good = np.load(d / "hidden.npy").copy()
+    h = d / "hidden.npy"
+    if damage == "truncate":
+        os.truncate(h, h.stat().st_size - 100)
+    elif damage == "flip":
+        with open(h, "r+b") as f:
+            f.seek(h.stat().st_size - 10)
+            f.write(b"\xff" * 10)
+    elif damage == "no_done":
+        (d / DONE).unlink()
+    else:
+        (d / "meta.json").write_text("{not json")
+    logs: list[str] = []
+    arr, built = ensure_split(tmp_path, ident, up, corpus, "dev", utts, progress=False, log=logs.append)
+    assert built and logs and "rebuilding" in logs[0]
+    assert np.array_equal(np.asarray(arr.hidden), good)
+
+
+def test_key_changes_with_model_and_manifest_and_partial_dirs_ignored(setup, tmp_path):
+    corpus, up, ident = setup
+    utts = corpus.utterances("test")
+    k1 = cache_key(ident, up, corpus, "test", utts)[0]
+    assert k1 != cache_key({**ident, "ckpt_hash": "0" * 16}, up, corpus, "test", utts)[0]
+    assert k1 != cache_key(ident, up, corpus, "test", utts[:1])[0]
+    partial = Path(tmp_path) / f".{k1}.partial-1-abc"
+    partial.mkdir()  # a killed extraction: never picked up, a fresh build happens
+    _, built = ensure_split(tmp_path, ident, up, corpus, "test", utts, progress=False)
+    assert built and (Path(tmp_path) / k1 / DONE).is_file()
+
+
+def test_extraction_failure_leaves_no_cache(setup, tmp_path, monkeypatch):
+    corpus, up, ident = setup
+    utts = corpus.utterances("test")
+    import benchmark.cache as cache
+
+    def boom(*a, **k):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(cache, "sampled_checksum", boom)  # fails after hidden.npy is written, before DONE
+    with pytest.raises(RuntimeError):
+        ensure_split(tmp_path, ident, up, corpus, "test", utts, progress=False)
+    assert list(Path(tmp_path).iterdir()) == []

@@ -1,0 +1,113 @@
+"""Harness end to end on a tiny corpus: rows, skip on re-run, --force, kill-safety, leaderboard, CLI errors."""
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import benchmark.runner as runner
+from benchmark.cli import main
+from benchmark.plan import BenchmarkConfig, parse_fractions
+from benchmark.results import append_row, read_rows
+from benchmark.schema import RUN_COLUMNS
+from downstream.train import ProbeConfig
+from tests.test_probes_corpus import make_tiny_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("harness") / "corpus"
+    make_tiny_corpus(root, n_speakers=3, per_speaker={"train": 4, "dev": 1, "test": 1})
+    return root
+
+
+def _cfg(corpus_dir: Path, tmp: Path, **kw) -> BenchmarkConfig:
+    base = BenchmarkConfig(corpus=str(corpus_dir), upstreams=("mel", "aalbert_random"),
+                           tasks=("phone_linear", "speaker_frame"), modes="last,weighted_sum", fractions=(0.5, 1.0),
+                           seeds=2, probe=ProbeConfig(lr=1e-2, max_steps=6, eval_every=3, batch_size=4),
+                           results_dir=tmp / "results", cache_dir=tmp / "cache", runs_dir=tmp / "runs",
+                           progress=False, report=False)
+    return replace(base, **kw)
+
+
+def test_rows_skip_force_and_determinism(corpus_dir, tmp_path):
+    cfg = _cfg(corpus_dir, tmp_path)
+    stats = runner.run_benchmark(cfg, log=lambda *_: None)
+    rows = read_rows(tmp_path / "results" / "runs.csv")
+    # mel: 1 mode (weighted_sum = last) ; aalbert_random: 2 modes; x 2 tasks x 2 fractions x 2 seeds
+    assert stats.runs_done == len(rows) == (1 + 2) * 2 * 2 * 2
+    assert all(list(r) == list(RUN_COLUMNS) for r in rows)
+    ws = [r for r in rows if r["mode"] == "weighted_sum"]
+    assert ws and all(len(r["layer_weights"].split(";")) == 4 and r["layer"] == "-1" for r in ws)
+    sf = [r for r in rows if r["task"] == "speaker_frame"]
+    assert all(r["test_utt_metric"] != "" for r in sf) and all(r["test_utt_metric"] == "" for r in rows if r not in sf)
+    assert {r["fraction"] for r in rows} == {"0.5", "1.0"} and len({r["run_id"] for r in rows}) == len(rows)
+    assert (tmp_path / "results" / "leaderboard.csv").is_file()
+    # re-run: nothing new; --force: same metrics again (deterministic per seed), rows appended
+    assert runner.run_benchmark(cfg, log=lambda *_: None).runs_done == 0
+    runner.run_benchmark(replace(cfg, force=True, upstreams=("aalbert_random",)), log=lambda *_: None)
+    again = read_rows(tmp_path / "results" / "runs.csv")[len(rows):]
+    first = {r["run_id"]: (r["dev_metric"], r["test_metric"], r["layer_weights"]) for r in rows}
+    assert again and all(first[r["run_id"]] == (r["dev_metric"], r["test_metric"], r["layer_weights"]) for r in again)
+    with open(tmp_path / "results" / "leaderboard.csv") as f:
+        board = list(csv.DictReader(f))
+    assert {"test_mean", "test_std", "test_ci95", "n_seeds"} <= set(board[0]) and {b["n_seeds"] for b in board} == {"2"}
+
+
+def test_killed_run_leaves_no_partial_row_and_is_redone(corpus_dir, tmp_path, monkeypatch):
+    cfg = _cfg(corpus_dir, tmp_path, upstreams=("mel",), tasks=("phone_linear",))
+    real = runner.train_probe
+    calls = {"n": 0}
+
+    def dies_on_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the process is killed half-way through the third run
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "train_probe", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_benchmark(cfg, log=lambda *_: None)
+    assert len(read_rows(tmp_path / "results" / "runs.csv")) == 2
+    monkeypatch.setattr(runner, "train_probe", real)
+    assert runner.run_benchmark(cfg, log=lambda *_: None).runs_done == 2  # only the missing ones
+    assert len(read_rows(tmp_path / "results" / "runs.csv")) == 4
+
+
+def test_append_row_rejects_bad_rows_and_foreign_header(tmp_path):
+    with pytest.raises(ValueError, match="missing columns"):
+        append_row(tmp_path / "runs.csv", {"run_id": "x"})
+    (tmp_path / "old.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="old.csv: header differs"):
+        append_row(tmp_path / "old.csv", dict.fromkeys(RUN_COLUMNS, 1))
+
+
+def test_finetune_runs_at_the_end_fractions(corpus_dir, tmp_path):
+    from benchmark.plan import expand_runs
+
+    cfg = _cfg(corpus_dir, tmp_path, tasks=("phone_linear", "speaker_utterance", "speaker_frame"),
+               fractions=(0.1, 0.5, 1.0))
+    runs = expand_runs(cfg, "mockingjay", 4, [0.1, 0.5, 1.0], [])
+    ft = [r for r in runs if r.finetune]
+    assert {(r.task, r.fraction) for r in ft} == {(t, f) for t in ("phone_linear", "speaker_utterance") for f in (0.1, 1.0)}
+    assert not [r for r in expand_runs(cfg, "mel", 1, [0.1, 1.0], []) if r.finetune]
+
+
+def test_cli_errors_list_valid_choices(capsys, corpus_dir, tmp_path):
+    for argv, expect in ((["--upstream", "mel,wav2vec"], "valid: mel, mockingjay"),
+                         (["--task", "asr"], "valid: phone_linear"), (["--mode", "mean"], "valid: last"),
+                         (["--fractions", "0,1"], "outside (0, 1]"), (["--seeds", "0"], ">= 1"),
+                         (["--ckpt", "mel=/x"], "not a pretrained upstream"),
+                         (["--ckpt", "aalbert=/nonexistent"], "not a checkpoint directory"),
+                         (["--corpus", "nope", "--dry-run"], "valid names")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and expect in capsys.readouterr().err, argv
+    assert parse_fractions("1,0.01,0.1") == (0.01, 0.1, 1.0)
+    assert main(["--list"]) == 0 and "speaker_frame" in capsys.readouterr().out
+    assert main(["--dry-run", "--corpus", str(corpus_dir), "--upstream", "mel,aalbert_random", "--mode", "layers",
+                 "--fractions", "1", "--seeds", "2", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "layer=3" in out and "total: " in out and not (tmp_path / "runs.csv").exists()
