@@ -111,3 +111,23 @@ def test_cli_errors_list_valid_choices(capsys, corpus_dir, tmp_path):
                  "--fractions", "1", "--seeds", "2", "--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "layer=3" in out and "total: " in out and not (tmp_path / "runs.csv").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("SPEECHPROBE_SLOW"),
+                    reason="end-to-end --quick job (minutes: corpus, pretraining, probes); set SPEECHPROBE_SLOW=1")
+def test_quick_job_end_to_end(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    argv = [sys.executable, str(root / "run_benchmark.py"), "--quick", "--no-progress", "--data-dir", str(tmp_path / "data"),
+            "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
+            "--runs-dir", str(tmp_path / "runs")]
+    subprocess.run(argv, cwd=root, check=True, timeout=600)
+    rows = read_rows(tmp_path / "results" / "runs.csv")
+    assert {r["upstream"] for r in rows} == {"mel", "mockingjay", "aalbert", "mockingjay_random", "aalbert_random"}
+    assert {r["mode"] for r in rows} == {"last", "weighted_sum", "finetune"}
+    assert (tmp_path / "results" / "leaderboard.csv").is_file()
+    subprocess.run(argv, cwd=root, check=True, timeout=600)  # second run: everything reused, nothing added
+    assert len(read_rows(tmp_path / "results" / "runs.csv")) == len(rows)
