@@ -29,14 +29,14 @@ def sample_voice(name: str, r: random.Random) -> Voice:
     """A random speaker; everything derives from `r` so one seed gives one voice."""
     gender = r.choice(("male", "female"))
     if gender == "male":
-        base = r.randint(85, 115)
-        tract = r.gauss(97.0, 2.0)
+        base = r.randint(90, 115)
+        tract = r.gauss(97.0, 1.5)
     else:
-        base = r.randint(165, 205)
-        tract = r.gauss(108.0, 2.5)
+        base = r.randint(170, 200)
+        tract = r.gauss(108.0, 2.0)
     top = base + r.randint(30, 60)
     formants = tuple(
-        (round(tract * r.uniform(0.975, 1.025)) if k <= 5 else 100, r.randint(92, 108), r.randint(90, 115))
+        (round(tract * r.uniform(0.985, 1.015)) if k <= 5 else 100, r.randint(95, 105), r.randint(92, 110))
         for k in range(9))
     strength = r.choice((0, 0, 1, 2))  # most voices modal, some breathy
     breath = tuple(r.randint(0, 6 * strength) for _ in range(8))
