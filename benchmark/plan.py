@@ -41,6 +41,10 @@ class BenchmarkConfig:
     cache_dir: Path = Path("cache/features")
     runs_dir: Path = Path("runs/pretrain")
     device: str = "cpu"
+    # torch threads while training FROZEN probes: their small matmuls gain little from a second thread, and
+    # measured on a shared 2-core machine a linear probe's backward went from 8 ms (1 thread) to 90-180 ms
+    # (2 threads spinning against other processes). Extraction and fine-tuning keep torch's default.
+    probe_threads: int | None = 1
     progress: bool = True
     report: bool = False  # build results/REPORT.md at the end (the main job does)
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from core.io import sha256_json
 from core.repro import provenance
 from corpora.manifest import Corpus, PROBE_SPLITS
@@ -132,9 +134,15 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
         assert source is not None
         bar.set_postfix_str(f"{r.task} {r.mode.label} f={r.fraction:g} s={r.seed}")
         t0 = time.perf_counter()
-        result = train_probe(task, r.mode, source, labels[task.labels], list(sub.indices), num_classes(corpus, task),
-                             pcfg, r.seed, upstream=up.model if r.finetune else None, device=cfg.device,
-                             progress=cfg.progress and r.finetune)
+        threads = torch.get_num_threads()
+        if cfg.probe_threads and not r.finetune:
+            torch.set_num_threads(min(cfg.probe_threads, threads))
+        try:
+            result = train_probe(task, r.mode, source, labels[task.labels], list(sub.indices),
+                                 num_classes(corpus, task), pcfg, r.seed, upstream=up.model if r.finetune else None, device=cfg.device,
+                                 progress=cfg.progress and r.finetune)
+        finally:
+            torch.set_num_threads(threads)
         stats.probe_seconds += time.perf_counter() - t0
         append_row(runs_csv, make_row(r, rid, up, corpus, r.mode.resolved_layer(L), result, prov))
         stats.runs_done += 1
