@@ -29,8 +29,9 @@ from upstream.registry import RANDOM_CONTROLS, UPSTREAMS, get_preset, parse_spec
 log = logging.getLogger(__name__)
 LOG_FILE = "loss.csv"
 LOG_COLUMNS = ("step", "epoch", "lr", "train_loss", "val_loss", "frames", "frames_per_s", "seconds")
-# Measured (docs/pretraining.md): on these CPUs bfloat16 autocast trains the small presets as well as float32.
-AUTO_BF16_ON_CPU = True
+# Measured (docs/pretraining.md): on this AVX2-only CPU (no avx512_bf16/AMX) a bfloat16-autocast training step
+# of the small preset took 5-9x as long as float32, so "auto" stays float32 on CPUs.
+AUTO_BF16_ON_CPU = False
 
 
 def autocast_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
@@ -52,6 +53,8 @@ def run_identity(spec: str, src: AudioSource, cfg: PretrainConfig, encoder: Enco
         raise ValueError(f"cannot pretrain {spec!r}: only {', '.join(n for n in UPSTREAMS if n != 'mel')} are pretrained")
     preset = get_preset(name, preset_name)
     enc = replace(encoder or preset.encoder, input_dim=preset.feature.feature_dim)
+    if cfg.attention_dropout is not None:
+        enc = replace(enc, attention_dropout=cfg.attention_dropout)
     if encoder is not None and enc != replace(preset.encoder, input_dim=enc.input_dim):
         preset_name = f"{preset_name}+custom"
     return {"upstream": name, "preset": preset_name, "encoder": enc.to_dict(), "pretrain_config": cfg.to_dict(),
@@ -118,6 +121,8 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
     preset = get_preset(*parse_spec(spec))
     feature = _feature_config(src, preset.feature)
     enc_cfg = replace(encoder or preset.encoder, input_dim=feature.feature_dim)
+    if cfg.attention_dropout is not None:
+        enc_cfg = replace(enc_cfg, attention_dropout=cfg.attention_dropout)
 
     seed_everything(cfg.seed)
     feats, skipped = load_features(src.paths, feature, cfg.min_frames)
