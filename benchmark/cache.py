@@ -183,5 +183,6 @@ def _bar(total: float, enabled: bool, desc: str):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=round(total, 1), desc=desc, unit="s audio", leave=False, dynamic_ncols=True)
+    return tqdm(total=round(total), desc=desc, unit="s audio", leave=False, dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total} s audio [{elapsed}<{remaining}, {rate_fmt}]")
 

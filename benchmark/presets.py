@@ -20,6 +20,7 @@ def main_job() -> BenchmarkConfig:
 
 
 def quick_job() -> BenchmarkConfig:
-    """The smoke version the tests run: same pipeline on the small corpus with tiny budgets."""
-    return BenchmarkConfig(probe=QUICK_PROBE, finetune_probe=QUICK_FINETUNE, seeds=3, finetune_seeds=1, quick=True,
-                           report=True)
+    """The smoke version the tests run: same pipeline on the small corpus (data/synth_quick) with tiny budgets,
+    two fractions (12.5 % and 100 %) and two seeds."""
+    return BenchmarkConfig(probe=QUICK_PROBE, finetune_probe=QUICK_FINETUNE, fractions=(0.125, 1.0), seeds=2,
+                           finetune_seeds=1, quick=True, report=True)

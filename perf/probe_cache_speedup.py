@@ -3,7 +3,8 @@
 Both sweeps run the same harness code path (benchmark.runner) on the same plan, one after the other in this
 process: all tasks x `last` x the default fractions x seeds for one upstream. The cached sweep's time INCLUDES
 extracting the cache. Prints the two wall times, the speed-up and the largest metric difference between the
-two (float16 storage only), and writes them as JSON.
+two (float16 storage only), and writes them as JSON. Frozen probes on the cache train on 1 torch thread (as
+in the main job); the recompute sweep keeps torch's default threads since it runs the upstream every step.
 
     .venv/bin/python perf/probe_cache_speedup.py --corpus data/synth_quick --upstream mockingjay_random
 """
@@ -48,7 +49,9 @@ def main() -> int:
         corpus = resolve_corpus(a.corpus, base.data_dir, quick=False)
         resolve_upstream(a.upstream, corpus, base.ckpts, base.runs_dir, False, log=lambda *m: None)  # stats: untimed
         for name, no_cache in (("cached", False), ("recompute", True)):
-            run = replace(base, no_cache=no_cache, results_dir=Path(tmp) / name)
+            # recomputing runs the upstream at every step, like extraction: give it torch's default threads
+            run = replace(base, no_cache=no_cache, results_dir=Path(tmp) / name,
+                          probe_threads=None if no_cache else base.probe_threads)
             t0 = time.perf_counter()
             run_benchmark(run, log=lambda *m: None)
             times[name] = time.perf_counter() - t0
