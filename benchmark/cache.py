@@ -122,10 +122,14 @@ def extract_split(upstream: Upstream, corpus: Corpus, utts: list[Utterance], out
         cur_s = max(cur_s, dur)
     if cur:
         batches.append(cur)
-    bar = _bar(sum(u.duration for u in utts), progress, f"extract {fields['upstream']}/{fields['split']}")
+    batch_seconds_list = [sum(utts[i].duration for i in b) for b in batches]
+    total = 0.0
+    for x in batch_seconds_list:  # summed exactly as the updates are, so the bar never passes its total
+        total += x
+    bar = _bar(total, progress, f"extract {fields['upstream']}/{fields['split']}")
     fd = os.open(hidden_path, os.O_WRONLY)
     try:
-        for batch in batches:
+        for batch, seconds in zip(batches, batch_seconds_list):
             wavs = [load_audio(corpus.audio_path(utts[i]), upstream.sample_rate) for i in batch]
             wav_len = torch.tensor([len(w) for w in wavs])
             padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
@@ -139,7 +143,7 @@ def extract_split(upstream: Upstream, corpus: Corpus, utts: list[Utterance], out
                     x = hidden[layer][b, :n].float().clamp_(-_F16_MAX, _F16_MAX).cpu().numpy().astype(np.float16)
                     os.pwrite(fd, x.tobytes(), data_start + (layer * N + int(offsets[i])) * D * 2)
             if bar is not None:
-                bar.update(sum(utts[i].duration for i in batch))
+                bar.update(seconds)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -183,6 +187,6 @@ def _bar(total: float, enabled: bool, desc: str):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=round(total), desc=desc, unit="s audio", leave=False, dynamic_ncols=True,
-                bar_format="{l_bar}{bar}| {n:.0f}/{total} s audio [{elapsed}<{remaining}, {rate_fmt}]")
+    return tqdm(total=total, desc=desc, unit="s audio", leave=False, dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}, {rate_fmt}]")
 
