@@ -144,9 +144,11 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
     if has_ckpt:
         _, progress = load_training_checkpoint(out_dir, model, opt)
         torch.set_rng_state(progress.rng["torch"])
+        if device.type == "cuda" and "cuda" in progress.rng:
+            torch.cuda.set_rng_state(progress.rng["cuda"], device)
         data_g.set_state(progress.rng["data"])
         log.info("resuming %s from step %d", out_dir, progress.step)
-    rows = _read_log(out_dir / LOG_FILE, progress.step)
+    rows = _read_log(out_dir / LOG_FILE, progress.step) if has_ckpt else []  # rows past the checkpoint are redone
     meta = {**ident, "feature": feature.to_dict(), "skipped_audio": skipped, "provenance": provenance(device),
             "train_utterances": len(train_idx), "val_utterances": n_val}
     amp = autocast_dtype(cfg, device)
@@ -161,6 +163,8 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
 
     def snapshot() -> None:
         progress.rng = {"torch": torch.get_rng_state(), "data": data_g.get_state()}
+        if device.type == "cuda":  # dropout masks on the GPU come from its own generator
+            progress.rng["cuda"] = torch.cuda.get_rng_state(device)
 
     snapshot()
     if progress.step >= cfg.steps:
