@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
     p.add_argument("--runs-dir", type=Path, default=Path("runs/pretrain"))
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--workers", type=int, help="frozen probes trained at once, in threads (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -100,10 +102,18 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         ckpts[name] = path
     kw["ckpts"] = ckpts
     if args.steps is not None:
-        kw["probe"] = replace(cfg.probe, max_steps=args.steps, eval_every=min(cfg.probe.eval_every, args.steps))
+        def steps(p):
+            return replace(p, max_steps=args.steps, eval_every=min(p.eval_every, args.steps))
+
+        kw["probe"] = steps(cfg.probe)
+        kw["task_probes"] = {t: steps(p) for t, p in cfg.task_probes.items()}
     if args.finetune_steps is not None:
         kw["finetune_probe"] = replace(cfg.finetune_probe, max_steps=args.finetune_steps,
                                        eval_every=min(cfg.finetune_probe.eval_every, args.finetune_steps))
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        kw["probe_workers"] = args.workers
     if args.no_finetune:
         kw["finetune_ends"] = False
     return replace(cfg, **kw)
@@ -149,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from benchmark.runner import run_benchmark
 
-    run_benchmark(cfg)
+    run_benchmark(replace(cfg, command=" ".join(["python run_benchmark.py", *(shlex.quote(a) for a in
+                                                                           (sys.argv[1:] if argv is None else argv))])))
     return 0
 
 

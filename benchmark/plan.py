@@ -32,6 +32,9 @@ class BenchmarkConfig:
     finetune_seeds: int = 1
     ckpts: dict[str, str] = field(default_factory=dict)  # upstream name -> checkpoint dir
     probe: ProbeConfig = ProbeConfig()
+    # frozen-probe budget per task where it differs from `probe` (e.g. the mean-pooled speaker probe reads
+    # one row per utterance, so it can afford many more steps)
+    task_probes: dict[str, ProbeConfig] = field(default_factory=dict)
     finetune_probe: ProbeConfig = ProbeConfig(max_steps=60, eval_every=20, batch_size=16)
     quick: bool = False
     force: bool = False
@@ -45,8 +48,16 @@ class BenchmarkConfig:
     # measured on a shared 2-core machine a linear probe's backward went from 8 ms (1 thread) to 90-180 ms
     # (2 threads spinning against other processes). Extraction and fine-tuning keep torch's default.
     probe_threads: int | None = 1
+    # frozen probes trained at once, in threads sharing the feature cache (seeding and probe initialisation
+    # are serialised, so every run stays deterministic); measured on 2 quiet cores: see docs/benchmark.md
+    probe_workers: int = 2
     progress: bool = True
     report: bool = False  # build results/REPORT.md at the end (the main job does)
+    command: str | None = None  # the command line, recorded in results/command.txt when the job finishes
+
+
+    def probe_config(self, task: str, finetune: bool) -> ProbeConfig:
+        return self.finetune_probe if finetune else self.task_probes.get(task, self.probe)
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,9 @@ def build_report(results_dir: Path) -> Path:
     boards = write_leaderboards(agg, table_dir)
 
     cmd_file = results_dir / COMMAND_FILE
-    produced = (f"The rows were produced by `{cmd_file.read_text(encoding='utf-8').strip()}`" if cmd_file.is_file()
+    commands = [ln.strip() for ln in cmd_file.read_text(encoding="utf-8").splitlines() if ln.strip()] \
+        if cmd_file.is_file() else []
+    produced = ("The rows were produced by " + "; then ".join(f"`{c}`" for c in commands) if commands
                 else "The command that produced the rows was not recorded (no `command.txt`)")
     md = [f"# Benchmark report\n",
           f"{produced}; this report was rebuilt from `runs.csv` alone with `{REPORT_COMMAND}` "

@@ -3,19 +3,21 @@ from __future__ import annotations
 
 import datetime as _dt
 import resource
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from core.io import sha256_json
+from core.io import atomic_write_text, sha256_json
 from core.repro import provenance
 from corpora.manifest import Corpus, PROBE_SPLITS
 from downstream.data import SplitLabels, num_classes, split_labels
 from downstream.fractions import MIN_DEFAULT_UTTS, default_fractions, fraction_subset
-from downstream.sources import ArraySource, FeatureSource, LiveSource
+from downstream.sources import ArraySource, FeatureSource, LiveSource, PooledSource
 from downstream.tasks import get_task
 from downstream.train import train_probe
 from benchmark.cache import ensure_split
@@ -105,7 +107,7 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
     L = up.model.num_hidden_states
     pending = []
     for r in runs:
-        pcfg = cfg.finetune_probe if r.finetune else cfg.probe
+        pcfg = cfg.probe_config(r.task, r.finetune)
         rid = run_id(digest, up.identity, r, r.mode.resolved_layer(L), pcfg)
         if rid in done:
             stats.runs_skipped += 1
@@ -118,35 +120,69 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
     frozen = [p for p in pending if not p[0].finetune]
     cached = _source(cfg, up, corpus, utts, stats, log) if frozen else None
     live = LiveSource(up.model, corpus, utts, cfg.device) if len(frozen) < len(pending) else None
+    pooled: PooledSource | None = None
     feat = up.model.feature_cfg
     labels: dict[str, dict[str, SplitLabels]] = {}
     train_spk = [u.speaker for u in utts["train"]]
+    for label_source in {get_task(r.task).labels for r, _, _ in pending}:  # before any worker thread starts
+        labels[label_source] = {s: split_labels(corpus, utts[s], s, label_source, feat.hop_length, feat.downsample)
+                                for s in PROBE_SPLITS}
+    if isinstance(cached, ArraySource) and any(get_task(r.task).level == "utterance" for r, _, _ in frozen):
+        pooled = PooledSource(cached)  # mean pooling commutes with the layer mix: exact, ~300x less data
+        for s in PROBE_SPLITS:
+            pooled.means(s)
+    lock = threading.Lock()
     from tqdm import tqdm
 
-    bar = tqdm(pending, desc=f"probes {up.spec}", unit="run", disable=not cfg.progress, dynamic_ncols=True)
-    for r, rid, pcfg in bar:
+    bar = tqdm(total=len(pending), desc=f"probes {up.spec}", unit="run", disable=not cfg.progress, dynamic_ncols=True)
+
+    def one_run(r: PlannedRun, rid: str, pcfg) -> None:
         task = get_task(r.task)
-        if task.labels not in labels:
-            labels[task.labels] = {s: split_labels(corpus, utts[s], s, task.labels, feat.hop_length, feat.downsample)
-                                   for s in PROBE_SPLITS}
         sub = fraction_subset(train_spk, r.fraction, r.seed, task.needs_all_speakers)
-        source = live if r.finetune else cached
+        source = live if r.finetune else (pooled if task.level == "utterance" and pooled is not None else cached)
         assert source is not None
-        bar.set_postfix_str(f"{r.task} {r.mode.label} f={r.fraction:g} s={r.seed}")
-        t0 = time.perf_counter()
-        threads = torch.get_num_threads()
-        if cfg.probe_threads and not r.finetune:
-            torch.set_num_threads(min(cfg.probe_threads, threads))
-        try:
-            result = train_probe(task, r.mode, source, labels[task.labels], list(sub.indices),
-                                 num_classes(corpus, task), pcfg, r.seed, upstream=up.model if r.finetune else None, device=cfg.device,
-                                 progress=cfg.progress and r.finetune)
-        finally:
-            torch.set_num_threads(threads)
+        result = train_probe(task, r.mode, source, labels[task.labels], list(sub.indices), num_classes(corpus, task),
+                             pcfg, r.seed, upstream=up.model if r.finetune else None, device=cfg.device,
+                             progress=cfg.progress and r.finetune)
+        with lock:
+            append_row(runs_csv, make_row(r, rid, up, corpus, r.mode.resolved_layer(L), result, prov))
+            stats.runs_done += 1
+            bar.set_postfix_str(f"{r.task} {r.mode.label} f={r.fraction:g} s={r.seed}")
+            bar.update(1)
+
+    t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    try:
+        if frozen:  # frozen probes: small ops, so `probe_workers` runs at once with `probe_threads` torch threads each
+            if cfg.probe_threads:
+                torch.set_num_threads(min(cfg.probe_threads, threads))
+            run_parallel(one_run, frozen, cfg.probe_workers)
+        torch.set_num_threads(threads)
+        for job in pending:
+            if job[0].finetune:  # the upstream itself trains: one run at a time, every thread
+                one_run(*job)
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
         stats.probe_seconds += time.perf_counter() - t0
-        append_row(runs_csv, make_row(r, rid, up, corpus, r.mode.resolved_layer(L), result, prov))
-        stats.runs_done += 1
-    bar.close()
+
+
+def run_parallel(fn, jobs: list[tuple], workers: int) -> None:
+    """fn(*job) for every job on `workers` threads (torch releases the GIL inside its ops); the first error is
+    re-raised after cancelling the jobs not yet started. Rows are appended by each job as it finishes."""
+    if workers <= 1:
+        for job in jobs:
+            fn(*job)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
+        futures = [pool.submit(fn, *job) for job in jobs]
+        try:
+            for f in as_completed(futures):
+                f.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def run_benchmark(cfg: BenchmarkConfig, log=print) -> RunnerStats:
@@ -166,6 +202,8 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> RunnerStats:
         del up
     for note in dict.fromkeys(stats.notes):
         log(f"note: {note}")
+    if cfg.command and stats.runs_done:
+        record_command(Path(cfg.results_dir), cfg.command, stats.runs_done, time.perf_counter() - t0, prov["device"])
     board = write_leaderboard(Path(cfg.results_dir))
     if board is not None:
         log(f"leaderboard: {board}")
@@ -175,6 +213,17 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> RunnerStats:
         f"{stats.extract_seconds:.0f} s, probes {stats.probe_seconds:.0f} s, total {time.perf_counter() - t0:.0f} s; "
         f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     return stats
+
+
+def record_command(results_dir: Path, command: str, runs_done: int, seconds: float, device: str) -> None:
+    """Append `command` (with what it did and when) to results/command.txt, which the report cites."""
+    from benchmark.report import COMMAND_FILE
+
+    path = results_dir / COMMAND_FILE
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    line = f"{command}   # {when}: {runs_done} runs in {seconds / 60:.1f} min on {device}"
+    atomic_write_text(path, old + line + "\n")
 
 
 def build_report_if_available(results_dir: Path, log=print) -> Path | None:

@@ -82,14 +82,15 @@ class Featurizer(nn.Module):
         self.num_hidden_states = num_hidden_states
         self.weights = nn.Parameter(torch.zeros(num_hidden_states)) if mode.kind == "weighted_sum" else None
 
-    def forward(self, hidden: list[Tensor]) -> Tensor:
-        """`hidden` holds exactly the layers of `mode.layers_read` (cached source) or all of them."""
+    def forward(self, hidden: Tensor) -> Tensor:
+        """`hidden` (layers, n_frames, D) stacks exactly the layers of `mode.layers_read` (cached source) or all
+        of them (live source)."""
         if self.weights is None:
             return hidden[0] if len(hidden) == 1 else hidden[self.mode.resolved_layer(self.num_hidden_states)]
         if len(hidden) != self.num_hidden_states:
             raise ValueError(f"weighted_sum expects {self.num_hidden_states} hidden states, got {len(hidden)}")
         w = self.weights.softmax(0)
-        return torch.einsum("l,lnd->nd", w, torch.stack(hidden))  # (n_frames, D)
+        return torch.einsum("l,lnd->nd", w, hidden)  # (n_frames, D): one pass, no stacked copy
 
     def layer_weights(self) -> list[float] | None:
         return None if self.weights is None else [float(x) for x in self.weights.detach().softmax(0)]

@@ -1,6 +1,7 @@
 """Where a probe gets hidden states: stored arrays (the feature cache) or the upstream run live on audio."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -11,6 +12,7 @@ from torch import Tensor
 from core.audio import load_audio
 from core.frames import SAMPLE_RATE
 from corpora.manifest import Corpus, Utterance
+from downstream.data import flat_rows
 from upstream.interface import Upstream
 
 
@@ -21,9 +23,12 @@ class FeatureSource(Protocol):
     def lengths(self, split: str) -> np.ndarray:
         """(n_utts,) valid frames per utterance of `split`, in manifest order."""
 
-    def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False) -> tuple[list[Tensor], Tensor]:
-        """Hidden states `layers` of utterances `idx`, FLAT: float32 (sum of lengths, D) tensors holding the
-        valid frames of each utterance in `idx` order (no padding at all), and lengths (B,)."""
+    def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False,
+              select: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
+        """Hidden states `layers` of utterances `idx`, FLAT and stacked: float32 (len(layers), sum of lengths, D)
+        holding the valid frames of each utterance in `idx` order (no padding at all), and lengths (B,).
+        `select`: only these positions of the flat batch (frame-level training subsamples frames before
+        reading them); the lengths still describe the whole batch."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,12 @@ class SplitArrays:
 
 
 class ArraySource:
-    """Reads batches from stored arrays; only the requested layers and utterances are touched."""
+    """Reads batches from stored arrays; only the requested layers and frames are touched.
+
+    A batch is one vectorised gather per layer (torch index_select on the float16 array, then one
+    float32 conversion), never a per-utterance Python loop: that loop and numpy's slow float16
+    conversion were most of a cached probe run's time.
+    """
 
     def __init__(self, splits: dict[str, SplitArrays]) -> None:
         if not splits:
@@ -48,21 +58,78 @@ class ArraySource:
         self.splits = splits
         self.num_hidden_states = int(first.hidden.shape[0])
         self.hidden_size = int(first.hidden.shape[2])
+        self._tensors: dict[str, Tensor] = {}
 
     def lengths(self, split: str) -> np.ndarray:
         return self.splits[split].lengths
 
-    def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False) -> tuple[list[Tensor], Tensor]:
-        arr = self.splits[split]
-        lens = arr.lengths[idx]
-        out = np.empty((len(layers), int(lens.sum()), self.hidden_size), dtype=np.float32)
-        pos = 0
-        for i, n in zip(idx, lens.tolist()):
-            a = int(arr.offsets[i])
-            for j, layer in enumerate(layers):
-                out[j, pos: pos + n] = arr.hidden[layer, a: a + n]  # float16 -> float32 on copy
-            pos += n
-        return list(torch.from_numpy(out).unbind(0)), torch.from_numpy(lens.astype(np.int64))
+    def tensor(self, split: str) -> Tensor:
+        """The split's (L, total_frames, D) array as a tensor sharing its memory (no copy, no load)."""
+        if split not in self._tensors:
+            hidden = self.splits[split].hidden
+            with warnings.catch_warnings():  # a read-only memmap: torch warns that writes would be undefined;
+                warnings.simplefilter("ignore", UserWarning)  # nothing here ever writes through this view
+                self._tensors[split] = torch.from_numpy(hidden)
+        return self._tensors[split]
+
+    def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False,
+              select: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
+        rows = flat_rows(self.splits[split].offsets, idx)
+        if select is not None:
+            rows = rows[select]
+        rows_t = torch.from_numpy(rows)
+        hidden = self.tensor(split)
+        out = torch.empty(len(layers), len(rows), self.hidden_size, dtype=torch.float32)
+        for j, layer in enumerate(layers):
+            out[j] = hidden[layer].index_select(0, rows_t)  # float16 gather, float32 on copy
+        return out, torch.from_numpy(self.splits[split].lengths[idx].astype(np.int64))
+
+
+class PooledSource:
+    """Per-utterance means of every hidden state of an ArraySource: one row per utterance.
+
+    For mean-pooling probes (speaker_utterance) this is exact, not an approximation: the mean over frames
+    commutes with the fixed layer choice and with the (linear) weighted sum, so the probe computes the
+    same logits as on frames while reading 1 row per utterance instead of ~300. Batches therefore have
+    lengths of 1 per utterance; `lengths()` still reports the frame counts (for batching and accounting).
+    """
+
+    def __init__(self, source: ArraySource, chunk_frames: int = 1 << 16) -> None:
+        self.frames = source
+        self.num_hidden_states = source.num_hidden_states
+        self.hidden_size = source.hidden_size
+        self.chunk_frames = chunk_frames
+        self._means: dict[str, Tensor] = {}
+
+    def lengths(self, split: str) -> np.ndarray:
+        return self.frames.lengths(split)
+
+    def means(self, split: str) -> Tensor:
+        """(L, n_utts, D) float32 per-utterance means, computed once in chunks of whole utterances."""
+        if split not in self._means:
+            offsets = self.frames.splits[split].offsets
+            hidden = self.frames.tensor(split)
+            L, n = hidden.shape[0], len(offsets) - 1
+            out = torch.zeros(L, n, self.hidden_size, dtype=torch.float32)
+            lens = torch.from_numpy(np.diff(offsets))
+            seg = torch.repeat_interleave(torch.arange(n), lens)  # utterance of every frame
+            a = 0
+            while a < n:
+                b = int(np.searchsorted(offsets, offsets[a] + self.chunk_frames, side="right")) - 1
+                b = min(n, max(b, a + 1))  # at least one utterance per chunk
+                lo, hi = int(offsets[a]), int(offsets[b])
+                for layer in range(L):
+                    out[layer].index_add_(0, seg[lo:hi], hidden[layer, lo:hi].float())
+                a = b
+            self._means[split] = out / lens.clamp_min(1).to(torch.float32)[None, :, None]
+        return self._means[split]
+
+    def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False,
+              select: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
+        if select is not None:
+            raise ValueError("PooledSource has one row per utterance: frame selection does not apply")
+        means, rows = self.means(split), torch.as_tensor(idx, dtype=torch.long)
+        return means[layers].index_select(1, rows), torch.ones(len(idx), dtype=torch.long)
 
 
 class LiveSource:
@@ -92,11 +159,15 @@ class LiveSource:
             self._wavs[key] = load_audio(self.corpus.audio_path(self.utts[split][i]), self.upstream.sample_rate)
         return self._wavs[key]
 
-    def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False) -> tuple[list[Tensor], Tensor]:
+    def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False,
+              select: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
         wavs = [self.wav(split, i) for i in idx]
         wav_lengths = torch.tensor([len(w) for w in wavs], dtype=torch.long)
         padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(self.device)  # (B, S)
         with torch.set_grad_enabled(grad):
             hidden, lengths = self.upstream(padded, wav_lengths.to(self.device))
             valid = torch.arange(hidden[0].shape[1], device=lengths.device)[None, :] < lengths[:, None]  # (B, T)
-            return [hidden[k][valid] for k in layers], lengths.cpu()  # (sum of lengths, D): padding dropped
+            out = torch.stack([hidden[k][valid] for k in layers])  # (layers, sum of lengths, D): padding dropped
+            if select is not None:
+                out = out.index_select(1, torch.from_numpy(select).to(out.device))
+            return out, lengths.cpu()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from dataclasses import dataclass
 
@@ -12,11 +13,17 @@ from torch import Tensor, nn
 
 from core.config import config_from_dict, config_to_dict
 from core.repro import seed_everything
-from downstream.data import SplitLabels, batch_targets, length_batches
+from downstream.data import SplitLabels, Targets, frame_batches, length_batches
 from downstream.heads import ProbeHead, segment_mean
 from downstream.modes import Featurizer, LayerMode
 from downstream.sources import FeatureSource
 from downstream.tasks import TaskSpec
+
+
+# evaluation reads at most this many frames per batch: ~4 MiB per hidden state at 256 dims, small enough for
+# the allocator to reuse buffers (measured: 38k-frame eval batches spent most of their time in page faults)
+EVAL_FRAMES = 4096
+_INIT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class Probe(nn.Module):
         self.featurizer = Featurizer(mode, num_hidden_states)
         self.head = ProbeHead(task, hidden_size, n_classes)
 
-    def forward(self, hidden: list[Tensor], lengths: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, lengths: Tensor) -> Tensor:
         return self.head(self.featurizer(hidden), lengths)
 
 
@@ -80,21 +87,20 @@ def _loss(logits: Tensor, target: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(probe: Probe, task: TaskSpec, source: FeatureSource, split: str, labels: SplitLabels,
-             layers: list[int], batch_size: int, device: torch.device) -> tuple[float, float | None]:
+def evaluate(probe: Probe, task: TaskSpec, source: FeatureSource, split: str, targets: Targets,
+             layers: list[int], device: torch.device) -> tuple[float, float | None]:
     """(metric, utterance accuracy from averaged frame logits or None) over ALL utterances of `split`."""
     probe.eval()
     lengths_all = source.lengths(split)
     correct = total = utt_correct = 0
-    for idx in length_batches(lengths_all, np.arange(len(lengths_all)), max(batch_size, 128)):
+    for idx in frame_batches(lengths_all, EVAL_FRAMES):
         hidden, lengths = source.batch(split, idx, layers)
-        hidden = [h.to(device) for h in hidden]
-        logits = probe(hidden, lengths.to(device)).float().cpu()
-        target = batch_targets(task, labels, idx, lengths)
+        logits = probe(hidden.to(device), lengths.to(device)).float().cpu()
+        target = targets.batch(idx)
         correct += int((logits.argmax(-1) == target).sum())
         total += len(target)
         if task.utt_metric:  # utterance decision from frame logits averaged over its valid frames
-            utt_target = batch_targets(task, labels, idx, torch.ones_like(lengths))
+            utt_target = targets.utterances(idx)
             utt_correct += int((segment_mean(logits, lengths).argmax(-1) == utt_target).sum())
     if total == 0:
         raise ValueError(f"split {split!r} has no labelled frames to evaluate on")
@@ -114,10 +120,11 @@ def train_probe(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: 
     device = torch.device(device)
     if mode.kind == "finetune" and upstream is None:
         raise ValueError("finetune mode needs the upstream module (and a live feature source)")
-    seed_everything(seed)
     L = source.num_hidden_states
     layers = mode.layers_read(L) if mode.frozen else list(range(L))
-    probe = Probe(task, mode, L, source.hidden_size, n_classes).to(device)
+    with _INIT_LOCK:  # the global RNGs: runs trained in parallel threads must not interleave here
+        seed_everything(seed)
+        probe = Probe(task, mode, L, source.hidden_size, n_classes).to(device)
     groups = [{"params": list(probe.parameters()), "lr": cfg.lr}]
     initial_upstream = None
     if mode.kind == "finetune":
@@ -128,6 +135,7 @@ def train_probe(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: 
     params = [p for g in groups for p in g["params"]]
 
     lengths = source.lengths("train")
+    targets = {s: Targets(task, labels[s], source.lengths(s), s) for s in ("train", "dev", "test")}
     rng = np.random.default_rng([seed, 1])
     best = (-1.0, 0, None, None)  # (dev metric, step, probe state, upstream state)
     step = 0
@@ -138,12 +146,13 @@ def train_probe(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: 
                 probe.train()
                 if upstream is not None:
                     upstream.train(mode.kind == "finetune")
-                hidden, lens = source.batch("train", idx, layers, grad=mode.kind == "finetune")
-                target = batch_targets(task, labels["train"], idx, lens)
-                if task.level == "frame" and cfg.frames_per_step is not None and len(target) > cfg.frames_per_step:
-                    sel = torch.from_numpy(np.sort(rng.choice(len(target), cfg.frames_per_step, replace=False)))
-                    hidden, target = [h[sel.to(h.device)] for h in hidden], target[sel]
-                logits = probe([h.to(device) for h in hidden], lens.to(device))
+                n_frames = int(lengths[idx].sum())
+                sel = None  # frame-level tasks: a random subset of the batch's frames, chosen BEFORE reading them
+                if task.level == "frame" and cfg.frames_per_step is not None and n_frames > cfg.frames_per_step:
+                    sel = np.sort(rng.choice(n_frames, cfg.frames_per_step, replace=False))
+                hidden, lens = source.batch("train", idx, layers, grad=mode.kind == "finetune", select=sel)
+                target = targets["train"].batch(idx, sel)
+                logits = probe(hidden.to(device), lens.to(device))
                 loss = _loss(logits, target.to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -155,7 +164,7 @@ def train_probe(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: 
                 if step % cfg.eval_every == 0 or step == cfg.max_steps:
                     if upstream is not None:
                         upstream.eval()
-                    dev, _ = evaluate(probe, task, source, "dev", labels["dev"], layers, cfg.batch_size, device)
+                    dev, _ = evaluate(probe, task, source, "dev", targets["dev"], layers, device)
                     if dev > best[0]:
                         best = (dev, step, copy.deepcopy(probe.state_dict()),
                                 copy.deepcopy(upstream.state_dict()) if mode.kind == "finetune" else None)
@@ -168,7 +177,7 @@ def train_probe(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: 
             upstream.load_state_dict(best[3])  # type: ignore[union-attr]
         if upstream is not None:
             upstream.eval()
-        test, test_utt = evaluate(probe, task, source, "test", labels["test"], layers, cfg.batch_size, device)
+        test, test_utt = evaluate(probe, task, source, "test", targets["test"], layers, device)
     finally:
         if bar is not None:
             bar.close()

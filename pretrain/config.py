@@ -70,7 +70,7 @@ def default_budget(quick: bool = False) -> PretrainConfig:
     if quick:
         return PretrainConfig(steps=40, batch_size=8, crop_frames=150, eval_interval=20, ckpt_interval=20,
                               warmup=0.1, lr=1e-3, attention_dropout=0.0, val_max_utterances=16)
-    return PretrainConfig(steps=200, batch_size=16, crop_frames=150, eval_interval=40, ckpt_interval=50,
+    return PretrainConfig(steps=600, batch_size=16, crop_frames=150, eval_interval=100, ckpt_interval=100,
                           lr=1e-3, attention_dropout=0.0, val_max_utterances=32)
 
 

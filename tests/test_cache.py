@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmark.cache import DONE, cache_key, ensure_split
-from downstream.sources import ArraySource, LiveSource
+from downstream.sources import ArraySource, LiveSource, PooledSource, SplitArrays
 from tests.test_probes_corpus import make_tiny_corpus
 from upstream.features import FeatureConfig, corpus_stats
 from upstream.registry import build_upstream, upstream_identity
@@ -43,6 +43,50 @@ def test_cache_matches_live_and_is_reused(setup, tmp_path):
     mtime = (Path(tmp_path) / cache_key(ident, up, corpus, "train", utts)[0] / DONE).stat().st_mtime_ns
     _, built2 = ensure_split(tmp_path, ident, up, corpus, "train", utts, progress=False)
     assert not built2 and (Path(tmp_path) / cache_key(ident, up, corpus, "train", utts)[0] / DONE).stat().st_mtime_ns == mtime
+
+
+def test_array_source_gather_and_select():
+    rng = np.random.default_rng(0)
+    lens = np.array([3, 5, 2, 4])
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    hidden = rng.standard_normal((2, int(offsets[-1]), 3)).astype(np.float16)
+    src = ArraySource({"train": SplitArrays(hidden, offsets)})
+    idx = [2, 0, 3]
+    (l0, l1), got = src.batch("train", idx, [0, 1])
+    expect = [np.concatenate([hidden[k, offsets[i]:offsets[i + 1]] for i in idx]).astype(np.float32) for k in (0, 1)]
+    assert got.tolist() == [2, 3, 4] and np.array_equal(l0.numpy(), expect[0]) and np.array_equal(l1.numpy(), expect[1])
+    sel = np.array([0, 4, 8])  # positions in the flat batch: 1st frame of utt 2, 3rd of utt 0, last of utt 3
+    (s1,), got_sel = src.batch("train", idx, [1], select=sel)
+    assert np.array_equal(s1.numpy(), expect[1][sel]) and got_sel.tolist() == [2, 3, 4]
+
+
+def test_pooled_source_is_exact_mean_pooling():
+    """speaker_utterance on pooled rows computes the same logits as mean pooling over frames, per layer mode."""
+    from downstream.modes import LayerMode
+    from downstream.tasks import get_task
+    from downstream.train import Probe
+
+    rng = np.random.default_rng(1)
+    lens = rng.integers(1, 40, 25)
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    hidden = rng.standard_normal((3, int(offsets[-1]), 4)).astype(np.float16)
+    frames = ArraySource({"dev": SplitArrays(hidden, offsets)})
+    pooled = PooledSource(frames, chunk_frames=50)  # small chunks: several chunks, one utterance longer than a chunk
+    assert pooled.lengths("dev").tolist() == lens.tolist()
+    idx = [7, 3, 19, 0]
+    for mode in (LayerMode("weighted_sum"), LayerMode("last"), LayerMode("layer", 1)):
+        torch.manual_seed(0)
+        probe = Probe(get_task("speaker_utterance"), mode, 3, 4, 5)
+        with torch.no_grad():
+            if probe.featurizer.weights is not None:
+                probe.featurizer.weights.copy_(torch.tensor([0.3, -1.0, 0.8]))
+            layers = mode.layers_read(3)
+            on_frames = probe(*frames.batch("dev", idx, layers))
+            h, ones = pooled.batch("dev", idx, layers)
+            assert ones.tolist() == [1] * 4 and h[0].shape == (4, 4)
+            assert torch.allclose(probe(h, ones), on_frames, atol=1e-5)
+    with pytest.raises(ValueError, match="frame selection"):
+        pooled.batch("dev", idx, [0], select=np.array([0]))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "no_done", "meta"])

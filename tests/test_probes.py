@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from downstream.data import batch_targets, length_batches, split_labels
+from downstream.data import Targets, frame_batches, length_batches, split_labels
 from downstream.fractions import default_fractions, fraction_subset
 from downstream.heads import segment_mean
 from downstream.modes import Featurizer, LayerMode, parse_modes
@@ -68,7 +68,7 @@ def test_modes_parse_and_weighted_sum():
     with pytest.raises(ValueError, match="hidden states 0..2"):
         LayerMode("layer", 5).resolved_layer(3)
     f = Featurizer(LayerMode("weighted_sum"), 3)
-    h = [torch.full((5, 2), float(i)) for i in range(3)]
+    h = torch.stack([torch.full((5, 2), float(i)) for i in range(3)])
     assert torch.allclose(f(h), torch.ones(5, 2))  # zero init -> uniform softmax -> mean of 0, 1, 2
     assert f.layer_weights() == pytest.approx([1 / 3] * 3)
     assert torch.equal(Featurizer(LayerMode("last"), 3)(h), h[2])
@@ -79,14 +79,26 @@ def test_segment_mean_and_targets(tiny):
     assert segment_mean(x, torch.tensor([3, 7])).flatten().tolist() == pytest.approx([1.0, 6.0])
     utts = tiny.utterances("train")
     spk = split_labels(tiny, utts, "train", "speaker", 160, 1)
-    y = batch_targets(TASKS["speaker_frame"], spk, [0, 7], torch.tensor([2, 3]))
+    lengths = np.full(len(utts), 2)
+    lengths[7] = 3
+    y = Targets(TASKS["speaker_frame"], spk, lengths).batch([0, 7])
     assert y.tolist() == [spk.utt[0]] * 2 + [spk.utt[7]] * 3
+    assert Targets(TASKS["speaker_frame"], spk, lengths).batch([0, 7], np.array([1, 4])).tolist() == [spk.utt[0], spk.utt[7]]
+    phone = split_labels(tiny, utts, "train", "phone", 160, 1)
+    n = np.array([len(f) for f in phone.frames])
+    n[0] += 1  # one frame more than the labels (resampling rounding): the last label is repeated
+    t = Targets(TASKS["phone_linear"], phone, n).batch([1, 0])
+    assert t.tolist() == phone.frames[1].tolist() + phone.frames[0].tolist() + [phone.frames[0][-1]]
+    n[0] += 5
+    with pytest.raises(ValueError, match="#0: .* label frames but .* feature frames"):
+        Targets(TASKS["phone_linear"], phone, n, "train")
 
 
 def test_length_batches_cover_and_group():
     lengths = np.array([5, 1, 9, 3, 7, 2])
     b = length_batches(lengths, [0, 1, 2, 3, 4, 5], 2)
     assert b == [[1, 5], [3, 0], [4, 2]]
+    assert frame_batches(lengths, 8) == [[1, 5, 3], [0], [4], [2]]  # length order, <= 8 frames or one utterance
     shuffled = length_batches(lengths, [0, 2, 4], 2, np.random.default_rng(0))
     assert sorted(i for x in shuffled for i in x) == [0, 2, 4]
 
