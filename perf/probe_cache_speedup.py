@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark.presets import main_job  # noqa: E402
+from core.io import atomic_write_json  # noqa: E402
 from benchmark.results import read_rows  # noqa: E402
 from benchmark.runner import run_benchmark  # noqa: E402
 from downstream.tasks import TASKS  # noqa: E402
@@ -38,11 +39,14 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("perf/probe_cache_speedup.json"))
     a = p.parse_args()
     cfg = main_job()
-    probe = cfg.probe if a.steps is None else replace(cfg.probe, max_steps=a.steps, eval_every=min(a.steps, cfg.probe.eval_every))
+    def budget(pc):
+        return pc if a.steps is None else replace(pc, max_steps=a.steps, eval_every=min(a.steps, pc.eval_every))
+
+    probe, task_probes = budget(cfg.probe), {t: budget(pc) for t, pc in cfg.task_probes.items()}
     times, rows = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         base = replace(cfg, corpus=a.corpus, upstreams=(a.upstream,), tasks=tuple(a.tasks.split(",")), modes="last",
-                       seeds=a.seeds, finetune_ends=False, probe=probe, report=False, progress=False,
+                       seeds=a.seeds, finetune_ends=False, probe=probe, task_probes=task_probes, report=False, progress=False,
                        ckpts=dict(c.split("=", 1) for c in a.ckpt), cache_dir=Path(tmp) / "cache")
         from benchmark.resolve import resolve_corpus, resolve_upstream
 
@@ -66,8 +70,7 @@ def main() -> int:
               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
               "command": "python " + " ".join(sys.argv)}
     print(json.dumps(result, indent=2))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(a.out, result)
     return 0
 
 

@@ -63,14 +63,14 @@ class PretrainConfig:
 
 
 def default_budget(quick: bool = False) -> PretrainConfig:
-    """The main job's budget per model on 2 CPU cores: about 5-6 minutes (quick: well under a minute).
+    """The main job's budget per model on 2 CPU cores: about 3.5 minutes (quick: well under a minute).
 
     Sized from measured throughput of the `small` presets (docs/pretraining.md).
     """
     if quick:
         return PretrainConfig(steps=40, batch_size=8, crop_frames=150, eval_interval=20, ckpt_interval=20,
                               warmup=0.1, lr=1e-3, attention_dropout=0.0, val_max_utterances=16)
-    return PretrainConfig(steps=600, batch_size=16, crop_frames=150, eval_interval=100, ckpt_interval=100,
+    return PretrainConfig(steps=500, batch_size=16, crop_frames=150, eval_interval=100, ckpt_interval=100,
                           lr=1e-3, attention_dropout=0.0, val_max_utterances=32)
 
 
