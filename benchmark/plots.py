@@ -116,7 +116,10 @@ def plot_ablation(agg: pd.DataFrame, path: Path, band: str = "ci95") -> Path:
         ax.grid(True, which="both", alpha=0.3)
         fr = t.groupby("fraction")["train_utts"].mean().sort_index()
         top = ax.secondary_xaxis("top")
-        top.set_xticks(fr.to_numpy(float), [f"{f:g}" for f in fr.index], fontsize=8)
+        ticks: dict[float, list[str]] = {}  # fractions raised to the same size (one utterance per speaker) share a tick
+        for f, n in fr.items():
+            ticks.setdefault(float(n), []).append(f"{f:g}")
+        top.set_xticks(list(ticks), ["/".join(v) for v in ticks.values()], fontsize=8)
         top.xaxis.set_minor_locator(NullLocator())
         top.set_xlabel("fraction of the labelled train split", fontsize=8)
     band_name = "95% CI" if band == "ci95" else "±1 std"

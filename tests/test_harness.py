@@ -45,9 +45,10 @@ def test_rows_skip_force_and_determinism(corpus_dir, tmp_path):
     assert all(r["test_utt_metric"] != "" for r in sf) and all(r["test_utt_metric"] == "" for r in rows if r not in sf)
     assert {r["fraction"] for r in rows} == {"0.5", "1.0"} and len({r["run_id"] for r in rows}) == len(rows)
     assert (tmp_path / "results" / "leaderboard.csv").is_file()
-    # re-run: nothing new; --force: same metrics again (deterministic per seed), rows appended
-    assert runner.run_benchmark(cfg, log=lambda *_: None).runs_done == 0
-    runner.run_benchmark(replace(cfg, force=True, upstreams=("aalbert_random",)), log=lambda *_: None)
+    # re-run: nothing new; --force: same metrics again (deterministic per seed, whether the probes ran on 2
+    # worker threads as the first time or on 1 now), rows appended
+    assert cfg.probe_workers == 2 and runner.run_benchmark(cfg, log=lambda *_: None).runs_done == 0
+    runner.run_benchmark(replace(cfg, force=True, upstreams=("aalbert_random",), probe_workers=1), log=lambda *_: None)
     again = read_rows(tmp_path / "results" / "runs.csv")[len(rows):]
     first = {r["run_id"]: (r["dev_metric"], r["test_metric"], r["layer_weights"]) for r in rows}
     assert again and all(first[r["run_id"]] == (r["dev_metric"], r["test_metric"], r["layer_weights"]) for r in again)
@@ -79,6 +80,18 @@ def test_killed_run_leaves_no_partial_row_and_is_redone(corpus_dir, tmp_path, mo
     assert len(rows) == 4 and len({r["run_id"] for r in rows}) == 4
 
 
+def test_command_is_recorded_and_cited(corpus_dir, tmp_path):
+    from benchmark.report import COMMAND_FILE
+
+    cfg = _cfg(corpus_dir, tmp_path, upstreams=("mel",), tasks=("phone_linear",), seeds=1, command="python run_benchmark.py --x")
+    runner.run_benchmark(cfg, log=lambda *_: None)
+    runner.run_benchmark(replace(cfg, seeds=2, command="python run_benchmark.py --y"), log=lambda *_: None)
+    runner.run_benchmark(replace(cfg, seeds=2, command="python run_benchmark.py --z"), log=lambda *_: None)  # nothing new
+    lines = (tmp_path / "results" / COMMAND_FILE).read_text().splitlines()
+    assert [ln.split("   #")[0] for ln in lines] == ["python run_benchmark.py --x", "python run_benchmark.py --y"]
+    assert "2 runs in" in lines[0] and "cpu" in lines[0]
+
+
 def test_append_row_rejects_bad_rows_and_foreign_header(tmp_path):
     with pytest.raises(ValueError, match="missing columns"):
         append_row(tmp_path / "runs.csv", {"run_id": "x"})
@@ -104,7 +117,7 @@ def test_cli_errors_list_valid_choices(capsys, corpus_dir, tmp_path):
                          (["--fractions", "0,1"], "outside (0, 1]"), (["--seeds", "0"], ">= 1"),
                          (["--ckpt", "mel=/x"], "not a pretrained upstream"),
                          (["--ckpt", "aalbert=/nonexistent"], "not a checkpoint directory"),
-                         (["--corpus", "nope", "--dry-run"], "valid names")):
+                         (["--corpus", "nope", "--dry-run"], "valid names"), (["--workers", "0"], ">= 1")):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and expect in capsys.readouterr().err, argv
