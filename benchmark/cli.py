@@ -102,14 +102,10 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         ckpts[name] = path
     kw["ckpts"] = ckpts
     if args.steps is not None:
-        def steps(p):
-            return replace(p, max_steps=args.steps, eval_every=min(p.eval_every, args.steps))
-
-        kw["probe"] = steps(cfg.probe)
-        kw["task_probes"] = {t: steps(p) for t, p in cfg.task_probes.items()}
+        kw["probe"] = cfg.probe.with_steps(args.steps)
+        kw["task_probes"] = {t: p.with_steps(args.steps) for t, p in cfg.task_probes.items()}
     if args.finetune_steps is not None:
-        kw["finetune_probe"] = replace(cfg.finetune_probe, max_steps=args.finetune_steps,
-                                       eval_every=min(cfg.finetune_probe.eval_every, args.finetune_steps))
+        kw["finetune_probe"] = cfg.finetune_probe.with_steps(args.finetune_steps)
     if args.workers is not None:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")

@@ -55,7 +55,6 @@ class BenchmarkConfig:
     report: bool = False  # build results/REPORT.md at the end (the main job does)
     command: str | None = None  # the command line, recorded in results/command.txt when the job finishes
 
-
     def probe_config(self, task: str, finetune: bool) -> ProbeConfig:
         return self.finetune_probe if finetune else self.task_probes.get(task, self.probe)
 

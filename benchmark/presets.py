@@ -1,6 +1,8 @@
 """The two packaged jobs: the default benchmark (<= 30 min on 2 CPU cores) and `--quick` (<= 5 min)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from benchmark.plan import BenchmarkConfig
 from downstream.train import ProbeConfig
 
@@ -15,23 +17,24 @@ from downstream.train import ProbeConfig
 # Fine-tuning runs the upstream forward+backward every step and evaluates it live on dev: ~45 s a run.
 MAIN_PROBE = ProbeConfig(lr=1e-2, batch_size=32, max_steps=150, eval_every=75, frames_per_step=2048)
 MAIN_TASK_PROBES = {
-    "phone_1hidden": ProbeConfig(lr=1e-2, batch_size=32, max_steps=150, eval_every=75, frames_per_step=1024),
-    "speaker_utterance": ProbeConfig(lr=1e-2, batch_size=32, max_steps=600, eval_every=100),
+    "phone_1hidden": replace(MAIN_PROBE, frames_per_step=1024),
+    "speaker_utterance": replace(MAIN_PROBE, max_steps=600, eval_every=100, frames_per_step=None),
 }
 MAIN_FINETUNE = ProbeConfig(lr=1e-2, upstream_lr=5e-5, batch_size=8, max_steps=40, eval_every=20)
 QUICK_PROBE = ProbeConfig(lr=1e-2, batch_size=32, max_steps=40, eval_every=20, frames_per_step=2048)
-QUICK_TASK_PROBES = {"speaker_utterance": ProbeConfig(lr=1e-2, batch_size=32, max_steps=200, eval_every=50)}
+QUICK_TASK_PROBES = {"speaker_utterance": replace(QUICK_PROBE, max_steps=200, eval_every=50, frames_per_step=None)}
 QUICK_FINETUNE = ProbeConfig(lr=1e-2, upstream_lr=5e-5, batch_size=8, max_steps=4, eval_every=2)
 
 
 def main_job() -> BenchmarkConfig:
     """All four probes x {last, weighted_sum} x default fractions x 3 seeds x 5 upstreams, plus fine-tuning
     of Mockingjay and AALBERT (phone_linear, speaker_utterance) at the smallest and largest fraction, 1 seed."""
-    return BenchmarkConfig(probe=MAIN_PROBE, task_probes=MAIN_TASK_PROBES, finetune_probe=MAIN_FINETUNE, seeds=3, finetune_seeds=1, report=True)
+    return BenchmarkConfig(probe=MAIN_PROBE, task_probes=MAIN_TASK_PROBES, finetune_probe=MAIN_FINETUNE, seeds=3,
+                           finetune_seeds=1, report=True)
 
 
 def quick_job() -> BenchmarkConfig:
     """The smoke version the tests run: same pipeline on the small corpus (data/synth_quick) with tiny budgets,
     two fractions (12.5 % and 100 %) and two seeds."""
-    return BenchmarkConfig(probe=QUICK_PROBE, task_probes=QUICK_TASK_PROBES, finetune_probe=QUICK_FINETUNE, fractions=(0.125, 1.0), seeds=2,
-                           finetune_seeds=1, quick=True, report=True)
+    return BenchmarkConfig(probe=QUICK_PROBE, task_probes=QUICK_TASK_PROBES, finetune_probe=QUICK_FINETUNE,
+                           fractions=(0.125, 1.0), seeds=2, finetune_seeds=1, quick=True, report=True)

@@ -118,8 +118,9 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
         return
     utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
     frozen = [p for p in pending if not p[0].finetune]
+    finetune = [p for p in pending if p[0].finetune]
     cached = _source(cfg, up, corpus, utts, stats, log) if frozen else None
-    live = LiveSource(up.model, corpus, utts, cfg.device) if len(frozen) < len(pending) else None
+    live = LiveSource(up.model, corpus, utts, cfg.device) if finetune else None
     pooled: PooledSource | None = None
     feat = up.model.feature_cfg
     labels: dict[str, dict[str, SplitLabels]] = {}
@@ -158,9 +159,7 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
                 torch.set_num_threads(min(cfg.probe_threads, threads))
             run_parallel(one_run, frozen, cfg.probe_workers)
         torch.set_num_threads(threads)
-        for job in pending:
-            if job[0].finetune:  # the upstream itself trains: one run at a time, every thread
-                one_run(*job)
+        run_parallel(one_run, finetune, 1)  # the upstream itself trains: one run at a time, every thread
     finally:
         torch.set_num_threads(threads)
         bar.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -49,6 +49,10 @@ class ProbeConfig:
                 raise ValueError(f"ProbeConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.upstream_lr <= 0:
             raise ValueError("ProbeConfig learning rates must be > 0")
+
+    def with_steps(self, steps: int) -> "ProbeConfig":
+        """The same probe with a `steps` budget (dev evaluations no sparser than the budget)."""
+        return replace(self, max_steps=steps, eval_every=min(self.eval_every, steps))
 
     def to_dict(self) -> dict:
         return config_to_dict(self)

@@ -40,7 +40,7 @@ def main() -> int:
     a = p.parse_args()
     cfg = main_job()
     def budget(pc):
-        return pc if a.steps is None else replace(pc, max_steps=a.steps, eval_every=min(a.steps, pc.eval_every))
+        return pc if a.steps is None else pc.with_steps(a.steps)
 
     probe, task_probes = budget(cfg.probe), {t: budget(pc) for t, pc in cfg.task_probes.items()}
     times, rows = {}, {}
