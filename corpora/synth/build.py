@@ -1,7 +1,6 @@
 """prepare_synth: the default corpus, many generated voices in parallel worker processes, validated, committed."""
 from __future__ import annotations
 
-import multiprocessing as mp
 import random
 import shutil
 import time
@@ -12,6 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from core.config import config_from_dict, config_to_dict
+from core.isolated import run_isolated
 from corpora import build
 from corpora.manifest import Corpus, Utterance
 from corpora.synth.phones import CLASSES
@@ -89,19 +89,14 @@ def prepare_synth_config(out_dir: str | Path, cfg: SynthConfig, workers: int = 2
     stage = build.staging_dir(out_dir)
     tasks = _tasks(cfg, stage)
     t0 = time.time()
-    # one fresh process per speaker (maxtasksperchild=1): libespeak-ng keeps state between utterances, so
-    # only "new process + seed + fixed utterance order" is reproducible. fork, not spawn/forkserver: those
-    # re-import the caller's __main__ in every child, which re-runs an unguarded script's build. Children
-    # use only numpy/scipy/soundfile/ctypes, never torch, so forking a torch process is safe here; the
-    # library itself is never loaded in the parent.
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # one fresh process per speaker: libespeak-ng keeps state between utterances, so only "new process + seed +
+    # fixed utterance order" is reproducible; run_isolated forks them from a clean server (never from this
+    # process, which may hold torch threads or a loaded libespeak-ng) and reruns one that crashes
     results: dict[str, list[dict]] = {}
     try:
-        with ctx.Pool(processes=min(workers, len(tasks)), maxtasksperchild=1) as pool:
-            it = pool.imap_unordered(synth_speaker, tasks)
-            for recs in tqdm(it, total=len(tasks), desc="synth speakers", unit="spk", disable=not progress):
-                if recs:
-                    results[recs[0]["speaker"]] = recs
+        finished = run_isolated(synth_speaker, tasks, [f"synth speaker {t.speaker}" for t in tasks], workers)
+        for i, recs in tqdm(finished, total=len(tasks), desc="synth speakers", unit="spk", disable=not progress):
+            results[tasks[i].speaker] = recs
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)  # a failed synthesis leaves nothing half-built behind
         raise
