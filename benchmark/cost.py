@@ -21,7 +21,9 @@ from upstream.registry import build_upstream, get_preset, parse_spec, upstream_i
 from upstream.transformer import count_parameters
 
 COST_COLUMNS: tuple[str, ...] = ("upstream", "preset", "ckpt_hash", "params", "pretrain_frames", "pretrain_seconds",
-                                 "pretrain_frames_per_s", "infer_rtf", "infer_audio_seconds", "device", "date")
+                                 "pretrain_frames_per_s", "val_l1", "val_l1_mean", "val_l1_interpolate", "infer_rtf",
+                                 "infer_audio_seconds", "device", "date")
+_ADDED_LATER = ("val_l1", "val_l1_mean", "val_l1_interpolate")
 
 
 def generated_audio(n_utts: int = 3, seconds: float = 5.0, sample_rate: int = 16_000, seed: int = 0) -> list[torch.Tensor]:
@@ -55,12 +57,18 @@ def real_time_factor(model: torch.nn.Module, wavs: list[torch.Tensor], device: t
     return float(np.median(times)) / audio_s
 
 
-def _pretrain_meta(ckpt: str | Path | None) -> tuple[float, float]:
+def _pretrain_meta(ckpt: str | Path | None) -> dict[str, float]:
+    """Pretraining cost and final held-out masked L1 with its trivial-predictor yardsticks, from checkpoint meta."""
     if ckpt is None:
-        return 0.0, 0.0
+        return {"pretrain_frames": 0.0, "pretrain_seconds": 0.0, "val_l1": math.nan, "val_l1_mean": math.nan,
+                "val_l1_interpolate": math.nan}
     meta = read_meta(ckpt)
-    # Checkpoints from before the pretraining recorded throughput have no such keys: report them as unknown.
-    return float(meta.get("pretrain_frames", math.nan)), float(meta.get("pretrain_seconds", math.nan))
+    base = meta.get("val_baselines") or {}
+    # Checkpoints from before a key was recorded (or imported from s3prl) report it as unknown.
+    get = lambda d, k: math.nan if d.get(k) is None else float(d[k])  # noqa: E731
+    return {"pretrain_frames": get(meta, "pretrain_frames"), "pretrain_seconds": get(meta, "pretrain_seconds"),
+            "val_l1": get(meta, "val_loss"), "val_l1_mean": get(base, "mean"),
+            "val_l1_interpolate": get(base, "interpolate")}
 
 
 def measure_costs(specs_and_ckpts: Iterable[tuple[str, str | Path | None]], out_csv: str | Path,
@@ -83,10 +91,10 @@ def measure_costs(specs_and_ckpts: Iterable[tuple[str, str | Path | None]], out_
                 # Timing only: statistics of the test signal stand in for corpus ones (same arithmetic cost).
                 feature = feature.with_stats(*corpus_stats(feature, wavs))
         model = build_upstream(spec, ckpt=ckpt, feature=feature)
-        frames, secs = _pretrain_meta(ckpt)
-        rows.append({**upstream_identity(spec, ckpt, model), "params": count_parameters(model),
-                     "pretrain_frames": frames, "pretrain_seconds": secs,
-                     "pretrain_frames_per_s": frames / secs if secs > 0 else math.nan,
+        pre = _pretrain_meta(ckpt)
+        secs = pre["pretrain_seconds"]
+        rows.append({**upstream_identity(spec, ckpt, model), "params": count_parameters(model), **pre,
+                     "pretrain_frames_per_s": pre["pretrain_frames"] / secs if secs > 0 else math.nan,
                      "infer_rtf": real_time_factor(model, wavs, dev), "infer_audio_seconds": n_utts * seconds,
                      "device": prov["device"], "date": prov["date"]})
     df = pd.DataFrame(rows, columns=list(COST_COLUMNS))
@@ -97,10 +105,13 @@ def measure_costs(specs_and_ckpts: Iterable[tuple[str, str | Path | None]], out_
 def read_costs(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     df = pd.read_csv(path, dtype={"ckpt_hash": str})
-    missing = [c for c in COST_COLUMNS if c not in df.columns]
+    missing = [c for c in COST_COLUMNS if c not in df.columns and c not in _ADDED_LATER]
     if missing:
         raise ValueError(f"{path}: not a cost table, missing columns {missing}")
-    return df
+    for c in _ADDED_LATER:  # tables written before these columns existed: unknown
+        if c not in df.columns:
+            df[c] = math.nan
+    return df[list(COST_COLUMNS)]
 
 
 def cost_markdown(df: pd.DataFrame) -> str:
@@ -110,10 +121,16 @@ def cost_markdown(df: pd.DataFrame) -> str:
         "upstream": df["upstream"] + ":" + df["preset"], "params": df["params"].map(fmt_count),
         "pretrain frames": df["pretrain_frames"].map(fmt_count), "pretrain time": df["pretrain_seconds"].map(fmt_seconds),
         "pretrain throughput (frames/s)": df["pretrain_frames_per_s"].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}"),
+        "held-out masked L1 (mean / interpolation)": [
+            "-" if pd.isna(v) else f"{v:.3f}" + ("" if pd.isna(m) else f" ({m:.3f} / {i:.3f})")
+            for v, m, i in zip(df["val_l1"], df["val_l1_mean"], df["val_l1_interpolate"])],
         "inference RTF (s compute / s audio)": df["infer_rtf"].map(lambda v: f"{v:.4f}"),
         "device": df["device"]})
     return (to_markdown(show) + f"\nRTF measured one utterance at a time on "
-            f"{df['infer_audio_seconds'].iloc[0]:g} s of generated audio, median of 3 passes, {df['date'].iloc[0]}.\n")
+            f"{df['infer_audio_seconds'].iloc[0]:g} s of generated audio, median of 3 passes, {df['date'].iloc[0]}. "
+            "Held-out masked L1: the pretraining's final validation loss, and in brackets the same loss for two "
+            "trivial predictors on the same masks (the corpus mean; a line between the nearest unmasked frames). A "
+            "model above the interpolation figure has not yet learned to use its neighbours.\n")
 
 
 def _parse_ckpt(arg: str) -> tuple[str, Path]:

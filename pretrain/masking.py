@@ -39,3 +39,25 @@ def masked_l1(pred: Tensor, target: Tensor, loss_mask: Tensor) -> Tensor:
     m = loss_mask.unsqueeze(-1)  # (B, T, 1)
     n = m.sum().clamp_min(1) * target.shape[-1]
     return ((pred.float() - target).abs() * m).sum() / n
+
+
+def interpolate_masked(x: Tensor, lengths: Tensor, loss_mask: Tensor) -> Tensor:
+    """The trivial local predictor: each masked frame linearly interpolated between the nearest unmasked frames
+    on either side (copied from the one side that exists at an utterance's edge; 0 if nothing is unmasked).
+
+    A masked acoustic model that does not beat this has not yet learned to use its neighbours.
+    """
+    B, T, _ = x.shape
+    t = torch.arange(T, device=x.device).expand(B, T)
+    valid = t < lengths.to(x.device)[:, None]
+    known = valid & ~loss_mask
+    left = torch.where(known, t, torch.full_like(t, -1)).cummax(dim=1).values  # last known frame at or before t
+    right = torch.where(known, t, torch.full_like(t, T)).flip(1).cummin(dim=1).values.flip(1)  # first at or after
+    has_l, has_r = left >= 0, right < T
+    xl = x.gather(1, left.clamp_min(0)[..., None].expand_as(x))
+    xr = x.gather(1, right.clamp_max(T - 1)[..., None].expand_as(x))
+    w = ((t - left) / (right - left).clamp_min(1)).to(x.dtype)[..., None]
+    both = (has_l & has_r)[..., None]
+    out = torch.where(both, (1 - w) * xl + w * xr, torch.where(has_l[..., None], xl, xr))
+    out = torch.where((has_l | has_r)[..., None], out, torch.zeros_like(x))
+    return torch.where(loss_mask[..., None], out, x)

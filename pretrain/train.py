@@ -17,7 +17,7 @@ from core.repro import default_device, provenance, seed_everything
 from corpora.manifest import Corpus
 from pretrain.config import PretrainConfig
 from pretrain.data import AudioSource, BucketBatcher, crop_batch, load_features, resolve_source
-from pretrain.masking import mask_batch, masked_l1
+from pretrain.masking import interpolate_masked, mask_batch, masked_l1
 from pretrain.model import MaskedAcousticModel, lr_at, make_optimizer
 from pretrain.state import Progress, load_training_checkpoint, save_training_checkpoint
 from pretrain.stats import normalized_feature_config, stats_for_files
@@ -98,6 +98,20 @@ def validation_loss(model: MaskedAcousticModel, batches: list[tuple[torch.Tensor
     return total / max(count, 1)
 
 
+def validation_baselines(batches: list[tuple[torch.Tensor, ...]]) -> dict[str, float]:
+    """Masked L1 of two trivial predictors on the held-out batches, the yardsticks for `val_loss`:
+    `mean` predicts 0 (the corpus mean of the normalised features), `interpolate` draws a line between the nearest
+    unmasked neighbours (pretrain.masking.interpolate_masked)."""
+    totals = {"mean": 0.0, "interpolate": 0.0}
+    count = 0
+    for x, lengths, _, mask in batches:
+        n = int(mask.sum()) * x.shape[-1]
+        totals["mean"] += float(masked_l1(torch.zeros_like(x), x, mask)) * n
+        totals["interpolate"] += float(masked_l1(interpolate_masked(x, lengths, mask), x, mask)) * n
+        count += n
+    return {k: round(v / max(count, 1), 5) for k, v in totals.items()}
+
+
 def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_dir: Path, cfg: PretrainConfig,
                     resume: bool = False, *, stop_at_step: int | None = None,
                     device: torch.device | str | None = None, encoder: EncoderConfig | None = None) -> Path:
@@ -150,7 +164,8 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
         log.info("resuming %s from step %d", out_dir, progress.step)
     rows = _read_log(out_dir / LOG_FILE, progress.step) if has_ckpt else []  # rows past the checkpoint are redone
     meta = {**ident, "feature": feature.to_dict(), "skipped_audio": skipped, "provenance": provenance(device),
-            "train_utterances": len(train_idx), "val_utterances": n_val}
+            "train_utterances": len(train_idx), "val_utterances": n_val,
+            "val_baselines": validation_baselines(val_batches) if val_batches else None}
     amp = autocast_dtype(cfg, device)
     meta["precision"] = "float32" if amp is None else str(amp).removeprefix("torch.")
     batcher = BucketBatcher([feats[i].shape[0] for i in train_idx], cfg.batch_size, cfg.seed)
@@ -174,6 +189,9 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
         progress.val_loss = validation_loss(model, val_batches, device)
         rows.append({"step": 0, "epoch": 0, "lr": "0", "train_loss": None, "val_loss": f"{progress.val_loss:.5f}",
                      "frames": 0, "frames_per_s": None, "seconds": "0"})
+    if meta["val_baselines"]:
+        log.info("held-out masked L1 of trivial predictors: corpus mean %.4f, linear interpolation %.4f",
+                 meta["val_baselines"]["mean"], meta["val_baselines"]["interpolate"])
     model.train()
     bar = tqdm(total=cfg.steps, initial=progress.step, desc=f"pretrain {spec}", unit="step")
     win_frames, win_t, t_last = 0, 0.0, time.perf_counter()
@@ -235,6 +253,11 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
         raise
     finally:
         bar.close()
+    base = meta["val_baselines"]
+    if progress.step >= cfg.steps and base and progress.val_loss is not None and progress.val_loss > base["interpolate"]:
+        log.warning("%s: held-out masked L1 %.4f is still above linear interpolation between unmasked neighbours "
+                    "(%.4f): the model has not learned to use local context; train longer", out_dir,
+                    progress.val_loss, base["interpolate"])
     return out_dir
 
 

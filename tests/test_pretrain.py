@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pretrain import PretrainConfig, ensure_pretrained, run_pretraining
-from pretrain.masking import mask_batch
+from pretrain.masking import interpolate_masked, mask_batch
 from pretrain.model import lr_at, make_optimizer, MaskedAcousticModel
 from pretrain.synthetic import make_tiny_corpus
 from corpora.manifest import load_corpus
@@ -40,6 +40,25 @@ def test_tiny_model_learns(corpus, tmp_path):
     assert meta["complete"] and meta["step"] == 200 and meta["upstream"] == "mockingjay"
     assert meta["feature"]["norm"] == "corpus" and len(meta["feature"]["norm_mean"]) == 80
     assert meta["pretrain_frames"] > 0 and meta["pretrain_seconds"] > 0 and "git_commit" in meta["provenance"]
+    base = meta["val_baselines"]  # yardsticks for the held-out loss, on the same masks
+    assert 0 < base["interpolate"] < base["mean"] and abs(base["mean"] - start) < 0.5
     model = load_upstream(out)  # the registry loads what pretraining wrote
     hidden, lengths = model(torch.randn(2, 8000) * 0.1, torch.tensor([8000, 5000]))
     assert len(hidden) == 3 and hidden[-1].shape == (2, 51, 64)
+
+
+def test_interpolation_baseline_is_exact_on_lines_and_respects_padding():
+    T = 12
+    x = torch.stack([torch.arange(T, dtype=torch.float32) * 0.5, -torch.arange(T, dtype=torch.float32)], -1)
+    x = torch.stack([x, x])  # (2, T, 2); the second utterance has 8 valid frames
+    lengths = torch.tensor([T, 8])
+    mask = torch.zeros(2, T, dtype=torch.bool)
+    mask[:, 3:7] = True
+    mask[0, 0] = True  # an edge frame copies its only neighbour
+    mask[1, 7] = True  # the last valid frame: padding beyond it is never used as a neighbour
+    x[1, 8:] = 1e6
+    y = interpolate_masked(x, lengths, mask)
+    assert torch.allclose(y[0, 3:7], x[0, 3:7])  # a straight line is interpolated exactly
+    assert torch.equal(y[0, 0], x[0, 1])  # edge: copied from its only neighbour
+    assert torch.equal(y[1, 3:8], x[1, 2].expand(5, 2))  # frames 3-7 end the utterance: the left neighbour
+    assert torch.equal(y[~mask], x[~mask])  # unmasked frames are the input

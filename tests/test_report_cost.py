@@ -25,7 +25,8 @@ def _ckpt(tmp_path, extra_meta):
 
 
 def test_measure_costs(tmp_path):
-    ckpt, n_params = _ckpt(tmp_path, {"pretrain_frames": 120_000, "pretrain_seconds": 60.0})
+    ckpt, n_params = _ckpt(tmp_path, {"pretrain_frames": 120_000, "pretrain_seconds": 60.0, "val_loss": 0.61234,
+                                      "val_baselines": {"mean": 0.81, "interpolate": 0.52}})
     out = tmp_path / "cost.csv"
     df = measure_costs([("mel", None), ("aalbert", ckpt)], out, device="cpu", seconds=0.5, n_utts=2)
     table = read_costs(out)
@@ -34,13 +35,16 @@ def test_measure_costs(tmp_path):
     assert mel["params"] == 0 and mel["pretrain_frames"] == 0 and math.isnan(mel["pretrain_frames_per_s"])
     assert al["params"] == n_params and al["pretrain_frames_per_s"] == pytest.approx(2000.0)
     assert (table["infer_rtf"] > 0).all() and (table["infer_audio_seconds"] == 1.0).all()
-    assert "2,000" in cost_markdown(df) and not list(tmp_path.glob("*.tmp"))
+    assert math.isnan(mel["val_l1"]) and (al["val_l1"], al["val_l1_interpolate"]) == (0.61234, 0.52)
+    md = cost_markdown(df)
+    assert "2,000" in md and "0.612 (0.810 / 0.520)" in md and not list(tmp_path.glob("*.tmp"))
 
 
 def test_checkpoint_without_throughput_meta_reports_unknown(tmp_path):
     ckpt, _ = _ckpt(tmp_path, {})
     df = measure_costs([("aalbert", ckpt)], tmp_path / "cost.csv", device="cpu", seconds=0.3, n_utts=1)
     assert math.isnan(df.iloc[0]["pretrain_frames"]) and math.isnan(df.iloc[0]["pretrain_frames_per_s"])
+    assert math.isnan(df.iloc[0]["val_l1"]) and math.isnan(df.iloc[0]["val_l1_interpolate"])
 
 
 def test_bad_inputs(tmp_path):
