@@ -7,6 +7,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from downstream.modes import MODE_CHOICES, parse_modes
 from downstream.tasks import TASKS
 from benchmark.plan import DEFAULT_MODES, DEFAULT_UPSTREAMS, BenchmarkConfig, parse_fractions
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
     p.add_argument("--runs-dir", type=Path, default=Path("runs/pretrain"))
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--workers", type=int, help="frozen probes trained at once, in threads (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -62,8 +64,16 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     """Validated BenchmarkConfig; ValueError with the valid choices for any bad name or value."""
     cfg = quick_job() if args.quick else main_job()
     kw: dict = {"data_dir": args.data_dir, "results_dir": args.results_dir, "cache_dir": args.cache_dir,
-                "runs_dir": args.runs_dir, "device": args.device, "progress": not args.no_progress,
-                "force": args.force, "no_cache": args.no_cache}
+                "runs_dir": args.runs_dir, "progress": not args.no_progress, "force": args.force,
+                "no_cache": args.no_cache}
+    if args.device is not None:
+        try:
+            dev = torch.device(args.device)
+        except RuntimeError as e:
+            raise ValueError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...): {e}") from e
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use cpu)")
+        kw["device"] = str(dev)
     if args.upstream:
         specs = tuple(dict.fromkeys(t.strip() for t in args.upstream.split(",") if t.strip()))
         if not specs:

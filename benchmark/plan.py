@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.io import sha256_json
+from core.repro import default_device
 from downstream.modes import LayerMode, parse_modes
 from downstream.tasks import TASKS
 from downstream.train import ProbeConfig
@@ -43,7 +44,7 @@ class BenchmarkConfig:
     results_dir: Path = Path("results")
     cache_dir: Path = Path("cache/features")
     runs_dir: Path = Path("runs/pretrain")
-    device: str = "cpu"
+    device: str = field(default_factory=lambda: default_device().type)  # cuda when present, else cpu
     # torch threads while training FROZEN probes: their small matmuls gain little from a second thread, and
     # measured on a shared 2-core machine a linear probe's backward went from 8 ms (1 thread) to 90-180 ms
     # (2 threads spinning against other processes). Extraction and fine-tuning keep torch's default.

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 import benchmark.runner as runner
 from benchmark.cli import main
@@ -117,10 +118,16 @@ def test_cli_errors_list_valid_choices(capsys, corpus_dir, tmp_path):
                          (["--fractions", "0,1"], "outside (0, 1]"), (["--seeds", "0"], ">= 1"),
                          (["--ckpt", "mel=/x"], "not a pretrained upstream"),
                          (["--ckpt", "aalbert=/nonexistent"], "not a checkpoint directory"),
-                         (["--corpus", "nope", "--dry-run"], "valid names"), (["--workers", "0"], ">= 1")):
+                         (["--corpus", "nope", "--dry-run"], "valid names"), (["--workers", "0"], ">= 1"),
+                         (["--device", "gpu0"], "not a torch device")):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and expect in capsys.readouterr().err, argv
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["--device", "cuda", "--dry-run"])
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert BenchmarkConfig().device == ("cuda" if torch.cuda.is_available() else "cpu")  # a GPU is used when present
     assert parse_fractions("1,0.01,0.1") == (0.01, 0.1, 1.0)
     assert main(["--list"]) == 0 and "speaker_frame" in capsys.readouterr().out
     assert main(["--dry-run", "--corpus", str(corpus_dir), "--upstream", "mel,aalbert_random", "--mode", "layers",
