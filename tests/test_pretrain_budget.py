@@ -1,0 +1,34 @@
+"""analysis.pretrain_budget: snapshots along one schedule are reused, tabulated against mel and plotted."""
+import pandas as pd
+
+from analysis.pretrain_budget import budget_table, plot_budget, snapshot_checkpoints, val_curve
+from corpora.manifest import load_corpus
+from pretrain.synthetic import make_tiny_corpus
+from upstream.checkpoint import checkpoint_hash, read_meta
+
+
+def test_snapshots_table_and_plot(tmp_path):
+    corpus = load_corpus(make_tiny_corpus(tmp_path / "c", n_utts=12, seconds=(1.0, 1.5)))
+    runs = tmp_path / "runs"
+    snaps = snapshot_checkpoints("aalbert:small", corpus, runs, steps=3, snapshots=[2], device="cpu")
+    assert sorted(snaps) == [2, 3] and read_meta(snaps[2])["step"] == 2 and not read_meta(snaps[2])["complete"]
+    assert read_meta(snaps[3])["complete"] and checkpoint_hash(snaps[2]) != checkpoint_hash(snaps[3])
+    mtime = (snaps[2] / "checkpoint.json").stat().st_mtime_ns
+    assert snapshot_checkpoints("aalbert:small", corpus, runs, steps=3, snapshots=[2], device="cpu") == snaps
+    assert (snaps[2] / "checkpoint.json").stat().st_mtime_ns == mtime  # reused, not retrained
+
+    rows = []
+    for up, h, acc in (("mel", "m" * 16, 0.6), ("aalbert", checkpoint_hash(snaps[2])[:16], 0.4),
+                       ("aalbert", checkpoint_hash(snaps[3])[:16], 0.5), ("aalbert", "other", 0.9)):
+        for seed in range(3):
+            rows.append({"upstream": up, "ckpt_hash": h, "task": "phone_linear", "mode": "last", "fraction": 1.0,
+                         "seed": seed, "metric": "frame_acc", "test_metric": acc + 0.01 * seed})
+    rows.append({**rows[0], "fraction": 0.5, "test_metric": 0.1})  # other fractions are left out
+    table = budget_table(pd.DataFrame(rows), snaps)
+    assert list(table["pretrain_step"].fillna(-1)) == [-1, 2, 3]  # mel first, then the snapshots; unknown ckpt dropped
+    assert table["test_mean"].round(3).tolist() == [0.61, 0.41, 0.51] and (table["n_seeds"] == 3).all()
+    assert table["val_l1_interpolate"].iloc[1] == read_meta(snaps[2])["val_baselines"]["interpolate"]
+    curve = val_curve(runs / "train")
+    assert curve["step"].tolist()[0] == 0 and curve["step"].tolist()[-1] == 3
+    out = plot_budget(table, curve, "aalbert:small", tmp_path / "budget.png")
+    assert out.stat().st_size > 10_000
