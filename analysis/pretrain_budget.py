@@ -4,11 +4,12 @@
         --snapshots 500,1000 --out results/pretrain_budget
 
 One pretraining run of `--steps` (the main job's budget otherwise: batch, crops, lr, warm-up, linear decay
-over the whole run) is stopped at each snapshot step and copied (RUNS/step-N, RUNS = --runs-dir); every snapshot and the
-mel baseline are probed at 100 % of the labels (`--tasks`, modes last and weighted_sum, `--seeds`) by the
-benchmark harness into OUT/runs.csv. Writes OUT/budget.csv and OUT/budget.md (probe accuracy per snapshot,
-mean and 95 % CI over seeds, with the held-out masked L1 and its trivial-predictor yardsticks) and
-OUT/pretrain_budget.png. Resumable: finished snapshots and probe rows are reused.
+over the whole run) is stopped at each snapshot step and copied (RUNS/step-N, RUNS = --runs-dir). Every
+snapshot and two references (mel, and the random-init control of the same architecture) are probed at 100 %
+of the labels (`--tasks`, modes last and weighted_sum, `--seeds`) by the benchmark harness into OUT/runs.csv.
+Writes OUT/budget.csv and OUT/budget.md (probe accuracy per snapshot, mean and 95 % CI over seeds, with the
+held-out masked L1 and its interpolation yardstick) and OUT/pretrain_budget.png. Resumable: finished
+snapshots and probe rows are reused.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.aggregate import ci95_halfwidth, read_runs
-from benchmark.plots import metric_display, plt, save_figure
+from benchmark.plots import UPSTREAM_COLORS, metric_display, plt, save_figure
 from benchmark.presets import main_job
 from benchmark.resolve import resolve_corpus
 from benchmark.runner import record_command, run_benchmark
@@ -61,11 +62,11 @@ def val_curve(train_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "val_l1"])
 
 
-def budget_table(runs: pd.DataFrame, snaps: dict[int, Path]) -> pd.DataFrame:
-    """One row per (task, mode, snapshot step or 'mel'): mean / CI of the test metric over seeds."""
+def budget_table(runs: pd.DataFrame, snaps: dict[int, Path], references: tuple[str, ...] = ("mel",)) -> pd.DataFrame:
+    """One row per (task, mode, snapshot step or reference upstream): mean / CI of the test metric over seeds."""
     step_of = {checkpoint_hash(p)[:16]: s for s, p in snaps.items()}
     meta = {s: read_meta(p) for s, p in snaps.items()}
-    runs = runs[(runs["fraction"] == 1.0) & (runs["ckpt_hash"].isin(step_of) | (runs["upstream"] == "mel"))]
+    runs = runs[(runs["fraction"] == 1.0) & (runs["ckpt_hash"].isin(step_of) | runs["upstream"].isin(references))]
     out = []
     for (task, mode, h), g in runs.groupby(["task", "mode", "ckpt_hash"], sort=True):
         step = step_of.get(h)
@@ -76,7 +77,7 @@ def budget_table(runs: pd.DataFrame, snaps: dict[int, Path]) -> pd.DataFrame:
                     "test_mean": test.mean(), "test_ci95": ci95_halfwidth(test),
                     "val_l1": meta[step].get("val_loss") if step is not None else None,
                     "val_l1_interpolate": base.get("interpolate"), "val_l1_mean": base.get("mean")})
-    return pd.DataFrame(out).sort_values(["task", "mode", "pretrain_step"], na_position="first")
+    return pd.DataFrame(out).sort_values(["task", "mode", "pretrain_step", "upstream"], na_position="first")
 
 
 def plot_budget(table: pd.DataFrame, curve: pd.DataFrame, spec: str, path: Path) -> Path:
@@ -97,11 +98,11 @@ def plot_budget(table: pd.DataFrame, curve: pd.DataFrame, spec: str, path: Path)
             if len(m):
                 ax.errorbar(m["pretrain_step"], m["test_mean"] * scale, yerr=(m["test_ci95"].fillna(0) * scale),
                             fmt=style, capsize=3, label=f"{spec}, {mode}")
-        mel = t[t["upstream"] == "mel"]
-        if len(mel):
-            ax.axhline(mel["test_mean"].iloc[0] * scale, color="#333333", ls=":", label="mel (log-mel input)")
+        for (up, mode), r in t[t["pretrain_step"].isna()].groupby(["upstream", "mode"], sort=False):
+            ax.axhline(r["test_mean"].iloc[0] * scale, color=UPSTREAM_COLORS.get(up, "#777777"),
+                       ls=":" if mode == "last" else "-.", label=f"{up}, {mode}" + (" (input)" if up == "mel" else ""))
         ax.set(xlabel="pretraining step", ylabel=f"test {label}", title=f"{task} @ 100 % labels")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"Pretraining budget: {spec}, snapshots of one schedule (mean and 95 % CI over seeds)")
     return save_figure(fig, path)
 
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
     p.add_argument("--runs-dir", type=Path, default=Path("runs/pretrain_budget"), help="checkpoints (large; not results)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     try:
         name, _ = parse_spec(a.upstream)
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     job = main_job()
-    job = replace(job, device=a.device or job.device)
+    job = replace(job, device=a.device or job.device, progress=not a.no_progress)
     if a.probe_steps is not None:
         job = replace(job, probe=job.probe.with_steps(a.probe_steps),
                       task_probes={t: pc.with_steps(a.probe_steps) for t, pc in job.task_probes.items()})
@@ -141,15 +143,21 @@ def main(argv: list[str] | None = None) -> int:
     snaps = snapshot_checkpoints(a.upstream, corpus, a.runs_dir, a.steps, snapshots, job.device)
     base = replace(job, corpus=str(corpus.root), tasks=tuple(a.tasks.split(",")), fractions=(1.0,), seeds=a.seeds,
                    finetune_ends=False, results_dir=a.out, cache_dir=a.cache_dir, report=False)
-    run_benchmark(replace(base, upstreams=("mel",)))
+    references = ("mel", f"{name}_random")  # the input features and the same architecture untrained
+    run_benchmark(replace(base, upstreams=references))
     for s, snap in snaps.items():
         run_benchmark(replace(base, upstreams=(a.upstream,), ckpts={name: str(snap)}))
-    table = budget_table(read_runs(a.out / "runs.csv"), snaps)
+    table = budget_table(read_runs(a.out / "runs.csv"), snaps, references)
     atomic_write_text(a.out / "budget.csv", table.to_csv(index=False))
-    show = table.assign(test=[f"{m * 100:.1f} ± {c * 100:.1f}" for m, c in zip(table["test_mean"], table["test_ci95"])])
-    show = show[["task", "mode", "upstream", "pretrain_step", "test", "n_seeds", "val_l1", "val_l1_interpolate"]]
+    num = lambda v, f: "-" if pd.isna(v) else format(v, f)  # noqa: E731
+    show = pd.DataFrame({
+        "task": table["task"], "mode": table["mode"], "upstream": table["upstream"],
+        "pretraining step": table["pretrain_step"].map(lambda v: num(v, ".0f")),
+        "test (%)": [f"{m * 100:.1f} ± {num(c * 100, '.1f')}" for m, c in zip(table["test_mean"], table["test_ci95"])],
+        "seeds": table["n_seeds"], "held-out masked L1": table["val_l1"].map(lambda v: num(v, ".3f")),
+        "interpolation L1": table["val_l1_interpolate"].map(lambda v: num(v, ".3f"))})
     command = "python -m analysis.pretrain_budget " + shlex.join(sys.argv[1:] if argv is None else argv)
-    atomic_write_text(a.out / "budget.md", to_markdown(show) + f"\nTest metric in %, mean ± 95 % CI. `{command}`\n")
+    atomic_write_text(a.out / "budget.md", to_markdown(show) + f"\nTest metric at 100 % of the labels, mean ± 95 % CI over seeds. `{command}`\n")
     plot_budget(table, val_curve(a.runs_dir / "train"), a.upstream, a.out / "pretrain_budget.png")
     record_command(a.out, command, len(read_runs(a.out / "runs.csv")), time.perf_counter() - t0, job.device)
     print(to_markdown(show))
