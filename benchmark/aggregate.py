@@ -10,7 +10,7 @@ from scipy import stats
 from benchmark.schema import LEADERBOARD_KEYS, RUN_COLUMNS
 
 # Columns that describe the upstream (identical for every seed of a key) and are carried through.
-_CARRIED = ("ckpt_hash", "params", "pretrain_frames", "pretrain_seconds")
+_CARRIED = ("params", "pretrain_frames", "pretrain_seconds")
 _NUMERIC = ("layer", "fraction", "train_utts", "train_frames", "seed", "dev_metric", "test_metric",
             "test_utt_metric", "params", "pretrain_frames", "pretrain_seconds", "best_step", "steps", "wall_seconds")
 AGG_COLUMNS: tuple[str, ...] = (*LEADERBOARD_KEYS, "metric", "n_seeds", "train_utts", "test_mean", "test_std",

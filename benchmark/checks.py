@@ -71,13 +71,25 @@ def check_scarce_labels(agg: pd.DataFrame) -> Check:
 
 
 def check_mode_beats(agg: pd.DataFrame, better: str, worse: tuple[str, ...], claim: str) -> Check:
-    """`better` mode vs the best of `worse` modes, for every upstream/task/fraction that has both."""
+    """`better` mode vs the best of `worse` modes, for every upstream/task/fraction that has both; at matched
+    probe step budgets where the rows have them (e.g. a fine-tuning run and frozen probes of as many steps)."""
     keys = ["upstream", "preset", *_SCENE]
     a = agg[agg["mode"] == better]
     b = agg[agg["mode"].isin(worse)]
-    b = b.loc[b.groupby(keys)["test_mean"].idxmax()] if not b.empty else b
-    wins, n, detail = _summary(_pairs(a, b, keys), "upstream/task/fraction cells")
+    matched = _pairs(a, _best(b, [*keys, "steps"]), [*keys, "steps"])
+    m = matched if len(matched) else _pairs(a, _best(b, keys), keys)
+    wins, n, detail = _summary(m, "upstream/task/fraction cells")
+    if len(matched):
+        detail += f"; at matched probe budgets ({'/'.join(f'{x:.0f}' for x in sorted(set(m['steps'])))} steps)"
+    elif n and set(m["steps_a"]) != set(m["steps_b"]):  # e.g. short fine-tuning against longer frozen probes
+        fmt = lambda v: "/".join(f"{x:.0f}" for x in sorted(set(v)))  # noqa: E731
+        detail += (f"; NOT a matched budget: {better} trained {fmt(m['steps_a'])} probe steps, "
+                   f"{'/'.join(worse)} {fmt(m['steps_b'])}")
     return Check(claim, _verdict(wins, n), detail)
+
+
+def _best(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    return rows.loc[rows.groupby(keys)["test_mean"].idxmax()] if not rows.empty else rows
 
 
 def check_aalbert_vs_mockingjay(agg: pd.DataFrame) -> Check:

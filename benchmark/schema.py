@@ -30,4 +30,8 @@ RUN_COLUMNS: tuple[str, ...] = (
     "git_commit",
     "date",
 )
-LEADERBOARD_KEYS: tuple[str, ...] = ("corpus", "upstream", "preset", "task", "mode", "layer", "fraction")
+# what makes two runs the same configuration up to the seed: the checkpoint (two checkpoints of one upstream,
+# e.g. snapshots of a pretraining run) and the probe's step budget are part of it, so rows of different
+# checkpoints or budgets in one runs.csv are never merged (or silently dropped as duplicates) by aggregation
+LEADERBOARD_KEYS: tuple[str, ...] = ("corpus", "upstream", "preset", "ckpt_hash", "task", "mode", "layer", "fraction",
+                                     "steps")

@@ -10,8 +10,8 @@ from benchmark.plots import metric_display
 from core.io import atomic_write_text
 
 LEADERBOARD_COLUMNS = ("rank", "upstream", "preset", "mode", "layer", "params", "pretrain_frames",
-                       "pretrain_seconds", "metric", "fraction", "train_utts", "n_seeds", "test_mean", "test_ci95",
-                       "test_std", "dev_mean", "test_utt_mean", "ckpt_hash")
+                       "pretrain_seconds", "metric", "fraction", "train_utts", "steps", "n_seeds", "test_mean",
+                       "test_ci95", "test_std", "dev_mean", "test_utt_mean", "ckpt_hash")
 
 
 def fmt_count(n: float) -> str:
@@ -72,7 +72,7 @@ def leaderboard_markdown(lb: pd.DataFrame) -> str:
         "rank": lb["rank"], "upstream": lb["upstream"] + ":" + lb["preset"],
         "mode": [m if m != "layer" else f"layer {int(layer)} (best on dev)" for m, layer in zip(lb["mode"], lb["layer"])],
         "params": lb["params"].map(fmt_count), "pretrain frames": lb["pretrain_frames"].map(fmt_count),
-        "pretrain time": lb["pretrain_seconds"].map(fmt_seconds),
+        "pretrain time": lb["pretrain_seconds"].map(fmt_seconds), "probe steps": lb["steps"].map(lambda v: f"{v:.0f}"),
         f"test {label}, mean ± 95% CI": [fmt_score(m, c, k) for m, c in zip(lb["test_mean"], lb["test_ci95"])],
         "dev": (lb["dev_mean"] * k).map(lambda v: f"{v:.2f}"), "seeds": lb["n_seeds"],
     })

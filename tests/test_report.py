@@ -41,6 +41,16 @@ def test_aggregate_one_seed_has_no_ci_and_duplicates_count_once():
     assert agg.iloc[0]["n_seeds"] == 1 and math.isnan(agg.iloc[0]["test_ci95"])
 
 
+def test_other_checkpoints_and_probe_budgets_are_kept_apart():
+    df = validate_runs(synthetic_runs(upstreams=("mockingjay",), tasks=("phone_linear",), fractions=(1.0,), seeds=(0, 1)))
+    df = df[df["mode"] == "last"]
+    snap = df.assign(ckpt_hash="0123456789abcdef", test_metric=0.9)  # another checkpoint of the same upstream
+    longer = df.assign(steps=df["steps"] * 4, test_metric=0.1)  # the same checkpoint, a longer probe
+    agg = aggregate_runs(pd.concat([df, snap, longer]))
+    assert len(agg) == 3 and (agg["n_seeds"] == 2).all()  # nothing merged, nothing dropped as a "duplicate"
+    assert sorted(agg["test_mean"].round(6)) == sorted([round(df["test_metric"].mean(), 6), 0.9, 0.1])
+
+
 def test_aggregate_groups_by_leaderboard_keys():
     df = validate_runs(synthetic_runs(**SMALL))
     agg = aggregate_runs(df)
