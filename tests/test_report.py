@@ -112,6 +112,21 @@ def test_science_checks_follow_the_rows():
     assert all(c.verdict == "not enough data" for c in science_checks(only_mel))
 
 
+def test_finetune_check_prefers_matched_budgets_and_flags_unmatched_ones():
+    from benchmark.checks import check_mode_beats
+
+    df = validate_runs(synthetic_runs(upstreams=("mockingjay",), tasks=("phone_linear",), fractions=(1.0,), seeds=(0, 1)))
+    df = df[df["mode"].isin(["last", "finetune"])]
+    ft, frozen = df["mode"] == "finetune", df["mode"] == "last"
+    df.loc[ft, ["steps", "test_metric"]] = [40, 0.5]
+    long = df[frozen].assign(test_metric=0.6)  # frozen at its own longer budget: beats the short fine-tuning
+    df.loc[frozen, ["steps", "test_metric"]] = [40, 0.4]  # frozen at the fine-tuning budget: loses to it
+    check = check_mode_beats(aggregate_runs(pd.concat([df, long])), "finetune", ("last",), "ft")
+    assert check.verdict == "holds" and "matched probe budgets (40 steps)" in check.detail
+    unmatched = check_mode_beats(aggregate_runs(pd.concat([df[ft], long])), "finetune", ("last",), "ft")
+    assert unmatched.verdict == "does not hold" and "NOT a matched budget" in unmatched.detail
+
+
 def test_build_report_writes_everything(tmp_path):
     results = _write(tmp_path, synthetic_runs(**SMALL))
     (results / "command.txt").write_text("python run_benchmark.py --seeds 0 1\n")
