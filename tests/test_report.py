@@ -112,6 +112,22 @@ def test_science_checks_follow_the_rows():
     assert all(c.verdict == "not enough data" for c in science_checks(only_mel))
 
 
+def test_input_block_is_not_an_intermediate_layer():
+    from benchmark.checks import check_intermediate_layers
+
+    df = validate_runs(synthetic_runs(**SMALL))
+    lay = df["mode"] == "layer"
+    assert check_intermediate_layers(aggregate_runs(df)).verdict == "holds"  # the rows peak in the middle
+    falling = df.copy()  # every Transformer layer loses information: hidden state 0 best, then 1, 2, ...
+    for col in ("dev_metric", "test_metric"):
+        falling.loc[lay, col] = 0.9 - 0.1 * falling.loc[lay, "layer"]
+    c = check_intermediate_layers(aggregate_runs(falling))
+    assert "layer 1" in c.detail and "hidden state 0) was the best hidden state of all in 4/4" in c.detail
+    flat0 = falling.copy()  # only the input block is good; the Transformer layers are equal: nothing to claim
+    flat0.loc[lay & (flat0["layer"] > 0), ["dev_metric", "test_metric"]] = 0.3
+    assert check_intermediate_layers(aggregate_runs(flat0)).verdict == "does not hold"
+
+
 def test_finetune_check_prefers_matched_budgets_and_flags_unmatched_ones():
     from benchmark.checks import check_mode_beats
 
