@@ -37,7 +37,8 @@ from upstream.checkpoint import META_FILE, checkpoint_hash, read_meta
 from upstream.registry import is_pretrained, parse_spec
 
 
-def snapshot_checkpoints(spec: str, corpus, runs: Path, steps: int, snapshots: list[int], device: str) -> dict[int, Path]:
+def snapshot_checkpoints(spec: str, corpus, runs: Path, steps: int, snapshots: list[int], device: str,
+                         progress: bool = True) -> dict[int, Path]:
     """Train `spec` for `steps` in RUNS/train, copying the checkpoint at every snapshot step; reuse finished ones."""
     cfg = with_overrides(default_budget(False), steps=steps)
     train_dir, done = runs / "train", {}
@@ -45,7 +46,7 @@ def snapshot_checkpoints(spec: str, corpus, runs: Path, steps: int, snapshots: l
         snap = runs / f"step-{s}"
         if not (snap / META_FILE).is_file():
             run_pretraining(spec, corpus, train_dir, cfg, resume=(train_dir / META_FILE).is_file(), stop_at_step=s,
-                            device=device)
+                            device=device, show_progress=progress)
             tmp = snap.with_name(snap.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(train_dir, tmp)
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                       task_probes={t: pc.with_steps(a.probe_steps) for t, pc in job.task_probes.items()})
     corpus = resolve_corpus(a.corpus, a.data_dir, quick=False)
     t0 = time.perf_counter()
-    snaps = snapshot_checkpoints(a.upstream, corpus, a.runs_dir, a.steps, snapshots, job.device)
+    snaps = snapshot_checkpoints(a.upstream, corpus, a.runs_dir, a.steps, snapshots, job.device, job.progress)
     base = replace(job, corpus=str(corpus.root), tasks=tuple(a.tasks.split(",")), fractions=(1.0,), seeds=a.seeds,
                    finetune_ends=False, results_dir=a.out, cache_dir=a.cache_dir, report=False)
     references = ("mel", f"{name}_random")  # the input features and the same architecture untrained

@@ -78,7 +78,7 @@ def normalisation_split(corpus: Corpus) -> str:
 
 
 def resolve_upstream(spec: str, corpus: Corpus, ckpts: dict[str, str], runs_dir: Path, quick: bool,
-                     log=print) -> ResolvedUpstream:
+                     log=print, device: str | None = None, progress: bool = True) -> ResolvedUpstream:
     """Build `spec`: from --ckpt, from the reused/trained default checkpoint, or (mel, random) with corpus stats."""
     name, preset = parse_spec(spec)
     ckpt: Path | None = None
@@ -90,7 +90,8 @@ def resolve_upstream(spec: str, corpus: Corpus, ckpts: dict[str, str], runs_dir:
 
             ckpt = checkpoint_dir(runs_dir, spec, quick)
             log(f"{spec}: using checkpoint {ckpt} (pretraining it first if missing or incomplete)")
-            ckpt = Path(ensure_pretrained(f"{name}:{preset}", corpus, ckpt, default_budget(quick)))
+            ckpt = Path(ensure_pretrained(f"{name}:{preset}", corpus, ckpt, default_budget(quick), device=device,
+                                          show_progress=progress))
         model = build_upstream(spec, ckpt=ckpt)
         meta: dict[str, Any] = read_meta(ckpt)
     else:

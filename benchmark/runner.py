@@ -195,7 +195,8 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> RunnerStats:
     log(f"corpus {corpus.name} ({corpus.root}); fractions {', '.join(f'{f:g}' for f in fractions)}; "
         f"seeds {cfg.seeds}; results -> {cfg.results_dir}/{RUNS_FILE}")
     for spec in cfg.upstreams:
-        up = resolve_upstream(spec, corpus, cfg.ckpts, cfg.runs_dir, cfg.quick, log)
+        up = resolve_upstream(spec, corpus, cfg.ckpts, cfg.runs_dir, cfg.quick, log, device=cfg.device,
+                              progress=cfg.progress)
         runs = expand_runs(cfg, spec, up.model.num_hidden_states, fractions, stats.notes)
         run_upstream(cfg, up, corpus, runs, stats, prov, log)
         del up

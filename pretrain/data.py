@@ -57,8 +57,8 @@ def resolve_source(source: "str | Path | Corpus") -> AudioSource:
 
 
 @torch.no_grad()
-def load_features(paths: "tuple[Path, ...] | list[Path]", feature: FeatureConfig, min_frames: int
-                  ) -> tuple[list[Tensor], dict[str, int]]:
+def load_features(paths: "tuple[Path, ...] | list[Path]", feature: FeatureConfig, min_frames: int,
+                  progress: bool = True) -> tuple[list[Tensor], dict[str, int]]:
     """Normalised model-input features (T, D) per usable file, and counts of skipped files.
 
     Empty files and files with fewer than `min_frames` model frames are skipped and counted; unreadable
@@ -67,7 +67,7 @@ def load_features(paths: "tuple[Path, ...] | list[Path]", feature: FeatureConfig
     fe = LogMelFrontend(feature)
     feats: list[Tensor] = []
     skipped = {"empty": 0, "too_short": 0}
-    for path in tqdm(paths, desc="features", unit="file", leave=False):
+    for path in tqdm(paths, desc="features", unit="file", leave=False, disable=not progress):
         wav = load_audio(path, feature.sample_rate)
         if wav.numel() == 0:
             skipped["empty"] += 1

@@ -114,7 +114,8 @@ def validation_baselines(batches: list[tuple[torch.Tensor, ...]]) -> dict[str, f
 
 def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_dir: Path, cfg: PretrainConfig,
                     resume: bool = False, *, stop_at_step: int | None = None,
-                    device: torch.device | str | None = None, encoder: EncoderConfig | None = None) -> Path:
+                    device: torch.device | str | None = None, encoder: EncoderConfig | None = None,
+                    show_progress: bool = True) -> Path:
     """Pretrain `spec` (e.g. "mockingjay:small") on a corpus's pretrain split or audio files; return the checkpoint dir.
 
     `resume` continues the checkpoint in `out_dir` (model, optimizer, schedule, RNG and data position).
@@ -139,7 +140,7 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
         enc_cfg = replace(enc_cfg, attention_dropout=cfg.attention_dropout)
 
     seed_everything(cfg.seed)
-    feats, skipped = load_features(src.paths, feature, cfg.min_frames)
+    feats, skipped = load_features(src.paths, feature, cfg.min_frames, progress=show_progress)
     order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     n_val = min(cfg.val_max_utterances, round(len(feats) * cfg.val_fraction)) if len(feats) > 1 else 0
     n_val = max(n_val, 1) if cfg.val_fraction > 0 and len(feats) > 1 else n_val
@@ -193,7 +194,7 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
         log.info("held-out masked L1 of trivial predictors: corpus mean %.4f, linear interpolation %.4f",
                  meta["val_baselines"]["mean"], meta["val_baselines"]["interpolate"])
     model.train()
-    bar = tqdm(total=cfg.steps, initial=progress.step, desc=f"pretrain {spec}", unit="step")
+    bar = tqdm(total=cfg.steps, initial=progress.step, desc=f"pretrain {spec}", unit="step", disable=not show_progress)
     win_frames, win_t, t_last = 0, 0.0, time.perf_counter()
     try:
         while progress.step < last_stop:
@@ -262,7 +263,8 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
 
 
 def ensure_pretrained(spec: str, corpus: Corpus, out_dir: Path, cfg: PretrainConfig, *,
-                      encoder: EncoderConfig | None = None) -> Path:
+                      encoder: EncoderConfig | None = None, device: torch.device | str | None = None,
+                      show_progress: bool = True) -> Path:
     """Reuse a complete matching checkpoint in `out_dir`, resume an incomplete matching one, else train.
 
     A checkpoint trained with another config/corpus is moved aside (`<out_dir>.replaced-<time>`), never deleted.
@@ -274,8 +276,9 @@ def ensure_pretrained(spec: str, corpus: Corpus, out_dir: Path, cfg: PretrainCon
         if not bad:
             if meta.get("complete"):
                 return out_dir
-            return run_pretraining(spec, corpus, out_dir, cfg, resume=True, encoder=encoder)
+            return run_pretraining(spec, corpus, out_dir, cfg, resume=True, encoder=encoder, device=device,
+                                   show_progress=show_progress)
         aside = out_dir.with_name(f"{out_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         log.warning("checkpoint %s differs in %s: moving it to %s and retraining", out_dir, ", ".join(bad), aside)
         shutil.move(str(out_dir), str(aside))
-    return run_pretraining(spec, corpus, out_dir, cfg, encoder=encoder)
+    return run_pretraining(spec, corpus, out_dir, cfg, encoder=encoder, device=device, show_progress=show_progress)
