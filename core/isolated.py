@@ -86,6 +86,10 @@ def run_isolated(fn: Callable[[Any], Any], tasks: Sequence[Any], names: Sequence
                         if not ok:
                             raise IsolatedTaskError(f"{names[i]} failed:\n{value}")
                         yield i, value
+                    elif p.exitcode is not None and p.exitcode >= 0:  # it exited without running the task
+                        raise IsolatedTaskError(
+                            f"{names[i]}: its process exited ({_why(p.exitcode)}) before running the task; see its "
+                            "error above (a script that starts this work needs `if __name__ == \"__main__\":`)")
                     elif attempt < attempts:
                         warnings.warn(f"{names[i]}: its process ended without a result ({_why(p.exitcode)}); "
                                       f"running it again in a fresh process (try {attempt + 1} of {attempts})",

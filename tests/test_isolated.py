@@ -27,6 +27,11 @@ def test_an_exception_is_raised_with_the_task_name_and_traceback():
         list(run_isolated(t.raise_value_error, [7], ["task q"], workers=1))
 
 
+def test_a_process_that_exits_without_a_result_is_not_retried():
+    with pytest.raises(IsolatedTaskError, match=r"task e: its process exited \(exit code 3\) before running"):
+        list(run_isolated(t.exit_early, [3], ["task e"], workers=1))
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="workers"):
         list(run_isolated(t.square, [1], ["a"], workers=0))
