@@ -31,6 +31,7 @@ from benchmark.resolve import resolve_corpus
 from benchmark.runner import record_command, run_benchmark
 from benchmark.tables import to_markdown
 from core.io import atomic_write_text
+from downstream.tasks import TASKS
 from pretrain import default_budget, run_pretraining
 from pretrain.config import with_overrides
 from upstream.checkpoint import META_FILE, checkpoint_hash, read_meta
@@ -128,7 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         name, _ = parse_spec(a.upstream)
         if not is_pretrained(name):
             raise ValueError(f"--upstream {a.upstream}: not a pretrainable upstream")
-        snapshots = [int(s) for s in a.snapshots.split(",") if s.strip()]
+        try:
+            snapshots = [int(s) for s in a.snapshots.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--snapshots expects a comma list of steps, got {a.snapshots!r}") from None
+        bad = [t for t in a.tasks.split(",") if t not in TASKS]
+        if bad:  # checked before pretraining, not after it
+            raise ValueError(f"unknown task(s) {bad}; valid: {', '.join(TASKS)}")
         if a.steps < 1 or any(not 0 < s <= a.steps for s in snapshots):
             raise ValueError(f"--snapshots must lie in 1..--steps ({a.steps}), got {a.snapshots}")
     except ValueError as e:

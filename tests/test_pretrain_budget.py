@@ -32,3 +32,12 @@ def test_snapshots_table_and_plot(tmp_path):
     assert curve["step"].tolist()[0] == 0 and curve["step"].tolist()[-1] == 3
     out = plot_budget(table, curve, "aalbert:small", tmp_path / "budget.png")
     assert out.stat().st_size > 10_000
+
+
+def test_bad_arguments_stop_before_any_training(capsys):
+    from analysis.pretrain_budget import main
+
+    for argv, expect in ((["--snapshots", "3000", "--steps", "2000"], "must lie in 1..--steps"),
+                         (["--snapshots", "a,b"], "comma list of steps"), (["--upstream", "mel"], "not a pretrainable"),
+                         (["--tasks", "asr"], "valid: phone_linear"), (["--upstream", "wav2vec"], "valid: mel")):
+        assert main(argv) == 2 and expect in capsys.readouterr().err, argv
