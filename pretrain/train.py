@@ -7,7 +7,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
@@ -83,33 +83,37 @@ def _read_log(path: Path, upto_step: int) -> list[dict[str, Any]]:
         return [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= upto_step]
 
 
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # clean x, lengths, masked input, loss mask
+
+
 @torch.no_grad()
-def validation_loss(model: MaskedAcousticModel, batches: list[tuple[torch.Tensor, ...]], device: torch.device) -> float:
-    """Masked L1 on the fixed held-out batches, eval mode, float32 (comparable across precisions)."""
-    was_training = model.training
-    model.eval()
+def held_out_l1(batches: list[Batch], predict: Callable[[Batch], torch.Tensor]) -> float:
+    """Masked L1 of `predict(batch)` over all held-out batches, weighted by their masked elements."""
     total, count = 0.0, 0
-    for x, lengths, inp, mask in batches:
-        pred = model(inp.to(device), lengths.to(device))
+    for batch in batches:
+        x, _, _, mask = batch
+        pred = predict(batch)
         n = int(mask.sum()) * x.shape[-1]
-        total += float(masked_l1(pred, x.to(device), mask.to(device))) * n
+        total += float(masked_l1(pred, x.to(pred.device), mask.to(pred.device))) * n
         count += n
-    model.train(was_training)
     return total / max(count, 1)
 
 
-def validation_baselines(batches: list[tuple[torch.Tensor, ...]]) -> dict[str, float]:
+def validation_loss(model: MaskedAcousticModel, batches: list[Batch], device: torch.device) -> float:
+    """Masked L1 on the fixed held-out batches, eval mode, float32 (comparable across precisions)."""
+    was_training = model.training
+    model.eval()
+    loss = held_out_l1(batches, lambda b: model(b[2].to(device), b[1].to(device)))
+    model.train(was_training)
+    return loss
+
+
+def validation_baselines(batches: list[Batch]) -> dict[str, float]:
     """Masked L1 of two trivial predictors on the held-out batches, the yardsticks for `val_loss`:
     `mean` predicts 0 (the corpus mean of the normalised features), `interpolate` draws a line between the nearest
     unmasked neighbours (pretrain.masking.interpolate_masked)."""
-    totals = {"mean": 0.0, "interpolate": 0.0}
-    count = 0
-    for x, lengths, _, mask in batches:
-        n = int(mask.sum()) * x.shape[-1]
-        totals["mean"] += float(masked_l1(torch.zeros_like(x), x, mask)) * n
-        totals["interpolate"] += float(masked_l1(interpolate_masked(x, lengths, mask), x, mask)) * n
-        count += n
-    return {k: round(v / max(count, 1), 5) for k, v in totals.items()}
+    return {"mean": round(held_out_l1(batches, lambda b: torch.zeros_like(b[0])), 5),
+            "interpolate": round(held_out_l1(batches, lambda b: interpolate_masked(b[0], b[1], b[3])), 5)}
 
 
 def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_dir: Path, cfg: PretrainConfig,
