@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.aggregate import ci95_halfwidth, read_runs
+from benchmark.aggregate import aggregate_runs, read_runs
 from benchmark.plots import UPSTREAM_COLORS, metric_display, plt, save_figure
 from benchmark.presets import main_job
 from benchmark.resolve import resolve_corpus
@@ -65,21 +65,18 @@ def val_curve(train_dir: Path) -> pd.DataFrame:
 
 
 def budget_table(runs: pd.DataFrame, snaps: dict[int, Path], references: tuple[str, ...] = ("mel",)) -> pd.DataFrame:
-    """One row per (task, mode, snapshot step or reference upstream): mean / CI of the test metric over seeds."""
+    """One row per (task, mode, snapshot step or reference upstream) at 100 % labels: the harness's aggregation
+    over seeds (benchmark.aggregate), with each snapshot's step and held-out masked L1 beside it."""
     step_of = {checkpoint_hash(p)[:16]: s for s, p in snaps.items()}
     meta = {s: read_meta(p) for s, p in snaps.items()}
     runs = runs[(runs["fraction"] == 1.0) & (runs["ckpt_hash"].isin(step_of) | runs["upstream"].isin(references))]
-    out = []
-    for (task, mode, h), g in runs.groupby(["task", "mode", "ckpt_hash"], sort=True):
-        step = step_of.get(h)
-        test = g["test_metric"].to_numpy(dtype=float)
-        base = (meta[step].get("val_baselines") or {}) if step is not None else {}
-        out.append({"task": task, "mode": mode, "upstream": g["upstream"].iloc[0],
-                    "pretrain_step": step, "metric": g["metric"].iloc[0], "n_seeds": len(g),
-                    "test_mean": test.mean(), "test_ci95": ci95_halfwidth(test),
-                    "val_l1": meta[step].get("val_loss") if step is not None else None,
-                    "val_l1_interpolate": base.get("interpolate"), "val_l1_mean": base.get("mean")})
-    return pd.DataFrame(out).sort_values(["task", "mode", "pretrain_step", "upstream"], na_position="first")
+    agg = aggregate_runs(runs)
+    agg["pretrain_step"] = agg["ckpt_hash"].map(step_of)
+    base = {s: m.get("val_baselines") or {} for s, m in meta.items()}
+    agg["val_l1"] = agg["pretrain_step"].map({s: m.get("val_loss") for s, m in meta.items()})
+    agg["val_l1_interpolate"] = agg["pretrain_step"].map({s: b.get("interpolate") for s, b in base.items()})
+    agg["val_l1_mean"] = agg["pretrain_step"].map({s: b.get("mean") for s, b in base.items()})
+    return agg.sort_values(["task", "mode", "pretrain_step", "upstream"], na_position="first").reset_index(drop=True)
 
 
 def plot_budget(table: pd.DataFrame, curve: pd.DataFrame, spec: str, path: Path) -> Path:
@@ -152,10 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     base = replace(job, corpus=str(corpus.root), tasks=tuple(a.tasks.split(",")), fractions=(1.0,), seeds=a.seeds,
                    finetune_ends=False, results_dir=a.out, cache_dir=a.cache_dir, report=False)
     references = ("mel", f"{name}_random")  # the input features and the same architecture untrained
-    run_benchmark(replace(base, upstreams=references))
+    done = run_benchmark(replace(base, upstreams=references)).runs_done
     for s, snap in snaps.items():
-        run_benchmark(replace(base, upstreams=(a.upstream,), ckpts={name: str(snap)}))
-    table = budget_table(read_runs(a.out / "runs.csv"), snaps, references)
+        done += run_benchmark(replace(base, upstreams=(a.upstream,), ckpts={name: str(snap)})).runs_done
+    rows = read_runs(a.out / "runs.csv")
+    table = budget_table(rows, snaps, references)
     atomic_write_text(a.out / "budget.csv", table.to_csv(index=False))
     num = lambda v, f: "-" if pd.isna(v) else format(v, f)  # noqa: E731
     show = pd.DataFrame({
@@ -167,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m analysis.pretrain_budget " + shlex.join(sys.argv[1:] if argv is None else argv)
     atomic_write_text(a.out / "budget.md", to_markdown(show) + f"\nTest metric at 100 % of the labels, mean ± 95 % CI over seeds. `{command}`\n")
     plot_budget(table, val_curve(a.runs_dir / "train"), a.upstream, a.out / "pretrain_budget.png")
-    record_command(a.out, command, len(read_runs(a.out / "runs.csv")), time.perf_counter() - t0, job.device)
+    if done:  # as the harness does: a rerun that trained nothing is not a new result
+        record_command(a.out, command, done, time.perf_counter() - t0, job.device)
     print(to_markdown(show))
     return 0
 

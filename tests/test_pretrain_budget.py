@@ -2,8 +2,10 @@
 import pandas as pd
 
 from analysis.pretrain_budget import budget_table, plot_budget, snapshot_checkpoints, val_curve
+from benchmark.aggregate import validate_runs
 from corpora.manifest import load_corpus
 from pretrain.synthetic import make_tiny_corpus
+from tests.report_synthetic import synthetic_runs
 from upstream.checkpoint import checkpoint_hash, read_meta
 
 
@@ -17,14 +19,16 @@ def test_snapshots_table_and_plot(tmp_path):
     assert snapshot_checkpoints("aalbert:small", corpus, runs, steps=3, snapshots=[2], device="cpu") == snaps
     assert (snaps[2] / "checkpoint.json").stat().st_mtime_ns == mtime  # reused, not retrained
 
+    base = validate_runs(synthetic_runs(upstreams=("mel", "aalbert"), tasks=("phone_linear",), fractions=(0.5, 1.0),
+                                        seeds=(0, 1, 2)))
+    base = base[base["mode"] == "last"]
     rows = []
     for up, h, acc in (("mel", "m" * 16, 0.6), ("aalbert", checkpoint_hash(snaps[2])[:16], 0.4),
                        ("aalbert", checkpoint_hash(snaps[3])[:16], 0.5), ("aalbert", "other", 0.9)):
-        for seed in range(3):
-            rows.append({"upstream": up, "ckpt_hash": h, "task": "phone_linear", "mode": "last", "fraction": 1.0,
-                         "seed": seed, "metric": "frame_acc", "test_metric": acc + 0.01 * seed})
-    rows.append({**rows[0], "fraction": 0.5, "test_metric": 0.1})  # other fractions are left out
-    table = budget_table(pd.DataFrame(rows), snaps)
+        r = base[base["upstream"] == up].assign(ckpt_hash=h)
+        r["test_metric"] = acc + 0.01 * r["seed"]
+        rows.append(r.where(r["fraction"] == 1.0, r.assign(test_metric=0.1)))  # other fractions are left out
+    table = budget_table(pd.concat(rows), snaps)
     assert list(table["pretrain_step"].fillna(-1)) == [-1, 2, 3]  # mel first, then the snapshots; unknown ckpt dropped
     assert table["test_mean"].round(3).tolist() == [0.61, 0.41, 0.51] and (table["n_seeds"] == 3).all()
     assert table["val_l1_interpolate"].iloc[1] == read_meta(snaps[2])["val_baselines"]["interpolate"]
