@@ -80,12 +80,15 @@ def check_mode_beats(agg: pd.DataFrame, better: str, worse: tuple[str, ...], cla
     m = matched if len(matched) else _pairs(a, _best(b, keys), keys)
     wins, n, detail = _summary(m, "upstream/task/fraction cells")
     if len(matched):
-        detail += f"; at matched probe budgets ({'/'.join(f'{x:.0f}' for x in sorted(set(m['steps'])))} steps)"
+        detail += f"; at matched probe budgets ({_steps(m['steps'])} steps)"
     elif n and set(m["steps_a"]) != set(m["steps_b"]):  # e.g. short fine-tuning against longer frozen probes
-        fmt = lambda v: "/".join(f"{x:.0f}" for x in sorted(set(v)))  # noqa: E731
-        detail += (f"; NOT a matched budget: {better} trained {fmt(m['steps_a'])} probe steps, "
-                   f"{'/'.join(worse)} {fmt(m['steps_b'])}")
+        detail += (f"; NOT a matched budget: {better} trained {_steps(m['steps_a'])} probe steps, "
+                   f"{'/'.join(worse)} {_steps(m['steps_b'])}")
     return Check(claim, _verdict(wins, n), detail)
+
+
+def _steps(values: pd.Series) -> str:
+    return "/".join(f"{x:.0f}" for x in sorted(set(values)))
 
 
 def _best(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
