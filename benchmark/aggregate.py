@@ -7,19 +7,23 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from benchmark.schema import LEADERBOARD_KEYS, RUN_COLUMNS
+from benchmark.schema import LEADERBOARD_KEYS, LEGACY_RUN_COLUMNS, RUN_COLUMNS
 
 # Columns that describe the upstream (identical for every seed of a key) and are carried through.
 _CARRIED = ("params", "pretrain_frames", "pretrain_seconds")
 _NUMERIC = ("layer", "fraction", "train_utts", "train_frames", "seed", "dev_metric", "test_metric",
             "test_utt_metric", "params", "pretrain_frames", "pretrain_seconds", "best_step", "steps", "wall_seconds")
 AGG_COLUMNS: tuple[str, ...] = (*LEADERBOARD_KEYS, "metric", "n_seeds", "train_utts", "test_mean", "test_std",
-                                "test_ci95", "dev_mean", "dev_std", "test_utt_mean", *_CARRIED)
+                                "test_ci95", "dev_mean", "dev_std", "test_utt_mean", "steps_mean", "n_converged",
+                                *_CARRIED)
 
 
 def validate_runs(df: pd.DataFrame, where: str = "runs table") -> pd.DataFrame:
     """Check the columns are exactly RUN_COLUMNS and coerce the numeric ones; ValueError naming `where`."""
     cols = list(df.columns)
+    if cols == list(LEGACY_RUN_COLUMNS):  # an older runs.csv: every run had a fixed step budget
+        df = df.assign(budget=[f"steps={int(float(s))}" for s in df["steps"]], converged=False)[list(RUN_COLUMNS)]
+        cols = list(df.columns)
     if cols != list(RUN_COLUMNS):
         missing = [c for c in RUN_COLUMNS if c not in cols]
         extra = [c for c in cols if c not in RUN_COLUMNS]
@@ -35,6 +39,7 @@ def validate_runs(df: pd.DataFrame, where: str = "runs table") -> pd.DataFrame:
             raise ValueError(f"{where}: column {c!r} is empty or not numeric in {int(bad.sum())} row(s), "
                              f"first at data row {int(np.flatnonzero(bad.to_numpy())[0]) + 1}")
     out["layer"] = out["layer"].fillna(-1).astype(int)
+    out["converged"] = out["converged"].map(lambda v: str(v).strip().lower() in ("true", "1"))
     out["layer_weights"] = out["layer_weights"].map(lambda v: "" if pd.isna(v) else str(v))
     return out
 
@@ -82,7 +87,8 @@ def aggregate_runs(df: pd.DataFrame) -> pd.DataFrame:
                    test_mean=float(test.mean()), test_std=float(test.std(ddof=1)) if len(test) > 1 else float("nan"),
                    test_ci95=ci95_halfwidth(test), dev_mean=float(dev.mean()),
                    dev_std=float(dev.std(ddof=1)) if len(dev) > 1 else float("nan"),
-                   test_utt_mean=float(np.nanmean(utt)) if np.isfinite(utt).any() else float("nan"))
+                   test_utt_mean=float(np.nanmean(utt)) if np.isfinite(utt).any() else float("nan"),
+                   steps_mean=float(g["steps"].mean()), n_converged=int(g["converged"].sum()))
         for c in _CARRIED:
             row[c] = g[c].iloc[-1]
         rows.append(row)

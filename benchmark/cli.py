@@ -20,8 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_benchmark.py", description=(
         "Probe speech representations (mel, Mockingjay, AALBERT, random-init controls) on phone and speaker "
         "tasks. With no arguments: the default benchmark end to end on the built-in corpus."))
-    p.add_argument("command", nargs="?", default="run", choices=("run", "report"),
-                   help="run (default): train the planned probes; report: rebuild results/REPORT.md from the rows")
+    p.add_argument("command", nargs="?", default="run", choices=("run", "report", "certify"),
+                   help="run (default): train the planned probes; report: rebuild results/REPORT.md from the rows; "
+                        "certify: fit converged logistic-regression references for the linear probes' rows "
+                        "(results/convergence.csv), then rebuild the report")
     p.add_argument("--upstream", help=f"comma list of upstreams[:preset] (default: {','.join(DEFAULT_UPSTREAMS)})")
     p.add_argument("--task", help=f"comma list of tasks (default: all of {','.join(TASKS)})")
     p.add_argument("--mode", help=f"comma list of {', '.join(MODE_CHOICES)} (default: {DEFAULT_MODES}; "
@@ -37,7 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-finetune", action="store_true", help="skip the default fine-tuning runs at the end fractions")
     p.add_argument("--quick", action="store_true", help="reduced benchmark (small corpus, short budgets, < 5 min)")
     p.add_argument("--force", action="store_true", help="re-run configurations already in results/runs.csv")
-    p.add_argument("--no-cache", action="store_true", help="recompute the upstream every batch (no feature cache)")
     p.add_argument("--list", action="store_true", help="list upstreams, presets, tasks, modes and corpora, then exit")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its size, train nothing")
     p.add_argument("--data-dir", type=Path, default=Path("data"))
@@ -64,8 +65,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     """Validated BenchmarkConfig; ValueError with the valid choices for any bad name or value."""
     cfg = quick_job() if args.quick else main_job()
     kw: dict = {"data_dir": args.data_dir, "results_dir": args.results_dir, "cache_dir": args.cache_dir,
-                "runs_dir": args.runs_dir, "progress": not args.no_progress, "force": args.force,
-                "no_cache": args.no_cache}
+                "runs_dir": args.runs_dir, "progress": not args.no_progress, "force": args.force}
     if args.device is not None:
         try:
             dev = torch.device(args.device)
@@ -157,6 +157,22 @@ def main(argv: list[str] | None = None) -> int:
         from benchmark.results import write_leaderboard
 
         write_leaderboard(cfg.results_dir)
+        return 0 if build_report_if_available(cfg.results_dir) else 1
+    if args.command == "certify":
+        from benchmark.convergence import certify, summary_markdown
+        from benchmark.resolve import resolve_corpus
+        from benchmark.runner import build_report_if_available
+
+        corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, prepare=False)
+        if corpus is None:
+            parser.error(f"--corpus {cfg.corpus}: not prepared under {cfg.data_dir}; certify reads the corpus and the "
+                         f"feature cache the rows were trained on")
+        try:
+            table = certify(cfg.results_dir, corpus, cfg.cache_dir, log=lambda m: None)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(summary_markdown(table))
         return 0 if build_report_if_available(cfg.results_dir) else 1
     if args.dry_run:
         from benchmark.dryrun import print_plan

@@ -25,10 +25,10 @@ def print_plan(cfg: BenchmarkConfig) -> int:
         print(f"corpus {corpus.name} at {corpus.root}: {n} train utterances, {len(corpus.speakers)} speakers")
         fractions = choose_fractions(cfg, corpus)
     print(f"fractions: {', '.join(f'{f:g}' for f in fractions)}; seeds: {cfg.seeds}; "
-          f"probe steps {cfg.probe.max_steps}"
-          f"{''.join(f' ({t}: {p.max_steps})' for t, p in cfg.task_probes.items())}, "
-          f"fine-tune steps {cfg.finetune_probe.max_steps}; "
-          f"cache: {'off' if cfg.no_cache else cfg.cache_dir}; results: {cfg.results_dir}")
+          f"probes: {cfg.probe.budget}"
+          f"{''.join(f' ({t}: {p.budget})' for t, p in cfg.task_probes.items() if p.budget != cfg.probe.budget)}, "
+          f"fine-tuning: {cfg.finetune_probe.budget}; "
+          f"cache: {cfg.cache_dir}; results: {cfg.results_dir}")
     total, notes = 0, []
     for spec in cfg.upstreams:
         name, _ = parse_spec(spec)

@@ -36,10 +36,9 @@ class BenchmarkConfig:
     # frozen-probe budget per task where it differs from `probe` (e.g. the mean-pooled speaker probe reads
     # one row per utterance, so it can afford many more steps)
     task_probes: dict[str, ProbeConfig] = field(default_factory=dict)
-    finetune_probe: ProbeConfig = ProbeConfig(max_steps=60, eval_every=20, batch_size=16)
+    finetune_probe: ProbeConfig = ProbeConfig(batch_size=8, patience=3, eval_every=25, max_steps=400)
     quick: bool = False
     force: bool = False
-    no_cache: bool = False
     data_dir: Path = Path("data")
     results_dir: Path = Path("results")
     cache_dir: Path = Path("cache/features")

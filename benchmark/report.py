@@ -11,7 +11,7 @@ import pandas as pd
 from benchmark import plots
 from benchmark.aggregate import aggregate_runs, read_runs
 from benchmark.checks import checks_markdown, science_checks
-from benchmark.tables import write_leaderboards
+from benchmark.tables import UNCONVERGED, write_leaderboards
 from core.io import atomic_write_text
 
 PLOT_NAMES = ("ablation.png", "layer_weights.png", "layer_probe.png")
@@ -57,6 +57,30 @@ def _attention_section(results_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def _budget_summary(runs: pd.DataFrame) -> str:
+    conv = runs[runs["budget"] == "converge"]
+    parts = []
+    if len(conv):
+        parts.append(f"{int(conv['converged'].sum())}/{len(conv)} runs trained until dev stopped improving "
+                     f"(median {conv['steps'].median():,.0f} steps, max {conv['steps'].max():,.0f})")
+    fixed = runs[runs["budget"] != "converge"]
+    if len(fixed):
+        parts.append(f"{len(fixed)} runs with a fixed step budget ({', '.join(sorted(set(fixed['budget'])))})")
+    return "; ".join(parts) or "none"
+
+
+def _convergence_section(results_dir: Path) -> str:
+    from benchmark.convergence import CONVERGENCE_FILE, summary_markdown
+
+    path = results_dir / CONVERGENCE_FILE
+    if not path.is_file():
+        return ("No `convergence.csv` yet: `python run_benchmark.py certify` fits a converged logistic-regression "
+                "reference for every linear-probe row at the largest and smallest label fraction.\n")
+    return (f"Every linear probe against a logistic regression solved to tolerance on the same examples, its L2 "
+            f"strength chosen on dev (`benchmark/convergence.py`; rows in `{CONVERGENCE_FILE}`): "
+            + summary_markdown(pd.read_csv(path)))
+
+
 def build_report(results_dir: Path) -> Path:
     """Build results_dir/REPORT.md, tables/<task>.{md,csv} and plots/*.png from results_dir/runs.csv."""
     results_dir = Path(results_dir)
@@ -96,6 +120,11 @@ def build_report(results_dir: Path) -> Path:
     for task, lb in boards.items():
         md.append(f"### {task}\n\nFraction {lb['fraction'].iloc[0]:g} ({lb['train_utts'].iloc[0]:.0f} labelled "
                   f"training utterances), ranked by test score.\n\n" + (table_dir / f"{task}.md").read_text("utf-8"))
+    md.append(f"`{UNCONVERGED.strip()}` marks a cell where some seed did not stop by the dev rule (it hit the step cap, "
+              f"or the rows used a fixed `--steps` budget): its score is a lower bound. Probe budgets: "
+              f"{_budget_summary(runs)}.\n")
+    md.append("## Convergence certificate\n")
+    md.append(_convergence_section(results_dir))
     md.append("## Layer analysis\n")
     if "layer_weights.png" in made:
         md.append("Learned weighted-sum weights (hidden state 0 = input block); "

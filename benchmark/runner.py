@@ -17,9 +17,10 @@ from core.repro import provenance
 from corpora.manifest import Corpus, PROBE_SPLITS
 from downstream.data import SplitLabels, num_classes, split_labels
 from downstream.fractions import MIN_DEFAULT_UTTS, default_fractions, fraction_subset
-from downstream.sources import ArraySource, FeatureSource, LiveSource, PooledSource
+from downstream.modes import LayerMode
+from downstream.sources import ArraySource, LiveSource, PooledSource
 from downstream.tasks import get_task
-from downstream.train import train_probe
+from downstream.train import finetune_probe, train_probe
 from benchmark.cache import ensure_split
 from benchmark.plan import BenchmarkConfig, PlannedRun, expand_runs, run_id
 from benchmark.resolve import ResolvedUpstream, resolve_corpus, resolve_upstream
@@ -66,9 +67,7 @@ def choose_fractions(cfg: BenchmarkConfig, corpus: Corpus, log=print) -> list[fl
 
 
 def _source(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, utts: dict, stats: RunnerStats,
-            log) -> FeatureSource:
-    if cfg.no_cache:
-        return LiveSource(up.model, corpus, utts, cfg.device)
+            log) -> ArraySource:
     t0 = time.perf_counter()
     arrays = {}
     for split in PROBE_SPLITS:
@@ -82,7 +81,8 @@ def _source(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, utts: di
     return ArraySource(arrays)
 
 
-def make_row(run: PlannedRun, rid: str, up: ResolvedUpstream, corpus: Corpus, layer: int, result, prov: dict) -> dict[str, Any]:
+def make_row(run: PlannedRun, rid: str, up: ResolvedUpstream, corpus: Corpus, layer: int, result, prov: dict,
+             budget: str) -> dict[str, Any]:
     task = get_task(run.task)
     return {
         "run_id": rid, "corpus": corpus.name, **up.identity, "params": up.params,
@@ -91,6 +91,7 @@ def make_row(run: PlannedRun, rid: str, up: ResolvedUpstream, corpus: Corpus, la
         "train_utts": result.train_utts, "train_frames": result.train_frames, "seed": run.seed,
         "metric": task.metric, "dev_metric": result.dev_metric, "test_metric": result.test_metric,
         "test_utt_metric": result.test_utt_metric, "best_step": result.best_step, "steps": result.steps,
+        "budget": budget, "converged": result.converged,
         "wall_seconds": round(result.wall_seconds, 2),
         "layer_weights": ";".join(f"{w:.5f}" for w in result.layer_weights) if result.layer_weights else None,
         "device": prov["device"], "toolkit_version": prov["toolkit_version"], "git_commit": prov["git_commit"],
@@ -119,19 +120,26 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
     utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
     frozen = [p for p in pending if not p[0].finetune]
     finetune = [p for p in pending if p[0].finetune]
-    cached = _source(cfg, up, corpus, utts, stats, log) if frozen else None
+    cached = _source(cfg, up, corpus, utts, stats, log)  # fine-tuning starts from a frozen probe on it too
     live = LiveSource(up.model, corpus, utts, cfg.device) if finetune else None
     pooled: PooledSource | None = None
     feat = up.model.feature_cfg
     labels: dict[str, dict[str, SplitLabels]] = {}
     train_spk = [u.speaker for u in utts["train"]]
-    for label_source in {get_task(r.task).labels for r, _, _ in pending}:  # before any worker thread starts
-        labels[label_source] = {s: split_labels(corpus, utts[s], s, label_source, feat.hop_length, feat.downsample)
-                                for s in PROBE_SPLITS}
-    if isinstance(cached, ArraySource) and any(get_task(r.task).level == "utterance" for r, _, _ in frozen):
+    for r, _, _ in pending:  # before any worker thread starts
+        source = get_task(r.task).labels
+        if source.name not in labels:
+            labels[source.name] = {s: split_labels(corpus, utts[s], s, source, feat.hop_length, feat.downsample)
+                                   for s in PROBE_SPLITS}
+    if any(get_task(r.task).level == "utterance" for r, _, _ in pending):
         pooled = PooledSource(cached)  # mean pooling commutes with the layer mix: exact, ~300x less data
-        for s in PROBE_SPLITS:
-            pooled.means(s)
+    t0 = time.perf_counter()
+    for s in PROBE_SPLITS:  # in memory (float32, whitened) once, before any worker thread starts
+        if any(get_task(r.task).level == "frame" for r, _, _ in pending):
+            cached.examples(s)
+        if pooled is not None:
+            pooled.examples(s)
+    log(f"{up.spec}: probe examples in memory, whitened ({time.perf_counter() - t0:.0f} s)")
     lock = threading.Lock()
     from tqdm import tqdm
 
@@ -139,14 +147,20 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
 
     def one_run(r: PlannedRun, rid: str, pcfg) -> None:
         task = get_task(r.task)
-        sub = fraction_subset(train_spk, r.fraction, r.seed, task.needs_all_speakers)
-        source = live if r.finetune else (pooled if task.level == "utterance" and pooled is not None else cached)
+        sub = fraction_subset(train_spk, r.fraction, r.seed, task.labels.closed_set)
+        source = pooled if task.level == "utterance" else cached
         assert source is not None
-        result = train_probe(task, r.mode, source, labels[task.labels], list(sub.indices), num_classes(corpus, task),
-                             pcfg, r.seed, upstream=up.model if r.finetune else None, device=cfg.device,
-                             progress=cfg.progress and r.finetune)
+        n_cls, lab = num_classes(corpus, task), labels[task.labels.name]
+        if r.finetune:  # linear probe, then fine-tune: the head starts from the frozen last-layer probe
+            assert live is not None
+            start = train_probe(task, LayerMode("last"), source, lab, list(sub.indices), n_cls,
+                                cfg.probe_config(r.task, False), r.seed, device=cfg.device)
+            result = finetune_probe(task, start, source.whitening()[L - 1], live, up.model, lab, list(sub.indices),
+                                    n_cls, pcfg, r.seed, device=cfg.device, progress=cfg.progress)
+        else:
+            result = train_probe(task, r.mode, source, lab, list(sub.indices), n_cls, pcfg, r.seed, device=cfg.device)
         with lock:
-            append_row(runs_csv, make_row(r, rid, up, corpus, r.mode.resolved_layer(L), result, prov))
+            append_row(runs_csv, make_row(r, rid, up, corpus, r.mode.resolved_layer(L), result, prov, pcfg.budget))
             stats.runs_done += 1
             bar.set_postfix_str(f"{r.task} {r.mode.label} f={r.fraction:g} s={r.seed}")
             bar.update(1)

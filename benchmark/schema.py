@@ -21,8 +21,10 @@ RUN_COLUMNS: tuple[str, ...] = (
     "dev_metric",
     "test_metric",
     "test_utt_metric",  # speaker_frame: utterance accuracy from averaged frame logits; else empty
-    "best_step",
-    "steps",
+    "best_step",  # the training step whose dev score was best (test is evaluated there)
+    "steps",  # training steps run
+    "budget",  # the stopping rule: "converge" (early stopping on dev) or "steps=N" (a fixed, approximate budget)
+    "converged",  # True when the run stopped because dev stopped improving; False at the step cap or a fixed budget
     "wall_seconds",
     "layer_weights",  # weighted_sum: softmax weights joined by ';' (hidden state 0 first); else empty
     "device",
@@ -31,7 +33,9 @@ RUN_COLUMNS: tuple[str, ...] = (
     "date",
 )
 # what makes two runs the same configuration up to the seed: the checkpoint (two checkpoints of one upstream,
-# e.g. snapshots of a pretraining run) and the probe's step budget are part of it, so rows of different
+# e.g. snapshots of a pretraining run) and the probe's budget rule are part of it, so rows of different
 # checkpoints or budgets in one runs.csv are never merged (or silently dropped as duplicates) by aggregation
 LEADERBOARD_KEYS: tuple[str, ...] = ("corpus", "upstream", "preset", "ckpt_hash", "task", "mode", "layer", "fraction",
-                                     "steps")
+                                     "budget")
+# rows written before the budget/converged columns existed (fixed step budgets): read with budget "steps=<steps>"
+LEGACY_RUN_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c not in ("budget", "converged"))

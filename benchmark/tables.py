@@ -10,7 +10,8 @@ from benchmark.plots import metric_display
 from core.io import atomic_write_text
 
 LEADERBOARD_COLUMNS = ("rank", "upstream", "preset", "mode", "layer", "params", "pretrain_frames",
-                       "pretrain_seconds", "metric", "fraction", "train_utts", "steps", "n_seeds", "test_mean",
+                       "pretrain_seconds", "metric", "fraction", "train_utts", "budget", "steps_mean", "n_converged",
+                       "n_seeds", "test_mean",
                        "test_ci95", "test_std", "dev_mean", "test_utt_mean", "ckpt_hash")
 
 
@@ -40,6 +41,21 @@ def fmt_score(mean: float, ci: float, scale: float) -> str:
     if not math.isfinite(mean):
         return "-"
     return f"{mean * scale:.2f} ± {ci * scale:.2f}" if math.isfinite(ci) else f"{mean * scale:.2f} (1 seed)"
+
+
+UNCONVERGED = " †"  # marks a cell where some seed stopped at the step cap (or ran a fixed budget)
+
+
+def fmt_budget(budget: str, steps: float, converged: float, seeds: float) -> str:
+    """'converged, 1,234 steps' / '2/3 converged, ...' / 'fixed 150 steps (approximate)'."""
+    if str(budget).startswith("steps="):
+        return f"fixed {str(budget).removeprefix('steps=')} steps (approximate)"
+    done = "converged" if converged >= seeds else f"{converged:.0f}/{seeds:.0f} converged"
+    return f"{done}, {steps:,.0f} steps"
+
+
+def unconverged_mark(budget: str, converged: float, seeds: float) -> str:
+    return UNCONVERGED if str(budget) != "converge" or converged < seeds else ""
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -72,8 +88,12 @@ def leaderboard_markdown(lb: pd.DataFrame) -> str:
         "rank": lb["rank"], "upstream": lb["upstream"] + ":" + lb["preset"],
         "mode": [m if m != "layer" else f"layer {int(layer)} (best on dev)" for m, layer in zip(lb["mode"], lb["layer"])],
         "params": lb["params"].map(fmt_count), "pretrain frames": lb["pretrain_frames"].map(fmt_count),
-        "pretrain time": lb["pretrain_seconds"].map(fmt_seconds), "probe steps": lb["steps"].map(lambda v: f"{v:.0f}"),
-        f"test {label}, mean ± 95% CI": [fmt_score(m, c, k) for m, c in zip(lb["test_mean"], lb["test_ci95"])],
+        "pretrain time": lb["pretrain_seconds"].map(fmt_seconds),
+        "probe budget": [fmt_budget(b, st, c, n) for b, st, c, n in
+                         zip(lb["budget"], lb["steps_mean"], lb["n_converged"], lb["n_seeds"])],
+        f"test {label}, mean ± 95% CI": [fmt_score(m, c, k) + unconverged_mark(b, nc, n) for m, c, k, b, nc, n in
+                                         zip(lb["test_mean"], lb["test_ci95"], [k] * len(lb), lb["budget"],
+                                             lb["n_converged"], lb["n_seeds"])],
         "dev": (lb["dev_mean"] * k).map(lambda v: f"{v:.2f}"), "seeds": lb["n_seeds"],
     })
     if utt:

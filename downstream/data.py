@@ -7,39 +7,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from corpora.labels import frame_labels
 from corpora.manifest import Corpus, Utterance
-from downstream.tasks import TaskSpec
-
+from downstream.tasks import LabelSource, TaskSpec
 
 
 @dataclass(frozen=True)
 class SplitLabels:
-    """Labels of one split for one label source: per-utterance frame arrays (phone) or class ids (speaker)."""
+    """Labels of one split for one label source: per-utterance frame arrays or one class id per utterance."""
 
-    frames: list[np.ndarray] | None  # phone: (n_frames,) int64 per utterance
-    utt: np.ndarray | None  # speaker: (n_utts,) int64
-
-
-def speaker_ids(corpus: Corpus, utts: list[Utterance], split: str) -> np.ndarray:
-    index = {s: i for i, s in enumerate(corpus.speakers)}
-    unknown = sorted({u.speaker for u in utts if u.speaker not in index})
-    if unknown:
-        raise ValueError(f"corpus {corpus.root}: {split} split has speakers not in corpus.json's probe speakers "
-                         f"(closed-set speaker ID needs them in train): {unknown[:5]}")
-    return np.array([index[u.speaker] for u in utts], dtype=np.int64)
+    frames: list[np.ndarray] | None  # per="frame": (n_frames,) int64 per utterance
+    utt: np.ndarray | None  # per="utterance": (n_utts,) int64
 
 
-def split_labels(corpus: Corpus, utts: list[Utterance], split: str, source: str, hop: int, downsample: int) -> SplitLabels:
-    """Labels for `utts` as an upstream with frame hop `hop` and stacking `downsample` frames them."""
-    if source == "speaker":
-        return SplitLabels(None, speaker_ids(corpus, utts, split))
-    index = {p: i for i, p in enumerate(corpus.phones)}
-    return SplitLabels([frame_labels(u, index, hop, downsample) for u in utts], None)
+def split_labels(corpus: Corpus, utts: list[Utterance], split: str, source: LabelSource, hop: int,
+                 downsample: int) -> SplitLabels:
+    """Labels of `utts` from `source`, framed as an upstream with frame hop `hop` and stacking `downsample`."""
+    made = source.make(corpus, utts, split, hop, downsample)
+    return SplitLabels(made, None) if source.per == "frame" else SplitLabels(None, np.asarray(made, dtype=np.int64))
 
 
 def num_classes(corpus: Corpus, task: TaskSpec) -> int:
-    return len(corpus.phones) if task.labels == "phone" else len(corpus.speakers)
+    return len(task.labels.classes(corpus))
 
 
 def flat_rows(offsets: np.ndarray, idx: list[int] | np.ndarray) -> np.ndarray:

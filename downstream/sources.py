@@ -1,6 +1,7 @@
 """Where a probe gets hidden states: stored arrays (the feature cache) or the upstream run live on audio."""
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Protocol
@@ -13,6 +14,7 @@ from core.audio import load_audio
 from core.frames import SAMPLE_RATE
 from corpora.manifest import Corpus, Utterance
 from downstream.data import flat_rows
+from downstream.heads import Whitening
 from upstream.interface import Upstream
 
 
@@ -22,6 +24,12 @@ class FeatureSource(Protocol):
 
     def lengths(self, split: str) -> np.ndarray:
         """(n_utts,) valid frames per utterance of `split`, in manifest order."""
+
+    def examples(self, split: str) -> Tensor:
+        """Frozen probes: the split's examples (L, N, D) float32 in memory, whitened (frames or utterance means)."""
+
+    def whitening(self) -> list[Whitening]:
+        """The per-hidden-state transforms `examples` applied (fitted on the train split's examples)."""
 
     def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False,
               select: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
@@ -59,9 +67,36 @@ class ArraySource:
         self.num_hidden_states = int(first.hidden.shape[0])
         self.hidden_size = int(first.hidden.shape[2])
         self._tensors: dict[str, Tensor] = {}
+        self._resident: dict[str, Tensor] = {}
+        self._transforms: list[Whitening] | None = None
+        self._lock = threading.Lock()
 
     def lengths(self, split: str) -> np.ndarray:
         return self.splits[split].lengths
+
+    def examples(self, split: str) -> Tensor:
+        """The split's (L, total_frames, D) hidden states as float32 IN MEMORY, each hidden state whitened with the
+        statistics of the train split's frames (`whitening`), computed once and shared by every frozen probe of
+        this upstream: their batches and evaluations are then plain indexing."""
+        with self._lock:  # probes in parallel threads share one copy
+            if split not in self._resident:
+                x = self.tensor(split).float()
+                for k, w in enumerate(self._whitening()):
+                    w.apply_(x[k])
+                self._resident[split] = x
+        return self._resident[split]
+
+    def whitening(self) -> list[Whitening]:
+        """One transform per hidden state, fitted on the train split's frames (features only, no labels)."""
+        with self._lock:
+            return self._whitening()
+
+    def _whitening(self) -> list[Whitening]:
+        if self._transforms is None:
+            train = self.tensor("train")
+            self._transforms = [Whitening(self.hidden_size, full=False).fit(train[k])
+                                for k in range(self.num_hidden_states)]
+        return self._transforms
 
     def tensor(self, split: str) -> Tensor:
         """The split's (L, total_frames, D) array as a tensor sharing its memory (no copy, no load)."""
@@ -100,6 +135,8 @@ class PooledSource:
         self.hidden_size = source.hidden_size
         self.chunk_frames = chunk_frames
         self._means: dict[str, Tensor] = {}
+        self._examples: dict[str, Tensor] = {}
+        self._transforms: list[Whitening] | None = None
 
     def lengths(self, split: str) -> np.ndarray:
         return self.frames.lengths(split)
@@ -123,6 +160,23 @@ class PooledSource:
                 a = b
             self._means[split] = out / lens.clamp_min(1).to(torch.float32)[None, :, None]
         return self._means[split]
+
+    def examples(self, split: str) -> Tensor:
+        """(L, n_utts, D): the examples of an utterance-level probe are the utterances' means, each hidden state
+        standardised with the statistics of the train split's means (`whitening`, diagonal: see Whitening)."""
+        if split not in self._examples:
+            x = self.means(split).clone()
+            for k, w in enumerate(self.whitening()):
+                w.apply_(x[k])
+            self._examples[split] = x
+        return self._examples[split]
+
+    def whitening(self) -> list[Whitening]:
+        if self._transforms is None:
+            train = self.means("train")
+            self._transforms = [Whitening(self.hidden_size, full=False).fit(train[k])
+                                for k in range(self.num_hidden_states)]
+        return self._transforms
 
     def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False,
               select: np.ndarray | None = None) -> tuple[Tensor, Tensor]:

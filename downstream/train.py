@@ -1,10 +1,21 @@
-"""Probe training: AdamW, length-bucketed batches, dev evaluation during training, test at the best dev point."""
+"""Probe training until dev stops improving: frozen probes on in-memory features, fine-tuning from the frozen probe.
+
+A frozen probe trains on its split's examples held in memory as float32 (frames for frame-level tasks, per-
+utterance means for utterance-level ones), standardised per hidden state with statistics of its training
+subset, in whole-subset epochs with reshuffling. Dev is evaluated every epoch (at least `min_eval_steps`
+steps apart); training stops when the dev metric has not improved by `min_delta` for `patience` evaluations
+(`converged`), or at the `max_steps` cap (not converged). Test is evaluated once, at the best dev point.
+A fine-tuning run starts from the converged frozen probe of its upstream, task, fraction and seed (last
+layer), so its step-0 dev score IS the frozen one, and then trains the upstream too with the same rule.
+"""
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -14,45 +25,63 @@ from torch import Tensor, nn
 from core.config import config_from_dict, config_to_dict
 from core.repro import seed_everything
 from downstream.data import SplitLabels, Targets, frame_batches, length_batches
-from downstream.heads import ProbeHead, segment_mean
+from downstream.heads import Whitening, segment_mean
 from downstream.modes import Featurizer, LayerMode
 from downstream.sources import FeatureSource
 from downstream.tasks import TaskSpec
 
-
-# evaluation reads at most this many frames per batch: ~4 MiB per hidden state at 256 dims, small enough for
-# the allocator to reuse buffers (measured: 38k-frame eval batches spent most of their time in page faults)
-EVAL_FRAMES = 4096
+# evaluation reads at most this many examples per forward pass (bounded temporary memory)
+EVAL_CHUNK = 16384
+EVAL_FRAMES = 4096  # live (fine-tuning) evaluation: frames of audio per upstream forward
 _INIT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """REFERENCE section 4 optimiser (AdamW 2e-4, batch 32, clip 1, no schedule) with a CPU-sized step budget."""
+    """How a probe trains. Defaults: the frozen-probe rule of the main job (measured: docs/benchmark.md).
 
-    lr: float = 2e-4
-    upstream_lr: float = 5e-5  # finetune only: the pretrained upstream moves more gently than the fresh head
-    batch_size: int = 32
+    The papers train probes with AdamW at lr 2e-4, batch 32, for 300k+ steps and report test at the best dev
+    step (s3prl legacy downstream configs). Here the features are standardised, so a larger step converges in
+    a few epochs; the stopping rule, not a step count, decides when a probe is done.
+    """
+
+    lr: float = 1e-3
+    upstream_lr: float = 5e-5  # finetune only: the pretrained upstream moves more gently than the head
+    batch_size: int = 1024  # examples per step: frames (frame-level tasks) or utterances (utterance-level)
     grad_clip: float = 1.0
-    weight_decay: float = 0.01
-    max_steps: int = 600  # s3prl trains 300k-1M steps; chosen by measurement to fit the 30-minute main job
-    eval_every: int = 100  # dev evaluations at every eval_every steps and at the end; model selection on dev
-    # frame-level tasks: train each step on at most this many frames drawn at random from the batch's valid
-    # frames (an unbiased estimate of the full-batch loss at a fraction of the cost); None = all frames
-    frames_per_step: int | None = None
+    weight_decay: float = 0.0
+    patience: int = 8  # dev evaluations without an improvement of min_delta before the run stops (converged)
+    min_delta: float = 1e-3  # 0.1 point of accuracy: smaller gains do not reset the patience
+    max_steps: int = 100_000  # the cap: a run stopped here is recorded as NOT converged
+    eval_every: int = 0  # steps between dev evaluations; 0 = one epoch of the training subset
+    min_eval_steps: int = 20  # ... but never more often than this (tiny subsets have 1-step epochs)
+    lr_decay: float = 0.5  # lr multiplier after patience // 2 evaluations without improvement
+    fixed_steps: bool = False  # train exactly max_steps, best dev point still chosen (the --steps approximation)
+    # "lbfgs": full-batch L-BFGS (strong Wolfe line search), one step = one iteration over ALL training examples;
+    # for linear heads on few examples (mean-pooled utterances) it reaches the optimum where minibatch AdamW
+    # crawls. "adamw": minibatches of batch_size.
+    optimizer: Literal["adamw", "lbfgs"] = "adamw"
 
     def __post_init__(self) -> None:
-        if self.frames_per_step is not None and self.frames_per_step < 1:
-            raise ValueError(f"ProbeConfig.frames_per_step must be >= 1 or None, got {self.frames_per_step}")
-        for name in ("batch_size", "max_steps", "eval_every"):
+        for name in ("batch_size", "max_steps", "patience", "min_eval_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ProbeConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"ProbeConfig.eval_every must be >= 0 (0 = every epoch), got {self.eval_every}")
         if self.lr <= 0 or self.upstream_lr <= 0:
             raise ValueError("ProbeConfig learning rates must be > 0")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"ProbeConfig.lr_decay must be in (0, 1], got {self.lr_decay}")
+
+    @property
+    def budget(self) -> str:
+        """The row's `budget` column: 'converge' (early stopping) or 'steps=N' (a fixed, approximate budget)."""
+        return f"steps={self.max_steps}" if self.fixed_steps else "converge"
 
     def with_steps(self, steps: int) -> "ProbeConfig":
-        """The same probe with a `steps` budget (dev evaluations no sparser than the budget)."""
-        return replace(self, max_steps=steps, eval_every=min(self.eval_every, steps))
+        """A fixed budget of `steps` (no early stopping; dev still picks the reported point)."""
+        return replace(self, max_steps=steps, fixed_steps=True,
+                       eval_every=min(self.eval_every or steps, steps), min_eval_steps=min(self.min_eval_steps, steps))
 
     def to_dict(self) -> dict:
         return config_to_dict(self)
@@ -66,98 +95,291 @@ class ProbeConfig:
 class ProbeResult:
     dev_metric: float
     test_metric: float
-    test_utt_metric: float | None  # speaker_frame: utterance accuracy from averaged frame logits
+    test_utt_metric: float | None  # tasks with utt_metric: utterance accuracy from averaged frame logits
     best_step: int
     steps: int
+    converged: bool  # stopped by patience (True) or by the max_steps cap / a fixed budget (False)
     layer_weights: list[float] | None
     train_utts: int
     train_frames: int
     wall_seconds: float
+    state: dict | None = None  # the probe's weights at the best dev point (fine-tuning starts from them)
 
 
 class Probe(nn.Module):
-    def __init__(self, task: TaskSpec, mode: LayerMode, num_hidden_states: int, hidden_size: int, n_classes: int) -> None:
+    """Fixed layer or weighted sum -> (mean-pool) -> (whiten) -> head.
+
+    Frozen probes read examples that their source has already whitened (downstream.sources), so `whiten` is
+    None; a fine-tuning probe reads the upstream live and applies the frozen probe's whitening itself.
+    """
+
+    def __init__(self, task: TaskSpec, mode: LayerMode, num_hidden_states: int, hidden_size: int, n_classes: int,
+                 whiten: Whitening | None = None) -> None:
         super().__init__()
+        self.task = task
         self.featurizer = Featurizer(mode, num_hidden_states)
-        self.head = ProbeHead(task, hidden_size, n_classes)
+        self.whiten = whiten
+        self.head = task.head(hidden_size, n_classes)
 
-    def forward(self, hidden: Tensor, lengths: Tensor) -> Tensor:
-        return self.head(self.featurizer(hidden), lengths)
+    def forward(self, hidden: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """hidden (layers, n, D) -> logits (n, C); with `lengths`, frames are mean-pooled per utterance
+        first for utterance-level tasks (live fine-tuning; cached utterance examples are already means)."""
+        x = self.featurizer(hidden)
+        if lengths is not None and self.task.level == "utterance":
+            x = segment_mean(x, lengths)
+        if self.whiten is not None:
+            x = self.whiten(x)
+        return self.head(x)
 
 
-def _loss(logits: Tensor, target: Tensor) -> Tensor:
-    # batches are flat (valid frames only), so padding never enters the loss (s3prl's speaker_frame bug)
-    return F.cross_entropy(logits, target)
+class EarlyStopping:
+    """Keeps the best dev point (metric, step, weights) and says when `patience` evaluations brought no gain."""
+
+    def __init__(self, cfg: ProbeConfig) -> None:
+        self.cfg = cfg
+        self.best, self.best_step, self.states = -math.inf, 0, None
+        self.since = 0  # evaluations since the last improvement of at least min_delta
+
+    def update(self, metric: float, step: int, *modules: nn.Module) -> None:
+        if metric > self.best:
+            if metric >= self.best + self.cfg.min_delta:
+                self.since = 0
+            else:
+                self.since += 1
+            self.best, self.best_step = metric, step
+            self.states = [copy.deepcopy(m.state_dict()) for m in modules]
+        else:
+            self.since += 1
+
+    @property
+    def stop(self) -> bool:
+        return not self.cfg.fixed_steps and self.since >= self.cfg.patience
+
+    def restore(self, *modules: nn.Module) -> None:
+        assert self.states is not None, "restore() before any evaluation"
+        for m, s in zip(modules, self.states):
+            m.load_state_dict(s)
+
+
+def _decay_lr(opt: torch.optim.Optimizer, stopper: EarlyStopping, cfg: ProbeConfig) -> None:
+    """Scale the step by lr_decay after every patience // 2 evaluations without gain: the probe settles into its
+    optimum instead of hovering around it (called once after each evaluation)."""
+    half = max(1, cfg.patience // 2)
+    if cfg.lr_decay < 1 and stopper.since and stopper.since % half == 0:
+        for g in opt.param_groups:
+            g["lr"] *= cfg.lr_decay
+
+
+@dataclass
+class Examples:
+    """One split as a frozen probe sees it: per-layer (N, D) float32 examples, (N,) targets."""
+
+    x: list[Tensor]  # the layers read, each (N, D): views of the source's resident arrays
+    y: Tensor  # (N,) int64
+    offsets: np.ndarray | None = None  # frame-level splits: utterance i at offsets[i]:offsets[i+1] (utt metric)
+    utt_y: Tensor | None = None
+
+    def rows(self, rows: Tensor) -> Tensor:
+        return torch.stack([x.index_select(0, rows) for x in self.x])  # (layers, n, D)
+
+
+def examples(task: TaskSpec, source: FeatureSource, split: str, labels: SplitLabels, layers: list[int]) -> Examples:
+    lengths = source.lengths(split)
+    all_x = source.examples(split)
+    t = Targets(task, labels, lengths, split)
+    y = torch.from_numpy(t.frames if task.level == "frame" else t.utt)
+    utt_y = torch.from_numpy(t.utt) if task.utt_metric else None
+    return Examples([all_x[k] for k in layers], y, t.offsets, utt_y)
 
 
 @torch.no_grad()
-def evaluate(probe: Probe, task: TaskSpec, source: FeatureSource, split: str, targets: Targets,
-             layers: list[int], device: torch.device) -> tuple[float, float | None]:
-    """(metric, utterance accuracy from averaged frame logits or None) over ALL utterances of `split`."""
+def score(probe: Probe, task: TaskSpec, ex: Examples, device: torch.device) -> tuple[float, float | None]:
+    """(accuracy over all examples, utterance accuracy from averaged frame logits or None)."""
+    probe.eval()
+    n = len(ex.y)
+    if n == 0:
+        raise ValueError("no labelled examples to evaluate on")
+    keep_logits = task.utt_metric
+    logits_all, correct = [], 0
+    for a in range(0, n, EVAL_CHUNK):
+        hidden = torch.stack([x[a: a + EVAL_CHUNK] for x in ex.x]).to(device)
+        logits = probe(hidden).float()
+        correct += int((logits.argmax(-1).cpu() == ex.y[a: a + EVAL_CHUNK]).sum())
+        if keep_logits:
+            logits_all.append(logits.cpu())
+    utt = None
+    if keep_logits:
+        assert ex.offsets is not None and ex.utt_y is not None
+        means = segment_mean(torch.cat(logits_all), torch.from_numpy(np.diff(ex.offsets)))
+        utt = float((means.argmax(-1) == ex.utt_y).float().mean())
+    return correct / n, utt
+
+
+def train_probe(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: dict[str, SplitLabels],
+                train_idx: list[int], n_classes: int, cfg: ProbeConfig, seed: int,
+                device: torch.device | str = "cpu", progress: bool = False) -> ProbeResult:
+    """Train one frozen probe on utterances `train_idx` of the train split until dev stops improving; report test
+    at the best dev point. `source` gives in-memory examples (`examples(split)`: frames, or utterance means)."""
+    if not mode.frozen:
+        raise ValueError("train_probe trains frozen probes; fine-tuning is finetune_probe")
+    t0 = time.perf_counter()
+    device = torch.device(device)
+    L = source.num_hidden_states
+    layers = mode.layers_read(L)
+    data = {s: examples(task, source, s, labels[s], layers) for s in ("train", "dev", "test")}
+    lengths = source.lengths("train")
+    train_idx = list(train_idx)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    rows = (torch.from_numpy(_flat_rows(offsets, train_idx)) if task.level == "frame"
+            else torch.as_tensor(train_idx, dtype=torch.long))
+    with _INIT_LOCK:  # the global RNGs: runs trained in parallel threads must not interleave here
+        seed_everything(seed)
+        probe = Probe(task, mode, L, source.hidden_size, n_classes)
+    probe.to(device)
+    stopper = EarlyStopping(cfg)
+    bar = _bar(cfg.max_steps, progress, f"{task.name}/{mode.label}")
+    try:
+        fit = _fit_lbfgs if cfg.optimizer == "lbfgs" else _fit_adamw
+        step = fit(probe, task, data, rows, cfg, seed, stopper, device, bar)
+        stopper.restore(probe)
+        test, test_utt = score(probe, task, data["test"], device)
+    finally:
+        if bar is not None:
+            bar.close()
+    return ProbeResult(dev_metric=stopper.best, test_metric=test, test_utt_metric=test_utt,
+                       best_step=stopper.best_step, steps=step, converged=stopper.stop,
+                       layer_weights=probe.featurizer.layer_weights(), train_utts=len(train_idx),
+                       train_frames=int(lengths[train_idx].sum()), wall_seconds=time.perf_counter() - t0,
+                       state={k: v.cpu() for k, v in probe.state_dict().items()})
+
+
+def _evaluated(probe: Probe, task: TaskSpec, data: dict[str, Examples], step: int, stopper: EarlyStopping,
+               device: torch.device, bar, advance: int) -> None:
+    stopper.update(score(probe, task, data["dev"], device)[0], step, probe)
+    if bar is not None:
+        bar.update(advance)
+        bar.set_postfix(dev=f"{stopper.best:.3f}@{stopper.best_step}")
+
+
+def _fit_adamw(probe: Probe, task: TaskSpec, data: dict[str, Examples], rows: Tensor, cfg: ProbeConfig, seed: int,
+               stopper: EarlyStopping, device: torch.device, bar) -> int:
+    """Minibatch AdamW over reshuffled epochs of `rows`; dev every epoch (>= min_eval_steps). Returns steps."""
+    opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + 1)
+    n = len(rows)
+    eval_every = cfg.eval_every or max(math.ceil(n / cfg.batch_size), cfg.min_eval_steps)
+    step = 0
+    while step < cfg.max_steps and not stopper.stop:
+        perm = rows[torch.randperm(n, generator=gen)]
+        for a in range(0, n, cfg.batch_size):
+            probe.train()
+            b = perm[a: a + cfg.batch_size]
+            logits = probe(data["train"].rows(b).to(device))
+            loss = F.cross_entropy(logits, data["train"].y.index_select(0, b).to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(probe.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            if step % eval_every == 0 or step == cfg.max_steps:
+                _evaluated(probe, task, data, step, stopper, device, bar, eval_every)
+                _decay_lr(opt, stopper, cfg)
+            if step >= cfg.max_steps or stopper.stop:
+                break
+    return step
+
+
+def _fit_lbfgs(probe: Probe, task: TaskSpec, data: dict[str, Examples], rows: Tensor, cfg: ProbeConfig, seed: int,
+               stopper: EarlyStopping, device: torch.device, bar) -> int:
+    """Full-batch L-BFGS on all of `rows`; dev every `eval_every` iterations (default min_eval_steps)."""
+    x = data["train"].rows(rows).to(device)  # (layers, n, D): the whole training subset, held once
+    y = data["train"].y.index_select(0, rows).to(device)
+    eval_every = cfg.eval_every or cfg.min_eval_steps
+    opt = torch.optim.LBFGS(probe.parameters(), lr=cfg.lr, max_iter=eval_every, max_eval=4 * eval_every,
+                            history_size=20,
+                            tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(probe(x), y)
+        loss.backward()
+        return loss
+
+    step = 0
+    while step < cfg.max_steps and not stopper.stop:
+        probe.train()
+        opt.step(closure)
+        done = opt.state[opt._params[0]]["n_iter"]  # iterations so far (L-BFGS may stop early when flat)
+        advance, step = done - step, done
+        _evaluated(probe, task, data, step, stopper, device, bar, advance)  # at the optimum dev stops moving
+    return step
+
+
+def _flat_rows(offsets: np.ndarray, idx: list[int]) -> np.ndarray:
+    from downstream.data import flat_rows
+
+    return flat_rows(offsets, idx)
+
+
+@torch.no_grad()
+def score_live(probe: Probe, task: TaskSpec, source: FeatureSource, split: str, targets: Targets,
+               device: torch.device) -> tuple[float, float | None]:
+    """Like `score`, running the upstream on the audio of every utterance of `split` (fine-tuning)."""
     probe.eval()
     lengths_all = source.lengths(split)
+    L = source.num_hidden_states
     correct = total = utt_correct = 0
     for idx in frame_batches(lengths_all, EVAL_FRAMES):
-        hidden, lengths = source.batch(split, idx, layers)
+        hidden, lengths = source.batch(split, idx, list(range(L)))
         logits = probe(hidden.to(device), lengths.to(device)).float().cpu()
         target = targets.batch(idx)
         correct += int((logits.argmax(-1) == target).sum())
         total += len(target)
-        if task.utt_metric:  # utterance decision from frame logits averaged over its valid frames
-            utt_target = targets.utterances(idx)
-            utt_correct += int((segment_mean(logits, lengths).argmax(-1) == utt_target).sum())
+        if task.utt_metric:
+            utt_correct += int((segment_mean(logits, lengths).argmax(-1) == targets.utterances(idx)).sum())
     if total == 0:
         raise ValueError(f"split {split!r} has no labelled frames to evaluate on")
     return correct / total, (utt_correct / len(lengths_all) if task.utt_metric else None)
 
 
-def train_probe(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: dict[str, SplitLabels],
-                train_idx: list[int], n_classes: int, cfg: ProbeConfig, seed: int,
-                upstream: nn.Module | None = None, device: torch.device | str = "cpu",
-                progress: bool = False) -> ProbeResult:
-    """Train one probe on `train_idx` of the train split; select on dev; report test at the best dev step.
-
-    Finetune mode needs `upstream` (the module behind a LiveSource), which is trained with its own learning
-    rate and restored to its initial weights afterwards so later runs start from the same checkpoint.
-    """
+def finetune_probe(task: TaskSpec, frozen: ProbeResult, whiten: Whitening, live: FeatureSource, upstream: nn.Module,
+                   labels: dict[str, SplitLabels], train_idx: list[int], n_classes: int, cfg: ProbeConfig,
+                   seed: int, device: torch.device | str = "cpu", progress: bool = False) -> ProbeResult:
+    """Fine-tune `upstream` with the head of `frozen` (a converged last-layer probe of the same task, fraction and
+    seed) until dev stops improving. `whiten` is the frozen probe's whitening of the last hidden state (fixed).
+    Step 0 is the frozen probe, so dev can only match or beat it (up to the float16 storage of the cached
+    features it was trained on); test is reported at the best dev point. The upstream is restored afterwards."""
     t0 = time.perf_counter()
     device = torch.device(device)
-    if mode.kind == "finetune" and upstream is None:
-        raise ValueError("finetune mode needs the upstream module (and a live feature source)")
-    L = source.num_hidden_states
-    layers = mode.layers_read(L) if mode.frozen else list(range(L))
-    with _INIT_LOCK:  # the global RNGs: runs trained in parallel threads must not interleave here
+    assert frozen.state is not None, "fine-tuning starts from a frozen probe's weights"
+    L = live.num_hidden_states
+    mode = LayerMode("finetune")
+    with _INIT_LOCK:
         seed_everything(seed)
-        probe = Probe(task, mode, L, source.hidden_size, n_classes).to(device)
-    groups = [{"params": list(probe.parameters()), "lr": cfg.lr}]
-    initial_upstream = None
-    if mode.kind == "finetune":
-        assert upstream is not None
-        initial_upstream = copy.deepcopy(upstream.state_dict())
-        groups.append({"params": [p for p in upstream.parameters() if p.requires_grad], "lr": cfg.upstream_lr})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    params = [p for g in groups for p in g["params"]]
-
-    lengths = source.lengths("train")
-    targets = {s: Targets(task, labels[s], source.lengths(s), s) for s in ("train", "dev", "test")}
+        probe = Probe(task, mode, L, live.hidden_size, n_classes, whiten=copy.deepcopy(whiten))
+    probe.head.load_state_dict({k.removeprefix("head."): v for k, v in frozen.state.items() if k.startswith("head.")})
+    probe.to(device)
+    initial = copy.deepcopy(upstream.state_dict())
+    trainable = [p for p in upstream.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": list(probe.parameters()), "lr": cfg.lr},
+                             {"params": trainable, "lr": cfg.upstream_lr}], weight_decay=cfg.weight_decay)
+    params = list(probe.parameters()) + trainable
+    lengths = live.lengths("train")
+    targets = {s: Targets(task, labels[s], live.lengths(s), s) for s in ("train", "dev", "test")}
     rng = np.random.default_rng([seed, 1])
-    best = (-1.0, 0, None, None)  # (dev metric, step, probe state, upstream state)
+    stopper = EarlyStopping(cfg)
+    upstream.eval()
+    stopper.update(score_live(probe, task, live, "dev", targets["dev"], device)[0], 0, probe, upstream)
+    eval_every = cfg.eval_every or cfg.min_eval_steps
     step = 0
-    bar = _bar(cfg.max_steps, progress, f"{task.name}/{mode.label}")
+    bar = _bar(cfg.max_steps, progress, f"{task.name}/finetune")
     try:
-        while step < cfg.max_steps:
+        while step < cfg.max_steps and not stopper.stop:
             for idx in length_batches(lengths, train_idx, cfg.batch_size, rng):
                 probe.train()
-                if upstream is not None:
-                    upstream.train(mode.kind == "finetune")
-                n_frames = int(lengths[idx].sum())
-                sel = None  # frame-level tasks: a random subset of the batch's frames, chosen BEFORE reading them
-                if task.level == "frame" and cfg.frames_per_step is not None and n_frames > cfg.frames_per_step:
-                    sel = np.sort(rng.choice(n_frames, cfg.frames_per_step, replace=False))
-                hidden, lens = source.batch("train", idx, layers, grad=mode.kind == "finetune", select=sel)
-                target = targets["train"].batch(idx, sel)
-                logits = probe(hidden.to(device), lens.to(device))
-                loss = _loss(logits, target.to(device))
+                upstream.train()
+                hidden, lens = live.batch("train", idx, list(range(L)), grad=True)
+                loss = F.cross_entropy(probe(hidden.to(device), lens.to(device)), targets["train"].batch(idx).to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -165,32 +387,26 @@ def train_probe(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: 
                 step += 1
                 if bar is not None:
                     bar.update(1)
-                if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                    if upstream is not None:
-                        upstream.eval()
-                    dev, _ = evaluate(probe, task, source, "dev", targets["dev"], layers, device)
-                    if dev > best[0]:
-                        best = (dev, step, copy.deepcopy(probe.state_dict()),
-                                copy.deepcopy(upstream.state_dict()) if mode.kind == "finetune" else None)
+                if step % eval_every == 0 or step == cfg.max_steps:
+                    upstream.eval()
+                    stopper.update(score_live(probe, task, live, "dev", targets["dev"], device)[0], step, probe, upstream)
+                    _decay_lr(opt, stopper, cfg)
                     if bar is not None:
-                        bar.set_postfix(dev=f"{dev:.3f}", best=f"{best[0]:.3f}@{best[1]}")
-                if step >= cfg.max_steps:
+                        bar.set_postfix(dev=f"{stopper.best:.3f}@{stopper.best_step}")
+                if step >= cfg.max_steps or stopper.stop:
                     break
-        probe.load_state_dict(best[2])
-        if best[3] is not None:
-            upstream.load_state_dict(best[3])  # type: ignore[union-attr]
-        if upstream is not None:
-            upstream.eval()
-        test, test_utt = evaluate(probe, task, source, "test", targets["test"], layers, device)
+        stopper.restore(probe, upstream)
+        upstream.eval()
+        test, test_utt = score_live(probe, task, live, "test", targets["test"], device)
     finally:
         if bar is not None:
             bar.close()
-        if initial_upstream is not None:
-            upstream.load_state_dict(initial_upstream)  # type: ignore[union-attr]
-            upstream.eval()  # type: ignore[union-attr]
-    return ProbeResult(dev_metric=best[0], test_metric=test, test_utt_metric=test_utt, best_step=best[1], steps=step,
-                       layer_weights=probe.featurizer.layer_weights(), train_utts=len(train_idx),
-                       train_frames=int(lengths[list(train_idx)].sum()), wall_seconds=time.perf_counter() - t0)
+        upstream.load_state_dict(initial)
+        upstream.eval()
+    return ProbeResult(dev_metric=stopper.best, test_metric=test, test_utt_metric=test_utt,
+                       best_step=stopper.best_step, steps=step, converged=stopper.stop, layer_weights=None,
+                       train_utts=len(train_idx), train_frames=int(lengths[list(train_idx)].sum()),
+                       wall_seconds=time.perf_counter() - t0)
 
 
 def _bar(total: int, enabled: bool, desc: str):

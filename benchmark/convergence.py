@@ -1,0 +1,237 @@
+"""The convergence certificate: every linear probe against a fully converged logistic regression on its own data.
+
+For each linear-probe row of a results directory (phone_linear, speaker_utterance, speaker_frame; modes last,
+layer=K and weighted_sum) at the largest and the smallest label fraction of its upstream and task, a reference
+is fitted on the SAME cached features, labels and training subset: multinomial logistic regression, full-batch
+L-BFGS to a gradient tolerance, its L2 strength chosen on dev from `L2_GRID`. The examples are the probes'
+own (downstream.sources: in memory, whitened with train-split statistics); for a weighted-sum row the reference
+reads the probe's own learned mix of the hidden states (the row's `layer_weights`), so it certifies the head
+given the mix. `results/convergence.csv` gets one line per row;
+the certificate holds when probe_test >= reference_test - margin (1 point at the largest fraction, 2 at the
+smallest, where a few utterances make both noisier).
+
+    python run_benchmark.py certify          # after the main job; or python -m benchmark.convergence
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from benchmark.aggregate import read_runs
+from core.io import atomic_write_text, read_json
+from corpora.manifest import PROBE_SPLITS, Corpus, load_corpus
+from downstream.data import Targets, flat_rows, split_labels
+from downstream.fractions import fraction_subset
+from downstream.sources import ArraySource, PooledSource, SplitArrays
+from downstream.tasks import TASKS, TaskSpec
+
+CONVERGENCE_FILE = "convergence.csv"
+# mean cross-entropy + l2/2 * |W|^2 on standardised features; sklearn's C = 1 / (l2 * n_train). The grid spans
+# sklearn C from ~0.01 at 100k frames to ~100 at 1,000 utterances.
+L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+MARGIN_LARGEST, MARGIN_SMALLEST = 1.0, 2.0  # accuracy points
+COLUMNS = ("upstream", "preset", "ckpt_hash", "task", "mode", "layer", "fraction", "seed", "budget", "converged",
+           "steps", "probe_dev", "probe_test", "reference_dev", "reference_test", "reference_l2", "reference_iters",
+           "reference_converged", "margin", "passes")
+
+
+@dataclass(frozen=True)
+class Reference:
+    l2: float
+    dev: float
+    test: float
+    iters: int
+    converged: bool  # the gradient norm reached the tolerance (not the iteration cap)
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tuple[torch.Tensor, torch.Tensor] | None,
+         tol: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """Multinomial logistic regression on x (n, D) by full-batch L-BFGS; (W, b, iterations, converged)."""
+    W = torch.zeros(x.shape[1], n_classes) if init is None else init[0].clone()
+    b = torch.zeros(n_classes) if init is None else init[1].clone()
+    W.requires_grad_(True)
+    b.requires_grad_(True)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, max_eval=2 * max_iter, history_size=30,
+                            tolerance_grad=tol, tolerance_change=1e-14, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(x @ W + b, y) + 0.5 * l2 * (W * W).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    closure()
+    grad = max(float(W.grad.abs().max()), float(b.grad.abs().max()))
+    return W.detach(), b.detach(), int(opt.state[W]["n_iter"]), grad <= tol
+
+
+def fit_reference(train: tuple[torch.Tensor, torch.Tensor], dev: tuple[torch.Tensor, torch.Tensor],
+                  test: tuple[torch.Tensor, torch.Tensor], n_classes: int, grid: tuple[float, ...] = L2_GRID,
+                  tol: float = 1e-5, max_iter: int = 1000) -> Reference:
+    """Fit one regression per L2 strength (strongest first, each warm-starting the next); keep the best on dev."""
+    x, y = train
+    best: Reference | None = None
+    init = None
+    for l2 in sorted(grid, reverse=True):
+        W, b, iters, ok = _fit(x, y, n_classes, l2, init, tol, max_iter)
+        init = (W, b)
+        d = _accuracy(dev[0], dev[1], W, b)
+        if best is None or d > best.dev:
+            best = Reference(l2, d, _accuracy(test[0], test[1], W, b), iters, ok)
+    assert best is not None
+    return best
+
+
+@torch.no_grad()
+def _accuracy(x: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor, chunk: int = 65536) -> float:
+    correct = 0
+    for a in range(0, len(y), chunk):
+        correct += int(((x[a: a + chunk] @ W + b).argmax(-1) == y[a: a + chunk]).sum())
+    return correct / max(1, len(y))
+
+
+def find_cache(cache_dir: Path, row: pd.Series, corpus: str, split: str) -> SplitArrays:
+    """The complete feature-cache directory of this row's upstream checkpoint and split (keyed by meta.json)."""
+    from benchmark.cache import DONE, open_split
+
+    for meta_path in sorted(Path(cache_dir).glob(f"{row['upstream']}-{corpus}-{split}-*/meta.json")):
+        key = read_json(meta_path, "feature cache metadata").get("key", {})
+        if (key.get("preset") == row["preset"] and str(key.get("ckpt_hash")) == str(row["ckpt_hash"])
+                and (meta_path.parent / DONE).is_file()):
+            return open_split(meta_path.parent)
+    raise FileNotFoundError(f"no complete feature cache for {row['upstream']}:{row['preset']} "
+                            f"(checkpoint {row['ckpt_hash']}), {split} split, under {cache_dir}: run the benchmark "
+                            f"that produced these rows first (it builds the cache)")
+
+
+class Certifier:
+    """Loads one upstream checkpoint's cached splits at a time and fits references row by row (identical fits,
+    e.g. the seeds of the 100 % fraction, are reused). The examples are the probes' own: the same sources,
+    the same whitening (downstream.sources)."""
+
+    def __init__(self, corpus: Corpus, cache_dir: Path, hop: int = 160, downsample: int = 1) -> None:
+        self.corpus, self.cache_dir = corpus, Path(cache_dir)
+        self.utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
+        self.hop, self.downsample = hop, downsample
+        self._sources: dict[tuple, tuple[ArraySource, PooledSource]] = {}
+        self._fits: dict[tuple, Reference] = {}
+
+    def sources(self, row: pd.Series) -> tuple[ArraySource, PooledSource]:
+        key = (row["upstream"], row["preset"], str(row["ckpt_hash"]))
+        if key not in self._sources:  # one upstream in memory at a time
+            frames = ArraySource({s: find_cache(self.cache_dir, row, self.corpus.name, s) for s in PROBE_SPLITS})
+            self._sources = {key: (frames, PooledSource(frames))}
+        return self._sources[key]
+
+    def reference(self, row: pd.Series) -> Reference:
+        task = TASKS[row["task"]]
+        frames, pooled = self.sources(row)
+        src = pooled if task.level == "utterance" else frames
+        L = src.num_hidden_states
+        ws = row["mode"] == "weighted_sum"
+        layers = list(range(L)) if ws else [int(row["layer"])]
+        weights = tuple(float(w) for w in str(row["layer_weights"]).split(";")) if ws else (1.0,)
+        if len(weights) != len(layers):
+            raise ValueError(f"run {row['run_id']}: {len(weights)} layer weights for {len(layers)} hidden states")
+        sub = fraction_subset([u.speaker for u in self.utts["train"]], float(row["fraction"]), int(row["seed"]),
+                              task.labels.closed_set)
+        key = (row["upstream"], row["preset"], str(row["ckpt_hash"]), task.name, tuple(layers), weights,
+               tuple(sorted(sub.indices)))
+        if key not in self._fits:
+            idx = list(sub.indices)
+            data = []
+            for s in PROBE_SPLITS:
+                x = src.examples(s)
+                mixed = sum(w * x[k] for w, k in zip(weights, layers))  # the probe's own mix of hidden states
+                lab = split_labels(self.corpus, self.utts[s], s, task.labels, self.hop, self.downsample)
+                t = Targets(task, lab, src.lengths(s), s)
+                y = torch.from_numpy(t.frames if task.level == "frame" else t.utt)
+                if s == "train":
+                    sel = torch.from_numpy(flat_rows(frames.splits[s].offsets, idx) if task.level == "frame"
+                                           else np.asarray(idx, dtype=np.int64))
+                    mixed, y = mixed.index_select(0, sel), y.index_select(0, sel)
+                data.append((mixed, y))
+            self._fits[key] = fit_reference(*data, len(task.labels.classes(self.corpus)))
+        return self._fits[key]
+
+
+def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print) -> pd.DataFrame:
+    """Fit the references of every linear-probe row at its (upstream, task)'s largest and smallest fraction and
+    write results_dir/convergence.csv; returns the table."""
+    runs = read_runs(Path(results_dir) / "runs.csv")
+    runs = runs[runs["task"].map(lambda t: t in TASKS and TASKS[t].linear) & runs["mode"].isin(["last", "layer", "weighted_sum"])]
+    runs = runs[runs["corpus"] == corpus.name]
+    if runs.empty:
+        raise ValueError(f"{results_dir}/runs.csv: no linear-probe rows on corpus {corpus.name} to certify")
+    grp = runs.groupby(["upstream", "preset", "ckpt_hash", "task"])["fraction"]
+    lo, hi = grp.transform("min"), grp.transform("max")
+    runs = runs[(runs["fraction"] == lo) | (runs["fraction"] == hi)].assign(_largest=(runs["fraction"] == hi))
+    runs = runs.sort_values(["upstream", "preset", "ckpt_hash", "task", "fraction", "mode", "layer", "seed"])
+    cert = Certifier(corpus, cache_dir)
+    out = []
+    from tqdm import tqdm
+
+    for _, r in tqdm(list(runs.iterrows()), desc="certificate", unit="row"):
+        t0 = time.perf_counter()
+        ref = cert.reference(r)
+        margin = MARGIN_LARGEST if r["_largest"] else MARGIN_SMALLEST
+        probe_test = 100 * float(r["test_metric"])
+        out.append({"upstream": r["upstream"], "preset": r["preset"], "ckpt_hash": r["ckpt_hash"], "task": r["task"],
+                    "mode": r["mode"], "layer": int(r["layer"]), "fraction": float(r["fraction"]),
+                    "seed": int(r["seed"]), "budget": r["budget"], "converged": bool(r["converged"]),
+                    "steps": int(r["steps"]), "probe_dev": round(100 * float(r["dev_metric"]), 2),
+                    "probe_test": round(probe_test, 2), "reference_dev": round(100 * ref.dev, 2),
+                    "reference_test": round(100 * ref.test, 2), "reference_l2": ref.l2, "reference_iters": ref.iters,
+                    "reference_converged": ref.converged, "margin": margin,
+                    "passes": probe_test >= 100 * ref.test - margin})
+        log(f"{r['upstream']} {r['task']} {r['mode']} f={r['fraction']:g} seed {r['seed']}: probe {probe_test:.2f} "
+            f"reference {100 * ref.test:.2f} ({time.perf_counter() - t0:.1f} s)")
+    table = pd.DataFrame(out, columns=list(COLUMNS))
+    atomic_write_text(Path(results_dir) / CONVERGENCE_FILE, table.to_csv(index=False))
+    return table
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    """The report's paragraph: how many cells pass, and every failing one."""
+    if table.empty:
+        return "No certificate rows.\n"
+    fails = table[~table["passes"]]
+    lines = [f"{int(table['passes'].sum())}/{len(table)} linear-probe rows pass (probe test >= reference test - "
+             f"{MARGIN_LARGEST:g} point at the largest fraction, - {MARGIN_SMALLEST:g} at the smallest); mean probe - "
+             f"reference gap {(table['probe_test'] - table['reference_test']).mean():+.2f} points; "
+             f"{int((~table['reference_converged']).sum())} references stopped at the iteration cap.\n"]
+    if len(fails):
+        lines.append("\nFailing rows:\n\n| upstream | task | mode | fraction | seed | probe test | reference test |\n"
+                     "|---|---|---|---|---|---|---|\n")
+        lines += [f"| {r.upstream} | {r.task} | {r.mode} | {r.fraction:g} | {r.seed} | {r.probe_test:.2f} | "
+                  f"{r.reference_test:.2f} |\n" for r in fails.itertuples()]
+    return "".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Certify that the linear probes of a results directory converged.")
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--corpus", default="data/synth", help="the prepared corpus directory the rows were trained on")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
+    a = p.parse_args(argv)
+    try:
+        corpus = load_corpus(a.corpus)
+        table = certify(a.results_dir, corpus, a.cache_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary_markdown(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
