@@ -12,7 +12,7 @@ import torch
 from downstream.modes import MODE_CHOICES, parse_modes
 from downstream.tasks import TASKS
 from benchmark.plan import DEFAULT_MODES, DEFAULT_UPSTREAMS, BenchmarkConfig, parse_fractions
-from benchmark.presets import main_job, quick_job
+from benchmark.presets import MAIN_TASKS, main_job, quick_job
 from upstream.registry import RANDOM_CONTROLS, UPSTREAMS, is_pretrained, parse_spec, upstream_names
 
 
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "certify: fit converged logistic-regression references for the linear probes' rows "
                         "(results/convergence.csv), then rebuild the report")
     p.add_argument("--upstream", help=f"comma list of upstreams[:preset] (default: {','.join(DEFAULT_UPSTREAMS)})")
-    p.add_argument("--task", help=f"comma list of tasks (default: all of {','.join(TASKS)})")
+    p.add_argument("--task", help=f"comma list of tasks, of {','.join(TASKS)} (default: {','.join(MAIN_TASKS)})")
     p.add_argument("--mode", help=f"comma list of {', '.join(MODE_CHOICES)} (default: {DEFAULT_MODES}; "
                                   "'layers' = every hidden state as layer=K)")
     p.add_argument("--fractions", help="comma list of label fractions in (0, 1] (default: the papers' "
@@ -34,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="corpus name or prepared corpus directory (default: synth)")
     p.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH",
                    help="checkpoint directory for a pretrained upstream, e.g. aalbert=runs/pretrain/aalbert-small")
-    p.add_argument("--steps", type=int, help="frozen-probe training steps (default: the job's budget)")
-    p.add_argument("--finetune-steps", type=int, help="fine-tuning steps (default: the job's budget)")
+    p.add_argument("--steps", type=int, help="a FIXED number of frozen-probe training steps instead of training until dev "
+                                            "stops improving (fast and approximate; rows say budget steps=N)")
+    p.add_argument("--finetune-steps", type=int, help="a fixed number of fine-tuning steps (default: until dev stops "
+                                                     "improving)")
     p.add_argument("--no-finetune", action="store_true", help="skip the default fine-tuning runs at the end fractions")
     p.add_argument("--quick", action="store_true", help="reduced benchmark (small corpus, short budgets, < 5 min)")
     p.add_argument("--force", action="store_true", help="re-run configurations already in results/runs.csv")

@@ -13,9 +13,9 @@ from downstream.train import ProbeConfig
 DEFAULT_UPSTREAMS = ("mel", "mockingjay", "aalbert", "mockingjay_random", "aalbert_random")
 DEFAULT_MODES = "last,weighted_sum"
 FINETUNE_UPSTREAMS = ("mockingjay", "aalbert")  # the main job fine-tunes the pretrained models only
-# fine-tuning is the expensive part (the upstream runs forward+backward every step): the main job fine-tunes
-# one phone and one speaker probe, as the Mockingjay paper does
-FINETUNE_TASKS = ("phone_linear", "speaker_utterance")
+# fine-tuning is the expensive part (the upstream runs forward+backward every step, and dev is scored live):
+# the main job fine-tunes the phone probe only
+FINETUNE_TASKS = ("phone_linear",)
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class BenchmarkConfig:
     seeds: int = 3
     # main-job fine-tuning: at the smallest and largest fraction, for FINETUNE_UPSTREAMS, this many seeds
     finetune_ends: bool = True
+    finetune_smallest: bool = True  # also fine-tune at the smallest fraction (not only the largest)
     finetune_seeds: int = 1
     ckpts: dict[str, str] = field(default_factory=dict)  # upstream name -> checkpoint dir
     probe: ProbeConfig = ProbeConfig()
@@ -89,7 +90,7 @@ def expand_runs(cfg: BenchmarkConfig, spec: str, num_hidden_states: int, fractio
     runs = [PlannedRun(spec, t, m, f, s) for m in modes for t in cfg.tasks for f in fractions for s in range(cfg.seeds)]
     explicit_ft = any(m.kind == "finetune" for m in modes)
     if cfg.finetune_ends and not explicit_ft and name in FINETUNE_UPSTREAMS and fractions:
-        ends = sorted({min(fractions), max(fractions)})
+        ends = sorted({min(fractions), max(fractions)} if cfg.finetune_smallest else {max(fractions)})
         runs += [PlannedRun(spec, t, LayerMode("finetune"), f, s)
                  for t in cfg.tasks if t in FINETUNE_TASKS for f in ends for s in range(min(cfg.finetune_seeds, cfg.seeds))]
     return runs

@@ -19,24 +19,24 @@ class Whitening(nn.Module):
     """x -> (x - mean) @ Z with Z = C^(-1/2) (ZCA) from the covariance C of a set of examples: decorrelated,
     unit-variance features.
 
-    An invertible affine map, so a linear probe's function class is unchanged: it can represent exactly what it
-    could on the raw features. What changes is the optimisation. Transformer hidden states are strongly correlated
+    An affine map, invertible on every direction the data spans, so a linear probe's function class is unchanged:
+    it can represent what it could on the raw features. What changes is the optimisation. Transformer hidden states are strongly correlated
     across dimensions (ill-conditioned), and a probe with one learning rate converged on log-mel but stopped 10-17
     points short on every Transformer (docs/benchmark.md); on whitened features the same probe converges in a
-    few epochs. The features are standardised, then their correlation matrix is shrunk towards the identity by
-    the Ledoit-Wolf coefficient (scikit-learn, estimated on up to `shrink_rows` examples): ~0 for many frames, large when there are few examples for the
-    dimension (e.g. a handful of utterance means), so directions the data barely span are not blown up.
+    few epochs (standardising each dimension alone does not help: Adam is already invariant to per-dimension
+    scale). The statistics come from many examples (every frame of the train split, labelled or not), so the
+    low-variance directions are well estimated. Directions whose variance is below `floor` x the largest (exactly
+    collinear dimensions, or fewer examples than dimensions) are mapped to zero.
 
-    `full=False` only standardises (each dimension to zero mean, unit variance; no rotation): for utterance means
-    (1,200 examples for 100 speakers at most here) whitening's equal weighting of low-variance directions cost
-    the mean-pooled speaker probe 2-3 points on dev against standardisation (docs/benchmark.md).
+    Whitening is part of the probe's definition, not only of its speed: early stopping regularises in the
+    whitened geometry, which matters where examples are few (the mean-pooled speaker probe: mel scores lower and
+    Mockingjay higher than with a regularised regression on standardised means; docs/benchmark.md). The
+    convergence reference (benchmark.convergence) is fitted on the same whitened examples.
     """
 
-    def __init__(self, dim: int, full: bool = True, shrink_rows: int = 65536) -> None:
+    def __init__(self, dim: int, floor: float = 1e-6) -> None:
         super().__init__()
-        self.full = full
-        self.shrink_rows = shrink_rows
-        self.shrinkage = 0.0
+        self.floor = floor
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("matrix", torch.eye(dim))
 
@@ -51,31 +51,26 @@ class Whitening(nn.Module):
             s += x[a: a + chunk].double().sum(0)
         mean = s / n
         cov = torch.zeros(d, d, dtype=torch.float64)
-        for a in range(0, n, chunk):
-            xc = x[a: a + chunk].double() - mean
-            cov += xc.T @ xc
+        shift = mean.float()
+        for a in range(0, n, chunk):  # float32 products of centred chunks, summed in float64
+            xc = x[a: a + chunk].float() - shift
+            cov += (xc.T @ xc).double()
         cov /= n
         self.mean.copy_(mean.float())
         inv_std = cov.diagonal().clamp_min(1e-12).rsqrt()  # (D,)
-        if not self.full:
-            self.matrix.copy_(torch.diag(inv_std).float())
-            return self
-        from sklearn.covariance import ledoit_wolf_shrinkage
-
         corr = inv_std[:, None] * cov * inv_std[None, :]  # whiten the standardised features: every dimension counts
-        rows = torch.linspace(0, n - 1, min(n, self.shrink_rows)).long()
-        self.shrinkage = float(ledoit_wolf_shrinkage(((x[rows].double() - mean) * inv_std).numpy()))
-        corr = (1 - self.shrinkage) * corr + self.shrinkage * torch.eye(d, dtype=torch.float64)
         vals, vecs = torch.linalg.eigh(corr)
-        vals = vals.clamp_min(1e-9)  # exactly collinear dimensions stay finite
-        self.matrix.copy_((inv_std[:, None] * ((vecs * vals.rsqrt()) @ vecs.T)).float())
+        # directions the train examples do not span (variance below floor x the largest) are dropped, not blown
+        # up: a probe trained on these examples could not learn a weight for them anyway
+        scale = torch.where(vals > float(vals.max()) * self.floor, vals.clamp_min(1e-300).rsqrt(), torch.zeros_like(vals))
+        self.matrix.copy_((inv_std[:, None] * ((vecs * scale) @ vecs.T)).float())
         return self
 
     @torch.no_grad()
     def apply_(self, x: Tensor, chunk: int = 65536) -> Tensor:
-        """Whiten the rows of x (N, D) float32 in place, chunk by chunk (no second full-size copy)."""
+        """Whiten the rows of x (N, D) in place, chunk by chunk (no second full-size copy)."""
         for a in range(0, len(x), chunk):
-            x[a: a + chunk] = (x[a: a + chunk] - self.mean) @ self.matrix
+            x[a: a + chunk] = self(x[a: a + chunk])
         return x
 
     def forward(self, x: Tensor) -> Tensor:

@@ -94,8 +94,7 @@ class ArraySource:
     def _whitening(self) -> list[Whitening]:
         if self._transforms is None:
             train = self.tensor("train")
-            self._transforms = [Whitening(self.hidden_size, full=False).fit(train[k])
-                                for k in range(self.num_hidden_states)]
+            self._transforms = [Whitening(self.hidden_size).fit(train[k]) for k in range(self.num_hidden_states)]
         return self._transforms
 
     def tensor(self, split: str) -> Tensor:
@@ -163,7 +162,7 @@ class PooledSource:
 
     def examples(self, split: str) -> Tensor:
         """(L, n_utts, D): the examples of an utterance-level probe are the utterances' means, each hidden state
-        standardised with the statistics of the train split's means (`whitening`, diagonal: see Whitening)."""
+        whitened with the statistics of the train split's means (`whitening`)."""
         if split not in self._examples:
             x = self.means(split).clone()
             for k, w in enumerate(self.whitening()):
@@ -174,8 +173,7 @@ class PooledSource:
     def whitening(self) -> list[Whitening]:
         if self._transforms is None:
             train = self.means("train")
-            self._transforms = [Whitening(self.hidden_size, full=False).fit(train[k])
-                                for k in range(self.num_hidden_states)]
+            self._transforms = [Whitening(self.hidden_size).fit(train[k]) for k in range(self.num_hidden_states)]
         return self._transforms
 
     def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False,

@@ -180,7 +180,11 @@ class Examples:
     utt_y: Tensor | None = None
 
     def rows(self, rows: Tensor) -> Tensor:
-        return torch.stack([x.index_select(0, rows) for x in self.x])  # (layers, n, D)
+        """(layers, len(rows), D): the examples `rows` of every layer read, gathered into one new tensor."""
+        out = torch.empty(len(self.x), len(rows), self.x[0].shape[1])
+        for j, x in enumerate(self.x):
+            torch.index_select(x, 0, rows, out=out[j])
+        return out
 
 
 def examples(task: TaskSpec, source: FeatureSource, split: str, labels: SplitLabels, layers: list[int]) -> Examples:
@@ -271,11 +275,11 @@ def _fit_adamw(probe: Probe, task: TaskSpec, data: dict[str, Examples], rows: Te
     step = 0
     while step < cfg.max_steps and not stopper.stop:
         perm = rows[torch.randperm(n, generator=gen)]
+        x_epoch, y_epoch = data["train"].rows(perm), data["train"].y.index_select(0, perm)  # one gather per epoch
         for a in range(0, n, cfg.batch_size):
             probe.train()
-            b = perm[a: a + cfg.batch_size]
-            logits = probe(data["train"].rows(b).to(device))
-            loss = F.cross_entropy(logits, data["train"].y.index_select(0, b).to(device))
+            logits = probe(x_epoch[:, a: a + cfg.batch_size].to(device))
+            loss = F.cross_entropy(logits, y_epoch[a: a + cfg.batch_size].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(probe.parameters(), cfg.grad_clip)

@@ -46,7 +46,7 @@ def synthetic_runs(upstreams: tuple[str, ...] = tuple(_UPSTREAMS), tasks: tuple[
                             task=task, mode=mode, layer=layer, fraction=frac, train_utts=utts,
                             train_frames=utts * 300, seed=s, metric=TASKS[task], dev_metric=acc + 0.005,
                             test_metric=acc, test_utt_metric=acc + 0.1 if task == "speaker_frame" else np.nan,
-                            best_step=100, steps=200, wall_seconds=5.0,
+                            best_step=100, steps=200, budget="converge", converged=True, wall_seconds=5.0,
                             layer_weights=";".join(f"{x:.4f}" for x in w) if w is not None else "",
                             device="cpu x2", toolkit_version="0.1.0", git_commit="abc", date="2026-11-25"))
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS))

@@ -1,0 +1,84 @@
+"""Probe throughput: training examples per second of one frozen probe, and what reaching convergence costs.
+
+Trains the main job's probe (benchmark.presets) for each task x mode on an existing feature cache at 100 % of
+the labels, one torch thread (as the main job's workers do), and writes per probe: training examples (frames,
+or utterances for the mean-pooled probe) per second of training, steps and epochs to the stopping rule, wall
+time, and the one-time cost of holding the upstream's splits in memory, whitened. Run the main job (or any run
+that builds the cache) first.
+
+    .venv/bin/python perf/probe_throughput.py --upstream mockingjay --out results/probe_throughput.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmark.convergence import find_cache  # noqa: E402
+from benchmark.presets import main_job  # noqa: E402
+from core.io import atomic_write_json, read_json  # noqa: E402
+from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
+from downstream.data import num_classes, split_labels  # noqa: E402
+from downstream.modes import LayerMode  # noqa: E402
+from downstream.sources import ArraySource, PooledSource  # noqa: E402
+from downstream.tasks import TASKS  # noqa: E402
+from downstream.train import train_probe  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", default="data/synth")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
+    p.add_argument("--upstream", default="mockingjay", help="an upstream name with a complete cache")
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--modes", default="last,weighted_sum")
+    p.add_argument("--out", type=Path, default=Path("results/probe_throughput.json"))
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    corpus = load_corpus(a.corpus)
+    metas = sorted(Path(a.cache_dir).glob(f"{a.upstream}-{corpus.name}-train-*/meta.json"))
+    if not metas:
+        print(f"error: no feature cache for {a.upstream} on {corpus.name} under {a.cache_dir}", file=sys.stderr)
+        return 2
+    key = read_json(metas[-1], "feature cache metadata")["key"]
+    row = {"upstream": a.upstream, "preset": key["preset"], "ckpt_hash": key["ckpt_hash"]}
+    t0 = time.perf_counter()
+    frames = ArraySource({s: find_cache(a.cache_dir, row, corpus.name, s) for s in PROBE_SPLITS})
+    pooled = PooledSource(frames)
+    for s in PROBE_SPLITS:
+        frames.examples(s)
+        pooled.examples(s)
+    setup = time.perf_counter() - t0
+    job = main_job()
+    utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
+    out = []
+    for task_name in a.tasks.split(","):
+        task = TASKS[task_name]
+        cfg = job.probe_config(task_name, False)
+        src = pooled if task.level == "utterance" else frames
+        labels = {s: split_labels(corpus, utts[s], s, task.labels, 160, 1) for s in PROBE_SPLITS}
+        idx = list(range(len(utts["train"])))
+        for mode in a.modes.split(","):
+            r = train_probe(task, LayerMode(mode), src, labels, idx, num_classes(corpus, task), cfg, seed=0)
+            n = r.train_frames if task.level == "frame" else r.train_utts
+            seen = r.steps * cfg.batch_size
+            out.append({"task": task_name, "mode": mode, "examples": n, "steps": r.steps,
+                        "epochs": round(seen / n, 1), "converged": r.converged, "wall_seconds": round(r.wall_seconds, 1),
+                        "examples_per_second": round(seen / r.wall_seconds), "test": round(100 * r.test_metric, 2)})
+            print(json.dumps(out[-1]), flush=True)
+    atomic_write_json(a.out, {"upstream": a.upstream, "ckpt_hash": key["ckpt_hash"], "torch_threads": 1,
+                              "setup_seconds": round(setup, 1), "machine": platform.processor() or platform.machine(),
+                              "torch": torch.__version__, "probes": out})
+    print(f"wrote {a.out} (setup: splits in memory, whitened, in {setup:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

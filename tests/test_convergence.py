@@ -1,0 +1,71 @@
+"""The convergence certificate: a converged probe passes it, a starved one fails it; the reference is a real fit."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import benchmark.runner as runner
+from benchmark.cli import main
+from benchmark.convergence import CONVERGENCE_FILE, certify, fit_reference, summary_markdown
+from benchmark.plan import BenchmarkConfig
+from corpora.manifest import load_corpus
+from downstream.train import ProbeConfig
+from tests.test_probes_corpus import make_tiny_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cert") / "corpus"
+    make_tiny_corpus(root, n_speakers=4, per_speaker={"train": 8, "dev": 3, "test": 3})
+    return root
+
+
+def _run(corpus_dir: Path, tmp: Path, probe: ProbeConfig, fractions=(0.25, 1.0)) -> Path:
+    cfg = BenchmarkConfig(corpus=str(corpus_dir), upstreams=("mel",), tasks=("phone_linear", "speaker_utterance"),
+                          modes="last", fractions=fractions, seeds=1, probe=probe, finetune_ends=False,
+                          results_dir=tmp / "results", cache_dir=tmp / "cache", runs_dir=tmp / "runs",
+                          progress=False, report=False)
+    runner.run_benchmark(cfg, log=lambda *_: None)
+    return tmp
+
+
+def test_reference_fit_reaches_the_optimum_and_picks_l2_on_dev():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 3, generator=g)
+    x = torch.randn(3000, 8, generator=g)
+    y = (x @ w + 0.5 * torch.randn(3000, 3, generator=g)).argmax(-1)
+    split = lambda a, b: (x[a:b], y[a:b])  # noqa: E731
+    ref = fit_reference(split(0, 2000), split(2000, 2500), split(2500, 3000), 3)
+    assert ref.converged and ref.test > 0.85 and ref.l2 <= 1e-2  # lots of data: weak regularisation wins on dev
+    few = fit_reference(split(0, 12), split(2000, 2500), split(2500, 3000), 3)
+    assert few.test < ref.test  # the same solver on 12 examples: a real fit, not a constant
+
+
+def test_converged_probes_pass_and_starved_probes_fail(corpus_dir, tmp_path):
+    corpus = load_corpus(corpus_dir)
+    good = _run(corpus_dir, tmp_path / "good", ProbeConfig(lr=1e-1, batch_size=4096, patience=10, min_eval_steps=20),
+                fractions=(1.0,))
+    table = certify(good / "results", corpus, good / "cache", log=lambda *_: None)
+    assert len(table) == 2 and (table["margin"] == 1.0).all()  # 2 tasks; one fraction, the largest
+    assert table["passes"].all(), table
+    assert (good / "results" / CONVERGENCE_FILE).is_file()
+    starved = _run(corpus_dir, tmp_path / "starved", ProbeConfig(lr=1e-4, batch_size=4).with_steps(2))
+    bad = certify(starved / "results", corpus, starved / "cache", log=lambda *_: None)
+    assert len(bad) == 4 and set(bad["margin"]) == {1.0, 2.0}  # largest and smallest fraction
+    assert not bad["passes"].any(), bad
+    assert (bad["budget"] == "steps=2").all() and not bad["converged"].any()
+    assert "Failing rows" in summary_markdown(bad) and "0/4" in summary_markdown(bad)
+
+
+def test_certify_cli_errors_name_what_is_missing(corpus_dir, tmp_path, capsys):
+    good = _run(corpus_dir, tmp_path, ProbeConfig(lr=3e-2, batch_size=256, patience=2, min_eval_steps=5))
+    assert main(["certify", "--corpus", str(corpus_dir), "--results-dir", str(good / "results"),
+                 "--cache-dir", str(tmp_path / "elsewhere")]) == 2
+    assert "no complete feature cache for mel" in capsys.readouterr().err
+    runs = pd.read_csv(good / "results" / "runs.csv")
+    runs[runs["task"] == "phone_1hidden"].to_csv(good / "results" / "runs.csv", index=False)  # header only
+    assert main(["certify", "--corpus", str(corpus_dir), "--results-dir", str(good / "results")]) == 2
+    assert "no result rows" in capsys.readouterr().err
