@@ -39,6 +39,13 @@ class FeatureSource(Protocol):
         reading them); the lengths still describe the whole batch."""
 
 
+def whitened(x: Tensor, transforms: list[Whitening]) -> Tensor:
+    """x (L, N, D) float32 with hidden state l whitened by transforms[l], in place."""
+    for k, w in enumerate(transforms):
+        w.apply_(x[k])
+    return x
+
+
 @dataclass(frozen=True)
 class SplitArrays:
     """One split's hidden states stored flat: hidden (L, total_frames, D), utterance i at offsets[i]:offsets[i+1]."""
@@ -80,10 +87,7 @@ class ArraySource:
         this upstream: their batches and evaluations are then plain indexing."""
         with self._lock:  # probes in parallel threads share one copy
             if split not in self._resident:
-                x = self.tensor(split).float()
-                for k, w in enumerate(self._whitening()):
-                    w.apply_(x[k])
-                self._resident[split] = x
+                self._resident[split] = whitened(self.tensor(split).float(), self._whitening())
         return self._resident[split]
 
     def whitening(self) -> list[Whitening]:
@@ -93,8 +97,7 @@ class ArraySource:
 
     def _whitening(self) -> list[Whitening]:
         if self._transforms is None:
-            train = self.tensor("train")
-            self._transforms = [Whitening(self.hidden_size).fit(train[k]) for k in range(self.num_hidden_states)]
+            self._transforms = [Whitening(self.hidden_size).fit(x) for x in self.tensor("train")]
         return self._transforms
 
     def tensor(self, split: str) -> Tensor:
@@ -164,16 +167,12 @@ class PooledSource:
         """(L, n_utts, D): the examples of an utterance-level probe are the utterances' means, each hidden state
         whitened with the statistics of the train split's means (`whitening`)."""
         if split not in self._examples:
-            x = self.means(split).clone()
-            for k, w in enumerate(self.whitening()):
-                w.apply_(x[k])
-            self._examples[split] = x
+            self._examples[split] = whitened(self.means(split).clone(), self.whitening())
         return self._examples[split]
 
     def whitening(self) -> list[Whitening]:
         if self._transforms is None:
-            train = self.means("train")
-            self._transforms = [Whitening(self.hidden_size).fit(train[k]) for k in range(self.num_hidden_states)]
+            self._transforms = [Whitening(self.hidden_size).fit(x) for x in self.means("train")]
         return self._transforms
 
     def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False,

@@ -108,7 +108,9 @@ def test_finetune_runs_at_the_end_fractions(corpus_dir, tmp_path):
                fractions=(0.1, 0.5, 1.0))
     runs = expand_runs(cfg, "mockingjay", 4, [0.1, 0.5, 1.0], [])
     ft = [r for r in runs if r.finetune]
-    assert {(r.task, r.fraction) for r in ft} == {(t, f) for t in ("phone_linear", "speaker_utterance") for f in (0.1, 1.0)}
+    assert {(r.task, r.fraction) for r in ft} == {("phone_linear", 0.1), ("phone_linear", 1.0)}
+    largest = expand_runs(replace(cfg, finetune_smallest=False), "mockingjay", 4, [0.1, 0.5, 1.0], [])
+    assert {(r.task, r.fraction) for r in largest if r.finetune} == {("phone_linear", 1.0)}
     assert not [r for r in expand_runs(cfg, "mel", 1, [0.1, 1.0], []) if r.finetune]
 
 
