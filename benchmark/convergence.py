@@ -40,7 +40,7 @@ CONVERGENCE_FILE = "convergence.csv"
 # a 100 % frame probe costs ~35 L-BFGS iterations of ~1 s on 2 cores, so the grid stays short.
 L2_GRID = (1e-1, 1e-2, 1e-3, 1e-5)
 MARGIN_LARGEST, MARGIN_SMALLEST = 1.0, 2.0  # accuracy points
-COLUMNS = ("upstream", "preset", "ckpt_hash", "task", "mode", "layer", "fraction", "seed", "budget", "converged",
+COLUMNS = ("run_id", "upstream", "preset", "ckpt_hash", "task", "mode", "layer", "fraction", "seed", "budget", "converged",
            "steps", "probe_dev", "probe_test", "reference_dev", "reference_test", "reference_l2", "reference_iters",
            "reference_converged", "margin", "passes")
 
@@ -179,15 +179,20 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print) -> pd
     runs = runs[(runs["fraction"] == lo) | (runs["fraction"] == hi)].assign(_largest=(runs["fraction"] == hi))
     runs = runs.sort_values(["upstream", "preset", "ckpt_hash", "task", "fraction", "mode", "layer", "seed"])
     cert = Certifier(corpus, cache_dir)
-    out = []
+    path = Path(results_dir) / CONVERGENCE_FILE
+    done = _previous(path, set(runs["run_id"]))  # resumable: rows certified by an interrupted call are kept
+    out = [done[rid] for rid in runs["run_id"] if rid in done]
+    todo = runs[~runs["run_id"].isin(done)]
+    if out:
+        log(f"{path}: {len(out)} rows already certified, {len(todo)} to go")
     from tqdm import tqdm
 
-    for _, r in tqdm(list(runs.iterrows()), desc="certificate", unit="row"):
+    for _, r in tqdm(list(todo.iterrows()), desc="certificate", unit="row"):
         t0 = time.perf_counter()
         ref = cert.reference(r)
         margin = MARGIN_LARGEST if r["_largest"] else MARGIN_SMALLEST
         probe_test = 100 * float(r["test_metric"])
-        out.append({"upstream": r["upstream"], "preset": r["preset"], "ckpt_hash": r["ckpt_hash"], "task": r["task"],
+        out.append({"run_id": r["run_id"], "upstream": r["upstream"], "preset": r["preset"], "ckpt_hash": r["ckpt_hash"], "task": r["task"],
                     "mode": r["mode"], "layer": int(r["layer"]), "fraction": float(r["fraction"]),
                     "seed": int(r["seed"]), "budget": r["budget"], "converged": bool(r["converged"]),
                     "steps": int(r["steps"]), "probe_dev": round(100 * float(r["dev_metric"]), 2),
@@ -195,11 +200,25 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print) -> pd
                     "reference_test": round(100 * ref.test, 2), "reference_l2": ref.l2, "reference_iters": ref.iters,
                     "reference_converged": ref.converged, "margin": margin,
                     "passes": probe_test >= 100 * ref.test - margin})
+        atomic_write_text(path, pd.DataFrame(out, columns=list(COLUMNS)).to_csv(index=False))  # after every row
         log(f"{r['upstream']} {r['task']} {r['mode']} f={r['fraction']:g} seed {r['seed']}: probe {probe_test:.2f} "
             f"reference {100 * ref.test:.2f} ({time.perf_counter() - t0:.1f} s)")
     table = pd.DataFrame(out, columns=list(COLUMNS))
-    atomic_write_text(Path(results_dir) / CONVERGENCE_FILE, table.to_csv(index=False))
+    atomic_write_text(path, table.to_csv(index=False))
     return table
+
+
+def _previous(path: Path, run_ids: set[str]) -> dict[str, dict]:
+    """Rows of an earlier convergence.csv for runs still in runs.csv (same columns), by run_id; else nothing."""
+    if not path.is_file():
+        return {}
+    try:
+        old = pd.read_csv(path, dtype={"run_id": str, "ckpt_hash": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        return {}
+    if list(old.columns) != list(COLUMNS):
+        return {}
+    return {r["run_id"]: r for r in old.to_dict("records") if r["run_id"] in run_ids}
 
 
 def summary_markdown(table: pd.DataFrame) -> str:

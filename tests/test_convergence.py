@@ -44,7 +44,7 @@ def test_reference_fit_reaches_the_optimum_and_picks_l2_on_dev():
     assert few.test < ref.test  # the same solver on 12 examples: a real fit, not a constant
 
 
-def test_converged_probes_pass_and_starved_probes_fail(corpus_dir, tmp_path):
+def test_converged_probes_pass_and_starved_probes_fail(corpus_dir, tmp_path, monkeypatch):
     corpus = load_corpus(corpus_dir)
     good = _run(corpus_dir, tmp_path / "good", ProbeConfig(lr=1e-1, batch_size=4096, patience=10, min_eval_steps=20),
                 fractions=(1.0,))
@@ -52,6 +52,12 @@ def test_converged_probes_pass_and_starved_probes_fail(corpus_dir, tmp_path):
     assert len(table) == 2 and (table["margin"] == 1.0).all()  # 2 tasks; one fraction, the largest
     assert table["passes"].all(), table
     assert (good / "results" / CONVERGENCE_FILE).is_file()
+    import benchmark.convergence as conv
+
+    monkeypatch.setattr(conv.Certifier, "reference", lambda *a: (_ for _ in ()).throw(AssertionError("refit")))
+    again = certify(good / "results", corpus, good / "cache", log=lambda *_: None)  # resumed: nothing refitted
+    monkeypatch.undo()
+    assert again[["run_id", "reference_test"]].equals(table[["run_id", "reference_test"]])
     starved = _run(corpus_dir, tmp_path / "starved", ProbeConfig(lr=1e-4, batch_size=4).with_steps(2))
     bad = certify(starved / "results", corpus, starved / "cache", log=lambda *_: None)
     assert len(bad) == 4 and set(bad["margin"]) == {1.0, 2.0}  # largest and smallest fraction
