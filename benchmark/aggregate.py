@@ -14,7 +14,7 @@ _CARRIED = ("params", "pretrain_frames", "pretrain_seconds")
 _NUMERIC = ("layer", "fraction", "train_utts", "train_frames", "seed", "dev_metric", "test_metric",
             "test_utt_metric", "params", "pretrain_frames", "pretrain_seconds", "best_step", "steps", "wall_seconds")
 AGG_COLUMNS: tuple[str, ...] = (*LEADERBOARD_KEYS, "metric", "n_seeds", "train_utts", "test_mean", "test_std",
-                                "test_ci95", "dev_mean", "dev_std", "test_utt_mean", "steps_mean", "n_converged",
+                                "test_ci95", "dev_mean", "dev_std", "test_utt_mean", "steps_mean", "best_step_mean", "n_converged",
                                 *_CARRIED)
 
 
@@ -88,7 +88,8 @@ def aggregate_runs(df: pd.DataFrame) -> pd.DataFrame:
                    test_ci95=ci95_halfwidth(test), dev_mean=float(dev.mean()),
                    dev_std=float(dev.std(ddof=1)) if len(dev) > 1 else float("nan"),
                    test_utt_mean=float(np.nanmean(utt)) if np.isfinite(utt).any() else float("nan"),
-                   steps_mean=float(g["steps"].mean()), n_converged=int(g["converged"].sum()))
+                   steps_mean=float(g["steps"].mean()), best_step_mean=float(g["best_step"].mean()),
+                   n_converged=int(g["converged"].sum()))
         for c in _CARRIED:
             row[c] = g[c].iloc[-1]
         rows.append(row)

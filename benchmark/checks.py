@@ -146,7 +146,13 @@ def check_finetune(agg: pd.DataFrame) -> Check:
     m, note = _pairs(ft, agg[agg["mode"] == "last"], keys, ("finetune", "frozen last"))
     if m.empty:
         return Check(claim, "not enough data", "no upstream/task/fraction cell has both finetune and frozen last")
+    # a run whose best dev point is step 0 never moved off the frozen probe: whatever its test gap (float32 live
+    # features against the float16 cache), fine-tuning did not beat anything there
+    stayed = m["best_step_mean_a"] <= 0 if "best_step_mean_a" in m else pd.Series(False, index=m.index)
+    m = m.assign(gap=m["gap"].where(~stayed, 0.0))
     wins, won = _wins(m)
+    if stayed.any():
+        won += f"; {int(stayed.sum())} cell(s) never improved on the start probe (best dev at step 0), counted as no gain"
     frozen = _best(agg[agg["mode"].isin(["last", "weighted_sum"])], [*keys, "budget"])
     best, best_note = _pairs(ft, frozen, keys, ("finetune", "best frozen"))
     best_won = _wins(best)[1]

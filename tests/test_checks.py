@@ -17,7 +17,7 @@ _LAST = {"mel": 0, "mockingjay": 3, "aalbert": 3, "mockingjay_random": 3, "aalbe
 
 def row(upstream: str, test: float, *, mode: str = "last", fraction: float = 1.0, task: str = "phone_linear",
         dev: float | None = None, layer: int | None = None, budget: str = "converge", ci: float = 0.005,
-        params: int | None = None) -> dict:
+        params: int | None = None, best_step: float = 100.0) -> dict:
     """One aggregated row (AGG_COLUMNS); accuracies in [0, 1], so 0.01 is one point."""
     if layer is None:
         layer = -1 if mode == "weighted_sum" else _LAST[upstream]
@@ -25,7 +25,7 @@ def row(upstream: str, test: float, *, mode: str = "last", fraction: float = 1.0
                 ckpt_hash=f"{upstream}-hash", task=task, mode=mode, layer=layer, fraction=fraction, budget=budget,
                 metric="frame_acc", n_seeds=3, train_utts=round(2000 * fraction), test_mean=test,
                 test_std=ci, test_ci95=ci, dev_mean=test + 0.01 if dev is None else dev, dev_std=ci,
-                test_utt_mean=math.nan, steps_mean=200.0, n_converged=3 if budget == "converge" else 0,
+                test_utt_mean=math.nan, steps_mean=200.0, best_step_mean=best_step, n_converged=3 if budget == "converge" else 0,
                 params=_PARAMS[upstream] if params is None else params,
                 pretrain_frames=3_600_000 if upstream in ("mockingjay", "aalbert") else 0, pretrain_seconds=0.0)
 
@@ -194,3 +194,13 @@ def test_markdown_lists_every_check():
     checks = science_checks(agg(*scarce(mel=(0.62, 0.80), pre=(0.48, 0.58))))
     md = checks_markdown(checks)
     assert md.count("\n- **") == 5 and "— *does not hold*: " in md.splitlines()[0]
+
+
+def test_finetune_that_never_left_its_start_is_no_gain():
+    from benchmark.checks import check_finetune
+
+    agg = pd.DataFrame([row("mockingjay", 0.6002, mode="finetune", best_step=0.0), row("mockingjay", 0.6000)])
+    c = check_finetune(agg)
+    assert c.verdict == "does not hold" and "never improved on the start probe" in c.detail
+    moved = pd.DataFrame([row("mockingjay", 0.62, mode="finetune", best_step=40.0), row("mockingjay", 0.60)])
+    assert check_finetune(moved).verdict == "holds"
