@@ -151,13 +151,13 @@ def check_finetune(agg: pd.DataFrame) -> Check:
     stayed = m["best_step_mean_a"] <= 0 if "best_step_mean_a" in m else pd.Series(False, index=m.index)
     m = m.assign(gap=m["gap"].where(~stayed, 0.0))
     wins, won = _wins(m)
-    if stayed.any():
-        won += f"; {int(stayed.sum())} cell(s) never improved on the start probe (best dev at step 0), counted as no gain"
+    stayed_note = (f" ({int(stayed.sum())} never improved on the start probe: best dev at step 0, counted as no gain)"
+                   if stayed.any() else "")
     frozen = _best(agg[agg["mode"].isin(["last", "weighted_sum"])], [*keys, "budget"])
     best, best_note = _pairs(ft, frozen, keys, ("finetune", "best frozen"))
     best_won = _wins(best)[1]
     return Check(claim, _verdict(wins, len(m)),
-                 f"above frozen last on test in {won} upstream/task/fraction cells, {note}; test gain {_gaps(m)}; "
+                 f"above frozen last on test in {won} upstream/task/fraction cells{stayed_note}, {note}; test gain {_gaps(m)}; "
                  f"dev gain {_gaps(m, 'dev_gap')} (dev cannot fall below the start probe's by construction: "
                  f"fine-tuning starts from it and reports its best dev point, so only test says whether the gain "
                  f"generalises); against the best frozen mode (the better of last and weighted_sum on test): above it "
