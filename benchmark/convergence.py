@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from benchmark.aggregate import read_runs
 from core.io import atomic_write_text, read_json
 from corpora.manifest import PROBE_SPLITS, Corpus, load_corpus
-from downstream.data import Targets, flat_rows, split_labels
+from downstream.data import SplitLabels, Targets, flat_rows, split_labels
 from downstream.fractions import fraction_subset
 from downstream.sources import ArraySource, PooledSource, SplitArrays
 from downstream.tasks import TASKS, TaskSpec
@@ -126,6 +126,15 @@ class Certifier:
         self.hop, self.downsample = hop, downsample
         self._sources: dict[tuple, tuple[ArraySource, PooledSource]] = {}
         self._fits: dict[tuple, Reference] = {}
+        self._labels: dict[tuple[str, str], SplitLabels] = {}
+
+    def labels(self, task: TaskSpec, split: str) -> SplitLabels:
+        """A split's labels from the task's label source, computed once per source (not once per fit)."""
+        key = (task.labels.name, split)
+        if key not in self._labels:
+            self._labels[key] = split_labels(self.corpus, self.utts[split], split, task.labels, self.hop,
+                                             self.downsample)
+        return self._labels[key]
 
     def sources(self, row: pd.Series) -> tuple[ArraySource, PooledSource]:
         key = (row["upstream"], row["preset"], str(row["ckpt_hash"]))
@@ -154,8 +163,7 @@ class Certifier:
             for s in PROBE_SPLITS:
                 x = src.examples(s)
                 mixed = sum(w * x[k] for w, k in zip(weights, layers))  # the probe's own mix of hidden states
-                lab = split_labels(self.corpus, self.utts[s], s, task.labels, self.hop, self.downsample)
-                t = Targets(task, lab, src.lengths(s), s)
+                t = Targets(task, self.labels(task, s), src.lengths(s), s)
                 y = torch.from_numpy(t.frames if task.level == "frame" else t.utt)
                 if s == "train":
                     sel = torch.from_numpy(flat_rows(frames.splits[s].offsets, idx) if task.level == "frame"

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from core.config import config_from_dict, config_to_dict
 from core.repro import seed_everything
-from downstream.data import SplitLabels, Targets, frame_batches, length_batches
+from downstream.data import SplitLabels, Targets, flat_rows, frame_batches, length_batches
 from downstream.heads import Whitening, segment_mean
 from downstream.modes import Featurizer, LayerMode
 from downstream.sources import FeatureSource
@@ -234,7 +234,7 @@ def train_probe(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: 
     lengths = source.lengths("train")
     train_idx = list(train_idx)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    rows = (torch.from_numpy(_flat_rows(offsets, train_idx)) if task.level == "frame"
+    rows = (torch.from_numpy(flat_rows(offsets, train_idx)) if task.level == "frame"
             else torch.as_tensor(train_idx, dtype=torch.long))
     with _INIT_LOCK:  # the global RNGs: runs trained in parallel threads must not interleave here
         seed_everything(seed)
@@ -317,12 +317,6 @@ def _fit_lbfgs(probe: Probe, task: TaskSpec, data: dict[str, Examples], rows: Te
         advance, step = done - step, done
         _evaluated(probe, task, data, step, stopper, device, bar, advance)  # at the optimum dev stops moving
     return step
-
-
-def _flat_rows(offsets: np.ndarray, idx: list[int]) -> np.ndarray:
-    from downstream.data import flat_rows
-
-    return flat_rows(offsets, idx)
 
 
 @torch.no_grad()
