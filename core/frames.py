@@ -1,7 +1,8 @@
 """THE frame arithmetic: samples <-> frames for the whole toolkit (front-end, labels, pooling).
 
 The log-mel front-end runs a centred STFT (torch.stft center=True) with hop `hop` samples, so frame i
-is centred on sample i*hop and an utterance of n samples has 1 + n // hop frames (REFERENCE section 1).
+is centred on sample i*hop and an utterance of n samples has 1 + n // hop frames (s3prl 0.4.18 front-end:
+torch.stft center=True, hop 160).
 Frame stacking by `downsample` k groups frames [j*k, j*k+k) into output frame j and drops the remainder.
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """prepare_timit: the TIMIT tree (NIST SPHERE .WAV via soundfile, .PHN sample offsets), 61 -> 39 phones.
 
-Splits (REFERENCE section 4): train = TRAIN SI+SX (3,696 utterances, 462 speakers); test = the 24-speaker
+Splits (the standard TIMIT recipe, e.g. Kaldi egs/timit): train = TRAIN SI+SX (3,696 utterances, 462 speakers);
+test = the 24-speaker
 core test set SI+SX (192); dev = the other TEST speakers SI+SX (1,152), or with dev="kaldi50" the
 50-speaker development set of the Kaldi recipe (400). SA sentences are excluded, as is customary.
 Train and test speakers are disjoint in TIMIT, so corpus.json marks its speakers as NOT closed-set.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The Mockingjay paper's label fractions of train-clean-360 (REFERENCE section 5), as fractions.
+# The Mockingjay paper's label fractions of train-clean-360 (Mockingjay, arXiv 1910.12638, Table 1), as fractions.
 PAPER_FRACTIONS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.125, 1.0)
 
 

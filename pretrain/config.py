@@ -1,4 +1,5 @@
-"""Pretraining settings (REFERENCE section 2) as one frozen dataclass, and the CPU budgets of the main job."""
+"""Pretraining settings (Mockingjay, arXiv 1910.12638; s3prl 0.4.18 mockingjay pretraining config) as one frozen
+dataclass, and the CPU budgets of the main job."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace

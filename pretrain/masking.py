@@ -1,4 +1,5 @@
-"""Masked acoustic model inputs (REFERENCE section 2): 15% of frames in spans of 7, 80/10/10 per utterance."""
+"""Masked acoustic model inputs (Mockingjay, arXiv 1910.12638; s3prl 0.4.18 `s3prl/pretrain/mockingjay/task.py`):
+15% of frames in spans of 7, 80/10/10 per utterance."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
-"""Log-mel front-end (REFERENCE section 1) computed with torchaudio, with recorded normalisation.
+"""Log-mel front-end (Mockingjay, arXiv 1910.12638; s3prl 0.4.18 `s3prl/upstream/mockingjay/` front-end) computed
+with torchaudio, with recorded normalisation.
 
 Every utterance's features are computed from its own valid samples only, so the features of a padded
 batch equal those computed one utterance at a time (a property the tests check).

@@ -1,7 +1,8 @@
 """s3prl interop: read Mockingjay/AALBERT .ckpt files without running pickle code, map keys and configs to ours.
 
 s3prl checkpoints are `torch.save`d dicts that also pickle an argparse.Namespace and an optimizer
-schedule object (REFERENCE section 3); s3prl itself loads them with `weights_only=False`, which lets the
+schedule object (s3prl 0.4.18, `s3prl/upstream/mockingjay/expert.py` and the pretraining runner that saves them);
+s3prl itself loads them with `weights_only=False`, which lets the
 file import modules and call functions. `safe_torch_load` instead resolves only tensor-rebuild helpers
 and plain containers; every other global becomes an inert `Placeholder` that records its name and state.
 """
@@ -94,7 +95,7 @@ def safe_torch_load(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-# s3prl sub-module name -> ours, per layer (REFERENCE section 3 key groups).
+# s3prl sub-module name -> ours, per layer (key groups of s3prl 0.4.18 `s3prl/upstream/mockingjay/model.py`).
 _LAYER_MAP = {
     "attention.output.dense": "attn_out",
     "attention.output.LayerNorm": "attn_norm",

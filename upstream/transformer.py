@@ -1,4 +1,5 @@
-"""ONE Transformer encoder for Mockingjay and AALBERT (REFERENCE section 1).
+"""ONE Transformer encoder for Mockingjay and AALBERT (Mockingjay, arXiv 1910.12638; Audio ALBERT, arXiv
+2005.08575; s3prl 0.4.18 `s3prl/upstream/mockingjay/model.py`).
 
 Post-LayerNorm BERT layers over log-mel frames. `share_layers=True` applies a single layer's weights
 at every depth (AALBERT); `embed_dim` < hidden factorises the input projection (ALBERT-style, off by

@@ -1,7 +1,8 @@
 """ctypes binding to libespeak-ng (GPL-3.0, loaded at run time from the `espeakng-loader` wheel).
 
 Only what the corpus builder needs: synchronous synthesis of one text into int16 samples plus the
-start sample of every phoneme (phoneme events). Pitfalls handled here (REFERENCE section 7):
+start sample of every phoneme (phoneme events). Pitfalls handled here (observed with libespeak-ng 1.52 from the
+espeakng-loader wheel):
 - voices are loaded with espeak_SetVoiceByFile and its status is checked, because a misspelled voice
   NAME silently falls back to the default voice;
 - the library keeps clock-seeded randomness between utterances, so callers set the seed

@@ -1,6 +1,7 @@
 """Signal side of the built-in corpus: event alignments, the silence fix, resampling, channel and noise.
 
-Order matters (REFERENCE section 7): digital-silence runs are relabelled on the CLEAN synthesiser output,
+Order matters (libespeak-ng 1.52 places stop closures and pauses at the end of the previous phone): digital-silence
+runs are relabelled on the CLEAN synthesiser output,
 before any filtering or noise makes them non-zero.
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Generated eSpeak voices: one seeded voice file per synthetic speaker (vocal-tract scaling, pitch, breathiness...).
 
-Ranges are deliberately moderate ("closer voices", REFERENCE section 7): with wide ranges a mean log-mel
+Ranges are deliberately moderate ("closer voices", measured with corpora/baseline.py, docs/corpora.md): with wide
+ranges a mean log-mel
 logistic regression identifies clean synthetic speakers almost perfectly, which makes the speaker probe trivial.
 """
 from __future__ import annotations
