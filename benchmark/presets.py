@@ -12,10 +12,10 @@ from dataclasses import replace
 from benchmark.plan import BenchmarkConfig
 from downstream.train import ProbeConfig
 
-FRAME_PROBE = ProbeConfig(lr=1e-2, batch_size=4096, patience=4, min_eval_steps=50)
+FRAME_PROBE = ProbeConfig(optimizer="sgd", lr=0.5, batch_size=4096, patience=4, min_eval_steps=1)
 MAIN_TASK_PROBES = {
-    "phone_1hidden": replace(FRAME_PROBE, lr=1e-3, batch_size=2048),
-    "speaker_utterance": ProbeConfig(lr=1e-2, batch_size=32, patience=10),
+    "phone_1hidden": replace(FRAME_PROBE, optimizer="adamw", lr=1e-3, batch_size=2048, min_eval_steps=50),
+    "speaker_utterance": ProbeConfig(optimizer="lbfgs", patience=3),
 }
 # Converging every probe does not fit 30 minutes on 2 cores for all four tasks (docs/benchmark.md): the main job
 # runs the papers' headline probes, phone_linear and speaker_utterance, for every upstream, mode, fraction and

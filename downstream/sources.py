@@ -165,14 +165,15 @@ class PooledSource:
 
     def examples(self, split: str) -> Tensor:
         """(L, n_utts, D): the examples of an utterance-level probe are the utterances' means, each hidden state
-        whitened with the statistics of the train split's means (`whitening`)."""
+        standardised (per dimension, not decorrelated: downstream.heads.Whitening) with the statistics of the
+        train split's means (`whitening`)."""
         if split not in self._examples:
             self._examples[split] = whitened(self.means(split).clone(), self.whitening())
         return self._examples[split]
 
     def whitening(self) -> list[Whitening]:
         if self._transforms is None:
-            self._transforms = [Whitening(self.hidden_size).fit(x) for x in self.means("train")]
+            self._transforms = [Whitening(self.hidden_size, decorrelate=False).fit(x) for x in self.means("train")]
         return self._transforms
 
     def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False,

@@ -1,10 +1,18 @@
 """Probe training until dev stops improving: frozen probes on in-memory features, fine-tuning from the frozen probe.
 
 A frozen probe trains on its split's examples held in memory as float32 (frames for frame-level tasks, per-
-utterance means for utterance-level ones), standardised per hidden state with statistics of its training
-subset, in whole-subset epochs with reshuffling. Dev is evaluated every epoch (at least `min_eval_steps`
-steps apart); training stops when the dev metric has not improved by `min_delta` for `patience` evaluations
-(`converged`), or at the `max_steps` cap (not converged). Test is evaluated once, at the best dev point.
+utterance means for utterance-level ones), normalised per hidden state with train-split statistics
+(downstream.sources). Two trainers, one stopping rule:
+
+* minibatch SGD (or AdamW) in whole-subset epochs with reshuffling; dev is evaluated every epoch (at least
+  `min_eval_steps` steps apart); training stops when the dev metric has not improved by `min_delta` for
+  `patience` evaluations (`converged`), or at the `max_steps` cap (not converged);
+* for linear heads on few examples (mean-pooled utterances): a regularisation path, full-batch L-BFGS solved
+  to a gradient tolerance at each L2 strength of `l2_grid`, strongest first, each warm-starting the next. The
+  path plays the part of training time (weak L2 = a long run), dev is evaluated at each point and `patience`
+  points without gain stop it.
+
+Test is evaluated once, at the best dev point.
 A fine-tuning run starts from the converged frozen probe of its upstream, task, fraction and seed (last
 layer), so its step-0 dev score IS the frozen one, and then trains the upstream too with the same rule.
 """
@@ -41,8 +49,9 @@ class ProbeConfig:
     """How a probe trains. Defaults: the frozen-probe rule of the main job (measured: docs/benchmark.md).
 
     The papers train probes with AdamW at lr 2e-4, batch 32, for 300k+ steps and report test at the best dev
-    step (s3prl legacy downstream configs). Here the features are standardised, so a larger step converges in
-    a few epochs; the stopping rule, not a step count, decides when a probe is done.
+    step (s3prl legacy downstream configs). Here frame features are whitened, so SGD with a large step converges
+    in a few epochs, and utterance means are few enough for a full-batch solver; the stopping rule, not a step
+    count, decides when a probe is done.
     """
 
     lr: float = 1e-3
@@ -57,10 +66,16 @@ class ProbeConfig:
     min_eval_steps: int = 20  # ... but never more often than this (tiny subsets have 1-step epochs)
     lr_decay: float = 0.5  # lr multiplier after patience // 2 evaluations without improvement
     fixed_steps: bool = False  # train exactly max_steps, best dev point still chosen (the --steps approximation)
-    # "lbfgs": full-batch L-BFGS (strong Wolfe line search), one step = one iteration over ALL training examples;
-    # for linear heads on few examples (mean-pooled utterances) it reaches the optimum where minibatch AdamW
-    # crawls. "adamw": minibatches of batch_size.
-    optimizer: Literal["adamw", "lbfgs"] = "adamw"
+    # "sgd": minibatch SGD with Nesterov momentum `momentum`. On whitened features (downstream.sources) it
+    # converges as fast as AdamW, and early-stopped gradient descent is regularised like an L2 (ridge) penalty:
+    # with a dozen training utterances AdamW, which moves every weight by ~lr per step whatever its gradient,
+    # overfits before the first dev evaluation (docs/benchmark.md). "adamw": minibatch AdamW (the MLP head,
+    # fine-tuning). "lbfgs": the L2 regularisation path with full-batch L-BFGS (linear heads, few examples).
+    optimizer: Literal["sgd", "adamw", "lbfgs"] = "adamw"
+    momentum: float = 0.9  # sgd only
+    # lbfgs only: the path's L2 strengths (mean cross-entropy + l2 / 2 * |head weights|^2), strongest first
+    l2_grid: tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
+    tolerance: float = 1e-4  # lbfgs only: largest absolute gradient entry at which one L2 point is solved
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_steps", "patience", "min_eval_steps"):
@@ -72,6 +87,10 @@ class ProbeConfig:
             raise ValueError("ProbeConfig learning rates must be > 0")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"ProbeConfig.lr_decay must be in (0, 1], got {self.lr_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"ProbeConfig.momentum must be in [0, 1), got {self.momentum}")
+        if self.optimizer == "lbfgs" and (not self.l2_grid or any(v < 0 for v in self.l2_grid)):
+            raise ValueError(f"ProbeConfig.l2_grid must hold L2 strengths >= 0, got {self.l2_grid}")
 
     @property
     def budget(self) -> str:
@@ -172,28 +191,32 @@ def _decay_lr(opt: torch.optim.Optimizer, stopper: EarlyStopping, cfg: ProbeConf
 
 @dataclass
 class Examples:
-    """One split as a frozen probe sees it: per-layer (N, D) float32 examples, (N,) targets."""
+    """One split as a frozen probe sees it: (layers, N, D) float32 examples, (N,) targets."""
 
-    x: list[Tensor]  # the layers read, each (N, D): views of the source's resident arrays
+    x: Tensor  # (layers read, N, D): a view of the source's resident array where the layers are contiguous
     y: Tensor  # (N,) int64
     offsets: np.ndarray | None = None  # frame-level splits: utterance i at offsets[i]:offsets[i+1] (utt metric)
     utt_y: Tensor | None = None
 
-    def rows(self, rows: Tensor) -> Tensor:
-        """(layers, len(rows), D): the examples `rows` of every layer read, gathered into one new tensor."""
-        out = torch.empty(len(self.x), len(rows), self.x[0].shape[1])
-        for j, x in enumerate(self.x):
-            torch.index_select(x, 0, rows, out=out[j])
+    def rows(self, rows: Tensor, out: Tensor | None = None) -> Tensor:
+        """(layers, len(rows), D): the examples `rows` of every layer read, gathered into `out` (reused across
+        epochs: a fresh multi-GB buffer per epoch costs more in page faults than the gather itself)."""
+        if out is None:
+            out = torch.empty(self.x.shape[0], len(rows), self.x.shape[2])
+        for j in range(self.x.shape[0]):
+            torch.index_select(self.x[j], 0, rows, out=out[j])
         return out
 
 
 def examples(task: TaskSpec, source: FeatureSource, split: str, labels: SplitLabels, layers: list[int]) -> Examples:
     lengths = source.lengths(split)
     all_x = source.examples(split)
+    contiguous = layers == list(range(layers[0], layers[0] + len(layers)))
+    x = all_x[layers[0]: layers[0] + len(layers)] if contiguous else all_x[layers]
     t = Targets(task, labels, lengths, split)
     y = torch.from_numpy(t.frames if task.level == "frame" else t.utt)
     utt_y = torch.from_numpy(t.utt) if task.utt_metric else None
-    return Examples([all_x[k] for k in layers], y, t.offsets, utt_y)
+    return Examples(x, y, t.offsets, utt_y)
 
 
 @torch.no_grad()
@@ -206,8 +229,7 @@ def score(probe: Probe, task: TaskSpec, ex: Examples, device: torch.device) -> t
     keep_logits = task.utt_metric
     logits_all, correct = [], 0
     for a in range(0, n, EVAL_CHUNK):
-        hidden = torch.stack([x[a: a + EVAL_CHUNK] for x in ex.x]).to(device)
-        logits = probe(hidden).float()
+        logits = probe(ex.x[:, a: a + EVAL_CHUNK].to(device)).float()
         correct += int((logits.argmax(-1).cpu() == ex.y[a: a + EVAL_CHUNK]).sum())
         if keep_logits:
             logits_all.append(logits.cpu())
@@ -243,15 +265,15 @@ def train_probe(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: 
     stopper = EarlyStopping(cfg)
     bar = _bar(cfg.max_steps, progress, f"{task.name}/{mode.label}")
     try:
-        fit = _fit_lbfgs if cfg.optimizer == "lbfgs" else _fit_adamw
-        step = fit(probe, task, data, rows, cfg, seed, stopper, device, bar)
+        fit = _fit_path if cfg.optimizer == "lbfgs" else _fit_minibatch
+        step, converged = fit(probe, task, data, rows, cfg, seed, stopper, device, bar)
         stopper.restore(probe)
         test, test_utt = score(probe, task, data["test"], device)
     finally:
         if bar is not None:
             bar.close()
     return ProbeResult(dev_metric=stopper.best, test_metric=test, test_utt_metric=test_utt,
-                       best_step=stopper.best_step, steps=step, converged=stopper.stop,
+                       best_step=stopper.best_step, steps=step, converged=converged,
                        layer_weights=probe.featurizer.layer_weights(), train_utts=len(train_idx),
                        train_frames=int(lengths[train_idx].sum()), wall_seconds=time.perf_counter() - t0,
                        state={k: v.cpu() for k, v in probe.state_dict().items()})
@@ -265,17 +287,26 @@ def _evaluated(probe: Probe, task: TaskSpec, data: dict[str, Examples], step: in
         bar.set_postfix(dev=f"{stopper.best:.3f}@{stopper.best_step}")
 
 
-def _fit_adamw(probe: Probe, task: TaskSpec, data: dict[str, Examples], rows: Tensor, cfg: ProbeConfig, seed: int,
-               stopper: EarlyStopping, device: torch.device, bar) -> int:
-    """Minibatch AdamW over reshuffled epochs of `rows`; dev every epoch (>= min_eval_steps). Returns steps."""
-    opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+def _optimizer(params, cfg: ProbeConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _fit_minibatch(probe: Probe, task: TaskSpec, data: dict[str, Examples], rows: Tensor, cfg: ProbeConfig, seed: int,
+                   stopper: EarlyStopping, device: torch.device, bar) -> tuple[int, bool]:
+    """Minibatch SGD / AdamW over reshuffled epochs of `rows`; dev every epoch (>= min_eval_steps).
+    Returns (steps, stopped by patience)."""
+    opt = _optimizer(probe.parameters(), cfg)
     gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + 1)
     n = len(rows)
     eval_every = cfg.eval_every or max(math.ceil(n / cfg.batch_size), cfg.min_eval_steps)
+    x_epoch = None  # one buffer for every epoch's gather
     step = 0
     while step < cfg.max_steps and not stopper.stop:
         perm = rows[torch.randperm(n, generator=gen)]
-        x_epoch, y_epoch = data["train"].rows(perm), data["train"].y.index_select(0, perm)  # one gather per epoch
+        x_epoch, y_epoch = data["train"].rows(perm, x_epoch), data["train"].y.index_select(0, perm)
         for a in range(0, n, cfg.batch_size):
             probe.train()
             logits = probe(x_epoch[:, a: a + cfg.batch_size].to(device))
@@ -290,33 +321,42 @@ def _fit_adamw(probe: Probe, task: TaskSpec, data: dict[str, Examples], rows: Te
                 _decay_lr(opt, stopper, cfg)
             if step >= cfg.max_steps or stopper.stop:
                 break
-    return step
+    return step, stopper.stop
 
 
-def _fit_lbfgs(probe: Probe, task: TaskSpec, data: dict[str, Examples], rows: Tensor, cfg: ProbeConfig, seed: int,
-               stopper: EarlyStopping, device: torch.device, bar) -> int:
-    """Full-batch L-BFGS on all of `rows`; dev every `eval_every` iterations (default min_eval_steps)."""
+def _fit_path(probe: Probe, task: TaskSpec, data: dict[str, Examples], rows: Tensor, cfg: ProbeConfig, seed: int,
+              stopper: EarlyStopping, device: torch.device, bar) -> tuple[int, bool]:
+    """The L2 regularisation path: for each strength of `l2_grid` (strongest first, warm-started from the previous
+    point) full-batch L-BFGS to the gradient tolerance, then dev. `steps` counts L-BFGS iterations; the run is
+    converged when every point's L-BFGS ended by its own tolerances within the `max_steps` budget and the path
+    either ended or stopped after `patience` points without gain."""
     x = data["train"].rows(rows).to(device)  # (layers, n, D): the whole training subset, held once
     y = data["train"].y.index_select(0, rows).to(device)
-    eval_every = cfg.eval_every or cfg.min_eval_steps
-    opt = torch.optim.LBFGS(probe.parameters(), lr=cfg.lr, max_iter=eval_every, max_eval=4 * eval_every,
-                            history_size=20,
-                            tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    penalised = [p for name, p in probe.head.named_parameters() if name.endswith("weight")]  # not biases, not the mix
+    step, solved = 0, True
+    for l2 in cfg.l2_grid:
+        budget = cfg.max_steps - step
+        if budget <= 0:
+            solved = False
+            break
+        opt = torch.optim.LBFGS(probe.parameters(), lr=1, max_iter=budget, max_eval=2 * budget, history_size=30,
+                                tolerance_grad=cfg.tolerance, tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
-    def closure() -> Tensor:
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(probe(x), y)
-        loss.backward()
-        return loss
+        def closure() -> Tensor:
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(probe(x), y) + 0.5 * l2 * sum((p * p).sum() for p in penalised)
+            loss.backward()
+            return loss
 
-    step = 0
-    while step < cfg.max_steps and not stopper.stop:
         probe.train()
         opt.step(closure)
-        done = opt.state[opt._params[0]]["n_iter"]  # iterations so far (L-BFGS may stop early when flat)
-        advance, step = done - step, done
-        _evaluated(probe, task, data, step, stopper, device, bar, advance)  # at the optimum dev stops moving
-    return step
+        iters = int(opt.state[opt._params[0]].get("n_iter", 0))
+        solved &= iters < budget  # L-BFGS ended by its tolerances, not by the step budget
+        step += iters
+        _evaluated(probe, task, data, step, stopper, device, bar, iters)
+        if stopper.stop:
+            break
+    return step, solved and not cfg.fixed_steps
 
 
 @torch.no_grad()
