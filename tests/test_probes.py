@@ -1,6 +1,7 @@
 """Probes: fractions, layer modes, heads, flat batches and probe training on a tiny generated corpus."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,39 @@ def test_whitening_decorrelates():
     assert torch.allclose(torch.cov(z.T), torch.eye(16), atol=5e-2)  # what the optimiser sees: identity
     assert torch.allclose(w(x[:5]), z[:5], atol=1e-4)
     assert torch.isfinite(Whitening(16).fit(x[:8])(x[8:100])).all()  # fewer examples than dimensions: finite
+
+
+def test_standardising_keeps_correlations():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, 3, generator=g) @ torch.tensor([[1.0, 0.9, 0.0], [0.0, 0.4, 0.0], [0.0, 0.0, 3.0]]) + 2.0
+    x = torch.cat([x, torch.full((5000, 1), 7.0)], 1)  # a constant dimension: mapped to zero, not blown up
+    w = Whitening(4, decorrelate=False).fit(x)
+    z = w.apply_(x.clone())
+    assert torch.allclose(w.matrix, torch.diag(torch.diag(w.matrix)))  # per dimension only
+    assert torch.allclose(z[:, :3].std(0), torch.ones(3), atol=1e-2) and torch.all(z[:, 3] == 0)
+    assert torch.allclose(torch.corrcoef(z[:, :3].T), torch.corrcoef(x[:, :3].T), atol=1e-4)
+
+
+def test_regularisation_path_is_the_regression_chosen_on_dev(tiny, mel_src):
+    """The utterance-level trainer (L-BFGS along an L2 path) reaches, at every point of its grid, what
+    scikit-learn's LogisticRegression reaches on the same examples: its dev score is the best of sklearn's."""
+    from sklearn.linear_model import LogisticRegression
+
+    task = get_task("speaker_utterance")
+    src, labels = PooledSource(mel_src), _labels(tiny, task)
+    n_cls, idx = len(tiny.speakers), list(range(len(tiny.utterances("train"))))
+    cfg = ProbeConfig(optimizer="lbfgs", l2_grid=(1e-1, 1e-2, 1e-3), patience=100, tolerance=1e-5)
+    r = train_probe(task, LayerMode("last"), src, labels, idx, n_cls, cfg, seed=0)
+    assert r.converged and r.steps > 0
+    x = {s: src.examples(s)[0].numpy() for s in ("train", "dev")}
+    y = {s: Targets(task, labels[s], src.lengths(s)).utt for s in ("train", "dev")}
+    devs = [LogisticRegression(C=1 / (l2 * len(idx)), tol=1e-8, max_iter=10000).fit(x["train"], y["train"])
+            .score(x["dev"], y["dev"]) for l2 in cfg.l2_grid]
+    assert r.dev_metric == pytest.approx(max(devs), abs=1.01 / len(y["dev"])), (r.dev_metric, devs)
+    capped = train_probe(task, LayerMode("last"), src, labels, idx, n_cls, replace(cfg, max_steps=3), seed=0)
+    assert capped.steps <= 3 and not capped.converged
+    with pytest.raises(ValueError, match="l2_grid"):
+        ProbeConfig(optimizer="lbfgs", l2_grid=())
 
 
 def test_sources_hold_whitened_frames_and_means(tiny, mel_src):

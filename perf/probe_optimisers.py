@@ -1,0 +1,117 @@
+"""Which trainer reaches the converged regression: the session-4 probes (AdamW) against the main job's (SGD on
+whitened frames; an L2 path on standardised utterance means) and the certificate's reference, on one cache.
+
+For each task, fraction and seed: phone_linear (last layer) trained with AdamW as in session 4 (dev at least 50
+steps apart), AdamW scored every step, and the main job's SGD; speaker_utterance (last layer) with session 4's
+AdamW on whitened means and the main job's L-BFGS path on standardised means. Each beside the certificate's
+reference on the same examples (benchmark.convergence). Run the main job (or any run that builds the cache) first.
+
+    .venv/bin/python perf/probe_optimisers.py --upstream mockingjay --out results/probe_optimisers.csv
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmark.convergence import Certifier, fit_reference, fit_sklearn_reference  # noqa: E402
+from benchmark.presets import FRAME_PROBE, MAIN_TASK_PROBES  # noqa: E402
+from core.io import atomic_write_text, read_json  # noqa: E402
+from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
+from downstream.data import Targets, flat_rows  # noqa: E402
+from downstream.fractions import fraction_subset  # noqa: E402
+from downstream.heads import Whitening  # noqa: E402
+from downstream.modes import LayerMode  # noqa: E402
+from downstream.tasks import TASKS  # noqa: E402
+from downstream.train import ProbeConfig, train_probe  # noqa: E402
+
+SESSION4_FRAME = ProbeConfig(lr=1e-2, batch_size=4096, patience=4, min_eval_steps=50)
+TRAINERS = {
+    "phone_linear": {"AdamW, dev >= 50 steps apart (session 4)": (SESSION4_FRAME, "whiten"),
+                     "AdamW, dev every step": (replace(SESSION4_FRAME, min_eval_steps=1), "whiten"),
+                     "SGD, dev every epoch (main job)": (FRAME_PROBE, "whiten")},
+    "speaker_utterance": {"AdamW on whitened means (session 4)": (ProbeConfig(lr=1e-2, batch_size=32, patience=10),
+                                                                  "whiten"),
+                          "L2 path on standardised means (main job)": (MAIN_TASK_PROBES["speaker_utterance"],
+                                                                       "standardise")},
+}
+
+
+def _data(cert: Certifier, pooled, frames, task, idx: list[int]):
+    """(train, dev, test) example/target pairs of the last hidden state, training subset `idx`."""
+    src = pooled if task.level == "utterance" else frames
+    out = []
+    for s in PROBE_SPLITS:
+        x = src.examples(s)[-1]
+        t = Targets(task, cert.labels(task, s), src.lengths(s), s)
+        y = torch.from_numpy(t.frames if task.level == "frame" else t.utt)
+        if s == "train":
+            sel = torch.from_numpy(flat_rows(frames.splits[s].offsets, idx)) if task.level == "frame" else torch.tensor(idx)
+            x, y = x.index_select(0, sel), y.index_select(0, sel)
+        out.append((x, y))
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", default="data/synth")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
+    p.add_argument("--upstream", default="mockingjay")
+    p.add_argument("--tasks", default="phone_linear,speaker_utterance")
+    p.add_argument("--fractions", default="0.01,1")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--out", type=Path, default=Path("results/probe_optimisers.csv"))
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    corpus = load_corpus(a.corpus)
+    metas = sorted(Path(a.cache_dir).glob(f"{a.upstream}-{corpus.name}-train-*/meta.json"))
+    if not metas:
+        print(f"error: no feature cache for {a.upstream} on {corpus.name} under {a.cache_dir}", file=sys.stderr)
+        return 2
+    key = read_json(metas[-1], "feature cache metadata")["key"]
+    cert = Certifier(corpus, a.cache_dir)
+    frames, pooled = cert.sources({"upstream": a.upstream, "preset": key["preset"], "ckpt_hash": key["ckpt_hash"]})
+    standardised = pooled.whitening()
+    whitened = [Whitening(pooled.hidden_size).fit(x) for x in pooled.means("train")]
+    speakers = [u.speaker for u in cert.utts["train"]]
+    rows = []
+    for task_name in a.tasks.split(","):
+        task = TASKS[task_name]
+        labels = {s: cert.labels(task, s) for s in PROBE_SPLITS}
+        n_cls = len(task.labels.classes(corpus))
+        refs = {}
+        for frac in (float(f) for f in a.fractions.split(",")):
+            for seed in (int(s) for s in a.seeds.split(",")):
+                idx = list(fraction_subset(speakers, frac, seed, task.labels.closed_set).indices)
+                for name, (cfg, norm) in TRAINERS[task_name].items():
+                    if task.level == "utterance":  # the same means, normalised as this trainer's row says
+                        pooled._transforms, pooled._examples = (whitened if norm == "whiten" else standardised), {}
+                    src = pooled if task.level == "utterance" else frames
+                    r = train_probe(task, LayerMode("last"), src, labels, idx, n_cls, cfg, seed)
+                    if (frac, seed, norm) not in refs:  # one reference per set of examples
+                        data = _data(cert, pooled, frames, task, idx)
+                        refs[frac, seed, norm] = (fit_sklearn_reference(*data) if task.level == "utterance"
+                                                  else fit_reference(*data, n_cls))
+                    ref = refs[frac, seed, norm]
+                    rows.append({"upstream": a.upstream, "task": task_name, "fraction": frac, "seed": seed,
+                                 "trainer": name, "examples": norm, "steps": r.steps, "best_step": r.best_step,
+                                 "wall_seconds": round(r.wall_seconds, 1), "dev": round(100 * r.dev_metric, 2),
+                                 "test": round(100 * r.test_metric, 2), "reference_dev": round(100 * ref.dev, 2),
+                                 "reference_test": round(100 * ref.test, 2), "reference_l2": ref.l2})
+                    print(rows[-1], flush=True)
+    table = pd.DataFrame(rows)
+    atomic_write_text(a.out, table.to_csv(index=False))
+    summary = table.groupby(["task", "fraction", "trainer"], sort=False)[["test", "reference_test", "wall_seconds"]].mean()
+    print(summary.round(2).to_markdown())
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
