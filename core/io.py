@@ -33,6 +33,22 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def decode_utf8(raw: bytes, path: str | Path, what: str = "file", first_line: int = 1) -> str:
+    """`raw` as UTF-8 text (a BOM is dropped); other encodings are a ValueError naming the file, line and byte."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = first_line + raw.count(b"\n", 0, e.start)
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(f"{path}:{line}: {what} is not UTF-8 text (byte 0x{raw[e.start]:02x} at column {column}); "
+                         f"save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 OLD > NEW`") from None
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A UTF-8 text file; see decode_utf8 for the error on other encodings."""
+    return decode_utf8(Path(path).read_bytes(), path, what)
+
+
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
     """Read JSON, turning a missing or malformed file into a ValueError that names it."""
     path = Path(path)

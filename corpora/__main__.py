@@ -1,13 +1,33 @@
-"""CLI: `python -m corpora prepare {synth,librispeech,timit,manifest} --out DIR [options]` (thin wrapper)."""
+"""CLI: `python -m corpora prepare {synth,librispeech,timit,manifest} --out DIR [options]` (thin wrapper).
+
+Bad input (missing or corrupt files, bad manifests, bad options) ends with `error: ...` naming the file and
+line or the flag, then the list of problems, exit status 2, and nothing written.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from corpora.registry import PREPARERS, default_workers, prepare_corpus
 from corpora.synth.build import SynthConfig, quick_config
+from corpora.verify import SKIPPED_WITHOUT_DECODING
+
+
+def at_least(low: int | float, kind: Callable[[str], Any] = int) -> Callable[[str], Any]:
+    """An argparse type: a number >= `low` (argparse names the flag in its error)."""
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} >= {low}, "
+                                             f"got {text!r}") from None
+        if not v >= low:  # also rejects nan
+            raise argparse.ArgumentTypeError(f"expected a number >= {low}, got {text!r}")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,20 +41,23 @@ def _parser() -> argparse.ArgumentParser:
         k.add_argument("--out", required=True, help="output corpus directory")
         k.add_argument("--force", action="store_true", help="rebuild even if DIR holds a corpus with other options")
         k.add_argument("--no-progress", action="store_true")
+        k.add_argument("--workers", type=at_least(1), default=default_workers(),
+                       help="parallel workers (synthesis, audio decoding; default: all CPUs)")
+        k.add_argument("--verify-audio", action=argparse.BooleanOptionalAction, default=True,
+                       help="decode every audio file once before anything is written (default), which finds NaN/inf "
+                            "samples, truncated and undecodable files; --no-verify-audio reads headers only "
+                            "(missing, unreadable-header, zero-length, too-short and wrong-rate files are still found)")
 
     s = kinds.add_parser("synth", help="built-in eSpeak NG corpus (default benchmark corpus)")
     common(s)
     s.add_argument("--quick", action="store_true", help="the small smoke-test size (30 probe speakers, ~10 min pretrain)")
     s.add_argument("--seed", type=int, default=d.seed)
-    s.add_argument("--probe-speakers", type=int)
-    s.add_argument("--train-per-speaker", type=int)
-    s.add_argument("--dev-per-speaker", type=int)
-    s.add_argument("--test-per-speaker", type=int)
-    s.add_argument("--pretrain-speakers", type=int)
-    s.add_argument("--pretrain-hours", type=float)
+    for flag in ("--probe-speakers", "--train-per-speaker", "--dev-per-speaker", "--test-per-speaker"):
+        s.add_argument(flag, type=at_least(1))
+    s.add_argument("--pretrain-speakers", type=at_least(0))
+    s.add_argument("--pretrain-hours", type=at_least(0, float))
     s.add_argument("--snr-db", type=float, nargs=2, metavar=("LOW", "HIGH"))
     s.add_argument("--audio-format", choices=("flac", "wav"))
-    s.add_argument("--workers", type=int, default=default_workers())
 
     ls = kinds.add_parser("librispeech", help="LibriSpeech flac tree (+ optional CPC phone labels and splits)")
     common(ls)
@@ -44,25 +67,23 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--split-dir", help="folder with train_split.txt and test_split.txt (CPC)")
     ls.add_argument("--pretrain-subsets", nargs="*", default=[])
     ls.add_argument("--seed", type=int, default=1337)
-    ls.add_argument("--verify-audio", action="store_true", help="decode every file (slow)")
 
     t = kinds.add_parser("timit", help="TIMIT tree (SPHERE .WAV + .PHN), 61 -> 39 phones")
     common(t)
     t.add_argument("--root", required=True, help="folder holding TRAIN/ and TEST/")
     t.add_argument("--dev", choices=("rest-of-test", "kaldi50"), default="rest-of-test")
-    t.add_argument("--verify-audio", action="store_true")
 
     m = kinds.add_parser("manifest", help="your own data: CSV/JSONL of path,speaker[,id,split,alignment,sample_rate]")
     common(m)
     m.add_argument("--manifest", required=True)
     m.add_argument("--lab-units", choices=("seconds", "htk"), default="seconds")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--verify-audio", action="store_true")
     return p
 
 
 def _options(a: argparse.Namespace) -> dict[str, Any]:
-    opts: dict[str, Any] = {"force": a.force, "progress": not a.no_progress}
+    opts: dict[str, Any] = {"force": a.force, "progress": not a.no_progress, "verify_audio": a.verify_audio,
+                            "workers": a.workers}
     if a.corpus == "synth":
         base = quick_config(a.seed) if a.quick else SynthConfig(seed=a.seed)
         over = {k: getattr(a, k) for k in ("probe_speakers", "train_per_speaker", "dev_per_speaker",
@@ -70,24 +91,27 @@ def _options(a: argparse.Namespace) -> dict[str, Any]:
                                             "audio_format") if getattr(a, k) is not None}
         from core.config import config_to_dict
 
-        opts.update({**config_to_dict(base), **over, "workers": a.workers})
+        opts.update({**config_to_dict(base), **over})
     elif a.corpus == "librispeech":
         opts.update(root=a.root, subsets=tuple(a.subsets), alignments=a.alignments, split_dir=a.split_dir,
-                    pretrain_subsets=tuple(a.pretrain_subsets), seed=a.seed, verify_audio=a.verify_audio)
+                    pretrain_subsets=tuple(a.pretrain_subsets), seed=a.seed)
     elif a.corpus == "timit":
-        opts.update(root=a.root, dev=a.dev, verify_audio=a.verify_audio)
+        opts.update(root=a.root, dev=a.dev)
     else:
-        opts.update(manifest=a.manifest, lab_units=a.lab_units, seed=a.seed, verify_audio=a.verify_audio)
+        opts.update(manifest=a.manifest, lab_units=a.lab_units, seed=a.seed)
     return opts
 
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     assert a.corpus in PREPARERS
+    if not a.verify_audio:
+        print(f"note: --no-verify-audio: audio headers are read, samples are not decoded: {SKIPPED_WITHOUT_DECODING}",
+              file=sys.stderr)
     t0 = time.time()
     try:
         c = prepare_corpus(a.corpus, a.out, **_options(a))
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except (ValueError, OSError) as e:  # input errors (CorpusError, bad options, missing/unreadable files)
         lines = str(e).splitlines() or [type(e).__name__]
         print(f"error: {lines[0]}", file=sys.stderr)  # the one-line summary; details (if any) follow
         for line in lines[1:]:
@@ -95,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     splits = c.info.get("splits", {})
     summary = ", ".join(f"{k} {v['utterances']} utt / {v['hours']:.2f} h" for k, v in splits.items())
+    verified = (f"every audio file decoded ({c.info['verify_seconds']:.1f} s)" if c.info.get("verify_seconds") is not None
+                else "audio not decoded")
     print(f"{c.name} corpus ready in {c.root} ({time.time() - t0:.1f} s): {summary}; "
-          f"{len(c.phones)} phones, {len(c.speakers)} probe speakers")
+          f"{len(c.phones)} phones, {len(c.speakers)} probe speakers; {verified}")
     return 0
 
 

@@ -6,6 +6,7 @@ corpora.validate, so that one run reports every problem of a corpus.
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -116,6 +117,8 @@ def parse_lab(path: str | Path, sample_rate: int, units: str = "seconds") -> lis
             t0, t1 = float(parts[0]), float(parts[1])
         except ValueError:
             raise ValueError(f"{path}:{lineno}: start/end must be numbers, got {line.strip()!r}") from None
+        if not (math.isfinite(t0) and math.isfinite(t1)):
+            raise ValueError(f"{path}:{lineno}: start/end must be finite numbers, got {line.strip()!r}")
         segs.append(Segment(parts[2], round(t0 * scale), round(t1 * scale)))
     return segs
 

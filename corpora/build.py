@@ -2,17 +2,21 @@
 
 A corpus is built in a hidden staging directory beside `out_dir` and swapped in only after validation
 passed and corpus.json (the done-marker) was written, so a failed or interrupted run leaves any earlier
-output intact, and re-running with the same config is a cheap load.
+output intact, and re-running with the same config is a cheap load. Validation decodes every audio file
+once (corpora.verify) unless the caller opts out; whether it did is recorded, but it is not part of the
+config: a corpus that passed decoding is the same corpus as one that was not decoded.
 """
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from core.io import sha256_json
 from corpora.manifest import SPLITS, Corpus, Utterance, is_prepared, load_corpus, write_corpus_info, write_manifest
 from corpora.validate import Issues, validate_records
+from corpora.verify import default_workers, verify_audio
 
 
 class ConfigMismatch(ValueError):
@@ -29,10 +33,20 @@ def existing(out_dir: Path, name: str, config: dict[str, Any], force: bool) -> C
     if not is_prepared(out_dir) or force:
         return None
     corpus = load_corpus(out_dir)
-    if corpus.name == name and corpus.info.get("config_hash") == sha256_json(config):
+    if corpus.name == name and _same_config(corpus.info, config):
         return corpus
     raise ConfigMismatch(f"{out_dir} already holds a corpus ({corpus.name!r}) prepared with a different config; "
                      f"choose another --out directory or pass --force to rebuild it")
+
+
+def _same_config(info: dict[str, Any], config: dict[str, Any]) -> bool:
+    if info.get("config_hash") == sha256_json(config):
+        return True
+    # corpora prepared before decoding became the default recorded verify_audio in their config: it never
+    # changed the output, so it does not make them differ
+    stored = info.get("config")
+    return isinstance(stored, dict) and "verify_audio" in stored and sha256_json(
+        {k: v for k, v in stored.items() if k != "verify_audio"}) == sha256_json(config)
 
 
 def staging_dir(out_dir: Path) -> Path:
@@ -44,9 +58,18 @@ def staging_dir(out_dir: Path) -> Path:
 
 
 def commit(stage: Path, out_dir: Path, name: str, utts: list[Utterance], where: list[str], issues: Issues,
-           config: dict[str, Any], info: dict[str, Any], closed_set_speakers: bool) -> Corpus:
-    """Validate, write manifests then corpus.json into `stage`, and move it to `out_dir`."""
+           config: dict[str, Any], info: dict[str, Any], closed_set_speakers: bool, verify: bool = True,
+           workers: int | None = None, progress: bool = True) -> Corpus:
+    """Validate (decoding every audio file when `verify`), write manifests then corpus.json into `stage`, and
+    move it to `out_dir`. Relative audio paths are relative to `stage` (the corpus directory to be)."""
     try:
+        t0 = time.perf_counter()
+        if verify:
+            files = [(Path(u.path) if Path(u.path).is_absolute() else stage / u.path, u.num_samples, w)
+                     for u, w in zip(utts, where)]
+            for w, problem in verify_audio(files, workers or default_workers(), progress):
+                issues.add(w, problem)
+        verify_seconds = round(time.perf_counter() - t0, 1)
         phones, speakers = validate_records(utts, where, issues, closed_set_speakers)
         issues.raise_if_any(f"cannot prepare corpus {name!r} into {out_dir}")
         counts = {}
@@ -56,7 +79,8 @@ def commit(stage: Path, out_dir: Path, name: str, utts: list[Utterance], where: 
             counts[split] = {"utterances": len(part), "hours": round(sum(u.duration for u in part) / 3600, 4),
                              "speakers": len({u.speaker for u in part})}
         full_info = {**info, "config": config, "config_hash": sha256_json(config), "splits": counts,
-                     "closed_set_speakers": closed_set_speakers}
+                     "closed_set_speakers": closed_set_speakers, "audio_verified": verify,
+                     "verify_seconds": verify_seconds if verify else None}
         write_corpus_info(stage, name, phones, speakers, full_info)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from core.config import config_from_dict, config_to_dict
 from core.frames import HOP, SAMPLE_RATE
+from core.io import decode_utf8, read_text
 from corpora import build
 from corpora.manifest import Corpus, Segment, Utterance
 from corpora.splits import closed_set_splits
@@ -33,15 +34,14 @@ class LibriSpeechConfig:
     seed: int = 1337
     dev_fraction: float = 0.1
     test_fraction: float = 0.1  # only without split files
-    verify_audio: bool = False  # decode every file (slow) instead of reading headers
 
 
 def read_frame_labels(path: Path, issues: Issues) -> dict[str, tuple[tuple[Segment, ...], str]]:
     """{utt id: (segments, where)} from converted_aligned_phones.txt; runs of one label become one segment."""
     out: dict[str, tuple[tuple[Segment, ...], str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            parts = decode_utf8(raw, path, "alignment file", lineno).split()
             if not parts:
                 continue
             where = f"{path}:{lineno}"
@@ -65,11 +65,12 @@ def _read_list(path: Path, issues: Issues) -> list[tuple[str, str]]:
     if not path.is_file():
         issues.add(str(path), "split list not found")
         return []
-    return [(ln.split()[0], f"{path}:{i}") for i, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+    return [(ln.split()[0], f"{path}:{i}") for i, ln in enumerate(read_text(path, "split list").splitlines(), 1)
             if ln.strip()]
 
 
-def prepare_librispeech(out_dir: str | Path, force: bool = False, progress: bool = True, **options: Any) -> Corpus:
+def prepare_librispeech(out_dir: str | Path, force: bool = False, progress: bool = True, verify_audio: bool = True,
+                        workers: int | None = None, **options: Any) -> Corpus:
     cfg = config_from_dict(LibriSpeechConfig, options, "librispeech options")
     out_dir, root = Path(out_dir), Path(cfg.root)
     config = config_to_dict(cfg)
@@ -111,7 +112,7 @@ def prepare_librispeech(out_dir: str | Path, force: bool = False, progress: bool
             issues.add(w, f"utterance {uid!r} has no audio file under {root} ({', '.join(cfg.subsets)})")
             continue
         path = files[uid][0]
-        got = probe_audio(path, w, issues, expected_sr=SAMPLE_RATE, decode=cfg.verify_audio)
+        got = probe_audio(path, w, issues, expected_sr=SAMPLE_RATE)
         if got is None:
             continue
         ali = None
@@ -125,4 +126,5 @@ def prepare_librispeech(out_dir: str | Path, force: bool = False, progress: bool
         where.append(w)
     info = {"source": str(root.resolve()), "phone_set": "CPC 41 frame labels" if cfg.alignments else "none"}
     stage = build.staging_dir(out_dir)
-    return build.commit(stage, out_dir, "librispeech", utts, where, issues, config, info, closed_set_speakers=True)
+    return build.commit(stage, out_dir, "librispeech", utts, where, issues, config, info, closed_set_speakers=True,
+                        verify=verify_audio, workers=workers, progress=progress)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from core.io import atomic_write_json, atomic_write_text, read_json
+from core.io import atomic_write_json, atomic_write_text, read_json, read_text
 
 Split = Literal["pretrain", "train", "dev", "test"]
 SPLITS: tuple[Split, ...] = ("pretrain", "train", "dev", "test")
@@ -67,17 +67,16 @@ def write_manifest(path: str | Path, utts: list[Utterance]) -> None:
 def read_manifest(path: str | Path) -> list[Utterance]:
     path = Path(path)
     utts = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from e
-            if not isinstance(d, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(d).__name__}")
-            utts.append(Utterance.from_json(d, f"{path}:{lineno}"))
+    for lineno, line in enumerate(read_text(path, "corpus manifest").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(d).__name__}")
+        utts.append(Utterance.from_json(d, f"{path}:{lineno}"))
     return utts
 
 

@@ -1,7 +1,6 @@
 """The corpus registry: one preparation function per corpus name (an explicit dict, no discovery)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,6 +10,9 @@ from corpora.manifest import Corpus
 from corpora.synth.build import SynthConfig, prepare_synth, prepare_synth_config, quick_config
 from corpora.timit import prepare_timit
 from corpora.usermanifest import prepare_manifest
+from corpora.verify import default_workers
+
+__all__ = ["PREPARERS", "default_workers", "ensure_default_corpus", "prepare_corpus"]
 
 PREPARERS: dict[str, Callable[..., Corpus]] = {
     "synth": prepare_synth,
@@ -25,13 +27,6 @@ def prepare_corpus(name: str, out_dir: str | Path, **options: Any) -> Corpus:
     if name not in PREPARERS:
         raise ValueError(f"unknown corpus {name!r}; valid names: {sorted(PREPARERS)}")
     return PREPARERS[name](out_dir, **options)
-
-
-def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def ensure_default_corpus(data_dir: str | Path, quick: bool = False, progress: bool = True) -> Corpus:

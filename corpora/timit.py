@@ -44,7 +44,6 @@ KALDI_DEV_SPEAKERS = frozenset(s.upper() for s in """faks0 fdac1 fjem0 mgwt0 mja
 class TimitConfig:
     root: str
     dev: str = "rest-of-test"  # or "kaldi50"
-    verify_audio: bool = False
 
 
 def _ci_child(d: Path, name: str) -> Path | None:
@@ -72,7 +71,8 @@ def fold_alignment(phn: Path, issues: Issues) -> tuple[Segment, ...] | None:
     return tuple(segs)
 
 
-def prepare_timit(out_dir: str | Path, force: bool = False, progress: bool = True, **options: Any) -> Corpus:
+def prepare_timit(out_dir: str | Path, force: bool = False, progress: bool = True, verify_audio: bool = True,
+                  workers: int | None = None, **options: Any) -> Corpus:
     cfg = config_from_dict(TimitConfig, options, "timit options")
     if cfg.dev not in ("rest-of-test", "kaldi50"):
         raise ValueError(f"timit dev must be 'rest-of-test' or 'kaldi50', got {cfg.dev!r}")
@@ -106,7 +106,7 @@ def prepare_timit(out_dir: str | Path, force: bool = False, progress: bool = Tru
         if phn is None:
             issues.add(w, "no .PHN alignment beside the audio")
             continue
-        got = probe_audio(wav, w, issues, expected_sr=SAMPLE_RATE, decode=cfg.verify_audio)
+        got = probe_audio(wav, w, issues, expected_sr=SAMPLE_RATE)
         ali = fold_alignment(phn, issues)
         if got is None or ali is None:
             continue
@@ -115,4 +115,5 @@ def prepare_timit(out_dir: str | Path, force: bool = False, progress: bool = Tru
         where.append(str(phn))
     info = {"source": str(root.resolve()), "phone_set": "TIMIT 61 -> 39 (Lee & Hon 1989), q removed"}
     stage = build.staging_dir(out_dir)
-    return build.commit(stage, out_dir, "timit", utts, where, issues, config, info, closed_set_speakers=False)
+    return build.commit(stage, out_dir, "timit", utts, where, issues, config, info, closed_set_speakers=False,
+                        verify=verify_audio, workers=workers, progress=progress)

@@ -15,6 +15,7 @@ from typing import Any
 from tqdm import tqdm
 
 from core.config import config_from_dict, config_to_dict
+from core.io import read_text
 from corpora import build
 from corpora.alignments import parse_alignment
 from corpora.manifest import SPLITS, Corpus, Utterance
@@ -32,14 +33,13 @@ class ManifestConfig:
     seed: int = 0
     dev_fraction: float = 0.1
     test_fraction: float = 0.1
-    verify_audio: bool = False
 
 
 def read_rows(path: Path, issues: Issues) -> list[tuple[dict[str, str], str]]:
     """(row, 'file:line') for each record of a .csv (header row) or .jsonl file."""
     rows: list[tuple[dict[str, str], str]] = []
     ext = path.suffix.lower()
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path, "manifest")
     if ext == ".csv":
         reader = csv.DictReader(text.splitlines())
         header = reader.fieldnames or []
@@ -74,7 +74,9 @@ def read_rows(path: Path, issues: Issues) -> list[tuple[dict[str, str], str]]:
     return rows
 
 
-def prepare_manifest(out_dir: str | Path, force: bool = False, progress: bool = True, **options: Any) -> Corpus:
+def prepare_manifest(out_dir: str | Path, force: bool = False, progress: bool = True, verify_audio: bool = True,
+                     workers: int | None = None, **options: Any) -> Corpus:
+    """Prepare the listed files; `verify_audio` decodes each once (corpora.verify) with `workers` threads."""
     cfg = config_from_dict(ManifestConfig, options, "manifest options")
     out_dir, src = Path(out_dir), Path(cfg.manifest)
     if not src.is_file():
@@ -109,7 +111,7 @@ def prepare_manifest(out_dir: str | Path, force: bool = False, progress: bool = 
             except ValueError:
                 issues.add(w, f"sample_rate must be a number, got {row['sample_rate']!r}")
                 continue
-        got = probe_audio(path, w, issues, expected_sr=declared, decode=cfg.verify_audio)
+        got = probe_audio(path, w, issues, expected_sr=declared)
         if got is None:
             continue
         ali = None
@@ -129,4 +131,5 @@ def prepare_manifest(out_dir: str | Path, force: bool = False, progress: bool = 
         utts = [Utterance(**{**u.__dict__, "split": split_of.get(u.id, "train")}) for u in utts]
     info = {"source": str(src.resolve())}
     stage = build.staging_dir(out_dir)
-    return build.commit(stage, out_dir, "manifest", utts, where, issues, config, info, closed_set_speakers=True)
+    return build.commit(stage, out_dir, "manifest", utts, where, issues, config, info, closed_set_speakers=True,
+                        verify=verify_audio, workers=workers, progress=progress)

@@ -8,11 +8,9 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-
 from core.audio import AudioError, audio_info
 from corpora.manifest import SPLITS, Segment, Utterance
+from corpora.verify import length_problem
 
 MAX_SHOWN = 25
 
@@ -41,9 +39,11 @@ class Issues:
                               + "\n  ".join(shown) + more)
 
 
-def probe_audio(path: Path, where: str, issues: Issues, expected_sr: int | None = None,
-                decode: bool = False) -> tuple[int, int] | None:
-    """(sample_rate, n_samples) of an audio file, or None after recording why it cannot be used."""
+def probe_audio(path: Path, where: str, issues: Issues, expected_sr: int | None = None) -> tuple[int, int] | None:
+    """(sample_rate, n_samples) from an audio file's header, or None after recording why it cannot be used.
+
+    Only the header is read here; corpora.verify decodes every file afterwards (unless --no-verify-audio).
+    """
     if not path.is_file():
         issues.add(where, f"audio file not found: {path}")
         return None
@@ -52,24 +52,13 @@ def probe_audio(path: Path, where: str, issues: Issues, expected_sr: int | None 
     except AudioError as e:
         issues.add(where, f"unreadable or corrupt audio: {e}")
         return None
-    if n <= 0:
-        issues.add(where, f"zero-length audio: {path}")
-        return None
     if expected_sr is not None and sr != expected_sr:
         issues.add(where, f"sample-rate mismatch: {path} is {sr} Hz, expected {expected_sr} Hz")
         return None
-    if decode:
-        try:
-            data, _ = sf.read(str(path), dtype="float32", always_2d=True)
-        except Exception as e:  # soundfile raises several types on truncated/corrupt data
-            issues.add(where, f"corrupt audio (decoding failed): {path}: {e}")
-            return None
-        if len(data) != n:
-            issues.add(where, f"corrupt audio: header of {path} says {n} samples, decoded {len(data)}")
-            return None
-        if not np.isfinite(data).all():
-            issues.add(where, f"corrupt audio: {path} holds NaN/inf samples")
-            return None
+    short = length_problem(path, sr, n)
+    if short is not None:
+        issues.add(where, short)
+        return None
     return sr, n
 
 

@@ -59,15 +59,48 @@ def test_missing_and_corrupt_and_empty_audio(tmp_path):
     assert "3 problem(s)" in msg
 
 
-def test_truncated_flac_is_caught_when_decoding(tmp_path):
+def _truncated_flac(path: Path) -> None:
+    sf.write(str(path), np.random.default_rng(0).standard_normal(48000).astype(np.float32) * 0.1, SR, format="FLAC")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+def _nan_wav(path: Path) -> None:
+    x = np.full(8000, 0.1, np.float32)
+    x[100:200] = np.nan
+    sf.write(str(path), x, SR, subtype="FLOAT")
+
+
+def test_audio_is_decoded_by_default_and_every_problem_listed_at_once(tmp_path):
     rows = _good(tmp_path)
-    p = tmp_path / "t.flac"
-    sf.write(str(p), np.random.default_rng(0).standard_normal(48000).astype(np.float32) * 0.1, SR, format="FLAC")
-    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-    rows[0]["path"] = str(p)
+    _truncated_flac(tmp_path / "t.flac")
+    _nan_wav(tmp_path / "nan.wav")
+    _wav(tmp_path / "short.wav", 100)
+    for k, name in enumerate(("t.flac", "nan.wav", "short.wav")):
+        rows[k]["path"] = str(tmp_path / name)
+    msg = _fails(tmp_path, rows, "m.jsonl:1: undecodable audio (corrupt or truncated)", "t.flac",
+                 "m.jsonl:2: audio", "nan.wav holds 100 NaN/inf samples",
+                 "m.jsonl:3: audio too short", "short.wav holds 100 samples (6.2 ms)")
+    assert "3 problem(s)" in msg
+
+
+def test_no_verify_audio_reads_headers_only(tmp_path):
+    rows = _good(tmp_path)
+    _nan_wav(tmp_path / "nan.wav")
+    rows[0]["path"] = str(tmp_path / "nan.wav")
     m = _write(tmp_path, rows)
-    with pytest.raises(CorpusError, match="m.jsonl:1: corrupt audio"):
-        prepare_corpus("manifest", tmp_path / "out", manifest=str(m), verify_audio=True, progress=False)
+    c = prepare_corpus("manifest", tmp_path / "out", manifest=str(m), verify_audio=False, progress=False)
+    assert c.info["audio_verified"] is False and c.info["verify_seconds"] is None
+    # the same options on the prepared directory load it: verification is not part of the config
+    assert prepare_corpus("manifest", tmp_path / "out", manifest=str(m), progress=False).info["audio_verified"] is False
+
+
+def test_truncated_wav_is_caught_by_decoding(tmp_path):
+    rows = _good(tmp_path)
+    p = tmp_path / "cut.wav"
+    sf.write(str(p), np.full(16000, 0.1, np.float32), SR, subtype="FLOAT")
+    p.write_bytes(p.read_bytes()[:-4000])  # the header still says 16000 samples
+    rows[0]["path"] = str(p)
+    _fails(tmp_path, rows, "m.jsonl:1:", "cut.wav")
 
 
 def test_sample_rate_mismatch_and_alignment_errors(tmp_path):

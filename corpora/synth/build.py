@@ -71,14 +71,14 @@ def _tasks(cfg: SynthConfig, stage: Path) -> list[SpeakerTask]:
 
 
 def prepare_synth(out_dir: str | Path, workers: int = 2, force: bool = False, progress: bool = True,
-                  **options: Any) -> Corpus:
+                  verify_audio: bool = True, **options: Any) -> Corpus:
     """Build (or load, when already built with the same options) the synthetic corpus in `out_dir`."""
     cfg = config_from_dict(SynthConfig, options, "synth corpus options")
-    return prepare_synth_config(out_dir, cfg, workers=workers, force=force, progress=progress)
+    return prepare_synth_config(out_dir, cfg, workers=workers, force=force, progress=progress, verify_audio=verify_audio)
 
 
 def prepare_synth_config(out_dir: str | Path, cfg: SynthConfig, workers: int = 2, force: bool = False,
-                         progress: bool = True) -> Corpus:
+                         progress: bool = True, verify_audio: bool = True) -> Corpus:
     out_dir = Path(out_dir)
     config = {**config_to_dict(cfg), "format_version": FORMAT_VERSION}
     done = build.existing(out_dir, "synth", config, force)
@@ -112,4 +112,5 @@ def prepare_synth_config(out_dir: str | Path, cfg: SynthConfig, workers: int = 2
             "phone_set": "TIMIT-39 (corpora/synth/phones.py)", "all_phone_classes": list(CLASSES),
             "seed": cfg.seed, "build_seconds": round(time.time() - t0, 1), "workers": workers}
     build.write_texts(stage, texts)
-    return build.commit(stage, out_dir, "synth", utts, where, Issues(), config, info, closed_set_speakers=True)
+    return build.commit(stage, out_dir, "synth", utts, where, Issues(), config, info, closed_set_speakers=True,
+                        verify=verify_audio, workers=workers, progress=progress)
