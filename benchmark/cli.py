@@ -1,4 +1,11 @@
-"""The command line of run_benchmark.py: parse and validate, then --list, --dry-run, run or report."""
+"""The command line of run_benchmark.py: parse and validate, then --list, --dry-run, run or report.
+
+Every input is checked while planning, before any corpus is built or model loaded: names, numbers, layer
+choices against each upstream's hidden states, the corpus (prepared, readable) and each --ckpt (files, hashes,
+weights against config). An input error, then or later (a corrupt audio file, checkpoint or corpus met while
+running), is one `run_benchmark.py: error: ...` line naming the flag or file, and exit status 2; any other
+exception is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,13 +18,20 @@ import torch
 
 from downstream.modes import MODE_CHOICES, parse_modes
 from downstream.tasks import TASKS
-from benchmark.plan import DEFAULT_MODES, DEFAULT_UPSTREAMS, BenchmarkConfig, parse_fractions
+from benchmark.plan import DEFAULT_MODES, DEFAULT_UPSTREAMS, BenchmarkConfig, check_layer_modes, parse_fractions
 from benchmark.presets import MAIN_TASKS, main_job, quick_job
+from core.audio import AudioError
+from corpora.validate import CorpusError
+from upstream.checkpoint import CheckpointError
 from upstream.registry import RANDOM_CONTROLS, UPSTREAMS, is_pretrained, parse_spec, upstream_names
+
+PROG = "run_benchmark.py"
+# input problems found while running (a file read for the first time): reported like planning errors
+RUNTIME_INPUT_ERRORS = (AudioError, CheckpointError, CorpusError)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_benchmark.py", description=(
+    p = argparse.ArgumentParser(prog=PROG, description=(
         "Probe speech representations (mel, Mockingjay, AALBERT, random-init controls) on phone and speaker "
         "tasks. With no arguments: the default benchmark end to end on the built-in corpus."))
     p.add_argument("command", nargs="?", default="run", choices=("run", "report", "certify"),
@@ -59,7 +73,7 @@ def _names(text: str, valid: list[str], what: str) -> tuple[str, ...]:
         raise ValueError(f"--{what} is empty; valid: {', '.join(valid)}")
     for t in items:
         if t not in valid:
-            raise ValueError(f"unknown {what} {t!r}; valid: {', '.join(valid)}")
+            raise ValueError(f"--{what}: unknown {what} {t!r}; valid: {', '.join(valid)}")
     return items
 
 
@@ -81,12 +95,18 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         if not specs:
             raise ValueError(f"--upstream is empty; valid: {', '.join(upstream_names())}")
         for s in specs:
-            parse_spec(s)  # raises listing valid names / presets
+            try:
+                parse_spec(s)
+            except ValueError as e:  # lists the valid names / presets
+                raise ValueError(f"--upstream {s}: {e}") from None
         kw["upstreams"] = specs
     if args.task:
         kw["tasks"] = _names(args.task, list(TASKS), "task")
     if args.mode:
-        parse_modes(args.mode, num_hidden_states=1 if "layers" in args.mode else None)  # syntax check
+        try:
+            parse_modes(args.mode, num_hidden_states=1 if "layers" in args.mode else None)  # syntax check
+        except ValueError as e:
+            raise ValueError(str(e) if str(e).startswith("--mode") else f"--mode: {e}") from None
         kw["modes"] = args.mode
     if args.fractions:
         kw["fractions"] = parse_fractions(args.fractions)
@@ -95,12 +115,6 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
         kw["seeds"] = args.seeds
     if args.corpus:
-        from benchmark.resolve import corpus_choices
-        from corpora.manifest import is_prepared
-
-        if not is_prepared(args.corpus) and args.corpus not in corpus_choices():
-            raise ValueError(f"--corpus {args.corpus!r}: neither a prepared corpus directory (with corpus.json) nor "
-                             f"a known corpus; valid names: {', '.join(corpus_choices())}")
         kw["corpus"] = args.corpus
     ckpts = {}
     for item in (c for arg in args.ckpt for c in arg.split(",") if c):
@@ -113,6 +127,9 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
             raise ValueError(f"--ckpt {item!r}: {path} is not a checkpoint directory (no checkpoint.json)")
         ckpts[name] = path
     kw["ckpts"] = ckpts
+    for flag, v in (("--steps", args.steps), ("--finetune-steps", args.finetune_steps)):
+        if v is not None and v < 1:
+            raise ValueError(f"{flag} must be >= 1, got {v}")
     if args.steps is not None:
         kw["probe"] = cfg.probe.with_steps(args.steps)
         kw["task_probes"] = {t: p.with_steps(args.steps) for t, p in cfg.task_probes.items()}
@@ -124,7 +141,22 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         kw["probe_workers"] = args.workers
     if args.no_finetune:
         kw["finetune_ends"] = False
-    return replace(cfg, **kw)
+    cfg = replace(cfg, **kw)
+    check_inputs(cfg)
+    return cfg
+
+
+def check_inputs(cfg: BenchmarkConfig) -> None:
+    """What can be checked before anything is built or loaded: the corpus, each --ckpt, the layer choices."""
+    from benchmark.resolve import check_corpus, num_hidden_states_of, planned_checkpoint
+    from upstream.checkpoint import verify_checkpoint
+
+    check_corpus(cfg.corpus, cfg.data_dir, cfg.quick)
+    for name, path in cfg.ckpts.items():
+        verify_checkpoint(Path(path), family=name)
+    if "layer=" in cfg.modes:
+        check_layer_modes(cfg.modes, {spec: num_hidden_states_of(spec, planned_checkpoint(
+            spec, cfg.ckpts, cfg.runs_dir, cfg.quick)) for spec in cfg.upstreams})
 
 
 def print_list() -> None:
@@ -144,6 +176,12 @@ def print_list() -> None:
     print(f"corpora: {', '.join(corpus_choices()) or '(none installed)'} (or a prepared corpus directory)")
 
 
+def fail(message: str) -> int:
+    """One line naming the culprit on stderr; exit status 2 (as argparse's own errors)."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -152,8 +190,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = config_from_args(args)
-    except ValueError as e:
-        parser.error(str(e))
+    except ValueError as e:  # every bad name, number, file or flag found while planning
+        return fail(str(e))
+    try:
+        return run_command(args, cfg, argv)
+    except RUNTIME_INPUT_ERRORS as e:
+        hint = (" (prepared with --no-verify-audio? `python -m corpora prepare` decodes every file by default and "
+                "lists all such files at once)" if isinstance(e, AudioError) else "")
+        return fail(f"{str(e).splitlines()[0] if str(e) else type(e).__name__}{hint}")
+
+
+def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] | None) -> int:
     if args.command == "report":
         from benchmark.runner import build_report_if_available
         from benchmark.results import write_leaderboard
@@ -167,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 
         corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, prepare=False)
         if corpus is None:
-            parser.error(f"--corpus {cfg.corpus}: not prepared under {cfg.data_dir}; certify reads the corpus and the "
-                         f"feature cache the rows were trained on")
+            return fail(f"--corpus {cfg.corpus}: not prepared under {cfg.data_dir}; certify reads the corpus and the "
+                        f"feature cache the rows were trained on")
         try:
             table = certify(cfg.results_dir, corpus, cfg.cache_dir, log=lambda m: None)
         except (FileNotFoundError, ValueError) as e:

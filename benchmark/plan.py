@@ -96,6 +96,18 @@ def expand_runs(cfg: BenchmarkConfig, spec: str, num_hidden_states: int, fractio
     return runs
 
 
+def check_layer_modes(modes: str, hidden_states: dict[str, int]) -> None:
+    """Planning-time check of every layer=K against each upstream's hidden-state count (from its preset or
+    checkpoint.json, before any model is loaded). An upstream with one hidden state reads it for every mode."""
+    for spec, n in hidden_states.items():
+        if n == 1:
+            continue
+        for m in parse_modes(modes, n):
+            if m.kind == "layer" and m.layer is not None and m.layer >= n:
+                raise ValueError(f"--mode {m.label}: upstream {spec} has {n} hidden states, layer=0..{n - 1} "
+                                 f"(0 = the input block)")
+
+
 def run_id(corpus_digest: str, identity: dict[str, str], run: PlannedRun, layer: int, probe_cfg: ProbeConfig) -> str:
     """Stable hash of what defines a run: same inputs -> same id -> skipped when already in runs.csv."""
     return sha256_json({"corpus": corpus_digest, **identity, "task": run.task, "mode": run.mode.kind, "layer": layer,

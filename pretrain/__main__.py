@@ -1,16 +1,26 @@
-"""CLI: python -m pretrain --upstream mockingjay:small --corpus DIR --out DIR [--steps N] [--resume] [--audio DIR_OR_LIST]"""
+"""CLI: python -m pretrain --upstream mockingjay:small --corpus DIR --out DIR [--steps N] [--resume] [--audio DIR_OR_LIST]
+
+Input errors (unknown upstream, bad option values, a missing corpus, audio folder or list, a checkpoint in --out
+that is corrupt or does not match) are one `error: ...` line naming the flag or file, exit status 2, checked
+before any training starts; anything else is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
+import torch
+
 from pretrain.config import PretrainConfig, default_budget, with_overrides
 from pretrain.train import run_pretraining
+from upstream.checkpoint import META_FILE, verify_checkpoint
+from upstream.registry import is_pretrained, parse_spec
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pretrain", description="Masked acoustic model pretraining "
                                  "(Mockingjay / AALBERT) with checkpoints, resume and a CSV loss log.")
     ap.add_argument("--upstream", required=True, help="transformer spec, e.g. mockingjay:small, aalbert:base")
@@ -32,16 +42,51 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int)
     ap.add_argument("--stop-at-step", type=int, help="stop (with a checkpoint) after this step; continue with --resume")
     ap.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return ap
+
+
+def _config(args: argparse.Namespace) -> PretrainConfig:
     base = {"default": PretrainConfig(), "main": default_budget(False), "quick": default_budget(True)}[args.budget]
     try:
-        cfg = with_overrides(base, steps=args.steps, batch_size=args.batch_size, accumulation=args.accumulation,
-                             crop_frames=args.crop_frames, lr=args.lr, precision=args.precision,
-                             ckpt_interval=args.ckpt_interval, eval_interval=args.eval_interval, seed=args.seed)
+        return with_overrides(base, steps=args.steps, batch_size=args.batch_size, accumulation=args.accumulation,
+                              crop_frames=args.crop_frames, lr=args.lr, precision=args.precision,
+                              ckpt_interval=args.ckpt_interval, eval_interval=args.eval_interval, seed=args.seed)
+    except ValueError as e:  # PretrainConfig validates its fields: name them as the flags the user typed
+        raise ValueError(re.sub(r"PretrainConfig\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Everything that can be checked before the audio is read or a model built; ValueError naming the flag."""
+    try:
+        name, _ = parse_spec(args.upstream)
+    except ValueError as e:
+        raise ValueError(f"--upstream {args.upstream}: {e}") from None
+    if not is_pretrained(name):
+        raise ValueError(f"--upstream {args.upstream}: only mockingjay and aalbert are pretrained")
+    if args.device is not None:
+        try:
+            dev = torch.device(args.device)
+        except RuntimeError as e:
+            raise ValueError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...): {e}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use cpu)")
+    if args.stop_at_step is not None and args.stop_at_step < 1:
+        raise ValueError(f"--stop-at-step must be >= 1, got {args.stop_at_step}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} exists and is not a directory")
+    if args.resume and (args.out / META_FILE).is_file():
+        verify_checkpoint(args.out, family=name, groups=("model", "train"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        check_inputs(args)
+        cfg = _config(args)
         out = run_pretraining(args.upstream, args.corpus or args.audio, args.out, cfg, resume=args.resume,
                               stop_at_step=args.stop_at_step, device=args.device)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # input errors (CheckpointError, AudioError, ...)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

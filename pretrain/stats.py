@@ -16,20 +16,21 @@ from upstream.features import FeatureConfig, corpus_stats
 STATS_VERSION = 1
 
 
-def _wavs(paths: list[Path], sr: int) -> Iterator[torch.Tensor]:
-    for p in tqdm(paths, desc="feature stats", unit="file", leave=False):
+def _wavs(paths: list[Path], sr: int, progress: bool = True) -> Iterator[torch.Tensor]:
+    for p in tqdm(paths, desc="feature stats", unit="file", leave=False, disable=not progress):
         w = load_audio(p, sr)
         if w.numel():  # empty files carry no frames; pretraining skips them too
             yield w
 
 
-def stats_for_files(paths: list[Path], base: FeatureConfig) -> FeatureConfig:
+def stats_for_files(paths: list[Path], base: FeatureConfig, progress: bool = True) -> FeatureConfig:
     """`base` with mean/std over every frame of `paths` (streamed: the audio is never all in memory)."""
-    mean, std = corpus_stats(replace(base, norm_mean=(), norm_std=()), _wavs(paths, base.sample_rate))
+    mean, std = corpus_stats(replace(base, norm_mean=(), norm_std=()), _wavs(paths, base.sample_rate, progress))
     return base.with_stats(mean, std)
 
 
-def normalized_feature_config(corpus: Corpus, base: FeatureConfig, split: Split = "pretrain") -> FeatureConfig:
+def normalized_feature_config(corpus: Corpus, base: FeatureConfig, split: Split = "pretrain",
+                              progress: bool = True) -> FeatureConfig:
     """`base` with corpus-level mean/std over `split`'s audio (via upstream.features.corpus_stats).
 
     Cached as JSON in `<corpus>/stats/`, keyed by the feature config (statistics excluded), the split and
@@ -51,6 +52,6 @@ def normalized_feature_config(corpus: Corpus, base: FeatureConfig, split: Split 
     utts = corpus.utterances(split)
     if not utts:
         raise ValueError(f"corpus {corpus.root}: the {split} split is empty, cannot compute feature statistics")
-    feat = stats_for_files([corpus.audio_path(u) for u in utts], plain)
+    feat = stats_for_files([corpus.audio_path(u) for u in utts], plain, progress)
     atomic_write_json(cache, {"key": key, "mean": list(feat.norm_mean), "std": list(feat.norm_std)})
     return feat

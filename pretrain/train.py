@@ -65,10 +65,12 @@ def _mismatch(meta: dict[str, Any], ident: dict[str, Any]) -> list[str]:
     return [k for k, v in ident.items() if meta.get(k) != v]
 
 
-def _feature_config(src: AudioSource, base: FeatureConfig) -> FeatureConfig:
+def _feature_config(src: AudioSource, base: FeatureConfig, progress: bool = True) -> FeatureConfig:
     if base.norm != "corpus":
         return base
-    return normalized_feature_config(src.corpus, base) if src.corpus else stats_for_files(list(src.paths), base)
+    if src.corpus:
+        return normalized_feature_config(src.corpus, base, progress=progress)
+    return stats_for_files(list(src.paths), base, progress)
 
 
 def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -138,7 +140,7 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
         if bad:
             raise CheckpointError(f"checkpoint {out_dir} was trained with a different {', '.join(bad)}: cannot resume")
     preset = get_preset(*parse_spec(spec))
-    feature = _feature_config(src, preset.feature)
+    feature = _feature_config(src, preset.feature, show_progress)
     enc_cfg = replace(encoder or preset.encoder, input_dim=feature.feature_dim)
     if cfg.attention_dropout is not None:
         enc_cfg = replace(enc_cfg, attention_dropout=cfg.attention_dropout)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from core.io import atomic_write_json, read_json, sha256_file
@@ -60,30 +60,108 @@ def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
     if meta["format_version"] != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {ckpt_dir / META_FILE}: format version {meta['format_version']}, "
                               f"this toolkit reads version {FORMAT_VERSION}")
+    _check_files_entry(ckpt_dir, meta["files"])
     return meta
+
+
+def _check_files_entry(ckpt_dir: Path, files: Any) -> None:
+    """`files` must map group -> {file: a .safetensors name inside the directory, sha256: hex digest}."""
+    where = f"checkpoint {ckpt_dir / META_FILE}"
+    if not isinstance(files, dict) or "model" not in files:
+        raise CheckpointError(f"{where}: 'files' must map tensor groups (at least 'model') to their files")
+    for group, entry in files.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("sha256"), str)):
+            raise CheckpointError(f"{where}: files.{group} must be {{\"file\": NAME, \"sha256\": HEX}}, got {entry!r}")
+        name = entry["file"]
+        if Path(name).name != name or name in ("", ".", "..") or not name.endswith(".safetensors"):
+            raise CheckpointError(f"{where}: files.{group} names {name!r}; expected a .safetensors file inside "
+                                  f"the checkpoint directory")
+
+
+def _checked_file(ckpt_dir: Path, meta: dict[str, Any], group: str) -> Path:
+    """The group's weights file after checking it is there and its SHA-256 is the recorded one."""
+    entry = meta["files"].get(group)
+    if entry is None:
+        raise CheckpointError(f"checkpoint {ckpt_dir}: has no '{group}' tensors (has {sorted(meta['files'])})")
+    path = ckpt_dir / entry["file"]
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {ckpt_dir}: weights file {path.name} is missing")
+    if sha256_file(path) != entry["sha256"]:
+        raise CheckpointError(f"checkpoint {ckpt_dir}: weights file {path.name} is corrupt or truncated "
+                              "(SHA-256 differs from checkpoint.json)")
+    return path
+
+
+def _check_model_dtypes(ckpt_dir: Path, name: str, dtypes: dict[str, str]) -> None:
+    """Model weights are floating point; an integer or boolean dtype is a header that lies or a foreign file."""
+    bad = {k: d for k, d in dtypes.items() if not d.startswith(("F", "BF"))}
+    if bad:
+        k = sorted(bad)[0]
+        raise CheckpointError(f"checkpoint {ckpt_dir}: {name} holds {len(bad)} non-floating-point model tensor(s), "
+                              f"e.g. {k!r} of dtype {bad[k]}")
+
+
+def tensor_specs(ckpt_dir: str | Path, group: str = "model") -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{name: (safetensors dtype, shape)} of one group from its file's header, without reading the weights,
+    after the same presence, SHA-256 and header checks as load_checkpoint (a planning-time check)."""
+    ckpt_dir = Path(ckpt_dir)
+    path = _checked_file(ckpt_dir, read_meta(ckpt_dir), group)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            specs = {k: (str(f.get_slice(k).get_dtype()), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint {ckpt_dir}: cannot read {path.name}: {e}") from e
+    if group == "model":
+        _check_model_dtypes(ckpt_dir, path.name, {k: d for k, (d, _) in specs.items()})
+    return specs
 
 
 def load_checkpoint(ckpt_dir: str | Path, groups: tuple[str, ...] = ("model",)
                     ) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
-    """Return (meta, {group: state_dict}) after checking every requested file's presence and SHA-256."""
+    """Return (meta, {group: state_dict}) after checking every requested file's presence and SHA-256.
+
+    safetensors validates the header against the file (sizes, offsets, dtypes), so a file whose header lies is a
+    CheckpointError too, even when checkpoint.json was rewritten to carry its hash."""
     ckpt_dir = Path(ckpt_dir)
     meta = read_meta(ckpt_dir)
     out: dict[str, dict[str, torch.Tensor]] = {}
     for group in groups:
-        entry = meta["files"].get(group)
-        if entry is None:
-            raise CheckpointError(f"checkpoint {ckpt_dir}: has no '{group}' tensors (has {sorted(meta['files'])})")
-        path = ckpt_dir / entry["file"]
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {ckpt_dir}: weights file {path.name} is missing")
-        if sha256_file(path) != entry["sha256"]:
-            raise CheckpointError(f"checkpoint {ckpt_dir}: weights file {path.name} is corrupt or truncated "
-                                  "(SHA-256 differs from checkpoint.json)")
+        path = _checked_file(ckpt_dir, meta, group)
         try:
             out[group] = load_file(str(path))
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"checkpoint {ckpt_dir}: cannot read {path.name}: {e}") from e
+        if group == "model":
+            _check_model_dtypes(ckpt_dir, path.name, {k: str(v.dtype) for k, v in out[group].items()
+                                                      if not v.is_floating_point()})
     return meta, out
+
+
+def verify_checkpoint(ckpt_dir: str | Path, family: str | None = None, groups: tuple[str, ...] = ("model",)) -> None:
+    """Check a checkpoint without loading its weights (what a command checks before it starts work): metadata,
+    each group's file and SHA-256, the safetensors headers, the upstream family, and that the encoder tensors'
+    names and shapes are those of the encoder its config describes."""
+    from upstream.transformer import EncoderConfig, TransformerEncoder
+
+    ckpt_dir = Path(ckpt_dir)
+    meta = read_meta(ckpt_dir)
+    if family is not None and meta.get("upstream") not in (None, family):
+        raise CheckpointError(f"checkpoint {ckpt_dir} holds a {meta.get('upstream')!r} model, expected {family!r}")
+    specs = {g: tensor_specs(ckpt_dir, g) for g in groups}
+    try:
+        cfg = EncoderConfig.from_dict(meta["encoder"])
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            expected = {f"encoder.{k}": tuple(v.shape) for k, v in TransformerEncoder(cfg).state_dict().items()}
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {ckpt_dir}: bad or missing encoder config: {e}") from e
+    got = {k: shape for k, (_, shape) in specs["model"].items() if k.startswith("encoder.")} if "model" in specs else expected
+    missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    if missing or unexpected or wrong:
+        detail = "; ".join(x for x in (
+            missing and f"missing {missing[:3]}", unexpected and f"unexpected {unexpected[:3]}",
+            wrong and f"{wrong[0]} is {list(got[wrong[0]])}, the config implies {list(expected[wrong[0]])}") if x)
+        raise CheckpointError(f"checkpoint {ckpt_dir}: weights do not match its encoder config ({detail})")
 
 
 def checkpoint_hash(ckpt_dir: str | Path) -> str:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import collections
 import pickle
 import re
+import tarfile
 import types
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,9 @@ def safe_torch_load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"s3prl checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path) and tarfile.is_tarfile(path):
+        # torch < 0.4 tar checkpoints are extracted to disk before unpickling (links included); s3prl never wrote them
+        raise ValueError(f"cannot read s3prl checkpoint {path}: a tar archive (torch < 0.4 format) is not supported")
     try:
         obj = torch.load(str(path), map_location="cpu", pickle_module=safe_pickle, weights_only=False)
     except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError for bad files
@@ -186,6 +191,15 @@ def s3prl_model_config(ckpt: dict[str, Any], where: str = "checkpoint") -> dict[
 
 
 def encoder_config_from_s3prl(model_cfg: dict[str, Any], input_dim: int, where: str = "checkpoint") -> EncoderConfig:
+    try:
+        return _encoder_config(model_cfg, input_dim, where)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a field missing or of the wrong type
+        msg = str(e)
+        raise ValueError(msg if msg.startswith(where) else f"{where}: bad transformer config ({type(e).__name__}: "
+                                                           f"{msg})") from None
+
+
+def _encoder_config(model_cfg: dict[str, Any], input_dim: int, where: str) -> EncoderConfig:
     t = model_cfg["transformer"]
     if t.get("pre_layer_norm", False):
         raise ValueError(f"{where}: pre_layer_norm models are not supported (ours is post-LN as in Mockingjay)")
@@ -206,6 +220,15 @@ def encoder_config_from_s3prl(model_cfg: dict[str, Any], input_dim: int, where: 
 
 def feature_config_from_s3prl(model_cfg: dict[str, Any], input_dim: int, where: str = "checkpoint") -> FeatureConfig:
     """s3prl's on-the-fly log-mel settings; norm='utterance' because s3prl applies per-utterance CMVN."""
+    try:
+        return _feature_config(model_cfg, input_dim, where)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        msg = str(e)
+        raise ValueError(msg if msg.startswith(where) else f"{where}: bad audio config ({type(e).__name__}: "
+                                                           f"{msg})") from None
+
+
+def _feature_config(model_cfg: dict[str, Any], input_dim: int, where: str) -> FeatureConfig:
     audio = model_cfg.get("audio") or {}
     inp = audio.get("input") or {}
     if inp.get("feat_type", "mel") != "mel":
