@@ -32,6 +32,9 @@ class Issues:
         return len(self.items)
 
     def raise_if_any(self, what: str) -> None:
+        """CorpusError: one line for one problem; else a summary line, then the problems (first MAX_SHOWN)."""
+        if len(self.items) == 1:
+            raise CorpusError(f"{what}: {self.items[0]} (nothing was written)")
         if self.items:
             shown = self.items[:MAX_SHOWN]
             more = f"\n  ... and {len(self.items) - MAX_SHOWN} more" if len(self.items) > MAX_SHOWN else ""

@@ -166,11 +166,17 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path):
 
 def test_cli_bad_input_exits_nonzero_with_one_line_summary(tmp_path, capsys):
     rows = _good(tmp_path)
-    rows[0]["path"] = str(tmp_path / "nope.wav")
+    rows[1]["path"] = str(tmp_path / "nope.wav")
     m = _write(tmp_path, rows)
     assert main(["prepare", "manifest", "--out", str(tmp_path / "out"), "--manifest", str(m), "--no-progress"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("error: cannot prepare corpus 'manifest'") and "audio file not found" in err[1]
+    assert len(err) == 1 and err[0].startswith("error: cannot prepare corpus 'manifest'")
+    assert "m.jsonl:2: audio file not found" in err[0] and err[0].endswith("(nothing was written)")
+    rows[4]["path"] = str(tmp_path / "gone.wav")
+    _write(tmp_path, rows)
+    assert main(["prepare", "manifest", "--out", str(tmp_path / "out"), "--manifest", str(m), "--no-progress"]) == 2
+    err = capsys.readouterr().err.splitlines()  # several problems: a summary line, then one line each
+    assert err[0].endswith("2 problem(s); nothing was written:") and "m.jsonl:5: audio file not found" in err[2]
     assert main(["prepare", "librispeech", "--out", str(tmp_path / "o"), "--root", str(tmp_path / "none")]) == 2
     assert capsys.readouterr().err.startswith("error: --root")
     with pytest.raises(SystemExit):

@@ -8,6 +8,7 @@ and plain containers; every other global becomes an inert `Placeholder` that rec
 """
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import pickle
 import re
@@ -72,6 +73,10 @@ class SafeUnpickler(pickle.Unpickler):
     """Unpickler whose `find_class` never imports: allow-listed globals or an inert Placeholder subclass."""
 
     def find_class(self, module: str, name: str) -> Any:
+        # torch.save pickles with protocol 2, which writes Python 2 names (__builtin__.set): map them as
+        # pickle's own find_class does (fix_imports), for the allow-list and for the placeholder's name
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         return _ALLOWED.get((module, name)) or _placeholder(module, name)
 
 
