@@ -152,11 +152,23 @@ def check_inputs(cfg: BenchmarkConfig) -> None:
     from upstream.checkpoint import verify_checkpoint
 
     check_corpus(cfg.corpus, cfg.data_dir, cfg.quick)
+    check_results(Path(cfg.results_dir))
     for name, path in cfg.ckpts.items():
         verify_checkpoint(Path(path), family=name)
     if "layer=" in cfg.modes:
         check_layer_modes(cfg.modes, {spec: num_hidden_states_of(spec, planned_checkpoint(
             spec, cfg.ckpts, cfg.runs_dir, cfg.quick)) for spec in cfg.upstreams})
+
+
+def check_results(results_dir: Path) -> None:
+    """An existing runs.csv must be this toolkit's (rows are appended to it and skipped by run id)."""
+    from benchmark.results import RUNS_FILE, read_rows
+    from core.io import read_text
+
+    runs = results_dir / RUNS_FILE
+    if runs.is_file():
+        read_text(runs, "results file")  # names line and byte of a non-UTF-8 file
+        read_rows(runs)  # names the file when its header is another version's
 
 
 def print_list() -> None:

@@ -292,6 +292,18 @@ def test_bad_benchmark_flags(name, probe_corpus, tmp_path, capsys, monkeypatch):
         assert_drill(benchmark.cli.main, argv + dry, capsys, culprits, tmp_path, probe_corpus)
 
 
+@pytest.mark.parametrize("content,culprits", [
+    (b"run_id,upstream\nabc,mel\n", ["runs.csv: header differs"]),
+    (b"run_id\nab\xffc\n", ["runs.csv:2:", "not UTF-8"])], ids=["foreign header", "not UTF-8"])
+def test_foreign_results_file(content, culprits, probe_corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "runs.csv").write_bytes(content)
+    for command in ([], ["report"], ["--dry-run"]):
+        assert_drill(benchmark.cli.main, command + _harness_argv(tmp_path, probe_corpus, "--upstream", "mel"), capsys,
+                     culprits, tmp_path, probe_corpus)
+
+
 def _copy_corpus(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

@@ -155,3 +155,16 @@ def test_quick_job_end_to_end(tmp_path):
     assert (tmp_path / "results" / "leaderboard.csv").is_file()
     subprocess.run(argv, cwd=root, check=True, timeout=600)  # second run: everything reused, nothing added
     assert len(read_rows(tmp_path / "results" / "runs.csv")) == len(rows)
+
+
+def test_no_progress_silences_every_bar(tmp_path, capsys):
+    """--no-progress: no bar on stderr, including the feature statistics that mel computes on a fresh corpus."""
+    corpus = tmp_path / "corpus"
+    make_tiny_corpus(corpus, n_speakers=2, per_speaker={"train": 2, "dev": 1, "test": 1})
+    argv = ["--corpus", str(corpus), "--upstream", "mel", "--task", "phone_linear", "--mode", "last", "--fractions", "1",
+            "--seeds", "1", "--steps", "2", "--no-finetune", "--no-progress", "--results-dir", str(tmp_path / "results"),
+            "--cache-dir", str(tmp_path / "cache"), "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert list((corpus / "stats").glob("*.json")), "the statistics were computed in this run"
+    assert "feature stats" not in err and "it/s" not in err and "%|" not in err, err
