@@ -1,4 +1,5 @@
-"""CLI: `python -m corpora prepare {synth,librispeech,timit,manifest} --out DIR [options]` (thin wrapper).
+"""CLI: `python -m corpora prepare {synth,librispeech,timit,manifest} --out DIR [options]` (thin wrapper), and
+`python -m corpora verify DIR`: decode every audio file of a prepared corpus (and time it).
 
 Bad input (missing or corrupt files, bad manifests, bad options) ends with `error: ...` naming the file and
 line or the flag, then the list of problems, exit status 2, and nothing written.
@@ -10,9 +11,11 @@ import sys
 import time
 from typing import Any, Callable
 
+from corpora.manifest import SPLITS, load_corpus
 from corpora.registry import PREPARERS, default_workers, prepare_corpus
 from corpora.synth.build import SynthConfig, quick_config
-from corpora.verify import SKIPPED_WITHOUT_DECODING
+from corpora.validate import Issues
+from corpora.verify import SKIPPED_WITHOUT_DECODING, verify_audio
 
 
 def at_least(low: int | float, kind: Callable[[str], Any] = int) -> Callable[[str], Any]:
@@ -78,7 +81,30 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--manifest", required=True)
     m.add_argument("--lab-units", choices=("seconds", "htk"), default="seconds")
     m.add_argument("--seed", type=int, default=0)
+
+    v = sub.add_parser("verify", help="decode every audio file of a prepared corpus (e.g. one prepared with "
+                                      "--no-verify-audio); prints the time per hour of audio")
+    v.add_argument("dir", help="prepared corpus directory")
+    v.add_argument("--workers", type=at_least(1), default=default_workers(), help="decoding threads (default: all CPUs)")
+    v.add_argument("--no-progress", action="store_true")
     return p
+
+
+def verify_prepared(root: str, workers: int, progress: bool) -> str:
+    """Decode every file of the corpus in `root`; a summary line, or CorpusError listing every problem."""
+    c = load_corpus(root)
+    utts = [(u, split) for split in SPLITS for u in c.utterances(split)]
+    t0 = time.perf_counter()
+    found = verify_audio([(c.audio_path(u), u.num_samples, f"{c.root / f'{split}.jsonl'}: utterance {u.id}")
+                          for u, split in utts], workers, progress)
+    seconds = time.perf_counter() - t0
+    issues = Issues()
+    for where, problem in found:
+        issues.add(where, problem)
+    issues.raise_if_any(f"corpus {c.root}")
+    hours = sum(u.duration for u, _ in utts) / 3600
+    return (f"{c.root}: {len(utts)} files, {hours:.2f} h of audio decoded in {seconds:.1f} s with {workers} "
+            f"thread(s) ({seconds / max(hours, 1e-9):.1f} s per hour of audio): no problems")
 
 
 def _options(a: argparse.Namespace) -> dict[str, Any]:
@@ -104,6 +130,12 @@ def _options(a: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    if a.command == "verify":
+        try:
+            print(verify_prepared(a.dir, a.workers, not a.no_progress))
+        except (ValueError, OSError) as e:
+            return _error(e)
+        return 0
     assert a.corpus in PREPARERS
     if not a.verify_audio:
         print(f"note: --no-verify-audio: audio headers are read, samples are not decoded: {SKIPPED_WITHOUT_DECODING}",
@@ -112,11 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         c = prepare_corpus(a.corpus, a.out, **_options(a))
     except (ValueError, OSError) as e:  # input errors (CorpusError, bad options, missing/unreadable files)
-        lines = str(e).splitlines() or [type(e).__name__]
-        print(f"error: {lines[0]}", file=sys.stderr)  # the one-line summary; details (if any) follow
-        for line in lines[1:]:
-            print(line, file=sys.stderr)
-        return 2
+        return _error(e)
     splits = c.info.get("splits", {})
     summary = ", ".join(f"{k} {v['utterances']} utt / {v['hours']:.2f} h" for k, v in splits.items())
     verified = (f"every audio file decoded ({c.info['verify_seconds']:.1f} s)" if c.info.get("verify_seconds") is not None
@@ -124,6 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{c.name} corpus ready in {c.root} ({time.time() - t0:.1f} s): {summary}; "
           f"{len(c.phones)} phones, {len(c.speakers)} probe speakers; {verified}")
     return 0
+
+
+def _error(e: Exception) -> int:
+    lines = str(e).splitlines() or [type(e).__name__]
+    print(f"error: {lines[0]}", file=sys.stderr)  # the one-line summary; details (if any) follow
+    for line in lines[1:]:
+        print(line, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

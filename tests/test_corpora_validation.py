@@ -181,3 +181,19 @@ def test_cli_bad_input_exits_nonzero_with_one_line_summary(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: --root")
     with pytest.raises(SystemExit):
         main(["prepare", "wsj", "--out", "x"])
+
+
+def test_verify_command_decodes_a_prepared_corpus(tmp_path, capsys):
+    rows = _good(tmp_path)
+    m = _write(tmp_path, rows)
+    assert main(["prepare", "manifest", "--out", str(tmp_path / "out"), "--manifest", str(m), "--no-progress",
+                 "--no-verify-audio"]) == 0
+    assert "--no-verify-audio: audio headers are read, samples are not decoded" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "6 files, 0.00 h of audio decoded" in capsys.readouterr().out
+    x = np.full(4000, 0.05, np.float32)
+    x[7] = np.inf
+    sf.write(str(tmp_path / "b1.wav"), x, SR, subtype="FLOAT")  # damaged after preparation
+    assert main(["verify", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "dev.jsonl: utterance b1: audio" in err[0] and "holds 1 NaN/inf samples" in err[0]

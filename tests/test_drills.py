@@ -3,14 +3,21 @@ line, or flag), no traceback, and no output (corpus, cache, rows, checkpoint) ap
 
 Each command runs in-process through its main(argv), in a temporary working directory whose whole tree (inputs
 included) is hashed before and after. Hostile checkpoints (pickle payloads in s3prl files, safetensors headers
-that lie) are at the end: a payload that a plain unpickler runs must never run on any of our load paths.
+that lie) follow: a payload that a plain unpickler runs must never run on any of our load paths. Last, the kill
+drills: a process SIGKILLed in the middle of corpus preparation, pretraining, feature extraction or a probe sweep,
+then rerun, gives what an uninterrupted run gives, with no duplicate rows and no leftover temporary files.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import importlib
 import json
+import os
 import shutil
+import signal
 import struct
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -623,5 +630,141 @@ def test_import_never_overwrites_without_force(tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint.json", new]
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
+# ---------------------------------------------------------------- kill drills (SIGKILL, then rerun)
+
+ROOT = Path(__file__).resolve().parent.parent
+PRETRAIN = PretrainConfig(steps=6, batch_size=4, crop_frames=50, ckpt_interval=2, eval_interval=2, precision="float32")
+
+
+def arm_kill(module: str, attr: str, n: int, after: bool) -> None:
+    """SIGKILL this process at the n-th call of module.attr: just before it runs, or right after it returned."""
+    mod = importlib.import_module(module)
+    real, calls = getattr(mod, attr), [0]
+
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n and not after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        out = real(*args, **kwargs)
+        if calls[0] == n and after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    setattr(mod, attr, wrapper)
+
+
+def killed(job: str, args: list[str], module: str, attr: str, n: int, after: bool = False) -> None:
+    """Run job(*args) (a function of this file) in a fresh process that is SIGKILLed at the n-th module.attr."""
+    code = (f"import sys, torch; sys.path.insert(0, {str(ROOT)!r}); torch.set_num_threads(2)\n"
+            f"from tests.test_drills import arm_kill, {job}\n"
+            f"arm_kill({module!r}, {attr!r}, {n}, {after})\n{job}(*{args!r})\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr[-3000:])
+
+
+def temporary_files(*roots: Path) -> list[str]:
+    """What an interrupted writer leaves: temp files of atomic writes, staging, partial and backup folders."""
+    return sorted(str(p) for root in roots for p in Path(root).rglob("*")
+                  if p.name.endswith((".tmp", ".partial", ".old")) or ".partial-" in p.name)
+
+
+def job_prepare(manifest: str, out: str) -> None:
+    corpora.prepare_corpus("manifest", out, manifest=manifest, progress=False, workers=2)
+
+
+def job_pretrain(corpus: str, out: str) -> None:
+    run_pretraining("mockingjay:small", corpus, Path(out), PRETRAIN, resume=True, device="cpu", encoder=MICRO,
+                    show_progress=False)
+
+
+def harness_config(corpus: str, tmp: str):
+    import benchmark.runner as runner
+    from benchmark.plan import BenchmarkConfig
+    from downstream.train import ProbeConfig
+
+    return runner, BenchmarkConfig(
+        corpus=corpus, upstreams=("mel", "aalbert_random"), tasks=("phone_linear",), modes="last,weighted_sum",
+        fractions=(0.5, 1.0), seeds=2, probe=ProbeConfig(lr=1e-2, max_steps=6, eval_every=3, batch_size=4),
+        results_dir=Path(tmp) / "results", cache_dir=Path(tmp) / "cache", runs_dir=Path(tmp) / "runs",
+        progress=False, report=False, probe_workers=1, finetune_ends=False)
+
+
+def job_benchmark(corpus: str, tmp: str) -> None:
+    runner, cfg = harness_config(corpus, tmp)
+    runner.run_benchmark(cfg, log=lambda *_: None)
+
+
+def test_kill_during_corpus_preparation(tmp_path):
+    rows = _good(tmp_path)
+    m = _write(tmp_path, rows)
+    job_prepare(str(m), str(tmp_path / "ref"))
+    killed("job_prepare", [str(m), str(tmp_path / "out")], "corpora.verify", "decode_problem", 4)
+    assert (tmp_path / ".out.partial").is_dir() and not (tmp_path / "out").exists()  # killed half-way
+    job_prepare(str(m), str(tmp_path / "out"))
+    for name in ("pretrain.jsonl", "train.jsonl", "dev.jsonl", "test.jsonl"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+    a, b = (corpora.load_corpus(tmp_path / d) for d in ("out", "ref"))
+    assert (a.phones, a.speakers, a.info["config_hash"]) == (b.phones, b.speakers, b.info["config_hash"])
+    assert temporary_files(tmp_path) == []
+
+
+def _loss_rows(ck: Path) -> list[tuple]:
+    with open(ck / "loss.csv", newline="") as f:  # timing columns aside
+        return [(r["step"], r["epoch"], r["lr"], r["train_loss"], r["val_loss"], r["frames"]) for r in csv.DictReader(f)]
+
+
+def test_kill_during_pretraining(tmp_path):
+    corpus = make_pretrain_corpus(tmp_path / "corpus", n_utts=6, seconds=(0.8, 1.0))
+    job_pretrain(str(corpus), str(tmp_path / "ref"))
+    # killed while saving the step-4 checkpoint: its model weights are in a temporary file, step 2 is the last done
+    killed("job_pretrain", [str(corpus), str(tmp_path / "ck")], "upstream.checkpoint", "save_file", 3, after=True)
+    assert read_meta(tmp_path / "ck")["step"] == 2 and temporary_files(tmp_path / "ck")
+    job_pretrain(str(corpus), str(tmp_path / "ck"))  # resume=True: continues from step 2
+    (meta, got), (_, ref) = load_checkpoint(tmp_path / "ck", ("model", "train")), load_checkpoint(tmp_path / "ref", ("model", "train"))
+    assert meta["step"] == 6 and got["model"].keys() == ref["model"].keys()
+    assert all(torch.equal(got["model"][k], ref["model"][k]) for k in ref["model"])
+    assert _loss_rows(tmp_path / "ck") == _loss_rows(tmp_path / "ref")  # no duplicate or missing step
+    assert temporary_files(tmp_path) == [] and len(list((tmp_path / "ck").glob("*.safetensors"))) == 2
+
+
+@pytest.fixture(scope="module")
+def harness_reference(tmp_path_factory, probe_corpus) -> dict[str, tuple[str, str]]:
+    tmp = tmp_path_factory.mktemp("harness-ref")
+    job_benchmark(str(probe_corpus), str(tmp))
+    return _metrics(tmp)
+
+
+def _metrics(tmp: Path) -> dict[str, tuple[str, str]]:
+    from benchmark.results import read_rows
+
+    rows = read_rows(tmp / "results" / "runs.csv")
+    assert len({r["run_id"] for r in rows}) == len(rows), "duplicate rows"
+    return {r["run_id"]: (r["dev_metric"], r["test_metric"]) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def killed_extraction(tmp_path_factory, probe_corpus) -> Path:
+    tmp = tmp_path_factory.mktemp("harness-killed-extraction")
+    killed("job_benchmark", [str(probe_corpus), str(tmp)], "os", "pwrite", 3)  # mid-way through mel's train split
+    assert not (tmp / "results" / "runs.csv").exists()
+    job_benchmark(str(probe_corpus), str(tmp))
+    return tmp
+
+
+def test_kill_during_feature_extraction(killed_extraction, harness_reference):
+    assert _metrics(killed_extraction) == harness_reference
+    assert temporary_files(killed_extraction / "results") == []
+
+
+@pytest.mark.xfail(strict=True, reason="benchmark/cache.py never removes the .partial-<pid> folder of an extraction "
+                                       "killed by a signal (its `finally` does not run); the fix belongs there")
+def test_kill_during_feature_extraction_leaves_no_partial_cache(killed_extraction):
+    assert temporary_files(killed_extraction / "cache") == []
+
+
+def test_kill_during_probe_sweep(tmp_path, probe_corpus, harness_reference):
+    killed("job_benchmark", [str(probe_corpus), str(tmp_path)], "benchmark.runner", "append_row", 3, after=True)
+    assert len(_metrics(tmp_path)) == 3  # three complete rows, then the kill
+    job_benchmark(str(probe_corpus), str(tmp_path))
+    assert _metrics(tmp_path) == harness_reference
+    assert temporary_files(tmp_path) == []

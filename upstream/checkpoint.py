@@ -41,7 +41,9 @@ def save_checkpoint(ckpt_dir: str | Path, tensors: dict[str, dict[str, torch.Ten
         files[group] = {"file": name, "sha256": sha256_file(ckpt_dir / name)}
     atomic_write_json(ckpt_dir / META_FILE, {**meta, "format_version": FORMAT_VERSION, "files": files})
     keep = {f["file"] for f in files.values()} | {META_FILE}
-    for p in ckpt_dir.glob("*.safetensors"):
+    # older versions' weights, and what a process killed while saving left: weights no checkpoint.json names and
+    # the temporary files of save_file / atomic_write_json (one writer per checkpoint directory)
+    for p in [*ckpt_dir.glob("*.safetensors"), *ckpt_dir.glob(".*.safetensors.tmp"), *ckpt_dir.glob(f".{META_FILE}.*.tmp")]:
         if p.name not in keep:
             p.unlink(missing_ok=True)
     return ckpt_dir
