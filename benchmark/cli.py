@@ -189,8 +189,10 @@ def print_list() -> None:
 
 
 def fail(message: str) -> int:
-    """One line naming the culprit on stderr; exit status 2 (as argparse's own errors)."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    """One line naming the culprit on stderr (a corpus with several problems lists them on the lines after it);
+    exit status 2, as argparse's own errors."""
+    first, *rest = message.splitlines() or [""]
+    print(f"{PROG}: error: {first}", *rest, sep="\n", file=sys.stderr)
     return 2
 
 
@@ -209,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     except RUNTIME_INPUT_ERRORS as e:
         hint = (" (prepared with --no-verify-audio? `python -m corpora prepare` decodes every file by default and "
                 "lists all such files at once)" if isinstance(e, AudioError) else "")
-        return fail(f"{str(e).splitlines()[0] if str(e) else type(e).__name__}{hint}")
+        first, *rest = str(e).splitlines() or [type(e).__name__]
+        return fail("\n".join([first + hint, *rest]))
 
 
 def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] | None) -> int:

@@ -7,6 +7,7 @@ line or the flag, then the list of problems, exit status 2, and nothing written.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from typing import Any, Callable
@@ -26,8 +27,8 @@ def at_least(low: int | float, kind: Callable[[str], Any] = int) -> Callable[[st
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} >= {low}, "
                                              f"got {text!r}") from None
-        if not v >= low:  # also rejects nan
-            raise argparse.ArgumentTypeError(f"expected a number >= {low}, got {text!r}")
+        if not (v >= low and math.isfinite(v)):  # also rejects nan and inf
+            raise argparse.ArgumentTypeError(f"expected a finite number >= {low}, got {text!r}")
         return v
     parse.__name__ = kind.__name__
     return parse
@@ -59,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument(flag, type=at_least(1))
     s.add_argument("--pretrain-speakers", type=at_least(0))
     s.add_argument("--pretrain-hours", type=at_least(0, float))
-    s.add_argument("--snr-db", type=float, nargs=2, metavar=("LOW", "HIGH"))
+    s.add_argument("--snr-db", type=at_least(-math.inf, float), nargs=2, metavar=("LOW", "HIGH"))
     s.add_argument("--audio-format", choices=("flac", "wav"))
 
     ls = kinds.add_parser("librispeech", help="LibriSpeech flac tree (+ optional CPC phone labels and splits)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import re
 import sys
 from pathlib import Path
@@ -70,6 +71,8 @@ def check_inputs(args: argparse.Namespace) -> None:
             raise ValueError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...): {e}") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use cpu)")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
     if args.stop_at_step is not None and args.stop_at_step < 1:
         raise ValueError(f"--stop-at-step must be >= 1, got {args.stop_at_step}")
     if args.out.exists() and not args.out.is_dir():
