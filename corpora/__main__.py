@@ -34,6 +34,17 @@ def at_least(low: int | float, kind: Callable[[str], Any] = int) -> Callable[[st
     return parse
 
 
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (nan and inf are refused, naming the flag)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m corpora", description="Prepare a corpus into a data directory.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -60,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument(flag, type=at_least(1))
     s.add_argument("--pretrain-speakers", type=at_least(0))
     s.add_argument("--pretrain-hours", type=at_least(0, float))
-    s.add_argument("--snr-db", type=at_least(-math.inf, float), nargs=2, metavar=("LOW", "HIGH"))
+    s.add_argument("--snr-db", type=finite_float, nargs=2, metavar=("LOW", "HIGH"))
     s.add_argument("--audio-format", choices=("flac", "wav"))
 
     ls = kinds.add_parser("librispeech", help="LibriSpeech flac tree (+ optional CPC phone labels and splits)")
