@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from core.io import read_text
 from pretrain.config import PretrainConfig, default_budget, with_overrides
 from pretrain.train import run_pretraining
 from upstream.checkpoint import META_FILE, verify_checkpoint
@@ -77,6 +78,9 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise ValueError(f"--stop-at-step must be >= 1, got {args.stop_at_step}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} exists and is not a directory")
+    source = args.corpus or args.audio
+    if source.is_file():
+        read_text(source, "audio list")  # a non-UTF-8 list: file, line and byte named
     if args.resume and (args.out / META_FILE).is_file():
         verify_checkpoint(args.out, family=name, groups=("model", "train"))
 

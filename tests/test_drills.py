@@ -467,6 +467,13 @@ def test_bad_pretrain_flags(name, tmp_path, capsys, monkeypatch):
     assert_drill(pretrain.__main__.main, argv, capsys, culprits, tmp_path)
 
 
+def test_pretrain_audio_list_not_utf8(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "list.txt").write_bytes(b"a.wav\ncaf\xe9.wav\n")
+    assert_drill(pretrain.__main__.main, ["--upstream", "mockingjay", "--audio", "list.txt", "--out", "out"], capsys,
+                 ["list.txt:2:", "audio list is not UTF-8"], tmp_path)
+
+
 def test_pretrain_on_nan_audio_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "audio").mkdir()
