@@ -168,6 +168,7 @@ def ensure_split(cache_root: Path, identity: dict[str, str], upstream: Upstream,
             return open_split(final), False
         log(f"feature cache {final}: {why}; rebuilding")
         shutil.rmtree(final)
+    _remove_orphans(final)
     tmp = final.with_name(f".{name}.partial-{os.getpid()}-{secrets.token_hex(3)}")
     try:
         extract_split(upstream, corpus, utts, tmp, fields, progress=progress, device=device)
@@ -176,6 +177,28 @@ def ensure_split(cache_root: Path, identity: dict[str, str], upstream: Upstream,
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return open_split(final), True
+
+
+def _remove_orphans(final: Path) -> None:
+    """Remove the staging folders of extractions into `final` whose process is gone (killed by a signal, its
+    `finally` never ran); a live process's staging folder (another job extracting the same key) is left alone."""
+    for tmp in final.parent.glob(f".{final.name}.partial-*"):
+        try:
+            pid = int(tmp.name.rsplit(".partial-", 1)[1].split("-")[0])
+        except ValueError:
+            continue
+        if not _alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def cache_size_bytes(cache_root: Path) -> int:

@@ -767,8 +767,6 @@ def test_kill_during_feature_extraction(killed_extraction, harness_reference):
     assert temporary_files(killed_extraction / "results") == []
 
 
-@pytest.mark.xfail(strict=True, reason="benchmark/cache.py never removes the .partial-<pid> folder of an extraction "
-                                       "killed by a signal (its `finally` does not run); the fix belongs there")
 def test_kill_during_feature_extraction_leaves_no_partial_cache(killed_extraction):
     assert temporary_files(killed_extraction / "cache") == []
 
