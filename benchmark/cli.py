@@ -232,7 +232,7 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
             return fail(f"--corpus {cfg.corpus}: not prepared under {cfg.data_dir}; certify reads the corpus and the "
                         f"feature cache the rows were trained on")
         try:
-            table = certify(cfg.results_dir, corpus, cfg.cache_dir, log=lambda m: None)
+            table = certify(cfg.results_dir, corpus, cfg.cache_dir, log=lambda m: None, progress=cfg.progress)
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -3,10 +3,9 @@
 For each linear-probe row of a results directory (phone_linear, speaker_utterance, speaker_frame; modes last,
 layer=K and weighted_sum) at the largest and the smallest label fraction of its upstream and task, a reference
 is fitted on the SAME cached features, labels and training subset: multinomial logistic regression solved to a
-tolerance, its L2 strength chosen on dev. Frame-level rows (up to ~370k frames): full-batch L-BFGS in torch to a
-largest absolute gradient entry of 1e-4, L2 from `L2_GRID`. Utterance-level rows (a few thousand means at most):
-scikit-learn's `LogisticRegression` (an implementation independent of the probe's own L-BFGS path), C from
-`UTT_L2_GRID`. The examples are the probes'
+tolerance, its L2 strength chosen on dev: full-batch L-BFGS in torch to a largest absolute gradient entry of 1e-4,
+L2 from `L2_GRID` for frame-level rows (up to ~370k frames) and `UTT_L2_GRID` for utterance-level rows (cheap
+fits). The examples are the probes'
 own (downstream.sources: in memory, normalised with train-split statistics); for a weighted-sum row the reference
 reads the probe's own learned mix of the hidden states (the row's `layer_weights`), so it certifies the head
 given the mix. `results/convergence.csv` gets one line per row;
@@ -97,31 +96,6 @@ def fit_reference(train: tuple[torch.Tensor, torch.Tensor], dev: tuple[torch.Ten
     return best
 
 
-def fit_sklearn_reference(train: tuple[torch.Tensor, torch.Tensor], dev: tuple[torch.Tensor, torch.Tensor],
-                          test: tuple[torch.Tensor, torch.Tensor], grid: tuple[float, ...] = UTT_L2_GRID,
-                          tol: float = 1e-6, max_iter: int = 5000) -> Reference:
-    """scikit-learn's multinomial LogisticRegression (lbfgs) per L2 strength, C = 1 / (l2 * n_train) (the same
-    objective as `fit_reference`: mean cross-entropy + l2 / 2 * |W|^2); keep the best on dev."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    x, y = train[0].numpy(), train[1].numpy()
-    best: Reference | None = None
-    for l2 in sorted(grid, reverse=True):
-        model = LogisticRegression(C=1.0 / (l2 * len(y)), tol=tol, max_iter=max_iter)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            model.fit(x, y)
-        ok = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        d = float(model.score(dev[0].numpy(), dev[1].numpy()))
-        if best is None or d > best.dev:
-            best = Reference(l2, d, float(model.score(test[0].numpy(), test[1].numpy())), int(model.n_iter_.max()), ok)
-    assert best is not None
-    return best
-
-
 @torch.no_grad()
 def _accuracy(x: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor, chunk: int = 65536) -> float:
     correct = 0
@@ -199,12 +173,12 @@ class Certifier:
                                            else np.asarray(idx, dtype=np.int64))
                     mixed, y = mixed.index_select(0, sel), y.index_select(0, sel)
                 data.append((mixed, y))
-            self._fits[key] = (fit_sklearn_reference(*data) if task.level == "utterance"
-                               else fit_reference(*data, len(task.labels.classes(self.corpus))))
+            grid = UTT_L2_GRID if task.level == "utterance" else L2_GRID
+            self._fits[key] = fit_reference(*data, len(task.labels.classes(self.corpus)), grid)
         return self._fits[key]
 
 
-def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print) -> pd.DataFrame:
+def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progress: bool = True) -> pd.DataFrame:
     """Fit the references of every linear-probe row at its (upstream, task)'s largest and smallest fraction and
     write results_dir/convergence.csv; returns the table."""
     runs = read_runs(Path(results_dir) / "runs.csv")
@@ -225,7 +199,7 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print) -> pd
         log(f"{path}: {len(out)} rows already certified, {len(todo)} to go")
     from tqdm import tqdm
 
-    for _, r in tqdm(list(todo.iterrows()), desc="certificate", unit="row"):
+    for _, r in tqdm(list(todo.iterrows()), desc="certificate", unit="row", disable=not progress):
         t0 = time.perf_counter()
         ref = cert.reference(r)
         margin = MARGIN_LARGEST if r["_largest"] else MARGIN_SMALLEST

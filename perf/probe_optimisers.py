@@ -4,9 +4,12 @@ whitened frames; an L2 path on standardised utterance means) and the certificate
 For each task, fraction and seed: phone_linear (last layer) trained with AdamW as in session 4 (dev at least 50
 steps apart), AdamW scored every step, and the main job's SGD; speaker_utterance (last layer) with session 4's
 AdamW on whitened means and the main job's L-BFGS path on standardised means. Each beside the certificate's
-reference on the same examples (benchmark.convergence). Run the main job (or any run that builds the cache) first.
+reference on the same examples: benchmark.convergence's torch L-BFGS for frames, scikit-learn's LogisticRegression
+for utterance means (an independent solver; slow on 256-d Transformer means, quick on 80-d mel). Run the main job
+(or any run that builds the cache) first.
 
-    .venv/bin/python perf/probe_optimisers.py --upstream mockingjay --out results/probe_optimisers.csv
+    .venv/bin/python perf/probe_optimisers.py --upstream mockingjay --tasks phone_linear --out results/probe_optimisers.csv
+    .venv/bin/python perf/probe_optimisers.py --upstream mel --tasks speaker_utterance --out results/probe_optimisers_speaker.csv
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark.convergence import Certifier, fit_reference, fit_sklearn_reference  # noqa: E402
+from benchmark.convergence import UTT_L2_GRID, Certifier, Reference, fit_reference  # noqa: E402
 from benchmark.presets import FRAME_PROBE, MAIN_TASK_PROBES  # noqa: E402
 from core.io import atomic_write_text, read_json  # noqa: E402
 from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
@@ -41,6 +44,31 @@ TRAINERS = {
                           "L2 path on standardised means (main job)": (MAIN_TASK_PROBES["speaker_utterance"],
                                                                        "standardise")},
 }
+
+
+def fit_sklearn_reference(train: tuple[torch.Tensor, torch.Tensor], dev: tuple[torch.Tensor, torch.Tensor],
+                          test: tuple[torch.Tensor, torch.Tensor], grid: tuple[float, ...] = UTT_L2_GRID,
+                          tol: float = 1e-6, max_iter: int = 5000) -> Reference:
+    """scikit-learn's multinomial LogisticRegression (lbfgs) per L2 strength, C = 1 / (l2 * n_train) (the same
+    objective as `fit_reference`: mean cross-entropy + l2 / 2 * |W|^2); keep the best on dev."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = train[0].numpy(), train[1].numpy()
+    best: Reference | None = None
+    for l2 in sorted(grid, reverse=True):
+        model = LogisticRegression(C=1.0 / (l2 * len(y)), tol=tol, max_iter=max_iter)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(x, y)
+        ok = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        d = float(model.score(dev[0].numpy(), dev[1].numpy()))
+        if best is None or d > best.dev:
+            best = Reference(l2, d, float(model.score(test[0].numpy(), test[1].numpy())), int(model.n_iter_.max()), ok)
+    assert best is not None
+    return best
 
 
 def _data(cert: Certifier, pooled, frames, task, idx: list[int]):
