@@ -136,7 +136,7 @@ def main() -> int:
     table = pd.DataFrame(rows)
     atomic_write_text(a.out, table.to_csv(index=False))
     summary = table.groupby(["task", "fraction", "trainer"], sort=False)[["test", "reference_test", "wall_seconds"]].mean()
-    print(summary.round(2).to_markdown())
+    print(summary.round(2).to_string())
     print(f"wrote {a.out}")
     return 0
 
