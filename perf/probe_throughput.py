@@ -68,7 +68,8 @@ def main() -> int:
         for mode in a.modes.split(","):
             r = train_probe(task, LayerMode(mode), src, labels, idx, num_classes(corpus, task), cfg, seed=0)
             n = r.train_frames if task.level == "frame" else r.train_utts
-            seen = r.steps * cfg.batch_size
+            # an L-BFGS iteration reads every training example (line-search evaluations not counted)
+            seen = r.steps * (n if cfg.optimizer == "lbfgs" else cfg.batch_size)
             out.append({"task": task_name, "mode": mode, "examples": n, "steps": r.steps,
                         "epochs": round(seen / n, 1), "converged": r.converged, "wall_seconds": round(r.wall_seconds, 1),
                         "examples_per_second": round(seen / r.wall_seconds), "test": round(100 * r.test_metric, 2)})
