@@ -118,6 +118,16 @@ def find_cache(cache_dir: Path, row: pd.Series, corpus: str, split: str) -> Spli
                             f"that produced these rows first (it builds the cache)")
 
 
+def cached_identity(cache_dir: Path, upstream: str, corpus: str) -> dict[str, str]:
+    """{upstream, preset, ckpt_hash} of the newest feature cache of `upstream` on `corpus` (perf scripts: measure
+    on whatever checkpoint the last run cached)."""
+    metas = sorted(Path(cache_dir).glob(f"{upstream}-{corpus}-train-*/meta.json"), key=lambda m: m.stat().st_mtime)
+    if not metas:
+        raise FileNotFoundError(f"no feature cache for {upstream} on {corpus} under {cache_dir}: run the benchmark first")
+    key = read_json(metas[-1], "feature cache metadata")["key"]
+    return {"upstream": upstream, "preset": key["preset"], "ckpt_hash": str(key["ckpt_hash"])}
+
+
 class Certifier:
     """Loads one upstream checkpoint's cached splits at a time and fits references row by row (identical fits,
     e.g. the seeds of the 100 % fraction, are reused). The examples are the probes' own: the same sources,

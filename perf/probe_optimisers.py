@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark.convergence import UTT_L2_GRID, Certifier, Reference, fit_reference  # noqa: E402
+from benchmark.convergence import UTT_L2_GRID, Certifier, Reference, cached_identity, fit_reference  # noqa: E402
 from benchmark.presets import FRAME_PROBE, MAIN_TASK_PROBES  # noqa: E402
-from core.io import atomic_write_text, read_json  # noqa: E402
+from core.io import atomic_write_text  # noqa: E402
 from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
 from downstream.data import Targets, flat_rows  # noqa: E402
 from downstream.fractions import fraction_subset  # noqa: E402
@@ -98,13 +98,13 @@ def main() -> int:
     a = p.parse_args()
     torch.set_num_threads(1)
     corpus = load_corpus(a.corpus)
-    metas = sorted(Path(a.cache_dir).glob(f"{a.upstream}-{corpus.name}-train-*/meta.json"))
-    if not metas:
-        print(f"error: no feature cache for {a.upstream} on {corpus.name} under {a.cache_dir}", file=sys.stderr)
+    try:
+        row = cached_identity(a.cache_dir, a.upstream, corpus.name)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    key = read_json(metas[-1], "feature cache metadata")["key"]
     cert = Certifier(corpus, a.cache_dir)
-    frames, pooled = cert.sources({"upstream": a.upstream, "preset": key["preset"], "ckpt_hash": key["ckpt_hash"]})
+    frames, pooled = cert.sources(row)
     standardised = pooled.whitening()
     whitened = [Whitening(pooled.hidden_size).fit(x) for x in pooled.means("train")]
     speakers = [u.speaker for u in cert.utts["train"]]

@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark.convergence import find_cache  # noqa: E402
+from benchmark.convergence import cached_identity, find_cache  # noqa: E402
 from benchmark.presets import main_job  # noqa: E402
-from core.io import atomic_write_json, read_json  # noqa: E402
+from core.io import atomic_write_json  # noqa: E402
 from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
 from downstream.data import num_classes, split_labels  # noqa: E402
 from downstream.modes import LayerMode  # noqa: E402
@@ -43,12 +43,11 @@ def main() -> int:
     a = p.parse_args()
     torch.set_num_threads(1)
     corpus = load_corpus(a.corpus)
-    metas = sorted(Path(a.cache_dir).glob(f"{a.upstream}-{corpus.name}-train-*/meta.json"))
-    if not metas:
-        print(f"error: no feature cache for {a.upstream} on {corpus.name} under {a.cache_dir}", file=sys.stderr)
+    try:
+        row = cached_identity(a.cache_dir, a.upstream, corpus.name)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    key = read_json(metas[-1], "feature cache metadata")["key"]
-    row = {"upstream": a.upstream, "preset": key["preset"], "ckpt_hash": key["ckpt_hash"]}
     t0 = time.perf_counter()
     frames = ArraySource({s: find_cache(a.cache_dir, row, corpus.name, s) for s in PROBE_SPLITS})
     pooled = PooledSource(frames)
@@ -74,7 +73,7 @@ def main() -> int:
                         "epochs": round(seen / n, 1), "converged": r.converged, "wall_seconds": round(r.wall_seconds, 1),
                         "examples_per_second": round(seen / r.wall_seconds), "test": round(100 * r.test_metric, 2)})
             print(json.dumps(out[-1]), flush=True)
-    atomic_write_json(a.out, {"upstream": a.upstream, "ckpt_hash": key["ckpt_hash"], "torch_threads": 1,
+    atomic_write_json(a.out, {"upstream": a.upstream, "ckpt_hash": row["ckpt_hash"], "torch_threads": 1,
                               "setup_seconds": round(setup, 1), "machine": platform.processor() or platform.machine(),
                               "torch": torch.__version__, "probes": out})
     print(f"wrote {a.out} (setup: splits in memory, whitened, in {setup:.0f} s)")
