@@ -2,6 +2,7 @@
 dataclass, and the CPU budgets of the main job."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -52,6 +53,8 @@ class PretrainConfig:
             raise ValueError("PretrainConfig: mask_proportion in (0, 1), warmup and val_fraction in [0, 1)")
         if self.mask_zero < 0 or self.mask_random < 0 or self.mask_zero + self.mask_random > 1:
             raise ValueError("PretrainConfig: mask_zero + mask_random must be within [0, 1]")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"PretrainConfig.lr must be a finite number > 0, got {self.lr}")
         if self.precision not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"PretrainConfig.precision must be auto, float32 or bfloat16; got {self.precision!r}")
 

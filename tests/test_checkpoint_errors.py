@@ -67,3 +67,10 @@ def test_resume_and_overwrite_refuse_mismatches(trained, tmp_path):
         run_pretraining("mockingjay:small", corpus, ck, other, resume=True, device="cpu", encoder=MICRO)
     with pytest.raises(CheckpointError, match="different upstream"):
         run_pretraining("aalbert:small", corpus, ck, CFG, resume=True, device="cpu", encoder=MICRO)
+
+
+@pytest.mark.parametrize("lr", [0.0, -1e-3, float("nan"), float("inf")])
+def test_pretrain_config_rejects_a_bad_learning_rate(lr):
+    """The config itself refuses what the command line refuses: a run built in code cannot train with lr <= 0."""
+    with pytest.raises(ValueError, match="PretrainConfig.lr"):
+        PretrainConfig(lr=lr)
