@@ -104,18 +104,32 @@ def _accuracy(x: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor
     return correct / max(1, len(y))
 
 
-def find_cache(cache_dir: Path, row: pd.Series, corpus: str, split: str) -> SplitArrays:
+def find_cache_dir(cache_dir: Path, row: pd.Series, corpus: str, split: str) -> Path:
     """The complete feature-cache directory of this row's upstream checkpoint and split (keyed by meta.json)."""
-    from benchmark.cache import DONE, open_split
+    from benchmark.cache import DONE
 
     for meta_path in sorted(Path(cache_dir).glob(f"{row['upstream']}-{corpus}-{split}-*/meta.json")):
         key = read_json(meta_path, "feature cache metadata").get("key", {})
         if (key.get("preset") == row["preset"] and str(key.get("ckpt_hash")) == str(row["ckpt_hash"])
                 and (meta_path.parent / DONE).is_file()):
-            return open_split(meta_path.parent)
+            return meta_path.parent
     raise FileNotFoundError(f"no complete feature cache for {row['upstream']}:{row['preset']} "
                             f"(checkpoint {row['ckpt_hash']}), {split} split, under {cache_dir}: run the benchmark "
                             f"that produced these rows first (it builds the cache)")
+
+
+def find_cache(cache_dir: Path, row: pd.Series, corpus: str, split: str) -> SplitArrays:
+    from benchmark.cache import open_split
+
+    return open_split(find_cache_dir(cache_dir, row, corpus, split))
+
+
+def cache_frame_rule(cache_dir: Path, row: pd.Series, corpus: str) -> tuple[int, int]:
+    """(hop in samples, frames stacked per step) of the features the row's cache holds: frame labels must be cut
+    with the rule the cached hidden states were computed with, not a default."""
+    feature = read_json(find_cache_dir(cache_dir, row, corpus, "train") / "meta.json",
+                        "feature cache metadata")["key"]["feature"]
+    return int(feature["hop_length"]), int(feature["downsample"])
 
 
 def cached_identity(cache_dir: Path, upstream: str, corpus: str) -> dict[str, str]:
@@ -133,20 +147,22 @@ class Certifier:
     e.g. the seeds of the 100 % fraction, are reused). The examples are the probes' own: the same sources,
     the same whitening (downstream.sources)."""
 
-    def __init__(self, corpus: Corpus, cache_dir: Path, hop: int = 160, downsample: int = 1) -> None:
+    def __init__(self, corpus: Corpus, cache_dir: Path) -> None:
         self.corpus, self.cache_dir = corpus, Path(cache_dir)
         self.utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
-        self.hop, self.downsample = hop, downsample
+        self.frame_rule: tuple[int, int] | None = None  # (hop, downsample) of the upstream loaded last (`sources`)
         self._sources: dict[tuple, tuple[ArraySource, PooledSource]] = {}
         self._fits: dict[tuple, Reference] = {}
-        self._labels: dict[tuple[str, str], SplitLabels] = {}
+        self._labels: dict[tuple, SplitLabels] = {}
 
     def labels(self, task: TaskSpec, split: str) -> SplitLabels:
-        """A split's labels from the task's label source, computed once per source (not once per fit)."""
-        key = (task.labels.name, split)
+        """A split's labels from the task's label source, cut with the frame rule of the upstream loaded last,
+        computed once per source and frame rule (not once per fit)."""
+        if self.frame_rule is None:
+            raise RuntimeError("Certifier.labels: load an upstream's cache with sources(row) first (it sets the frame rule)")
+        key = (task.labels.name, split, self.frame_rule)
         if key not in self._labels:
-            self._labels[key] = split_labels(self.corpus, self.utts[split], split, task.labels, self.hop,
-                                             self.downsample)
+            self._labels[key] = split_labels(self.corpus, self.utts[split], split, task.labels, *self.frame_rule)
         return self._labels[key]
 
     def sources(self, row: pd.Series) -> tuple[ArraySource, PooledSource]:
@@ -154,6 +170,7 @@ class Certifier:
         if key not in self._sources:  # one upstream in memory at a time
             frames = ArraySource({s: find_cache(self.cache_dir, row, self.corpus.name, s) for s in PROBE_SPLITS})
             self._sources = {key: (frames, PooledSource(frames))}
+            self.frame_rule = cache_frame_rule(self.cache_dir, row, self.corpus.name)
         return self._sources[key]
 
     def reference(self, row: pd.Series) -> Reference:
