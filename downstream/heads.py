@@ -61,9 +61,9 @@ class Whitening(nn.Module):
         cov /= n
         self.mean.copy_(mean.float())
         var = cov.diagonal()
-        inv_std = torch.where(var > float(var.max()) * self.floor, var.clamp_min(1e-300).rsqrt(), torch.zeros_like(var))
-        if not self.decorrelate:
-            self.matrix.copy_(torch.diag(inv_std).float())
+        if not self.decorrelate:  # standardise only; (near-)constant dimensions map to zero, as in the ZCA below
+            kept = var > float(var.max()) * self.floor
+            self.matrix.copy_(torch.diag(torch.where(kept, var.clamp_min(1e-300).rsqrt(), torch.zeros_like(var))).float())
             return self
         inv_std = var.clamp_min(1e-12).rsqrt()  # (D,)
         corr = inv_std[:, None] * cov * inv_std[None, :]  # whiten the standardised features: every dimension counts
