@@ -28,10 +28,10 @@ def test_registry_presets_match_reference_counts():
         assert count_parameters(TransformerEncoder(get_preset("aalbert", "base6").encoder)) == 7_151_616
 
 
-@pytest.mark.parametrize("share", [False, True])
-def test_padding_never_changes_valid_outputs(share):
+@pytest.mark.parametrize("share,pre_ln", [(False, False), (True, False), (False, True), (True, True)])
+def test_padding_never_changes_valid_outputs(share, pre_ln):
     torch.manual_seed(0)
-    enc = TransformerEncoder(EncoderConfig(input_dim=20, share_layers=share, **TINY)).eval()
+    enc = TransformerEncoder(EncoderConfig(input_dim=20, share_layers=share, pre_layer_norm=pre_ln, **TINY)).eval()
     x = torch.randn(3, 40, 20)
     lengths = torch.tensor([40, 25, 7])
     hidden, _ = enc(x, lengths)
@@ -77,3 +77,22 @@ def test_upstream_interface_attributes():
         build_upstream("mockingjay")
     with pytest.raises(ValueError, match="valid"):
         build_upstream("wav2vec9")
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_pre_layer_norm_reports_normalised_states_with_one_norm_per_depth(share):
+    torch.manual_seed(0)
+    cfg = EncoderConfig(input_dim=20, share_layers=share, pre_layer_norm=True, **TINY)
+    enc = TransformerEncoder(cfg).eval()
+    post = TransformerEncoder(EncoderConfig(input_dim=20, share_layers=share, **TINY))
+    # N + 1 output LayerNorms (even with shared layers) and nothing else added
+    assert count_parameters(enc) - count_parameters(post) == (cfg.num_layers + 1) * 2 * cfg.hidden_size
+    with torch.no_grad():
+        for norm in enc.out_norms:
+            norm.weight.fill_(1.0)
+            norm.bias.zero_()
+        enc.layers[0].ffn_out.bias.fill_(3.0)  # the residual stream drifts; the reported states do not
+    hidden, _ = enc(torch.randn(2, 30, 20), torch.tensor([30, 30]))
+    for h in hidden:
+        torch.testing.assert_close(h.mean(-1), torch.zeros(2, 30), atol=1e-4, rtol=0)
+        torch.testing.assert_close(h.var(-1, unbiased=False), torch.ones(2, 30), atol=1e-3, rtol=0)

@@ -1,7 +1,9 @@
 """ONE Transformer encoder for Mockingjay and AALBERT (Mockingjay, arXiv 1910.12638; Audio ALBERT, arXiv
 2005.08575; s3prl 0.4.18 `s3prl/upstream/mockingjay/model.py`).
 
-Post-LayerNorm BERT layers over log-mel frames. `share_layers=True` applies a single layer's weights
+Post-LayerNorm BERT layers over log-mel frames (or Pre-LN with `pre_layer_norm=True`, as s3prl's option of the
+same name: each sub-layer normalises its input, and every reported hidden state passes through its own LayerNorm;
+Xiong et al. 2020, arXiv 2002.04745, train such models without warm-up). `share_layers=True` applies a single layer's weights
 at every depth (AALBERT); `embed_dim` < hidden factorises the input projection (ALBERT-style, off by
 default as in s3prl). Attention runs through `F.scaled_dot_product_attention` with a key padding mask,
 so padded frames never change the outputs of valid frames.
@@ -33,6 +35,7 @@ class EncoderConfig:
     initializer_range: float = 0.02
     share_layers: bool = False  # True = AALBERT: one layer's weights at every depth
     embed_dim: int | None = None  # factorised input embedding input -> E -> hidden when set
+    pre_layer_norm: bool = False  # Pre-LN layers + one output LayerNorm per reported hidden state (s3prl's flag)
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -79,10 +82,12 @@ class InputBlock(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Post-LN layer: h = LN(x + Drop(Wo·Attn(x))); y = LN(h + Drop(W2·gelu(W1·h)))."""
+    """Post-LN layer: h = LN(x + Drop(Wo·Attn(x))); y = LN(h + Drop(W2·gelu(W1·h))).
+    Pre-LN layer: h = x + Drop(Wo·Attn(LN(x))); y = h + Drop(W2·gelu(W1·LN(h)))."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
+        self.pre_ln = cfg.pre_layer_norm
         self.num_heads = cfg.num_heads
         self.attn_dropout = cfg.attention_dropout
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)  # fused q, k, v: one matmul
@@ -95,7 +100,8 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         B, T, H = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)  # (B, h, T, d)
+        a = self.attn_norm(x) if self.pre_ln else x
+        q, k, v = self.qkv(a).view(B, T, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)  # (B, h, T, d)
         weights = None
         if need_weights:  # explicit softmax so the attention map can be returned (analysis only)
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, h, T, T)
@@ -107,6 +113,9 @@ class EncoderLayer(nn.Module):
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                                  dropout_p=self.attn_dropout if self.training else 0.0)
         ctx = ctx.transpose(1, 2).reshape(B, T, H)
+        if self.pre_ln:
+            h = x + self.dropout(self.attn_out(ctx))
+            return h + self.dropout(self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(h))))), weights
         h = self.attn_norm(x + self.dropout(self.attn_out(ctx)))
         y = self.ffn_norm(h + self.dropout(self.ffn_out(F.gelu(self.ffn_in(h)))))
         return y, weights
@@ -121,6 +130,10 @@ class TransformerEncoder(nn.Module):
         self.input = InputBlock(cfg)
         n_distinct = 1 if cfg.share_layers else cfg.num_layers
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(n_distinct))
+        # Pre-LN: the residual stream is never normalised, so each reported state gets its own LayerNorm
+        # (one per depth even when layers are shared, as in s3prl).
+        self.out_norms = nn.ModuleList(nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+                                       for _ in range(cfg.num_layers + 1)) if cfg.pre_layer_norm else None
         self.apply(self._init_weights)
 
     def _init_weights(self, m: nn.Module) -> None:
@@ -144,14 +157,20 @@ class TransformerEncoder(nn.Module):
         attn_mask = valid[:, None, None, :]  # (B, 1, 1, T): True = may attend
         keep = valid.unsqueeze(-1).to(x.dtype)
         h = self.input(x) * keep
-        hidden, weights = [h], []
+        hidden, weights = [self._report(0, h, keep)], []
         for i in range(self.cfg.num_layers):
             h, w = self.layer(i)(h, attn_mask, need_weights)
             h = h * keep.to(h.dtype)
-            hidden.append(h)
+            hidden.append(self._report(i + 1, h, keep))
             if w is not None:
                 weights.append(w)
         return hidden, weights
+
+    def _report(self, depth: int, h: Tensor, keep: Tensor) -> Tensor:
+        """The hidden state reported at `depth`: the residual stream itself, or its Pre-LN output norm."""
+        if self.out_norms is None:
+            return h
+        return self.out_norms[depth](h) * keep.to(h.dtype)
 
 
 def count_parameters(module: nn.Module) -> int:
