@@ -19,8 +19,8 @@ from core.io import sha256_file
 from core.repro import provenance
 from pretrain.model import MaskedAcousticModel
 from upstream.checkpoint import META_FILE, save_checkpoint
-from upstream.s3prl_compat import (HEAD_MAP, Placeholder, encoder_config_from_s3prl, feature_config_from_s3prl,
-                                   s3prl_model_config, s3prl_to_ours, safe_torch_load)
+from upstream.s3prl_compat import Placeholder, head_to_ours, s3prl_to_ours, safe_torch_load
+from upstream.s3prl_config import encoder_config_from_s3prl, feature_config_from_s3prl, s3prl_model_config
 
 PLAIN = (str, int, float, bool, type(None))
 
@@ -90,11 +90,7 @@ def import_s3prl(ckpt_path: str | Path, out_dir: str | Path, force: bool = False
     enc = encoder_config_from_s3prl(model_cfg, int(w.shape[1]), where)
     feature = feature_config_from_s3prl(model_cfg, enc.input_dim, where)
     tensors = {f"encoder.{k}": v for k, v in s3prl_to_ours(state, enc, where).items()}
-    for k, v in head.items():
-        mod, _, leaf = k.rpartition(".")
-        if mod not in HEAD_MAP:
-            raise ValueError(f"{where}: unexpected SpecHead key {k!r}")
-        tensors[f"head.{HEAD_MAP[mod]}.{leaf}"] = v
+    tensors.update({f"head.{k}": v for k, v in head_to_ours(head, where).items()})
     out_w = head.get("output.weight")
     if head and (out_w is None or out_w.dim() != 2):
         raise ValueError(f"{where}: SpecHead has no 2-d output.weight")

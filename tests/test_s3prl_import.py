@@ -32,10 +32,10 @@ def _evil_module() -> types.ModuleType:
     return mod
 
 
-def fake_ckpt(path, share: bool, config_key: str):
+def fake_ckpt(path, share: bool, config_key: str, pre_ln: bool = False):
     t = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4, "hidden_act": "gelu",
          "intermediate_size": 64, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-         "initializer_range": 0.02, "layer_norm_eps": 1e-12, "share_layer": share, "pre_layer_norm": False}
+         "initializer_range": 0.02, "layer_norm_eps": 1e-12, "share_layer": share, "pre_layer_norm": pre_ln}
     torch.manual_seed(0)
     conf = s3m.TransformerConfig(t)
     model = s3m.TransformerModel(conf, input_dim=80)
@@ -81,12 +81,14 @@ def test_loading_executes_and_imports_nothing(tmp_path):
     assert "evil_s3prl_mod" not in sys.modules
 
 
-@pytest.mark.parametrize("share,config_key", [(False, "Upstream_Config"), (True, "Config")])
-def test_import_matches_s3prl_model(tmp_path, share, config_key):
-    ref = fake_ckpt(tmp_path / "in.ckpt", share, config_key)
+@pytest.mark.parametrize("share,config_key,pre_ln", [(False, "Upstream_Config", False), (True, "Config", False),
+                                                    (False, "Upstream_Config", True), (True, "Upstream_Config", True)])
+def test_import_matches_s3prl_model(tmp_path, share, config_key, pre_ln):
+    ref = fake_ckpt(tmp_path / "in.ckpt", share, config_key, pre_ln)
     assert main([str(tmp_path / "in.ckpt"), str(tmp_path / "out")]) == 0
     up = load_upstream(tmp_path / "out").eval()
     assert up.feature_cfg.norm == "utterance" and up.encoder_cfg.share_layers == share
+    assert up.encoder_cfg.pre_layer_norm == pre_ln
     assert len(up.encoder.layers) == (1 if share else 3)
     from s3prl.upstream.mockingjay.builder import position_encoding
 

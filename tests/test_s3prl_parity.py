@@ -14,7 +14,7 @@ def s3prl_model(cfg: EncoderConfig) -> torch.nn.Module:
         "num_attention_heads": cfg.num_heads, "hidden_act": "gelu", "intermediate_size": cfg.intermediate_size,
         "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.attention_dropout,
         "initializer_range": cfg.initializer_range, "layer_norm_eps": cfg.layer_norm_eps,
-        "share_layer": cfg.share_layers, "pre_layer_norm": False})
+        "share_layer": cfg.share_layers, "pre_layer_norm": cfg.pre_layer_norm})
     return s3m.TransformerModel(conf, input_dim=cfg.input_dim)
 
 
@@ -24,11 +24,12 @@ def s3prl_positions(T: int, H: int) -> torch.Tensor:
     return position_encoding(T, H)
 
 
-@pytest.mark.parametrize("share", [False, True])
-def test_all_hidden_states_match_s3prl(share):
+@pytest.mark.parametrize("pre_ln", [False, True], ids=["post_ln", "pre_ln"])
+@pytest.mark.parametrize("share", [False, True], ids=["unshared", "shared"])
+def test_all_hidden_states_match_s3prl(share, pre_ln):
     torch.manual_seed(0)
     cfg = EncoderConfig(input_dim=24, hidden_size=32, num_heads=4, intermediate_size=64, num_layers=3,
-                        share_layers=share)
+                        share_layers=share, pre_layer_norm=pre_ln)
     ref = s3prl_model(cfg).eval()
     # Non-trivial LayerNorm/bias values so a wrong mapping cannot pass by symmetry.
     with torch.no_grad():
@@ -51,10 +52,11 @@ def test_all_hidden_states_match_s3prl(share):
             assert diff <= 1e-4, f"hidden state {i}, utterance {j}: max abs diff {diff}"
 
 
-@pytest.mark.parametrize("share", [False, True])
-def test_key_mapping_round_trips(share):
+@pytest.mark.parametrize("pre_ln", [False, True], ids=["post_ln", "pre_ln"])
+@pytest.mark.parametrize("share", [False, True], ids=["unshared", "shared"])
+def test_key_mapping_round_trips(share, pre_ln):
     cfg = EncoderConfig(input_dim=24, hidden_size=32, num_heads=4, intermediate_size=64, num_layers=3,
-                        share_layers=share)
+                        share_layers=share, pre_layer_norm=pre_ln)
     ref = s3prl_model(cfg)
     back = ours_to_s3prl(s3prl_to_ours(ref.state_dict(), cfg), cfg)
     assert set(back) == set(ref.state_dict())
@@ -67,3 +69,14 @@ def test_shared_model_with_differing_layers_is_rejected():
     state = s3prl_model(cfg).state_dict()  # unshared weights
     with pytest.raises(ValueError, match="layer 1 differs"):
         s3prl_to_ours(state, EncoderConfig(**{**cfg.to_dict(), "share_layers": True}))
+
+
+def test_pre_ln_flag_that_contradicts_the_weights_is_named():
+    cfg = EncoderConfig(input_dim=24, hidden_size=32, num_heads=4, intermediate_size=64, num_layers=2,
+                        pre_layer_norm=True)
+    state = s3prl_model(cfg).state_dict()
+    with pytest.raises(ValueError, match="pre_layer_norm=False"):
+        s3prl_to_ours(state, EncoderConfig(**{**cfg.to_dict(), "pre_layer_norm": False}))
+    state["encoder.layer.1.attention.LayerNorm.weight"] = state["encoder.layer.1.attention.LayerNorm.weight"] + 1
+    with pytest.raises(ValueError, match="registers it twice"):  # an alias that is not a copy of its original
+        s3prl_to_ours(state, cfg)

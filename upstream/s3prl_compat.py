@@ -1,10 +1,11 @@
-"""s3prl interop: read Mockingjay/AALBERT .ckpt files without running pickle code, map keys and configs to ours.
+"""s3prl interop: read Mockingjay/AALBERT .ckpt files without running pickle code; map weight keys both ways.
 
 s3prl checkpoints are `torch.save`d dicts that also pickle an argparse.Namespace and an optimizer
 schedule object (s3prl 0.4.18, `s3prl/upstream/mockingjay/expert.py` and the pretraining runner that saves them);
 s3prl itself loads them with `weights_only=False`, which lets the
 file import modules and call functions. `safe_torch_load` instead resolves only tensor-rebuild helpers
 and plain containers; every other global becomes an inert `Placeholder` that records its name and state.
+Configs are translated in `upstream/s3prl_config.py`.
 """
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ import tarfile
 import types
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from upstream.features import FeatureConfig
 from upstream.transformer import EncoderConfig
 
 # Globals a tensor checkpoint legitimately needs. Everything else is replaced, never imported.
@@ -105,7 +105,10 @@ def safe_torch_load(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-# s3prl sub-module name -> ours, per layer (key groups of s3prl 0.4.18 `s3prl/upstream/mockingjay/model.py`).
+# THE key mapping, used in both directions (`s3prl_to_ours`, `ours_to_s3prl`). Key groups of s3prl 0.4.18
+# `s3prl/upstream/mockingjay/model.py`: per layer i, s3prl sub-module -> ours. With pre_layer_norm, s3prl's
+# `attention.output.LayerNorm` is applied BEFORE attention and `output.LayerNorm` before the FFN (ours: attn_norm,
+# ffn_norm in Pre-LN mode), and each is registered a second time under an alias key (same tensor).
 _LAYER_MAP = {
     "attention.output.dense": "attn_out",
     "attention.output.LayerNorm": "attn_norm",
@@ -113,9 +116,49 @@ _LAYER_MAP = {
     "output.dense": "ffn_out",
     "output.LayerNorm": "ffn_norm",
 }
+_QKV = ("query", "key", "value")  # s3prl's separate projections = our fused qkv, in this order
+_PRE_LN_ALIASES = {"attention.LayerNorm": "attention.output.LayerNorm", "LayerNorm": "output.LayerNorm"}
 _INPUT_MAP = {"input_representations.spec_transform": "input.proj", "input_representations.LayerNorm": "input.norm"}
-HEAD_MAP = {"dense": "dense", "LayerNorm": "norm", "output": "out"}
-_LAYER_RE = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
+HEAD_MAP = {"dense": "dense", "LayerNorm": "norm", "output": "out"}  # s3prl SpecHead -> our PredictionHead
+_LEAVES = ("weight", "bias")
+_LAYER_RE = re.compile(r"^encoder\.layer\.(\d+)\.")
+
+
+class KeyPair(NamedTuple):
+    """One s3prl key and where its tensor lives in ours: `chunk` j of 3 for q/k/v inside the fused qkv.
+    `copy_of` names the s3prl key a duplicate must equal (shared layers, Pre-LN aliases); None for originals."""
+
+    s3prl: str
+    ours: str
+    chunk: int | None = None
+    copy_of: str | None = None
+
+
+def _layer_pairs(i: int, src: int, pre_ln: bool) -> list[KeyPair]:
+    """s3prl's `encoder.layer.{i}` keys; their tensors live in our `layers.{src}` (src 0 for shared layers)."""
+    mods = [(f"attention.self.{n}", "qkv", j, None) for j, n in enumerate(_QKV)]
+    mods += [(s, o, None, None) for s, o in _LAYER_MAP.items()]
+    if pre_ln:
+        mods += [(alias, _LAYER_MAP[orig], None, orig) for alias, orig in _PRE_LN_ALIASES.items()]
+    pairs = []
+    for s3prl_mod, ours, chunk, alias_of in mods:
+        for leaf in _LEAVES:
+            key, orig = f"encoder.layer.{i}.{s3prl_mod}.{leaf}", f"encoder.layer.{src}.{alias_of or s3prl_mod}.{leaf}"
+            pairs.append(KeyPair(key, f"layers.{src}.{ours}.{leaf}", chunk, None if orig == key else orig))
+    return pairs
+
+
+def key_pairs(cfg: EncoderConfig) -> list[KeyPair]:
+    """Every key of s3prl's `TransformerModel` state dict for `cfg`, paired with our `TransformerEncoder` key."""
+    if cfg.embed_dim is not None:
+        raise ValueError("s3prl has no factorised input embedding (embed_dim); compose it into one projection first")
+    pairs = [KeyPair(f"{s}.{leaf}", f"{o}.{leaf}") for s, o in _INPUT_MAP.items() for leaf in _LEAVES]
+    for i in range(cfg.num_layers):
+        pairs += _layer_pairs(i, 0 if cfg.share_layers else i, cfg.pre_layer_norm)
+    if cfg.pre_layer_norm:  # one output LayerNorm per reported hidden state
+        pairs += [KeyPair(f"encoder.LayerNorm.{j}.{leaf}", f"out_norms.{j}.{leaf}")
+                  for j in range(cfg.num_layers + 1) for leaf in _LEAVES]
+    return pairs
 
 
 def _legacy_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -123,127 +166,76 @@ def _legacy_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k)): v for k, v in state.items()}
 
 
+def _duplicate_problem(p: KeyPair) -> str:
+    m = _LAYER_RE.match(p.s3prl)
+    if m and p.copy_of and p.copy_of.startswith("encoder.layer.0.") and not p.s3prl.startswith("encoder.layer.0."):
+        return f"share_layer is set but layer {m.group(1)} differs from layer 0 ({p.s3prl})"
+    return f"{p.s3prl} must be the same tensor as {p.copy_of} (s3prl registers it twice) but differs"
+
+
 def s3prl_to_ours(state: dict[str, Tensor], cfg: EncoderConfig, where: str = "s3prl state") -> dict[str, Tensor]:
     """Map an s3prl `TransformerModel` state dict to our `TransformerEncoder` keys (q, k, v fused into qkv).
 
-    Shared-layer (AALBERT) models list every `layer.{i}`: all copies must be identical and one is kept.
+    The key set must be exactly the one `cfg` implies; duplicates (every `layer.{i}` of a shared-layer model,
+    the Pre-LN alias keys) must equal their original, and one copy is kept.
     """
     state = _legacy_names(dict(state))
+    layers = sorted({int(m.group(1)) for m in map(_LAYER_RE.match, state) if m})
+    if layers != list(range(cfg.num_layers)):
+        raise ValueError(f"{where}: has layers {layers}, config says {cfg.num_layers}")
+    pairs = key_pairs(cfg)
+    expected = {p.s3prl for p in pairs}
+    unexpected, missing = sorted(set(state) - expected), sorted(expected - set(state))
+    if unexpected or missing:
+        problems = [f"unexpected keys {unexpected[:3]}"] if unexpected else []
+        problems += [f"missing keys {missing[:3]}"] if missing else []
+        if any(k.startswith("encoder.LayerNorm.") for k in unexpected + missing):
+            problems.append(f"its config says pre_layer_norm={cfg.pre_layer_norm}")
+        raise ValueError(f"{where}: weights do not match its transformer config: {'; '.join(problems)}")
+    chunks: dict[str, dict[int, Tensor]] = collections.defaultdict(dict)
     out: dict[str, Tensor] = {}
-    layers: dict[int, dict[str, Tensor]] = collections.defaultdict(dict)
-    for key, v in state.items():
-        m = _LAYER_RE.match(key)
-        if m:
-            layers[int(m.group(1))][f"{m.group(2)}.{m.group(3)}"] = v
+    for p in pairs:
+        v = state[p.s3prl]
+        if p.copy_of is not None:
+            ref = state[p.copy_of]
+            if v.shape != ref.shape or not torch.equal(v, ref):
+                raise ValueError(f"{where}: {_duplicate_problem(p)}")
             continue
-        prefix, _, leaf = key.rpartition(".")
-        if prefix not in _INPUT_MAP:
-            raise ValueError(f"{where}: unexpected key {key!r} (pre-LN or non-Mockingjay model?)")
-        out[f"{_INPUT_MAP[prefix]}.{leaf}"] = v
-    if sorted(layers) != list(range(cfg.num_layers)):
-        raise ValueError(f"{where}: has layers {sorted(layers)}, config says {cfg.num_layers}")
-    if cfg.share_layers:
-        for i in range(1, cfg.num_layers):
-            if any(not torch.equal(layers[i][k], layers[0][k]) for k in layers[0]):
-                raise ValueError(f"{where}: share_layer is set but layer {i} differs from layer 0")
-        layers = {0: layers[0]}
-    for i, sub in layers.items():
-        for leaf in ("weight", "bias"):
-            try:
-                out[f"layers.{i}.qkv.{leaf}"] = torch.cat([sub.pop(f"attention.self.{n}.{leaf}")
-                                                           for n in ("query", "key", "value")])
-            except KeyError as e:
-                raise ValueError(f"{where}: layer {i} lacks attention weight {e}") from e
-        for name, v in sub.items():
-            mod, _, leaf = name.rpartition(".")
-            if mod not in _LAYER_MAP:
-                raise ValueError(f"{where}: unexpected key encoder.layer.{i}.{name}")
-            out[f"layers.{i}.{_LAYER_MAP[mod]}.{leaf}"] = v
+        if p.chunk is None:
+            out[p.ours] = v
+        else:
+            chunks[p.ours][p.chunk] = v
+    for key, parts in chunks.items():
+        try:
+            out[key] = torch.cat([parts[j] for j in range(len(_QKV))])
+        except RuntimeError as e:
+            raise ValueError(f"{where}: query/key/value of {key} do not fit together: {e}") from None
     return out
 
 
 def ours_to_s3prl(state: dict[str, Tensor], cfg: EncoderConfig) -> dict[str, Tensor]:
-    """Inverse of `s3prl_to_ours` (every layer listed, as s3prl stores shared models)."""
+    """Inverse of `s3prl_to_ours`: every s3prl key (every layer of a shared model, Pre-LN aliases included)."""
     out: dict[str, Tensor] = {}
-    inv_in = {v: k for k, v in _INPUT_MAP.items()}
-    inv_layer = {v: k for k, v in _LAYER_MAP.items()}
-    for key, v in state.items():
-        parts = key.split(".")
-        if parts[0] == "input":
-            out[f"{inv_in['.'.join(parts[:2])]}.{parts[-1]}"] = v
-    for i in range(cfg.num_layers):
-        src = 0 if cfg.share_layers else i
-        for key, v in state.items():
-            parts = key.split(".")
-            if parts[0] != "layers" or int(parts[1]) != src:
-                continue
-            mod, leaf = parts[2], parts[3]
-            if mod == "qkv":
-                for name, chunk in zip(("query", "key", "value"), v.chunk(3)):
-                    out[f"encoder.layer.{i}.attention.self.{name}.{leaf}"] = chunk
-            else:
-                out[f"encoder.layer.{i}.{inv_layer[mod]}.{leaf}"] = v
+    for p in key_pairs(cfg):
+        if p.ours not in state:
+            raise ValueError(f"encoder state lacks {p.ours!r} (needed for s3prl's {p.s3prl})")
+        v = state[p.ours]
+        out[p.s3prl] = v.chunk(len(_QKV))[p.chunk].clone() if p.chunk is not None else v  # own storage
     return out
 
 
-def s3prl_model_config(ckpt: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:
-    """The upstream (model) config dict: `Upstream_Config` (since late 2021) or `Config` (older files)."""
-    for key in ("Upstream_Config", "Config"):
-        c = ckpt.get(key)
-        if isinstance(c, dict) and "transformer" in c:
-            return c
-    raise ValueError(f"{where}: no model config (neither Upstream_Config nor Config holds a 'transformer' section)")
+def head_to_ours(head: dict[str, Tensor], where: str) -> dict[str, Tensor]:
+    """s3prl SpecHead keys -> our PredictionHead keys (prefix-free)."""
+    out = {}
+    for k, v in head.items():
+        mod, _, leaf = k.rpartition(".")
+        if mod not in HEAD_MAP or leaf not in _LEAVES:
+            raise ValueError(f"{where}: unexpected SpecHead key {k!r}")
+        out[f"{HEAD_MAP[mod]}.{leaf}"] = v
+    return out
 
 
-def encoder_config_from_s3prl(model_cfg: dict[str, Any], input_dim: int, where: str = "checkpoint") -> EncoderConfig:
-    try:
-        return _encoder_config(model_cfg, input_dim, where)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a field missing or of the wrong type
-        msg = str(e)
-        raise ValueError(msg if msg.startswith(where) else f"{where}: bad transformer config ({type(e).__name__}: "
-                                                           f"{msg})") from None
-
-
-def _encoder_config(model_cfg: dict[str, Any], input_dim: int, where: str) -> EncoderConfig:
-    t = model_cfg["transformer"]
-    if t.get("pre_layer_norm", False):
-        raise ValueError(f"{where}: pre_layer_norm models are not supported (ours is post-LN as in Mockingjay)")
-    if str(t.get("hidden_act", "gelu")) != "gelu":
-        raise ValueError(f"{where}: hidden_act {t.get('hidden_act')!r} is not supported (only gelu)")
-    try:
-        return EncoderConfig(input_dim=input_dim, hidden_size=int(t["hidden_size"]),
-                             num_layers=int(t["num_hidden_layers"]), num_heads=int(t["num_attention_heads"]),
-                             intermediate_size=int(t["intermediate_size"]),
-                             dropout=float(t.get("hidden_dropout_prob", 0.1)),
-                             attention_dropout=float(t.get("attention_probs_dropout_prob", 0.1)),
-                             layer_norm_eps=float(t.get("layer_norm_eps", 1e-12)),
-                             initializer_range=float(t.get("initializer_range", 0.02)),
-                             share_layers=bool(t.get("share_layer", False)))
-    except KeyError as e:
-        raise ValueError(f"{where}: transformer config lacks {e}") from e
-
-
-def feature_config_from_s3prl(model_cfg: dict[str, Any], input_dim: int, where: str = "checkpoint") -> FeatureConfig:
-    """s3prl's on-the-fly log-mel settings; norm='utterance' because s3prl applies per-utterance CMVN."""
-    try:
-        return _feature_config(model_cfg, input_dim, where)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        msg = str(e)
-        raise ValueError(msg if msg.startswith(where) else f"{where}: bad audio config ({type(e).__name__}: "
-                                                           f"{msg})") from None
-
-
-def _feature_config(model_cfg: dict[str, Any], input_dim: int, where: str) -> FeatureConfig:
-    audio = model_cfg.get("audio") or {}
-    inp = audio.get("input") or {}
-    if inp.get("feat_type", "mel") != "mel":
-        raise ValueError(f"{where}: input features {inp.get('feat_type')!r} are not supported (only mel)")
-    delta = int(inp.get("delta", 0))
-    downsample = int(model_cfg["transformer"].get("downsample_rate", 1))
-    n_mels = int(audio.get("n_mels", input_dim // (downsample * (1 + delta))))
-    feat = FeatureConfig(n_mels=n_mels, deltas=delta > 0, delta_order=max(delta, 1), downsample=downsample,
-                         target_dbfs=float(audio["target_level"]) if "target_level" in audio else -25.0,
-                         norm="utterance" if inp.get("cmvn", True) else "none")
-    if feat.feature_dim != input_dim:
-        raise ValueError(f"{where}: feature config gives {feat.feature_dim}-dim input, weights expect {input_dim}")
-    return feat
+def head_to_s3prl(head: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Inverse of `head_to_ours`."""
+    inv = {o: s for s, o in HEAD_MAP.items()}
+    return {f"{inv[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v for k, v in head.items()}
