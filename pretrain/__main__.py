@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from core.io import read_text
-from pretrain.config import PretrainConfig, default_budget, with_overrides
+from pretrain.config import DEFAULT_RECIPE, RECIPES, PretrainConfig, default_budget, with_overrides
 from pretrain.train import run_pretraining
 from upstream.checkpoint import META_FILE, verify_checkpoint
 from upstream.registry import is_pretrained, parse_spec
@@ -31,8 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--audio", type=Path, help="folder of audio files, or a text file listing one path per line")
     ap.add_argument("--out", type=Path, required=True, help="checkpoint directory (also holds loss.csv)")
     ap.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    ap.add_argument("--budget", choices=["default", "main", "quick"], default="default",
-                    help="start from PretrainConfig() defaults or the main job's budgets (pretrain.default_budget)")
+    ap.add_argument("--recipe", choices=[*RECIPES, "quick"], default=DEFAULT_RECIPE,
+                    help="named recipe (pretrain.config.RECIPES, docs/pretraining.md) at the main job's budget of "
+                         "500 steps; flags below override it. quick: a smoke run")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--accumulation", type=int)
@@ -43,12 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-interval", type=int)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--stop-at-step", type=int, help="stop (with a checkpoint) after this step; continue with --resume")
+    ap.add_argument("--until-yardstick", action="store_true",
+                    help="stop after the first held-out loss below linear interpolation (recipe studies)")
+    ap.add_argument("--max-cpu-seconds", type=float, help="stop once training steps used this much CPU time")
     ap.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     return ap
 
 
 def _config(args: argparse.Namespace) -> PretrainConfig:
-    base = {"default": PretrainConfig(), "main": default_budget(False), "quick": default_budget(True)}[args.budget]
+    base = default_budget(quick=True) if args.recipe == "quick" else RECIPES[args.recipe]
     try:
         return with_overrides(base, steps=args.steps, batch_size=args.batch_size, accumulation=args.accumulation,
                               crop_frames=args.crop_frames, lr=args.lr, precision=args.precision,
@@ -74,6 +78,8 @@ def check_inputs(args: argparse.Namespace) -> None:
             raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use cpu)")
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.max_cpu_seconds is not None and not (math.isfinite(args.max_cpu_seconds) and args.max_cpu_seconds > 0):
+        raise ValueError(f"--max-cpu-seconds must be a finite number > 0, got {args.max_cpu_seconds}")
     if args.stop_at_step is not None and args.stop_at_step < 1:
         raise ValueError(f"--stop-at-step must be >= 1, got {args.stop_at_step}")
     if args.out.exists() and not args.out.is_dir():
@@ -92,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         check_inputs(args)
         cfg = _config(args)
         out = run_pretraining(args.upstream, args.corpus or args.audio, args.out, cfg, resume=args.resume,
-                              stop_at_step=args.stop_at_step, device=args.device)
+                              stop_at_step=args.stop_at_step, until_yardstick=args.until_yardstick,
+                              max_cpu_seconds=args.max_cpu_seconds, device=args.device)
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # input errors (CheckpointError, AudioError, ...)
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -35,6 +35,11 @@ class PretrainConfig:
     # None keeps the preset's. 0.0 lets CPU attention use the fused SDPA kernel: with dropout torch falls back
     # to the unfused math kernel, and a measured training step of the small preset took 2x as long.
     attention_dropout: float | None = None
+    # Model-shape options a recipe may change (None keeps the preset's; recorded in the checkpoint's configs):
+    # frame stacking R (FeatureConfig.downsample; mask_span then counts stacked steps) and Pre-LN layers.
+    downsample: int | None = None
+    pre_layer_norm: bool | None = None
+    recipe: str = "custom"  # the name of the recipe this config came from (RECIPES), "+..." when flags changed it
     val_fraction: float = 0.05  # utterances held out for the validation loss
     val_max_utterances: int = 64
     eval_interval: int = 100  # steps between validation losses (and always at the end)
@@ -55,6 +60,8 @@ class PretrainConfig:
             raise ValueError("PretrainConfig: mask_zero + mask_random must be within [0, 1]")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"PretrainConfig.lr must be a finite number > 0, got {self.lr}")
+        if self.downsample is not None and self.downsample < 1:
+            raise ValueError(f"PretrainConfig.downsample must be >= 1, got {self.downsample}")
         if self.precision not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"PretrainConfig.precision must be auto, float32 or bfloat16; got {self.precision!r}")
 
@@ -66,18 +73,42 @@ class PretrainConfig:
         return config_from_dict(cls, d, "pretrain config")
 
 
-def default_budget(quick: bool = False) -> PretrainConfig:
-    """The main job's budget per model on 2 CPU cores: about 3.5 minutes (quick: well under a minute).
+def _recipe(name: str, **kw) -> PretrainConfig:
+    """A named recipe at the main job's from-scratch budget: 500 steps x 16 utterances x 150-step crops,
+    attention dropout 0 (the fused CPU attention kernel; docs/pretraining.md), held-out loss every 100 steps."""
+    base = dict(steps=500, batch_size=16, crop_frames=150, eval_interval=100, ckpt_interval=100,
+                attention_dropout=0.0, val_max_utterances=32)
+    return PretrainConfig(recipe=name, **{**base, **kw})
 
-    Sized from measured throughput of the `small` presets (docs/pretraining.md).
-    """
-    if quick:
-        return PretrainConfig(steps=40, batch_size=8, crop_frames=150, eval_interval=20, ckpt_interval=20,
-                              warmup=0.1, lr=1e-3, attention_dropout=0.0, val_max_utterances=16)
-    return PretrainConfig(steps=500, batch_size=16, crop_frames=150, eval_interval=100, ckpt_interval=100,
-                          lr=1e-3, attention_dropout=0.0, val_max_utterances=32)
+
+# The recipes of the recipe study (docs/pretraining.md, `python -m analysis.recipe_study`): the same model, data
+# and masking rule, differing only in what the name says. `s3prl` is s3prl's own settings (lr 2e-4, no stacking,
+# Post-LN) at our batch; stacked recipes count crops and spans in stacked steps (Mockingjay LARGE: R = 3, C = 3).
+RECIPES: dict[str, PretrainConfig] = {
+    "s3prl": _recipe("s3prl", lr=2e-4),
+    "mainjob": _recipe("mainjob", lr=1e-3),  # the main job's recipe until 2026-12 (sessions 1-5)
+    "stack3": _recipe("stack3", lr=1e-3, downsample=3, mask_span=3),
+    "preln": _recipe("preln", lr=1e-3, pre_layer_norm=True),
+    "preln_stack3": _recipe("preln_stack3", lr=1e-3, downsample=3, mask_span=3, pre_layer_norm=True),
+    "preln_stack3_lr3e-3": _recipe("preln_stack3_lr3e-3", lr=3e-3, downsample=3, mask_span=3, pre_layer_norm=True),
+    "preln_stack3_b32": _recipe("preln_stack3_b32", lr=1e-3, batch_size=32, downsample=3, mask_span=3,
+                                pre_layer_norm=True),
+}
+DEFAULT_RECIPE = "mainjob"  # what `default_budget` and `python -m pretrain` train unless told otherwise
+QUICK = PretrainConfig(recipe="quick", steps=40, batch_size=8, crop_frames=150, eval_interval=20, ckpt_interval=20,
+                       warmup=0.1, lr=1e-3, attention_dropout=0.0, val_max_utterances=16)
+
+
+def default_budget(quick: bool = False) -> PretrainConfig:
+    """The main job's from-scratch pretraining per model on 2 CPU cores: the default recipe at 500 steps
+    (quick: a smoke run of well under a minute). Sized from measured throughput (docs/pretraining.md)."""
+    return QUICK if quick else RECIPES[DEFAULT_RECIPE]
 
 
 def with_overrides(cfg: PretrainConfig, **kw) -> PretrainConfig:
-    """`cfg` with the given non-None fields replaced (CLI flags)."""
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
+    """`cfg` with the given non-None fields replaced (CLI flags); a recipe changed beyond its budget (steps,
+    intervals, seed) is recorded as `NAME+field,...`."""
+    kw = {k: v for k, v in kw.items() if v is not None and v != getattr(cfg, k)}
+    changed = sorted(set(kw) - {"steps", "eval_interval", "ckpt_interval", "log_interval", "seed", "precision"})
+    label = f"{cfg.recipe}+{','.join(changed)}" if changed and cfg.recipe != "custom" else cfg.recipe
+    return replace(cfg, **kw, recipe=label)

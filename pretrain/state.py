@@ -20,7 +20,8 @@ class Progress:
     epoch: int = 0
     batch_in_epoch: int = 0
     frames: int = 0  # valid frames seen
-    seconds: float = 0.0  # wall time spent in the training loop, over all runs
+    seconds: float = 0.0  # wall time spent in training steps, over all sittings
+    cpu_seconds: float = 0.0  # CPU time (all threads of the process) spent in training steps, over all sittings
     val_loss: float | None = None
     rng: dict[str, Tensor] = field(default_factory=dict)  # torch global + data generator states
 
@@ -39,7 +40,8 @@ def save_training_checkpoint(out_dir: Path, model: MaskedAcousticModel, opt: tor
     train = {f"opt.{i}.{k}": v for i, s in opt_sd["state"].items() for k, v in s.items()}
     train.update({f"rng.{k}": v for k, v in progress.rng.items()})
     meta = {**meta, "step": progress.step, "pretrain_frames": progress.frames,
-            "pretrain_seconds": round(progress.seconds, 3), "val_loss": progress.val_loss,
+            "pretrain_seconds": round(progress.seconds, 3), "pretrain_cpu_seconds": round(progress.cpu_seconds, 3),
+            "val_loss": progress.val_loss,
             "train_state": {**progress.to_json(), "param_groups": opt_sd["param_groups"]}}
     return save_checkpoint(out_dir, {"model": model_tensors(model), "train": train}, meta)
 
@@ -64,6 +66,7 @@ def load_training_checkpoint(out_dir: Path, model: MaskedAcousticModel, opt: tor
         rng = {k.removeprefix("rng."): v for k, v in train.items() if k.startswith("rng.")}
         progress = Progress(step=int(meta["step"]), epoch=int(ts["epoch"]), batch_in_epoch=int(ts["batch_in_epoch"]),
                             frames=int(meta["pretrain_frames"]), seconds=float(meta["pretrain_seconds"]),
+                            cpu_seconds=float(meta.get("pretrain_cpu_seconds", 0.0)),
                             val_loss=meta.get("val_loss"), rng=rng)
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {out_dir}: cannot resume from it ({type(e).__name__}: {e})") from e

@@ -1,11 +1,15 @@
-"""The masked-acoustic-model pretraining loop: resumable, logged to CSV, checkpointed atomically."""
+"""The masked-acoustic-model pretraining loop: resumable, logged to CSV, checkpointed atomically.
+
+`run_pretraining` reads like the recipe it runs: set up (identity, data, model and optimiser, resume), then a loop
+of small named steps (train step, evaluation, log row, checkpoint, stopping rule).
+"""
 from __future__ import annotations
 
 import csv
 import logging
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,10 +32,12 @@ from upstream.registry import RANDOM_CONTROLS, UPSTREAMS, get_preset, parse_spec
 
 log = logging.getLogger(__name__)
 LOG_FILE = "loss.csv"
-LOG_COLUMNS = ("step", "epoch", "lr", "train_loss", "val_loss", "frames", "frames_per_s", "seconds")
+LOG_COLUMNS = ("step", "epoch", "lr", "train_loss", "val_loss", "frames", "frames_per_s", "seconds", "cpu_seconds")
 # Measured (docs/pretraining.md): on this AVX2-only CPU (no avx512_bf16/AMX) a bfloat16-autocast training step
 # of the small preset took 5-9x as long as float32, so "auto" stays float32 on CPUs.
 AUTO_BF16_ON_CPU = False
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # clean x, lengths, masked input, loss mask
 
 
 def autocast_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
@@ -45,27 +51,39 @@ def autocast_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | N
     return torch.bfloat16 if AUTO_BF16_ON_CPU else None
 
 
-def run_identity(spec: str, src: AudioSource, cfg: PretrainConfig, encoder: EncoderConfig | None = None
-                 ) -> dict[str, Any]:
-    """What a checkpoint must match to be reused or resumed (`encoder` overrides the preset's, e.g. tiny tests)."""
+def model_configs(spec: str, cfg: PretrainConfig, encoder: EncoderConfig | None = None
+                  ) -> tuple[str, FeatureConfig, EncoderConfig]:
+    """(preset label, front-end without statistics, encoder) that `cfg` trains for `spec`.
+
+    The recipe's shape options (frame stacking, Pre-LN, attention dropout) apply on top of the preset;
+    `encoder` replaces the preset's encoder (tiny tests), which marks the preset label `+custom`.
+    """
     name, preset_name = parse_spec(spec)
     if name in RANDOM_CONTROLS or name not in UPSTREAMS or get_preset(name, preset_name).encoder is None:
         raise ValueError(f"cannot pretrain {spec!r}: only {', '.join(n for n in UPSTREAMS if n != 'mel')} are pretrained")
     preset = get_preset(name, preset_name)
-    enc = replace(encoder or preset.encoder, input_dim=preset.feature.feature_dim)
-    if cfg.attention_dropout is not None:
-        enc = replace(enc, attention_dropout=cfg.attention_dropout)
+    feature = preset.feature if cfg.downsample is None else replace(preset.feature, downsample=cfg.downsample)
+    enc = replace(encoder or preset.encoder, input_dim=feature.feature_dim)
     if encoder is not None and enc != replace(preset.encoder, input_dim=enc.input_dim):
         preset_name = f"{preset_name}+custom"
-    return {"upstream": name, "preset": preset_name, "encoder": enc.to_dict(), "pretrain_config": cfg.to_dict(),
-            "corpus": src.identity}
+    shape = {"attention_dropout": cfg.attention_dropout, "pre_layer_norm": cfg.pre_layer_norm}
+    enc = replace(enc, **{k: v for k, v in shape.items() if v is not None})
+    return preset_name, feature, enc
+
+
+def run_identity(spec: str, src: AudioSource, cfg: PretrainConfig, encoder: EncoderConfig | None = None
+                 ) -> dict[str, Any]:
+    """What a checkpoint must match to be reused or resumed."""
+    preset_name, _, enc = model_configs(spec, cfg, encoder)
+    return {"upstream": parse_spec(spec)[0], "preset": preset_name, "encoder": enc.to_dict(),
+            "pretrain_config": cfg.to_dict(), "corpus": src.identity}
 
 
 def _mismatch(meta: dict[str, Any], ident: dict[str, Any]) -> list[str]:
     return [k for k, v in ident.items() if meta.get(k) != v]
 
 
-def _feature_config(src: AudioSource, base: FeatureConfig, progress: bool = True) -> FeatureConfig:
+def _with_stats(src: AudioSource, base: FeatureConfig, progress: bool = True) -> FeatureConfig:
     if base.norm != "corpus":
         return base
     if src.corpus:
@@ -83,9 +101,6 @@ def _read_log(path: Path, upto_step: int) -> list[dict[str, Any]]:
         return []
     with open(path, newline="", encoding="utf-8") as f:
         return [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= upto_step]
-
-
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # clean x, lengths, masked input, loss mask
 
 
 @torch.no_grad()
@@ -118,153 +133,216 @@ def validation_baselines(batches: list[Batch]) -> dict[str, float]:
             "interpolate": round(held_out_l1(batches, lambda b: interpolate_masked(b[0], b[1], b[3])), 5)}
 
 
-def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_dir: Path, cfg: PretrainConfig,
-                    resume: bool = False, *, stop_at_step: int | None = None,
-                    device: torch.device | str | None = None, encoder: EncoderConfig | None = None,
-                    show_progress: bool = True) -> Path:
-    """Pretrain `spec` (e.g. "mockingjay:small") on a corpus's pretrain split or audio files; return the checkpoint dir.
+@dataclass
+class Run:
+    """Everything one pretraining run holds between steps."""
 
-    `resume` continues the checkpoint in `out_dir` (model, optimizer, schedule, RNG and data position).
-    `stop_at_step` stops after that step with a checkpoint, as an interruption would (time-sliced runs).
-    `encoder` replaces the preset's encoder config (its input_dim follows the features).
-    """
-    out_dir = Path(out_dir)
-    device = torch.device(device) if device is not None else default_device()
-    src = resolve_source(corpus_root_or_audio)
-    ident = run_identity(spec, src, cfg, encoder)
-    has_ckpt = (out_dir / META_FILE).is_file()
-    if has_ckpt and not resume:
-        raise FileExistsError(f"{out_dir} already holds a checkpoint: pass --resume to continue it, or use another --out")
-    if has_ckpt:
-        bad = _mismatch(read_meta(out_dir), ident)
-        if bad:
-            raise CheckpointError(f"checkpoint {out_dir} was trained with a different {', '.join(bad)}: cannot resume")
-    preset = get_preset(*parse_spec(spec))
-    feature = _feature_config(src, preset.feature, show_progress)
-    enc_cfg = replace(encoder or preset.encoder, input_dim=feature.feature_dim)
-    if cfg.attention_dropout is not None:
-        enc_cfg = replace(enc_cfg, attention_dropout=cfg.attention_dropout)
+    spec: str
+    out_dir: Path
+    cfg: PretrainConfig
+    device: torch.device
+    feature: FeatureConfig
+    model: MaskedAcousticModel
+    opt: torch.optim.Optimizer
+    feats: list[torch.Tensor]
+    train_idx: list[int]
+    val_batches: list[Batch]
+    batcher: BucketBatcher
+    data_g: torch.Generator
+    amp: torch.dtype | None
+    meta: dict[str, Any]
+    progress: Progress = field(default_factory=Progress)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    window: list[float] = field(default_factory=lambda: [0, 0.0])  # frames and seconds since the last log row
 
-    seed_everything(cfg.seed)
-    feats, skipped = load_features(src.paths, feature, cfg.min_frames, progress=show_progress)
+
+def _masks(cfg: PretrainConfig, x: torch.Tensor, lengths: torch.Tensor, g: torch.Generator
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    return mask_batch(x, lengths, g, cfg.mask_proportion, cfg.mask_span, cfg.mask_zero, cfg.mask_random)
+
+
+def split_data(feats: list[torch.Tensor], cfg: PretrainConfig) -> tuple[list[int], list[Batch]]:
+    """Seeded train/held-out split; held-out batches with fixed crops and fixed masks (a comparable curve)."""
     order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     n_val = min(cfg.val_max_utterances, round(len(feats) * cfg.val_fraction)) if len(feats) > 1 else 0
     n_val = max(n_val, 1) if cfg.val_fraction > 0 and len(feats) > 1 else n_val
     val_idx, train_idx = order[:n_val], order[n_val:]
-    vg = torch.Generator().manual_seed(cfg.seed + 1)  # fixed masks: the validation loss is comparable over steps
+    vg = torch.Generator().manual_seed(cfg.seed + 1)
     val_batches = []
     for i in range(0, n_val, cfg.batch_size):
         x, lengths = crop_batch(feats, val_idx[i : i + cfg.batch_size], cfg.crop_frames, None)
-        inp, mask = mask_batch(x, lengths, vg, cfg.mask_proportion, cfg.mask_span, cfg.mask_zero, cfg.mask_random)
-        val_batches.append((x, lengths, inp, mask))
+        val_batches.append((x, lengths, *_masks(cfg, x, lengths, vg)))
+    return train_idx, val_batches
 
+
+def start_run(spec: str, source: "str | Path | Corpus", out_dir: Path, cfg: PretrainConfig, resume: bool,
+              device: torch.device, encoder: EncoderConfig | None, show_progress: bool) -> Run:
+    """Check the output directory, load the audio as features, build the model and optimiser, restore a resume."""
+    src = resolve_source(source)
+    ident = run_identity(spec, src, cfg, encoder)
+    has_ckpt = (out_dir / META_FILE).is_file()
+    if has_ckpt and not resume:
+        raise FileExistsError(f"{out_dir} already holds a checkpoint: pass --resume to continue it, or use another --out")
+    if has_ckpt and (bad := _mismatch(read_meta(out_dir), ident)):
+        raise CheckpointError(f"checkpoint {out_dir} was trained with a different {', '.join(bad)}: cannot resume")
+    _, base_feature, enc_cfg = model_configs(spec, cfg, encoder)
+    feature = _with_stats(src, base_feature, show_progress)
+
+    seed_everything(cfg.seed)
+    feats, skipped = load_features(src.paths, feature, cfg.min_frames, progress=show_progress)
+    train_idx, val_batches = split_data(feats, cfg)
     model = MaskedAcousticModel(enc_cfg, feature.feature_dim).to(device)
     opt = make_optimizer(model, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay)
-    data_g = torch.Generator().manual_seed(cfg.seed + 2)
-    progress = Progress()
-    if has_ckpt:
-        _, progress = load_training_checkpoint(out_dir, model, opt)
-        torch.set_rng_state(progress.rng["torch"])
-        if device.type == "cuda" and "cuda" in progress.rng:
-            torch.cuda.set_rng_state(progress.rng["cuda"], device)
-        data_g.set_state(progress.rng["data"])
-        log.info("resuming %s from step %d", out_dir, progress.step)
-    rows = _read_log(out_dir / LOG_FILE, progress.step) if has_ckpt else []  # rows past the checkpoint are redone
-    meta = {**ident, "feature": feature.to_dict(), "skipped_audio": skipped, "provenance": provenance(device),
-            "train_utterances": len(train_idx), "val_utterances": n_val,
-            "val_baselines": validation_baselines(val_batches) if val_batches else None}
     amp = autocast_dtype(cfg, device)
-    meta["precision"] = "float32" if amp is None else str(amp).removeprefix("torch.")
-    batcher = BucketBatcher([feats[i].shape[0] for i in train_idx], cfg.batch_size, cfg.seed)
-    batches = batcher.epoch(progress.epoch)
+    meta = {**ident, "feature": feature.to_dict(), "skipped_audio": skipped, "provenance": provenance(device),
+            "train_utterances": len(train_idx), "val_utterances": len(feats) - len(train_idx),
+            "val_baselines": validation_baselines(val_batches) if val_batches else None,
+            "precision": "float32" if amp is None else str(amp).removeprefix("torch.")}
+    run = Run(spec, out_dir, cfg, device, feature, model, opt, feats, train_idx, val_batches,
+              BucketBatcher([feats[i].shape[0] for i in train_idx], cfg.batch_size, cfg.seed),
+              torch.Generator().manual_seed(cfg.seed + 2), amp, meta)
+    if has_ckpt:
+        _, run.progress = load_training_checkpoint(out_dir, model, opt)
+        torch.set_rng_state(run.progress.rng["torch"])
+        if device.type == "cuda" and "cuda" in run.progress.rng:
+            torch.cuda.set_rng_state(run.progress.rng["cuda"], device)
+        run.data_g.set_state(run.progress.rng["data"])
+        run.rows = _read_log(out_dir / LOG_FILE, run.progress.step)  # rows past the checkpoint are redone
+        log.info("resuming %s from step %d", out_dir, run.progress.step)
+    snapshot_rng(run)
+    return run
 
-    def save() -> None:
-        done = {**meta, "complete": progress.step >= cfg.steps}
-        save_training_checkpoint(out_dir, model, opt, progress, done)
-        _write_log(out_dir / LOG_FILE, rows)
 
-    def snapshot() -> None:
-        progress.rng = {"torch": torch.get_rng_state(), "data": data_g.get_state()}
-        if device.type == "cuda":  # dropout masks on the GPU come from its own generator
-            progress.rng["cuda"] = torch.cuda.get_rng_state(device)
+def snapshot_rng(run: Run) -> None:
+    """Record the RNG states at a step boundary (what a resume restores; dropout on a GPU has its own)."""
+    run.progress.rng = {"torch": torch.get_rng_state(), "data": run.data_g.get_state()}
+    if run.device.type == "cuda":
+        run.progress.rng["cuda"] = torch.cuda.get_rng_state(run.device)
 
-    snapshot()
-    if progress.step >= cfg.steps:
+
+def train_step(run: Run) -> tuple[float, int]:
+    """One optimiser step over `accumulation` micro-batches; returns (loss, 10-ms frames seen)."""
+    cfg, p = run.cfg, run.progress
+    lr = lr_at(p.step, cfg.steps, cfg.lr, cfg.warmup)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    step_loss, step_frames = 0.0, 0
+    epoch, pos = p.epoch, p.batch_in_epoch  # committed only when the step completes
+    batches = run.batcher.epoch(epoch)
+    for _ in range(cfg.accumulation):
+        if pos >= len(batches):
+            epoch, pos = epoch + 1, 0
+            batches = run.batcher.epoch(epoch)
+        x, lengths = crop_batch(run.feats, [run.train_idx[j] for j in batches[pos]], cfg.crop_frames, run.data_g)
+        pos += 1
+        inp, mask = _masks(cfg, x, lengths, run.data_g)
+        x, inp, lengths, mask = (t.to(run.device) for t in (x, inp, lengths, mask))
+        with torch.autocast(run.device.type, dtype=run.amp or torch.bfloat16, enabled=run.amp is not None):
+            pred = run.model(inp, lengths)
+        loss = masked_l1(pred, x, mask)
+        (loss / cfg.accumulation).backward()
+        step_loss += loss.item() / cfg.accumulation
+        step_frames += int(lengths.sum()) * run.feature.downsample
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip)
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    p.step, p.frames, p.epoch, p.batch_in_epoch = p.step + 1, p.frames + step_frames, epoch, pos
+    snapshot_rng(run)
+    return step_loss, step_frames
+
+
+def evaluate(run: Run) -> float | None:
+    if not run.val_batches:
+        return None
+    run.progress.val_loss = validation_loss(run.model, run.val_batches, run.device)
+    return run.progress.val_loss
+
+
+def log_row(run: Run, train_loss: float | None, val: float | None) -> None:
+    p, (frames, secs) = run.progress, run.window
+    run.rows.append({"step": p.step, "epoch": p.epoch,
+                     "lr": "0" if p.step == 0 else f"{lr_at(p.step - 1, run.cfg.steps, run.cfg.lr, run.cfg.warmup):.3e}",
+                     "train_loss": None if train_loss is None else f"{train_loss:.5f}",
+                     "val_loss": None if val is None else f"{val:.5f}", "frames": p.frames,
+                     "frames_per_s": f"{frames / secs:.1f}" if secs else None,
+                     "seconds": f"{p.seconds:.2f}", "cpu_seconds": f"{p.cpu_seconds:.2f}"})
+    run.window = [0, 0.0]
+
+
+def save(run: Run) -> None:
+    meta = {**run.meta, "complete": run.progress.step >= run.cfg.steps}
+    save_training_checkpoint(run.out_dir, run.model, run.opt, run.progress, meta)
+    _write_log(run.out_dir / LOG_FILE, run.rows)
+
+
+def stop_reason(run: Run, val: float | None, until_yardstick: bool, max_cpu_seconds: float | None) -> str | None:
+    """Why the run stops early, if it does: it beat the interpolation yardstick, or it spent its CPU allowance."""
+    base = run.meta["val_baselines"]
+    if until_yardstick and val is not None and base and val < base["interpolate"]:
+        return f"held-out masked L1 {val:.4f} < interpolation {base['interpolate']:.4f}"
+    if max_cpu_seconds is not None and run.progress.cpu_seconds >= max_cpu_seconds:
+        return f"CPU allowance of {max_cpu_seconds:.0f} s spent"
+    return None
+
+
+def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_dir: Path, cfg: PretrainConfig,
+                    resume: bool = False, *, stop_at_step: int | None = None, until_yardstick: bool = False,
+                    max_cpu_seconds: float | None = None, device: torch.device | str | None = None,
+                    encoder: EncoderConfig | None = None, show_progress: bool = True) -> Path:
+    """Pretrain `spec` (e.g. "mockingjay:small") on a corpus's pretrain split or audio files; return the checkpoint dir.
+
+    `resume` continues the checkpoint in `out_dir` (model, optimizer, schedule, RNG and data position).
+    `stop_at_step` stops after that step with a checkpoint, as an interruption would (time-sliced runs);
+    `until_yardstick` stops after the first evaluation below the interpolation yardstick and `max_cpu_seconds`
+    once the training loop has used that much CPU time (recipe studies). None of them changes the schedule.
+    `encoder` replaces the preset's encoder config (its input_dim follows the features).
+    """
+    out_dir = Path(out_dir)
+    device = torch.device(device) if device is not None else default_device()
+    run = start_run(spec, corpus_root_or_audio, out_dir, cfg, resume, device, encoder, show_progress)
+    p = run.progress
+    if p.step >= cfg.steps:
         return out_dir
-    last_stop = min(cfg.steps, stop_at_step) if stop_at_step is not None else cfg.steps
-    if progress.step == 0 and val_batches and not rows:  # the curve's starting point
-        progress.val_loss = validation_loss(model, val_batches, device)
-        rows.append({"step": 0, "epoch": 0, "lr": "0", "train_loss": None, "val_loss": f"{progress.val_loss:.5f}",
-                     "frames": 0, "frames_per_s": None, "seconds": "0"})
-    if meta["val_baselines"]:
+    last = min(cfg.steps, stop_at_step) if stop_at_step is not None else cfg.steps
+    if p.step == 0 and not run.rows and run.val_batches:  # the curve's starting point
+        log_row(run, None, evaluate(run))
+    if run.meta["val_baselines"]:
         log.info("held-out masked L1 of trivial predictors: corpus mean %.4f, linear interpolation %.4f",
-                 meta["val_baselines"]["mean"], meta["val_baselines"]["interpolate"])
-    model.train()
-    bar = tqdm(total=cfg.steps, initial=progress.step, desc=f"pretrain {spec}", unit="step", disable=not show_progress)
-    win_frames, win_t, t_last = 0, 0.0, time.perf_counter()
+                 run.meta["val_baselines"]["mean"], run.meta["val_baselines"]["interpolate"])
+    run.model.train()
+    bar = tqdm(total=cfg.steps, initial=p.step, desc=f"pretrain {spec}", unit="step", disable=not show_progress)
     try:
-        while progress.step < last_stop:
-            lr = lr_at(progress.step, cfg.steps, cfg.lr, cfg.warmup)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            step_loss, step_frames = 0.0, 0
-            epoch, pos = progress.epoch, progress.batch_in_epoch  # committed only when the step completes
-            for _ in range(cfg.accumulation):
-                if pos >= len(batches):
-                    epoch, pos = epoch + 1, 0
-                    batches = batcher.epoch(epoch)
-                idx = [train_idx[j] for j in batches[pos]]
-                pos += 1
-                x, lengths = crop_batch(feats, idx, cfg.crop_frames, data_g)
-                inp, mask = mask_batch(x, lengths, data_g, cfg.mask_proportion, cfg.mask_span, cfg.mask_zero,
-                                       cfg.mask_random)
-                x, inp, lengths, mask = x.to(device), inp.to(device), lengths.to(device), mask.to(device)
-                with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-                    pred = model(inp, lengths)
-                loss = masked_l1(pred, x, mask)
-                (loss / cfg.accumulation).backward()
-                step_loss += loss.item() / cfg.accumulation
-                step_frames += int(lengths.sum())
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            now = time.perf_counter()
-            progress.seconds += now - t_last
-            win_t += now - t_last
-            t_last = now
-            win_frames += step_frames
-            progress.step += 1
-            progress.frames += step_frames
-            progress.epoch, progress.batch_in_epoch = epoch, pos
-            snapshot()
-            val = None
-            if progress.step % cfg.eval_interval == 0 or progress.step == cfg.steps:
-                val = progress.val_loss = validation_loss(model, val_batches, device) if val_batches else None
-                t_last = time.perf_counter()  # validation time is not training throughput
-            if progress.step % cfg.log_interval == 0 or val is not None or progress.step == last_stop:
-                fps = win_frames / max(win_t, 1e-9)
-                rows.append({"step": progress.step, "epoch": progress.epoch, "lr": f"{lr:.3e}",
-                             "train_loss": f"{step_loss:.5f}", "val_loss": None if val is None else f"{val:.5f}",
-                             "frames": progress.frames, "frames_per_s": f"{fps:.1f}",
-                             "seconds": f"{progress.seconds:.2f}"})
-                bar.set_postfix(loss=f"{step_loss:.4f}", val="-" if progress.val_loss is None else f"{progress.val_loss:.4f}",
-                                fps=f"{fps:.0f}")
-                win_frames, win_t = 0, 0.0
+        while p.step < last:
+            wall, cpu = time.perf_counter(), time.process_time()
+            loss, frames = train_step(run)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu  # evaluation and saving not counted
+            p.seconds, p.cpu_seconds = p.seconds + wall, p.cpu_seconds + cpu
+            run.window = [run.window[0] + frames, run.window[1] + wall]
+            val = evaluate(run) if p.step % cfg.eval_interval == 0 or p.step == cfg.steps else None
+            reason = stop_reason(run, val, until_yardstick, max_cpu_seconds)
+            if p.step % cfg.log_interval == 0 or val is not None or p.step == last or reason:
+                bar.set_postfix(loss=f"{loss:.4f}", val="-" if p.val_loss is None else f"{p.val_loss:.4f}",
+                                fps=f"{run.window[0] / max(run.window[1], 1e-9):.0f}")
+                log_row(run, loss, val)
             bar.update(1)
-            if progress.step % cfg.ckpt_interval == 0 or progress.step == last_stop:
-                save()
-                t_last = time.perf_counter()
+            if p.step % cfg.ckpt_interval == 0 or p.step == last:
+                save(run)
+            if reason:
+                run.meta["stopped"] = reason  # recorded in the checkpoint; a resumed run clears it
+                save(run)
+                log.info("%s: stopping at step %d: %s", out_dir, p.step, reason)
+                break
     except KeyboardInterrupt:
-        log.warning("interrupted: saving step %d to %s (continue with --resume)", progress.step, out_dir)
-        save()
+        log.warning("interrupted: saving step %d to %s (continue with --resume)", p.step, out_dir)
+        save(run)
         raise
     finally:
         bar.close()
-    base = meta["val_baselines"]
-    if progress.step >= cfg.steps and base and progress.val_loss is not None and progress.val_loss > base["interpolate"]:
+    base = run.meta["val_baselines"]
+    if p.step >= cfg.steps and base and p.val_loss is not None and p.val_loss > base["interpolate"]:
         log.warning("%s: held-out masked L1 %.4f is still above linear interpolation between unmasked neighbours "
                     "(%.4f): the model has not learned to use local context; train longer", out_dir,
-                    progress.val_loss, base["interpolate"])
+                    p.val_loss, base["interpolate"])
     return out_dir
 
 
