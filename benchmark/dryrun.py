@@ -4,10 +4,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from benchmark.cachesize import cache_needs, fmt_bytes, free_bytes, planned_shape
 from benchmark.plan import BenchmarkConfig, expand_runs
-from benchmark.resolve import checkpoint_dir, num_hidden_states_of, resolve_corpus
+from benchmark.resolve import planned_checkpoint, resolve_corpus
 from downstream.fractions import PAPER_FRACTIONS
-from upstream.registry import is_pretrained, parse_spec
+from upstream.registry import parse_spec
 
 
 def print_plan(cfg: BenchmarkConfig) -> int:
@@ -29,12 +30,12 @@ def print_plan(cfg: BenchmarkConfig) -> int:
           f"{''.join(f' ({t}: {p.budget})' for t, p in cfg.task_probes.items() if p.budget != cfg.probe.budget)}, "
           f"fine-tuning: {cfg.finetune_probe.budget}; "
           f"cache: {cfg.cache_dir}; results: {cfg.results_dir}")
-    total, notes = 0, []
+    total, notes, with_runs = 0, [], []
+    needs = {n.spec: n for n in cache_needs(cfg, corpus)} if corpus is not None else {}
     for spec in cfg.upstreams:
         name, _ = parse_spec(spec)
-        ckpt = Path(cfg.ckpts[name]) if name in cfg.ckpts else (
-            checkpoint_dir(cfg.runs_dir, spec, cfg.quick) if is_pretrained(name) else None)
-        L = num_hidden_states_of(spec, ckpt)
+        ckpt = planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain)
+        L = planned_shape(spec, cfg).hidden_states
         runs = expand_runs(cfg, spec, L, fractions, notes)
         status = ""
         if ckpt is not None:
@@ -42,8 +43,40 @@ def print_plan(cfg: BenchmarkConfig) -> int:
         print(f"{spec}: {L} hidden states{status}: {len(runs)} runs")
         for (mode, task), n in sorted(Counter((r.mode.label, r.task) for r in runs).items()):
             print(f"    {mode:14s} {task:18s} {n}")
+        if spec in needs and runs:
+            need = needs[spec]
+            print(f"    feature cache: {fmt_bytes(need.total_bytes)} ({need.frames:,} frames x {need.shape.hidden_states} "
+                  f"hidden states x {need.shape.hidden_size} x 2 B, float16)"
+                  + (", already cached" if need.missing_bytes == 0 else
+                     f", {fmt_bytes(need.cached_bytes)} of it already cached" if need.cached_bytes else ""))
         total += len(runs)
+        with_runs += [spec] if runs else []
     for note in dict.fromkeys(notes):
         print(f"note: {note}")
-    print(f"total: {total} runs (configurations already in {cfg.results_dir}/runs.csv are skipped unless --force)")
+    print(f"total: {total} runs (configurations already recorded in {cfg.results_dir}/runs.csv are skipped unless "
+          f"--force)")
+    print(_cache_summary(cfg, [needs[s] for s in dict.fromkeys(with_runs) if s in needs], corpus is not None))
+    if cfg.shard is not None:
+        print(_shard_summary(cfg, fractions))
     return total
+
+
+def _cache_summary(cfg: BenchmarkConfig, needs: list, known: bool) -> str:
+    if not known:
+        return "feature cache: its size is known once the corpus is prepared (docs/scale.md)"
+    missing = sum(n.missing_bytes for n in needs)
+    where, free = free_bytes(Path(cfg.cache_dir))
+    fits = "fits" if missing <= free else "does NOT fit: a run stops before extracting (docs/scale.md)"
+    return (f"feature cache: {fmt_bytes(missing)} to extract into {cfg.cache_dir}, "
+            f"{fmt_bytes(sum(n.cached_bytes for n in needs))} already there; {where} has {fmt_bytes(free)} free: {fits}")
+
+
+def _shard_summary(cfg: BenchmarkConfig, fractions: list[float]) -> str:
+    from benchmark.shards import shard_loads, whole_plan
+
+    assert cfg.shard is not None
+    loads = shard_loads(whole_plan(cfg, fractions), cfg.shard.count)
+    whole = sum(loads) or 1.0
+    return (f"shard {cfg.shard.label}: {100 * loads[cfg.shard.index] / whole:.1f} % of the plan's expected cost "
+            f"(shards {100 * min(loads) / whole:.1f}-{100 * max(loads) / whole:.1f} %); rows -> "
+            f"{cfg.results_dir}/runs.csv")

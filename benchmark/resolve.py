@@ -7,9 +7,11 @@ from typing import Any
 
 from corpora.manifest import SPLITS, Corpus, is_prepared, load_corpus
 from upstream.checkpoint import read_meta
+from upstream.features import FeatureConfig
 from upstream.interface import Upstream
-from upstream.registry import build_upstream, get_preset, is_pretrained, parse_spec, upstream_identity
-from upstream.transformer import count_parameters
+from upstream.reference import REFERENCES, reference_for, verify_reference
+from upstream.registry import RANDOM_CONTROLS, build_upstream, get_preset, is_pretrained, parse_spec, upstream_identity
+from upstream.transformer import EncoderConfig, count_parameters
 
 DEFAULT_CORPUS = "synth"  # the built-in corpus: corpora.ensure_default_corpus prepares it where it belongs
 # every other corpus is read from the user's copy: how to prepare it (docs/corpora.md)
@@ -91,19 +93,33 @@ class ResolvedUpstream:
     params: int
     pretrain_frames: int
     pretrain_seconds: float
+    pretrain_recipe: str  # "-" for mel and the random-init controls
 
 
 def checkpoint_dir(runs_dir: Path, spec: str, quick: bool) -> Path:
+    """Where the job pretrains `spec` from scratch (`--pretrain`)."""
     name, preset = parse_spec(spec)
     return Path(runs_dir) / (f"{name}-{preset}" + ("-quick" if quick else ""))
 
 
-def planned_checkpoint(spec: str, ckpts: dict[str, str], runs_dir: Path, quick: bool) -> Path | None:
-    """The checkpoint directory an upstream will use: --ckpt, else the default one (pretrained when missing)."""
-    name, _ = parse_spec(spec)
+def planned_checkpoint(spec: str, ckpts: dict[str, str], runs_dir: Path, quick: bool, pretrain: bool = False
+                       ) -> Path | None:
+    """The checkpoint an upstream will use: --ckpt, else with --pretrain the one the job trains in runs_dir,
+    else the shipped reference checkpoint (upstream/reference.py); None for mel and the random-init controls.
+    A pretrained upstream with none of these is a ValueError naming the options."""
+    name, preset = parse_spec(spec)
     if name in ckpts:
         return Path(ckpts[name])
-    return checkpoint_dir(runs_dir, spec, quick) if is_pretrained(name) else None
+    if not is_pretrained(name):
+        return None
+    if pretrain:
+        return checkpoint_dir(runs_dir, spec, quick)
+    ref = reference_for(name, preset)
+    if ref is None:
+        raise ValueError(f"--upstream {spec}: no reference checkpoint ships for {name}:{preset} (only "
+                         f"{', '.join(f'{r.family}:{r.preset}' for r in REFERENCES.values())}); pass "
+                         f"--ckpt {name}=PATH, or --pretrain to pretrain it inside the job")
+    return ref.path
 
 
 def num_hidden_states_of(spec: str, ckpt: Path | None) -> int:
@@ -120,31 +136,56 @@ def normalisation_split(corpus: Corpus) -> str:
     return "pretrain" if corpus.utterances("pretrain") else "train"
 
 
-def resolve_upstream(spec: str, corpus: Corpus, ckpts: dict[str, str], runs_dir: Path, quick: bool,
-                     log=print, device: str | None = None, progress: bool = True) -> ResolvedUpstream:
-    """Build `spec`: from --ckpt, from the reused/trained default checkpoint, or (mel, random) with corpus stats."""
+def control_architecture(spec: str, ckpts: dict[str, str], runs_dir: Path, quick: bool, pretrain: bool
+                         ) -> tuple[FeatureConfig, EncoderConfig]:
+    """Front-end (without statistics) and encoder of a random-init control: those of the checkpoint its family
+    uses in this job (so the control differs from the model in the weights only), or, before a `--pretrain`
+    checkpoint exists, those the job's pretraining recipe will give it."""
     name, preset = parse_spec(spec)
-    ckpt: Path | None = None
-    if is_pretrained(name):
-        if name in ckpts:
-            ckpt = Path(ckpts[name])
-        else:
+    family = f"{RANDOM_CONTROLS[name]}:{preset}"
+    ckpt = planned_checkpoint(family, ckpts, runs_dir, quick, pretrain)
+    if ckpt is not None and (ckpt / "checkpoint.json").is_file():
+        meta = read_meta(ckpt)
+        feature = FeatureConfig.from_dict({**meta["feature"], "norm_mean": [], "norm_std": []})
+        return feature, EncoderConfig.from_dict(meta["encoder"])
+    from pretrain import default_budget
+    from pretrain.train import model_configs
+
+    _, feature, encoder = model_configs(family, default_budget(quick))
+    return feature, encoder
+
+
+def resolve_upstream(spec: str, corpus: Corpus, ckpts: dict[str, str], runs_dir: Path, quick: bool,
+                     log=print, device: str | None = None, progress: bool = True, pretrain: bool = False
+                     ) -> ResolvedUpstream:
+    """Build `spec`: from --ckpt, the shipped reference, the reused/trained `--pretrain` checkpoint, or (mel, random
+    controls) with corpus statistics."""
+    name, preset = parse_spec(spec)
+    ckpt = planned_checkpoint(spec, ckpts, runs_dir, quick, pretrain)
+    meta: dict[str, Any] = {}
+    if ckpt is not None:
+        ref = reference_for(name, preset)
+        if name not in ckpts and pretrain:
             from pretrain import default_budget, ensure_pretrained
 
-            ckpt = checkpoint_dir(runs_dir, spec, quick)
-            log(f"{spec}: using checkpoint {ckpt} (pretraining it first if missing or incomplete)")
+            log(f"{spec}: pretraining from scratch into {ckpt} (reused when complete and matching)")
             ckpt = Path(ensure_pretrained(f"{name}:{preset}", corpus, ckpt, default_budget(quick), device=device,
                                           show_progress=progress))
+        elif name not in ckpts and ref is not None:
+            ckpt = verify_reference(ref)
+            log(f"{spec}: reference checkpoint {ckpt}")
         model = build_upstream(spec, ckpt=ckpt)
-        meta: dict[str, Any] = read_meta(ckpt)
+        meta = read_meta(ckpt)
     else:
         from pretrain.stats import normalized_feature_config
 
-        feature = normalized_feature_config(corpus, get_preset(name, preset).feature, split=normalisation_split(corpus),
-                                            progress=progress)
-        model = build_upstream(spec, feature=feature)
-        meta = {}
+        feature, encoder = get_preset(name, preset).feature, None
+        if name in RANDOM_CONTROLS:
+            feature, encoder = control_architecture(spec, ckpts, runs_dir, quick, pretrain)
+        feature = normalized_feature_config(corpus, feature, split=normalisation_split(corpus), progress=progress)
+        model = build_upstream(spec, feature=feature, encoder=encoder)
     model.eval()
     return ResolvedUpstream(spec=spec, model=model, ckpt=ckpt, identity=upstream_identity(spec, ckpt, model),
                             params=count_parameters(model), pretrain_frames=int(meta.get("pretrain_frames", 0)),
-                            pretrain_seconds=float(meta.get("pretrain_seconds", 0.0)))
+                            pretrain_seconds=float(meta.get("pretrain_seconds", 0.0)),
+                            pretrain_recipe=meta.get("pretrain_config", {}).get("recipe", "-") if meta else "-")

@@ -87,6 +87,7 @@ def make_row(run: PlannedRun, rid: str, up: ResolvedUpstream, corpus: Corpus, la
     return {
         "run_id": rid, "corpus": corpus.name, **up.identity, "params": up.params,
         "pretrain_frames": up.pretrain_frames, "pretrain_seconds": round(up.pretrain_seconds, 1),
+        "pretrain_recipe": up.pretrain_recipe,
         "task": run.task, "mode": run.mode.kind, "layer": layer, "fraction": run.fraction,
         "train_utts": result.train_utts, "train_frames": result.train_frames, "seed": run.seed,
         "metric": task.metric, "dev_metric": result.dev_metric, "test_metric": result.test_metric,
@@ -210,7 +211,7 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> RunnerStats:
         f"seeds {cfg.seeds}; results -> {cfg.results_dir}/{RUNS_FILE}")
     for spec in cfg.upstreams:
         up = resolve_upstream(spec, corpus, cfg.ckpts, cfg.runs_dir, cfg.quick, log, device=cfg.device,
-                              progress=cfg.progress)
+                              progress=cfg.progress, pretrain=cfg.pretrain)
         runs = expand_runs(cfg, spec, up.model.num_hidden_states, fractions, stats.notes)
         run_upstream(cfg, up, corpus, runs, stats, prov, log)
         del up

@@ -10,6 +10,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "params",  # upstream parameter count
     "pretrain_frames",  # frames seen in pretraining (0 for mel / random)
     "pretrain_seconds",  # pretraining wall time (0 for mel / random)
+    "pretrain_recipe",  # the pretraining recipe recorded in the checkpoint (pretrain.config.RECIPES); "-" for mel / random
     "task",  # phone_linear, phone_1hidden, speaker_utterance, speaker_frame
     "mode",  # last, layer, weighted_sum, finetune
     "layer",  # hidden-state index used (-1 for weighted_sum)
@@ -37,5 +38,7 @@ RUN_COLUMNS: tuple[str, ...] = (
 # checkpoints or budgets in one runs.csv are never merged (or silently dropped as duplicates) by aggregation
 LEADERBOARD_KEYS: tuple[str, ...] = ("corpus", "upstream", "preset", "ckpt_hash", "task", "mode", "layer", "fraction",
                                      "budget")
-# rows written before the budget/converged columns existed (fixed step budgets): read with budget "steps=<steps>"
-LEGACY_RUN_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c not in ("budget", "converged"))
+# columns added since the first release: rows written before them are read with these values (budget
+# "steps=<steps>": every run then had a fixed step budget; the recipe was not recorded)
+ADDED_COLUMNS: tuple[str, ...] = ("budget", "converged", "pretrain_recipe")
+LEGACY_RECIPE = "unrecorded"

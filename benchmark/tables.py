@@ -10,7 +10,7 @@ from benchmark.plots import metric_display
 from core.io import atomic_write_text
 
 LEADERBOARD_COLUMNS = ("rank", "upstream", "preset", "mode", "layer", "params", "pretrain_frames",
-                       "pretrain_seconds", "metric", "fraction", "train_utts", "budget", "steps_mean", "n_converged",
+                       "pretrain_seconds", "pretrain_recipe", "metric", "fraction", "train_utts", "budget", "steps_mean", "n_converged",
                        "n_seeds", "test_mean",
                        "test_ci95", "test_std", "dev_mean", "test_utt_mean", "ckpt_hash")
 
@@ -88,7 +88,7 @@ def leaderboard_markdown(lb: pd.DataFrame) -> str:
         "rank": lb["rank"], "upstream": lb["upstream"] + ":" + lb["preset"],
         "mode": [m if m != "layer" else f"layer {int(layer)} (best on dev)" for m, layer in zip(lb["mode"], lb["layer"])],
         "params": lb["params"].map(fmt_count), "pretrain frames": lb["pretrain_frames"].map(fmt_count),
-        "pretrain time": lb["pretrain_seconds"].map(fmt_seconds),
+        "pretrain time": lb["pretrain_seconds"].map(fmt_seconds), "recipe": lb["pretrain_recipe"],
         "probe budget": [fmt_budget(b, st, c, n) for b, st, c, n in
                          zip(lb["budget"], lb["steps_mean"], lb["n_converged"], lb["n_seeds"])],
         f"test {label}, mean ± 95% CI": [fmt_score(m, c, k) + unconverged_mark(b, nc, n) for m, c, k, b, nc, n in

@@ -77,11 +77,13 @@ def is_pretrained(name: str) -> bool:
     return name in UPSTREAMS and get_preset(name, DEFAULT_PRESET[name]).encoder is not None
 
 
-def build_upstream(spec: str, ckpt: str | Path | None = None, feature: FeatureConfig | None = None) -> Upstream:
+def build_upstream(spec: str, ckpt: str | Path | None = None, feature: FeatureConfig | None = None,
+                   encoder: EncoderConfig | None = None) -> Upstream:
     """Build an upstream by spec. Pretrained transformers need `ckpt`; its JSON config wins over the preset.
 
     `feature` overrides the preset's front-end (e.g. one carrying corpus normalisation statistics)
-    for `mel` and the random-init controls; checkpoints always bring their own.
+    for `mel` and the random-init controls, `encoder` the random-init control's encoder (to match the checkpoint it
+    controls for; its input_dim follows `feature`); checkpoints always bring their own.
     """
     name, preset_name = parse_spec(spec)
     preset = get_preset(name, preset_name)
@@ -96,7 +98,7 @@ def build_upstream(spec: str, ckpt: str | Path | None = None, feature: FeatureCo
         raise ValueError(f"upstream {name!r} needs a checkpoint (--ckpt {name}=PATH, or pretrain one with "
                          f"`python -m pretrain --upstream {name}:{preset_name}`)")
     torch.manual_seed(RANDOM_INIT_SEED)
-    enc = replace(preset.encoder, input_dim=feat.feature_dim)
+    enc = replace(encoder or preset.encoder, input_dim=feat.feature_dim)
     return TransformerUpstream(feat, enc)
 
 

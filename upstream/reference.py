@@ -1,0 +1,53 @@
+"""The reference checkpoints that ship with the toolkit (`checkpoints/<family>-<preset>/`), pinned by content hash.
+
+Each is a toolkit checkpoint (checkpoint.json + model safetensors, no optimiser state) with the loss curve and
+the exact commands that produced it beside it (loss.csv, command.txt; docs/pretraining.md). The SHA-256 of its
+checkpoint.json is pinned here; that JSON pins the weights file's SHA-256 in turn, which every load checks. So a
+changed config, statistics table or weights file is refused, naming the file, before anything is computed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.io import sha256_file
+from upstream.checkpoint import META_FILE, CheckpointError, verify_checkpoint
+
+CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+@dataclass(frozen=True)
+class Reference:
+    family: str
+    preset: str
+    json_sha256: str  # of checkpoint.json
+
+    @property
+    def path(self) -> Path:
+        return CHECKPOINTS_DIR / f"{self.family}-{self.preset}"
+
+
+REFERENCES: dict[str, Reference] = {
+    "mockingjay": Reference("mockingjay", "small", "PENDING"),
+    "aalbert": Reference("aalbert", "small", "PENDING"),
+}
+
+
+def reference_for(name: str, preset: str) -> Reference | None:
+    ref = REFERENCES.get(name)
+    return ref if ref is not None and ref.preset == preset else None
+
+
+def verify_reference(ref: Reference, path: Path | None = None) -> Path:
+    """The reference's directory after checking its pinned hash, its weights' hash and its tensor shapes."""
+    path = Path(path or ref.path)
+    meta_file = path / META_FILE
+    if not meta_file.is_file():
+        raise CheckpointError(f"reference checkpoint {path} is missing {META_FILE} (a damaged checkout? "
+                              f"`git checkout -- {path}` restores it)")
+    got = sha256_file(meta_file)
+    if got != ref.json_sha256:
+        raise CheckpointError(f"reference checkpoint {meta_file}: SHA-256 {got[:16]}... is not the pinned "
+                              f"{ref.json_sha256[:16]}... (upstream/reference.py): the file was changed")
+    verify_checkpoint(path, family=ref.family)
+    return path
