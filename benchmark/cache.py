@@ -9,13 +9,25 @@ version). One directory per key under `cache/features/<key>/`:
 Everything is built in a temporary sibling directory that is renamed into place, so a killed extraction
 leaves nothing that looks finished. Extraction streams batches to the file with positioned writes
 (no memory map while writing), so peak memory is one batch of hidden states, not the split.
+
+Several processes may share one cache (the shards of a sweep, on one machine or on shared storage): a build
+holds an exclusive lock (fcntl.flock on `.locks/<key>.lock`), so a second process wanting the same entry waits
+and then reuses it. Correctness does not rest on the lock (some network filesystems have none, or node-local
+ones): staging folders are unique per host and process, and when the final rename finds the entry already
+there (another builder finished first), the finished entry is used and this copy dropped, so every process
+reads the one entry in place.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import secrets
 import shutil
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +38,12 @@ from core.frames import SAMPLE_RATE
 from core.io import atomic_write_json, read_json, sha256_json
 from corpora.manifest import Corpus, Utterance
 from downstream.sources import SplitArrays
+from upstream.features import FeatureConfig
 from upstream.interface import Upstream
 
 CACHE_FORMAT_VERSION = 1
 DONE = "DONE"
+LOCKS = ".locks"  # one empty lock file per key, kept (deleting a lock file others may hold is a classic race)
 _F16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -89,9 +103,14 @@ def open_split(d: Path) -> SplitArrays:
     return SplitArrays(hidden=hidden, offsets=np.load(d / "offsets.npy"))
 
 
+def frame_counts(feature: FeatureConfig, utts: list[Utterance]) -> np.ndarray:
+    """(n_utts,) frames each utterance gives with this front-end (from the manifest's sample counts)."""
+    return np.array([feature.num_frames(round(u.num_samples * SAMPLE_RATE / u.sample_rate)) for u in utts],
+                    dtype=np.int64)
+
+
 def expected_lengths(upstream: Upstream, utts: list[Utterance]) -> np.ndarray:
-    cfg = upstream.feature_cfg
-    return np.array([cfg.num_frames(round(u.num_samples * SAMPLE_RATE / u.sample_rate)) for u in utts], dtype=np.int64)
+    return frame_counts(upstream.feature_cfg, utts)
 
 
 @torch.no_grad()
@@ -159,35 +178,98 @@ def extract_split(upstream: Upstream, corpus: Corpus, utts: list[Utterance], out
 def ensure_split(cache_root: Path, identity: dict[str, str], upstream: Upstream, corpus: Corpus, split: str,
                  utts: list[Utterance], progress: bool = True, device: torch.device | str = "cpu",
                  log=print) -> tuple[SplitArrays, bool]:
-    """(arrays, built): reuse the valid cache for this key or (re)build it; stale/corrupt ones are replaced."""
+    """(arrays, built): reuse the valid cache for this key or (re)build it; stale/corrupt ones are replaced.
+    Safe with other processes building the same key at once (module docstring)."""
     name, fields = cache_key(identity, upstream, corpus, split, utts)
     final = Path(cache_root) / name
-    if final.exists():
-        why = _problem(final, fields)
-        if why is None:
-            return open_split(final), False
-        log(f"feature cache {final}: {why}; rebuilding")
-        shutil.rmtree(final)
-    _remove_orphans(final)
-    tmp = final.with_name(f".{name}.partial-{os.getpid()}-{secrets.token_hex(3)}")
-    try:
-        extract_split(upstream, corpus, utts, tmp, fields, progress=progress, device=device)
-        os.replace(tmp, final)  # atomic: the key directory appears complete or not at all
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    if final.exists() and _problem(final, fields) is None:
+        return open_split(final), False
+    with _build_lock(final, log):
+        if final.exists():  # maybe finished by another process while this one waited
+            why = _problem(final, fields)
+            if why is None:
+                return open_split(final), False
+            log(f"feature cache {final}: {why}; rebuilding")
+            _discard(final)
+        _remove_orphans(final, log)
+        tmp = final.with_name(f".{name}.partial-{_owner_tag()}")
+        try:
+            extract_split(upstream, corpus, utts, tmp, fields, progress=progress, device=device)
+            _publish(tmp, final, fields, log)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return open_split(final), True
 
 
-def _remove_orphans(final: Path) -> None:
-    """Remove the staging folders of extractions into `final` whose process is gone (killed by a signal, its
-    `finally` never ran); a live process's staging folder (another job extracting the same key) is left alone."""
-    for tmp in final.parent.glob(f".{final.name}.partial-*"):
+@contextlib.contextmanager
+def _build_lock(final: Path, log) -> Iterator[bool]:
+    """Hold an exclusive lock on building `final` (True), or go on without one where the filesystem has no file
+    locks (False; then `_publish` keeps concurrent builds safe, at the price of duplicated work)."""
+    locks = final.parent / LOCKS
+    locks.mkdir(parents=True, exist_ok=True)
+    fd = os.open(locks / f"{final.name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
         try:
-            pid = int(tmp.name.rsplit(".partial-", 1)[1].split("-")[0])
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
+        except BlockingIOError:
+            log(f"feature cache {final.name}: another process is building it; waiting for it")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                locked = True
+            except OSError as e:
+                log(f"feature cache {final.name}: lock failed ({e.strerror}); building without it")
+                locked = False
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: no locks on this filesystem
+            log(f"feature cache {final.name}: no file lock on this filesystem ({e.strerror}); building without it")
+            locked = False
+        yield locked
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _publish(tmp: Path, final: Path, fields: dict[str, Any], log) -> None:
+    """Rename the finished staging folder into place; if another process got there first, keep its entry."""
+    try:
+        os.replace(tmp, final)  # atomic: the key directory appears complete or not at all
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or _problem(final, fields) is not None:
+            raise
+        log(f"feature cache {final.name}: another process finished it first; using that copy")
+
+
+def _discard(final: Path) -> None:
+    """Remove an unusable entry: renamed aside first, so two processes discarding it at once do not collide."""
+    aside = final.with_name(f".{final.name}.partial-{_owner_tag()}")
+    try:
+        os.replace(final, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _owner_tag() -> str:
+    """'<pid>-<random>@<host>': who made a staging folder (a pid alone means nothing on another host)."""
+    return f"{os.getpid()}-{secrets.token_hex(3)}@{socket.gethostname()}"
+
+
+def _remove_orphans(final: Path, log=print) -> None:
+    """Remove the staging folders of extractions into `final` whose process is gone (killed by a signal, its
+    `finally` never ran). Only this host's processes can be checked: a staging folder of a live process, or of
+    another host (perhaps a live job on shared storage), is left alone and named."""
+    host = socket.gethostname()
+    for tmp in final.parent.glob(f".{final.name}.partial-*"):
+        tag = tmp.name.rsplit(".partial-", 1)[1]
+        pid_part, _, owner_host = tag.partition("@")
+        try:
+            pid = int(pid_part.split("-")[0])
         except ValueError:
             continue
-        if not _alive(pid):
+        if owner_host and owner_host != host:
+            log(f"feature cache: {tmp} was left by host {owner_host} (a job there still running, or killed): "
+                f"delete it when no job runs there")
+        elif not _alive(pid):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

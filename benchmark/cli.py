@@ -34,10 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=(
         "Probe speech representations (mel, Mockingjay, AALBERT, random-init controls) on phone and speaker "
         "tasks. With no arguments: the default benchmark end to end on the built-in corpus."))
-    p.add_argument("command", nargs="?", default="run", choices=("run", "report", "certify"),
-                   help="run (default): train the planned probes; report: rebuild results/REPORT.md from the rows; "
+    p.add_argument("command", nargs="?", default="run", choices=("run", "report", "certify", "prepare"),
+                   help="run (default): train the planned probes; report: merge the shards' rows into "
+                        "results/runs.csv and rebuild results/REPORT.md from the rows; "
                         "certify: fit converged logistic-regression references for the linear probes' rows "
-                        "(results/convergence.csv), then rebuild the report")
+                        "(results/convergence.csv), then rebuild the report; prepare: build what the shards of a "
+                        "sweep share (corpus, checkpoints, statistics, feature caches) once, before them")
     p.add_argument("--upstream", help=f"comma list of upstreams[:preset] (default: {','.join(DEFAULT_UPSTREAMS)})")
     p.add_argument("--task", help=f"comma list of tasks, of {','.join(TASKS)} (default: {','.join(MAIN_TASKS)})")
     p.add_argument("--mode", help=f"comma list of {', '.join(MODE_CHOICES)} (default: {DEFAULT_MODES}; "
@@ -64,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--workers", type=int, help="frozen probes trained at once, in threads (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--shard", metavar="I/N", help="run shard I (0-based) of N of the plan, balanced by expected cost; "
+                                               "rows go to RESULTS_DIR/shards/I-of-N/runs.csv and `report` merges "
+                                               "them; run `prepare` first (docs/scale.md)")
     return p
 
 
@@ -142,6 +147,10 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     if args.no_finetune:
         kw["finetune_ends"] = False
     cfg = replace(cfg, **kw)
+    if args.shard is not None:
+        from benchmark.shards import shard_config
+
+        cfg = shard_config(cfg, args.shard, args.command)
     check_inputs(cfg)
     return cfg
 
@@ -161,12 +170,12 @@ def check_inputs(cfg: BenchmarkConfig) -> None:
 
 
 def check_results(results_dir: Path) -> None:
-    """An existing runs.csv must be this toolkit's (rows are appended to it and skipped by run id)."""
-    from benchmark.results import RUNS_FILE, read_rows
+    """Existing rows files must be this toolkit's (rows are appended to them and skipped by run id): runs.csv and,
+    for a shard, every shard's of the same results folder."""
+    from benchmark.results import read_rows, results_root, rows_files
     from core.io import read_text
 
-    runs = results_dir / RUNS_FILE
-    if runs.is_file():
+    for runs in rows_files(results_root(results_dir)):
         read_text(runs, "results file")  # names line and byte of a non-UTF-8 file
         read_rows(runs)  # names the file when its header is another version's
 
@@ -218,8 +227,15 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] | None) -> int:
     if args.command == "report":
         from benchmark.runner import build_report_if_available
-        from benchmark.results import write_leaderboard
+        from benchmark.results import merge_shards, write_leaderboard
 
+        try:
+            merged = merge_shards(cfg.results_dir)
+        except ValueError as e:  # one run id with two different results
+            return fail(str(e))
+        if merged is not None:
+            print(f"merged the shards' rows into {cfg.results_dir}/runs.csv: {merged[0]} added, {merged[1]} "
+                  f"duplicates dropped")
         write_leaderboard(cfg.results_dir)
         return 0 if build_report_if_available(cfg.results_dir) else 1
     if args.command == "certify":
@@ -242,6 +258,18 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
         from benchmark.dryrun import print_plan
 
         print_plan(cfg)
+        return 0
+    from benchmark.cachesize import check_space_for
+    from benchmark.prepare import check_prepared, prepare
+
+    try:
+        if cfg.shard is not None:
+            check_prepared(cfg)
+        check_space_for(cfg)  # before anything is extracted
+    except ValueError as e:
+        return fail(str(e))
+    if args.command == "prepare":
+        prepare(cfg)
         return 0
     from benchmark.runner import run_benchmark
 

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.io import sha256_json
 from core.repro import default_device
 from downstream.modes import LayerMode, parse_modes
 from downstream.tasks import TASKS
 from downstream.train import ProbeConfig
+
+if TYPE_CHECKING:
+    from benchmark.shards import Shard
 
 DEFAULT_UPSTREAMS = ("mel", "mockingjay", "aalbert", "mockingjay_random", "aalbert_random")
 DEFAULT_MODES = "last,weighted_sum"
@@ -55,6 +59,7 @@ class BenchmarkConfig:
     progress: bool = True
     report: bool = False  # build results/REPORT.md at the end (the main job does)
     command: str | None = None  # the command line, recorded in results/command.txt when the job finishes
+    shard: Shard | None = None  # run only this shard's share of the plan (benchmark.shards); None: all of it
 
     def probe_config(self, task: str, finetune: bool) -> ProbeConfig:
         return self.finetune_probe if finetune else self.task_probes.get(task, self.probe)
@@ -75,7 +80,8 @@ class PlannedRun:
 
 def expand_runs(cfg: BenchmarkConfig, spec: str, num_hidden_states: int, fractions: list[float],
                 notes: list[str]) -> list[PlannedRun]:
-    """The runs of one upstream: tasks x modes x fractions x seeds, plus the main job's fine-tuning runs."""
+    """The runs of one upstream: tasks x modes x fractions x seeds, plus the main job's fine-tuning runs (with
+    cfg.shard, only those of that shard)."""
     name = spec.partition(":")[0]
     modes = parse_modes(cfg.modes, num_hidden_states)
     if num_hidden_states == 1:
@@ -93,6 +99,10 @@ def expand_runs(cfg: BenchmarkConfig, spec: str, num_hidden_states: int, fractio
         ends = sorted({min(fractions), max(fractions)} if cfg.finetune_smallest else {max(fractions)})
         runs += [PlannedRun(spec, t, LayerMode("finetune"), f, s)
                  for t in cfg.tasks if t in FINETUNE_TASKS for f in ends for s in range(min(cfg.finetune_seeds, cfg.seeds))]
+    if cfg.shard is not None:
+        from benchmark.shards import shard_filter
+
+        runs = shard_filter(cfg, spec, num_hidden_states, fractions, runs)
     return runs
 
 

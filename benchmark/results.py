@@ -1,8 +1,14 @@
-"""results/runs.csv (one flat row per run, appended atomically) and results/leaderboard.csv (over seeds)."""
+"""results/runs.csv (one flat row per run, appended atomically) and results/leaderboard.csv (over seeds).
+
+A sharded sweep (`--shard I/N`) writes each shard's rows to its own folder, results/shards/I-of-N/runs.csv, so
+jobs sharing the storage never write one file; `merge_shards` (run by `run_benchmark.py report`) adds them to
+results/runs.csv.
+"""
 from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +17,10 @@ from benchmark.schema import RUN_COLUMNS
 
 RUNS_FILE = "runs.csv"
 LEADERBOARD_FILE = "leaderboard.csv"
+SHARDS_DIR = "shards"
+_SHARD_NAME = re.compile(r"\d+-of-\d+")
+# columns that say how and when a run was recorded, not what it found: two rows of one run id may differ here
+PROVENANCE_COLUMNS: tuple[str, ...] = ("wall_seconds", "device", "toolkit_version", "git_commit", "date")
 
 
 def _format(v: Any) -> str:
@@ -34,7 +44,91 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def done_run_ids(path: Path) -> set[str]:
-    return {r["run_id"] for r in read_rows(path)}
+    """Run ids already recorded in `path`; for a shard's rows file, in every rows file of its results folder
+    (results/runs.csv and every shard's), so a shard never redoes a run another shard or an earlier run did."""
+    root = results_root(path.parent)
+    files = rows_files(root) if root != path.parent else [path]
+    return {r["run_id"] for f in files for r in read_rows(f)}
+
+
+def shard_results_dir(results_dir: Path, shard_name: str) -> Path:
+    """Where shard `shard_name` ('I-of-N') of a sweep into `results_dir` writes its rows."""
+    return Path(results_dir) / SHARDS_DIR / shard_name
+
+
+def results_root(d: Path) -> Path:
+    """The results folder a shard folder (<root>/shards/I-of-N) belongs to; any other folder is its own root."""
+    d = Path(d)
+    return d.parent.parent if d.parent.name == SHARDS_DIR and _SHARD_NAME.fullmatch(d.name) else d
+
+
+def shard_rows_files(results_dir: Path) -> list[Path]:
+    """Every shard's rows file under results_dir/shards, by shard count then index."""
+    files = [p for p in (Path(results_dir) / SHARDS_DIR).glob(f"*/{RUNS_FILE}") if _SHARD_NAME.fullmatch(p.parent.name)]
+    return sorted(files, key=lambda p: tuple(int(x) for x in reversed(p.parent.name.split("-of-"))))
+
+
+def rows_files(results_dir: Path) -> list[Path]:
+    """results_dir/runs.csv (when present) and every shard's rows file, in that order."""
+    main = Path(results_dir) / RUNS_FILE
+    return ([main] if main.is_file() else []) + shard_rows_files(results_dir)
+
+
+def _differences(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    return [f"{c} {a[c] or '(empty)'} vs {b[c] or '(empty)'}" for c in RUN_COLUMNS
+            if c not in PROVENANCE_COLUMNS and a[c] != b[c]]
+
+
+def merge_shards(results_dir: Path) -> tuple[int, int] | None:
+    """Add every shard's rows to results_dir/runs.csv (atomically); (rows added, duplicates dropped), or None
+    when there are no shard rows. A run id already recorded with the same results (provenance columns aside) is a
+    duplicate and dropped; with different results it is a ValueError naming both files. Rows of one file keep
+    their order (a --force re-run's later row wins in the leaderboard, as in one process)."""
+    results_dir = Path(results_dir)
+    shard_files = shard_rows_files(results_dir)
+    if not shard_files:
+        return None
+    main = results_dir / RUNS_FILE
+    merged = read_rows(main)
+    seen: dict[str, tuple[Path, dict[str, str]]] = {r["run_id"]: (main, r) for r in merged}
+    added = dropped = 0
+    for f in shard_files:
+        last = {r["run_id"]: r for r in read_rows(f)}  # a file's own re-runs: its last row speaks for it
+        for r in read_rows(f):
+            rid = r["run_id"]
+            if rid in seen and seen[rid][0] != f:
+                other_file, other = seen[rid]
+                diff = _differences(other, last[rid])
+                if diff:
+                    raise ValueError(f"run {rid} is in {other_file} and in {f} with different results "
+                                     f"({'; '.join(diff[:3])}); keep one of them (move the other file away) and "
+                                     f"run `run_benchmark.py report` again")
+                dropped += 1
+                continue
+            merged.append(r)
+            seen[rid] = (f, r)
+            added += 1
+    if added:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(RUN_COLUMNS), lineterminator="\n")
+        w.writeheader()
+        w.writerows(merged)
+        atomic_write_text(main, buf.getvalue())
+    _merge_commands(results_dir, [f.parent for f in shard_files])
+    return added, dropped
+
+
+def _merge_commands(results_dir: Path, shard_dirs: list[Path]) -> None:
+    """Shards' command.txt lines (the commands that made their rows) appended to results_dir's, once each."""
+    from benchmark.report import COMMAND_FILE
+
+    path = results_dir / COMMAND_FILE
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    have = set(old.splitlines())
+    new = [ln for d in shard_dirs if (d / COMMAND_FILE).is_file()
+           for ln in (d / COMMAND_FILE).read_text(encoding="utf-8").splitlines() if ln.strip() and ln not in have]
+    if new:
+        atomic_write_text(path, old + "".join(f"{ln}\n" for ln in dict.fromkeys(new)))
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:

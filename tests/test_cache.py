@@ -136,4 +136,6 @@ def test_extraction_failure_leaves_no_cache(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "sampled_checksum", boom)  # fails after hidden.npy is written, before DONE
     with pytest.raises(RuntimeError):
         ensure_split(tmp_path, ident, up, corpus, "test", utts, progress=False)
-    assert list(Path(tmp_path).iterdir()) == []
+    # nothing but the (empty) lock file of the key, which is kept for the next build
+    assert [p.name for p in Path(tmp_path).iterdir()] == [".locks"]
+    assert [p.stat().st_size for p in (Path(tmp_path) / ".locks").iterdir()] == [0]

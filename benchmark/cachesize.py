@@ -1,0 +1,162 @@
+"""The feature cache's size for a plan (frames x hidden states x dim x 2 bytes, float16) and the check, before
+anything is extracted, that it fits on the cache's disk."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.io import read_json
+from corpora.manifest import PROBE_SPLITS, Corpus
+from upstream.features import FeatureConfig
+from upstream.registry import RANDOM_CONTROLS, get_preset, parse_spec
+
+if TYPE_CHECKING:
+    from benchmark.plan import BenchmarkConfig
+
+BYTES_PER_VALUE = 2  # float16
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What an upstream's cache holds per frame, read from its planned checkpoint (or preset) without building it."""
+
+    hidden_states: int
+    hidden_size: int
+    feature: FeatureConfig
+    ckpt_hash: str | None  # the planned checkpoint's content hash; None for mel / random-init controls
+    fresh: bool  # its checkpoint is still to be pretrained: nothing cached can be for it yet
+
+
+def planned_shape(spec: str, cfg: BenchmarkConfig) -> Shape:
+    """As benchmark.resolve will build `spec`: its checkpoint's config (--ckpt, the shipped reference, or a
+    --pretrain checkpoint), the recipe's before that checkpoint exists, a random control's family's, mel's preset."""
+    from benchmark.resolve import control_architecture, planned_checkpoint
+    from upstream.checkpoint import read_meta
+
+    name, preset = parse_spec(spec)
+    p = get_preset(name, preset)
+    if p.encoder is None:
+        return Shape(1, p.feature.feature_dim, p.feature, None, fresh=False)
+    if name in RANDOM_CONTROLS:
+        feature, encoder = control_architecture(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain)
+        return Shape(encoder.num_layers + 1, encoder.hidden_size, feature, None, fresh=False)
+    ckpt = planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain)
+    assert ckpt is not None
+    if (ckpt / "checkpoint.json").is_file():
+        meta = read_meta(ckpt)
+        return Shape(int(meta["encoder"]["num_layers"]) + 1, int(meta["encoder"]["hidden_size"]),
+                     FeatureConfig.from_dict(meta["feature"]), str(meta["files"]["model"]["sha256"])[:16], fresh=False)
+    from pretrain import default_budget
+    from pretrain.train import model_configs
+
+    _, feature, encoder = model_configs(f"{name}:{preset}", default_budget(cfg.quick))  # --pretrain, not trained yet
+    return Shape(encoder.num_layers + 1, encoder.hidden_size, feature, None, fresh=True)
+
+
+def cache_bytes(frames: int, hidden_states: int, hidden_size: int) -> int:
+    """Bytes of hidden.npy for `frames` frames (the .npy header and offsets are negligible)."""
+    return frames * hidden_states * hidden_size * BYTES_PER_VALUE
+
+
+@dataclass(frozen=True)
+class CacheNeed:
+    spec: str
+    shape: Shape
+    frames: int  # over the probe splits
+    total_bytes: int  # every probe split
+    cached_bytes: int  # splits already in the cache
+
+    @property
+    def missing_bytes(self) -> int:
+        return self.total_bytes - self.cached_bytes
+
+
+def _cached(cache_dir: Path, spec: str, shape: Shape, corpus: Corpus, split: str) -> bool:
+    """A complete cache entry for this upstream, preset, checkpoint, corpus split and shape is already there."""
+    from benchmark.cache import DONE, manifest_digest
+
+    if shape.fresh:
+        return False
+    name, preset = parse_spec(spec)
+    want = {"upstream": name, "preset": preset, "corpus": corpus.name, "split": split,
+            "manifest": manifest_digest(corpus.utterances(split)), "num_hidden_states": shape.hidden_states,
+            "hidden_size": shape.hidden_size, **({"ckpt_hash": shape.ckpt_hash} if shape.ckpt_hash else {})}
+    for d in Path(cache_dir).glob(f"{name}-{corpus.name}-{split}-*"):
+        if not (d / DONE).is_file():
+            continue
+        try:
+            key = read_json(d / "meta.json", "feature cache metadata").get("key", {})
+        except (FileNotFoundError, ValueError):
+            continue
+        if all(key.get(k) == v for k, v in want.items()):
+            return True
+    return False
+
+
+def cache_needs(cfg: BenchmarkConfig, corpus: Corpus, specs: list[str] | None = None) -> list[CacheNeed]:
+    """What each upstream's cache of the probe splits takes, and how much of it is already there."""
+    from benchmark.cache import frame_counts
+
+    out = []
+    for spec in dict.fromkeys(cfg.upstreams if specs is None else specs):
+        shape = planned_shape(spec, cfg)
+        frames, cached = 0, 0
+        for split in PROBE_SPLITS:
+            n = int(frame_counts(shape.feature, corpus.utterances(split)).sum())
+            frames += n
+            if _cached(cfg.cache_dir, spec, shape, corpus, split):
+                cached += cache_bytes(n, shape.hidden_states, shape.hidden_size)
+        out.append(CacheNeed(spec, shape, frames, cache_bytes(frames, shape.hidden_states, shape.hidden_size), cached))
+    return out
+
+
+def free_bytes(path: Path) -> tuple[Path, int]:
+    """(the nearest existing folder at or above `path`, its disk's free bytes)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p, shutil.disk_usage(p).free
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def check_cache_space(cfg: BenchmarkConfig, corpus: Corpus, specs: list[str] | None = None) -> None:
+    """ValueError (one line naming --cache-dir, the figure and the options) when the caches still to extract for
+    `specs` (default: every planned upstream) do not fit in the free space of the cache's disk."""
+    needs = [n for n in cache_needs(cfg, corpus, specs) if n.missing_bytes > 0]
+    missing = sum(n.missing_bytes for n in needs)
+    where, free = free_bytes(Path(cfg.cache_dir))
+    if missing <= free:
+        return
+    parts = ", ".join(f"{n.spec} {fmt_bytes(n.missing_bytes)} ({n.frames:,} frames x {n.shape.hidden_states} hidden "
+                      f"states x {n.shape.hidden_size} x 2 B)" for n in needs)
+    raise ValueError(f"--cache-dir {cfg.cache_dir}: the feature cache needs {fmt_bytes(missing)} more ({parts}) but "
+                     f"{where} has {fmt_bytes(free)} free; give --cache-dir a disk with room, or probe fewer or smaller "
+                     f"upstreams at a time (--upstream); see docs/scale.md")
+
+
+def check_space_for(cfg: BenchmarkConfig) -> None:
+    """`check_cache_space` for what this invocation will extract: every planned upstream, or with cfg.shard those
+    with runs in the shard. A corpus still to be built (the built-in one, built on demand) is not checked: its
+    caches take a few GB (docs/scale.md)."""
+    from benchmark.resolve import resolve_corpus
+
+    corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, prepare=False)
+    if corpus is None:
+        return
+    specs = None
+    if cfg.shard is not None:
+        from benchmark.runner import choose_fractions
+        from benchmark.shards import assign, run_key, whole_plan
+
+        plan = whole_plan(cfg, choose_fractions(cfg, corpus, log=lambda *_: None))
+        shard_of = assign(plan, cfg.shard.count)
+        specs = [r.upstream for r, _, _ in plan if shard_of[run_key(r)] == cfg.shard.index]
+    check_cache_space(cfg, corpus, specs)

@@ -1,0 +1,95 @@
+"""`run_benchmark.py prepare`: what the shards of a sweep share, made once before they start.
+
+The corpus, the checkpoints (verified references or --ckpt; with --pretrain, pretrained when missing, as the main
+job does), the corpus normalisation statistics of mel and the random-init controls, and every upstream's feature
+cache. Shards started together would otherwise each build these at once: the feature cache is safe with that
+(benchmark.cache; it only costs waiting), pretraining and the statistics are not made for it, so `--shard`
+refuses to start without them (`check_prepared`).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from core.io import read_json
+from corpora.manifest import PROBE_SPLITS
+from benchmark.plan import BenchmarkConfig, expand_runs, run_id
+from upstream.registry import RANDOM_CONTROLS, get_preset, parse_spec
+
+
+def prepare(cfg: BenchmarkConfig, log=print) -> int:
+    """Build everything `cfg`'s runs read, train no probe; return the number of upstreams whose cache is ready.
+    An upstream whose planned runs are all recorded already (under the results folder) needs no cache. The CLI
+    checks first that the caches fit on their disk (benchmark.cachesize.check_space_for)."""
+    from benchmark.cache import ensure_split
+    from benchmark.resolve import resolve_corpus, resolve_upstream
+    from benchmark.results import read_rows, rows_files
+    from benchmark.runner import choose_fractions, corpus_digest
+
+    t0 = time.perf_counter()
+    corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick)
+    assert corpus is not None
+    fractions = choose_fractions(cfg, corpus, log)
+    done = set() if cfg.force else {r["run_id"] for f in rows_files(Path(cfg.results_dir)) for r in read_rows(f)}
+    digest, ready = corpus_digest(corpus), 0
+    for spec in cfg.upstreams:
+        up = resolve_upstream(spec, corpus, cfg.ckpts, cfg.runs_dir, cfg.quick, log, device=cfg.device,
+                              progress=cfg.progress, pretrain=cfg.pretrain)
+        L = up.model.num_hidden_states
+        pending = [r for r in expand_runs(cfg, spec, L, fractions, [])
+                   if run_id(digest, up.identity, r, r.mode.resolved_layer(L), cfg.probe_config(r.task, r.finetune))
+                   not in done]
+        if not pending:
+            log(f"{spec}: every planned run is recorded under {cfg.results_dir}; no feature cache needed")
+            continue
+        for split in PROBE_SPLITS:
+            _, built = ensure_split(cfg.cache_dir, up.identity, up.model, corpus, split, corpus.utterances(split),
+                                    progress=cfg.progress, device=cfg.device, log=log)
+            log(f"{spec}: {split} features {'extracted' if built else 'already cached'} in {cfg.cache_dir}")
+        ready += 1
+    log(f"prepared: corpus {corpus.root}, {len(cfg.upstreams)} upstreams, {ready} feature caches in "
+        f"{time.perf_counter() - t0:.0f} s")
+    return ready
+
+
+def check_prepared(cfg: BenchmarkConfig) -> None:
+    """ValueError naming --shard when the corpus, a --pretrain checkpoint or the corpus statistics of mel / a
+    random control are missing: shards started together would each build them at once."""
+    from benchmark.cachesize import planned_shape
+    from benchmark.resolve import normalisation_split, planned_checkpoint, resolve_corpus
+    from upstream.checkpoint import read_meta
+
+    assert cfg.shard is not None
+    first = "run `run_benchmark.py prepare` with the same flags, without --shard, first"
+    corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, prepare=False)
+    if corpus is None:
+        raise ValueError(f"--shard {cfg.shard.label}: corpus {cfg.corpus} is not prepared under {cfg.data_dir}; shards "
+                         f"started together would each build it: {first}")
+    for spec in cfg.upstreams:
+        name, preset = parse_spec(spec)
+        if get_preset(name, preset).encoder is not None and name not in RANDOM_CONTROLS:
+            ckpt = planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain)
+            if cfg.pretrain and name not in cfg.ckpts and ckpt is not None and not (
+                    (ckpt / "checkpoint.json").is_file() and read_meta(ckpt).get("complete")):
+                raise ValueError(f"--shard {cfg.shard.label}: --pretrain checkpoint {ckpt} is not pretrained yet; "
+                                 f"shards started together would each pretrain it: {first}")
+            continue
+        feature = planned_shape(spec, cfg).feature
+        if feature.norm == "corpus" and not _has_stats(corpus.root, normalisation_split(corpus), feature.to_dict()):
+            raise ValueError(f"--shard {cfg.shard.label}: corpus {corpus.root} has no normalisation statistics for "
+                             f"{spec} yet; shards computing them at once could differ in the last bits, and so in "
+                             f"run ids: {first}")
+
+
+def _has_stats(corpus_root: Path, split: str, feature: dict) -> bool:
+    """Statistics for this front-end (statistics fields aside) on `split` are in <corpus>/stats (pretrain.stats)."""
+    plain = {k: v for k, v in feature.items() if k not in ("norm_mean", "norm_std")}
+    for path in (corpus_root / "stats").glob(f"{split}-*.json"):
+        try:
+            key = read_json(path, "feature statistics").get("key", {})
+        except (FileNotFoundError, ValueError):
+            continue
+        stored = {k: v for k, v in key.get("feature", {}).items() if k not in ("norm_mean", "norm_std")}
+        if key.get("split") == split and stored == plain:
+            return True
+    return False
