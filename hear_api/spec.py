@@ -83,7 +83,10 @@ def build_model_upstream(spec: ModelSpec) -> Upstream:
         return build_upstream(spec.upstream, ckpt=spec.ckpt).eval()
     name, preset = parse_spec(spec.upstream)
     if spec.feature_from is not None:
-        feature = FeatureConfig.from_dict(read_meta(spec.feature_from)["feature"])
+        try:
+            feature = FeatureConfig.from_dict(read_meta(spec.feature_from)["feature"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"feature_from {spec.feature_from}: no usable front-end config ({e})") from None
     else:
         feature = replace(get_preset(name, preset).feature, norm=spec.norm, norm_mean=(), norm_std=())
     return build_upstream(spec.upstream, feature=feature).eval()
