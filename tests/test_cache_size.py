@@ -1,0 +1,99 @@
+"""The feature cache at scale: --dry-run prints each upstream's cache bytes (frames x hidden states x dim x 2), and
+a run whose caches would not fit on the cache's disk stops before extracting, with one line naming --cache-dir."""
+from __future__ import annotations
+
+import shutil
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+import benchmark.cachesize as cachesize
+from benchmark.cachesize import cache_bytes, fmt_bytes, planned_shape
+from benchmark.cli import main
+from benchmark.plan import BenchmarkConfig
+from corpora.manifest import PROBE_SPLITS, load_corpus
+from tests.test_probes_corpus import make_tiny_corpus
+
+Usage = namedtuple("Usage", "total used free")
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cachesize") / "corpus"
+    make_tiny_corpus(root, n_speakers=2, per_speaker={"train": 2, "dev": 1, "test": 1})
+    return root
+
+
+def _argv(corpus: Path, tmp: Path, upstreams: str = "mel,aalbert_random") -> list[str]:
+    return ["--corpus", str(corpus), "--upstream", upstreams, "--task", "phone_linear", "--mode", "last",
+            "--fractions", "1", "--seeds", "1", "--steps", "2", "--no-finetune", "--no-progress",
+            "--data-dir", str(tmp / "data"), "--runs-dir", str(tmp / "runs"), "--results-dir", str(tmp / "results"),
+            "--cache-dir", str(tmp / "cache")]
+
+
+def _frames(corpus_dir: Path, stacked: int = 1) -> int:
+    """Frames over the probe splits, counted here from the manifest: 1 + samples // 160 per utterance (10 ms),
+    divided by the frame stacking of the front-end."""
+    c = load_corpus(corpus_dir)
+    return sum((1 + u.num_samples // 160) // stacked for s in PROBE_SPLITS for u in c.utterances(s))
+
+
+def _control_stacking(tmp: Path) -> int:
+    """aalbert_random copies the front-end of the AALBERT checkpoint it controls for (the recipe may stack frames)."""
+    return planned_shape("aalbert_random", BenchmarkConfig(runs_dir=tmp / "runs")).feature.downsample
+
+
+def _need(corpus_dir: Path, tmp: Path) -> int:
+    return _frames(corpus_dir) * 80 * 2 + _frames(corpus_dir, _control_stacking(tmp)) * 4 * 256 * 2
+
+
+def test_dry_run_prints_each_upstreams_cache_bytes(corpus_dir, tmp_path, capsys):
+    assert main(["--dry-run", *_argv(corpus_dir, tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for hidden_states, dim, n in ((1, 80, _frames(corpus_dir)),  # mel; aalbert_random (small: 3 layers + input, 256-d)
+                                  (4, 256, _frames(corpus_dir, _control_stacking(tmp_path)))):
+        assert (f"feature cache: {fmt_bytes(n * hidden_states * dim * 2)} ({n:,} frames x {hidden_states} hidden "
+                f"states x {dim} x 2 B, float16)") in out, out
+    assert f"feature cache: {fmt_bytes(_need(corpus_dir, tmp_path))} to extract into" in out and ": fits" in out
+    assert not (tmp_path / "cache").exists()  # a dry run writes nothing
+
+
+def test_the_librispeech_100_figure():
+    """mockingjay:base on LibriSpeech train-clean-100 (100.6 h, every utterance in the probe splits): 4 hidden
+    states x 768 at 100 frames/s, float16."""
+    shape = planned_shape("mockingjay:base", BenchmarkConfig(pretrain=True, runs_dir=Path("/nonexistent")))
+    assert (shape.hidden_states, shape.hidden_size, shape.feature.hop_length) == (4, 768, 160)
+    assert cache_bytes(100 * 360_000, shape.hidden_states, shape.hidden_size) == 221_184_000_000
+    assert fmt_bytes(cache_bytes(round(100.6 * 360_000), 4, 768)) == "223 GB"
+    assert fmt_bytes(cache_bytes(round(100.6 * 360_000), 13, 768)) == "723 GB"  # mockingjay:large, 12 layers
+
+
+@pytest.mark.parametrize("command", [[], ["prepare"]], ids=["run", "prepare"])
+def test_a_run_that_does_not_fit_stops_before_extracting(corpus_dir, tmp_path, capsys, monkeypatch, command):
+    monkeypatch.setattr(cachesize.shutil, "disk_usage", lambda p: Usage(10**12, 10**12 - 10_000, 10_000))
+    assert main([*command, *_argv(corpus_dir, tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"run_benchmark.py: error: --cache-dir {tmp_path / 'cache'}: the "
+                                                   f"feature cache needs {fmt_bytes(_need(corpus_dir, tmp_path))} "
+                                                   f"more"), err
+    assert "has 10 kB free" in err and "--upstream" in err and "aalbert_random" in err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "results").exists()  # nothing extracted or trained
+
+
+def test_what_is_cached_already_is_not_counted(corpus_dir, tmp_path, capsys, monkeypatch):
+    assert main(_argv(corpus_dir, tmp_path, "mel")) == 0  # extracts mel's three splits
+    capsys.readouterr()
+    assert main(["--dry-run", *_argv(corpus_dir, tmp_path, "mel")]) == 0
+    out = capsys.readouterr().out
+    assert ", already cached" in out and "feature cache: 0 B to extract" in out
+    monkeypatch.setattr(cachesize.shutil, "disk_usage", lambda p: Usage(10**12, 10**12, 0))
+    assert main(["--force", *_argv(corpus_dir, tmp_path, "mel")]) == 0  # a full disk, but nothing to extract
+    assert main(["--force", *_argv(corpus_dir, tmp_path, "mel,aalbert_random")]) == 2  # aalbert_random's is missing
+    err = capsys.readouterr().err
+    assert "aalbert_random" in err and "mel " not in err.split("more (")[1]
+
+
+def test_free_space_is_read_where_the_cache_will_be(tmp_path):
+    where, free = cachesize.free_bytes(tmp_path / "not" / "yet" / "there")
+    assert where == tmp_path and free == shutil.disk_usage(tmp_path).free
