@@ -157,6 +157,6 @@ def check_space_for(cfg: BenchmarkConfig) -> None:
         from benchmark.shards import assign, run_key, whole_plan
 
         plan = whole_plan(cfg, choose_fractions(cfg, corpus, log=lambda *_: None))
-        shard_of = assign(plan, cfg.shard.count)
+        shard_of = assign(plan, cfg.shard.count, cfg.probe_workers)
         specs = [r.upstream for r, _, _ in plan if shard_of[run_key(r)] == cfg.shard.index]
     check_cache_space(cfg, corpus, specs)

@@ -2,9 +2,10 @@
 
 Every shard computes the same assignment from the plan alone (config, fractions, each upstream's planned hidden
 states and width), never from results or the clock, so a shard re-run later (after a failure) gets the same share.
-The assignment is longest-expected-cost-first onto the least loaded shard, where a shard that does not yet hold an
-upstream also pays that upstream's set-up (loading and whitening its splits): the few heavy runs (fine-tuning, the
-100 % fractions) spread first, and an upstream's runs cluster on few shards.
+The assignment is longest-expected-cost-first onto the shard that would finish it earliest, where a shard that does
+not yet hold an upstream also pays that upstream's set-up (loading and whitening its splits), and frozen probes
+count 1/workers of their time (a shard trains `probe_workers` of them at once, fine-tuning one at a time): the few
+heavy runs (fine-tuning, the 100 % fractions) spread first, and an upstream's runs cluster on few shards.
 """
 from __future__ import annotations
 
@@ -56,11 +57,13 @@ def run_key(run: PlannedRun) -> RunKey:
 
 
 def expected_seconds(run: PlannedRun, num_hidden_states: int, hidden_size: int) -> float:
-    """Expected wall seconds of one run on 2 CPU cores of the built-in corpus: only the ratios matter.
+    """Expected wall seconds of one run on 2 CPU cores of the built-in corpus (frozen probes two at a time, as in
+    the main job): only the ratios matter.
 
-    Fitted to the per-run means of the session-5 main job (results/runs.csv, wall_seconds): phone_linear at 100 %
-    13-19 s (last) and 28-35 s (weighted sum), 1-3 s at 1-12.5 %; speaker_utterance 4-17 s at 100 %; mel (80-d) 6 s;
-    fine-tuning 93-129 s. Work grows with the labelled frames (the fraction), the width and the hidden states read.
+    Fitted to the per-run means of the session-5 main job (results/runs.csv, wall_seconds; correlation 0.96 with
+    the 218 rows): phone_linear at 100 % 13-19 s (last) and 28-35 s (weighted sum), 1-3 s at 1-12.5 %;
+    speaker_utterance 4-17 s at 100 %; mel (80-d) 6 s; fine-tuning 93-129 s. Work grows with the labelled frames
+    (the fraction), the width and the hidden states read.
     """
     f = run.fraction
     width = hidden_size / 256
@@ -80,11 +83,17 @@ def setup_seconds(num_hidden_states: int, hidden_size: int) -> float:
     return 5.0 + 20.0 * num_hidden_states * hidden_size / (4 * 256)
 
 
-def assign(runs: list[tuple[PlannedRun, int, int]], count: int) -> dict[RunKey, int]:
+def shard_seconds(run: PlannedRun, num_hidden_states: int, hidden_size: int, workers: int) -> float:
+    """What a run adds to its shard's wall time: frozen probes share the shard `workers` at a time."""
+    cost = expected_seconds(run, num_hidden_states, hidden_size)
+    return cost if run.finetune else cost / max(1, workers)
+
+
+def assign(runs: list[tuple[PlannedRun, int, int]], count: int, workers: int = 2) -> dict[RunKey, int]:
     """Shard of every run, given (run, hidden states, width) for the WHOLE plan: longest expected cost first onto
     the shard where it would finish earliest (its load, plus the upstream's set-up if the shard does not hold it
     yet); ties go to the lowest shard. Depends only on its input (sorted canonically), not on its order."""
-    items = sorted(((expected_seconds(r, L, D), run_key(r), setup_seconds(L, D)) for r, L, D in runs),
+    items = sorted(((shard_seconds(r, L, D, workers), run_key(r), setup_seconds(L, D)) for r, L, D in runs),
                    key=lambda x: (-x[0], x[1]))
     load = [0.0] * count
     held: list[set[str]] = [set() for _ in range(count)]
@@ -100,14 +109,14 @@ def assign(runs: list[tuple[PlannedRun, int, int]], count: int) -> dict[RunKey, 
     return out
 
 
-def shard_loads(runs: list[tuple[PlannedRun, int, int]], count: int) -> list[float]:
+def shard_loads(runs: list[tuple[PlannedRun, int, int]], count: int, workers: int = 2) -> list[float]:
     """Expected seconds of every shard under `assign` (set-ups included): for --dry-run and the docs."""
-    shard_of = assign(runs, count)
+    shard_of = assign(runs, count, workers)
     load = [0.0] * count
     held: list[set[str]] = [set() for _ in range(count)]
     for r, L, D in runs:
         s = shard_of[run_key(r)]
-        load[s] += expected_seconds(r, L, D) + (0.0 if r.upstream in held[s] else setup_seconds(L, D))
+        load[s] += shard_seconds(r, L, D, workers) + (0.0 if r.upstream in held[s] else setup_seconds(L, D))
         held[s].add(r.upstream)
     return load
 
@@ -137,7 +146,7 @@ def shard_filter(cfg: BenchmarkConfig, spec: str, num_hidden_states: int, fracti
         raise ValueError(f"--shard {cfg.shard.label}: upstream {spec} has {num_hidden_states} hidden states but the "
                          f"plan read {planned[spec]} from its checkpoint or preset (was its checkpoint replaced "
                          f"during the sweep?); every shard must plan with the same checkpoints")
-    shard_of = assign(plan, cfg.shard.count)
+    shard_of = assign(plan, cfg.shard.count, cfg.probe_workers)
     return [r for r in runs if shard_of[run_key(r)] == cfg.shard.index]
 
 

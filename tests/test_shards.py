@@ -19,7 +19,7 @@ from benchmark.cli import main
 from benchmark.plan import BenchmarkConfig, expand_runs
 from benchmark.results import RUNS_FILE, merge_shards, read_rows
 from benchmark.schema import RUN_COLUMNS
-from benchmark.shards import assign, expected_seconds, parse_shard, run_key, setup_seconds, shard_loads
+from benchmark.shards import assign, expected_seconds, parse_shard, run_key, setup_seconds, shard_loads, shard_seconds
 from tests.test_probes_corpus import make_tiny_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ def test_assignment_is_deterministic_complete_and_balanced():
         assert assign(shuffled, n) == shard_of  # independent of the order the plan is listed in
         assert set(shard_of) == {run_key(r) for r, _, _ in plan} and set(shard_of.values()) == set(range(n))
         loads = shard_loads(plan, n)
-        biggest = max(expected_seconds(r, L, D) + setup_seconds(L, D) for r, L, D in plan)
+        biggest = max(shard_seconds(r, L, D, 2) + setup_seconds(L, D) for r, L, D in plan)
         assert max(loads) - min(loads) <= biggest, (n, loads)  # greedy longest-first: within one item
     shard_of = assign(plan, 10)
     heavy = [run_key(r) for r, L, D in plan if expected_seconds(r, L, D) > 25]  # fine-tuning, 100 % weighted sum
