@@ -75,7 +75,7 @@ def _shard_summary(cfg: BenchmarkConfig, fractions: list[float]) -> str:
     from benchmark.shards import shard_loads, whole_plan
 
     assert cfg.shard is not None
-    loads = shard_loads(whole_plan(cfg, fractions), cfg.shard.count)
+    loads = shard_loads(whole_plan(cfg, fractions), cfg.shard.count, cfg.probe_workers)
     whole = sum(loads) or 1.0
     return (f"shard {cfg.shard.label}: {100 * loads[cfg.shard.index] / whole:.1f} % of the plan's expected cost "
             f"(shards {100 * min(loads) / whole:.1f}-{100 * max(loads) / whole:.1f} %); rows -> "
