@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.io import atomic_write_text
-from benchmark.schema import RUN_COLUMNS
+from benchmark.schema import ADDED_COLUMNS, LEGACY_RECIPE, RUN_COLUMNS
 
 RUNS_FILE = "runs.csv"
 LEADERBOARD_FILE = "leaderboard.csv"
@@ -31,16 +31,37 @@ def _format(v: Any) -> str:
     return str(v)
 
 
+# values of the columns added since the first release, for rows written before them (as benchmark.aggregate reads
+# them): every run then had a fixed step budget, and the pretraining recipe was not recorded
+_LEGACY_VALUES = {"budget": lambda r: f"steps={int(float(r['steps'] or 0))}", "converged": lambda r: "False",
+                  "pretrain_recipe": lambda r: LEGACY_RECIPE}
+
+
+def _legacy_missing(header: tuple[str, ...]) -> list[str] | None:
+    """The added columns an older header lacks ([] for the current header), or None for a foreign header."""
+    missing = [c for c in RUN_COLUMNS if c not in header]
+    if set(missing) - set(ADDED_COLUMNS) or header != tuple(c for c in RUN_COLUMNS if c in header):
+        return None
+    return missing
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a runs.csv as dicts (empty when missing); a header that is not RUN_COLUMNS raises naming the file."""
+    """Rows of a runs.csv as dicts with exactly RUN_COLUMNS (empty when missing); rows of an older version lacking
+    some added columns get their legacy values; any other header raises naming the file."""
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is not None and tuple(reader.fieldnames) != RUN_COLUMNS:
+        if reader.fieldnames is None:
+            return []
+        missing = _legacy_missing(tuple(reader.fieldnames))
+        if missing is None:
             raise ValueError(f"{path}: header differs from benchmark.schema.RUN_COLUMNS; move the file away "
                              f"(it was written by another version) and re-run")
-        return list(reader)
+        rows = list(reader)
+    if missing:
+        rows = [{c: r[c] if c in r else _LEGACY_VALUES[c](r) for c in RUN_COLUMNS} for r in rows]
+    return rows
 
 
 def done_run_ids(path: Path) -> set[str]:
@@ -138,11 +159,14 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
     if missing or extra:
         raise ValueError(f"result row: missing columns {missing}, unexpected {extra}")
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if old:
-        read_rows(path)  # validates the header before we append to it
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    if not old:
+    if old and old.split("\n", 1)[0].rstrip("\r") != ",".join(RUN_COLUMNS):
+        # an older version's file (read_rows validates it): rewritten whole with the current header
+        w.writerow(RUN_COLUMNS)
+        w.writerows([r[c] for c in RUN_COLUMNS] for r in read_rows(path))
+        old = ""
+    elif not old:
         w.writerow(RUN_COLUMNS)
     elif not old.endswith("\n"):
         old += "\n"

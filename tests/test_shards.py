@@ -289,3 +289,23 @@ def test_plan_without_shard_is_unchanged():
     cfg = BenchmarkConfig(upstreams=("mel",), tasks=("phone_linear",), modes="last", seeds=2)
     runs = expand_runs(cfg, "mel", 1, [0.5, 1.0], [])
     assert len(runs) == 4 and expand_runs(replace(cfg, shard=parse_shard("0/1")), "mel", 1, [0.5, 1.0], []) == runs
+
+
+def test_rows_of_an_older_version_are_read_and_upgraded_on_append(tmp_path):
+    """A runs.csv written before the added columns (budget, converged, pretrain_recipe) is read with their legacy
+    values, and the next appended row rewrites it whole with the current header (as benchmark.aggregate reads it)."""
+    from benchmark.results import append_row
+    from benchmark.schema import ADDED_COLUMNS, LEGACY_RECIPE
+
+    old_cols = [c for c in RUN_COLUMNS if c not in ADDED_COLUMNS]
+    path = tmp_path / RUNS_FILE
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=old_cols, lineterminator="\n")
+        w.writeheader()
+        w.writerow({c: "150" if c == "steps" else "old" for c in old_cols})
+    (row,) = read_rows(path)
+    assert list(row) == list(RUN_COLUMNS) and (row["budget"], row["converged"], row["pretrain_recipe"]) == (
+        "steps=150", "False", LEGACY_RECIPE)
+    append_row(path, _row(run_id="new"))
+    assert path.read_text().splitlines()[0] == ",".join(RUN_COLUMNS)
+    assert [r["run_id"] for r in read_rows(path)] == ["old", "new"] and read_rows(path)[0]["budget"] == "steps=150"
