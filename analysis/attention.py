@@ -16,13 +16,16 @@ from tqdm import tqdm
 
 from analysis.attention_plots import plot_attention_maps, plot_attention_stats
 from analysis.attention_stats import as_numpy_maps, stats_markdown, stats_rows, summarise
+from benchmark.resolve import control_architecture
 from core.audio import AudioError, load_audio
 from core.io import atomic_write_text
 from core.repro import seed_everything
 from upstream.features import corpus_stats
 from upstream.interface import TransformerUpstream
-from upstream.registry import build_upstream, get_preset, load_upstream, parse_spec
+from upstream.checkpoint import read_meta
+from upstream.registry import RANDOM_CONTROLS, build_upstream, get_preset, load_upstream, parse_spec
 
+LOCAL_MS = 50.0  # local_share counts the attention within +-50 ms of the query (analysis.attention_stats)
 DEFAULT_MAX_SECONDS = 15.0  # s3prl encodes Base inputs in chunks of <= 1500 frames (15 s); longer is cropped
 
 
@@ -48,7 +51,7 @@ def analyse(models: dict[str, TransformerUpstream], map_wav: torch.Tensor, utter
         maps[name] = as_numpy_maps(w, int(lengths[0]))
         for utt, wav in tqdm(utterances, desc=f"attention {name}", unit="utt", leave=False):
             w, lengths = attention_of(model, wav)
-            rows += stats_rows(name, [utt], w, lengths)
+            rows += stats_rows(name, [utt], w, lengths, local_frames_of(frame_ms[name]))
     per_head = pd.DataFrame(rows)
     summary = summarise(per_head, frame_ms)
     secs = len(map_wav) / next(iter(models.values())).sample_rate
@@ -61,6 +64,10 @@ def analyse(models: dict[str, TransformerUpstream], map_wav: torch.Tensor, utter
     return summary
 
 
+def local_frames_of(frame_ms: float) -> int:
+    return max(1, round(LOCAL_MS / frame_ms))
+
+
 def _crop(wav: torch.Tensor, max_seconds: float, sr: int, what: str) -> torch.Tensor:
     if wav.numel() == 0:
         raise AudioError(f"{what}: empty audio")
@@ -70,18 +77,22 @@ def _crop(wav: torch.Tensor, max_seconds: float, sr: int, what: str) -> torch.Te
 def load_models(ckpts: list[str], specs: list[str], stats_wavs: list[torch.Tensor]) -> dict[str, TransformerUpstream]:
     """NAME=CKPT_DIR pairs and checkpoint-free specs (e.g. mockingjay_random) -> named attention-capable upstreams."""
     models: dict[str, TransformerUpstream] = {}
+    family_ckpts: dict[str, str] = {}
     for arg in ckpts:
         name, sep, path = arg.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"--ckpt expects NAME=CKPT_DIR (e.g. mockingjay=ckpt/mj), got {arg!r}")
         models[name] = load_upstream(path)
+        family_ckpts.setdefault(str(read_meta(path).get("upstream")), path)
     for spec in specs:
         name, preset = parse_spec(spec)
-        feature = get_preset(name, preset).feature
+        feature, encoder = get_preset(name, preset).feature, None
+        if name in RANDOM_CONTROLS:  # the architecture of the family's --ckpt, else of its reference checkpoint
+            feature, encoder = control_architecture(spec, family_ckpts, Path("runs/pretrain"), False, False)
         if feature.norm == "corpus" and not feature.has_stats:
             # A random-init control has no training corpus: normalise with the analysed audio's statistics.
             feature = feature.with_stats(*corpus_stats(feature, stats_wavs))
-        model = build_upstream(spec, feature=feature)
+        model = build_upstream(spec, feature=feature, encoder=encoder)
         if not isinstance(model, TransformerUpstream):
             raise ValueError(f"--upstream {spec!r} has no self-attention (only mockingjay / aalbert models do)")
         models[spec] = model

@@ -1,15 +1,19 @@
 """Per-layer, per-head attention statistics: mean distance, entropy, diagonal and neighbour share."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
-STAT_COLUMNS = ("mean_distance_frames", "entropy_nats", "diag_share", "neighbour_share")
+STAT_COLUMNS = ("mean_distance_frames", "entropy_nats", "diag_share", "neighbour_share", "local_share",
+                "vertical_share")
+VERTICAL_TOP = 0.05  # vertical_share: the mass on the top 5 % of keys of the query-averaged attention
 
 
-def head_stats(weights: Tensor, lengths: Tensor) -> dict[str, Tensor]:
+def head_stats(weights: Tensor, lengths: Tensor, local_frames: int = 1) -> dict[str, Tensor]:
     """Attention probabilities (B, heads, T, T) + valid lengths (B,) -> each statistic as (B, heads).
 
     Every statistic is a mean over the valid QUERY frames of one utterance; padded keys carry zero
@@ -18,6 +22,9 @@ def head_stats(weights: Tensor, lengths: Tensor) -> dict[str, Tensor]:
       entropy_nats:         -sum_j p_ij log p_ij      (0 = one key, log(n) = uniform)
       diag_share:           p_ii                      (attention to itself)
       neighbour_share:      p_i,i-1 + p_i,i+1         (attention to the adjacent frames)
+      local_share:          sum_{|i-j| <= local_frames} p_ij   (attention to a window around the query)
+      vertical_share:       mass of the query-averaged attention c_j = mean_i p_ij on its top ceil(5 % n) keys
+                            (a few keys that every query looks at: high; uniform or diagonal: about 5 %)
     uniform_entropy_nats / uniform_distance_frames are the values of uniform attention over the n valid frames.
     """
     B, H, T, _ = weights.shape
@@ -36,18 +43,26 @@ def head_stats(weights: Tensor, lengths: Tensor) -> dict[str, Tensor]:
         "entropy_nats": over_queries(-torch.special.xlogy(p, p).sum(-1)),
         "diag_share": over_queries(torch.diagonal(p, dim1=-2, dim2=-1)),
         "neighbour_share": over_queries((p * neighbours).sum(-1)),
+        "local_share": over_queries((p * (dist <= local_frames).double()).sum(-1)),
     }
+    cols = (p * qmask[:, None, :, None]).sum(-2) / n[:, :, None]  # (B, H, T): query-averaged attention per key
+    vertical = torch.zeros(B, H, dtype=torch.float64, device=p.device)
+    for b, length in enumerate(lengths.tolist()):
+        k = max(1, math.ceil(VERTICAL_TOP * max(length, 1)))
+        vertical[b] = cols[b, :, :max(length, 1)].topk(k, dim=-1).values.sum(-1)
+    out["vertical_share"] = vertical
     nn_ = lengths.clamp_min(1).double()
     out["uniform_entropy_nats"] = torch.log(nn_)[:, None].expand(B, H)
     out["uniform_distance_frames"] = ((nn_ ** 2 - 1) / (3 * nn_))[:, None].expand(B, H)
     return {k: v.float().cpu() for k, v in out.items()}
 
 
-def stats_rows(model: str, utt_ids: list[str], weights: list[Tensor], lengths: Tensor) -> list[dict]:
+def stats_rows(model: str, utt_ids: list[str], weights: list[Tensor], lengths: Tensor, local_frames: int = 1
+               ) -> list[dict]:
     """One row per (utterance, layer, head) for a batch; layers numbered from 1 (layer i = hidden state i)."""
     rows = []
     for layer, w in enumerate(weights, start=1):
-        s = head_stats(w, lengths)
+        s = head_stats(w, lengths, local_frames)
         for b, utt in enumerate(utt_ids):
             for h in range(w.shape[1]):
                 rows.append({"model": model, "utt": utt, "frames": int(lengths[b]), "layer": layer, "head": h,

@@ -74,9 +74,10 @@ class PretrainConfig:
 
 
 def _recipe(name: str, **kw) -> PretrainConfig:
-    """A named recipe at the main job's from-scratch budget: 500 steps x 16 utterances x 150-step crops,
-    attention dropout 0 (the fused CPU attention kernel; docs/pretraining.md), held-out loss every 100 steps."""
-    base = dict(steps=500, batch_size=16, crop_frames=150, eval_interval=100, ckpt_interval=100,
+    """A named recipe at the main job's from-scratch budget (`--pretrain`): 200 steps x 16 utterances x 150-step crops
+    (about 1.4M 10-ms frames with R = 3), attention dropout 0 (the fused CPU attention kernel; docs/pretraining.md),
+    held-out loss every 50 steps. Studies and the reference checkpoints set their own `steps`."""
+    base = dict(steps=200, batch_size=16, crop_frames=150, eval_interval=50, ckpt_interval=50,
                 attention_dropout=0.0, val_max_utterances=32)
     return PretrainConfig(recipe=name, **{**base, **kw})
 
@@ -86,7 +87,8 @@ def _recipe(name: str, **kw) -> PretrainConfig:
 # Post-LN) at our batch; stacked recipes count crops and spans in stacked steps (Mockingjay LARGE: R = 3, C = 3).
 RECIPES: dict[str, PretrainConfig] = {
     "s3prl": _recipe("s3prl", lr=2e-4),
-    "mainjob": _recipe("mainjob", lr=1e-3),  # the main job's recipe until 2026-12 (sessions 1-5)
+    # the main job's recipe and budget of sessions 1-5 (500 steps, about 1.2M frames)
+    "mainjob": _recipe("mainjob", lr=1e-3, steps=500, eval_interval=100, ckpt_interval=100),
     "stack3": _recipe("stack3", lr=1e-3, downsample=3, mask_span=3),
     "preln": _recipe("preln", lr=1e-3, pre_layer_norm=True),
     "preln_stack3": _recipe("preln_stack3", lr=1e-3, downsample=3, mask_span=3, pre_layer_norm=True),
@@ -94,14 +96,17 @@ RECIPES: dict[str, PretrainConfig] = {
     "preln_stack3_b32": _recipe("preln_stack3_b32", lr=1e-3, batch_size=32, downsample=3, mask_span=3,
                                 pre_layer_norm=True),
 }
-DEFAULT_RECIPE = "mainjob"  # what `default_budget` and `python -m pretrain` train unless told otherwise
+# The recipe the recipe study chose (docs/pretraining.md): the reference checkpoints (checkpoints/) are this recipe
+# at 2000 steps, 10x the frames of the main job's from-scratch budget (`default_budget`, 200 steps).
+DEFAULT_RECIPE = "preln_stack3"
 QUICK = PretrainConfig(recipe="quick", steps=40, batch_size=8, crop_frames=150, eval_interval=20, ckpt_interval=20,
-                       warmup=0.1, lr=1e-3, attention_dropout=0.0, val_max_utterances=16)
+                       warmup=0.1, lr=1e-3, attention_dropout=0.0, val_max_utterances=16, downsample=3, mask_span=3,
+                       pre_layer_norm=True)
 
 
 def default_budget(quick: bool = False) -> PretrainConfig:
-    """The main job's from-scratch pretraining per model on 2 CPU cores: the default recipe at 500 steps
-    (quick: a smoke run of well under a minute). Sized from measured throughput (docs/pretraining.md)."""
+    """The main job's from-scratch pretraining per model (`--pretrain`): the default recipe at 200 steps, about a
+    minute and a half per model on 2 CPU cores (quick: a smoke run of well under a minute)."""
     return QUICK if quick else RECIPES[DEFAULT_RECIPE]
 
 
