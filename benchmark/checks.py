@@ -236,8 +236,65 @@ def check_intermediate_layers(agg: pd.DataFrame) -> Check:
                  f"(hidden state 0) was the best hidden state of all in {input_best}/{len(rows)}")
 
 
-def science_checks(agg: pd.DataFrame) -> list[Check]:
-    return [check_scarce_labels(agg),
+def check_weighted_sum_beats_control(agg: pd.DataFrame) -> Check:
+    claim = ("The pretrained weighted sum beats its random-init control beyond the 95% CIs on every task at every "
+             "fraction")
+    ws = agg[agg["mode"] == "weighted_sum"]
+    rnd = ws[ws["upstream"].str.endswith("_random")].copy()
+    rnd["upstream"] = rnd["upstream"].str.removesuffix("_random")
+    m, note = _pairs(ws[_pretrained(ws)], rnd.drop(columns=["layer"]), ["upstream", "preset", "mode", *_SCENE],
+                     ("pretrained", "random-init"))
+    if m.empty:
+        return Check(claim, "not enough data", "needs weighted_sum rows of a pretrained upstream and its control")
+    clear = int(((m["gap"] > 0) & m["clear"]).sum())
+    worst = m.loc[m["gap"].idxmin()]
+    return Check(claim, _verdict(clear, len(m)),
+                 f"beyond the CIs in {clear}/{len(m)} upstream/task/fraction cells ({int((m['gap'] > 0).sum())} above "
+                 f"at all), {note}; gap {_gaps(m)}; worst {worst['upstream']} {worst['task']} at fraction "
+                 f"{worst['fraction']:g}: {worst['gap']:+.2f} vs CI {worst['ci']:.2f}")
+
+
+def check_scarce_phones(agg: pd.DataFrame) -> Check:
+    claim = ("At the smallest label fraction the pretrained weighted sum beats log-mel on the phone probes "
+             "(the papers' headline)")
+    phones = agg[agg["task"].str.contains("phone")]
+    if phones.empty:
+        return Check(claim, "not enough data", "no phone-probe rows")
+    smallest = phones.groupby(["corpus", "task"])["fraction"].transform("min")
+    scarce = phones[phones["fraction"] == smallest]
+    mel = scarce[(scarce["upstream"] == "mel") & (scarce["mode"] == "last")]
+    pre = scarce[_pretrained(scarce) & (scarce["mode"] == "weighted_sum")]
+    m, note = _pairs(pre, mel.drop(columns=["upstream", "preset", "mode", "layer"]), _SCENE, ("pretrained", "mel"))
+    if m.empty:
+        return Check(claim, "not enough data", "needs mel (last) and pretrained weighted_sum phone rows at the "
+                                              "smallest fraction")
+    wins, won = _wins(m)
+    m = m.assign(label=_labels(m))
+    return Check(claim, _verdict(wins, len(m)),
+                 f"above mel in {won} upstream/task cells, {note}: "
+                 + "; ".join(f"{lab} {g:+.2f} points at fraction {f:g}" for lab, g, f in
+                             zip(m["label"], m["gap"], m["fraction"])))
+
+
+def check_yardstick(cost: pd.DataFrame | None) -> Check:
+    claim = ("Pretrained checkpoints reconstruct masked frames better than a straight line between their unmasked "
+             "neighbours (held-out masked L1 below the interpolation yardstick)")
+    if cost is None or cost.empty:
+        return Check(claim, "not enough data", "no cost.csv with the checkpoints' held-out losses")
+    pre = cost[cost["upstream"].map(is_pretrained).astype(bool) & cost["val_l1"].notna()
+               & cost["val_l1_interpolate"].notna()]
+    if pre.empty:
+        return Check(claim, "not enough data", "cost.csv has no pretrained checkpoint with a held-out loss")
+    below = pre["val_l1"] < pre["val_l1_interpolate"]
+    return Check(claim, _verdict(int(below.sum()), len(pre)),
+                 f"below in {int(below.sum())}/{len(pre)} checkpoints: " + "; ".join(
+                     f"{u}:{p} {v:.3f} vs {i:.3f}" for u, p, v, i in
+                     zip(pre["upstream"], pre["preset"], pre["val_l1"], pre["val_l1_interpolate"])))
+
+
+def science_checks(agg: pd.DataFrame, cost: pd.DataFrame | None = None) -> list[Check]:
+    return [check_yardstick(cost), check_weighted_sum_beats_control(agg), check_scarce_phones(agg),
+            check_scarce_labels(agg),
             check_mode_beats(agg, "weighted_sum", ("last",),
                              "Weighted sum of layers beats the last layer on test, per upstream/task/fraction cell"),
             check_finetune(agg), check_aalbert_vs_mockingjay(agg), check_random_controls(agg),

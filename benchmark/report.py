@@ -30,6 +30,13 @@ def _provenance(runs: pd.DataFrame) -> str:
             f"seeds {uniq('seed')}; devices {uniq('device')}; code {uniq('git_commit')}; runs dated {span}.")
 
 
+def _costs(results_dir: Path) -> pd.DataFrame | None:
+    from benchmark.cost import read_costs
+
+    path = results_dir / "cost.csv"
+    return read_costs(path) if path.is_file() else None
+
+
 def _cost_section(results_dir: Path) -> str:
     path = results_dir / "cost.csv"
     if not path.is_file():
@@ -139,7 +146,7 @@ def build_report(results_dir: Path) -> Path:
            "## Science checks\n",
            "Each claim of the Mockingjay / AALBERT papers is tested on the rows above; a gap counts as clear when "
            "it exceeds the combined 95% CI half-widths. Gaps are in metric points (accuracy %).\n\n"
-           + checks_markdown(science_checks(agg))]
+           + checks_markdown(science_checks(agg, _costs(results_dir)))]
     out = results_dir / "REPORT.md"
     atomic_write_text(out, "\n".join(md))
     return out

@@ -187,13 +187,15 @@ def test_input_block_is_not_an_intermediate_layer():
 def test_not_enough_data_everywhere_without_comparable_rows():
     for table in (agg(), agg(row("mel", 0.5), row("mel", 0.4, fraction=0.1))):
         checks = science_checks(table)
-        assert len(checks) == 6 and all(c.verdict == "not enough data" for c in checks)
+        assert len(checks) == 9 and all(c.verdict == "not enough data" for c in checks)
 
 
 def test_markdown_lists_every_check():
     checks = science_checks(agg(*scarce(mel=(0.62, 0.80), pre=(0.48, 0.58))))
     md = checks_markdown(checks)
-    assert md.count("\n- **") == 5 and "— *does not hold*: " in md.splitlines()[0]
+    lines = md.splitlines()
+    assert md.count("\n- **") == 8 and len(lines) == 9
+    assert "— *does not hold*: " in next(ln for ln in lines if "most when labels are scarce" in ln)
 
 
 def test_finetune_that_never_left_its_start_is_no_gain():
@@ -204,3 +206,39 @@ def test_finetune_that_never_left_its_start_is_no_gain():
     assert c.verdict == "does not hold" and "never improved on the start probe" in c.detail
     moved = pd.DataFrame([row("mockingjay", 0.62, mode="finetune", best_step=40.0), row("mockingjay", 0.60)])
     assert check_finetune(moved).verdict == "holds"
+
+
+# --- the papers' shape (reference checkpoints): weighted sum vs control, scarce phones vs mel, yardstick ---
+
+def test_weighted_sum_beats_control_needs_every_cell_beyond_the_cis():
+    from benchmark.checks import check_weighted_sum_beats_control
+
+    rows = [row("mockingjay", 0.60, mode="weighted_sum"), row("mockingjay_random", 0.55, mode="weighted_sum"),
+            row("mockingjay", 0.30, mode="weighted_sum", task="speaker_utterance"),
+            row("mockingjay_random", 0.20, mode="weighted_sum", task="speaker_utterance")]
+    assert check_weighted_sum_beats_control(agg(*rows)).verdict == "holds"
+    rows[1] = row("mockingjay_random", 0.598, mode="weighted_sum")  # above, but within the CIs: not a clear win
+    c = check_weighted_sum_beats_control(agg(*rows))
+    assert c.verdict == "mixed" and "beyond the CIs in 1/2" in c.detail and "2 above at all" in c.detail
+
+
+def test_scarce_phones_compares_the_smallest_fraction_only():
+    from benchmark.checks import check_scarce_phones
+
+    rows = [row("mel", 0.44, fraction=0.01), row("mel", 0.62),
+            row("aalbert", 0.46, mode="weighted_sum", fraction=0.01), row("aalbert", 0.60, mode="weighted_sum")]
+    c = check_scarce_phones(agg(*rows))
+    assert c.verdict == "holds" and "+2.00 points at fraction 0.01" in c.detail
+    rows[2] = row("aalbert", 0.40, mode="weighted_sum", fraction=0.01)
+    assert check_scarce_phones(agg(*rows)).verdict == "does not hold"
+
+
+def test_yardstick_check_reads_the_cost_table():
+    from benchmark.checks import check_yardstick
+
+    cost = pd.DataFrame({"upstream": ["mel", "mockingjay", "aalbert"], "preset": ["default", "small", "small"],
+                         "val_l1": [math.nan, 0.50, 0.60], "val_l1_interpolate": [math.nan, 0.52, 0.52]})
+    c = check_yardstick(cost)
+    assert c.verdict == "mixed" and "below in 1/2" in c.detail and "aalbert:small 0.600 vs 0.520" in c.detail
+    assert check_yardstick(cost.iloc[:2]).verdict == "holds"
+    assert check_yardstick(None).verdict == "not enough data"
