@@ -2,6 +2,7 @@
 stand-in `sbatch` that runs each job at once (array tasks one after another) and records what it was given."""
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def test_slurm_sweep_script_prepares_shards_and_merges(tmp_path):
     assert done.returncode == 0, (done.stdout[-2000:] + done.stderr[-2000:]
                                   + (jobs_out.read_text()[-3000:] if jobs_out.exists() else ""))
     assert "submitted: prepare 1001, sweep 1002 (array 0-2), merge 1003" in done.stdout
-    jobs = [eval(line) for line in (tmp_path / "log").read_text().splitlines()]  # noqa: S307 (our own repr)
+    jobs = [ast.literal_eval(line) for line in (tmp_path / "log").read_text().splitlines()]
     assert [j.get("job-name") for j in jobs] == ["speechprobe-prepare", None, "speechprobe-merge"]
     assert jobs[1]["array"] == "0-2" and jobs[1]["dependency"] == "afterok:1001" and jobs[2]["dependency"] == "afterok:1002"
     assert " prepare " in jobs[0]["wrap"] and " report " in jobs[2]["wrap"] and (tmp_path / "logs").is_dir()
