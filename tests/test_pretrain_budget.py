@@ -10,7 +10,7 @@ from upstream.checkpoint import checkpoint_hash, read_meta
 
 
 def test_snapshots_table_and_plot(tmp_path):
-    corpus = load_corpus(make_tiny_corpus(tmp_path / "c", n_utts=12, seconds=(1.0, 1.5)))
+    corpus = load_corpus(make_tiny_corpus(tmp_path / "c", n_utts=12, seconds=(1.6, 2.2)))  # >= 50 stacked steps
     runs = tmp_path / "runs"
     snaps = snapshot_checkpoints("aalbert:small", corpus, runs, steps=3, snapshots=[2], device="cpu")
     assert sorted(snaps) == [2, 3] and read_meta(snaps[2])["step"] == 2 and not read_meta(snaps[2])["complete"]
