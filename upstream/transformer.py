@@ -54,13 +54,15 @@ class EncoderConfig:
 
 
 def sinusoidal_positions(length: int, dim: int, device: torch.device | None = None) -> Tensor:
-    """Fixed sinusoidal table (length, dim): even dims sin(pos / 10000^(2i/dim)), odd dims cos (Vaswani et al.)."""
-    pos = torch.arange(length, dtype=torch.float32, device=device)[:, None]
-    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(length, dim, device=device)
+    """Fixed sinusoidal table (length, dim): even dims sin(pos / 10000^(2i/dim)), odd dims cos (Vaswani et al.).
+
+    Computed in float64 and returned in float32, as s3prl does (a float32 table drifts by ~1e-4 at 1,500 positions)."""
+    pos = torch.arange(length, dtype=torch.float64, device=device)[:, None]
+    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64, device=device) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim, dtype=torch.float64, device=device)
     pe[:, 0::2] = torch.sin(pos * inv)
     pe[:, 1::2] = torch.cos(pos * inv[: dim // 2])
-    return pe
+    return pe.float()
 
 
 class InputBlock(nn.Module):
