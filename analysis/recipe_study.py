@@ -9,13 +9,15 @@ held-out masks (its `interpolate` yardstick) or when its training steps have use
 The figure of merit is the CPU seconds until the yardstick is beaten (a lower bound, `> cap`, when it is not).
 Checkpoints go to RUNS/<upstream>/<recipe> (reused and resumed: the study is resumable), the table to
 OUT/recipes.csv and OUT/recipes.md, the held-out-loss-vs-CPU-time plot to OUT/recipes.png.
-`--probe RECIPE,...` then probes those recipes' checkpoints with the benchmark harness (converged probes,
-100 % of the labels) into OUT/runs.csv beside mel and each checkpoint's random-init control.
+`--probe RECIPE,...` then probes those recipes' checkpoints where they stopped with the benchmark harness
+(converged probes, 100 % of the labels, `--probe-seeds`) into OUT/runs.csv beside mel, and adds their test scores
+(weighted sum of layers) to the table.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shlex
 import sys
 import time
@@ -115,6 +117,34 @@ def plot_curves(curves: dict[tuple[str, str], tuple[pd.DataFrame, float]], path:
     return save_figure(fig, path)
 
 
+def probe_checkpoints(ckpts: dict[tuple[str, str], Path], corpus: Path, out: Path, seeds: int,
+                      tasks: tuple[str, ...] = ("phone_linear", "speaker_utterance")) -> pd.DataFrame:
+    """Probe each (upstream, recipe) checkpoint and mel at 100 % of the labels; test accuracy (%) of the weighted
+    sum per (upstream, recipe, task), and mel's last layer under upstream "mel"."""
+    from benchmark.aggregate import aggregate_runs, read_runs
+    from benchmark.presets import main_job
+    from benchmark.runner import run_benchmark
+    from upstream.checkpoint import checkpoint_hash
+
+    base = replace(main_job(), corpus=str(corpus), tasks=tasks, fractions=(1.0,), seeds=seeds, finetune_ends=False,
+                   results_dir=out, report=False)
+    run_benchmark(replace(base, upstreams=("mel",)))
+    which = {}
+    for (spec, recipe), ckpt in ckpts.items():
+        name = parse_spec(spec)[0]
+        run_benchmark(replace(base, upstreams=(spec,), ckpts={name: str(ckpt)}))
+        which[checkpoint_hash(ckpt)[:16]] = (spec, recipe)
+    agg = aggregate_runs(read_runs(out / "runs.csv"))
+    rows = []
+    for r in agg.itertuples():
+        if r.upstream == "mel" and r.mode == "last":
+            rows.append({"upstream": "mel", "recipe": "-", "task": r.task, "test": 100 * r.test_mean})
+        elif r.ckpt_hash in which and r.mode == "weighted_sum":
+            spec, recipe = which[r.ckpt_hash]
+            rows.append({"upstream": spec, "recipe": recipe, "task": r.task, "test": 100 * r.test_mean})
+    return pd.DataFrame(rows).pivot_table(index=["upstream", "recipe"], columns="task", values="test").reset_index()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--upstream", default="mockingjay:small,aalbert:small", help="comma list of transformer specs")
@@ -126,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU seconds = seconds on one core)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs/recipe_study"))
     p.add_argument("--out", type=Path, default=Path("results/recipe_study"))
+    p.add_argument("--probe", default="", help="comma list of recipes whose checkpoints are probed at the end")
+    p.add_argument("--probe-seeds", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -136,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         recipes = [r for r in a.recipes.split(",") if r]
         if bad := [r for r in recipes if r not in RECIPES]:
             raise ValueError(f"--recipes: unknown {bad}; valid: {', '.join(RECIPES)}")
+        probe = [r for r in a.probe.split(",") if r]
+        if bad := [r for r in probe if r not in recipes]:
+            raise ValueError(f"--probe: {bad} not among --recipes")
         if a.steps < 1 or a.eval_interval < 1 or a.max_cpu_seconds <= 0 or a.threads < 1:
             raise ValueError("--steps, --eval-interval, --threads must be >= 1 and --max-cpu-seconds > 0")
         if not (a.corpus / "pretrain.jsonl").is_file():
@@ -146,15 +181,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    rows, curves = [], {}
+    rows, curves, ckpts = [], {}, {}
     for spec in specs:
         for recipe in recipes:
             ckpt = train_recipe(spec, recipe, a.corpus, a.runs_dir, a.steps, a.eval_interval, a.max_cpu_seconds,
                                 not a.no_progress)
             rows.append(recipe_row(spec, recipe, ckpt))
+            ckpts[(spec, recipe)] = ckpt
             curves[(spec, recipe)] = (loss_curve(ckpt), rows[-1]["yardstick"])
     table = speedups(pd.DataFrame(rows))
     a.out.mkdir(parents=True, exist_ok=True)
+    probes = None
+    if probe:
+        torch.set_num_threads(os.cpu_count() or 1)  # the timed part is over: extraction may use every core
+        probes = probe_checkpoints({k: v for k, v in ckpts.items() if k[1] in probe}, a.corpus, a.out, a.probe_seeds)
+        table = table.merge(probes, on=["upstream", "recipe"], how="left")
     atomic_write_text(a.out / "recipes.csv", table.to_csv(index=False))
     plot_curves(curves, a.out / "recipes.png")
     command = "python -m analysis.recipe_study " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -170,7 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         "speed-up vs s3prl": [("≥ " if b else "") + num(v, ".1f") + "x" if v is not None and not pd.isna(v) else "-"
                               for v, b in zip(table.get("speedup_vs_s3prl", [None] * len(table)),
                                               table.get("speedup_is_bound", [False] * len(table)))]})
-    atomic_write_text(a.out / "recipes.md", to_markdown(show) + f"\n`{command}` ({a.threads} thread(s); "
+    for task in ("phone_linear", "speaker_utterance"):
+        if task in table:
+            show[f"{task} ws (%)"] = table[task].map(lambda v: num(v, ".1f"))
+    if probes is not None:
+        mel = probes[probes["upstream"] == "mel"]
+        show.attrs["mel"] = "; ".join(f"{t} {mel[t].iloc[0]:.1f}" for t in ("phone_linear", "speaker_utterance")
+                                      if t in mel and len(mel))
+    note = f"\nmel (last layer): {show.attrs['mel']}\n" if show.attrs.get("mel") else ""
+    atomic_write_text(a.out / "recipes.md", to_markdown(show) + note + f"\n`{command}` ({a.threads} thread(s); "
                       f"{time.perf_counter() - t0:.0f} s wall for this invocation)\n")
     print(to_markdown(show))
     return 0
