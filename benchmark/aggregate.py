@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from benchmark.schema import LEADERBOARD_KEYS, LEGACY_RUN_COLUMNS, RUN_COLUMNS
+from benchmark.schema import ADDED_COLUMNS, LEADERBOARD_KEYS, LEGACY_RECIPE, RUN_COLUMNS
 
 # Columns that describe the upstream (identical for every seed of a key) and are carried through.
-_CARRIED = ("params", "pretrain_frames", "pretrain_seconds")
+_CARRIED = ("params", "pretrain_frames", "pretrain_seconds", "pretrain_recipe")
 _NUMERIC = ("layer", "fraction", "train_utts", "train_frames", "seed", "dev_metric", "test_metric",
             "test_utt_metric", "params", "pretrain_frames", "pretrain_seconds", "best_step", "steps", "wall_seconds")
 AGG_COLUMNS: tuple[str, ...] = (*LEADERBOARD_KEYS, "metric", "n_seeds", "train_utts", "test_mean", "test_std",
@@ -18,12 +18,22 @@ AGG_COLUMNS: tuple[str, ...] = (*LEADERBOARD_KEYS, "metric", "n_seeds", "train_u
                                 *_CARRIED)
 
 
+def upgrade_legacy(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of an older runs.csv (RUN_COLUMNS in order, without some of ADDED_COLUMNS) with those columns filled;
+    any other layout is returned unchanged (and rejected by validate_runs)."""
+    cols = list(df.columns)
+    missing = [c for c in RUN_COLUMNS if c not in cols]
+    if not missing or set(missing) - set(ADDED_COLUMNS) or cols != [c for c in RUN_COLUMNS if c in cols]:
+        return df
+    fill = {"budget": lambda: [f"steps={int(float(s))}" for s in df["steps"]], "converged": lambda: False,
+            "pretrain_recipe": lambda: LEGACY_RECIPE}
+    return df.assign(**{c: fill[c]() for c in missing})[list(RUN_COLUMNS)]
+
+
 def validate_runs(df: pd.DataFrame, where: str = "runs table") -> pd.DataFrame:
     """Check the columns are exactly RUN_COLUMNS and coerce the numeric ones; ValueError naming `where`."""
+    df = upgrade_legacy(df)
     cols = list(df.columns)
-    if cols == list(LEGACY_RUN_COLUMNS):  # an older runs.csv: every run had a fixed step budget
-        df = df.assign(budget=[f"steps={int(float(s))}" for s in df["steps"]], converged=False)[list(RUN_COLUMNS)]
-        cols = list(df.columns)
     if cols != list(RUN_COLUMNS):
         missing = [c for c in RUN_COLUMNS if c not in cols]
         extra = [c for c in cols if c not in RUN_COLUMNS]

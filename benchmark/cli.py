@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="corpus name or prepared corpus directory (default: synth)")
     p.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH",
                    help="checkpoint directory for a pretrained upstream, e.g. aalbert=runs/pretrain/aalbert-small")
+    p.add_argument("--pretrain", action="store_true",
+                   help="pretrain mockingjay/aalbert from scratch inside the job (into --runs-dir, the main job's recipe "
+                        "and budget) instead of using the reference checkpoints that ship in checkpoints/")
     p.add_argument("--steps", type=int, help="a FIXED number of frozen-probe training steps instead of training until dev "
                                             "stops improving (fast and approximate; rows say budget steps=N)")
     p.add_argument("--finetune-steps", type=int, help="a fixed number of fine-tuning steps (default: until dev stops "
@@ -86,7 +89,8 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     """Validated BenchmarkConfig; ValueError with the valid choices for any bad name or value."""
     cfg = quick_job() if args.quick else main_job()
     kw: dict = {"data_dir": args.data_dir, "results_dir": args.results_dir, "cache_dir": args.cache_dir,
-                "runs_dir": args.runs_dir, "progress": not args.no_progress, "force": args.force}
+                "runs_dir": args.runs_dir, "progress": not args.no_progress, "force": args.force,
+                "pretrain": args.pretrain}
     if args.device is not None:
         try:
             dev = torch.device(args.device)
@@ -159,14 +163,19 @@ def check_inputs(cfg: BenchmarkConfig) -> None:
     """What can be checked before anything is built or loaded: the corpus, each --ckpt, the layer choices."""
     from benchmark.resolve import check_corpus, num_hidden_states_of, planned_checkpoint
     from upstream.checkpoint import verify_checkpoint
+    from upstream.reference import reference_for, verify_reference
 
     check_corpus(cfg.corpus, cfg.data_dir, cfg.quick)
     check_results(Path(cfg.results_dir))
     for name, path in cfg.ckpts.items():
         verify_checkpoint(Path(path), family=name)
+    planned = {spec: planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain) for spec in cfg.upstreams}
+    for spec in cfg.upstreams:  # the shipped references are checked against their pinned hashes before any work
+        name, preset = parse_spec(spec)
+        if (ref := reference_for(name, preset)) is not None and planned[spec] == ref.path:
+            verify_reference(ref)
     if "layer=" in cfg.modes:
-        check_layer_modes(cfg.modes, {spec: num_hidden_states_of(spec, planned_checkpoint(
-            spec, cfg.ckpts, cfg.runs_dir, cfg.quick)) for spec in cfg.upstreams})
+        check_layer_modes(cfg.modes, {spec: num_hidden_states_of(spec, planned[spec]) for spec in cfg.upstreams})
 
 
 def check_results(results_dir: Path) -> None:

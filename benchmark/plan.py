@@ -48,6 +48,9 @@ class BenchmarkConfig:
     results_dir: Path = Path("results")
     cache_dir: Path = Path("cache/features")
     runs_dir: Path = Path("runs/pretrain")
+    # pretrain mockingjay/aalbert from scratch into runs_dir (pretrain.default_budget) instead of using the shipped
+    # reference checkpoints (upstream/reference.py)
+    pretrain: bool = False
     device: str = field(default_factory=lambda: default_device().type)  # cuda when present, else cpu
     # torch threads while training FROZEN probes: their small matmuls gain little from a second thread, and
     # measured on a shared 2-core machine a linear probe's backward went from 8 ms (1 thread) to 90-180 ms
