@@ -1,7 +1,8 @@
 """The feature cache: each frozen upstream's hidden states extracted ONCE per split to disk, then reused.
 
-Keyed by (upstream, preset, checkpoint content hash, feature config, corpus split manifest, format
-version). One directory per key under `cache/features/<key>/`:
+Keyed by (upstream, preset, checkpoint content hash, what else determines its outputs (Upstream.cache_fields: the
+feature config of a log-mel front-end, or a model config and frame rule), corpus split manifest, format version).
+One directory per key under `cache/features/<key>/`:
   hidden.npy   float16 (L, total_frames, D): hidden state l of utterance i at [l, offsets[i]:offsets[i+1]]
   offsets.npy  int64 (n_utts + 1,)
   meta.json    the key fields, shapes and a sampled checksum
@@ -34,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.frames import SAMPLE_RATE
+from core.frames import FrameRule
 from core.io import atomic_write_json, read_json, sha256_json
 from corpora.manifest import Corpus, Utterance
-from downstream.sources import SplitArrays
+from downstream.sources import SplitArrays, frame_counts
 from upstream.features import FeatureConfig
 from upstream.interface import Upstream
 
@@ -55,7 +56,7 @@ def cache_key(identity: dict[str, str], upstream: Upstream, corpus: Corpus, spli
               utts: list[Utterance]) -> tuple[str, dict[str, Any]]:
     """(directory name, key fields): everything that changes the stored hidden states is in the key."""
     fields = {"format": CACHE_FORMAT_VERSION, "upstream": identity["upstream"], "preset": identity["preset"],
-              "ckpt_hash": identity["ckpt_hash"], "feature": upstream.feature_cfg.to_dict(),
+              "ckpt_hash": identity["ckpt_hash"], **upstream.cache_fields(),
               "num_hidden_states": upstream.num_hidden_states, "hidden_size": upstream.hidden_size,
               "corpus": corpus.name, "split": split, "manifest": manifest_digest(utts)}
     return f"{identity['upstream']}-{corpus.name}-{split}-{sha256_json(fields)[:16]}", fields
@@ -103,14 +104,16 @@ def open_split(d: Path) -> SplitArrays:
     return SplitArrays(hidden=hidden, offsets=np.load(d / "offsets.npy"))
 
 
-def frame_counts(feature: FeatureConfig, utts: list[Utterance]) -> np.ndarray:
-    """(n_utts,) frames each utterance gives with this front-end (from the manifest's sample counts)."""
-    return np.array([feature.num_frames(round(u.num_samples * SAMPLE_RATE / u.sample_rate)) for u in utts],
-                    dtype=np.int64)
-
-
 def expected_lengths(upstream: Upstream, utts: list[Utterance]) -> np.ndarray:
-    return frame_counts(upstream.feature_cfg, utts)
+    return frame_counts(upstream.frame_rule, utts)
+
+
+def frame_rule_of(key: dict[str, Any]) -> FrameRule:
+    """The frame rule of the hidden states cached under `key` (the 'key' of a meta.json): recorded as such, or, for a
+    log-mel front-end, implied by its feature config (keys of those caches are unchanged since before frame rules)."""
+    if "frame_rule" in key:
+        return FrameRule.from_dict(key["frame_rule"])
+    return FeatureConfig.from_dict(key["feature"]).frame_rule
 
 
 @torch.no_grad()

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.frames import FrameRule
 from core.io import read_json
 from corpora.manifest import PROBE_SPLITS, Corpus
 from upstream.features import FeatureConfig
-from upstream.registry import RANDOM_CONTROLS, get_preset, parse_spec
+from upstream.registry import RANDOM_CONTROLS, get_preset, is_external, parse_spec, static_shape
 
 if TYPE_CHECKING:
     from benchmark.plan import BenchmarkConfig
@@ -24,9 +25,10 @@ class Shape:
 
     hidden_states: int
     hidden_size: int
-    feature: FeatureConfig
-    ckpt_hash: str | None  # the planned checkpoint's content hash; None for mel / random-init controls
+    feature: FeatureConfig | None  # the log-mel front-end; None for upstreams of other toolkits (registry.EXTERNAL)
+    ckpt_hash: str | None  # the planned checkpoint's content hash; None for mel / random-init controls / external
     fresh: bool  # its checkpoint is still to be pretrained: nothing cached can be for it yet
+    frame_rule: FrameRule
 
 
 def planned_shape(spec: str, cfg: BenchmarkConfig) -> Shape:
@@ -36,23 +38,28 @@ def planned_shape(spec: str, cfg: BenchmarkConfig) -> Shape:
     from upstream.checkpoint import read_meta
 
     name, preset = parse_spec(spec)
+    if is_external(name):
+        ext = static_shape(spec, planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain))
+        return Shape(ext.num_hidden_states, ext.hidden_size, None, None, fresh=False, frame_rule=ext.frame_rule)
     p = get_preset(name, preset)
     if p.encoder is None:
-        return Shape(1, p.feature.feature_dim, p.feature, None, fresh=False)
+        return Shape(1, p.feature.feature_dim, p.feature, None, fresh=False, frame_rule=p.feature.frame_rule)
     if name in RANDOM_CONTROLS:
         feature, encoder = control_architecture(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain)
-        return Shape(encoder.num_layers + 1, encoder.hidden_size, feature, None, fresh=False)
+        return Shape(encoder.num_layers + 1, encoder.hidden_size, feature, None, fresh=False,
+                     frame_rule=feature.frame_rule)
     ckpt = planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain)
     assert ckpt is not None
     if (ckpt / "checkpoint.json").is_file():
         meta = read_meta(ckpt)
-        return Shape(int(meta["encoder"]["num_layers"]) + 1, int(meta["encoder"]["hidden_size"]),
-                     FeatureConfig.from_dict(meta["feature"]), str(meta["files"]["model"]["sha256"])[:16], fresh=False)
+        feature = FeatureConfig.from_dict(meta["feature"])
+        return Shape(int(meta["encoder"]["num_layers"]) + 1, int(meta["encoder"]["hidden_size"]), feature,
+                     str(meta["files"]["model"]["sha256"])[:16], fresh=False, frame_rule=feature.frame_rule)
     from pretrain import default_budget
     from pretrain.train import model_configs
 
     _, feature, encoder = model_configs(f"{name}:{preset}", default_budget(cfg.quick))  # --pretrain, not trained yet
-    return Shape(encoder.num_layers + 1, encoder.hidden_size, feature, None, fresh=True)
+    return Shape(encoder.num_layers + 1, encoder.hidden_size, feature, None, fresh=True, frame_rule=feature.frame_rule)
 
 
 def cache_bytes(frames: int, hidden_states: int, hidden_size: int) -> int:
@@ -104,7 +111,7 @@ def cache_needs(cfg: BenchmarkConfig, corpus: Corpus, specs: list[str] | None = 
         shape = planned_shape(spec, cfg)
         frames, cached = 0, 0
         for split in PROBE_SPLITS:
-            n = int(frame_counts(shape.feature, corpus.utterances(split)).sum())
+            n = int(frame_counts(shape.frame_rule, corpus.utterances(split)).sum())
             frames += n
             if _cached(cfg.cache_dir, spec, shape, corpus, split):
                 cached += cache_bytes(n, shape.hidden_states, shape.hidden_size)

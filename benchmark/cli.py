@@ -23,7 +23,7 @@ from benchmark.presets import MAIN_TASKS, main_job, quick_job
 from core.audio import AudioError
 from corpora.validate import CorpusError
 from upstream.checkpoint import CheckpointError
-from upstream.registry import RANDOM_CONTROLS, UPSTREAMS, is_pretrained, parse_spec, upstream_names
+from upstream.registry import EXTERNAL, RANDOM_CONTROLS, UPSTREAMS, parse_spec, upstream_names
 
 PROG = "run_benchmark.py"
 # input problems found while running (a file read for the first time): reported like planning errors
@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="seeds per configuration (default 3)")
     p.add_argument("--corpus", help="corpus name or prepared corpus directory (default: synth)")
     p.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH",
-                   help="checkpoint directory for a pretrained upstream, e.g. aalbert=runs/pretrain/aalbert-small")
+                   help="weights of an upstream: a checkpoint directory (aalbert=runs/pretrain/aalbert-small), "
+                        "torchaudio's .pth state dict (wav2vec2_base=wav2vec2_fairseq_base_ls960.pth) or an s3prl "
+                        ".ckpt (s3prl:mockingjay=states-1000000.ckpt)")
     p.add_argument("--pretrain", action="store_true",
                    help="pretrain mockingjay/aalbert from scratch inside the job (into --runs-dir, the main job's recipe "
                         "and budget) instead of using the reference checkpoints that ship in checkpoints/")
@@ -130,11 +132,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         name, sep, path = item.partition("=")
         if not sep or not path:
             raise ValueError(f"--ckpt {item!r}: expected NAME=PATH, e.g. aalbert=runs/pretrain/aalbert-small")
-        if not is_pretrained(name):
-            raise ValueError(f"--ckpt {item!r}: {name!r} is not a pretrained upstream; valid: mockingjay, aalbert")
-        if not (Path(path) / "checkpoint.json").is_file():
-            raise ValueError(f"--ckpt {item!r}: {path} is not a checkpoint directory (no checkpoint.json)")
-        ckpts[name] = path
+        ckpts[name] = path  # checked by check_inputs (upstream.registry.check_ckpt)
     kw["ckpts"] = ckpts
     for flag, v in (("--steps", args.steps), ("--finetune-steps", args.finetune_steps)):
         if v is not None and v < 1:
@@ -162,13 +160,13 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
 def check_inputs(cfg: BenchmarkConfig) -> None:
     """What can be checked before anything is built or loaded: the corpus, each --ckpt, the layer choices."""
     from benchmark.resolve import check_corpus, num_hidden_states_of, planned_checkpoint
-    from upstream.checkpoint import verify_checkpoint
     from upstream.reference import reference_for, verify_reference
+    from upstream.registry import check_ckpt
 
     check_corpus(cfg.corpus, cfg.data_dir, cfg.quick)
     check_results(Path(cfg.results_dir))
     for name, path in cfg.ckpts.items():
-        verify_checkpoint(Path(path), family=name)
+        check_ckpt(name, Path(path))
     planned = {spec: planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain) for spec in cfg.upstreams}
     for spec in cfg.upstreams:  # the shipped references are checked against their pinned hashes before any work
         name, preset = parse_spec(spec)
@@ -194,13 +192,20 @@ def print_list() -> None:
 
     print("upstreams (name:preset, default preset first):")
     for name in upstream_names():
+        if name in EXTERNAL:
+            ext = EXTERNAL[name]
+            kind = ("weights from --ckpt " + ("s3prl:NAME=FILE.ckpt" if name == "s3prl" else f"{name}=FILE.pth")
+                    if ext.weights else "random-init control")
+            presets = [ext.default_preset, *(p for p in ext.presets if p != ext.default_preset)]
+            print(f"  {name:20s} presets: {', '.join(presets)}   ({kind})")
+            continue
         fam = RANDOM_CONTROLS.get(name, name)
         kind = "random-init control of " + fam if name in RANDOM_CONTROLS else (
             "log-mel baseline" if UPSTREAMS[fam][next(iter(UPSTREAMS[fam]))].encoder is None else "pretrained")
-        print(f"  {name:18s} presets: {', '.join(UPSTREAMS[fam])}   ({kind})")
+        print(f"  {name:20s} presets: {', '.join(UPSTREAMS[fam])}   ({kind})")
     print("tasks:")
     for t in TASKS.values():
-        print(f"  {t.name:18s} {t.labels} labels, {t.level}-level, {t.head} head, {t.metric}"
+        print(f"  {t.name:18s} {t.labels.name} labels, {t.level}-level, {t.description}, {t.metric}"
               + (" (+ utterance accuracy)" if t.utt_metric else ""))
     print(f"modes: {', '.join(MODE_CHOICES)}")
     print(f"corpora: {', '.join(corpus_choices()) or '(none installed)'} (or a prepared corpus directory)")

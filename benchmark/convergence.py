@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.aggregate import read_runs
+from core.frames import FrameRule
 from core.io import atomic_write_text, read_json
 from corpora.manifest import PROBE_SPLITS, Corpus, load_corpus
 from downstream.data import SplitLabels, Targets, flat_rows, split_labels
@@ -124,12 +125,13 @@ def find_cache(cache_dir: Path, row: pd.Series, corpus: str, split: str) -> Spli
     return open_split(find_cache_dir(cache_dir, row, corpus, split))
 
 
-def cache_frame_rule(cache_dir: Path, row: pd.Series, corpus: str) -> tuple[int, int]:
-    """(hop in samples, frames stacked per step) of the features the row's cache holds: frame labels must be cut
-    with the rule the cached hidden states were computed with, not a default."""
-    feature = read_json(find_cache_dir(cache_dir, row, corpus, "train") / "meta.json",
-                        "feature cache metadata")["key"]["feature"]
-    return int(feature["hop_length"]), int(feature["downsample"])
+def cache_frame_rule(cache_dir: Path, row: pd.Series, corpus: str) -> FrameRule:
+    """The frame rule of the hidden states the row's cache holds: frame labels must be cut with the rule the cached
+    hidden states were computed with, not a default."""
+    from benchmark.cache import frame_rule_of
+
+    return frame_rule_of(read_json(find_cache_dir(cache_dir, row, corpus, "train") / "meta.json",
+                                   "feature cache metadata")["key"])
 
 
 def cached_identity(cache_dir: Path, upstream: str, corpus: str) -> dict[str, str]:
@@ -150,7 +152,7 @@ class Certifier:
     def __init__(self, corpus: Corpus, cache_dir: Path) -> None:
         self.corpus, self.cache_dir = corpus, Path(cache_dir)
         self.utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
-        self.frame_rule: tuple[int, int] | None = None  # (hop, downsample) of the upstream loaded last (`sources`)
+        self.frame_rule: FrameRule | None = None  # of the upstream loaded last (`sources`)
         self._sources: dict[tuple, tuple[ArraySource, PooledSource]] = {}
         self._fits: dict[tuple, Reference] = {}
         self._labels: dict[tuple, SplitLabels] = {}
@@ -162,7 +164,7 @@ class Certifier:
             raise RuntimeError("Certifier.labels: load an upstream's cache with sources(row) first (it sets the frame rule)")
         key = (task.labels.name, split, self.frame_rule)
         if key not in self._labels:
-            self._labels[key] = split_labels(self.corpus, self.utts[split], split, task.labels, *self.frame_rule)
+            self._labels[key] = split_labels(self.corpus, self.utts[split], split, task.labels, self.frame_rule)
         return self._labels[key]
 
     def sources(self, row: pd.Series) -> tuple[ArraySource, PooledSource]:

@@ -17,7 +17,7 @@ from core.io import atomic_write_text
 from core.repro import provenance, seed_everything
 from upstream.checkpoint import read_meta
 from upstream.features import corpus_stats
-from upstream.registry import build_upstream, get_preset, parse_spec, upstream_identity
+from upstream.registry import build_upstream, get_preset, is_external, parse_spec, upstream_identity
 from upstream.transformer import count_parameters
 
 COST_COLUMNS: tuple[str, ...] = ("upstream", "preset", "ckpt_hash", "params", "pretrain_frames", "pretrain_seconds",
@@ -85,13 +85,13 @@ def measure_costs(specs_and_ckpts: Iterable[tuple[str, str | Path | None]], out_
     for spec, ckpt in tqdm(items, desc="cost", unit="upstream"):
         name, preset = parse_spec(spec)
         feature = None
-        if ckpt is None:
+        if ckpt is None and not is_external(name):
             feature = get_preset(name, preset).feature
             if feature.norm == "corpus" and not feature.has_stats:
                 # Timing only: statistics of the test signal stand in for corpus ones (same arithmetic cost).
                 feature = feature.with_stats(*corpus_stats(feature, wavs))
         model = build_upstream(spec, ckpt=ckpt, feature=feature)
-        pre = _pretrain_meta(ckpt)
+        pre = _pretrain_meta(None if is_external(name) else ckpt)  # other toolkits' files carry no such record
         secs = pre["pretrain_seconds"]
         rows.append({**upstream_identity(spec, ckpt, model), "params": count_parameters(model), **pre,
                      "pretrain_frames_per_s": pre["pretrain_frames"] / secs if secs > 0 else math.nan,
@@ -136,14 +136,16 @@ def cost_markdown(df: pd.DataFrame) -> str:
 def _parse_ckpt(arg: str) -> tuple[str, Path]:
     spec, sep, path = arg.partition("=")
     if not sep or not path:
-        raise argparse.ArgumentTypeError(f"--ckpt expects SPEC=CKPT_DIR (e.g. mockingjay=ckpt/mj), got {arg!r}")
+        raise argparse.ArgumentTypeError(f"--ckpt expects SPEC=PATH (e.g. mockingjay=ckpt/mj, "
+                                         f"wav2vec2_base=wav2vec2_fairseq_base_ls960.pth), got {arg!r}")
     return spec, Path(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Measure parameters, pretraining throughput and inference RTF.")
     p.add_argument("--upstream", action="append", default=[], help="checkpoint-free spec (mel, mockingjay_random)")
-    p.add_argument("--ckpt", action="append", default=[], type=_parse_ckpt, help="SPEC=CKPT_DIR, repeatable")
+    p.add_argument("--ckpt", action="append", default=[], type=_parse_ckpt,
+                   help="SPEC=PATH (checkpoint directory, torchaudio .pth, s3prl:NAME=.ckpt), repeatable")
     p.add_argument("--out", type=Path, default=Path("results/cost.csv"))
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seconds", type=float, default=5.0, help="length of each of the 3 generated utterances")

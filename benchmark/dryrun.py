@@ -8,7 +8,7 @@ from benchmark.cachesize import cache_needs, fmt_bytes, free_bytes, planned_shap
 from benchmark.plan import BenchmarkConfig, expand_runs
 from benchmark.resolve import planned_checkpoint, resolve_corpus
 from downstream.fractions import PAPER_FRACTIONS
-from upstream.registry import parse_spec
+from upstream.registry import is_external, parse_spec
 
 
 def print_plan(cfg: BenchmarkConfig) -> int:
@@ -39,7 +39,8 @@ def print_plan(cfg: BenchmarkConfig) -> int:
         runs = expand_runs(cfg, spec, L, fractions, notes)
         status = ""
         if ckpt is not None:
-            status = f", checkpoint {ckpt}" + ("" if (ckpt / "checkpoint.json").is_file() else " (to pretrain)")
+            status = f", checkpoint {ckpt}" + ("" if is_external(name) or (ckpt / "checkpoint.json").is_file()
+                                               else " (to pretrain)")
         print(f"{spec}: {L} hidden states{status}: {len(runs)} runs")
         for (mode, task), n in sorted(Counter((r.mode.label, r.task) for r in runs).items()):
             print(f"    {mode:14s} {task:18s} {n}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from core.io import read_json
 from corpora.manifest import PROBE_SPLITS
 from benchmark.plan import BenchmarkConfig, expand_runs, run_id
-from upstream.registry import RANDOM_CONTROLS, get_preset, parse_spec
+from upstream.registry import RANDOM_CONTROLS, get_preset, is_external, parse_spec
 
 
 def prepare(cfg: BenchmarkConfig, log=print) -> int:
@@ -67,6 +67,8 @@ def check_prepared(cfg: BenchmarkConfig) -> None:
                          f"started together would each build it: {first}")
     for spec in cfg.upstreams:
         name, preset = parse_spec(spec)
+        if is_external(name):  # its weights are a given file or a seeded initialisation: nothing to build
+            continue
         if get_preset(name, preset).encoder is not None and name not in RANDOM_CONTROLS:
             ckpt = planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain)
             if cfg.pretrain and name not in cfg.ckpts and ckpt is not None and not (
@@ -75,6 +77,7 @@ def check_prepared(cfg: BenchmarkConfig) -> None:
                                  f"shards started together would each pretrain it: {first}")
             continue
         feature = planned_shape(spec, cfg).feature
+        assert feature is not None  # a toolkit upstream: mel or a random-init control
         if feature.norm == "corpus" and not _has_stats(corpus.root, normalisation_split(corpus), feature.to_dict()):
             raise ValueError(f"--shard {cfg.shard.label}: corpus {corpus.root} has no normalisation statistics for "
                              f"{spec} yet; shards computing them at once could differ in the last bits, and so in "

@@ -10,7 +10,8 @@ from upstream.checkpoint import read_meta
 from upstream.features import FeatureConfig
 from upstream.interface import Upstream
 from upstream.reference import REFERENCES, reference_for, verify_reference
-from upstream.registry import RANDOM_CONTROLS, build_upstream, get_preset, is_pretrained, parse_spec, upstream_identity
+from upstream.registry import (RANDOM_CONTROLS, build_upstream, ckpt_key, get_preset, is_external, is_pretrained,
+                               parse_spec, static_shape, upstream_identity)
 from upstream.transformer import EncoderConfig, count_parameters
 
 DEFAULT_CORPUS = "synth"  # the built-in corpus: corpora.ensure_default_corpus prepares it where it belongs
@@ -108,10 +109,13 @@ def planned_checkpoint(spec: str, ckpts: dict[str, str], runs_dir: Path, quick: 
     else the shipped reference checkpoint (upstream/reference.py); None for mel and the random-init controls.
     A pretrained upstream with none of these is a ValueError naming the options."""
     name, preset = parse_spec(spec)
-    if name in ckpts:
-        return Path(ckpts[name])
+    if ckpt_key(spec) in ckpts:
+        return Path(ckpts[ckpt_key(spec)])
     if not is_pretrained(name):
         return None
+    if is_external(name):
+        raise ValueError(f"--upstream {spec}: its weights come from a local file: pass --ckpt {ckpt_key(spec)}=PATH "
+                         f"(nothing is downloaded)")
     if pretrain:
         return checkpoint_dir(runs_dir, spec, quick)
     ref = reference_for(name, preset)
@@ -123,12 +127,11 @@ def planned_checkpoint(spec: str, ckpts: dict[str, str], runs_dir: Path, quick: 
 
 
 def num_hidden_states_of(spec: str, ckpt: Path | None) -> int:
-    """Hidden-state count without building the model (for --dry-run and `--mode layers`)."""
-    name, preset = parse_spec(spec)
-    if ckpt is not None and (Path(ckpt) / "checkpoint.json").is_file():
-        return int(read_meta(ckpt)["encoder"]["num_layers"]) + 1
-    enc = get_preset(name, preset).encoder
-    return 1 if enc is None else enc.num_layers + 1
+    """Hidden-state count without building the model (for --dry-run and `--mode layers`); a checkpoint still to be
+    pretrained counts as its preset."""
+    if ckpt is not None and not is_external(parse_spec(spec)[0]) and not (Path(ckpt) / "checkpoint.json").is_file():
+        ckpt = None
+    return static_shape(spec, ckpt).num_hidden_states
 
 
 def normalisation_split(corpus: Corpus) -> str:
@@ -163,7 +166,9 @@ def resolve_upstream(spec: str, corpus: Corpus, ckpts: dict[str, str], runs_dir:
     name, preset = parse_spec(spec)
     ckpt = planned_checkpoint(spec, ckpts, runs_dir, quick, pretrain)
     meta: dict[str, Any] = {}
-    if ckpt is not None:
+    if is_external(name):
+        model = build_upstream(spec, ckpt=ckpt)
+    elif ckpt is not None:
         ref = reference_for(name, preset)
         if name not in ckpts and pretrain:
             from pretrain import default_budget, ensure_pretrained

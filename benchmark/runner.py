@@ -124,13 +124,12 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
     cached = _source(cfg, up, corpus, utts, stats, log)  # fine-tuning starts from a frozen probe on it too
     live = LiveSource(up.model, corpus, utts, cfg.device) if finetune else None
     pooled: PooledSource | None = None
-    feat = up.model.feature_cfg
     labels: dict[str, dict[str, SplitLabels]] = {}
     train_spk = [u.speaker for u in utts["train"]]
     for r, _, _ in pending:  # before any worker thread starts
         source = get_task(r.task).labels
         if source.name not in labels:
-            labels[source.name] = {s: split_labels(corpus, utts[s], s, source, feat.hop_length, feat.downsample)
+            labels[source.name] = {s: split_labels(corpus, utts[s], s, source, up.model.frame_rule)
                                    for s in PROBE_SPLITS}
     if any(get_task(r.task).level == "utterance" for r, _, _ in pending):
         pooled = PooledSource(cached)  # mean pooling commutes with the layer mix: exact, ~300x less data

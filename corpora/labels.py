@@ -1,25 +1,24 @@
-"""Alignments -> per-frame labels, using the front-end's frame arithmetic (core.frames).
+"""Alignments -> per-frame labels, with the frame rule of the upstream that frames the audio (core.frames).
 
-Rule: output frame j gets the phone of the segment that contains its centre sample
-(core.frames.frame_center_sample, converted to the utterance's own sample rate). A centre that falls in
-a gap between segments or outside all of them takes the nearest segment (ties: the earlier one).
+Rule: output frame j gets the phone of the segment that contains its centre sample (FrameRule.centres, converted
+from the upstream's sample rate to the utterance's own). A centre that falls in a gap between segments or outside
+all of them takes the nearest segment (ties: the earlier one).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from core.frames import HOP, SAMPLE_RATE, frame_center_sample, num_frames
+from core.frames import LOG_MEL, FrameRule
 from corpora.manifest import Segment, Utterance
 
 
-def frame_labels(utt: Utterance, phone_index: dict[str, int], hop: int = HOP, downsample: int = 1) -> np.ndarray:
-    """(n_frames,) int64 class ids for `utt` as the 16 kHz front-end frames it; raises if unlabelled."""
+def frame_labels(utt: Utterance, phone_index: dict[str, int], rule: FrameRule = LOG_MEL) -> np.ndarray:
+    """(n_frames,) int64 class ids for `utt` as an upstream with frame rule `rule` frames it (its audio resampled
+    to rule.sample_rate); raises if unlabelled."""
     if utt.alignment is None or not utt.alignment:
         raise ValueError(f"utterance {utt.id} has no phone alignment")
-    n16 = round(utt.num_samples * SAMPLE_RATE / utt.sample_rate)
-    n = num_frames(n16, hop, downsample)
-    scale = utt.sample_rate / SAMPLE_RATE
-    centres = np.array([frame_center_sample(j, hop, downsample) * scale for j in range(n)])
+    n = rule.num_frames(round(utt.num_samples * rule.sample_rate / utt.sample_rate))
+    centres = rule.centres(n) * (utt.sample_rate / rule.sample_rate)
     segs: tuple[Segment, ...] = utt.alignment
     starts = np.array([s.start for s in segs], dtype=np.float64)
     ends = np.array([s.end for s in segs], dtype=np.float64)

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from core.frames import FrameRule
 from corpora.manifest import Corpus, Utterance
 from downstream.tasks import LabelSource, TaskSpec
 
@@ -19,10 +20,9 @@ class SplitLabels:
     utt: np.ndarray | None  # per="utterance": (n_utts,) int64
 
 
-def split_labels(corpus: Corpus, utts: list[Utterance], split: str, source: LabelSource, hop: int,
-                 downsample: int) -> SplitLabels:
-    """Labels of `utts` from `source`, framed as an upstream with frame hop `hop` and stacking `downsample`."""
-    made = source.make(corpus, utts, split, hop, downsample)
+def split_labels(corpus: Corpus, utts: list[Utterance], split: str, source: LabelSource, rule: FrameRule) -> SplitLabels:
+    """Labels of `utts` from `source`, framed as an upstream with frame rule `rule` frames them."""
+    made = source.make(corpus, utts, split, rule)
     return SplitLabels(made, None) if source.per == "frame" else SplitLabels(None, np.asarray(made, dtype=np.int64))
 
 

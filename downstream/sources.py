@@ -11,11 +11,18 @@ import torch
 from torch import Tensor
 
 from core.audio import load_audio
-from core.frames import SAMPLE_RATE
+from core.frames import FrameRule
 from corpora.manifest import Corpus, Utterance
 from downstream.data import flat_rows
 from downstream.heads import Whitening
 from upstream.interface import Upstream
+
+
+def frame_counts(rule: FrameRule, utts: list[Utterance]) -> np.ndarray:
+    """(n_utts,) frames each utterance gives under `rule` (from the manifest's sample counts, resampled to the
+    upstream's rate as core.audio.load_audio does)."""
+    return np.array([rule.num_frames(round(u.num_samples * rule.sample_rate / u.sample_rate)) for u in utts],
+                    dtype=np.int64)
 
 
 class FeatureSource(Protocol):
@@ -201,9 +208,7 @@ class LiveSource:
         self._wavs: dict[tuple[str, int], Tensor] = {}
 
     def lengths(self, split: str) -> np.ndarray:
-        cfg = self.upstream.feature_cfg
-        return np.array([cfg.num_frames(round(u.num_samples * SAMPLE_RATE / u.sample_rate)) for u in self.utts[split]],
-                        dtype=np.int64)
+        return frame_counts(self.upstream.frame_rule, self.utts[split])
 
     def wav(self, split: str, i: int) -> Tensor:
         key = (split, i)

@@ -11,6 +11,7 @@ from typing import Callable, Literal
 import numpy as np
 from torch import nn
 
+from core.frames import FrameRule
 from corpora.labels import frame_labels
 from corpora.manifest import Corpus, Utterance
 
@@ -21,7 +22,7 @@ Level = Literal["frame", "utterance"]
 class LabelSource:
     """Where a task's labels come from.
 
-    `per`: "frame" gives one label per upstream frame (aligned with `hop` samples and `downsample` stacking),
+    `per`: "frame" gives one label per upstream frame (placed by the upstream's frame rule, core.frames),
     "utterance" one label per utterance (broadcast to every valid frame by frame-level tasks).
     `closed_set`: every class must keep a training utterance at every label fraction (speaker ID).
     """
@@ -29,18 +30,18 @@ class LabelSource:
     name: str  # tasks that share a source share its labels (computed once per upstream)
     per: Level
     classes: Callable[[Corpus], list[str]]
-    # (corpus, utterances, split name, hop, downsample) -> one (n_frames,) int64 array per utterance (per="frame")
+    # (corpus, utterances, split name, frame rule) -> one (n_frames,) int64 array per utterance (per="frame")
     # or one (n_utts,) int64 array (per="utterance")
-    make: Callable[[Corpus, list[Utterance], str, int, int], "list[np.ndarray] | np.ndarray"]
+    make: Callable[[Corpus, list[Utterance], str, FrameRule], "list[np.ndarray] | np.ndarray"]
     closed_set: bool = False
 
 
-def _phone_labels(corpus: Corpus, utts: list[Utterance], split: str, hop: int, downsample: int) -> list[np.ndarray]:
+def _phone_labels(corpus: Corpus, utts: list[Utterance], split: str, rule: FrameRule) -> list[np.ndarray]:
     index = {p: i for i, p in enumerate(corpus.phones)}
-    return [frame_labels(u, index, hop, downsample) for u in utts]
+    return [frame_labels(u, index, rule) for u in utts]
 
 
-def _speaker_labels(corpus: Corpus, utts: list[Utterance], split: str, hop: int, downsample: int) -> np.ndarray:
+def _speaker_labels(corpus: Corpus, utts: list[Utterance], split: str, rule: FrameRule) -> np.ndarray:
     index = {s: i for i, s in enumerate(corpus.speakers)}
     unknown = sorted({u.speaker for u in utts if u.speaker not in index})
     if unknown:

@@ -8,7 +8,7 @@
 API: HEAR 2021 (Turian et al., "HEAR: Holistic Evaluation of Audio Representations", PMLR 176, 2022; the
 `hearvalidator` package checks it). What `model_file_path` names and the layer rule: hear_api/spec.py.
 Timestamps: output frame t is centred on sample t * hop (a centred STFT; with k stacked frames, the mean of the k
-centres: core.frames.frame_center_sample), reported in milliseconds, so a regular hop of 10 ms (30 ms stacked)
+centres: the upstream's frame rule, core.frames.FrameRule.centres), reported in milliseconds, so a regular hop of 10 ms (30 ms stacked)
 starting at 0 (10 ms stacked); every frame of the 1 + n // hop (then // k) the front-end makes is reported, the
 last one centred at or before the end of the audio. Scene embeddings are the mean over those frames, as the
 toolkit's utterance-level probe pools. This package is outside the core toolkit: nothing else imports it.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from core.frames import frame_center_sample
 from hear_api.spec import LayerRule, ModelSpec, build_model_upstream, parse_model_path
 from upstream.interface import Upstream
 
@@ -37,9 +36,9 @@ class HearModel(nn.Module):
         self.sample_rate: int = upstream.sample_rate
         self.timestamp_embedding_size: int = upstream.hidden_size * (n if layer == "concat" else 1)
         self.scene_embedding_size: int = self.timestamp_embedding_size
-        cfg = upstream.feature_cfg
-        self.hop_ms = cfg.frame_shift * 1000 / cfg.sample_rate
-        self.first_ms = frame_center_sample(0, cfg.hop_length, cfg.downsample) * 1000 / cfg.sample_rate
+        rule = upstream.frame_rule
+        self.hop_ms = rule.shift * 1000 / rule.sample_rate
+        self.first_ms = float(rule.centres(1)[0]) * 1000 / rule.sample_rate
 
     def combine(self, hidden: list[Tensor]) -> Tensor:
         """N+1 hidden states (B, T, H) -> (B, T, D) by the layer rule."""

@@ -50,7 +50,7 @@ def main() -> int:
         return 2
     t0 = time.perf_counter()
     frames = ArraySource({s: find_cache(a.cache_dir, row, corpus.name, s) for s in PROBE_SPLITS})
-    rule = cache_frame_rule(a.cache_dir, row, corpus.name)  # (hop, downsample) the labels must follow
+    rule = cache_frame_rule(a.cache_dir, row, corpus.name)  # the frame rule the labels must follow
     pooled = PooledSource(frames)
     for s in PROBE_SPLITS:
         frames.examples(s)
@@ -63,7 +63,7 @@ def main() -> int:
         task = TASKS[task_name]
         cfg = job.probe_config(task_name, False)
         src = pooled if task.level == "utterance" else frames
-        labels = {s: split_labels(corpus, utts[s], s, task.labels, *rule) for s in PROBE_SPLITS}
+        labels = {s: split_labels(corpus, utts[s], s, task.labels, rule) for s in PROBE_SPLITS}
         idx = list(range(len(utts["train"])))
         for mode in a.modes.split(","):
             r = train_probe(task, LayerMode(mode), src, labels, idx, num_classes(corpus, task), cfg, seed=0)

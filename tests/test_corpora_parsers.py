@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corpora.alignments import parse_alignment, parse_lab, parse_phn, parse_textgrid
+from core.frames import conv_rule, stft_rule
 from corpora.labels import frame_labels
 from corpora.manifest import Segment, Utterance, read_manifest
 
@@ -119,7 +120,7 @@ def test_frame_label_rule_at_boundaries():
     assert lab[2] == 2  # one sample closer to "c"
     lab = frame_labels(_utt([Segment("b", 200, 500)], 800), idx)
     assert lab.tolist() == [1] * 6  # before the first / after the last segment: the nearest one
-    assert len(frame_labels(_utt([Segment("a", 0, 800)], 800), idx, downsample=3)) == (1 + 800 // 160) // 3
+    assert len(frame_labels(_utt([Segment("a", 0, 800)], 800), idx, stft_rule(stack=3))) == (1 + 800 // 160) // 3
 
 
 def test_frame_labels_match_front_end_frame_count():
@@ -134,3 +135,20 @@ def test_frame_labels_match_front_end_frame_count():
     lab8 = frame_labels(Utterance("u", "u.wav", 8000, 800, "s", "train", (Segment("a", 0, 400), Segment("b", 400, 800))),
                         {"a": 0, "b": 1})
     assert lab8.tolist() == [0] * 5 + [1] * 6  # 8 kHz audio: frames of its 16 kHz resampling, boundary at 0.05 s
+
+
+def test_frame_labels_follow_any_frame_rule():
+    """Stacked 30-ms log-mel frames and 20-ms wav2vec 2.0 frames (400-sample receptive field): the label of frame t is
+    the phone at its centre, whatever the hop; boundary at 0.5 s (sample 8000 at 16 kHz, 11025 at 22.05 kHz)."""
+    w2v = conv_rule([(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2)
+    cases = [(stft_rule(), 0.0, 160), (stft_rule(stack=3), 160.0, 480), (w2v, 199.5, 320)]
+    for sr in (16000, 22050):
+        n = sr  # one second
+        u = Utterance("u", "u.wav", sr, n, "s", "train", (Segment("a", 0, n // 2), Segment("b", n // 2, n)))
+        for rule, first, shift in cases:
+            lab = frame_labels(u, {"a": 0, "b": 1}, rule)
+            assert len(lab) == rule.num_frames(16000)
+            centres = first + shift * np.arange(len(lab))  # in 16-kHz samples
+            assert lab.tolist() == (centres * sr / 16000 >= n // 2).astype(int).tolist(), (sr, rule)
+    assert w2v.num_frames(16000) == 49 and w2v.num_frames(399) == 0 and w2v.num_frames(400) == 1
+    assert stft_rule(stack=3).num_frames(16000) == 33

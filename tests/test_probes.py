@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.frames import LOG_MEL
 from downstream.data import Targets, frame_batches, length_batches, split_labels
 from downstream.fractions import default_fractions, fraction_subset
 from downstream.heads import Whitening, segment_mean
@@ -79,13 +80,13 @@ def test_segment_mean_and_targets(tiny):
     x = torch.arange(10, dtype=torch.float32)[:, None]
     assert segment_mean(x, torch.tensor([3, 7])).flatten().tolist() == pytest.approx([1.0, 6.0])
     utts = tiny.utterances("train")
-    spk = split_labels(tiny, utts, "train", SPEAKERS, 160, 1)
+    spk = split_labels(tiny, utts, "train", SPEAKERS, LOG_MEL)
     lengths = np.full(len(utts), 2)
     lengths[7] = 3
     y = Targets(TASKS["speaker_frame"], spk, lengths).batch([0, 7])
     assert y.tolist() == [spk.utt[0]] * 2 + [spk.utt[7]] * 3
     assert Targets(TASKS["speaker_frame"], spk, lengths).batch([0, 7], np.array([1, 4])).tolist() == [spk.utt[0], spk.utt[7]]
-    phone = split_labels(tiny, utts, "train", PHONES, 160, 1)
+    phone = split_labels(tiny, utts, "train", PHONES, LOG_MEL)
     n = np.array([len(f) for f in phone.frames])
     n[0] += 1  # one frame more than the labels (resampling rounding): the last label is repeated
     t = Targets(TASKS["phone_linear"], phone, n).batch([1, 0])
@@ -114,7 +115,7 @@ def test_live_source_flat_batch_equals_one_by_one(tiny, mel):
 
 
 def _labels(corpus, task):
-    return {s: split_labels(corpus, corpus.utterances(s), s, task.labels, 160, 1) for s in ("train", "dev", "test")}
+    return {s: split_labels(corpus, corpus.utterances(s), s, task.labels, LOG_MEL) for s in ("train", "dev", "test")}
 
 
 def array_source(upstream, corpus) -> ArraySource:
@@ -227,14 +228,14 @@ def test_sources_hold_whitened_frames_and_means(tiny, mel_src):
 def test_a_new_task_is_one_spec(tiny, mel_src):
     """A task the registry does not know (voiced vs silence per frame, from the alignments) trains through the same
     code: label function, head and metric come from the spec alone."""
-    def is_silence(corpus, utts, split, hop, downsample):
-        phones = PHONES.make(corpus, utts, split, hop, downsample)
+    def is_silence(corpus, utts, split, rule):
+        phones = PHONES.make(corpus, utts, split, rule)
         sil = corpus.phones.index("sil")
         return [(p == sil).astype(np.int64) for p in phones]
 
     silence = LabelSource("silence", "frame", lambda c: ["speech", "sil"], is_silence)
     task = TaskSpec("silence_linear", silence, "frame", linear_head, "frame_acc", linear=True)
-    labels = {s: split_labels(tiny, tiny.utterances(s), s, silence, 160, 1) for s in ("train", "dev", "test")}
+    labels = {s: split_labels(tiny, tiny.utterances(s), s, silence, LOG_MEL) for s in ("train", "dev", "test")}
     r = train_probe(task, LayerMode("last"), mel_src, labels, list(range(len(tiny.utterances("train")))), 2,
                     ProbeConfig(lr=3e-2, batch_size=256, patience=3, min_eval_steps=5), seed=0)
     majority = max(np.mean(np.concatenate(labels["test"].frames)), 1 - np.mean(np.concatenate(labels["test"].frames)))

@@ -15,7 +15,7 @@ import torchaudio.functional as AF
 from torch import Tensor, nn
 
 from core.config import config_from_dict, config_to_dict
-from core.frames import HOP, SAMPLE_RATE, WIN, num_frames
+from core.frames import HOP, SAMPLE_RATE, WIN, FrameRule, stft_rule
 
 Normalization = Literal["none", "corpus", "utterance"]
 
@@ -63,16 +63,21 @@ class FeatureConfig:
         return self.base_dim * self.downsample
 
     @property
+    def frame_rule(self) -> FrameRule:
+        """Samples -> output frames of this front-end (centred STFT, then stacking)."""
+        return stft_rule(self.hop_length, self.n_fft, self.sample_rate, self.downsample)
+
+    @property
     def frame_shift(self) -> int:
         """Samples per output frame."""
-        return self.hop_length * self.downsample
+        return self.frame_rule.shift
 
     @property
     def has_stats(self) -> bool:
         return bool(self.norm_mean)
 
     def num_frames(self, n_samples: int) -> int:
-        return num_frames(n_samples, self.hop_length, self.downsample)
+        return self.frame_rule.num_frames(n_samples)
 
     def with_stats(self, mean: Tensor, std: Tensor) -> "FeatureConfig":
         from dataclasses import replace

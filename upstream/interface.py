@@ -1,34 +1,68 @@
 """The one upstream contract: waveforms + lengths in, every hidden state + valid frame lengths out."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from torch import Tensor, nn
 
+from core.frames import FrameRule
 from upstream.features import FeatureConfig, LogMelFrontend
 from upstream.transformer import EncoderConfig, TransformerEncoder
 
 
-class Upstream(nn.Module):
-    """Base class. Static attributes describe the output without running the model.
+@dataclass(frozen=True)
+class UpstreamShape:
+    """What an upstream's outputs look like, known without building it (planning, cache sizes)."""
 
-    forward(wavs (B, S) float in [-1, 1], wav_lengths (B,)) -> (hidden_states, lengths) where
-    hidden_states is a list of `num_hidden_states` tensors (B, T, hidden_size) and lengths (B,) counts
-    valid frames; frame t covers samples centred on t * frame_shift (core.frames).
+    num_hidden_states: int
+    hidden_size: int
+    frame_rule: FrameRule
+
+
+class Upstream(nn.Module):
+    """Base class of every upstream. Static attributes describe the output without running the model.
+
+    forward(wavs (B, S) float in [-1, 1] at `sample_rate`, wav_lengths (B,)) -> (hidden_states, lengths): a list of
+    `num_hidden_states` tensors (B, T, hidden_size) and lengths (B,) = frame_rule.num_frames(wav_lengths), padded
+    frames zero. Utterance i's outputs do not depend on the rest of the batch (batched == one by one).
+    `frame_rule` says where output frame t sits in time (core.frames): labels, caches and pooling use it alone.
+    `cache_fields()`: what, besides the upstream's name, preset and weights hash (upstream.registry.upstream_identity),
+    determines the outputs; it is part of every feature-cache key.
     """
 
     sample_rate: int
-    frame_shift: int
+    frame_rule: FrameRule
     hidden_size: int
     num_hidden_states: int
+
+    @property
+    def frame_shift(self) -> int:
+        """Samples between consecutive output frames."""
+        return self.frame_rule.shift
+
+    def cache_fields(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def forward(self, wavs: Tensor, wav_lengths: Tensor) -> tuple[list[Tensor], Tensor]:
+        raise NotImplementedError
+
+
+class LogMelUpstream(Upstream):
+    """Upstreams on the toolkit's log-mel front-end (upstream.features): mel itself and the Transformer encoders."""
 
     def __init__(self, feature: FeatureConfig) -> None:
         super().__init__()
         self.feature_cfg = feature
         self.frontend = LogMelFrontend(feature)
         self.sample_rate = feature.sample_rate
-        self.frame_shift = feature.frame_shift
+        self.frame_rule = feature.frame_rule
+
+    def cache_fields(self) -> dict[str, Any]:
+        return {"feature": self.feature_cfg.to_dict()}  # implies the frame rule (FeatureConfig.frame_rule)
 
 
-class MelUpstream(Upstream):
+class MelUpstream(LogMelUpstream):
     """The log-mel baseline: one hidden state, the (normalised, optionally stacked) features."""
 
     def __init__(self, feature: FeatureConfig) -> None:
@@ -41,7 +75,7 @@ class MelUpstream(Upstream):
         return [x], lengths
 
 
-class TransformerUpstream(Upstream):
+class TransformerUpstream(LogMelUpstream):
     """Mockingjay / AALBERT: log-mel front-end then the shared TransformerEncoder (N+1 hidden states)."""
 
     def __init__(self, feature: FeatureConfig, encoder: EncoderConfig) -> None:

@@ -1,19 +1,27 @@
 """Upstream registry: names -> presets (explicit dict literals) and the one factory that builds them.
 
 Names: `mel` (log-mel baseline), `mockingjay`, `aalbert`, and the random-init controls
-`mockingjay_random` / `aalbert_random` (same architecture, never trained). A spec is `name` or
-`name:preset` (e.g. `mockingjay:base`); without a preset the name's default (the CPU-sized `small`) is used.
+`mockingjay_random` / `aalbert_random` (same architecture, never trained); from torchaudio.models `wav2vec2_base`,
+`hubert_base`, `wavlm_base` (weights from a local .pth) and their random-init controls `*_random`; `s3prl:NAME`, an
+s3prl hub upstream from a local checkpoint. A spec is `name` or `name:preset` (e.g. `mockingjay:base`,
+`wav2vec2_base:tiny`; for s3prl the preset is the hub name); without a preset the name's default is used.
+Upstreams whose model code lives in another toolkit are one module each (an `ExternalFamily`) plus one line in
+EXTERNAL.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 from upstream.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint
 from upstream.features import FeatureConfig
-from upstream.interface import MelUpstream, TransformerUpstream, Upstream
+from upstream.interface import MelUpstream, TransformerUpstream, Upstream, UpstreamShape
+from upstream.s3prl_hub import S3prlFamily
+from upstream.torchaudio_models import TorchaudioFamily
 from upstream.transformer import EncoderConfig
 
 
@@ -52,13 +60,44 @@ DEFAULT_PRESET: dict[str, str] = {"mel": "default", "mockingjay": "small", "aalb
 RANDOM_INIT_SEED = 0  # random-init controls are deterministic so their cached features can be reused
 
 
+class ExternalFamily(Protocol):
+    """A registry entry whose model code lives elsewhere (upstream/torchaudio_models.py, upstream/s3prl_hub.py)."""
+
+    weights: bool  # True: built from --ckpt NAME=PATH; False: a seeded random-init control
+    default_preset: str
+
+    @property
+    def presets(self) -> Mapping[str, Any]: ...
+    def shape(self, preset: str, ckpt: Path | None) -> UpstreamShape: ...
+    def check_ckpt(self, name: str, path: Path) -> None: ...
+    def identity_hash(self, preset: str, ckpt: Path | None) -> str: ...
+    def build(self, name: str, preset: str, ckpt: Path | None) -> Upstream: ...
+
+
+EXTERNAL: dict[str, ExternalFamily] = {
+    "wav2vec2_base": TorchaudioFamily("wav2vec2", weights=True),
+    "hubert_base": TorchaudioFamily("hubert", weights=True),
+    "wavlm_base": TorchaudioFamily("wavlm", weights=True),
+    "wav2vec2_base_random": TorchaudioFamily("wav2vec2", weights=False),
+    "hubert_base_random": TorchaudioFamily("hubert", weights=False),
+    "wavlm_base_random": TorchaudioFamily("wavlm", weights=False),
+    "s3prl": S3prlFamily(),
+}
+
+
 def upstream_names() -> list[str]:
-    return [*UPSTREAMS, *RANDOM_CONTROLS]
+    return [*UPSTREAMS, *RANDOM_CONTROLS, *EXTERNAL]
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """'mockingjay:base' -> ('mockingjay', 'base'); unknown names raise listing the valid ones."""
     name, _, preset = spec.partition(":")
+    if name in EXTERNAL:
+        ext = EXTERNAL[name]
+        preset = preset or ext.default_preset
+        if preset not in ext.presets:
+            raise ValueError(f"unknown preset {preset!r} for upstream {name!r}; valid: {', '.join(ext.presets)}")
+        return name, preset
     family = RANDOM_CONTROLS.get(name, name)
     if family not in UPSTREAMS:
         raise ValueError(f"unknown upstream {name!r}; valid: {', '.join(upstream_names())}")
@@ -69,12 +108,58 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def get_preset(name: str, preset: str) -> Preset:
+    """The log-mel/Transformer preset of a toolkit upstream (names in UPSTREAMS or RANDOM_CONTROLS)."""
     return UPSTREAMS[RANDOM_CONTROLS.get(name, name)][preset]
+
+
+def is_external(name: str) -> bool:
+    return name in EXTERNAL
 
 
 def is_pretrained(name: str) -> bool:
     """True for upstreams whose weights must come from a checkpoint (not mel, not the random controls)."""
+    if name in EXTERNAL:
+        return EXTERNAL[name].weights
     return name in UPSTREAMS and get_preset(name, DEFAULT_PRESET[name]).encoder is not None
+
+
+def ckpt_key(spec: str) -> str:
+    """The NAME of --ckpt NAME=PATH for `spec`: the upstream's name, or `s3prl:HUBNAME` (one file per hub entry)."""
+    name, preset = parse_spec(spec)
+    return f"{name}:{preset}" if name == "s3prl" else name
+
+
+def static_shape(spec: str, ckpt: Path | None) -> UpstreamShape:
+    """Hidden states, width and frame rule of `spec` with `ckpt`, without building the model."""
+    name, preset = parse_spec(spec)
+    if name in EXTERNAL:
+        return EXTERNAL[name].shape(preset, ckpt)
+    if ckpt is not None:
+        from upstream.checkpoint import read_meta
+
+        meta = read_meta(ckpt)
+        enc = EncoderConfig.from_dict(meta["encoder"])
+        return UpstreamShape(enc.num_layers + 1, enc.hidden_size, FeatureConfig.from_dict(meta["feature"]).frame_rule)
+    p = get_preset(name, preset)
+    if p.encoder is None:
+        return UpstreamShape(1, p.feature.feature_dim, p.feature.frame_rule)
+    return UpstreamShape(p.encoder.num_layers + 1, p.encoder.hidden_size, p.feature.frame_rule)
+
+
+def check_ckpt(key: str, path: Path) -> None:
+    """Planning-time check of --ckpt KEY=PATH: a toolkit checkpoint directory or the external family's file;
+    ValueError/CheckpointError naming the flag."""
+    name = key.partition(":")[0]
+    if name in EXTERNAL:
+        return EXTERNAL[name].check_ckpt(key, path)
+    if ":" in key or not is_pretrained(name):
+        valid = [n for n in upstream_names() if is_pretrained(n) and n != "s3prl"] + ["s3prl:NAME"]
+        raise ValueError(f"--ckpt {key}={path}: {key!r} is not an upstream with weights; valid: {', '.join(valid)}")
+    if not (path / "checkpoint.json").is_file():
+        raise ValueError(f"--ckpt {key}={path}: {path} is not a checkpoint directory (no checkpoint.json)")
+    from upstream.checkpoint import verify_checkpoint
+
+    verify_checkpoint(path, family=name)
 
 
 def build_upstream(spec: str, ckpt: str | Path | None = None, feature: FeatureConfig | None = None,
@@ -86,6 +171,8 @@ def build_upstream(spec: str, ckpt: str | Path | None = None, feature: FeatureCo
     controls for; its input_dim follows `feature`); checkpoints always bring their own.
     """
     name, preset_name = parse_spec(spec)
+    if name in EXTERNAL:
+        return EXTERNAL[name].build(name, preset_name, None if ckpt is None else Path(ckpt))
     preset = get_preset(name, preset_name)
     if ckpt is not None:
         if preset.encoder is None:
@@ -129,7 +216,9 @@ def upstream_identity(spec: str, ckpt: str | Path | None, model: Upstream) -> di
     from core.io import sha256_json
 
     name, preset = parse_spec(spec)
-    if ckpt is not None:
+    if name in EXTERNAL:
+        h = EXTERNAL[name].identity_hash(preset, None if ckpt is None else Path(ckpt))
+    elif ckpt is not None:
         h = checkpoint_hash(ckpt)
     else:
         cfg = {"feature": model.feature_cfg.to_dict(), "seed": RANDOM_INIT_SEED,

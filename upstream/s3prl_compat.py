@@ -5,12 +5,15 @@ schedule object (s3prl 0.4.18, `s3prl/upstream/mockingjay/expert.py` and the pre
 s3prl itself loads them with `weights_only=False`, which lets the
 file import modules and call functions. `safe_torch_load` instead resolves only tensor-rebuild helpers
 and plain containers; every other global becomes an inert `Placeholder` that records its name and state.
-Configs are translated in `upstream/s3prl_config.py`.
+Configs are translated in `upstream/s3prl_config.py`. `import_s3prl_hub` is the one place that knows how to import
+s3prl's hub under this torchaudio, and `plain_copy` turns a checkpoint into data that loads with weights_only=True.
 """
 from __future__ import annotations
 
 import _compat_pickle
 import collections
+import importlib
+import sys
 import pickle
 import re
 import tarfile
@@ -239,3 +242,51 @@ def head_to_s3prl(head: dict[str, Tensor]) -> dict[str, Tensor]:
     """Inverse of `head_to_ours`."""
     inv = {o: s for s, o in HEAD_MAP.items()}
     return {f"{inv[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v for k, v in head.items()}
+
+
+def plain_copy(obj: Any, path: str = "") -> tuple[Any, list[str]]:
+    """`obj` from safe_torch_load with every Placeholder (a pickled object: an argparse Namespace, an optimizer
+    schedule...) replaced by None: (plain data that torch.load(weights_only=True) accepts, the paths replaced)."""
+    if isinstance(obj, Placeholder):
+        return None, [f"{path or '<root>'} ({obj.origin})"]
+    if isinstance(obj, dict):
+        out, dropped = type(obj)() if type(obj) in (dict, collections.OrderedDict) else {}, []
+        for k, v in obj.items():
+            out[k], d = plain_copy(v, f"{path}.{k}" if path else str(k))
+            dropped += d
+        return out, dropped
+    if isinstance(obj, (list, tuple)):
+        items = [plain_copy(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+        return type(obj)(v for v, _ in items) if type(obj) in (list, tuple) else [v for v, _ in items], \
+            [d for _, ds in items for d in ds]
+    return obj, []
+
+
+def import_s3prl_hub() -> types.ModuleType:
+    """`import s3prl.hub` under torchaudio 2.11, which removed two things s3prl 0.4.18's hub imports at module level:
+    `torchaudio.set_audio_backend` (called by upstream/byol_s/byol_a/common.py) and `torchaudio.sox_effects`
+    (imported by upstream/mos_prediction/expert.py). Both are stood in for ONLY while they are missing: the backend
+    setter by a no-op (soundfile is the toolkit's audio reader), sox_effects by a module whose every function raises
+    when called (no upstream's feature extraction calls one)."""
+    import torchaudio
+
+    if not hasattr(torchaudio, "set_audio_backend"):
+        torchaudio.set_audio_backend = lambda backend=None: None  # type: ignore[attr-defined]
+    if "torchaudio.sox_effects" not in sys.modules:
+        try:
+            importlib.import_module("torchaudio.sox_effects")
+        except ImportError:
+            stub = types.ModuleType("torchaudio.sox_effects")
+
+            def _missing(name: str) -> Any:
+                if name.startswith("__"):
+                    raise AttributeError(name)
+
+                def unavailable(*args: Any, **kwargs: Any) -> Any:
+                    raise RuntimeError(f"torchaudio.sox_effects.{name} was removed from torchaudio; s3prl imports it "
+                                       f"but speechprobe never calls it (upstream/s3prl_compat.py)")
+                return unavailable
+            stub.__getattr__ = _missing  # type: ignore[attr-defined]
+            sys.modules["torchaudio.sox_effects"] = stub
+            torchaudio.sox_effects = stub  # type: ignore[attr-defined]
+    return importlib.import_module("s3prl.hub")
