@@ -64,6 +64,10 @@ class Placeholder:
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
+    def __call__(self, *args: Any, **kwargs: Any) -> "Placeholder":
+        # a pickled call of a call's result (e.g. getattr(cls, name)(arg)) stays inert too
+        return type(self)(*args, **kwargs)
+
     def __repr__(self) -> str:
         return f"<unloaded {self.origin}>"
 

@@ -1,0 +1,138 @@
+"""torchaudio upstreams (wav2vec 2.0, HuBERT, WavLM): torchaudio's own outputs, local weights only, the two torchaudio
+behaviours the adapter works around, bad files, and a benchmark run whose phone labels follow 20-ms frames."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark import runner
+from benchmark.cli import main
+from benchmark.plan import BenchmarkConfig
+from benchmark.results import RUNS_FILE, read_rows
+from core.io import read_json
+from downstream.train import ProbeConfig
+from tests.test_probes_corpus import make_tiny_corpus
+from upstream.checkpoint import CheckpointError
+from upstream.registry import build_upstream, upstream_identity
+from upstream.torchaudio_models import PRESETS
+
+
+def wav_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([16000, 8000])
+    wavs = 0.1 * torch.randn(2, 16000, generator=g)
+    wavs[1, 8000:] = 0
+    return wavs, lengths
+
+
+def saved_tiny(path: Path, family: str, seed: int = 5) -> Path:
+    torch.manual_seed(seed)
+    model = PRESETS[family]["tiny"].build()
+    torch.save({k: v + 0.02 * torch.randn_like(v) for k, v in model.state_dict().items()}, path)
+    return path
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "hubert", "wavlm"])
+def test_weights_from_a_local_file_give_torchaudios_own_features(tmp_path, family):
+    pth = saved_tiny(tmp_path / f"{family}.pth", family)
+    up = build_upstream(f"{family}_base:tiny", ckpt=pth)
+    ref = PRESETS[family]["tiny"].build().eval()
+    ref.load_state_dict(torch.load(pth, weights_only=True))
+    w = wav_batch()[0][:1]
+    with torch.no_grad():
+        hidden, _ = up(w, torch.tensor([w.shape[1]]))
+        layers, _ = ref.extract_features(w)  # torchaudio: one (1, T, D) per Transformer layer
+        feats, _ = ref.feature_extractor(w, None)
+        projected = ref.encoder.feature_projection(feats)
+    assert len(hidden) == len(layers) + 1 == 3
+    assert torch.allclose(hidden[0], projected, atol=1e-6)
+    for ours, theirs in zip(hidden[1:], layers):
+        assert torch.allclose(ours, theirs, atol=1e-6)
+    random_ctrl = build_upstream(f"{family}_base_random:tiny")
+    with torch.no_grad():
+        assert not torch.allclose(random_ctrl(w, torch.tensor([w.shape[1]]))[0][-1], hidden[-1])
+    assert upstream_identity(f"{family}_base:tiny", pth, up)["ckpt_hash"] != \
+        upstream_identity(f"{family}_base_random:tiny", None, random_ctrl)["ckpt_hash"]
+
+
+def test_what_the_adapter_works_around_in_torchaudio():
+    """If these start failing, torchaudio changed: the per-utterance CNN / WavLM one-at-a-time paths may go."""
+    wavs, lengths = wav_batch()
+    w2v = PRESETS["wav2vec2"]["tiny"].build().eval()
+    with torch.no_grad():
+        batched, _ = w2v.extract_features(wavs, lengths)
+        alone, _ = w2v.extract_features(wavs[1:2, :8000])
+    n = alone[-1].shape[1]
+    assert (batched[-1][1, :n] - alone[-1][0]).abs().max() > 1e-2  # GroupNorm over time sees the padding
+    wavlm = PRESETS["wavlm"]["tiny"].build().eval()
+    with pytest.raises(AssertionError), torch.no_grad():  # pytorch/audio#3700
+        wavlm.extract_features(wavs, lengths)
+
+
+class _Touch:
+    """A pickled object whose unpickling would create a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_bad_weight_files_are_one_line_errors_naming_the_file(tmp_path):
+    not_torch = tmp_path / "notes.pth"
+    not_torch.write_text("not a state dict")
+    with pytest.raises(CheckpointError, match="notes.pth: cannot read"):
+        build_upstream("wav2vec2_base:tiny", ckpt=not_torch)
+    hubert = saved_tiny(tmp_path / "hubert.pth", "hubert")
+    with pytest.raises(CheckpointError, match=r"hubert.pth: weights do not fit"):
+        build_upstream("wav2vec2_base:base", ckpt=hubert)  # tiny weights, base architecture
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pth"
+    torch.save({"x": _Touch(marker)}, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(CheckpointError, match="evil.pth: cannot read"):
+        build_upstream("wav2vec2_base:tiny", ckpt=evil)
+    assert not marker.exists()  # weights_only=True never ran the pickled call
+
+
+def test_cli_errors_for_torchaudio_upstreams(tmp_path, capsys):
+    corpus = make_tiny_corpus(tmp_path / "c", n_speakers=2, per_speaker={"train": 2, "dev": 1, "test": 1})
+    base = ["--dry-run", "--corpus", str(corpus.root), "--results-dir", str(tmp_path / "r")]
+    cases = [
+        (["--upstream", "wav2vec2_base"], "--ckpt wav2vec2_base=PATH"),
+        (["--upstream", "wav2vec2_base", "--ckpt", f"wav2vec2_base={tmp_path / 'none.pth'}"], "none.pth: not a torch"),
+        (["--upstream", "hubert_base_random", "--ckpt", f"hubert_base_random={tmp_path}"], "takes no weights"),
+        (["--upstream", "wavlm_base:huge"], "unknown preset 'huge'"),
+    ]
+    for extra, msg in cases:
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, err
+    pth = saved_tiny(tmp_path / "w.pth", "wav2vec2")
+    assert main(base + ["--upstream", "wav2vec2_base:tiny", "--ckpt", f"wav2vec2_base={pth}", "--mode", "layers",
+                        "--task", "phone_linear", "--seeds", "1", "--fractions", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "wav2vec2_base:tiny: 3 hidden states" in out and "(to pretrain)" not in out
+
+
+def test_benchmark_run_on_20ms_frames(tmp_path):
+    """A tiny benchmark with a random-init wav2vec 2.0 beside mel: phone labels cut by each upstream's frame rule
+    (Targets refuses labels more than 2 frames off the features), caches keyed with the rule, rows written."""
+    corpus = make_tiny_corpus(tmp_path / "c", n_speakers=2, per_speaker={"train": 3, "dev": 1, "test": 1})
+    cfg = BenchmarkConfig(corpus=str(corpus.root), upstreams=("mel", "wav2vec2_base_random:tiny"),
+                          tasks=("phone_linear", "speaker_utterance"), modes="last,weighted_sum", fractions=(1.0,),
+                          seeds=1, probe=ProbeConfig().with_steps(20), finetune_ends=False, results_dir=tmp_path / "r",
+                          cache_dir=tmp_path / "cache", runs_dir=tmp_path / "runs", progress=False, report=False)
+    stats = runner.run_benchmark(cfg, log=lambda *_: None)
+    rows = read_rows(tmp_path / "r" / RUNS_FILE)
+    assert stats.runs_done == len(rows) == 2 + 4  # mel: one hidden state, so last only
+    w2v = [r for r in rows if r["upstream"] == "wav2vec2_base_random"]
+    assert {r["preset"] for r in w2v} == {"tiny"} and {r["task"] for r in w2v} == {"phone_linear", "speaker_utterance"}
+    metas = sorted((tmp_path / "cache").glob("wav2vec2_base_random-*-train-*/meta.json"))
+    key = read_json(metas[0], "meta")["key"]
+    assert key["frame_rule"]["windows"][0] == {"size": 10, "stride": 5, "centre": 4.5} and key["num_hidden_states"] == 3
+    mel_key = read_json(next((tmp_path / "cache").glob("mel-*-train-*/meta.json")), "meta")["key"]
+    assert "frame_rule" not in mel_key and "feature" in mel_key  # log-mel keys as before frame rules existed
