@@ -157,3 +157,20 @@ def test_frame_centres_of_the_three_frame_rules(made, tmp_path_factory):
     assert np.array_equal(stacked.frame_rule.centres(4), 160.0 * (3 * t + 1))
     assert np.array_equal(w2v.frame_rule.centres(4), 320.0 * t + 199.5)
     assert (mel.frame_shift, stacked.frame_shift, w2v.frame_shift) == (160, 480, 320)
+
+
+def test_log_mel_identities_and_cache_keys_are_those_of_before_frame_rules(tmp_path):
+    """Rows (run ids hash the identity) and caches of log-mel upstreams are reused across the frame-rule change: these
+    are the identity hashes and cache directory names commit 8975964 computed for the same inputs."""
+    from benchmark.cache import cache_key
+    from tests.test_probes_corpus import make_tiny_corpus
+
+    corpus = make_tiny_corpus(tmp_path / "c", n_speakers=2, per_speaker={"train": 2, "dev": 1, "test": 1})
+    for spec, feat, ident_hash, key in (
+            ("mel", FeatureConfig(norm="none"), "850cc19cf095fe0b", "mel-tiny-train-56a801001045902f"),
+            ("mockingjay_random", FeatureConfig(norm="none", downsample=3), "2a1261596df0ccd1",
+             "mockingjay_random-tiny-train-3759d908d82d773e")):
+        up = build_upstream(spec, feature=feat)
+        ident = upstream_identity(spec, None, up)
+        assert ident["ckpt_hash"] == ident_hash
+        assert cache_key(ident, up, corpus, "train", corpus.utterances("train"))[0] == key
