@@ -25,7 +25,7 @@ from core.io import read_json
 from upstream.checkpoint import META_FILE, read_meta
 from upstream.features import FeatureConfig
 from upstream.interface import Upstream
-from upstream.registry import build_upstream, get_preset, is_pretrained, parse_spec
+from upstream.registry import build_upstream, get_preset, is_external, is_pretrained, parse_spec
 
 LayerRule = Literal["last", "mean", "concat"] | int
 LAYER_WORDS = ("last", "mean", "concat")
@@ -82,6 +82,8 @@ def build_model_upstream(spec: ModelSpec) -> Upstream:
     if spec.ckpt is not None:
         return build_upstream(spec.upstream, ckpt=spec.ckpt).eval()
     name, preset = parse_spec(spec.upstream)
+    if is_external(name):  # another toolkit's model: its own input pipeline, no log-mel front-end to configure
+        return build_upstream(spec.upstream).eval()
     if spec.feature_from is not None:
         try:
             feature = FeatureConfig.from_dict(read_meta(spec.feature_from)["feature"])

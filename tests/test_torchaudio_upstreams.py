@@ -136,3 +136,23 @@ def test_benchmark_run_on_20ms_frames(tmp_path):
     assert key["frame_rule"]["windows"][0] == {"size": 10, "stride": 5, "centre": 4.5} and key["num_hidden_states"] == 3
     mel_key = read_json(next((tmp_path / "cache").glob("mel-*-train-*/meta.json")), "meta")["key"]
     assert "frame_rule" not in mel_key and "feature" in mel_key  # log-mel keys as before frame rules existed
+
+
+def test_hear_api_serves_a_torchaudio_upstream():
+    """HEAR timestamps follow the frame rule: wav2vec 2.0 frames centred at 199.5 + 320 t samples (12.47 ms + 20 t)."""
+    import hear_api
+
+    model = hear_api.load_model("wav2vec2_base_random:tiny")
+    emb, ts = hear_api.get_timestamp_embeddings(wav_batch()[0], model)
+    assert emb.shape == (2, 49, 32) and model.timestamp_embedding_size == 32
+    assert torch.allclose(ts[0, :3], torch.tensor([12.46875, 32.46875, 52.46875]))
+
+
+def test_cost_table_takes_torchaudio_upstreams(tmp_path):
+    from benchmark.cost import measure_costs
+
+    pth = saved_tiny(tmp_path / "w.pth", "wav2vec2")
+    df = measure_costs([("wav2vec2_base_random:tiny", None), ("wav2vec2_base:tiny", pth)], tmp_path / "cost.csv",
+                       device="cpu", seconds=0.5, n_utts=1)
+    assert df["upstream"].tolist() == ["wav2vec2_base_random", "wav2vec2_base"] and (df["params"] > 0).all()
+    assert (df["infer_rtf"] > 0).all() and df["val_l1"].isna().all() and (df["pretrain_frames"] == 0).all()
