@@ -5,10 +5,13 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from benchmark import runner
+from benchmark.cache import ensure_split
+from benchmark.convergence import cache_frame_rule
 from benchmark.cli import main
 from benchmark.plan import BenchmarkConfig
 from benchmark.results import RUNS_FILE, read_rows
@@ -134,6 +137,11 @@ def test_benchmark_run_on_20ms_frames(tmp_path):
     metas = sorted((tmp_path / "cache").glob("wav2vec2_base_random-*-train-*/meta.json"))
     key = read_json(metas[0], "meta")["key"]
     assert key["frame_rule"]["windows"][0] == {"size": 10, "stride": 5, "centre": 4.5} and key["num_hidden_states"] == 3
+    up = build_upstream("wav2vec2_base_random:tiny")
+    _, built = ensure_split(tmp_path / "cache", upstream_identity("wav2vec2_base_random:tiny", None, up), up, corpus,
+                            "train", corpus.utterances("train"), progress=False)
+    assert not built  # the key read back from meta.json (JSON lists, floats) equals the model's: reused, not rebuilt
+    assert cache_frame_rule(tmp_path / "cache", pd.Series(w2v[0]), corpus.name) == up.frame_rule  # what certify cuts
     mel_key = read_json(next((tmp_path / "cache").glob("mel-*-train-*/meta.json")), "meta")["key"]
     assert "frame_rule" not in mel_key and "feature" in mel_key  # log-mel keys as before frame rules existed
 

@@ -61,8 +61,7 @@ NAMES: dict[str, Callable[[dict[str, Any], str], UpstreamShape]] = {
 
 def read_plain(path: Path) -> tuple[dict[str, Any], list[str]]:
     """The checkpoint as plain data (pickled objects dropped, listed); ValueError naming the file."""
-    obj, dropped = plain_copy(safe_torch_load(path))
-    return obj, dropped
+    return plain_copy(safe_torch_load(path))
 
 
 class S3prlUpstream(Upstream):
@@ -122,12 +121,15 @@ class S3prlFamily:
             raise ValueError(f"--ckpt {name}={path}: {e}") from None
 
     def identity_hash(self, preset: str, ckpt: Path | None) -> str:
-        assert ckpt is not None
+        if ckpt is None:
+            raise ValueError(f"s3prl:{preset} needs its checkpoint: --ckpt s3prl:{preset}=PATH")
         return sha256_file(ckpt)
 
     def build(self, name: str, preset: str, ckpt: Path | None) -> S3prlUpstream:
-        shape = self.shape(preset, ckpt)
-        state, _ = read_plain(Path(ckpt))  # type: ignore[arg-type]
+        if ckpt is None:
+            raise ValueError(f"s3prl:{preset} needs its checkpoint: --ckpt s3prl:{preset}=PATH")
+        state, _ = read_plain(Path(ckpt))
+        shape = NAMES[preset](state, str(ckpt))
         hub = import_s3prl_hub()
         tmp = Path(tempfile.mkdtemp(prefix="speechprobe-s3prl-"))
         try:
