@@ -20,7 +20,8 @@ class SplitLabels:
     utt: np.ndarray | None  # per="utterance": (n_utts,) int64
 
 
-def split_labels(corpus: Corpus, utts: list[Utterance], split: str, source: LabelSource, rule: FrameRule) -> SplitLabels:
+def split_labels(corpus: Corpus, utts: list[Utterance], split: str, source: LabelSource,
+                 rule: FrameRule) -> SplitLabels:
     """Labels of `utts` from `source`, framed as an upstream with frame rule `rule` frames them."""
     made = source.make(corpus, utts, split, rule)
     return SplitLabels(made, None) if source.per == "frame" else SplitLabels(None, np.asarray(made, dtype=np.int64))

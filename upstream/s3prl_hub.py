@@ -95,7 +95,7 @@ class S3prlUpstream(Upstream):
 
 @dataclass(frozen=True)
 class S3prlFamily:
-    """The registry entry `s3prl`: its presets are the hub names in NAMES; weights always from --ckpt s3prl:NAME=PATH."""
+    """The registry entry `s3prl`: its presets are the hub names in NAMES; weights from --ckpt s3prl:NAME=PATH."""
 
     weights: bool = True
     default_preset: str = "mockingjay"

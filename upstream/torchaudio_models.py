@@ -106,7 +106,7 @@ class TorchaudioUpstream(Upstream):
         return {"model": self.arch.to_dict(), "frame_rule": self.frame_rule.to_dict()}
 
     def _cnn(self, wav: Tensor) -> Tensor:
-        """One utterance (S,) -> CNN features (T, C); T = frame_rule.num_frames(S), 0 when S is shorter than one frame."""
+        """One utterance (S,) -> CNN features (T, C), T = frame_rule.num_frames(S) (0 below one receptive field)."""
         n = self.frame_rule.num_frames(wav.numel())
         if n == 0:
             return wav.new_zeros(0, self.arch.conv[-1][0])
