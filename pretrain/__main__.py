@@ -1,5 +1,9 @@
 """CLI: python -m pretrain --upstream mockingjay:small --corpus DIR --out DIR [--steps N] [--resume] [--audio DIR_OR_LIST]
 
+Data-parallel on N processes: torchrun --nproc_per_node N -m pretrain ... (the same flags; --batch-size is the global
+batch). Started by torchrun with more than one process, it joins torchrun's process group (nccl on CUDA, one GPU per
+process; gloo on CPU); without torchrun it is one process, as always.
+
 Input errors (unknown upstream, bad option values, a missing corpus, audio folder or list, a checkpoint in --out
 that is corrupt or does not match) are one `error: ...` line naming the flag or file, exit status 2, checked
 before any training starts; anything else is a bug and keeps its traceback.
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -16,6 +21,7 @@ from pathlib import Path
 import torch
 
 from core.io import read_text
+from pretrain import distributed
 from pretrain.config import DEFAULT_RECIPE, RECIPES, PretrainConfig, default_budget, with_overrides
 from pretrain.train import run_pretraining
 from upstream.checkpoint import META_FILE, verify_checkpoint
@@ -47,7 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--until-yardstick", action="store_true",
                     help="stop after the first held-out loss below linear interpolation (recipe studies)")
     ap.add_argument("--max-cpu-seconds", type=float, help="stop once training steps used this much CPU time")
-    ap.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--device", help="cpu or cuda (default: cuda when available; under torchrun each process takes "
+                                      "the GPU of its LOCAL_RANK)")
+    ap.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S,
+                    help="under torchrun: seconds a rank waits for the others before the run fails (default 1800)")
     return ap
 
 
@@ -80,6 +89,8 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
     if args.max_cpu_seconds is not None and not (math.isfinite(args.max_cpu_seconds) and args.max_cpu_seconds > 0):
         raise ValueError(f"--max-cpu-seconds must be a finite number > 0, got {args.max_cpu_seconds}")
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        raise ValueError(f"--dist-timeout must be a finite number of seconds > 0, got {args.dist_timeout}")
     if args.stop_at_step is not None and args.stop_at_step < 1:
         raise ValueError(f"--stop-at-step must be >= 1, got {args.stop_at_step}")
     if args.out.exists() and not args.out.is_dir():
@@ -93,20 +104,28 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    world = distributed.launched_with_ranks()
+    rank = int(os.environ.get("RANK", "0")) if world > 1 else 0
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(levelname)s {f'rank {rank} ' if world > 1 else ''}%(name)s: %(message)s")
     try:
         check_inputs(args)
         cfg = _config(args)
+        device = distributed.init_from_env(args.device, args.dist_timeout) if world > 1 else args.device
         out = run_pretraining(args.upstream, args.corpus or args.audio, args.out, cfg, resume=args.resume,
                               stop_at_step=args.stop_at_step, until_yardstick=args.until_yardstick,
-                              max_cpu_seconds=args.max_cpu_seconds, device=args.device)
+                              max_cpu_seconds=args.max_cpu_seconds, device=device)
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # input errors (CheckpointError, AudioError, ...)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted; continue with --resume --out {args.out}", file=sys.stderr)
+        if rank == 0:
+            print(f"interrupted; continue with --resume --out {args.out}", file=sys.stderr)
         return 130
-    print(f"checkpoint: {out}")
+    finally:
+        distributed.shutdown()
+    if rank == 0:
+        print(f"checkpoint: {out}" + (f" ({world} ranks)" if world > 1 else ""))
     return 0
 
 

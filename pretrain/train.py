@@ -1,7 +1,8 @@
 """The masked-acoustic-model pretraining loop: resumable, logged to CSV, checkpointed atomically.
 
 `run_pretraining` reads like the recipe it runs: set up (identity, data, model and optimiser, resume), then a loop
-of small named steps (train step, evaluation, log row, checkpoint, stopping rule).
+of small named steps (train step, evaluation, log row, checkpoint, stopping rule). Started by torchrun, every rank
+runs the same loop on its share of each global batch (pretrain.distributed); only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from tqdm import tqdm
 from core.io import atomic_write_text
 from core.repro import default_device, provenance, seed_everything
 from corpora.manifest import Corpus
+from pretrain import distributed
 from pretrain.config import PretrainConfig
+from pretrain.distributed import Ranks
 from pretrain.data import AudioSource, BucketBatcher, crop_batch, load_features, resolve_source
 from pretrain.masking import interpolate_masked, mask_batch, masked_l1
 from pretrain.model import MaskedAcousticModel, lr_at, make_optimizer
@@ -104,8 +107,8 @@ def _read_log(path: Path, upto_step: int) -> list[dict[str, Any]]:
 
 
 @torch.no_grad()
-def held_out_l1(batches: list[Batch], predict: Callable[[Batch], torch.Tensor]) -> float:
-    """Masked L1 of `predict(batch)` over all held-out batches, weighted by their masked elements."""
+def held_out_sums(batches: list[Batch], predict: Callable[[Batch], torch.Tensor]) -> tuple[float, int]:
+    """(summed masked L1, masked elements) of `predict(batch)` over the held-out batches."""
     total, count = 0.0, 0
     for batch in batches:
         x, _, _, mask = batch
@@ -113,16 +116,26 @@ def held_out_l1(batches: list[Batch], predict: Callable[[Batch], torch.Tensor]) 
         n = int(mask.sum()) * x.shape[-1]
         total += float(masked_l1(pred, x.to(pred.device), mask.to(pred.device))) * n
         count += n
+    return total, count
+
+
+def held_out_l1(batches: list[Batch], predict: Callable[[Batch], torch.Tensor]) -> float:
+    """Masked L1 of `predict(batch)` over all held-out batches, weighted by their masked elements."""
+    total, count = held_out_sums(batches, predict)
     return total / max(count, 1)
 
 
-def validation_loss(model: MaskedAcousticModel, batches: list[Batch], device: torch.device) -> float:
-    """Masked L1 on the fixed held-out batches, eval mode, float32 (comparable across precisions)."""
+def validation_loss(model: MaskedAcousticModel, batches: list[Batch], device: torch.device,
+                    ranks: Ranks = Ranks()) -> float:
+    """Masked L1 on the fixed held-out batches, eval mode, float32 (comparable across precisions). With several
+    ranks each scores every W-th batch and the sums are added over ranks: one value, the same on every rank."""
     was_training = model.training
     model.eval()
-    loss = held_out_l1(batches, lambda b: model(b[2].to(device), b[1].to(device)))
+    total, count = held_out_sums(batches[ranks.rank::ranks.world], lambda b: model(b[2].to(device), b[1].to(device)))
+    if ranks.active:
+        total, count = distributed.all_sum([total, count], device)
     model.train(was_training)
-    return loss
+    return total / max(count, 1)
 
 
 def validation_baselines(batches: list[Batch]) -> dict[str, float]:
@@ -154,6 +167,13 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     rows: list[dict[str, Any]] = field(default_factory=list)
     window: list[float] = field(default_factory=lambda: [0, 0.0])  # frames and seconds since the last log row
+    ranks: Ranks = field(default_factory=Ranks)
+    ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper of `model` with several ranks
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """What a training step calls: `model`, or its DDP wrapper (which all-reduces the gradients)."""
+        return self.ddp or self.model
 
 
 def _masks(cfg: PretrainConfig, x: torch.Tensor, lengths: torch.Tensor, g: torch.Generator
@@ -177,7 +197,11 @@ def split_data(feats: list[torch.Tensor], cfg: PretrainConfig) -> tuple[list[int
 
 def start_run(spec: str, source: "str | Path | Corpus", out_dir: Path, cfg: PretrainConfig, resume: bool,
               device: torch.device, encoder: EncoderConfig | None, show_progress: bool) -> Run:
-    """Check the output directory, load the audio as features, build the model and optimiser, restore a resume."""
+    """Check the output directory, load the audio as features, build the model and optimiser, restore a resume.
+
+    With several ranks each loads every feature (the data order is global); rank 0 alone computes the corpus
+    normalisation (and caches it) and hands it to the others, so every rank normalises with the same numbers."""
+    ranks = distributed.current()
     src = resolve_source(source)
     ident = run_identity(spec, src, cfg, encoder)
     has_ckpt = (out_dir / META_FILE).is_file()
@@ -186,7 +210,10 @@ def start_run(spec: str, source: "str | Path | Corpus", out_dir: Path, cfg: Pret
     if has_ckpt and (bad := _mismatch(read_meta(out_dir), ident)):
         raise CheckpointError(f"checkpoint {out_dir} was trained with a different {', '.join(bad)}: cannot resume")
     _, base_feature, enc_cfg = model_configs(spec, cfg, encoder)
-    feature = _with_stats(src, base_feature, show_progress)
+    if ranks.active:
+        feature = distributed.broadcast(_with_stats(src, base_feature, show_progress) if ranks.main else None, ranks)
+    else:
+        feature = _with_stats(src, base_feature, show_progress)
 
     seed_everything(cfg.seed)
     feats, skipped = load_features(src.paths, feature, cfg.min_frames, progress=show_progress)
@@ -198,9 +225,11 @@ def start_run(spec: str, source: "str | Path | Corpus", out_dir: Path, cfg: Pret
             "train_utterances": len(train_idx), "val_utterances": len(feats) - len(train_idx),
             "val_baselines": validation_baselines(val_batches) if val_batches else None,
             "precision": "float32" if amp is None else str(amp).removeprefix("torch.")}
+    if ranks.active:  # the last sitting's; a resume may use another number of ranks
+        meta["world_size"] = ranks.world
     run = Run(spec, out_dir, cfg, device, feature, model, opt, feats, train_idx, val_batches,
               BucketBatcher([feats[i].shape[0] for i in train_idx], cfg.batch_size, cfg.seed),
-              torch.Generator().manual_seed(cfg.seed + 2), amp, meta)
+              torch.Generator().manual_seed(cfg.seed + 2), amp, meta, ranks=ranks)
     if has_ckpt:
         _, run.progress = load_training_checkpoint(out_dir, model, opt)
         torch.set_rng_state(run.progress.rng["torch"])
@@ -209,6 +238,8 @@ def start_run(spec: str, source: "str | Path | Corpus", out_dir: Path, cfg: Pret
         run.data_g.set_state(run.progress.rng["data"])
         run.rows = _read_log(out_dir / LOG_FILE, run.progress.step)  # rows past the checkpoint are redone
         log.info("resuming %s from step %d", out_dir, run.progress.step)
+    if ranks.active:
+        run.ddp = distributed.wrap(model, device)
     snapshot_rng(run)
     return run
 
@@ -221,28 +252,38 @@ def snapshot_rng(run: Run) -> None:
 
 
 def train_step(run: Run) -> tuple[float, int]:
-    """One optimiser step over `accumulation` micro-batches; returns (loss, 10-ms frames seen)."""
+    """One optimiser step over `accumulation` micro-batches; returns (loss, 10-ms frames seen).
+
+    Batches are global: with several ranks each computes its share (`distributed.local_share`), and the loss
+    returned is this rank's part of the batch's mean (the parts add up over ranks to the one-process loss).
+    """
     cfg, p = run.cfg, run.progress
     lr = lr_at(p.step, cfg.steps, cfg.lr, cfg.warmup)
     for group in run.opt.param_groups:
         group["lr"] = lr
+    if run.ranks.active:  # dropout: independent across ranks, the same again on a resume with as many ranks
+        torch.manual_seed(distributed.dropout_seed(cfg.seed, p.step, run.ranks.rank))
     step_loss, step_frames = 0.0, 0
     epoch, pos = p.epoch, p.batch_in_epoch  # committed only when the step completes
     batches = run.batcher.epoch(epoch)
-    for _ in range(cfg.accumulation):
+    for micro in range(cfg.accumulation):
         if pos >= len(batches):
             epoch, pos = epoch + 1, 0
             batches = run.batcher.epoch(epoch)
         x, lengths = crop_batch(run.feats, [run.train_idx[j] for j in batches[pos]], cfg.crop_frames, run.data_g)
         pos += 1
         inp, mask = _masks(cfg, x, lengths, run.data_g)
-        x, inp, lengths, mask = (t.to(run.device) for t in (x, inp, lengths, mask))
-        with torch.autocast(run.device.type, dtype=run.amp or torch.bfloat16, enabled=run.amp is not None):
-            pred = run.model(inp, lengths)
-        loss = masked_l1(pred, x, mask)
-        (loss / cfg.accumulation).backward()
-        step_loss += loss.item() / cfg.accumulation
         step_frames += int(lengths.sum()) * run.feature.downsample
+        weight = 1.0  # this rank's share of the batch's mean loss, times the number of ranks
+        if run.ranks.active:
+            (x, lengths, inp, mask), weight = distributed.local_share((x, lengths, inp, mask), run.ranks)
+        x, inp, lengths, mask = (t.to(run.device) for t in (x, inp, lengths, mask))
+        with distributed.no_sync(run.net, sync=micro == cfg.accumulation - 1):
+            with torch.autocast(run.device.type, dtype=run.amp or torch.bfloat16, enabled=run.amp is not None):
+                pred = run.net(inp, lengths)
+            loss = masked_l1(pred, x, mask) * weight  # x 1.0 is exact: one process computes what it always did
+            (loss / cfg.accumulation).backward()
+        step_loss += loss.item() / cfg.accumulation / run.ranks.world
     torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip)
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
@@ -254,7 +295,7 @@ def train_step(run: Run) -> tuple[float, int]:
 def evaluate(run: Run) -> float | None:
     if not run.val_batches:
         return None
-    run.progress.val_loss = validation_loss(run.model, run.val_batches, run.device)
+    run.progress.val_loss = validation_loss(run.model, run.val_batches, run.device, run.ranks)
     return run.progress.val_loss
 
 
@@ -270,6 +311,9 @@ def log_row(run: Run, train_loss: float | None, val: float | None) -> None:
 
 
 def save(run: Run) -> None:
+    """Checkpoint and loss log, atomically, by rank 0 alone (the ranks' weights are the same after each step)."""
+    if not run.ranks.main:
+        return
     meta = {**run.meta, "complete": run.progress.step >= run.cfg.steps}
     save_training_checkpoint(run.out_dir, run.model, run.opt, run.progress, meta)
     _write_log(run.out_dir / LOG_FILE, run.rows)
@@ -296,9 +340,13 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
     `until_yardstick` stops after the first evaluation below the interpolation yardstick and `max_cpu_seconds`
     once the training loop has used that much CPU time (recipe studies). None of them changes the schedule.
     `encoder` replaces the preset's encoder config (its input_dim follows the features).
+
+    Inside an initialised process group of several ranks (torchrun, `python -m pretrain`) every rank calls this with
+    the same arguments and its own device: `cfg.batch_size` is then the global batch, shared out between the ranks.
     """
     out_dir = Path(out_dir)
     device = torch.device(device) if device is not None else default_device()
+    show_progress = show_progress and distributed.current().main
     run = start_run(spec, corpus_root_or_audio, out_dir, cfg, resume, device, encoder, show_progress)
     p = run.progress
     if p.step >= cfg.steps:
@@ -306,7 +354,7 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
     last = min(cfg.steps, stop_at_step) if stop_at_step is not None else cfg.steps
     if p.step == 0 and not run.rows and run.val_batches:  # the curve's starting point
         log_row(run, None, evaluate(run))
-    if run.meta["val_baselines"]:
+    if run.meta["val_baselines"] and run.ranks.main:
         log.info("held-out masked L1 of trivial predictors: corpus mean %.4f, linear interpolation %.4f",
                  run.meta["val_baselines"]["mean"], run.meta["val_baselines"]["interpolate"])
     run.model.train()
@@ -316,6 +364,8 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
             wall, cpu = time.perf_counter(), time.process_time()
             loss, frames = train_step(run)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu  # evaluation and saving not counted
+            if run.ranks.active:  # the batch's loss, and the CPU time of all ranks (the same on each: same stops)
+                loss, cpu = distributed.all_sum([loss, cpu], run.device)
             p.seconds, p.cpu_seconds = p.seconds + wall, p.cpu_seconds + cpu
             run.window = [run.window[0] + frames, run.window[1] + wall]
             val = evaluate(run) if p.step % cfg.eval_interval == 0 or p.step == cfg.steps else None
@@ -330,16 +380,18 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
             if reason:
                 run.meta["stopped"] = reason  # recorded in the checkpoint; a resumed run clears it
                 save(run)
-                log.info("%s: stopping at step %d: %s", out_dir, p.step, reason)
+                if run.ranks.main:
+                    log.info("%s: stopping at step %d: %s", out_dir, p.step, reason)
                 break
     except KeyboardInterrupt:
-        log.warning("interrupted: saving step %d to %s (continue with --resume)", p.step, out_dir)
+        if run.ranks.main:
+            log.warning("interrupted: saving step %d to %s (continue with --resume)", p.step, out_dir)
         save(run)
         raise
     finally:
         bar.close()
     base = run.meta["val_baselines"]
-    if p.step >= cfg.steps and base and p.val_loss is not None and p.val_loss > base["interpolate"]:
+    if run.ranks.main and p.step >= cfg.steps and base and p.val_loss is not None and p.val_loss > base["interpolate"]:
         log.warning("%s: held-out masked L1 %.4f is still above linear interpolation between unmasked neighbours "
                     "(%.4f): the model has not learned to use local context; train longer", out_dir,
                     p.val_loss, base["interpolate"])
@@ -351,9 +403,11 @@ def ensure_pretrained(spec: str, corpus: Corpus, out_dir: Path, cfg: PretrainCon
                       show_progress: bool = True) -> Path:
     """Reuse a complete matching checkpoint in `out_dir`, resume an incomplete matching one, else train.
 
-    A checkpoint trained with another config/corpus is moved aside (`<out_dir>.replaced-<time>`), never deleted.
+    A checkpoint trained with another config/corpus is moved aside (`<out_dir>.replaced-<time>`), never deleted
+    (by rank 0, once every rank has decided, when several ranks call this).
     """
     out_dir = Path(out_dir)
+    ranks = distributed.current()
     if (out_dir / META_FILE).is_file():
         meta = read_meta(out_dir)
         bad = _mismatch(meta, run_identity(spec, resolve_source(corpus), cfg, encoder))
@@ -363,6 +417,9 @@ def ensure_pretrained(spec: str, corpus: Corpus, out_dir: Path, cfg: PretrainCon
             return run_pretraining(spec, corpus, out_dir, cfg, resume=True, encoder=encoder, device=device,
                                    show_progress=show_progress)
         aside = out_dir.with_name(f"{out_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        log.warning("checkpoint %s differs in %s: moving it to %s and retraining", out_dir, ", ".join(bad), aside)
-        shutil.move(str(out_dir), str(aside))
+        distributed.barrier(ranks)
+        if ranks.main:
+            log.warning("checkpoint %s differs in %s: moving it to %s and retraining", out_dir, ", ".join(bad), aside)
+            shutil.move(str(out_dir), str(aside))
+        distributed.barrier(ranks)
     return run_pretraining(spec, corpus, out_dir, cfg, encoder=encoder, device=device, show_progress=show_progress)
