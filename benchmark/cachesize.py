@@ -11,7 +11,7 @@ from core.frames import FrameRule
 from core.io import read_json
 from corpora.manifest import PROBE_SPLITS, Corpus
 from upstream.features import FeatureConfig
-from upstream.registry import RANDOM_CONTROLS, get_preset, is_external, parse_spec, static_shape
+from upstream.registry import EXTERNAL, RANDOM_CONTROLS, get_preset, is_external, parse_spec, static_shape
 
 if TYPE_CHECKING:
     from benchmark.plan import BenchmarkConfig
@@ -26,7 +26,7 @@ class Shape:
     hidden_states: int
     hidden_size: int
     feature: FeatureConfig | None  # the log-mel front-end; None for upstreams of other toolkits (registry.EXTERNAL)
-    ckpt_hash: str | None  # the planned checkpoint's content hash; None for mel / random-init controls / external
+    ckpt_hash: str | None  # the planned weights' identity hash; None for mel / toolkit random-init controls
     fresh: bool  # its checkpoint is still to be pretrained: nothing cached can be for it yet
     frame_rule: FrameRule
 
@@ -39,8 +39,9 @@ def planned_shape(spec: str, cfg: BenchmarkConfig) -> Shape:
 
     name, preset = parse_spec(spec)
     if is_external(name):
-        ext = static_shape(spec, planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain))
-        return Shape(ext.num_hidden_states, ext.hidden_size, None, None, fresh=False, frame_rule=ext.frame_rule)
+        ckpt = planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain)
+        ext, ident = static_shape(spec, ckpt), EXTERNAL[name].identity_hash(preset, ckpt)[:16]
+        return Shape(ext.num_hidden_states, ext.hidden_size, None, ident, fresh=False, frame_rule=ext.frame_rule)
     p = get_preset(name, preset)
     if p.encoder is None:
         return Shape(1, p.feature.feature_dim, p.feature, None, fresh=False, frame_rule=p.feature.frame_rule)

@@ -261,8 +261,8 @@ def plain_copy(obj: Any, path: str = "") -> tuple[Any, list[str]]:
         return out, dropped
     if isinstance(obj, (list, tuple)):
         items = [plain_copy(v, f"{path}[{i}]") for i, v in enumerate(obj)]
-        return type(obj)(v for v, _ in items) if type(obj) in (list, tuple) else [v for v, _ in items], \
-            [d for _, ds in items for d in ds]
+        values = [v for v, _ in items]
+        return (tuple(values) if isinstance(obj, tuple) else values), [d for _, ds in items for d in ds]
     return obj, []
 
 
