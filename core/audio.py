@@ -34,7 +34,7 @@ def load_audio(path: str | Path, target_sr: int = SAMPLE_RATE) -> torch.Tensor:
         raise AudioError(f"audio file {path} holds {bad} NaN/inf samples")
     wav = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]).contiguous()
     if sr != target_sr and wav.numel():
-        wav = AF.resample(wav, orig_freq=sr, new_freq=target_sr)
+        wav = AF.resample(wav, orig_freq=sr, new_freq=target_sr)  # core.frames.resampled_length(n, sr, target_sr)
     return wav
 
 

@@ -15,6 +15,7 @@ covers `size` inputs, one every `stride`), optional padding before the first win
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -71,6 +72,10 @@ class FrameRule:
             n = max(0, (n - w.size) // w.stride + 1)
         return n // self.stack
 
+    def num_frames_of(self, n_samples: int, sample_rate: int) -> int:
+        """Output frames for audio of `n_samples` samples at `sample_rate`, as loaded (resampled to this rule's rate)."""
+        return self.num_frames(resampled_length(n_samples, sample_rate, self.sample_rate))
+
     def num_frames_tensor(self, n_samples: torch.Tensor) -> torch.Tensor:
         """Vectorised `num_frames` for a (B,) integer tensor of sample counts."""
         n = n_samples + 2 * self.pad
@@ -97,6 +102,15 @@ class FrameRule:
             return cls(int(d["sample_rate"]), tuple(Window(**w) for w in d["windows"]), int(d["pad"]), int(d["stack"]))
         except (KeyError, TypeError) as e:
             raise ValueError(f"not a frame rule: {d!r} ({e})") from None
+
+
+def resampled_length(n_samples: int, orig_sr: int, new_sr: int) -> int:
+    """Samples after resampling `n_samples` from `orig_sr` to `new_sr` with torchaudio.functional.resample (what
+    core.audio.load_audio does): ceil(n * new / orig), rates reduced by their gcd first, as torchaudio computes it."""
+    if orig_sr == new_sr:
+        return n_samples
+    g = math.gcd(orig_sr, new_sr)
+    return -(-n_samples * (new_sr // g) // (orig_sr // g))
 
 
 def stft_rule(hop: int = HOP, n_fft: int = WIN, sample_rate: int = SAMPLE_RATE, stack: int = 1) -> FrameRule:

@@ -17,7 +17,7 @@ def frame_labels(utt: Utterance, phone_index: dict[str, int], rule: FrameRule = 
     to rule.sample_rate); raises if unlabelled."""
     if utt.alignment is None or not utt.alignment:
         raise ValueError(f"utterance {utt.id} has no phone alignment")
-    n = rule.num_frames(round(utt.num_samples * rule.sample_rate / utt.sample_rate))
+    n = rule.num_frames_of(utt.num_samples, utt.sample_rate)
     centres = rule.centres(n) * (utt.sample_rate / rule.sample_rate)
     segs: tuple[Segment, ...] = utt.alignment
     starts = np.array([s.start for s in segs], dtype=np.float64)

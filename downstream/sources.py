@@ -21,8 +21,7 @@ from upstream.interface import Upstream
 def frame_counts(rule: FrameRule, utts: list[Utterance]) -> np.ndarray:
     """(n_utts,) frames each utterance gives under `rule` (from the manifest's sample counts, resampled to the
     upstream's rate as core.audio.load_audio does)."""
-    return np.array([rule.num_frames(round(u.num_samples * rule.sample_rate / u.sample_rate)) for u in utts],
-                    dtype=np.int64)
+    return np.array([rule.num_frames_of(u.num_samples, u.sample_rate) for u in utts], dtype=np.int64)
 
 
 class FeatureSource(Protocol):

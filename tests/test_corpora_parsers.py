@@ -152,3 +152,19 @@ def test_frame_labels_follow_any_frame_rule():
             assert lab.tolist() == (centres * sr / 16000 >= n // 2).astype(int).tolist(), (sr, rule)
     assert w2v.num_frames(16000) == 49 and w2v.num_frames(399) == 0 and w2v.num_frames(400) == 1
     assert stft_rule(stack=3).num_frames(16000) == 33
+
+
+def test_frames_of_resampled_audio_are_counted_as_loaded():
+    """Frame counts of non-16 kHz audio come from the length torchaudio's resampler gives (ceil), not a rounding:
+    at 22.05 kHz half of the lengths round down, and one sample decides a frame at every hop boundary."""
+    import torch
+    import torchaudio.functional as AF
+
+    from core.frames import resampled_length
+
+    for sr in (8000, 22050, 44100, 48000):
+        for n in range(sr // 2, sr // 2 + 400, 13):
+            assert resampled_length(n, sr, 16000) == AF.resample(torch.zeros(n), sr, 16000).numel(), (sr, n)
+    n = 22052  # 16001.45... samples at 16 kHz: rounding says 16001, torchaudio gives 16002
+    assert resampled_length(n, 22050, 16000) == 16002 and round(n * 16000 / 22050) == 16001
+    assert stft_rule(hop=2).num_frames_of(n, 22050) == 1 + 16002 // 2
