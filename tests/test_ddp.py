@@ -51,12 +51,16 @@ JOB_DEADLINE_S = 300
 LOSS_TOL = WEIGHT_TOL = 1e-4
 
 
-def _rank_main(rank: int, world: int, store: str, corpus: str, out: str, resume: bool, kill_at_step: int | None
-               ) -> None:
-    """One rank (a module-level function: torch.multiprocessing imports it in the child)."""
+def _rank_main(rank: int, world: int, store: str, corpus: str, out: str, resume: bool, kill_at_step: int | None,
+               device: str) -> None:
+    """One rank (a module-level function: torch.multiprocessing imports it in the child): gloo on the CPU, or nccl
+    with GPU `rank` (tests/test_cuda.py)."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=TIMEOUT_S))
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", init_method=f"file://{store}",
+                            rank=rank, world_size=world, timeout=timedelta(seconds=TIMEOUT_S))
     try:
         import pretrain.train as train
         import upstream.checkpoint as checkpoint
@@ -73,15 +77,16 @@ def _rank_main(rank: int, world: int, store: str, corpus: str, out: str, resume:
                     os.killpg(os.getpgrp(), signal.SIGKILL)
                 return real(path, obj, *a, **k)
             checkpoint.atomic_write_json = dies
-        run_pretraining(SPEC, corpus, Path(out), CFG, resume=resume, device="cpu", encoder=MICRO, show_progress=False)
+        run_pretraining(SPEC, corpus, Path(out), CFG, resume=resume, device=device, encoder=MICRO, show_progress=False)
     finally:
         dist.destroy_process_group()
 
 
 def run_ranks(world: int, store: Path, corpus: Path, out: Path, resume: bool = False,
-              kill_at_step: int | None = None) -> None:
-    """Run the job on `world` gloo ranks; fail (killing the ranks) past the deadline."""
-    ctx = mp.start_processes(_rank_main, args=(world, str(store), str(corpus), str(out), resume, kill_at_step),
+              kill_at_step: int | None = None, device: str = "cpu") -> None:
+    """Run the job on `world` ranks (gloo on the CPU; device "cuda": nccl, one GPU each); fail (killing the ranks)
+    past the deadline."""
+    ctx = mp.start_processes(_rank_main, args=(world, str(store), str(corpus), str(out), resume, kill_at_step, device),
                              nprocs=world, join=False, start_method="spawn")
     deadline = time.monotonic() + JOB_DEADLINE_S
     while not ctx.join(timeout=2):  # raises if a rank failed (after terminating the others)

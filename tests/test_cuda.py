@@ -1,0 +1,153 @@
+"""The GPU path, checked where there is a GPU: skipped without CUDA (`requires_cuda`), run by `perf/device_check.py`.
+
+- pretraining in bfloat16 autocast tracks float32, and float32 on CUDA tracks float32 on the CPU;
+- extraction and probes on CUDA give the CPU's result rows (the harness end to end, two result folders);
+- with two or more GPUs, 2 nccl ranks train the one-GPU run (as tests/test_ddp.py checks for gloo on CPU).
+
+Tolerances (dropout 0 throughout, so the runs differ by arithmetic alone):
+- bfloat16 vs float32 losses: 0.01. bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 = 0.2 %) in the
+  autocast matmuls, which accumulate in float32; on the CPU's bfloat16 autocast the same 20-step run differed by
+  at most 2e-4 (losses 0.65-1.0). The GPU's kernels round in other places, hence the 50x margin; a float32 model
+  that never entered autocast, or a loss computed in bfloat16, would still pass it: the test also checks the
+  recorded precision, and the loss is computed in float32 (pretrain.masking.masked_l1).
+- float32 CUDA vs CPU losses: 1e-3 (torch does not use TF32 for float32 matmuls unless asked; the rest is
+  summation order, ~1e-6 over these steps, as the DDP test measures for another order).
+- hidden states, CUDA vs CPU: 1e-4 absolute (float32 rounding through 3 layers; the features are normalised to
+  unit variance); result rows: dev/test accuracy within 0.02 (a tiny test set where one frame is ~0.3 %, and a
+  6-step probe whose arithmetic differs by rounding), weighted-sum layer weights within 0.01.
+These GPU bounds are reasoned, not yet measured here (no GPU in this project so far): perf/device_check.py writes
+the measured differences into its JSON, and the bounds should be tightened from them.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from pretrain import PretrainConfig, run_pretraining
+from pretrain.synthetic import make_tiny_corpus
+from pretrain.train import autocast_dtype
+from upstream.checkpoint import read_meta
+from upstream.transformer import EncoderConfig
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                   reason="needs a CUDA device (perf/device_check.py runs these on a GPU machine)")
+pytestmark = requires_cuda
+
+ENC = EncoderConfig(hidden_size=64, num_heads=2, intermediate_size=128, num_layers=2, dropout=0.0,
+                    attention_dropout=0.0)
+CFG = PretrainConfig(steps=20, batch_size=3, accumulation=2, crop_frames=50, ckpt_interval=10, eval_interval=5,
+                     log_interval=1, val_fraction=0.2, precision="float32", lr=1e-3)
+GPU = "cuda"  # a module constant so the tests' logic can be dry-run on the CPU against itself
+BF16_TOL, F32_TOL, HIDDEN_TOL, METRIC_TOL, WEIGHT_TOL = 0.01, 1e-3, 1e-4, 0.02, 0.01
+
+
+def curve(ckpt: Path) -> dict[tuple[int, str], float]:
+    with open(ckpt / "loss.csv") as f:
+        return {(int(r["step"]), c): float(r[c]) for r in csv.DictReader(f) for c in ("train_loss", "val_loss") if r[c]}
+
+
+def max_curve_diff(a: Path, b: Path) -> float:
+    ca, cb = curve(a), curve(b)
+    assert ca.keys() == cb.keys()
+    return max(abs(ca[k] - cb[k]) for k in ca)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_tiny_corpus(tmp_path_factory.mktemp("cuda") / "corpus", n_utts=10, seconds=(0.8, 1.2))
+
+
+def test_auto_precision_is_bfloat16_autocast_on_cuda():
+    want = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    assert autocast_dtype(PretrainConfig(), torch.device(GPU)) == want
+    assert autocast_dtype(PretrainConfig(), torch.device("cpu")) is None
+
+
+def test_bfloat16_autocast_pretraining_tracks_float32(corpus, tmp_path):
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    f32 = run_pretraining("aalbert:small", corpus, tmp_path / "f32", CFG, device=GPU, encoder=ENC,
+                          show_progress=False)
+    bf16 = run_pretraining("aalbert:small", corpus, tmp_path / "bf16", replace(CFG, precision="bfloat16"),
+                           device=GPU, encoder=ENC, show_progress=False)
+    assert read_meta(f32)["precision"] == "float32" and read_meta(bf16)["precision"] == "bfloat16"
+    diff = max_curve_diff(f32, bf16)
+    print(f"bfloat16 vs float32 on CUDA: largest loss difference {diff:.2e}")
+    assert diff <= BF16_TOL
+
+
+def test_float32_pretraining_on_cuda_tracks_the_cpu(corpus, tmp_path):
+    cpu = run_pretraining("aalbert:small", corpus, tmp_path / "cpu", CFG, device="cpu", encoder=ENC,
+                          show_progress=False)
+    gpu = run_pretraining("aalbert:small", corpus, tmp_path / "gpu", CFG, device=GPU, encoder=ENC,
+                          show_progress=False)
+    diff = max_curve_diff(cpu, gpu)
+    print(f"float32 CUDA vs CPU: largest loss difference {diff:.2e}")
+    assert diff <= F32_TOL
+    assert read_meta(cpu)["pretrain_frames"] == read_meta(gpu)["pretrain_frames"]  # same data, same order
+
+
+def test_hidden_states_on_cuda_match_the_cpu():
+    from upstream.features import FeatureConfig
+    from upstream.registry import build_upstream
+
+    model = build_upstream("aalbert_random", feature=FeatureConfig(norm="utterance")).eval()  # no corpus statistics
+    wav = 0.1 * torch.randn(3, 24000, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([24000, 20000, 9000])
+    with torch.no_grad():
+        cpu, n_cpu = model(wav, lengths)
+        gpu, n_gpu = model.to(GPU)(wav.to(GPU), lengths.to(GPU))
+    assert torch.equal(n_cpu, n_gpu.cpu()) and len(cpu) == len(gpu)
+    diff = max(float((a - b.cpu())[:, : int(n_cpu.min())].abs().max()) for a, b in zip(cpu, gpu))
+    print(f"hidden states CUDA vs CPU: largest difference {diff:.2e}")
+    assert diff <= HIDDEN_TOL
+
+
+def test_extraction_and_probes_on_cuda_give_the_cpu_rows(tmp_path):
+    diffs = harness_rows_differ(tmp_path, "cpu", GPU)
+    print(f"result rows CUDA vs CPU: {diffs}")
+    assert diffs["metric"] <= METRIC_TOL and diffs["layer_weights"] <= WEIGHT_TOL
+
+
+def harness_rows_differ(tmp_path: Path, dev_a: str, dev_b: str) -> dict[str, float]:
+    """The harness on a tiny corpus on two devices (own caches and results); the largest differences of their rows."""
+    import benchmark.runner as runner
+    from benchmark.plan import BenchmarkConfig
+    from benchmark.results import read_rows
+    from downstream.train import ProbeConfig
+    from tests.test_probes_corpus import make_tiny_corpus as make_probe_corpus
+
+    root = tmp_path / "corpus"
+    make_probe_corpus(root, n_speakers=3, per_speaker={"train": 4, "dev": 1, "test": 1})
+    out = {}
+    for dev in (dev_a, dev_b):
+        dev_dir = tmp_path / dev if dev_a != dev_b else tmp_path / f"{dev}-{len(out)}"
+        cfg = BenchmarkConfig(corpus=str(root), upstreams=("mel", "aalbert_random"),
+                              tasks=("phone_linear", "speaker_utterance"), modes="last,weighted_sum",
+                              fractions=(1.0,), seeds=1, probe=ProbeConfig(lr=1e-2, max_steps=6, eval_every=3,
+                                                                           batch_size=4),
+                              results_dir=dev_dir / "results", cache_dir=dev_dir / "cache",
+                              runs_dir=tmp_path / "runs", progress=False, report=False, device=dev)
+        runner.run_benchmark(cfg, log=lambda *_: None)
+        out[len(out)] = {r["run_id"]: r for r in read_rows(dev_dir / "results" / "runs.csv")}
+    a, b = out[0], out[1]
+    assert a.keys() == b.keys() and len(a) == 6  # mel: last; aalbert_random: last, weighted_sum; x 2 tasks
+    metric = max(abs(float(a[k][c]) - float(b[k][c])) for k in a for c in ("dev_metric", "test_metric"))
+    lw = [abs(float(x) - float(y)) for k in a if a[k]["layer_weights"]
+          for x, y in zip(a[k]["layer_weights"].split(";"), b[k]["layer_weights"].split(";"))]
+    return {"metric": metric, "layer_weights": max(lw, default=0.0)}
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices (one nccl rank per GPU)")
+def test_two_nccl_ranks_train_the_one_gpu_run(tmp_path):
+    from tests.test_ddp import CFG as DDP_CFG, MICRO, SPEC, assert_same_run, run_ranks
+
+    corpus = make_tiny_corpus(tmp_path / "corpus", n_utts=10, seconds=(0.8, 1.2))
+    one = run_pretraining(SPEC, corpus, tmp_path / "one", DDP_CFG, device="cuda:0", encoder=MICRO,
+                          show_progress=False)
+    run_ranks(2, tmp_path / "store", corpus, tmp_path / "two", device="cuda")
+    assert_same_run(one, tmp_path / "two")
