@@ -194,8 +194,8 @@ def print_list() -> None:
     for name in upstream_names():
         if name in EXTERNAL:
             ext = EXTERNAL[name]
-            kind = ("weights from --ckpt " + ("s3prl:NAME=FILE.ckpt" if name == "s3prl" else f"{name}=FILE.pth")
-                    if ext.weights else "random-init control")
+            kind = (f"weights from --ckpt {name}{':PRESET' if ext.ckpt_per_preset else ''}=FILE" if ext.weights
+                    else "random-init control")
             presets = [ext.default_preset, *(p for p in ext.presets if p != ext.default_preset)]
             print(f"  {name:20s} presets: {', '.join(presets)}   ({kind})")
             continue

@@ -1,6 +1,7 @@
 """The one upstream contract: waveforms + lengths in, every hidden state + valid frame lengths out."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,9 @@ from torch import Tensor, nn
 from core.frames import FrameRule
 from upstream.features import FeatureConfig, LogMelFrontend
 from upstream.transformer import EncoderConfig, TransformerEncoder
+
+
+RANDOM_INIT_SEED = 0  # random-init controls are deterministic so their cached features can be reused
 
 
 @dataclass(frozen=True)
@@ -20,7 +24,7 @@ class UpstreamShape:
     frame_rule: FrameRule
 
 
-class Upstream(nn.Module):
+class Upstream(nn.Module, ABC):
     """Base class of every upstream. Static attributes describe the output without running the model.
 
     forward(wavs (B, S) float in [-1, 1] at `sample_rate`, wav_lengths (B,)) -> (hidden_states, lengths): a list of
@@ -41,11 +45,11 @@ class Upstream(nn.Module):
         """Samples between consecutive output frames."""
         return self.frame_rule.shift
 
-    def cache_fields(self) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def cache_fields(self) -> dict[str, Any]: ...
 
-    def forward(self, wavs: Tensor, wav_lengths: Tensor) -> tuple[list[Tensor], Tensor]:
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, wavs: Tensor, wav_lengths: Tensor) -> tuple[list[Tensor], Tensor]: ...
 
 
 class LogMelUpstream(Upstream):

@@ -19,7 +19,7 @@ import torch
 
 from upstream.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint
 from upstream.features import FeatureConfig
-from upstream.interface import MelUpstream, TransformerUpstream, Upstream, UpstreamShape
+from upstream.interface import RANDOM_INIT_SEED, MelUpstream, TransformerUpstream, Upstream, UpstreamShape
 from upstream.s3prl_hub import S3prlFamily
 from upstream.torchaudio_models import TorchaudioFamily
 from upstream.transformer import EncoderConfig
@@ -57,7 +57,6 @@ UPSTREAMS: dict[str, dict[str, Preset]] = {
 }
 RANDOM_CONTROLS: dict[str, str] = {"mockingjay_random": "mockingjay", "aalbert_random": "aalbert"}
 DEFAULT_PRESET: dict[str, str] = {"mel": "default", "mockingjay": "small", "aalbert": "small"}
-RANDOM_INIT_SEED = 0  # random-init controls are deterministic so their cached features can be reused
 
 
 class ExternalFamily(Protocol):
@@ -65,6 +64,7 @@ class ExternalFamily(Protocol):
 
     weights: bool  # True: built from --ckpt NAME=PATH; False: a seeded random-init control
     default_preset: str
+    ckpt_per_preset: bool  # True: one weights file per preset, --ckpt NAME:PRESET=PATH (s3prl hub entries)
 
     @property
     def presets(self) -> Mapping[str, Any]: ...
@@ -126,7 +126,7 @@ def is_pretrained(name: str) -> bool:
 def ckpt_key(spec: str) -> str:
     """The NAME of --ckpt NAME=PATH for `spec`: the upstream's name, or `s3prl:HUBNAME` (one file per hub entry)."""
     name, preset = parse_spec(spec)
-    return f"{name}:{preset}" if name == "s3prl" else name
+    return f"{name}:{preset}" if name in EXTERNAL and EXTERNAL[name].ckpt_per_preset else name
 
 
 def static_shape(spec: str, ckpt: Path | None) -> UpstreamShape:

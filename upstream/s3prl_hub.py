@@ -99,6 +99,7 @@ class S3prlFamily:
 
     weights: bool = True
     default_preset: str = "mockingjay"
+    ckpt_per_preset: bool = True
 
     @property
     def presets(self) -> dict[str, Callable[[dict[str, Any], str], UpstreamShape]]:

@@ -30,10 +30,9 @@ from torch import Tensor, nn
 from core.frames import SAMPLE_RATE, FrameRule, conv_rule
 from core.io import sha256_file, sha256_json
 from upstream.checkpoint import CheckpointError
-from upstream.interface import Upstream, UpstreamShape
+from upstream.interface import RANDOM_INIT_SEED, Upstream, UpstreamShape
 
 DEFAULT_CONV = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2  # torchaudio's default feature encoder
-RANDOM_INIT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -144,6 +143,7 @@ class TorchaudioFamily:
     family: str  # key of PRESETS
     weights: bool
     default_preset: str = "base"
+    ckpt_per_preset: bool = False
 
     @property
     def presets(self) -> dict[str, Arch]:
