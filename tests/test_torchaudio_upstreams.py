@@ -93,6 +93,10 @@ def test_bad_weight_files_are_one_line_errors_naming_the_file(tmp_path):
     hubert = saved_tiny(tmp_path / "hubert.pth", "hubert")
     with pytest.raises(CheckpointError, match=r"hubert.pth: weights do not fit"):
         build_upstream("wav2vec2_base:base", ckpt=hubert)  # tiny weights, base architecture
+    asr = tmp_path / "asr.pth"  # an ASR bundle's file: the encoder plus a CTC head (aux), which is left out
+    torch.save({**torch.load(hubert, weights_only=True), "aux.weight": torch.zeros(29, 32), "aux.bias": torch.zeros(29)},
+               asr)
+    assert build_upstream("hubert_base:tiny", ckpt=asr).num_hidden_states == 3
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil.pth"
     torch.save({"x": _Touch(marker)}, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)

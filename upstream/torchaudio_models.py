@@ -12,8 +12,8 @@ mask (torchaudio 2.11 `wavlm_attention.py`, pytorch/audio#3700), so a WavLM batc
 Transformer one utterance at a time.
 
 Weights: the `.pth` state dicts torchaudio's pipelines download (e.g. `wav2vec2_fairseq_base_ls960.pth`,
-`hubert_fairseq_base_ls960.pth`, `wavlm_base.pth`), given as a local file and read with
-`torch.load(..., weights_only=True)`; nothing is downloaded. The base bundles feed the raw waveform
+`hubert_fairseq_base_ls960.pth`, `wavlm_base.pth`; an ASR bundle's file loads too, its `aux.*` CTC head left out),
+given as a local file and read with `torch.load(..., weights_only=True)`; nothing is downloaded. The base bundles feed the raw waveform
 (`_normalize_waveform=False` in torchaudio's `pipelines/_wav2vec2/impl.py`), as this module does.
 """
 from __future__ import annotations
@@ -187,6 +187,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
                               f"{str(e).splitlines()[0] if str(e) else ''}") from e
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"--ckpt {path}: expected a state dict (names -> tensors), got {type(state).__name__}")
+    state = {k: v for k, v in state.items() if not k.startswith("aux.")}  # an ASR bundle's CTC head: not upstream
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches raise even when strict=False
