@@ -35,7 +35,6 @@ from upstream.transformer import EncoderConfig
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                    reason="needs a CUDA device (perf/device_check.py runs these on a GPU machine)")
-pytestmark = requires_cuda
 
 ENC = EncoderConfig(hidden_size=64, num_heads=2, intermediate_size=128, num_layers=2, dropout=0.0,
                     attention_dropout=0.0)
@@ -61,12 +60,14 @@ def corpus(tmp_path_factory):
     return make_tiny_corpus(tmp_path_factory.mktemp("cuda") / "corpus", n_utts=10, seconds=(0.8, 1.2))
 
 
+@requires_cuda
 def test_auto_precision_is_bfloat16_autocast_on_cuda():
     want = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     assert autocast_dtype(PretrainConfig(), torch.device(GPU)) == want
     assert autocast_dtype(PretrainConfig(), torch.device("cpu")) is None
 
 
+@requires_cuda
 def test_bfloat16_autocast_pretraining_tracks_float32(corpus, tmp_path):
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bfloat16")
@@ -80,6 +81,7 @@ def test_bfloat16_autocast_pretraining_tracks_float32(corpus, tmp_path):
     assert diff <= BF16_TOL
 
 
+@requires_cuda
 def test_float32_pretraining_on_cuda_tracks_the_cpu(corpus, tmp_path):
     cpu = run_pretraining("aalbert:small", corpus, tmp_path / "cpu", CFG, device="cpu", encoder=ENC,
                           show_progress=False)
@@ -91,6 +93,7 @@ def test_float32_pretraining_on_cuda_tracks_the_cpu(corpus, tmp_path):
     assert read_meta(cpu)["pretrain_frames"] == read_meta(gpu)["pretrain_frames"]  # same data, same order
 
 
+@requires_cuda
 def test_hidden_states_on_cuda_match_the_cpu():
     from upstream.features import FeatureConfig
     from upstream.registry import build_upstream
@@ -107,6 +110,7 @@ def test_hidden_states_on_cuda_match_the_cpu():
     assert diff <= HIDDEN_TOL
 
 
+@requires_cuda
 def test_extraction_and_probes_on_cuda_give_the_cpu_rows(tmp_path):
     diffs = harness_rows_differ(tmp_path, "cpu", GPU)
     print(f"result rows CUDA vs CPU: {diffs}")
@@ -151,3 +155,28 @@ def test_two_nccl_ranks_train_the_one_gpu_run(tmp_path):
                           show_progress=False)
     run_ranks(2, tmp_path / "store", corpus, tmp_path / "two", device="cuda")
     assert_same_run(one, tmp_path / "two")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_device_check_without_cuda_says_so_and_exits_2():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "perf/device_check.py"], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "no CUDA device here" in done.stderr and "nothing was checked" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_device_check_measurements_run_on_the_cpu():
+    """The measuring code of perf/device_check.py, tiny, on the CPU: it must work the day a GPU is there."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "perf" / "device_check.py"
+    spec = importlib.util.spec_from_file_location("device_check", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    row = check.pretrain_fps("aalbert:small", "cpu", None, batch=2, steps=1)
+    assert row["frames_per_s"] > 0 and row["batch"] == "2 x 150 x R3"
+    assert check.probe_fps(16, "cpu", steps=2)["frames_per_s"] > 0

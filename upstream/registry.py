@@ -154,9 +154,10 @@ def check_ckpt(key: str, path: Path) -> None:
         return EXTERNAL[name].check_ckpt(key, path)
     if ":" in key or not is_pretrained(name):
         valid = [n for n in upstream_names() if is_pretrained(n) and n != "s3prl"] + ["s3prl:NAME"]
-        raise ValueError(f"--ckpt {key}={path}: {key!r} is not an upstream with weights; valid: {', '.join(valid)}")
+        raise ValueError(f"--ckpt '{key}={path}': {key!r} is not a pretrained upstream (it has no weights to load); "
+                         f"valid: {', '.join(valid)}")
     if not (path / "checkpoint.json").is_file():
-        raise ValueError(f"--ckpt {key}={path}: {path} is not a checkpoint directory (no checkpoint.json)")
+        raise ValueError(f"--ckpt '{key}={path}': {path} is not a checkpoint directory (no checkpoint.json)")
     from upstream.checkpoint import verify_checkpoint
 
     verify_checkpoint(path, family=name)
