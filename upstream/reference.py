@@ -28,8 +28,8 @@ class Reference:
 
 
 REFERENCES: dict[str, Reference] = {
-    "mockingjay": Reference("mockingjay", "small", "PENDING"),
-    "aalbert": Reference("aalbert", "small", "PENDING"),
+    "mockingjay": Reference("mockingjay", "small", "b69a44afd631966e2ca18cc3bcc983f568a96fba27635e7d18ecf2ab2fd7bfd6"),
+    "aalbert": Reference("aalbert", "small", "6bc20f8b5d075776c8735f9a72327d77269fa61df2b0734bfdd49e21eef77327"),
 }
 
 
