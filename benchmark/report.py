@@ -64,6 +64,28 @@ def _attention_section(results_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def _study_sections(results_dir: Path) -> str:
+    """The studies that explain the rows, where their outputs sit beside them: the pretraining recipe study
+    (results/recipe_study/) and the attention-head classes and ablation (results/attention/heads/)."""
+    parts = []
+    for folder, title, files in (
+            ("recipe_study", "Pretraining recipes: time to the interpolation yardstick",
+             (("recipes.md", None), ("recipes.png", "Held-out masked L1 vs CPU seconds"))),
+            ("attention/heads", "Attention heads: types and the global-head ablation",
+             (("head_mix.md", None), ("head_mix.png", "Head types per layer"), ("ablation.md", None)))):
+        d = results_dir / folder
+        found = [(f, cap) for f, cap in files if (d / f).is_file()]
+        if not found:
+            continue
+        parts.append(f"### {title}\n")
+        if (d / COMMAND_FILE).is_file():
+            cmds = [ln.strip() for ln in (d / COMMAND_FILE).read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+            parts.append("Produced by " + "; then ".join(f"`{c}`" for c in cmds) + ".\n")
+        for f, cap in found:
+            parts.append(f"![{cap}]({folder}/{f})\n" if cap else (d / f).read_text(encoding="utf-8"))
+    return "\n".join(parts)
+
+
 def _budget_summary(runs: pd.DataFrame) -> str:
     conv = runs[runs["budget"] == "converge"]
     parts = []
@@ -142,7 +164,11 @@ def build_report(results_dir: Path) -> Path:
                   "line the weighted sum trained on the same data.\n\n![Per-layer probes](plots/layer_probe.png)\n")
     if "layer_weights.png" not in made and "layer_probe.png" not in made:
         md.append("No weighted-sum or per-layer rows.\n")
-    md += ["## Attention\n", _attention_section(results_dir), "## Cost\n", _cost_section(results_dir),
+    md += ["## Attention\n", _attention_section(results_dir)]
+    studies = _study_sections(results_dir)
+    if studies:
+        md += ["## Studies behind the rows\n", studies]
+    md += ["## Cost\n", _cost_section(results_dir),
            "## Science checks\n",
            "Each claim of the Mockingjay / AALBERT papers is tested on the rows above; a gap counts as clear when "
            "it exceeds the combined 95% CI half-widths. Gaps are in metric points (accuracy %).\n\n"

@@ -163,6 +163,21 @@ def test_build_report_drops_stale_plots_and_includes_cost_and_attention(tmp_path
     assert "0.0123" in text and "| mj | 1 |" in text
 
 
+def test_build_report_includes_the_studies_beside_the_rows(tmp_path):
+    results = _write(tmp_path, synthetic_runs(**SMALL))
+    assert "## Studies behind the rows" not in build_report(results).read_text()  # none there: no empty section
+    (results / "recipe_study").mkdir()
+    (results / "recipe_study" / "recipes.md").write_text("| upstream | recipe |\n|---|---|\n| mj | s3prl |\n")
+    heads = results / "attention" / "heads"
+    heads.mkdir(parents=True)
+    (heads / "ablation.md").write_text("global heads removed: -3.2 points\n")
+    (heads / "command.txt").write_text("python -m analysis.attention_heads --ablate mj\n# 12 s\n")
+    text = build_report(results).read_text()
+    assert "## Studies behind the rows" in text and "| mj | s3prl |" in text and "-3.2 points" in text
+    assert "`python -m analysis.attention_heads --ablate mj`" in text and "`# 12 s`" not in text
+    assert "recipes.png" not in text  # a figure that is not there is not linked
+
+
 def test_cli_reports_bad_input(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "runs.csv" in capsys.readouterr().err
