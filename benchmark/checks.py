@@ -75,6 +75,19 @@ def _wins(m: pd.DataFrame) -> tuple[int, str]:
     return wins, f"{wins}/{len(m)} ({int(((m['gap'] > 0) & m['clear']).sum())} beyond the 95% CIs)"
 
 
+MEL_BASELINE_PRESET = "default"  # the papers' baseline: 80 log-mel on 10-ms frames
+
+
+def _mel(rows: pd.DataFrame) -> pd.DataFrame:
+    """The log-mel baseline's last-layer rows: the papers' 10-ms `mel:default` where the rows have it, else the one
+    mel preset they hold (none where several others, e.g. `delta` and `stack3`, leave the baseline ambiguous)."""
+    mel = rows[(rows["upstream"] == "mel") & (rows["mode"] == "last")]
+    presets = set(mel["preset"])
+    if MEL_BASELINE_PRESET in presets:
+        return mel[mel["preset"] == MEL_BASELINE_PRESET]
+    return mel if len(presets) == 1 else mel.iloc[:0]
+
+
 def _pretrained(agg: pd.DataFrame) -> pd.Series:
     # By name, not by pretrain_frames: a checkpoint that predates throughput metadata is still pretrained.
     return agg["upstream"].map(is_pretrained).astype(bool)
@@ -95,7 +108,7 @@ def _labels(m: pd.DataFrame) -> pd.Series:
 def check_scarce_labels(agg: pd.DataFrame) -> Check:
     claim = ("Pretrained features beat log-mel most when labels are scarce: frozen last layer above mel at the "
              "smallest fraction, by more than at the largest")
-    mel = agg[(agg["upstream"] == "mel") & (agg["mode"] == "last")]
+    mel = _mel(agg)
     pre = agg[_pretrained(agg) & (agg["mode"] == "last")]
     m, note = _pairs(pre, mel.drop(columns=["upstream", "preset", "mode", "layer"]), _SCENE, ("pretrained", "mel"))
     if m.empty:
@@ -262,7 +275,7 @@ def check_scarce_phones(agg: pd.DataFrame) -> Check:
         return Check(claim, "not enough data", "no phone-probe rows")
     smallest = phones.groupby(["corpus", "task"])["fraction"].transform("min")
     scarce = phones[phones["fraction"] == smallest]
-    mel = scarce[(scarce["upstream"] == "mel") & (scarce["mode"] == "last")]
+    mel = _mel(scarce)
     pre = scarce[_pretrained(scarce) & (scarce["mode"] == "weighted_sum")]
     m, note = _pairs(pre, mel.drop(columns=["upstream", "preset", "mode", "layer"]), _SCENE, ("pretrained", "mel"))
     if m.empty:

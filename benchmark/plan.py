@@ -14,7 +14,7 @@ from downstream.train import ProbeConfig
 if TYPE_CHECKING:
     from benchmark.shards import Shard
 
-DEFAULT_UPSTREAMS = ("mel", "mockingjay", "aalbert", "mockingjay_random", "aalbert_random")
+DEFAULT_UPSTREAMS = ("mel", "mel:stack3", "mockingjay", "aalbert", "mockingjay_random", "aalbert_random")
 DEFAULT_MODES = "last,weighted_sum"
 FINETUNE_UPSTREAMS = ("mockingjay", "aalbert")  # the main job fine-tunes the pretrained models only
 # fine-tuning is the expensive part (the upstream runs forward+backward every step, and dev is scored live):
@@ -47,6 +47,9 @@ class BenchmarkConfig:
     data_dir: Path = Path("data")
     results_dir: Path = Path("results")
     cache_dir: Path = Path("cache/features")
+    # False (--no-cache): each upstream's hidden states are extracted straight into the probes' in-memory splits on
+    # every invocation and nothing is written under cache_dir
+    use_cache: bool = True
     runs_dir: Path = Path("runs/pretrain")
     # pretrain mockingjay/aalbert from scratch into runs_dir (pretrain.default_budget) instead of using the shipped
     # reference checkpoints (upstream/reference.py)
@@ -107,6 +110,13 @@ def expand_runs(cfg: BenchmarkConfig, spec: str, num_hidden_states: int, fractio
 
         runs = shard_filter(cfg, spec, num_hidden_states, fractions, runs)
     return runs
+
+
+def cache_layers(runs: list[PlannedRun], num_hidden_states: int) -> tuple[int, ...]:
+    """The hidden-state indices `runs` (one upstream's) read from the feature cache, sorted: the layer of last and
+    layer=K, all of them for weighted_sum. A fine-tuning run reads the cache only for the frozen last-layer probe it
+    starts from (the upstream itself runs live), so it needs the last hidden state."""
+    return tuple(sorted({k for r in runs for k in r.mode.layers_read(num_hidden_states)}))
 
 
 def check_layer_modes(modes: str, hidden_states: dict[str, int]) -> None:

@@ -233,6 +233,19 @@ def test_scarce_phones_compares_the_smallest_fraction_only():
     assert check_scarce_phones(agg(*rows)).verdict == "does not hold"
 
 
+def test_mel_baseline_is_the_10ms_preset_when_there_are_several():
+    from benchmark.checks import check_scarce_phones
+
+    stacked = lambda test, fraction: {**row("mel", test, fraction=fraction), "preset": "stack3"}  # noqa: E731
+    rows = [row("mel", 0.44, fraction=0.01), row("mel", 0.62), stacked(0.50, 0.01), stacked(0.70, 1.0),
+            row("aalbert", 0.46, mode="weighted_sum", fraction=0.01), row("aalbert", 0.60, mode="weighted_sum")]
+    c = check_scarce_phones(agg(*rows))  # against mel:default only (one pair, not two), though stack3 is higher
+    assert c.verdict == "holds" and c.detail.count("points at fraction") == 1 and "+2.00 points" in c.detail
+    assert check_scarce_phones(agg(*rows[2:])).verdict == "does not hold"  # stack3 alone is the baseline then
+    ambiguous = [{**r, "preset": "delta"} for r in rows[:2]] + rows[2:]
+    assert check_scarce_phones(agg(*ambiguous)).verdict == "not enough data"  # delta and stack3: no baseline
+
+
 def test_yardstick_check_reads_the_cost_table():
     from benchmark.checks import check_yardstick
 

@@ -41,9 +41,12 @@ def _small(layers: int, share: bool) -> EncoderConfig:
 
 
 MEL, MEL_DELTA = FeatureConfig(), FeatureConfig(deltas=True)
+# log-mel on the stacked models' 30-ms frames (3 frames stacked, 240-d): the input those models see, probed on the
+# same frames and labels, so a gap between mel and a stacked Transformer is not the frame rate or the 30-ms context
+MEL_STACK3 = FeatureConfig(downsample=3)
 
 UPSTREAMS: dict[str, dict[str, Preset]] = {
-    "mel": {"default": Preset(MEL), "delta": Preset(MEL_DELTA)},
+    "mel": {"default": Preset(MEL), "delta": Preset(MEL_DELTA), "stack3": Preset(MEL_STACK3)},
     "mockingjay": {
         "small": Preset(MEL, _small(3, False)),
         "base": Preset(MEL, _base(3, False)),  # hub mockingjay_960hr: 21,327,360 parameters
