@@ -3,10 +3,17 @@
 Keyed by (upstream, preset, checkpoint content hash, what else determines its outputs (Upstream.cache_fields: the
 feature config of a log-mel front-end, or a model config and frame rule), corpus split manifest, format version).
 One directory per key under `cache/features/<key>/`:
-  hidden.npy   float16 (L, total_frames, D): hidden state l of utterance i at [l, offsets[i]:offsets[i+1]]
+  hidden.npy   float16 (len(layers), total_frames, D): hidden state layers[j] of utterance i at
+               [j, offsets[i]:offsets[i+1]]
   offsets.npy  int64 (n_utts + 1,)
-  meta.json    the key fields, shapes and a sampled checksum
+  meta.json    the key fields, the hidden-state indices stored ("layers"), shapes and a sampled checksum
   DONE         written LAST; without it the directory is never used.
+An entry stores the hidden states the planned modes read (benchmark.plan.cache_layers): all of them for
+weighted_sum, one for last or layer=K. An entry of all hidden states has the key (and directory name) it had before
+entries could hold fewer; one of a subset has the indices in its key. A request is served by any complete entry that
+holds a superset of what it needs; with none, the union of what is needed and what the model's other entries hold
+is extracted into a new entry, which from then on serves all of them (the older ones are left in place, never
+deleted under a process that may be reading them, and are no longer read: docs/scale.md).
 Everything is built in a temporary sibling directory that is renamed into place, so a killed extraction
 leaves nothing that looks finished. Extraction streams batches to the file with positioned writes
 (no memory map while writing), so peak memory is one batch of hidden states, not the split.
@@ -28,7 +35,7 @@ import os
 import secrets
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +59,33 @@ def manifest_digest(utts: list[Utterance]) -> str:
     return sha256_json([[u.id, u.path, u.sample_rate, u.num_samples] for u in utts])
 
 
+def layer_set(layers: Sequence[int] | None, num_hidden_states: int) -> tuple[int, ...]:
+    """Sorted distinct hidden-state indices (None: all of them); ValueError for an empty set or an index outside."""
+    out = tuple(range(num_hidden_states)) if layers is None else tuple(sorted(set(int(k) for k in layers)))
+    if not out or not 0 <= out[0] <= out[-1] < num_hidden_states:
+        raise ValueError(f"feature cache: hidden states {list(out)} requested of an upstream with {num_hidden_states} "
+                         f"(0..{num_hidden_states - 1})")
+    return out
+
+
 def cache_key(identity: dict[str, str], upstream: Upstream, corpus: Corpus, split: str,
-              utts: list[Utterance]) -> tuple[str, dict[str, Any]]:
-    """(directory name, key fields): everything that changes the stored hidden states is in the key."""
+              utts: list[Utterance], layers: Sequence[int] | None = None) -> tuple[str, dict[str, Any]]:
+    """(directory name, key fields): everything that changes the stored hidden states is in the key. `layers` (the
+    hidden-state indices to store; None: all) enters the key only for a subset, so an all-layers entry keeps the key
+    it had before subsets existed."""
     fields = {"format": CACHE_FORMAT_VERSION, "upstream": identity["upstream"], "preset": identity["preset"],
               "ckpt_hash": identity["ckpt_hash"], **upstream.cache_fields(),
               "num_hidden_states": upstream.num_hidden_states, "hidden_size": upstream.hidden_size,
               "corpus": corpus.name, "split": split, "manifest": manifest_digest(utts)}
+    held = layer_set(layers, upstream.num_hidden_states)
+    if len(held) < upstream.num_hidden_states:
+        fields["layers"] = list(held)
     return f"{identity['upstream']}-{corpus.name}-{split}-{sha256_json(fields)[:16]}", fields
+
+
+def key_layers(key: dict[str, Any]) -> tuple[int, ...]:
+    """The hidden-state indices an entry with key fields `key` holds (its meta.json's "key")."""
+    return tuple(key["layers"]) if "layers" in key else tuple(range(int(key["num_hidden_states"])))
 
 
 def sampled_checksum(path: Path, blocks: int = 16, block: int = 1 << 16) -> str:
@@ -101,7 +127,34 @@ def _problem(d: Path, fields: dict[str, Any]) -> str | None:
 
 def open_split(d: Path) -> SplitArrays:
     hidden = np.load(d / "hidden.npy", mmap_mode="r")  # memory-mapped: pages are read on demand
-    return SplitArrays(hidden=hidden, offsets=np.load(d / "offsets.npy"))
+    key = read_json(d / "meta.json", "feature cache metadata")["key"]
+    return SplitArrays(hidden=hidden, offsets=np.load(d / "offsets.npy"), layers=key_layers(key),
+                       num_hidden_states=int(key["num_hidden_states"]))
+
+
+def entries(cache_root: Path, fields: dict[str, Any]) -> list[tuple[Path, tuple[int, ...]]]:
+    """(directory, hidden states held) of every complete, intact entry for the model, corpus split and manifest of
+    `fields` (the key fields of any layer set), most hidden states first."""
+    base = {k: v for k, v in fields.items() if k != "layers"}
+    out = []
+    for d in Path(cache_root).glob(f"{base['upstream']}-{base['corpus']}-{base['split']}-*"):
+        try:
+            key = read_json(d / "meta.json", "feature cache metadata").get("key", {})
+        except (FileNotFoundError, ValueError):
+            continue
+        if not isinstance(key, dict) or {k: v for k, v in key.items() if k != "layers"} != base:
+            continue
+        if _problem(d, key) is None:
+            out.append((d, key_layers(key)))
+    return sorted(out, key=lambda e: (-len(e[1]), e[0].name))
+
+
+def _serving(cache_root: Path, fields: dict[str, Any], need: tuple[int, ...]) -> Path | None:
+    """The complete entry that serves `need`: the one holding the most hidden states among those that hold them all."""
+    for d, held in entries(cache_root, fields):
+        if set(need) <= set(held):
+            return d
+    return None
 
 
 def expected_lengths(upstream: Upstream, utts: list[Utterance]) -> np.ndarray:
@@ -117,21 +170,16 @@ def frame_rule_of(key: dict[str, Any]) -> FrameRule:
 
 
 @torch.no_grad()
-def extract_split(upstream: Upstream, corpus: Corpus, utts: list[Utterance], out_dir: Path, fields: dict[str, Any],
-                  batch_seconds: float = 64.0, progress: bool = True, device: torch.device | str = "cpu") -> None:
-    """Stream `utts` through `upstream` into out_dir/hidden.npy (float16) + offsets, then meta and DONE last."""
+def _stream(upstream: Upstream, corpus: Corpus, utts: list[Utterance], layers: tuple[int, ...],
+            write: Callable[[int, int, np.ndarray], None], batch_seconds: float, progress: bool,
+            device: torch.device | str, desc: str) -> np.ndarray:
+    """Run `utts` through `upstream` in batches (longest first) and hand each utterance's hidden state layers[j] to
+    write(j, first frame row, float16 (n, D) array); return the offsets. The one path to float16 for the cache and
+    for --no-cache, so both give the same bits."""
     from core.audio import load_audio
 
     lengths = expected_lengths(upstream, utts)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    L, N, D = upstream.num_hidden_states, int(offsets[-1]), upstream.hidden_size
-    out_dir.mkdir(parents=True, exist_ok=True)
-    hidden_path = out_dir / "hidden.npy"
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False, "shape": (L, N, D)}
-    with open(hidden_path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
-        data_start = f.tell()
-        f.truncate(data_start + L * N * D * 2)
     upstream.eval().to(device)
     order = np.argsort(-np.array([u.num_samples / u.sample_rate for u in utts]), kind="stable")  # long first: OOM early
     batches, cur, cur_s = [], [], 0.0
@@ -148,8 +196,7 @@ def extract_split(upstream: Upstream, corpus: Corpus, utts: list[Utterance], out
     total = 0.0
     for x in batch_seconds_list:  # summed exactly as the updates are, so the bar never passes its total
         total += x
-    bar = _bar(total, progress, f"extract {fields['upstream']}/{fields['split']}")
-    fd = os.open(hidden_path, os.O_WRONLY)
+    bar = _bar(total, progress, desc)
     try:
         for batch, seconds in zip(batches, batch_seconds_list):
             wavs = [load_audio(corpus.audio_path(utts[i]), upstream.sample_rate) for i in batch]
@@ -161,39 +208,85 @@ def extract_split(upstream: Upstream, corpus: Corpus, utts: list[Utterance], out
                 if n != lengths[i]:
                     raise ValueError(f"feature cache: utterance {utts[i].id} gave {n} frames, manifest length "
                                      f"{utts[i].num_samples} samples implies {lengths[i]}: fix the manifest")
-                for layer in range(L):
+                for j, layer in enumerate(layers):
                     x = hidden[layer][b, :n].float().clamp_(-_F16_MAX, _F16_MAX).cpu().numpy().astype(np.float16)
-                    os.pwrite(fd, x.tobytes(), data_start + (layer * N + int(offsets[i])) * D * 2)
+                    write(j, int(offsets[i]), x)
             if bar is not None:
                 bar.update(seconds)
+    finally:
+        if bar is not None:
+            bar.close()
+    return offsets
+
+
+def extract_split(upstream: Upstream, corpus: Corpus, utts: list[Utterance], out_dir: Path, fields: dict[str, Any],
+                  batch_seconds: float = 64.0, progress: bool = True, device: torch.device | str = "cpu") -> None:
+    """Stream `utts` through `upstream` into out_dir/hidden.npy (float16, the hidden states key_layers(fields)) +
+    offsets, then meta and DONE last."""
+    layers = key_layers(fields)
+    lengths = expected_lengths(upstream, utts)
+    L, N, D = len(layers), int(lengths.sum()), upstream.hidden_size
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hidden_path = out_dir / "hidden.npy"
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False, "shape": (L, N, D)}
+    with open(hidden_path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        data_start = f.tell()
+        f.truncate(data_start + L * N * D * 2)
+    fd = os.open(hidden_path, os.O_WRONLY)
+    try:
+        offsets = _stream(upstream, corpus, utts, layers,
+                          lambda j, row, x: os.pwrite(fd, x.tobytes(), data_start + (j * N + row) * D * 2),
+                          batch_seconds, progress, device, f"extract {fields['upstream']}/{fields['split']}")
         os.fsync(fd)
     finally:
         os.close(fd)
-        if bar is not None:
-            bar.close()
     np.save(out_dir / "offsets.npy", offsets)
-    atomic_write_json(out_dir / "meta.json", {"key": fields, "shape": [L, N, D], "utt_ids": [u.id for u in utts],
-                                              "offsets_list": offsets.tolist()})
+    atomic_write_json(out_dir / "meta.json", {"key": fields, "layers": list(layers), "shape": [L, N, D],
+                                              "utt_ids": [u.id for u in utts], "offsets_list": offsets.tolist()})
     atomic_write_json(out_dir / DONE, {"hidden_bytes": hidden_path.stat().st_size,
                                        "hidden_checksum": sampled_checksum(hidden_path)})
 
 
+def extract_arrays(upstream: Upstream, corpus: Corpus, utts: list[Utterance], layers: Sequence[int] | None = None,
+                   batch_seconds: float = 64.0, progress: bool = True, device: torch.device | str = "cpu",
+                   desc: str = "extract into memory") -> SplitArrays:
+    """--no-cache: the hidden states `layers` (None: all) of `utts` straight into memory, float16 as the cache stores
+    them (the same batches and rounding as extract_split), nothing written to disk."""
+    held = layer_set(layers, upstream.num_hidden_states)
+    lengths = expected_lengths(upstream, utts)
+    hidden = np.empty((len(held), int(lengths.sum()), upstream.hidden_size), dtype=np.float16)
+
+    def write(j: int, row: int, x: np.ndarray) -> None:
+        hidden[j, row: row + len(x)] = x
+
+    offsets = _stream(upstream, corpus, utts, held, write, batch_seconds, progress, device, desc)
+    return SplitArrays(hidden=hidden, offsets=offsets, layers=held, num_hidden_states=upstream.num_hidden_states)
+
+
 def ensure_split(cache_root: Path, identity: dict[str, str], upstream: Upstream, corpus: Corpus, split: str,
                  utts: list[Utterance], progress: bool = True, device: torch.device | str = "cpu",
-                 log=print) -> tuple[SplitArrays, bool]:
-    """(arrays, built): reuse the valid cache for this key or (re)build it; stale/corrupt ones are replaced.
-    Safe with other processes building the same key at once (module docstring)."""
-    name, fields = cache_key(identity, upstream, corpus, split, utts)
+                 log=print, layers: Sequence[int] | None = None) -> tuple[SplitArrays, bool]:
+    """(arrays, built): reuse a valid entry holding the hidden states `layers` (None: all) or build one;
+    stale/corrupt ones are replaced. The arrays may hold more hidden states than asked (SplitArrays.layers says
+    which). Safe with other processes building the same key at once (module docstring)."""
+    need = layer_set(layers, upstream.num_hidden_states)
+    base = cache_key(identity, upstream, corpus, split, utts)[1]
+    if (found := _serving(cache_root, base, need)) is not None:
+        return open_split(found), False
+    held = [h for _, h in entries(cache_root, base)]  # entries of other subsets: the new one holds theirs too
+    name, fields = cache_key(identity, upstream, corpus, split, utts, sorted(set(need).union(*held)))
     final = Path(cache_root) / name
-    if final.exists() and _problem(final, fields) is None:
-        return open_split(final), False
     with _build_lock(final, log):
-        if final.exists():  # maybe finished by another process while this one waited
-            why = _problem(final, fields)
-            if why is None:
-                return open_split(final), False
-            log(f"feature cache {final}: {why}; rebuilding")
+        if (found := _serving(cache_root, base, need)) is not None:  # built by another process while this one waited
+            return open_split(found), False
+        if final.exists():
+            log(f"feature cache {final}: {_problem(final, fields)}; rebuilding")
             _discard(final)
+        if held:
+            log(f"feature cache {final.name}: no entry holds hidden states {_ids(need)} (the entries hold "
+                f"{'; '.join(map(_ids, held))}): extracting {_ids(key_layers(fields))}, which serves them all; "
+                f"the older entries are no longer read (docs/scale.md)")
         _remove_orphans(final, log)
         tmp = final.with_name(f".{name}.partial-{_owner_tag()}")
         try:
@@ -203,6 +296,10 @@ def ensure_split(cache_root: Path, identity: dict[str, str], upstream: Upstream,
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return open_split(final), True
+
+
+def _ids(layers: Sequence[int]) -> str:
+    return ",".join(map(str, layers))
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
-"""The feature cache's size for a plan (frames x hidden states x dim x 2 bytes, float16) and the check, before
-anything is extracted, that it fits on the cache's disk."""
+"""The feature cache's size for a plan (frames x hidden states read x dim x 2 bytes, float16) and the check, before
+anything is extracted, that it fits on the cache's disk. The hidden states are those the planned modes read
+(benchmark.plan.cache_layers: one for last or layer=K, all for weighted_sum), as benchmark.cache stores them."""
 from __future__ import annotations
 
 import shutil
@@ -72,25 +73,34 @@ def cache_bytes(frames: int, hidden_states: int, hidden_size: int) -> int:
 class CacheNeed:
     spec: str
     shape: Shape
+    layers: tuple[int, ...]  # the hidden states the planned runs read (benchmark.plan.cache_layers)
     frames: int  # over the probe splits
-    total_bytes: int  # every probe split
-    cached_bytes: int  # splits already in the cache
+    total_bytes: int  # `layers` of every probe split
+    cached_bytes: int  # splits an existing entry serves (it holds every hidden state of `layers`)
+    missing_bytes: int  # what extraction writes for the other splits: `extract_layers` (benchmark.cache.ensure_split)
+    missing_frames: int
+    extract_layers: tuple[int, ...]  # `layers` and those of the model's older entries (one new entry serves all)
 
-    @property
-    def missing_bytes(self) -> int:
-        return self.total_bytes - self.cached_bytes
+
+def describe_layers(layers: tuple[int, ...], hidden_states: int) -> str:
+    """'4 hidden states' (all of them) or '1 of 4 hidden states [3]'."""
+    if len(layers) == hidden_states:
+        return f"{hidden_states} hidden states"
+    return f"{len(layers)} of {hidden_states} hidden states [{','.join(map(str, layers))}]"
 
 
-def _cached(cache_dir: Path, spec: str, shape: Shape, corpus: Corpus, split: str) -> bool:
-    """A complete cache entry for this upstream, preset, checkpoint, corpus split and shape is already there."""
-    from benchmark.cache import DONE, manifest_digest
+def _held(cache_dir: Path, spec: str, shape: Shape, corpus: Corpus, split: str) -> list[tuple[int, ...]]:
+    """The hidden states held by each complete cache entry for this upstream, preset, checkpoint, corpus split and
+    shape already there."""
+    from benchmark.cache import DONE, key_layers, manifest_digest
 
     if shape.fresh:
-        return False
+        return []
     name, preset = parse_spec(spec)
     want = {"upstream": name, "preset": preset, "corpus": corpus.name, "split": split,
             "manifest": manifest_digest(corpus.utterances(split)), "num_hidden_states": shape.hidden_states,
             "hidden_size": shape.hidden_size, **({"ckpt_hash": shape.ckpt_hash} if shape.ckpt_hash else {})}
+    out = []
     for d in Path(cache_dir).glob(f"{name}-{corpus.name}-{split}-*"):
         if not (d / DONE).is_file():
             continue
@@ -99,24 +109,42 @@ def _cached(cache_dir: Path, spec: str, shape: Shape, corpus: Corpus, split: str
         except (FileNotFoundError, ValueError):
             continue
         if all(key.get(k) == v for k, v in want.items()):
-            return True
-    return False
+            out.append(key_layers(key))
+    return out
+
+
+def planned_layers(cfg: BenchmarkConfig, spec: str, hidden_states: int, fractions: list[float]) -> tuple[int, ...]:
+    """The hidden states `spec`'s planned runs (with cfg.shard, the shard's) read from the cache."""
+    from benchmark.plan import cache_layers, expand_runs
+
+    return cache_layers(expand_runs(cfg, spec, hidden_states, fractions, []), hidden_states)
 
 
 def cache_needs(cfg: BenchmarkConfig, corpus: Corpus, specs: list[str] | None = None) -> list[CacheNeed]:
     """What each upstream's cache of the probe splits takes, and how much of it is already there."""
     from benchmark.cache import frame_counts
+    from benchmark.runner import choose_fractions
 
+    fractions = choose_fractions(cfg, corpus, log=lambda *_: None)
     out = []
     for spec in dict.fromkeys(cfg.upstreams if specs is None else specs):
         shape = planned_shape(spec, cfg)
-        frames, cached = 0, 0
+        layers = planned_layers(cfg, spec, shape.hidden_states, fractions)
+        frames = cached = missing = missing_frames = 0
+        extract: set[int] = set()
         for split in PROBE_SPLITS:
             n = int(frame_counts(shape.frame_rule, corpus.utterances(split)).sum())
             frames += n
-            if _cached(cfg.cache_dir, spec, shape, corpus, split):
-                cached += cache_bytes(n, shape.hidden_states, shape.hidden_size)
-        out.append(CacheNeed(spec, shape, frames, cache_bytes(frames, shape.hidden_states, shape.hidden_size), cached))
+            held = _held(cfg.cache_dir, spec, shape, corpus, split) if layers else []
+            if not layers or any(set(layers) <= set(h) for h in held):
+                cached += cache_bytes(n, len(layers), shape.hidden_size)
+            else:
+                build = set(layers).union(*held)
+                extract |= build
+                missing += cache_bytes(n, len(build), shape.hidden_size)
+                missing_frames += n
+        out.append(CacheNeed(spec, shape, layers, frames, cache_bytes(frames, len(layers), shape.hidden_size), cached,
+                             missing, missing_frames, tuple(sorted(extract))))
     return out
 
 
@@ -143,11 +171,15 @@ def check_cache_space(cfg: BenchmarkConfig, corpus: Corpus, specs: list[str] | N
     where, free = free_bytes(Path(cfg.cache_dir))
     if missing <= free:
         return
-    parts = ", ".join(f"{n.spec} {fmt_bytes(n.missing_bytes)} ({n.frames:,} frames x {n.shape.hidden_states} hidden "
-                      f"states x {n.shape.hidden_size} x 2 B)" for n in needs)
+    parts = ", ".join(f"{n.spec} {fmt_bytes(n.missing_bytes)} ({n.missing_frames:,} frames x "
+                      f"{describe_layers(n.extract_layers, n.shape.hidden_states)} x {n.shape.hidden_size} x 2 B)"
+                      for n in needs)
+    one_layer = ("cache one hidden state instead of all (--mode last or layer=K, no weighted_sum), "
+                 if any(len(n.extract_layers) > 1 for n in needs) else "")
     raise ValueError(f"--cache-dir {cfg.cache_dir}: the feature cache needs {fmt_bytes(missing)} more ({parts}) but "
-                     f"{where} has {fmt_bytes(free)} free; give --cache-dir a disk with room, or probe fewer or smaller "
-                     f"upstreams at a time (--upstream); see docs/scale.md")
+                     f"{where} has {fmt_bytes(free)} free; give --cache-dir a disk with room, probe fewer or smaller "
+                     f"upstreams at a time (--upstream), {one_layer}or run without a cache (--no-cache: every run "
+                     f"extracts into memory again); see docs/scale.md")
 
 
 def check_space_for(cfg: BenchmarkConfig) -> None:

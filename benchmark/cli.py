@@ -66,7 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan and its size, train nothing")
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--results-dir", type=Path, default=Path("results"))
-    p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
+    p.add_argument("--cache-dir", type=Path, default=Path("cache/features"),
+                   help="the feature cache: the hidden states the planned modes read, float16 (docs/scale.md)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="extract each upstream's hidden states straight into memory and write nothing under "
+                        "--cache-dir: the same rows, but every invocation extracts again (the 4.7 min of the main "
+                        "job's extraction each time) and the float16 features stay in memory beside the probes' "
+                        "float32 copy")
     p.add_argument("--runs-dir", type=Path, default=Path("runs/pretrain"))
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--workers", type=int, help="frozen probes trained at once, in threads (default 2)")
@@ -92,7 +98,11 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     cfg = quick_job() if args.quick else main_job()
     kw: dict = {"data_dir": args.data_dir, "results_dir": args.results_dir, "cache_dir": args.cache_dir,
                 "runs_dir": args.runs_dir, "progress": not args.no_progress, "force": args.force,
-                "pretrain": args.pretrain}
+                "pretrain": args.pretrain, "use_cache": not args.no_cache}
+    if args.no_cache and args.command in ("prepare", "certify"):
+        does = {"prepare": "builds the feature caches the shards read",
+                "certify": "reads the feature cache the rows were trained on"}[args.command]
+        raise ValueError(f"--no-cache: `run_benchmark.py {args.command}` {does}; drop --no-cache")
     if args.device is not None:
         try:
             dev = torch.device(args.device)
@@ -279,7 +289,8 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
     try:
         if cfg.shard is not None:
             check_prepared(cfg)
-        check_space_for(cfg)  # before anything is extracted
+        if cfg.use_cache:
+            check_space_for(cfg)  # before anything is extracted
     except ValueError as e:
         return fail(str(e))
     if args.command == "prepare":

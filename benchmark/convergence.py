@@ -106,14 +106,18 @@ def _accuracy(x: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor
 
 
 def find_cache_dir(cache_dir: Path, row: pd.Series, corpus: str, split: str) -> Path:
-    """The complete feature-cache directory of this row's upstream checkpoint and split (keyed by meta.json)."""
-    from benchmark.cache import DONE
+    """The complete feature-cache directory of this row's upstream checkpoint and split (keyed by meta.json); of
+    several (entries of different hidden states, benchmark.cache), the one holding the most."""
+    from benchmark.cache import DONE, key_layers
 
+    found = []
     for meta_path in sorted(Path(cache_dir).glob(f"{row['upstream']}-{corpus}-{split}-*/meta.json")):
         key = read_json(meta_path, "feature cache metadata").get("key", {})
         if (key.get("preset") == row["preset"] and str(key.get("ckpt_hash")) == str(row["ckpt_hash"])
                 and (meta_path.parent / DONE).is_file()):
-            return meta_path.parent
+            found.append((-len(key_layers(key)), meta_path.parent))
+    if found:
+        return min(found)[1]
     raise FileNotFoundError(f"no complete feature cache for {row['upstream']}:{row['preset']} "
                             f"(checkpoint {row['ckpt_hash']}), {split} split, under {cache_dir}: run the benchmark "
                             f"that produced these rows first (it builds the cache)")
@@ -194,7 +198,7 @@ class Certifier:
             data = []
             for s in PROBE_SPLITS:
                 x = src.examples(s)
-                mixed = sum(w * x[k] for w, k in zip(weights, layers))  # the probe's own mix of hidden states
+                mixed = sum(w * x[src.position(k)] for w, k in zip(weights, layers))  # the probe's own mix
                 t = Targets(task, self.labels(task, s), src.lengths(s), s)
                 y = torch.from_numpy(t.frames if task.level == "frame" else t.utt)
                 if s == "train":

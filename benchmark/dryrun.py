@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from benchmark.cachesize import cache_needs, fmt_bytes, free_bytes, planned_shape
+from benchmark.cachesize import cache_needs, describe_layers, fmt_bytes, free_bytes, planned_shape
 from benchmark.plan import BenchmarkConfig, expand_runs
 from benchmark.resolve import planned_checkpoint, resolve_corpus
 from downstream.fractions import PAPER_FRACTIONS
@@ -29,7 +29,7 @@ def print_plan(cfg: BenchmarkConfig) -> int:
           f"probes: {cfg.probe.budget}"
           f"{''.join(f' ({t}: {p.budget})' for t, p in cfg.task_probes.items() if p.budget != cfg.probe.budget)}, "
           f"fine-tuning: {cfg.finetune_probe.budget}; "
-          f"cache: {cfg.cache_dir}; results: {cfg.results_dir}")
+          f"cache: {cfg.cache_dir if cfg.use_cache else 'none (--no-cache)'}; results: {cfg.results_dir}")
     total, notes, with_runs = 0, [], []
     needs = {n.spec: n for n in cache_needs(cfg, corpus)} if corpus is not None else {}
     for spec in cfg.upstreams:
@@ -46,10 +46,18 @@ def print_plan(cfg: BenchmarkConfig) -> int:
             print(f"    {mode:14s} {task:18s} {n}")
         if spec in needs and runs:
             need = needs[spec]
-            print(f"    feature cache: {fmt_bytes(need.total_bytes)} ({need.frames:,} frames x {need.shape.hidden_states} "
-                  f"hidden states x {need.shape.hidden_size} x 2 B, float16)"
-                  + (", already cached" if need.missing_bytes == 0 else
-                     f", {fmt_bytes(need.cached_bytes)} of it already cached" if need.cached_bytes else ""))
+            size = (f"{fmt_bytes(need.total_bytes)} ({need.frames:,} frames x "
+                    f"{describe_layers(need.layers, need.shape.hidden_states)} x {need.shape.hidden_size} x 2 B, "
+                    f"float16)")
+            if not cfg.use_cache:
+                print(f"    features in memory (--no-cache): {size}, extracted again on every invocation")
+            else:
+                print(f"    feature cache: {size}" + (
+                    ", already cached" if need.missing_bytes == 0 else
+                    f", {fmt_bytes(need.cached_bytes)} of it already cached" if need.cached_bytes else "") + (
+                    f"; extracts {fmt_bytes(need.missing_bytes)} "
+                    f"({describe_layers(need.extract_layers, need.shape.hidden_states)}, those of the older entries "
+                    f"too)" if need.missing_bytes and need.extract_layers != need.layers else ""))
         total += len(runs)
         with_runs += [spec] if runs else []
     for note in dict.fromkeys(notes):
@@ -63,6 +71,8 @@ def print_plan(cfg: BenchmarkConfig) -> int:
 
 
 def _cache_summary(cfg: BenchmarkConfig, needs: list, known: bool) -> str:
+    if not cfg.use_cache:
+        return f"feature cache: none (--no-cache): nothing is written under {cfg.cache_dir}"
     if not known:
         return "feature cache: its size is known once the corpus is prepared (docs/scale.md)"
     missing = sum(n.missing_bytes for n in needs)

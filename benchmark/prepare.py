@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.io import read_json
 from corpora.manifest import PROBE_SPLITS
-from benchmark.plan import BenchmarkConfig, expand_runs, run_id
+from benchmark.plan import BenchmarkConfig, cache_layers, expand_runs, run_id
 from upstream.registry import RANDOM_CONTROLS, get_preset, is_external, parse_spec
 
 
@@ -42,10 +42,12 @@ def prepare(cfg: BenchmarkConfig, log=print) -> int:
         if not pending:
             log(f"{spec}: every planned run is recorded under {cfg.results_dir}; no feature cache needed")
             continue
+        layers = cache_layers(pending, L)  # the hidden states the planned modes read
         for split in PROBE_SPLITS:
             _, built = ensure_split(cfg.cache_dir, up.identity, up.model, corpus, split, corpus.utterances(split),
-                                    progress=cfg.progress, device=cfg.device, log=log)
-            log(f"{spec}: {split} features {'extracted' if built else 'already cached'} in {cfg.cache_dir}")
+                                    progress=cfg.progress, device=cfg.device, log=log, layers=layers)
+            log(f"{spec}: {split} features ({len(layers)} of {L} hidden states) "
+                f"{'extracted' if built else 'already cached'} in {cfg.cache_dir}")
         ready += 1
     log(f"prepared: corpus {corpus.root}, {len(cfg.upstreams)} upstreams, {ready} feature caches in "
         f"{time.perf_counter() - t0:.0f} s")

@@ -21,8 +21,8 @@ from downstream.modes import LayerMode
 from downstream.sources import ArraySource, LiveSource, PooledSource
 from downstream.tasks import get_task
 from downstream.train import finetune_probe, train_probe
-from benchmark.cache import ensure_split
-from benchmark.plan import BenchmarkConfig, PlannedRun, expand_runs, run_id
+from benchmark.cache import ensure_split, extract_arrays
+from benchmark.plan import BenchmarkConfig, PlannedRun, cache_layers, expand_runs, run_id
 from benchmark.resolve import ResolvedUpstream, resolve_corpus, resolve_upstream
 from benchmark.results import RUNS_FILE, append_row, done_run_ids, write_leaderboard
 
@@ -66,19 +66,27 @@ def choose_fractions(cfg: BenchmarkConfig, corpus: Corpus, log=print) -> list[fl
     return kept
 
 
-def _source(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, utts: dict, stats: RunnerStats,
-            log) -> ArraySource:
+def _source(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, utts: dict, layers: tuple[int, ...],
+            stats: RunnerStats, log) -> ArraySource:
+    """The hidden states `layers` of every probe split: from the feature cache (extracted into it when missing), or
+    with cfg.use_cache False (--no-cache) extracted into memory, float16 as the cache stores them."""
     t0 = time.perf_counter()
     arrays = {}
+    L = up.model.num_hidden_states
     for split in PROBE_SPLITS:
-        arrays[split], built = ensure_split(cfg.cache_dir, up.identity, up.model, corpus, split, utts[split],
-                                            progress=cfg.progress, device=cfg.device, log=log)
+        if cfg.use_cache:
+            arrays[split], built = ensure_split(cfg.cache_dir, up.identity, up.model, corpus, split, utts[split],
+                                                progress=cfg.progress, device=cfg.device, log=log, layers=layers)
+        else:
+            arrays[split], built = extract_arrays(up.model, corpus, utts[split], layers, progress=cfg.progress,
+                                                  device=cfg.device, desc=f"extract {up.spec}/{split}"), True
         if built:
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             log(f"{up.spec}: extracted {split} ({arrays[split].hidden.shape[1]} frames x "
-                f"{arrays[split].hidden.shape[0]} hidden states), peak RSS so far {rss:.0f} MiB")
+                f"{arrays[split].hidden.shape[0]} of {L} hidden states"
+                f"{'' if cfg.use_cache else ', into memory (--no-cache)'}), peak RSS so far {rss:.0f} MiB")
     stats.extract_seconds += time.perf_counter() - t0
-    return ArraySource(arrays)
+    return ArraySource(arrays, layers)
 
 
 def make_row(run: PlannedRun, rid: str, up: ResolvedUpstream, corpus: Corpus, layer: int, result, prov: dict,
@@ -121,7 +129,8 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
     utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
     frozen = [p for p in pending if not p[0].finetune]
     finetune = [p for p in pending if p[0].finetune]
-    cached = _source(cfg, up, corpus, utts, stats, log)  # fine-tuning starts from a frozen probe on it too
+    # only the hidden states the pending runs read (fine-tuning starts from a frozen last-layer probe on them too)
+    cached = _source(cfg, up, corpus, utts, cache_layers([r for r, _, _ in pending], L), stats, log)
     live = LiveSource(up.model, corpus, utts, cfg.device) if finetune else None
     pooled: PooledSource | None = None
     labels: dict[str, dict[str, SplitLabels]] = {}
@@ -155,8 +164,9 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
             assert live is not None
             start = train_probe(task, LayerMode("last"), source, lab, list(sub.indices), n_cls,
                                 cfg.probe_config(r.task, False), r.seed, device=cfg.device)
-            result = finetune_probe(task, start, source.whitening()[L - 1], live, up.model, lab, list(sub.indices),
-                                    n_cls, pcfg, r.seed, device=cfg.device, progress=cfg.progress)
+            whiten = source.whitening()[source.position(L - 1)]
+            result = finetune_probe(task, start, whiten, live, up.model, lab, list(sub.indices), n_cls, pcfg, r.seed,
+                                    device=cfg.device, progress=cfg.progress)
         else:
             result = train_probe(task, r.mode, source, lab, list(sub.indices), n_cls, pcfg, r.seed, device=cfg.device)
         with lock:

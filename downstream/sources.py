@@ -25,17 +25,23 @@ def frame_counts(rule: FrameRule, utts: list[Utterance]) -> np.ndarray:
 
 
 class FeatureSource(Protocol):
-    num_hidden_states: int
+    num_hidden_states: int  # the upstream's
     hidden_size: int
+    layers: tuple[int, ...]  # the hidden-state indices `examples` and `whitening` hold, in order
+
+    def position(self, layer: int) -> int:
+        """Where hidden state `layer` is in `examples(split)` and `whitening()`; ValueError if it is not there."""
 
     def lengths(self, split: str) -> np.ndarray:
         """(n_utts,) valid frames per utterance of `split`, in manifest order."""
 
     def examples(self, split: str) -> Tensor:
-        """Frozen probes: the split's examples (L, N, D) float32 in memory, whitened (frames or utterance means)."""
+        """Frozen probes: the split's examples (len(layers), N, D) float32 in memory, whitened (frames or utterance
+        means)."""
 
     def whitening(self) -> list[Whitening]:
-        """The per-hidden-state transforms `examples` applied (fitted on the train split's examples)."""
+        """The per-hidden-state transforms `examples` applied (fitted on the train split's examples), one per
+        `layers`."""
 
     def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False,
               select: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
@@ -52,16 +58,35 @@ def whitened(x: Tensor, transforms: list[Whitening]) -> Tensor:
     return x
 
 
+def _position(held: tuple[int, ...], layer: int, num_hidden_states: int) -> int:
+    try:
+        return held.index(layer)
+    except ValueError:
+        raise ValueError(f"hidden state {layer} of {num_hidden_states} is not in these features (they hold "
+                         f"{', '.join(map(str, held))}): a feature cache extracted for other modes") from None
+
+
 @dataclass(frozen=True)
 class SplitArrays:
-    """One split's hidden states stored flat: hidden (L, total_frames, D), utterance i at offsets[i]:offsets[i+1]."""
+    """One split's hidden states stored flat: hidden (len(held), total_frames, D), utterance i at
+    offsets[i]:offsets[i+1]; hidden[j] is the upstream's hidden state held[j]."""
 
     hidden: np.ndarray  # usually a float16 np.memmap: never loaded whole
     offsets: np.ndarray  # (n_utts + 1,) int64
+    layers: tuple[int, ...] | None = None  # the hidden-state indices stored, in order; None: all of them
+    num_hidden_states: int | None = None  # the upstream's count; None: hidden.shape[0]
 
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+    @property
+    def held(self) -> tuple[int, ...]:
+        return tuple(range(self.hidden.shape[0])) if self.layers is None else tuple(self.layers)
+
+    @property
+    def total_hidden_states(self) -> int:
+        return int(self.hidden.shape[0]) if self.num_hidden_states is None else int(self.num_hidden_states)
 
 
 class ArraySource:
@@ -70,15 +95,22 @@ class ArraySource:
     A batch is one vectorised gather per layer (torch index_select on the float16 array, then one
     float32 conversion), never a per-utterance Python loop: that loop and numpy's slow float16
     conversion were most of a cached probe run's time.
+
+    `layers`: the hidden states the probes read (default: every one the arrays hold); only those are put in memory
+    by `examples`, so a last-layer sweep served from an all-layers cache holds one hidden state, not all.
     """
 
-    def __init__(self, splits: dict[str, SplitArrays]) -> None:
+    def __init__(self, splits: dict[str, SplitArrays], layers: tuple[int, ...] | list[int] | None = None) -> None:
         if not splits:
             raise ValueError("ArraySource needs at least one split")
         first = next(iter(splits.values()))
         self.splits = splits
-        self.num_hidden_states = int(first.hidden.shape[0])
+        self.num_hidden_states = first.total_hidden_states
         self.hidden_size = int(first.hidden.shape[2])
+        self.layers = first.held if layers is None else tuple(layers)
+        for arrays in splits.values():
+            for k in self.layers:
+                _position(arrays.held, k, self.num_hidden_states)
         self._tensors: dict[str, Tensor] = {}
         self._resident: dict[str, Tensor] = {}
         self._transforms: list[Whitening] | None = None
@@ -87,27 +119,39 @@ class ArraySource:
     def lengths(self, split: str) -> np.ndarray:
         return self.splits[split].lengths
 
+    def position(self, layer: int) -> int:
+        return _position(self.layers, layer, self.num_hidden_states)
+
+    def stored(self, split: str, layer: int) -> Tensor:
+        """Hidden state `layer` of the split, (total_frames, D) as stored (a view: no copy, no load)."""
+        arrays = self.splits[split]
+        return self.tensor(split)[_position(arrays.held, layer, self.num_hidden_states)]
+
     def examples(self, split: str) -> Tensor:
-        """The split's (L, total_frames, D) hidden states as float32 IN MEMORY, each hidden state whitened with the
-        statistics of the train split's frames (`whitening`), computed once and shared by every frozen probe of
-        this upstream: their batches and evaluations are then plain indexing."""
+        """The split's (len(layers), total_frames, D) hidden states as float32 IN MEMORY, each hidden state whitened
+        with the statistics of the train split's frames (`whitening`), computed once and shared by every frozen probe
+        of this upstream: their batches and evaluations are then plain indexing."""
         with self._lock:  # probes in parallel threads share one copy
             if split not in self._resident:
-                self._resident[split] = whitened(self.tensor(split).float(), self._whitening())
+                n = int(self.splits[split].offsets[-1])
+                x = torch.empty(len(self.layers), n, self.hidden_size, dtype=torch.float32)
+                for j, k in enumerate(self.layers):
+                    x[j].copy_(self.stored(split, k))
+                self._resident[split] = whitened(x, self._whitening())
         return self._resident[split]
 
     def whitening(self) -> list[Whitening]:
-        """One transform per hidden state, fitted on the train split's frames (features only, no labels)."""
+        """One transform per hidden state of `layers`, fitted on the train split's frames (features only, no labels)."""
         with self._lock:
             return self._whitening()
 
     def _whitening(self) -> list[Whitening]:
         if self._transforms is None:
-            self._transforms = [Whitening(self.hidden_size).fit(x) for x in self.tensor("train")]
+            self._transforms = [Whitening(self.hidden_size).fit(self.stored("train", k)) for k in self.layers]
         return self._transforms
 
     def tensor(self, split: str) -> Tensor:
-        """The split's (L, total_frames, D) array as a tensor sharing its memory (no copy, no load)."""
+        """The split's stored (len(held), total_frames, D) array as a tensor sharing its memory (no copy, no load)."""
         if split not in self._tensors:
             hidden = self.splits[split].hidden
             with warnings.catch_warnings():  # a read-only memmap: torch warns that writes would be undefined;
@@ -121,10 +165,9 @@ class ArraySource:
         if select is not None:
             rows = rows[select]
         rows_t = torch.from_numpy(rows)
-        hidden = self.tensor(split)
         out = torch.empty(len(layers), len(rows), self.hidden_size, dtype=torch.float32)
         for j, layer in enumerate(layers):
-            out[j] = hidden[layer].index_select(0, rows_t)  # float16 gather, float32 on copy
+            out[j] = self.stored(split, layer).index_select(0, rows_t)  # float16 gather, float32 on copy
         return out, torch.from_numpy(self.splits[split].lengths[idx].astype(np.int64))
 
 
@@ -141,6 +184,7 @@ class PooledSource:
         self.frames = source
         self.num_hidden_states = source.num_hidden_states
         self.hidden_size = source.hidden_size
+        self.layers = source.layers
         self.chunk_frames = chunk_frames
         self._means: dict[str, Tensor] = {}
         self._examples: dict[str, Tensor] = {}
@@ -149,12 +193,15 @@ class PooledSource:
     def lengths(self, split: str) -> np.ndarray:
         return self.frames.lengths(split)
 
+    def position(self, layer: int) -> int:
+        return self.frames.position(layer)
+
     def means(self, split: str) -> Tensor:
-        """(L, n_utts, D) float32 per-utterance means, computed once in chunks of whole utterances."""
+        """(len(layers), n_utts, D) float32 per-utterance means, computed once in chunks of whole utterances."""
         if split not in self._means:
             offsets = self.frames.splits[split].offsets
-            hidden = self.frames.tensor(split)
-            L, n = hidden.shape[0], len(offsets) - 1
+            hidden = [self.frames.stored(split, k) for k in self.layers]
+            L, n = len(hidden), len(offsets) - 1
             out = torch.zeros(L, n, self.hidden_size, dtype=torch.float32)
             lens = torch.from_numpy(np.diff(offsets))
             seg = torch.repeat_interleave(torch.arange(n), lens)  # utterance of every frame
@@ -164,14 +211,14 @@ class PooledSource:
                 b = min(n, max(b, a + 1))  # at least one utterance per chunk
                 lo, hi = int(offsets[a]), int(offsets[b])
                 for layer in range(L):
-                    out[layer].index_add_(0, seg[lo:hi], hidden[layer, lo:hi].float())
+                    out[layer].index_add_(0, seg[lo:hi], hidden[layer][lo:hi].float())
                 a = b
             self._means[split] = out / lens.clamp_min(1).to(torch.float32)[None, :, None]
         return self._means[split]
 
     def examples(self, split: str) -> Tensor:
-        """(L, n_utts, D): the examples of an utterance-level probe are the utterances' means, each hidden state
-        standardised (per dimension, not decorrelated: downstream.heads.Whitening) with the statistics of the
+        """(len(layers), n_utts, D): the examples of an utterance-level probe are the utterances' means, each hidden
+        state standardised (per dimension, not decorrelated: downstream.heads.Whitening) with the statistics of the
         train split's means (`whitening`)."""
         if split not in self._examples:
             self._examples[split] = whitened(self.means(split).clone(), self.whitening())
@@ -187,7 +234,7 @@ class PooledSource:
         if select is not None:
             raise ValueError("PooledSource has one row per utterance: frame selection does not apply")
         means, rows = self.means(split), torch.as_tensor(idx, dtype=torch.long)
-        return means[layers].index_select(1, rows), torch.ones(len(idx), dtype=torch.long)
+        return means[[self.position(k) for k in layers]].index_select(1, rows), torch.ones(len(idx), dtype=torch.long)
 
 
 class LiveSource:
@@ -204,7 +251,11 @@ class LiveSource:
         self.device = torch.device(device)
         self.num_hidden_states = upstream.num_hidden_states
         self.hidden_size = upstream.hidden_size
+        self.layers = tuple(range(upstream.num_hidden_states))
         self._wavs: dict[tuple[str, int], Tensor] = {}
+
+    def position(self, layer: int) -> int:
+        return _position(self.layers, layer, self.num_hidden_states)
 
     def lengths(self, split: str) -> np.ndarray:
         return frame_counts(self.upstream.frame_rule, self.utts[split])

@@ -210,10 +210,11 @@ class Examples:
 
 def examples(task: TaskSpec, source: FeatureSource, split: str, labels: SplitLabels, layers: list[int]) -> Examples:
     lengths = source.lengths(split)
-    all_x = source.examples(split)
+    all_x = source.examples(split)  # the hidden states source.layers, in that order
     # a mode reads one hidden state or all of them (LayerMode.layers_read): a slice, so a view, never a copy
-    assert layers == list(range(layers[0], layers[-1] + 1)), f"layers {layers} are not a contiguous range"
-    x = all_x[layers[0]: layers[-1] + 1]
+    pos = [source.position(k) for k in layers]
+    assert pos == list(range(pos[0], pos[-1] + 1)), f"layers {layers} are not a contiguous range of {source.layers}"
+    x = all_x[pos[0]: pos[-1] + 1]
     t = Targets(task, labels, lengths, split)
     y = torch.from_numpy(t.frames if task.level == "frame" else t.utt)
     utt_y = torch.from_numpy(t.utt) if task.utt_metric else None

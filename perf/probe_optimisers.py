@@ -76,7 +76,7 @@ def _data(cert: Certifier, pooled, frames, task, idx: list[int]):
     src = pooled if task.level == "utterance" else frames
     out = []
     for s in PROBE_SPLITS:
-        x = src.examples(s)[-1]
+        x = src.examples(s)[src.position(src.num_hidden_states - 1)]
         t = Targets(task, cert.labels(task, s), src.lengths(s), s)
         y = torch.from_numpy(t.frames if task.level == "frame" else t.utt)
         if s == "train":

@@ -25,8 +25,8 @@ def corpus_dir(tmp_path_factory) -> Path:
     return root
 
 
-def _argv(corpus: Path, tmp: Path, upstreams: str = "mel,aalbert_random") -> list[str]:
-    return ["--corpus", str(corpus), "--upstream", upstreams, "--task", "phone_linear", "--mode", "last",
+def _argv(corpus: Path, tmp: Path, upstreams: str = "mel,aalbert_random", mode: str = "last") -> list[str]:
+    return ["--corpus", str(corpus), "--upstream", upstreams, "--task", "phone_linear", "--mode", mode,
             "--fractions", "1", "--seeds", "1", "--steps", "2", "--no-finetune", "--no-progress",
             "--data-dir", str(tmp / "data"), "--runs-dir", str(tmp / "runs"), "--results-dir", str(tmp / "results"),
             "--cache-dir", str(tmp / "cache")]
@@ -44,19 +44,36 @@ def _control_stacking(tmp: Path) -> int:
     return planned_shape("aalbert_random", BenchmarkConfig(runs_dir=tmp / "runs")).feature.downsample
 
 
-def _need(corpus_dir: Path, tmp: Path) -> int:
-    return _frames(corpus_dir) * 80 * 2 + _frames(corpus_dir, _control_stacking(tmp)) * 4 * 256 * 2
+def _need(corpus_dir: Path, tmp: Path, hidden_states: int = 1) -> int:
+    """mel's one hidden state + aalbert_random's `hidden_states` (1: --mode last; 4: weighted_sum)."""
+    return _frames(corpus_dir) * 80 * 2 + _frames(corpus_dir, _control_stacking(tmp)) * hidden_states * 256 * 2
 
 
-def test_dry_run_prints_each_upstreams_cache_bytes(corpus_dir, tmp_path, capsys):
-    assert main(["--dry-run", *_argv(corpus_dir, tmp_path)]) == 0
+@pytest.mark.parametrize("mode, read, layers", [("last", 1, "1 of 4 hidden states [3]"),
+                                                ("layer=1,last", 2, "2 of 4 hidden states [1,3]"),
+                                                ("last,weighted_sum", 4, "4 hidden states")])
+def test_dry_run_prints_each_upstreams_cache_bytes(corpus_dir, tmp_path, capsys, mode, read, layers):
+    """Only the hidden states the planned modes read are counted: last caches one of aalbert_random's four."""
+    assert main(["--dry-run", *_argv(corpus_dir, tmp_path, mode=mode)]) == 0
     out = capsys.readouterr().out
-    for hidden_states, dim, n in ((1, 80, _frames(corpus_dir)),  # mel; aalbert_random (small: 3 layers + input, 256-d)
-                                  (4, 256, _frames(corpus_dir, _control_stacking(tmp_path)))):
-        assert (f"feature cache: {fmt_bytes(n * hidden_states * dim * 2)} ({n:,} frames x {hidden_states} hidden "
-                f"states x {dim} x 2 B, float16)") in out, out
-    assert f"feature cache: {fmt_bytes(_need(corpus_dir, tmp_path))} to extract into" in out and ": fits" in out
+    for hidden_states, what, dim, n in ((1, "1 hidden states", 80, _frames(corpus_dir)),  # mel
+                                        (read, layers, 256, _frames(corpus_dir, _control_stacking(tmp_path)))):
+        assert (f"feature cache: {fmt_bytes(n * hidden_states * dim * 2)} ({n:,} frames x {what} x {dim} x 2 B, "
+                f"float16)") in out, out
+    assert f"feature cache: {fmt_bytes(_need(corpus_dir, tmp_path, read))} to extract into" in out and ": fits" in out
     assert not (tmp_path / "cache").exists()  # a dry run writes nothing
+
+
+def test_the_dry_run_counts_what_an_extension_writes(corpus_dir, tmp_path, capsys):
+    """After a last-only run, weighted_sum needs the three other hidden states: extraction writes a new entry of all
+    four (the one-layer entry stays but serves no longer), and the dry run says so."""
+    assert main(_argv(corpus_dir, tmp_path, "aalbert_random")) == 0
+    capsys.readouterr()
+    assert main(["--dry-run", *_argv(corpus_dir, tmp_path, "aalbert_random", "last")]) == 0
+    assert "feature cache: 0 B to extract" in capsys.readouterr().out
+    assert main(["--dry-run", *_argv(corpus_dir, tmp_path, "aalbert_random", "weighted_sum")]) == 0
+    n = _frames(corpus_dir, _control_stacking(tmp_path))
+    assert f"feature cache: {fmt_bytes(n * 4 * 256 * 2)} to extract into" in capsys.readouterr().out
 
 
 def test_the_librispeech_100_figure():
@@ -77,8 +94,26 @@ def test_a_run_that_does_not_fit_stops_before_extracting(corpus_dir, tmp_path, c
     assert err.count("\n") == 1 and err.startswith(f"run_benchmark.py: error: --cache-dir {tmp_path / 'cache'}: the "
                                                    f"feature cache needs {fmt_bytes(_need(corpus_dir, tmp_path))} "
                                                    f"more"), err
-    assert "has 10 kB free" in err and "--upstream" in err and "aalbert_random" in err
+    assert "has 10 kB free" in err and "--upstream" in err and "aalbert_random" in err and "(--no-cache" in err
+    assert "--mode last" not in err  # every upstream caches one hidden state already
     assert not (tmp_path / "cache").exists() and not (tmp_path / "results").exists()  # nothing extracted or trained
+
+
+def test_the_disk_check_counts_the_layers_read_and_names_real_flags(corpus_dir, tmp_path, capsys, monkeypatch):
+    from benchmark.cli import build_parser
+
+    need = _need(corpus_dir, tmp_path, 4)
+    monkeypatch.setattr(cachesize.shutil, "disk_usage", lambda p: Usage(10**12, 10**12 - need + 1, need - 1))
+    assert main(_argv(corpus_dir, tmp_path, mode="weighted_sum")) == 2  # all four of aalbert_random's: 1 B short
+    err = capsys.readouterr().err
+    assert f"needs {fmt_bytes(need)} more" in err and "x 4 hidden states x 256" in err, err
+    flags = {o for a in build_parser()._actions for o in a.option_strings}
+    named = {w.strip("(),:;") for w in err.split() if w.startswith(("--", "(--"))}
+    assert {"--cache-dir", "--upstream", "--mode", "--no-cache"} <= named <= flags, named - flags
+    assert "--mode last or layer=K" in err
+    monkeypatch.setattr(cachesize.shutil, "disk_usage", lambda p: Usage(10**12, 10**12 - need, need))
+    assert main(["--dry-run", *_argv(corpus_dir, tmp_path, mode="weighted_sum")]) == 0  # exactly enough: fits
+    assert ": fits" in capsys.readouterr().out
 
 
 def test_what_is_cached_already_is_not_counted(corpus_dir, tmp_path, capsys, monkeypatch):
