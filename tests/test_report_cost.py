@@ -40,6 +40,19 @@ def test_measure_costs(tmp_path):
     assert "2,000" in md and "0.612 (0.810 / 0.520)" in md and not list(tmp_path.glob("*.tmp"))
 
 
+def test_random_control_costs_the_architecture_of_the_checkpoint_it_controls_for(tmp_path):
+    ckpt, n_params = _ckpt(tmp_path, {})
+    df = measure_costs([("aalbert", ckpt), ("aalbert_random", None)], tmp_path / "cost.csv", device="cpu",
+                       seconds=0.3, n_utts=1)
+    assert df.iloc[1]["params"] == n_params  # the tiny 2 x 32 encoder of the checkpoint, not the small preset's
+    alone = measure_costs([("aalbert_random", None)], tmp_path / "alone.csv", device="cpu", seconds=0.3, n_utts=1)
+    from upstream.reference import REFERENCES
+    from upstream.registry import load_upstream
+
+    reference = count_parameters(load_upstream(REFERENCES["aalbert"].path))
+    assert alone.iloc[0]["params"] == reference != n_params  # without one: the shipped reference's architecture
+
+
 def test_checkpoint_without_throughput_meta_reports_unknown(tmp_path):
     ckpt, _ = _ckpt(tmp_path, {})
     df = measure_costs([("aalbert", ckpt)], tmp_path / "cost.csv", device="cpu", seconds=0.3, n_utts=1)
