@@ -64,6 +64,11 @@ def _attention_section(results_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def _nested(markdown: str) -> str:
+    """A study's own markdown inside a level-3 section: its headings two levels down."""
+    return "\n".join("##" + ln if ln.startswith("#") else ln for ln in markdown.splitlines()) + "\n"
+
+
 def _study_sections(results_dir: Path) -> str:
     """The studies that explain the rows, where their outputs sit beside them: the pretraining recipe study
     (results/recipe_study/) and the attention-head classes and ablation (results/attention/heads/)."""
@@ -72,7 +77,7 @@ def _study_sections(results_dir: Path) -> str:
             ("recipe_study", "Pretraining recipes: time to the interpolation yardstick",
              (("recipes.md", None), ("recipes.png", "Held-out masked L1 vs CPU seconds"))),
             ("attention/heads", "Attention heads: types and the global-head ablation",
-             (("head_mix.md", None), ("head_mix.png", "Head types per layer"), ("ablation.md", None)))):
+             (("head_mix.md", None), ("head_mix.png", "Head types per layer")))):  # head_mix.md holds the ablation
         d = results_dir / folder
         found = [(f, cap) for f, cap in files if (d / f).is_file()]
         if not found:
@@ -82,7 +87,7 @@ def _study_sections(results_dir: Path) -> str:
             cmds = [ln.strip() for ln in (d / COMMAND_FILE).read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
             parts.append("Produced by " + "; then ".join(f"`{c}`" for c in cmds) + ".\n")
         for f, cap in found:
-            parts.append(f"![{cap}]({folder}/{f})\n" if cap else (d / f).read_text(encoding="utf-8"))
+            parts.append(f"![{cap}]({folder}/{f})\n" if cap else _nested((d / f).read_text(encoding="utf-8")))
     return "\n".join(parts)
 
 

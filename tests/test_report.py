@@ -170,11 +170,12 @@ def test_build_report_includes_the_studies_beside_the_rows(tmp_path):
     (results / "recipe_study" / "recipes.md").write_text("| upstream | recipe |\n|---|---|\n| mj | s3prl |\n")
     heads = results / "attention" / "heads"
     heads.mkdir(parents=True)
-    (heads / "ablation.md").write_text("global heads removed: -3.2 points\n")
+    (heads / "head_mix.md").write_text("# Attention head types\n\n## Removing heads\n\nglobal heads removed: -3.2 points\n")
     (heads / "command.txt").write_text("python -m analysis.attention_heads --ablate mj\n# 12 s\n")
     text = build_report(results).read_text()
     assert "## Studies behind the rows" in text and "| mj | s3prl |" in text and "-3.2 points" in text
     assert "`python -m analysis.attention_heads --ablate mj`" in text and "`# 12 s`" not in text
+    assert "\n### Attention head types" in text and "\n#### Removing heads" in text  # nested under the section
     assert "recipes.png" not in text  # a figure that is not there is not linked
 
 
