@@ -66,6 +66,23 @@ def test_converged_probes_pass_and_starved_probes_fail(corpus_dir, tmp_path, mon
     assert "Failing rows" in summary_markdown(bad) and "0/4" in summary_markdown(bad)
 
 
+def test_a_probe_exactly_at_the_margin_passes_and_failures_show_dev():
+    from benchmark.convergence import passes
+
+    assert 100 * 0.13 < 100 * 0.14 - 1.0  # what float arithmetic says of 39/300 vs 42/300 - 1 point
+    assert passes(100 * 0.13, 100 * 0.14, 1.0) and passes(13.0, 15.0, 2.0)
+    assert not passes(12.99, 14.0, 1.0) and not passes(100 * 0.13, 100 * 0.1434, 1.0)
+    row = dict(run_id="r", upstream="mel", preset="stack3", ckpt_hash="h", task="speaker_utterance", mode="last",
+               layer=0, fraction=1.0, seed=0, budget="converge", converged=True, steps=10, reference_l2=0.0,
+               reference_iters=5, reference_converged=True, margin=1.0, passes=False)
+    table = pd.DataFrame([{**row, "probe_dev": 30.0, "reference_dev": 29.0, "probe_test": 28.0, "reference_test": 30.0},
+                          {**row, "seed": 1, "probe_dev": 28.0, "reference_dev": 29.0, "probe_test": 28.0,
+                           "reference_test": 30.0}])
+    md = summary_markdown(table)
+    assert "0/2" in md and "1 of 2 score at least the reference on dev" in md and "| mel:stack3 |" in md
+    assert "| 30.00 | 29.00 | 28.00 | 30.00 |" in md
+
+
 def test_certify_cli_errors_name_what_is_missing(corpus_dir, tmp_path, capsys):
     good = _run(corpus_dir, tmp_path, ProbeConfig(lr=3e-2, batch_size=256, patience=2, min_eval_steps=5))
     assert main(["certify", "--corpus", str(corpus_dir), "--results-dir", str(good / "results"),
