@@ -13,10 +13,6 @@
 # and --resume, with this or another NPROC. Without flags it pretrains mockingjay:small on the built-in corpus
 # (data/synth) with the default recipe (preln_stack3, 200 steps) into runs/pretrain/mockingjay-small-ddp.
 #
-# Known problem (docs/scale.md): until pretrain.distributed.wrap lets DDP skip the Pre-LN encoder's unused output
-# norms, the Pre-LN recipes (preln_stack3, the default, and preln) stop at their second step under torchrun with
-# "Expected to have finished reduction in the prior iteration"; a Post-LN recipe (--recipe stack3) runs.
-#
 # NPROC (default: the GPUs of this node, else 2) processes; with CUDA each takes the GPU of its LOCAL_RANK (nccl),
 # on CPU they talk through gloo and share the cores: OMP_NUM_THREADS (default: cores / NPROC, at least 1) threads each.
 # TORCHRUN (default .venv/bin/torchrun, else torchrun on PATH) and PORT (multi-node, default 29500) can be changed.

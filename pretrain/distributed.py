@@ -71,9 +71,12 @@ def shutdown() -> None:
 
 
 def wrap(model: nn.Module, device: torch.device) -> DistributedDataParallel:
-    """DDP over `model` (parameters broadcast from rank 0; the encoder has no buffers to keep in step)."""
+    """DDP over `model` (parameters broadcast from rank 0; the encoder has no buffers to keep in step).
+
+    find_unused_parameters: a Pre-LN encoder has one output LayerNorm per reported hidden state and pretraining
+    reads only the last, so the others get no gradient, which DDP otherwise refuses at the second step."""
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+                                   broadcast_buffers=False, find_unused_parameters=True)
 
 
 def local_share(batch: tuple[Tensor, Tensor, Tensor, Tensor], ranks: Ranks

@@ -39,8 +39,10 @@ from upstream.registry import load_upstream
 from upstream.transformer import EncoderConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+# Pre-LN as the default recipe: its output LayerNorms of the hidden states before the last get no gradient in
+# pretraining, which DDP must be told about (pretrain.distributed.wrap)
 MICRO = EncoderConfig(hidden_size=32, num_heads=2, intermediate_size=64, num_layers=2, dropout=0.0,
-                      attention_dropout=0.0)
+                      attention_dropout=0.0, pre_layer_norm=True)
 # batch 3: shares of 2 and 1 utterances on 2 ranks; 8 training utterances make every epoch end with a batch of 2
 # (one utterance per rank; with 3 ranks one rank has none). Accumulation 2: DDP's no_sync on the first micro-batch.
 CFG = PretrainConfig(steps=8, batch_size=3, accumulation=2, crop_frames=50, ckpt_interval=2, eval_interval=4,
