@@ -9,7 +9,7 @@ from corpora.manifest import SPLITS, Corpus, is_prepared, load_corpus
 from upstream.checkpoint import read_meta
 from upstream.features import FeatureConfig
 from upstream.interface import Upstream
-from upstream.reference import REFERENCES, reference_for, verify_reference
+from upstream.reference import SHIPPED_CHECKPOINTS, reference_for, verify_reference
 from upstream.registry import (RANDOM_CONTROLS, build_upstream, ckpt_key, get_preset, is_external, is_pretrained,
                                parse_spec, static_shape, upstream_identity)
 from upstream.transformer import EncoderConfig, count_parameters
@@ -121,7 +121,7 @@ def planned_checkpoint(spec: str, ckpts: dict[str, str], runs_dir: Path, quick: 
     ref = reference_for(name, preset)
     if ref is None:
         raise ValueError(f"--upstream {spec}: no reference checkpoint ships for {name}:{preset} (only "
-                         f"{', '.join(f'{r.family}:{r.preset}' for r in REFERENCES.values())}); pass "
+                         f"{', '.join(f'{r.family}:{r.preset}' for r in SHIPPED_CHECKPOINTS.values())}); pass "
                          f"--ckpt {name}=PATH, or --pretrain to pretrain it inside the job")
     return ref.path
 

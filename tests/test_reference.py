@@ -14,7 +14,7 @@ from pretrain.config import RECIPES, with_overrides
 from pretrain.release import release
 from pretrain.synthetic import make_tiny_corpus
 from upstream.checkpoint import CheckpointError, read_meta
-from upstream.reference import REFERENCES, Reference, verify_reference
+from upstream.reference import SHIPPED_CHECKPOINTS, Reference, verify_reference
 from upstream.registry import load_upstream
 from upstream.transformer import EncoderConfig
 
@@ -50,14 +50,14 @@ def test_release_is_model_only_and_pinned_by_hash(run_dir, tmp_path):
 
 
 def test_shipped_references_verify_and_load():
-    for ref in REFERENCES.values():
+    for ref in SHIPPED_CHECKPOINTS.values():
         model = load_upstream(verify_reference(ref)).eval()
         assert model.num_hidden_states == 4
         assert sha256_file(ref.path / "checkpoint.json") == ref.json_sha256
 
 
 def test_main_job_plans_references_unless_told_to_pretrain(tmp_path):
-    assert planned_checkpoint("aalbert", {}, tmp_path, False) == REFERENCES["aalbert"].path
+    assert planned_checkpoint("aalbert", {}, tmp_path, False) == SHIPPED_CHECKPOINTS["aalbert"].path
     assert planned_checkpoint("aalbert", {}, tmp_path, False, pretrain=True) == tmp_path / "aalbert-small"
     assert planned_checkpoint("aalbert", {"aalbert": "x"}, tmp_path, False) == Path("x")
     assert planned_checkpoint("mel", {}, tmp_path, False) is None

@@ -46,10 +46,10 @@ def test_random_control_costs_the_architecture_of_the_checkpoint_it_controls_for
                        seconds=0.3, n_utts=1)
     assert df.iloc[1]["params"] == n_params  # the tiny 2 x 32 encoder of the checkpoint, not the small preset's
     alone = measure_costs([("aalbert_random", None)], tmp_path / "alone.csv", device="cpu", seconds=0.3, n_utts=1)
-    from upstream.reference import REFERENCES
+    from upstream.reference import SHIPPED_CHECKPOINTS
     from upstream.registry import load_upstream
 
-    reference = count_parameters(load_upstream(REFERENCES["aalbert"].path))
+    reference = count_parameters(load_upstream(SHIPPED_CHECKPOINTS["aalbert"].path))
     assert alone.iloc[0]["params"] == reference != n_params  # without one: the shipped reference's architecture
 
 

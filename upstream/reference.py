@@ -27,14 +27,14 @@ class Reference:
         return CHECKPOINTS_DIR / f"{self.family}-{self.preset}"
 
 
-REFERENCES: dict[str, Reference] = {
+SHIPPED_CHECKPOINTS: dict[str, Reference] = {
     "mockingjay": Reference("mockingjay", "small", "b69a44afd631966e2ca18cc3bcc983f568a96fba27635e7d18ecf2ab2fd7bfd6"),
     "aalbert": Reference("aalbert", "small", "6bc20f8b5d075776c8735f9a72327d77269fa61df2b0734bfdd49e21eef77327"),
 }
 
 
 def reference_for(name: str, preset: str) -> Reference | None:
-    ref = REFERENCES.get(name)
+    ref = SHIPPED_CHECKPOINTS.get(name)
     return ref if ref is not None and ref.preset == preset else None
 
 
