@@ -249,7 +249,6 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
         log(f"{r['upstream']} {r['task']} {r['mode']} f={r['fraction']:g} seed {r['seed']}: probe {probe_test:.2f} "
             f"reference {100 * ref.test:.2f} ({time.perf_counter() - t0:.1f} s)")
     table = pd.DataFrame(out, columns=list(COLUMNS))
-    table["passes"] = [passes(*v) for v in zip(table["probe_test"], table["reference_test"], table["margin"])]
     atomic_write_text(path, table.to_csv(index=False))
     return table
 
@@ -270,7 +269,9 @@ def _previous(path: Path, run_ids: set[str]) -> dict[str, dict]:
         return {}
     if list(old.columns) != list(COLUMNS):
         return {}
-    return {r["run_id"]: r for r in old.to_dict("records") if r["run_id"] in run_ids}
+    # the pass flag is recomputed by today's rule (rows written before it compared unrounded floats)
+    return {r["run_id"]: {**r, "passes": passes(r["probe_test"], r["reference_test"], r["margin"])}
+            for r in old.to_dict("records") if r["run_id"] in run_ids}
 
 
 def summary_markdown(table: pd.DataFrame) -> str:

@@ -13,11 +13,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from benchmark.resolve import control_architecture
 from core.io import atomic_write_text
 from core.repro import provenance, seed_everything
 from upstream.checkpoint import read_meta
 from upstream.features import corpus_stats
-from benchmark.resolve import control_architecture
 from upstream.registry import (RANDOM_CONTROLS, build_upstream, ckpt_key, get_preset, is_external, parse_spec,
                                upstream_identity)
 from upstream.transformer import count_parameters

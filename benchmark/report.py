@@ -64,6 +64,14 @@ def _attention_section(results_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def _commands(path: Path) -> list[str]:
+    """The command lines of a command.txt (blank and `#` comment lines left out); none when it is missing."""
+    if not path.is_file():
+        return []
+    lines = (ln.strip() for ln in path.read_text(encoding="utf-8").splitlines())
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
 def _nested(markdown: str) -> str:
     """A study's own markdown inside a level-3 section: its headings two levels down."""
     return "\n".join("##" + ln if ln.startswith("#") else ln for ln in markdown.splitlines()) + "\n"
@@ -83,8 +91,7 @@ def _study_sections(results_dir: Path) -> str:
         if not found:
             continue
         parts.append(f"### {title}\n")
-        if (d / COMMAND_FILE).is_file():
-            cmds = [ln.strip() for ln in (d / COMMAND_FILE).read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+        if cmds := _commands(d / COMMAND_FILE):
             parts.append("Produced by " + "; then ".join(f"`{c}`" for c in cmds) + ".\n")
         for f, cap in found:
             parts.append(f"![{cap}]({folder}/{f})\n" if cap else _nested((d / f).read_text(encoding="utf-8")))
@@ -137,9 +144,7 @@ def build_report(results_dir: Path) -> Path:
             (plot_dir / name).unlink(missing_ok=True)
     boards = write_leaderboards(agg, table_dir)
 
-    cmd_file = results_dir / COMMAND_FILE
-    commands = [ln.strip() for ln in cmd_file.read_text(encoding="utf-8").splitlines() if ln.strip()] \
-        if cmd_file.is_file() else []
+    commands = _commands(results_dir / COMMAND_FILE)
     produced = ("The rows were produced by " + "; then ".join(f"`{c}`" for c in commands) if commands
                 else "The command that produced the rows was not recorded (no `command.txt`)")
     md = [f"# Benchmark report\n",
