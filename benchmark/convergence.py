@@ -3,8 +3,9 @@
 For each linear-probe row of a results directory (phone_linear, speaker_utterance, speaker_frame; modes last,
 layer=K and weighted_sum) at the largest and the smallest label fraction of its upstream and task, a reference
 is fitted on the SAME cached features, labels and training subset: multinomial logistic regression solved to a
-tolerance, its L2 strength chosen on dev: full-batch L-BFGS in torch to a largest absolute gradient entry of 1e-4,
-L2 from `L2_GRID` for frame-level rows (up to ~370k frames) and `UTT_L2_GRID` for utterance-level rows (cheap
+tolerance, its L2 strength chosen on dev: full-batch L-BFGS in float64, each L2 point solved until within 1 % of
+|W| of its unique optimum (downstream.solver, REFERENCE_RTOL), L2 from `L2_GRID` for frame-level rows (up to
+~370k frames) and `UTT_L2_GRID` for utterance-level rows (cheap
 fits). The examples are the probes'
 own (downstream.sources: in memory, normalised with train-split statistics); for a weighted-sum row the reference
 reads the probe's own learned mix of the hidden states (the row's `layer_weights`), so it certifies the head
@@ -33,6 +34,7 @@ from core.io import atomic_write_text, read_json
 from corpora.manifest import PROBE_SPLITS, Corpus, load_corpus
 from downstream.data import SplitLabels, Targets, flat_rows, split_labels
 from downstream.fractions import fraction_subset
+from downstream.solver import solve_l2
 from downstream.sources import ArraySource, PooledSource, SplitArrays
 from downstream.tasks import TASKS, TaskSpec
 
@@ -43,6 +45,9 @@ CONVERGENCE_FILE = "convergence.csv"
 L2_GRID = (1e-1, 1e-2, 1e-3, 1e-5)
 # utterance-level rows: cheap fits, so decades down to nearly none (1,200 standardised mel means choose ~1e-4)
 UTT_L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+# each L2 point solved until within REFERENCE_RTOL x |W| of its unique optimum (downstream.solver), ten times
+# tighter than the lbfgs probe's rule (ProbeConfig.rtol)
+REFERENCE_RTOL = 0.01
 MARGIN_LARGEST, MARGIN_SMALLEST = 1.0, 2.0  # accuracy points
 COLUMNS = ("run_id", "upstream", "preset", "ckpt_hash", "task", "mode", "layer", "fraction", "seed", "budget", "converged",
            "steps", "probe_dev", "probe_test", "reference_dev", "reference_test", "reference_l2", "reference_iters",
@@ -59,36 +64,27 @@ class Reference:
 
 
 def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tuple[torch.Tensor, torch.Tensor] | None,
-         tol: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
-    """Multinomial logistic regression on x (n, D) by full-batch L-BFGS; (W, b, iterations, converged)."""
-    W = torch.zeros(x.shape[1], n_classes) if init is None else init[0].clone()
-    b = torch.zeros(n_classes) if init is None else init[1].clone()
+         rtol: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """Multinomial logistic regression on x (n, D) by full-batch L-BFGS in float64, solved to the relative
+    tolerance of downstream.solver; (W, b, iterations, solved)."""
+    x = x.double()
+    W = torch.zeros(x.shape[1], n_classes, dtype=torch.float64) if init is None else init[0].clone()
+    b = torch.zeros(n_classes, dtype=torch.float64) if init is None else init[1].clone()
     W.requires_grad_(True)
     b.requires_grad_(True)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, max_eval=2 * max_iter, history_size=30,
-                            tolerance_grad=tol, tolerance_change=1e-14, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(x @ W + b, y) + 0.5 * l2 * (W * W).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    closure()
-    grad = max(float(W.grad.abs().max()), float(b.grad.abs().max()))
-    return W.detach(), b.detach(), int(opt.state[W]["n_iter"]), grad <= tol
+    iters, ok = solve_l2([W, b], lambda: F.cross_entropy(x @ W + b, y), [W], l2, rtol, max_iter)
+    return W.detach(), b.detach(), iters, ok
 
 
 def fit_reference(train: tuple[torch.Tensor, torch.Tensor], dev: tuple[torch.Tensor, torch.Tensor],
                   test: tuple[torch.Tensor, torch.Tensor], n_classes: int, grid: tuple[float, ...] = L2_GRID,
-                  tol: float = 1e-4, max_iter: int = 500) -> Reference:
+                  rtol: float = REFERENCE_RTOL, max_iter: int = 5000) -> Reference:
     """Fit one regression per L2 strength (strongest first, each warm-starting the next); keep the best on dev."""
     x, y = train
     best: Reference | None = None
     init = None
     for l2 in sorted(grid, reverse=True):
-        W, b, iters, ok = _fit(x, y, n_classes, l2, init, tol, max_iter)
+        W, b, iters, ok = _fit(x, y, n_classes, l2, init, rtol, max_iter)
         init = (W, b)
         d = _accuracy(dev[0], dev[1], W, b)
         if best is None or d > best.dev:
@@ -101,7 +97,7 @@ def fit_reference(train: tuple[torch.Tensor, torch.Tensor], dev: tuple[torch.Ten
 def _accuracy(x: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor, chunk: int = 65536) -> float:
     correct = 0
     for a in range(0, len(y), chunk):
-        correct += int(((x[a: a + chunk] @ W + b).argmax(-1) == y[a: a + chunk]).sum())
+        correct += int(((x[a: a + chunk].to(W.dtype) @ W + b).argmax(-1) == y[a: a + chunk]).sum())
     return correct / max(1, len(y))
 
 

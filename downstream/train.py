@@ -8,7 +8,7 @@ utterance means for utterance-level ones), normalised per hidden state with trai
   `min_eval_steps` steps apart); training stops when the dev metric has not improved by `min_delta` for
   `patience` evaluations (`converged`), or at the `max_steps` cap (not converged);
 * for linear heads on few examples (mean-pooled utterances): a regularisation path, full-batch L-BFGS solved
-  to a gradient tolerance at each L2 strength of `l2_grid`, strongest first, each warm-starting the next. The
+  to a relative gradient tolerance (downstream.solver) at each L2 strength of `l2_grid`, strongest first, each warm-starting the next. The
   path plays the part of training time (weak L2 = a long run), dev is evaluated at each point and `patience`
   points without gain stop it.
 
@@ -35,6 +35,7 @@ from core.repro import seed_everything
 from downstream.data import SplitLabels, Targets, flat_rows, frame_batches, length_batches
 from downstream.heads import Whitening, segment_mean
 from downstream.modes import Featurizer, LayerMode
+from downstream.solver import solve_l2
 from downstream.sources import FeatureSource
 from downstream.tasks import TaskSpec
 
@@ -73,9 +74,12 @@ class ProbeConfig:
     # fine-tuning). "lbfgs": the L2 regularisation path with full-batch L-BFGS (linear heads, few examples).
     optimizer: Literal["sgd", "adamw", "lbfgs"] = "adamw"
     momentum: float = 0.9  # sgd only
-    # lbfgs only: the path's L2 strengths (mean cross-entropy + l2 / 2 * |head weights|^2), strongest first
-    l2_grid: tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
-    tolerance: float = 1e-4  # lbfgs only: largest absolute gradient entry at which one L2 point is solved
+    # lbfgs only: the path's L2 strengths (mean cross-entropy + l2 / 2 * |head weights|^2), strongest first, one
+    # per decade: the 300 dev utterances of the built-in corpus cannot tell half-decades apart (docs/benchmark.md)
+    l2_grid: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+    # lbfgs only: one L2 point is solved when |grad| <= rtol * l2 * |W| (within rtol x |W| of its optimum,
+    # downstream.solver); 0.1 moved 0-1 of 300 dev predictions against 0.01 at a third of the cost (docs/benchmark.md)
+    rtol: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_steps", "patience", "min_eval_steps"):
@@ -89,8 +93,11 @@ class ProbeConfig:
             raise ValueError(f"ProbeConfig.lr_decay must be in (0, 1], got {self.lr_decay}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"ProbeConfig.momentum must be in [0, 1), got {self.momentum}")
-        if self.optimizer == "lbfgs" and (not self.l2_grid or any(v < 0 for v in self.l2_grid)):
-            raise ValueError(f"ProbeConfig.l2_grid must hold L2 strengths >= 0, got {self.l2_grid}")
+        if self.optimizer == "lbfgs" and (not self.l2_grid or any(v <= 0 for v in self.l2_grid)):
+            raise ValueError(f"ProbeConfig.l2_grid must hold L2 strengths > 0 (the solver's tolerance is relative "
+                             f"to the L2 strength), got {self.l2_grid}")
+        if self.rtol <= 0:
+            raise ValueError(f"ProbeConfig.rtol must be > 0, got {self.rtol}")
 
     @property
     def budget(self) -> str:
@@ -329,32 +336,26 @@ def _fit_minibatch(probe: Probe, task: TaskSpec, data: dict[str, Examples], rows
 def _fit_path(probe: Probe, task: TaskSpec, data: dict[str, Examples], rows: Tensor, cfg: ProbeConfig, seed: int,
               stopper: EarlyStopping, device: torch.device, bar) -> tuple[int, bool]:
     """The L2 regularisation path: for each strength of `l2_grid` (strongest first, warm-started from the previous
-    point) full-batch L-BFGS to the gradient tolerance, then dev. `steps` counts L-BFGS iterations; the run is
-    converged when every point's L-BFGS ended by its own tolerances within the `max_steps` budget and the path
-    either ended or stopped after `patience` points without gain."""
-    x = data["train"].rows(rows).to(device)  # (layers, n, D): the whole training subset, held once
+    point) full-batch L-BFGS in float64 until within `rtol` x |W| of that strength's unique optimum
+    (downstream.solver), then dev (on the float32 probe). `steps` counts L-BFGS iterations; the run is converged
+    when every point it visited was solved within the `max_steps` budget and the path either ended or stopped
+    after `patience` points without gain."""
+    work = copy.deepcopy(probe).double()  # float32 gradients floor above the relative tolerance at weak L2
+    x = data["train"].rows(rows).to(device, torch.float64)  # (layers, n, D): the whole training subset, held once
     y = data["train"].y.index_select(0, rows).to(device)
-    penalised = [p for name, p in probe.head.named_parameters() if name.endswith("weight")]  # not biases, not the mix
+    params = list(work.parameters())
+    penalised = [p for name, p in work.head.named_parameters() if name.endswith("weight")]  # not biases, not the mix
     step, solved = 0, True
     for l2 in cfg.l2_grid:
         budget = cfg.max_steps - step
         if budget <= 0:
             solved = False
             break
-        opt = torch.optim.LBFGS(probe.parameters(), lr=1, max_iter=budget, max_eval=2 * budget, history_size=30,
-                                tolerance_grad=cfg.tolerance, tolerance_change=1e-12, line_search_fn="strong_wolfe")
-
-        def closure() -> Tensor:
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(probe(x), y) + 0.5 * l2 * sum((p * p).sum() for p in penalised)
-            loss.backward()
-            return loss
-
-        probe.train()
-        opt.step(closure)
-        iters = int(opt.state[opt._params[0]].get("n_iter", 0))
-        solved &= iters < budget  # L-BFGS ended by its tolerances, not by the step budget
+        work.train()
+        iters, ok = solve_l2(params, lambda: F.cross_entropy(work(x), y), penalised, l2, cfg.rtol, budget)
+        solved &= ok
         step += iters
+        probe.load_state_dict(work.state_dict())  # copied into the float32 probe that is scored and kept
         _evaluated(probe, task, data, step, stopper, device, bar, iters)
         if stopper.stop:
             break

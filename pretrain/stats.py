@@ -13,7 +13,7 @@ from core.io import atomic_write_json, read_json, sha256_file, sha256_json
 from corpora.manifest import Corpus, Split
 from upstream.features import FeatureConfig, corpus_stats
 
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: statistics rounded (upstream.features.STATS_DECIMALS)
 
 
 def _wavs(paths: list[Path], sr: int, progress: bool = True) -> Iterator[torch.Tensor]:

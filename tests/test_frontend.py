@@ -67,3 +67,14 @@ def test_corpus_norm_without_stats_is_a_clear_error():
         assert "norm_mean" in str(e)
     else:
         raise AssertionError("expected ValueError")
+
+
+def test_corpus_stats_are_rounded_so_last_bit_noise_does_not_change_the_config():
+    wavs, lengths = _batch()
+    cfg = FeatureConfig(norm="none")
+    mean, std = corpus_stats(cfg, [wavs[0]])
+    # ~1 ulp of float32 noise on the audio's spectrum (what another thread count gives) leaves the stats as they were
+    noise = 1e-6 * wavs[0].abs().max() * torch.randn(wavs[0].shape, generator=torch.Generator().manual_seed(0))
+    mean2, std2 = corpus_stats(cfg, [wavs[0] + noise])
+    assert torch.equal(mean, mean2) and torch.equal(std, std2)
+    assert torch.equal(mean, mean.double().round(decimals=4).float())

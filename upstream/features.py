@@ -150,9 +150,15 @@ class LogMelFrontend(nn.Module):
         return x, lengths
 
 
+STATS_DECIMALS = 4  # 1e-4 of a log-mel unit: far below any effect on features, far above float32 noise
+
+
 @torch.no_grad()
 def corpus_stats(cfg: FeatureConfig, wavs: "list[Tensor]") -> tuple[Tensor, Tensor]:
-    """Per-dimension mean and std of un-normalised features over all frames of `wavs` (training audio)."""
+    """Per-dimension mean and std of un-normalised features over all frames of `wavs` (training audio), rounded
+    to STATS_DECIMALS decimals: the FFT's float32 last bits depend on the thread count, and the statistics are
+    part of a feature config's hash (feature caches, the mel upstream's identity), so unrounded they made the same
+    corpus hash differently on a busy and a quiet machine (measured: one std of 160 differed by 1 ulp)."""
     fe = LogMelFrontend(cfg)
     total = torch.zeros(cfg.base_dim, dtype=torch.float64)
     total_sq = torch.zeros(cfg.base_dim, dtype=torch.float64)
@@ -166,4 +172,4 @@ def corpus_stats(cfg: FeatureConfig, wavs: "list[Tensor]") -> tuple[Tensor, Tens
         raise ValueError("corpus_stats: no audio frames given")
     mean = total / count
     std = (total_sq / count - mean.pow(2)).clamp_min(1e-10).sqrt()
-    return mean.float(), std.float()
+    return mean.round(decimals=STATS_DECIMALS).float(), std.round(decimals=STATS_DECIMALS).float()
