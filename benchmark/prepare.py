@@ -27,7 +27,7 @@ def prepare(cfg: BenchmarkConfig, log=print) -> int:
     from benchmark.runner import choose_fractions, corpus_digest
 
     t0 = time.perf_counter()
-    corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick)
+    corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, progress=cfg.progress)
     assert corpus is not None
     fractions = choose_fractions(cfg, corpus, log)
     done = set() if cfg.force else {r["run_id"] for f in rows_files(Path(cfg.results_dir)) for r in read_rows(f)}

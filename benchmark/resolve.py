@@ -61,7 +61,8 @@ def check_corpus(corpus: str, data_dir: Path, quick: bool) -> None:
         c.utterances(split)
 
 
-def resolve_corpus(corpus: str, data_dir: Path, quick: bool, prepare: bool = True) -> Corpus | None:
+def resolve_corpus(corpus: str, data_dir: Path, quick: bool, prepare: bool = True, progress: bool = True
+                   ) -> Corpus | None:
     """A prepared corpus directory, or a preparer name (the built-in corpus is prepared into data_dir when missing).
 
     With prepare=False (dry runs), a corpus that is not prepared yet gives None instead of being built.
@@ -81,7 +82,7 @@ def resolve_corpus(corpus: str, data_dir: Path, quick: bool, prepare: bool = Tru
     if not prepare:
         return None
     if corpus == DEFAULT_CORPUS:
-        return corpora.ensure_default_corpus(Path(data_dir), quick=quick)
+        return corpora.ensure_default_corpus(Path(data_dir), quick=quick, progress=progress)
     raise ValueError(_unprepared(corpus, out))
 
 

@@ -212,7 +212,7 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> RunnerStats:
     """The whole benchmark: corpus, upstreams, cached features, probes, rows, leaderboard (and report)."""
     stats = RunnerStats()
     t0 = time.perf_counter()
-    corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick)
+    corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, progress=cfg.progress)
     assert corpus is not None
     fractions = choose_fractions(cfg, corpus, log)
     prov = provenance(cfg.device)

@@ -131,6 +131,18 @@ def test_ensure_default_corpus_uses_existing(tmp_path, monkeypatch):
     assert calls[1][0] == "synth" and calls[1][1] == SynthConfig()
 
 
+def test_resolve_corpus_passes_no_progress_to_the_build(tmp_path, monkeypatch):
+    """`run_benchmark.py --no-progress` must silence the built-in corpus's progress bars too (logs on disk)."""
+    import corpora.registry as reg
+    from benchmark.resolve import resolve_corpus
+
+    seen = []
+    monkeypatch.setattr(reg, "prepare_synth_config", lambda out, cfg, workers, progress, force=False: seen.append(progress))
+    resolve_corpus("synth", tmp_path, quick=True, progress=False)
+    resolve_corpus("synth", tmp_path, quick=True)
+    assert seen == [False, True]
+
+
 def _f0(wav: np.ndarray, sr: int) -> float:
     x = wav.astype(np.float64)
     spec = np.fft.rfft(x, 2 * len(x))
