@@ -272,7 +272,9 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
             return fail(f"--corpus {cfg.corpus}: not prepared under {cfg.data_dir}; certify reads the corpus and the "
                         f"feature cache the rows were trained on")
         try:
-            table = certify(cfg.results_dir, corpus, cfg.cache_dir, log=lambda m: None, progress=cfg.progress)
+            table = certify(cfg.results_dir, corpus, cfg.cache_dir, progress=cfg.progress,
+                            # a bar on a terminal; one flushed line per row in a log on disk (--no-progress)
+                            log=(lambda m: None) if cfg.progress else (lambda m: print(m, flush=True)))
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
