@@ -134,14 +134,19 @@ def cache_frame_rule(cache_dir: Path, row: pd.Series, corpus: str) -> FrameRule:
                                    "feature cache metadata")["key"])
 
 
-def cached_identity(cache_dir: Path, upstream: str, corpus: str) -> dict[str, str]:
-    """{upstream, preset, ckpt_hash} of the newest feature cache of `upstream` on `corpus` (perf scripts: measure
-    on whatever checkpoint the last run cached)."""
+def cached_identity(cache_dir: Path, spec: str, corpus: str) -> dict[str, str]:
+    """{upstream, preset, ckpt_hash} of the newest feature cache of upstream `spec` (`name` or `name:preset`,
+    the name's default preset when none is given) on `corpus` (perf scripts: measure on whatever checkpoint the
+    last run cached). The preset is matched: `mel` and `mel:stack3` share a directory prefix."""
+    from upstream.registry import parse_spec
+
+    upstream, preset = parse_spec(spec)
     metas = sorted(Path(cache_dir).glob(f"{upstream}-{corpus}-train-*/meta.json"), key=lambda m: m.stat().st_mtime)
-    if not metas:
-        raise FileNotFoundError(f"no feature cache for {upstream} on {corpus} under {cache_dir}: run the benchmark first")
-    key = read_json(metas[-1], "feature cache metadata")["key"]
-    return {"upstream": upstream, "preset": key["preset"], "ckpt_hash": str(key["ckpt_hash"])}
+    keys = [k for k in (read_json(m, "feature cache metadata")["key"] for m in metas) if k.get("preset") == preset]
+    if not keys:
+        raise FileNotFoundError(f"no feature cache for {upstream}:{preset} on {corpus} under {cache_dir}: run the "
+                                f"benchmark first")
+    return {"upstream": upstream, "preset": preset, "ckpt_hash": str(keys[-1]["ckpt_hash"])}
 
 
 class Certifier:

@@ -90,7 +90,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
-    p.add_argument("--upstream", default="mockingjay")
+    p.add_argument("--upstream", default="mockingjay", help="name or name:preset (default preset) with a complete cache")
     p.add_argument("--tasks", default="phone_linear,speaker_utterance")
     p.add_argument("--fractions", default="0.01,1")
     p.add_argument("--seeds", default="0,1,2")
@@ -100,7 +100,7 @@ def main() -> int:
     corpus = load_corpus(a.corpus)
     try:
         row = cached_identity(a.cache_dir, a.upstream, corpus.name)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # no cache, or an unknown upstream/preset
         print(f"error: {e}", file=sys.stderr)
         return 2
     cert = Certifier(corpus, a.cache_dir)
@@ -127,7 +127,7 @@ def main() -> int:
                         refs[frac, seed, norm] = (fit_sklearn_reference(*data) if task.level == "utterance"
                                                   else fit_reference(*data, n_cls))
                     ref = refs[frac, seed, norm]
-                    rows.append({"upstream": a.upstream, "task": task_name, "fraction": frac, "seed": seed,
+                    rows.append({"upstream": f"{row['upstream']}:{row['preset']}", "task": task_name, "fraction": frac, "seed": seed,
                                  "trainer": name, "examples": norm, "steps": r.steps, "best_step": r.best_step,
                                  "wall_seconds": round(r.wall_seconds, 1), "dev": round(100 * r.dev_metric, 2),
                                  "test": round(100 * r.test_metric, 2), "reference_dev": round(100 * ref.dev, 2),

@@ -36,7 +36,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
-    p.add_argument("--upstream", default="mockingjay", help="an upstream name with a complete cache")
+    p.add_argument("--upstream", default="mockingjay", help="name or name:preset (default preset) with a complete cache")
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--modes", default="last,weighted_sum")
     p.add_argument("--out", type=Path, default=Path("results/probe_throughput.json"))
@@ -45,7 +45,7 @@ def main() -> int:
     corpus = load_corpus(a.corpus)
     try:
         row = cached_identity(a.cache_dir, a.upstream, corpus.name)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # no cache, or an unknown upstream/preset
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def main() -> int:
                         "epochs": round(seen / n, 1), "converged": r.converged, "wall_seconds": round(r.wall_seconds, 1),
                         "examples_per_second": round(seen / r.wall_seconds), "test": round(100 * r.test_metric, 2)})
             print(json.dumps(out[-1]), flush=True)
-    atomic_write_json(a.out, {"upstream": a.upstream, "ckpt_hash": row["ckpt_hash"], "torch_threads": 1,
+    atomic_write_json(a.out, {"upstream": f"{row['upstream']}:{row['preset']}", "ckpt_hash": row["ckpt_hash"], "torch_threads": 1,
                               "setup_seconds": round(setup, 1), "machine": platform.processor() or platform.machine(),
                               "torch": torch.__version__, "probes": out})
     print(f"wrote {a.out} (setup: splits in memory, whitened, in {setup:.0f} s)")

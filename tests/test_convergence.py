@@ -92,3 +92,24 @@ def test_certify_cli_errors_name_what_is_missing(corpus_dir, tmp_path, capsys):
     runs[runs["task"] == "phone_1hidden"].to_csv(good / "results" / "runs.csv", index=False)  # header only
     assert main(["certify", "--corpus", str(corpus_dir), "--results-dir", str(good / "results")]) == 2
     assert "no result rows" in capsys.readouterr().err
+
+
+def test_cached_identity_matches_the_preset(tmp_path):
+    """`mel` and `mel:stack3` caches share a directory prefix: a perf script asking for `mel` must not measure the
+    newer stack3 cache (it once did, silently: docs/benchmark.md's trainer comparison ran on 240-d stacked means)."""
+    import os
+
+    from benchmark.convergence import cached_identity
+    from core.io import atomic_write_json
+
+    for i, (preset, h) in enumerate((("default", "aaa"), ("stack3", "bbb"))):  # stack3 written last: the newest
+        meta = tmp_path / f"mel-synth-train-{h}" / "meta.json"
+        meta.parent.mkdir()
+        atomic_write_json(meta, {"key": {"preset": preset, "ckpt_hash": h}})
+        os.utime(meta, (1000 + i, 1000 + i))
+    assert cached_identity(tmp_path, "mel", "synth") == {"upstream": "mel", "preset": "default", "ckpt_hash": "aaa"}
+    assert cached_identity(tmp_path, "mel:stack3", "synth")["ckpt_hash"] == "bbb"
+    with pytest.raises(FileNotFoundError, match="mel:delta"):
+        cached_identity(tmp_path, "mel:delta", "synth")
+    with pytest.raises(ValueError, match="unknown preset"):
+        cached_identity(tmp_path, "mel:nope", "synth")
