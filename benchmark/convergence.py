@@ -4,7 +4,7 @@ For each linear-probe row of a results directory (phone_linear, speaker_utteranc
 layer=K and weighted_sum) at the largest and the smallest label fraction of its upstream and task, a reference
 is fitted on the SAME cached features, labels and training subset: multinomial logistic regression solved to a
 tolerance, its L2 strength chosen on dev: full-batch L-BFGS in float64, each L2 point solved until within 1 % of
-|W| of its unique optimum (downstream.solver, REFERENCE_RTOL), L2 from `L2_GRID` for frame-level rows (up to
+|W| of its unique optimum (downstream.solver, CERTIFICATE_RTOL), L2 from `L2_GRID` for frame-level rows (up to
 ~370k frames) and `UTT_L2_GRID` for utterance-level rows (cheap
 fits). The examples are the probes'
 own (downstream.sources: in memory, normalised with train-split statistics); for a weighted-sum row the reference
@@ -45,9 +45,9 @@ CONVERGENCE_FILE = "convergence.csv"
 L2_GRID = (1e-1, 1e-2, 1e-3, 1e-5)
 # utterance-level rows: cheap fits, so decades down to nearly none (1,200 standardised mel means choose ~1e-4)
 UTT_L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
-# each L2 point solved until within REFERENCE_RTOL x |W| of its unique optimum (downstream.solver), ten times
+# each L2 point solved until within CERTIFICATE_RTOL x |W| of its unique optimum (downstream.solver), ten times
 # tighter than the lbfgs probe's rule (ProbeConfig.rtol)
-REFERENCE_RTOL = 0.01
+CERTIFICATE_RTOL = 0.01
 MARGIN_LARGEST, MARGIN_SMALLEST = 1.0, 2.0  # accuracy points
 COLUMNS = ("run_id", "upstream", "preset", "ckpt_hash", "task", "mode", "layer", "fraction", "seed", "budget", "converged",
            "steps", "probe_dev", "probe_test", "reference_dev", "reference_test", "reference_l2", "reference_iters",
@@ -78,7 +78,7 @@ def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tupl
 
 def fit_reference(train: tuple[torch.Tensor, torch.Tensor], dev: tuple[torch.Tensor, torch.Tensor],
                   test: tuple[torch.Tensor, torch.Tensor], n_classes: int, grid: tuple[float, ...] = L2_GRID,
-                  rtol: float = REFERENCE_RTOL, max_iter: int = 5000) -> Reference:
+                  rtol: float = CERTIFICATE_RTOL, max_iter: int = 5000) -> Reference:
     """Fit one regression per L2 strength (strongest first, each warm-starting the next); keep the best on dev."""
     x, y = train
     best: Reference | None = None

@@ -127,8 +127,8 @@ def main() -> int:
                         refs[frac, seed, norm] = (fit_sklearn_reference(*data) if task.level == "utterance"
                                                   else fit_reference(*data, n_cls))
                     ref = refs[frac, seed, norm]
-                    rows.append({"upstream": f"{row['upstream']}:{row['preset']}", "task": task_name, "fraction": frac, "seed": seed,
-                                 "trainer": name, "examples": norm, "steps": r.steps, "best_step": r.best_step,
+                    rows.append({"upstream": f"{row['upstream']}:{row['preset']}", "task": task_name, "fraction": frac,
+                                 "seed": seed, "trainer": name, "examples": norm, "steps": r.steps, "best_step": r.best_step,
                                  "wall_seconds": round(r.wall_seconds, 1), "dev": round(100 * r.dev_metric, 2),
                                  "test": round(100 * r.test_metric, 2), "reference_dev": round(100 * ref.dev, 2),
                                  "reference_test": round(100 * ref.test, 2), "reference_l2": ref.l2})

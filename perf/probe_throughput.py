@@ -74,8 +74,8 @@ def main() -> int:
                         "epochs": round(seen / n, 1), "converged": r.converged, "wall_seconds": round(r.wall_seconds, 1),
                         "examples_per_second": round(seen / r.wall_seconds), "test": round(100 * r.test_metric, 2)})
             print(json.dumps(out[-1]), flush=True)
-    atomic_write_json(a.out, {"upstream": f"{row['upstream']}:{row['preset']}", "ckpt_hash": row["ckpt_hash"], "torch_threads": 1,
-                              "setup_seconds": round(setup, 1), "machine": platform.processor() or platform.machine(),
+    atomic_write_json(a.out, {"upstream": f"{row['upstream']}:{row['preset']}", "ckpt_hash": row["ckpt_hash"],
+                              "torch_threads": 1, "setup_seconds": round(setup, 1), "machine": platform.processor() or platform.machine(),
                               "torch": torch.__version__, "probes": out})
     print(f"wrote {a.out} (setup: splits in memory, whitened, in {setup:.0f} s)")
     return 0
