@@ -29,7 +29,7 @@
 #   #SBATCH --time=04:00:00
 #   #SBATCH --output=logs/%x-%j.out
 #   set -euo pipefail
-#   MASTER=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+#   MASTER=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)  # sed reads it all: no SIGPIPE under pipefail
 #   export OMP_NUM_THREADS=$((SLURM_CPUS_PER_TASK / SLURM_GPUS_ON_NODE))
 #   srun torchrun --nnodes "$SLURM_NNODES" --nproc_per_node "$SLURM_GPUS_ON_NODE" \
 #       --rdzv_id "$SLURM_JOB_ID" --rdzv_backend c10d --rdzv_endpoint "$MASTER:29500" \
