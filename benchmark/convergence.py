@@ -198,8 +198,11 @@ class Certifier:
             idx = list(sub.indices)
             data = []
             for s in PROBE_SPLITS:
-                x = src.examples(s)
-                mixed = sum(w * x[src.position(k)] for w, k in zip(weights, layers))  # the probe's own mix
+                if task.level == "frame":  # whitened frames in memory, float32: this path's own copy
+                    mixed = sum(w * frames.whitened(s, k) for w, k in zip(weights, layers))  # the probe's own mix
+                else:
+                    x = pooled.examples(s)
+                    mixed = sum(w * x[pooled.position(k)] for w, k in zip(weights, layers))
                 t = Targets(task, self.labels(task, s), src.lengths(s), s)
                 y = torch.from_numpy(t.frames if task.level == "frame" else t.utt)
                 if s == "train":

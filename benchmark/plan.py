@@ -9,7 +9,7 @@ from core.io import sha256_json
 from core.repro import default_device
 from downstream.modes import LayerMode, parse_modes
 from downstream.tasks import TASKS
-from downstream.train import ProbeConfig
+from downstream.train import ENGINE_VERSION, MEMORY, ProbeConfig
 
 if TYPE_CHECKING:
     from benchmark.shards import Shard
@@ -59,9 +59,12 @@ class BenchmarkConfig:
     # measured on a shared 2-core machine a linear probe's backward went from 8 ms (1 thread) to 90-180 ms
     # (2 threads spinning against other processes). Extraction and fine-tuning keep torch's default.
     probe_threads: int | None = 1
-    # frozen probes trained at once, in threads sharing the feature cache (seeding and probe initialisation
-    # are serialised, so every run stays deterministic); measured on 2 quiet cores: see docs/benchmark.md
+    # groups of frozen probes trained at once, in threads sharing the feature cache (seeding and probe initialisation
+    # are serialised, so every run stays deterministic)
     probe_workers: int = 2
+    # bytes one group of frozen probes may hold resident (its rows as cached); larger groups stream from the cache,
+    # with the same rows and results (downstream.feeds)
+    probe_memory: int = MEMORY
     progress: bool = True
     report: bool = False  # build results/REPORT.md at the end (the main job does)
     command: str | None = None  # the command line, recorded in results/command.txt when the job finishes
@@ -134,7 +137,8 @@ def check_layer_modes(modes: str, hidden_states: dict[str, int]) -> None:
 def run_id(corpus_digest: str, identity: dict[str, str], run: PlannedRun, layer: int, probe_cfg: ProbeConfig) -> str:
     """Stable hash of what defines a run: same inputs -> same id -> skipped when already in runs.csv."""
     return sha256_json({"corpus": corpus_digest, **identity, "task": run.task, "mode": run.mode.kind, "layer": layer,
-                        "fraction": run.fraction, "seed": run.seed, "probe": probe_cfg.to_dict()})[:16]
+                        "fraction": run.fraction, "seed": run.seed, "probe": probe_cfg.to_dict(),
+                        "engine": ENGINE_VERSION})[:16]
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:

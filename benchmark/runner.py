@@ -20,7 +20,7 @@ from downstream.fractions import MIN_DEFAULT_UTTS, default_fractions, fraction_s
 from downstream.modes import LayerMode
 from downstream.sources import ArraySource, LiveSource, PooledSource
 from downstream.tasks import get_task
-from downstream.train import finetune_probe, train_probe
+from downstream.train import ProbeConfig, ProbeSpec, finetune_probe, train_probe, train_probes
 from benchmark.cache import ensure_split, extract_arrays
 from benchmark.plan import BenchmarkConfig, PlannedRun, cache_layers, expand_runs, run_id
 from benchmark.resolve import ResolvedUpstream, resolve_corpus, resolve_upstream
@@ -142,48 +142,62 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
                                    for s in PROBE_SPLITS}
     if any(get_task(r.task).level == "utterance" for r, _, _ in pending):
         pooled = PooledSource(cached)  # mean pooling commutes with the layer mix: exact, ~300x less data
-    t0 = time.perf_counter()
-    for s in PROBE_SPLITS:  # in memory (float32, whitened) once, before any worker thread starts
-        if any(get_task(r.task).level == "frame" for r, _, _ in pending):
-            cached.examples(s)
-        if pooled is not None:
-            pooled.examples(s)
-    log(f"{up.spec}: probe examples in memory, whitened ({time.perf_counter() - t0:.0f} s)")
+        pooled.whitening()  # means and their statistics, once, before any worker thread starts
+    if any(get_task(r.task).level == "frame" for r, _, _ in pending):
+        t0 = time.perf_counter()
+        cached.whitening()
+        log(f"{up.spec}: whitening fitted on the train frames in one streaming pass ({time.perf_counter() - t0:.0f} s)")
     lock = threading.Lock()
     from tqdm import tqdm
 
     bar = tqdm(total=len(pending), desc=f"probes {up.spec}", unit="run", disable=not cfg.progress, dynamic_ncols=True)
 
-    def one_run(r: PlannedRun, rid: str, pcfg) -> None:
-        task = get_task(r.task)
-        sub = fraction_subset(train_spk, r.fraction, r.seed, task.labels.closed_set)
-        source = pooled if task.level == "utterance" else cached
-        assert source is not None
-        n_cls, lab = num_classes(corpus, task), labels[task.labels.name]
-        if r.finetune:  # linear probe, then fine-tune: the head starts from the frozen last-layer probe
-            assert live is not None
-            start = train_probe(task, LayerMode("last"), source, lab, list(sub.indices), n_cls,
-                                cfg.probe_config(r.task, False), r.seed, device=cfg.device)
-            whiten = source.whitening()[source.position(L - 1)]
-            result = finetune_probe(task, start, whiten, live, up.model, lab, list(sub.indices), n_cls, pcfg, r.seed,
-                                    device=cfg.device, progress=cfg.progress)
-        else:
-            result = train_probe(task, r.mode, source, lab, list(sub.indices), n_cls, pcfg, r.seed, device=cfg.device)
+    def record(r: PlannedRun, rid: str, pcfg, result) -> None:
         with lock:
             append_row(runs_csv, make_row(r, rid, up, corpus, r.mode.resolved_layer(L), result, prov, pcfg.budget))
             stats.runs_done += 1
-            bar.set_postfix_str(f"{r.task} {r.mode.label} f={r.fraction:g} s={r.seed}")
+            bar.set_postfix_str(f"{r.task} {r.mode.label}")
             bar.update(1)
 
+    def one_group(group: list[tuple[PlannedRun, str, ProbeConfig]]) -> None:
+        """Every fraction and seed of one task and mode, trained as one batched model (downstream.train)."""
+        r0, _, pcfg = group[0]
+        task = get_task(r0.task)
+        source = pooled if task.level == "utterance" else cached
+        assert source is not None
+        specs = [ProbeSpec(fraction_subset(train_spk, r.fraction, r.seed, task.labels.closed_set).indices, r.seed)
+                 for r, _, _ in group]
+        results = train_probes(task, r0.mode, source, labels[task.labels.name], specs, num_classes(corpus, task),
+                               pcfg, device=cfg.device, memory=cfg.probe_memory)
+        for (r, rid, _), result in zip(group, results):
+            record(r, rid, pcfg, result)
+
+    def one_finetune(r: PlannedRun, rid: str, pcfg) -> None:
+        """Linear probe, then fine-tune: the head starts from the frozen last-layer probe."""
+        assert live is not None
+        task = get_task(r.task)
+        source = pooled if task.level == "utterance" else cached
+        assert source is not None
+        sub = fraction_subset(train_spk, r.fraction, r.seed, task.labels.closed_set)
+        n_cls, lab = num_classes(corpus, task), labels[task.labels.name]
+        start = train_probe(task, LayerMode("last"), source, lab, list(sub.indices), n_cls,
+                            cfg.probe_config(r.task, False), r.seed, device=cfg.device, memory=cfg.probe_memory)
+        whiten = source.whitening()[source.position(L - 1)]
+        record(r, rid, pcfg, finetune_probe(task, start, whiten, live, up.model, lab, list(sub.indices), n_cls, pcfg,
+                                            r.seed, device=cfg.device, progress=cfg.progress))
+
+    groups: dict[tuple, list] = {}
+    for r, rid, pcfg in frozen:
+        groups.setdefault((r.task, r.mode, pcfg), []).append((r, rid, pcfg))
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     try:
-        if frozen:  # frozen probes: small ops, so `probe_workers` runs at once with `probe_threads` torch threads each
+        if groups:  # groups in `probe_workers` threads with `probe_threads` torch threads each
             if cfg.probe_threads:
                 torch.set_num_threads(min(cfg.probe_threads, threads))
-            run_parallel(one_run, frozen, cfg.probe_workers)
+            run_parallel(one_group, [(g,) for g in groups.values()], cfg.probe_workers)
         torch.set_num_threads(threads)
-        run_parallel(one_run, finetune, 1)  # the upstream itself trains: one run at a time, every thread
+        run_parallel(one_finetune, finetune, 1)  # the upstream itself trains: one run at a time, every thread
     finally:
         torch.set_num_threads(threads)
         bar.close()

@@ -1,6 +1,8 @@
 """Probe building blocks: per-hidden-state standardisation and mean pooling over valid frames (heads: tasks.py)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor, nn
 
@@ -45,21 +47,31 @@ class Whitening(nn.Module):
 
     @torch.no_grad()
     def fit(self, x: Tensor, chunk: int = 65536) -> "Whitening":
-        """Statistics of the rows of x (N, D), accumulated in float64 over chunks."""
-        if len(x) < 2:
-            raise ValueError(f"Whitening.fit: needs at least 2 examples, got {len(x)}")
-        n, d = x.shape
-        s = torch.zeros(d, dtype=torch.float64)
-        for a in range(0, n, chunk):
-            s += x[a: a + chunk].double().sum(0)
-        mean = s / n
-        cov = torch.zeros(d, d, dtype=torch.float64)
-        shift = mean.float()
-        for a in range(0, n, chunk):  # float32 products of centred chunks, summed in float64
-            xc = x[a: a + chunk].float() - shift
-            cov += (xc.T @ xc).double()
-        cov /= n
-        self.mean.copy_(mean.float())
+        """Statistics of the rows of x (N, D) (in memory or memory-mapped), read in chunks."""
+        return self.fit_chunks(x[a: a + chunk] for a in range(0, len(x), chunk))
+
+    @torch.no_grad()
+    def fit_chunks(self, chunks: Iterable[Tensor]) -> "Whitening":
+        """Statistics of the rows of every chunk (each (n, D)) in ONE streaming pass: float32 products of chunks
+        centred on the first chunk's mean, summed in float64 (the shift keeps the sums well conditioned), so the
+        corpus is never held whole."""
+        n, s, m2, shift = 0, None, None, None
+        for x in chunks:
+            xc = x.float()
+            if shift is None:
+                shift = xc.mean(0)
+                s = torch.zeros(xc.shape[1], dtype=torch.float64)
+                m2 = torch.zeros(xc.shape[1], xc.shape[1], dtype=torch.float64)
+            xc = xc - shift
+            s += xc.sum(0).double()
+            m2 += (xc.T @ xc).double()
+            n += len(xc)
+        if n < 2:
+            raise ValueError(f"Whitening.fit: needs at least 2 examples, got {n}")
+        assert s is not None and m2 is not None and shift is not None
+        d = s / n  # mean - shift
+        cov = m2 / n - torch.outer(d, d)
+        self.mean.copy_((shift.double() + d).float())
         var = cov.diagonal()
         if not self.decorrelate:  # standardise only; (near-)constant dimensions map to zero, as in the ZCA below
             kept = var > float(var.max()) * self.floor

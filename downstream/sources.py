@@ -13,7 +13,6 @@ from torch import Tensor
 from core.audio import load_audio
 from core.frames import FrameRule
 from corpora.manifest import Corpus, Utterance
-from downstream.data import flat_rows
 from downstream.heads import Whitening
 from upstream.interface import Upstream
 
@@ -27,28 +26,13 @@ def frame_counts(rule: FrameRule, utts: list[Utterance]) -> np.ndarray:
 class FeatureSource(Protocol):
     num_hidden_states: int  # the upstream's
     hidden_size: int
-    layers: tuple[int, ...]  # the hidden-state indices `examples` and `whitening` hold, in order
+    layers: tuple[int, ...]  # the hidden-state indices held, in order
 
     def position(self, layer: int) -> int:
-        """Where hidden state `layer` is in `examples(split)` and `whitening()`; ValueError if it is not there."""
+        """Where hidden state `layer` is in what the source holds; ValueError if it is not there."""
 
     def lengths(self, split: str) -> np.ndarray:
         """(n_utts,) valid frames per utterance of `split`, in manifest order."""
-
-    def examples(self, split: str) -> Tensor:
-        """Frozen probes: the split's examples (len(layers), N, D) float32 in memory, whitened (frames or utterance
-        means)."""
-
-    def whitening(self) -> list[Whitening]:
-        """The per-hidden-state transforms `examples` applied (fitted on the train split's examples), one per
-        `layers`."""
-
-    def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False,
-              select: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
-        """Hidden states `layers` of utterances `idx`, FLAT and stacked: float32 (len(layers), sum of lengths, D)
-        holding the valid frames of each utterance in `idx` order (no padding at all), and lengths (B,).
-        `select`: only these positions of the flat batch (frame-level training subsamples frames before
-        reading them); the lengths still describe the whole batch."""
 
 
 def whitened(x: Tensor, transforms: list[Whitening]) -> Tensor:
@@ -88,16 +72,25 @@ class SplitArrays:
     def total_hidden_states(self) -> int:
         return int(self.hidden.shape[0]) if self.num_hidden_states is None else int(self.num_hidden_states)
 
+    def read(self, j: int, a: int, b: int) -> np.ndarray:
+        """Rows a:b of stored hidden state j (its position in `held`), (b - a, D) as stored, in a fresh buffer.
+
+        A memory-mapped cache file is read with a positioned read, not through the map: pages touched through a
+        map count in the process's resident memory until it is unmapped, so a pass over a 100-hour cache would
+        hold all of it. Reads go through the page cache like any file read."""
+        h = self.hidden
+        if isinstance(h, np.memmap) and h.filename is not None:
+            n, d = h.shape[1], h.shape[2]
+            offset = h.offset + (j * n + a) * d * h.dtype.itemsize
+            return np.fromfile(h.filename, dtype=h.dtype, count=(b - a) * d, offset=offset).reshape(b - a, d)
+        return np.array(h[j, a:b])
+
 
 class ArraySource:
-    """Reads batches from stored arrays; only the requested layers and frames are touched.
+    """Reads stored arrays (the feature cache, or arrays in memory with --no-cache) in chunks; only the requested
+    layers and rows are touched, and nothing is kept: a frozen probe streams what it needs (downstream.feeds).
 
-    A batch is one vectorised gather per layer (torch index_select on the float16 array, then one
-    float32 conversion), never a per-utterance Python loop: that loop and numpy's slow float16
-    conversion were most of a cached probe run's time.
-
-    `layers`: the hidden states the probes read (default: every one the arrays hold); only those are put in memory
-    by `examples`, so a last-layer sweep served from an all-layers cache holds one hidden state, not all.
+    `layers`: the hidden states the probes read (default: every one the arrays hold).
     """
 
     def __init__(self, splits: dict[str, SplitArrays], layers: tuple[int, ...] | list[int] | None = None) -> None:
@@ -111,8 +104,6 @@ class ArraySource:
         for arrays in splits.values():
             for k in self.layers:
                 _position(arrays.held, k, self.num_hidden_states)
-        self._tensors: dict[str, Tensor] = {}
-        self._resident: dict[str, Tensor] = {}
         self._transforms: list[Whitening] | None = None
         self._lock = threading.Lock()
 
@@ -122,53 +113,47 @@ class ArraySource:
     def position(self, layer: int) -> int:
         return _position(self.layers, layer, self.num_hidden_states)
 
-    def stored(self, split: str, layer: int) -> Tensor:
-        """Hidden state `layer` of the split, (total_frames, D) as stored (a view: no copy, no load)."""
+    def read(self, split: str, layer: int, a: int, b: int) -> Tensor:
+        """Rows a:b of hidden state `layer` of the split: (b - a, D) as stored (float16 for the cache), a fresh
+        tensor (SplitArrays.read: never through the memory map)."""
         arrays = self.splits[split]
-        return self.tensor(split)[_position(arrays.held, layer, self.num_hidden_states)]
+        return torch.from_numpy(arrays.read(_position(arrays.held, layer, self.num_hidden_states), a, b))
 
-    def examples(self, split: str) -> Tensor:
-        """The split's (len(layers), total_frames, D) hidden states as float32 IN MEMORY, each hidden state whitened
-        with the statistics of the train split's frames (`whitening`), computed once and shared by every frozen probe
-        of this upstream: their batches and evaluations are then plain indexing."""
-        with self._lock:  # probes in parallel threads share one copy
-            if split not in self._resident:
-                n = int(self.splits[split].offsets[-1])
-                x = torch.empty(len(self.layers), n, self.hidden_size, dtype=torch.float32)
-                for j, k in enumerate(self.layers):
-                    x[j].copy_(self.stored(split, k))
-                self._resident[split] = whitened(x, self._whitening())
-        return self._resident[split]
+    def chunks(self, split: str, layer: int, chunk_rows: int = 1 << 16):
+        """Every row of hidden state `layer` of the split, in order, as (start row, (n, D) tensor) chunks."""
+        total = int(self.splits[split].offsets[-1])
+        for a in range(0, total, chunk_rows):
+            yield a, self.read(split, layer, a, min(total, a + chunk_rows))
 
     def whitening(self) -> list[Whitening]:
-        """One transform per hidden state of `layers`, fitted on the train split's frames (features only, no labels)."""
-        with self._lock:
-            return self._whitening()
+        """One transform per hidden state of `layers`, fitted on the train split's frames (features only, no labels)
+        in one streaming pass; computed once and shared by every frozen probe of this upstream."""
+        with self._lock:  # probes in parallel threads share one fit
+            if self._transforms is None:
+                self._transforms = [Whitening(self.hidden_size).fit_chunks(x for _, x in self.chunks("train", k))
+                                    for k in self.layers]
+            return self._transforms
 
-    def _whitening(self) -> list[Whitening]:
-        if self._transforms is None:
-            self._transforms = [Whitening(self.hidden_size).fit(self.stored("train", k)) for k in self.layers]
-        return self._transforms
+    def whitened(self, split: str, layer: int, rows: np.ndarray | None = None) -> Tensor:
+        """(len(rows) or all, D) float32 whitened frames of hidden state `layer`, IN MEMORY: for the convergence
+        certificate's full-batch references and the perf scripts, not for probe training (which streams)."""
+        w = self.whitening()[self.position(layer)]
+        x = torch.cat([w(c.float()) for _, c in self.chunks(split, layer)]) if rows is None else None
+        if x is None:
+            assert rows is not None
+            x = torch.empty(len(rows), self.hidden_size)
+            for a in range(0, len(rows), 1 << 16):
+                r = rows[a: a + (1 << 16)]
+                lo, hi = int(r.min()), int(r.max()) + 1
+                x[a: a + len(r)] = w(self.read(split, layer, lo, hi)[torch.from_numpy(r - lo)].float())
+        return x
 
-    def tensor(self, split: str) -> Tensor:
-        """The split's stored (len(held), total_frames, D) array as a tensor sharing its memory (no copy, no load)."""
-        if split not in self._tensors:
-            hidden = self.splits[split].hidden
-            with warnings.catch_warnings():  # a read-only memmap: torch warns that writes would be undefined;
-                warnings.simplefilter("ignore", UserWarning)  # nothing here ever writes through this view
-                self._tensors[split] = torch.from_numpy(hidden)
-        return self._tensors[split]
-
-    def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False,
-              select: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
-        rows = flat_rows(self.splits[split].offsets, idx)
-        if select is not None:
-            rows = rows[select]
-        rows_t = torch.from_numpy(rows)
-        out = torch.empty(len(layers), len(rows), self.hidden_size, dtype=torch.float32)
-        for j, layer in enumerate(layers):
-            out[j] = self.stored(split, layer).index_select(0, rows_t)  # float16 gather, float32 on copy
-        return out, torch.from_numpy(self.splits[split].lengths[idx].astype(np.int64))
+    def batch(self, split: str, idx: list[int], layers: list[int]) -> tuple[Tensor, Tensor]:
+        """Hidden states `layers` of utterances `idx`, flat: float32 (len(layers), sum of lengths, D), lengths (B,)."""
+        arrays = self.splits[split]
+        parts = [[self.read(split, k, int(arrays.offsets[i]), int(arrays.offsets[i + 1])) for i in idx] for k in layers]
+        out = torch.stack([torch.cat(p).float() for p in parts])
+        return out, torch.from_numpy(arrays.lengths[idx].astype(np.int64))
 
 
 class PooledSource:
@@ -200,8 +185,7 @@ class PooledSource:
         """(len(layers), n_utts, D) float32 per-utterance means, computed once in chunks of whole utterances."""
         if split not in self._means:
             offsets = self.frames.splits[split].offsets
-            hidden = [self.frames.stored(split, k) for k in self.layers]
-            L, n = len(hidden), len(offsets) - 1
+            L, n = len(self.layers), len(offsets) - 1
             out = torch.zeros(L, n, self.hidden_size, dtype=torch.float32)
             lens = torch.from_numpy(np.diff(offsets))
             seg = torch.repeat_interleave(torch.arange(n), lens)  # utterance of every frame
@@ -210,8 +194,8 @@ class PooledSource:
                 b = int(np.searchsorted(offsets, offsets[a] + self.chunk_frames, side="right")) - 1
                 b = min(n, max(b, a + 1))  # at least one utterance per chunk
                 lo, hi = int(offsets[a]), int(offsets[b])
-                for layer in range(L):
-                    out[layer].index_add_(0, seg[lo:hi], hidden[layer][lo:hi].float())
+                for j, k in enumerate(self.layers):
+                    out[j].index_add_(0, seg[lo:hi], self.frames.read(split, k, lo, hi).float())
                 a = b
             self._means[split] = out / lens.clamp_min(1).to(torch.float32)[None, :, None]
         return self._means[split]
@@ -229,12 +213,15 @@ class PooledSource:
             self._transforms = [Whitening(self.hidden_size, decorrelate=False).fit(x) for x in self.means("train")]
         return self._transforms
 
-    def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False,
-              select: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
-        if select is not None:
-            raise ValueError("PooledSource has one row per utterance: frame selection does not apply")
-        means, rows = self.means(split), torch.as_tensor(idx, dtype=torch.long)
-        return means[[self.position(k) for k in layers]].index_select(1, rows), torch.ones(len(idx), dtype=torch.long)
+    def rows(self) -> ArraySource:
+        """The raw means as rows, one per utterance (offsets 0..n): what a minibatch probe reads (downstream.feeds);
+        `whitening()` is the standardisation that goes with them."""
+        splits = {}
+        for s in self.frames.splits:
+            m = self.means(s)
+            splits[s] = SplitArrays(m.numpy(), np.arange(m.shape[1] + 1, dtype=np.int64), layers=self.layers,
+                                    num_hidden_states=self.num_hidden_states)
+        return ArraySource(splits, self.layers)
 
 
 class LiveSource:
@@ -266,8 +253,9 @@ class LiveSource:
             self._wavs[key] = load_audio(self.corpus.audio_path(self.utts[split][i]), self.upstream.sample_rate)
         return self._wavs[key]
 
-    def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False,
-              select: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
+    def batch(self, split: str, idx: list[int], layers: list[int], grad: bool = False) -> tuple[Tensor, Tensor]:
+        """Hidden states `layers` of utterances `idx`, FLAT and stacked: float32 (len(layers), sum of lengths, D)
+        holding the valid frames of each utterance in `idx` order (no padding at all), and lengths (B,)."""
         wavs = [self.wav(split, i) for i in idx]
         wav_lengths = torch.tensor([len(w) for w in wavs], dtype=torch.long)
         padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(self.device)  # (B, S)
@@ -275,6 +263,4 @@ class LiveSource:
             hidden, lengths = self.upstream(padded, wav_lengths.to(self.device))
             valid = torch.arange(hidden[0].shape[1], device=lengths.device)[None, :] < lengths[:, None]  # (B, T)
             out = torch.stack([hidden[k][valid] for k in layers])  # (layers, sum of lengths, D): padding dropped
-            if select is not None:
-                out = out.index_select(1, torch.from_numpy(select).to(out.device))
             return out, lengths.cpu()

@@ -1,24 +1,26 @@
-"""Probe training until dev stops improving: frozen probes on in-memory features, fine-tuning from the frozen probe.
+"""Probe training until dev stops improving: frozen probes as batched groups, fine-tuning from a frozen probe.
 
-A frozen probe trains on its split's examples held in memory as float32 (frames for frame-level tasks, per-
-utterance means for utterance-level ones), normalised per hidden state with train-split statistics
-(downstream.sources). Two trainers, one stopping rule:
+Frozen probes of one task and mode (every label fraction and seed of a sweep) train together as ONE batched model
+(downstream.stacked) over the cached hidden states as stored, read in blocks (downstream.feeds): resident when
+the group's rows fit the memory budget, streamed from the cache when not, the same rows either way. The
+whitening fitted on the train split is part of each probe. Each probe keeps its own subset, seed, stopping and
+result. Two optimisers, one stopping rule:
 
-* minibatch SGD (or AdamW) in whole-subset epochs with reshuffling; dev is evaluated every epoch (at least
-  `min_eval_steps` steps apart); training stops when the dev metric has not improved by `min_delta` for
-  `patience` evaluations (`converged`), or at the `max_steps` cap (not converged);
+* minibatch SGD (Nesterov) or AdamW over passes of the data; dev is evaluated after every pass (at least
+  `min_eval_steps` steps apart) or every `eval_every` steps; a probe stops when its dev metric has not improved
+  by `min_delta` for `patience` evaluations (`converged`), or at the `max_steps` cap (not converged);
 * for linear heads on few examples (mean-pooled utterances): a regularisation path, full-batch L-BFGS solved
-  to a relative gradient tolerance (downstream.solver) at each L2 strength of `l2_grid`, strongest first, each warm-starting the next. The
-  path plays the part of training time (weak L2 = a long run), dev is evaluated at each point and `patience`
-  points without gain stop it.
+  to a relative gradient tolerance (downstream.solver) at each L2 strength of `l2_grid`, strongest first, each
+  warm-starting the next; dev is evaluated at each point and `patience` points without gain stop it.
 
-Test is evaluated once, at the best dev point.
+Test is evaluated once, at each probe's best dev point.
 A fine-tuning run starts from the converged frozen probe of its upstream, task, fraction and seed (last
 layer), so its step-0 dev score IS the frozen one, and then trains the upstream too with the same rule.
 """
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import threading
 import time
@@ -32,15 +34,20 @@ from torch import Tensor, nn
 
 from core.config import config_from_dict, config_to_dict
 from core.repro import seed_everything
-from downstream.data import SplitLabels, Targets, flat_rows, frame_batches, length_batches
+from downstream.data import SplitLabels, Targets, frame_batches, length_batches
+from downstream.feeds import EVAL_ROWS, RowStore, pass_order, stored_bytes
 from downstream.heads import Whitening, segment_mean
 from downstream.modes import Featurizer, LayerMode
 from downstream.solver import solve_l2
-from downstream.sources import FeatureSource
+from downstream.sources import ArraySource, FeatureSource, PooledSource
+from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe
 from downstream.tasks import TaskSpec
 
-# evaluation reads at most this many examples per forward pass (bounded temporary memory)
-EVAL_CHUNK = 16384
+SPLITS = ("train", "dev", "test")
+# bytes a group of frozen probes may hold resident (its rows as stored); larger groups stream from the cache
+MEMORY = 1 << 30
+# the engine's version is part of every run id: rows of another engine are never mixed in silently
+ENGINE_VERSION = 2
 EVAL_FRAMES = 4096  # live (fine-tuning) evaluation: frames of audio per upstream forward
 _INIT_LOCK = threading.Lock()
 
@@ -196,153 +203,309 @@ def _decay_lr(opt: torch.optim.Optimizer, stopper: EarlyStopping, cfg: ProbeConf
             g["lr"] *= cfg.lr_decay
 
 
-@dataclass
-class Examples:
-    """One split as a frozen probe sees it: (layers, N, D) float32 examples, (N,) targets."""
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One probe of a batched group: its training utterances (positions in the train split) and its seed."""
 
-    x: Tensor  # (layers read, N, D): a view of the source's resident array where the layers are contiguous
-    y: Tensor  # (N,) int64
-    offsets: np.ndarray | None = None  # frame-level splits: utterance i at offsets[i]:offsets[i+1] (utt metric)
-    utt_y: Tensor | None = None
-
-    def rows(self, rows: Tensor, out: Tensor | None = None) -> Tensor:
-        """(layers, len(rows), D): the examples `rows` of every layer read, gathered into `out` (reused across
-        epochs: a fresh multi-GB buffer per epoch costs more in page faults than the gather itself)."""
-        if out is None:
-            out = torch.empty(self.x.shape[0], len(rows), self.x.shape[2])
-        for j in range(self.x.shape[0]):
-            torch.index_select(self.x[j], 0, rows, out=out[j])
-        return out
-
-
-def examples(task: TaskSpec, source: FeatureSource, split: str, labels: SplitLabels, layers: list[int]) -> Examples:
-    lengths = source.lengths(split)
-    all_x = source.examples(split)  # the hidden states source.layers, in that order
-    # a mode reads one hidden state or all of them (LayerMode.layers_read): a slice, so a view, never a copy
-    pos = [source.position(k) for k in layers]
-    assert pos == list(range(pos[0], pos[-1] + 1)), f"layers {layers} are not a contiguous range of {source.layers}"
-    x = all_x[pos[0]: pos[-1] + 1]
-    t = Targets(task, labels, lengths, split)
-    y = torch.from_numpy(t.frames if task.level == "frame" else t.utt)
-    utt_y = torch.from_numpy(t.utt) if task.utt_metric else None
-    return Examples(x, y, t.offsets, utt_y)
-
-
-@torch.no_grad()
-def score(probe: Probe, task: TaskSpec, ex: Examples, device: torch.device) -> tuple[float, float | None]:
-    """(accuracy over all examples, utterance accuracy from averaged frame logits or None)."""
-    probe.eval()
-    n = len(ex.y)
-    if n == 0:
-        raise ValueError("no labelled examples to evaluate on")
-    keep_logits = task.utt_metric
-    logits_all, correct = [], 0
-    for a in range(0, n, EVAL_CHUNK):
-        logits = probe(ex.x[:, a: a + EVAL_CHUNK].to(device)).float()
-        correct += int((logits.argmax(-1).cpu() == ex.y[a: a + EVAL_CHUNK]).sum())
-        if keep_logits:
-            logits_all.append(logits.cpu())
-    utt = None
-    if keep_logits:
-        assert ex.offsets is not None and ex.utt_y is not None
-        means = segment_mean(torch.cat(logits_all), torch.from_numpy(np.diff(ex.offsets)))
-        utt = float((means.argmax(-1) == ex.utt_y).float().mean())
-    return correct / n, utt
+    train_idx: tuple[int, ...]
+    seed: int
 
 
 def train_probe(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: dict[str, SplitLabels],
                 train_idx: list[int], n_classes: int, cfg: ProbeConfig, seed: int,
-                device: torch.device | str = "cpu", progress: bool = False) -> ProbeResult:
-    """Train one frozen probe on utterances `train_idx` of the train split until dev stops improving; report test
-    at the best dev point. `source` gives in-memory examples (`examples(split)`: frames, or utterance means)."""
+                device: torch.device | str = "cpu", progress: bool = False, memory: int = MEMORY) -> ProbeResult:
+    """One frozen probe: `train_probes` with a group of one (the same result it gets in any group)."""
+    return train_probes(task, mode, source, labels, [ProbeSpec(tuple(train_idx), seed)], n_classes, cfg, device,
+                        progress, memory)[0]
+
+
+def train_probes(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: dict[str, SplitLabels],
+                 probes: list[ProbeSpec], n_classes: int, cfg: ProbeConfig, device: torch.device | str = "cpu",
+                 progress: bool = False, memory: int = MEMORY) -> list[ProbeResult]:
+    """Train every probe of `probes` (one task, mode and config; each its own subset and seed) until dev stops
+    improving, as ONE batched model; report test at each one's best dev point.
+
+    `source`: an ArraySource (frame-level tasks: the cached frames) or a PooledSource (utterance-level tasks: one
+    mean per utterance). `memory`: bytes the group's rows may hold resident (downstream.feeds); the rows are the
+    same either way, so the results are too."""
     if not mode.frozen:
-        raise ValueError("train_probe trains frozen probes; fine-tuning is finetune_probe")
+        raise ValueError("train_probes trains frozen probes; fine-tuning is finetune_probe")
+    if not probes:
+        return []
     t0 = time.perf_counter()
     device = torch.device(device)
-    L = source.num_hidden_states
-    layers = mode.layers_read(L)
-    data = {s: examples(task, source, s, labels[s], layers) for s in ("train", "dev", "test")}
-    lengths = source.lengths("train")
-    train_idx = list(train_idx)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    rows = (torch.from_numpy(flat_rows(offsets, train_idx)) if task.level == "frame"
-            else torch.as_tensor(train_idx, dtype=torch.long))
-    with _INIT_LOCK:  # the global RNGs: runs trained in parallel threads must not interleave here
-        seed_everything(seed)
-        probe = Probe(task, mode, L, source.hidden_size, n_classes)
+    layers = mode.layers_read(source.num_hidden_states)
+    frame_lengths = source.lengths("train")
+    if isinstance(source, PooledSource):
+        rows, whiten = source.rows(), source.whitening()
+    else:
+        assert isinstance(source, ArraySource), f"frozen probes read cached features, got {type(source).__name__}"
+        rows, whiten = source, source.whitening()
+    whiten = [whiten[source.position(k)] for k in layers]
+    targets = {s: Targets(task, labels[s], source.lengths(s), s) for s in SPLITS}
+    per_row = {s: (t.frames if task.level == "frame" else t.utt) for s, t in targets.items()}
+    if cfg.optimizer == "lbfgs":
+        fits = [_fit_path(task, mode, rows, whiten, layers, per_row, p, n_classes, cfg, device) for p in probes]
+    else:
+        fits = _fit_stacked(task, mode, rows, whiten, layers, per_row, targets, probes, n_classes, cfg, device,
+                            memory, progress)
+    share = (time.perf_counter() - t0) / len(probes)  # the group's wall time, shared equally
+    return [replace(f, train_utts=len(p.train_idx), train_frames=int(frame_lengths[list(p.train_idx)].sum()),
+                    wall_seconds=share) for f, p in zip(fits, probes)]
+
+
+def _fit_stacked(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[Whitening], layers: list[int],
+                 per_row: dict[str, np.ndarray], targets: dict[str, Targets], probes: list[ProbeSpec],
+                 n_classes: int, cfg: ProbeConfig, device: torch.device, memory: int,
+                 progress: bool) -> list[ProbeResult]:
+    """The minibatch trainer (SGD or AdamW) of a group of probes stacked into one model (downstream.stacked),
+    reading blocks of rows in the order of downstream.feeds; dev after every pass over the data (at least
+    `min_eval_steps` steps apart) or every `eval_every` steps; each probe stops on its own."""
+    P = len(probes)
+    n_utts = len(rows.lengths("train"))
+    member = torch.zeros(P, n_utts, dtype=torch.bool)
+    for p, spec in enumerate(probes):
+        member[p, list(spec.train_idx)] = True
+    union = member.any(0).numpy()
+    offsets = rows.splits["train"].offsets
+    need = int((offsets[1:] - offsets[:-1])[union].sum()) + sum(int(rows.splits[s].offsets[-1]) for s in ("dev", "test"))
+    resident = stored_bytes(rows, layers, need) <= memory
+    stores = {s: RowStore(rows, s, layers, whiten, per_row[s], union if s == "train" else None, resident, device)
+              for s in SPLITS}
+    with _INIT_LOCK:  # the global RNGs: groups trained in parallel threads must not interleave here
+        heads = []
+        for spec in probes:
+            seed_everything(spec.seed)
+            heads.append(task.head(rows.hidden_size, n_classes))
+    model = StackedHeads(heads, len(layers), mode.kind == "weighted_sum", device)
+    opt = StackedOptimizer(cfg.optimizer, model.params, cfg.lr, cfg.momentum, cfg.weight_decay)
+    gens = [torch.Generator().manual_seed(spec.seed * 1_000_003 + 1) for spec in probes]
+    best = [p.detach().clone() for p in model.params]  # every probe's weights at its best dev point, by probe id
+    state = _Stopping(P, cfg)
+    alive = torch.arange(P)  # probe id of every position of the stack
+    B = cfg.batch_size
+    bar = _bar(P, progress, f"{task.name}/{mode.label} x{P}", unit="probe")
+
+    def evaluate(due: Tensor) -> Tensor | None:
+        """Score dev for the stack positions `due`, update their stopping state, drop finished probes; returns the
+        positions kept when some left the stack (None when none did)."""
+        nonlocal alive
+        if not bool(due.any()):
+            return None
+        pos = due.nonzero().squeeze(1)
+        ids = alive[pos]
+        with torch.no_grad():
+            dev = _correct(model, [p.detach().index_select(0, pos.to(device)) for p in model.params], stores["dev"])[0]
+        dev = dev / stores["dev"].n_rows
+        for j, (q, i) in enumerate(zip(pos.tolist(), ids.tolist())):
+            if state.update(i, float(dev[j])):
+                for b, p in zip(best, model.params):
+                    b[i].copy_(p.detach()[q])
+            if state.decay(i):
+                opt.lr[q] *= cfg.lr_decay
+        finished = torch.tensor([state.finished(i) for i in alive.tolist()])
+        if bool(finished.any()):
+            keep = (~finished).nonzero().squeeze(1)
+            if bar is not None:
+                bar.update(int(finished.sum()))
+            alive = alive[keep]
+            model.keep(keep.to(device))
+            opt.keep(keep.to(device))
+            return keep
+        return None
+
+    train = stores["train"]
+    buffers = _Buffers()
+    for k in itertools.count():
+        for blocks in pass_order(train.n_blocks, k):
+            wanted = member[alive].any(0).numpy()
+            blocks = [b for b in blocks if train.has_rows(b, wanted)]
+            if not blocks:
+                continue
+            chunk = train.chunk(blocks)
+            batches, valid = _chunk_batches(member, alive, chunk.utt, gens, B)  # (A, S, B) each
+            for s in range(batches.shape[1]):
+                if len(alive) == 0:
+                    break
+                act = valid[:, s].any(1)
+                act_pos = act.nonzero().squeeze(1)
+                if len(act_pos) == 0:
+                    continue
+                idx, ok = batches[act_pos, s].to(device), valid[act_pos, s].to(device)
+                A = len(act_pos)
+                x = buffers.gather(chunk.x, idx.reshape(-1)).view(A, B, len(layers), -1)
+                sub = [p.index_select(0, act_pos.to(device)) for p in model.params]
+                logits = model.forward(x, sub)  # (A, B, C)
+                ce = F.cross_entropy(logits.reshape(A * B, -1), chunk.y[idx.reshape(-1)], reduction="none").view(A, B)
+                w = ok.float()
+                loss = ((ce * w).sum(1) / w.sum(1).clamp_min(1)).sum()
+                for p in model.params:
+                    p.grad = None
+                loss.backward()
+                clip_per_probe(model.params, cfg.grad_clip)
+                opt.step(model.params, act.to(device))
+                ids = alive[act_pos]
+                state.steps[ids] += 1
+                due = torch.zeros(len(alive), dtype=torch.bool)
+                due[act_pos] = state.due_by_steps(ids)
+                keep = evaluate(due)
+                if keep is not None:  # finished probes left the stack: so do their batches
+                    batches, valid = batches[keep], valid[keep]
+            if len(alive) == 0:
+                break
+        if len(alive) == 0:
+            break
+        evaluate(state.due_at_pass_end(alive))
+        if len(alive) == 0:
+            break
+    if bar is not None:
+        bar.close()
+    with torch.no_grad():
+        test_correct, utt_sums = _correct(model, [b.to(device) for b in best], stores["test"], keep_utt=task.utt_metric)
+    results = []
+    for i in range(P):
+        test_utt = None
+        if task.utt_metric:
+            assert utt_sums is not None and targets["test"].utt is not None
+            test_utt = float((utt_sums[i].argmax(-1).cpu() == torch.from_numpy(targets["test"].utt)).float().mean())
+        results.append(ProbeResult(
+            dev_metric=state.best[i], test_metric=float(test_correct[i]) / stores["test"].n_rows, test_utt_metric=test_utt,
+            best_step=int(state.best_step[i]), steps=int(state.steps[i]), converged=bool(state.converged[i]),
+            layer_weights=model.layer_weights(best, i), train_utts=0, train_frames=0, wall_seconds=0.0,
+            state=model.state_of(best, i)))
+    return results
+
+
+class _Buffers:
+    """One float16 and one float32 minibatch buffer reused by every step: a fresh (probes x batch x layers x D)
+    tensor per step costs more in page faults than the gather itself."""
+
+    def __init__(self) -> None:
+        self.stored: Tensor | None = None
+        self.f32: Tensor | None = None
+
+    def gather(self, x: Tensor, idx: Tensor) -> Tensor:
+        """x[idx] as float32, (len(idx), *x.shape[1:]), in the reused buffers."""
+        shape = (len(idx), *x.shape[1:])
+        n = int(np.prod(shape))
+        if self.stored is None or self.stored.numel() < n or self.stored.dtype != x.dtype or self.stored.device != x.device:
+            self.stored = torch.empty(n, dtype=x.dtype, device=x.device)
+            self.f32 = torch.empty(n, dtype=torch.float32, device=x.device)
+        assert self.f32 is not None
+        stored = self.stored[:n].view(shape)
+        torch.index_select(x, 0, idx, out=stored)
+        return self.f32[:n].view(shape).copy_(stored)
+
+
+class _Stopping:
+    """The stopping rule of every probe of a group, by probe id: the best dev point, evaluations without a gain
+    of `min_delta` (patience, learning-rate decay), the `max_steps` cap, and the evaluation schedule."""
+
+    def __init__(self, P: int, cfg: ProbeConfig) -> None:
+        self.cfg = cfg
+        self.best = [-math.inf] * P
+        self.best_step = [0] * P
+        self.since = [0] * P  # evaluations since the last improvement of at least min_delta
+        self.steps = torch.zeros(P, dtype=torch.long)
+        self.last_eval = torch.zeros(P, dtype=torch.long)
+        self.converged = [False] * P
+        self.done = [False] * P
+
+    def update(self, i: int, metric: float) -> bool:
+        """Record probe i's dev metric at its current step; True when it is the new best (keep its weights)."""
+        cfg, step = self.cfg, int(self.steps[i])
+        self.last_eval[i] = step
+        improved = metric > self.best[i]
+        if improved:
+            self.since[i] = 0 if metric >= self.best[i] + cfg.min_delta else self.since[i] + 1
+            self.best[i], self.best_step[i] = metric, step
+        else:
+            self.since[i] += 1
+        if not cfg.fixed_steps and self.since[i] >= cfg.patience:
+            self.done[i], self.converged[i] = True, True
+        elif step >= cfg.max_steps:
+            self.done[i] = True
+        return improved
+
+    def decay(self, i: int) -> bool:
+        """Scale the step by lr_decay after every patience // 2 evaluations without gain: the probe settles into
+        its optimum instead of hovering around it."""
+        half = max(1, self.cfg.patience // 2)
+        return self.cfg.lr_decay < 1 and self.since[i] > 0 and self.since[i] % half == 0 and not self.done[i]
+
+    def finished(self, i: int) -> bool:
+        return self.done[i]
+
+    def due_by_steps(self, ids: Tensor) -> Tensor:
+        steps = self.steps[ids]
+        due = steps >= self.cfg.max_steps
+        if self.cfg.eval_every:
+            due |= steps % self.cfg.eval_every == 0
+        return due
+
+    def due_at_pass_end(self, alive: Tensor) -> Tensor:
+        if self.cfg.eval_every:
+            return torch.zeros(len(alive), dtype=torch.bool)
+        return (self.steps[alive] - self.last_eval[alive]) >= self.cfg.min_eval_steps
+
+
+def _chunk_batches(member: Tensor, alive: Tensor, utt: Tensor, gens: list[torch.Generator],
+                   batch_size: int) -> tuple[Tensor, Tensor]:
+    """Each probe's rows of a chunk (those of its utterances), shuffled by its own generator, cut into minibatches:
+    (A, S, B) positions in the chunk and (A, S, B) validity (a probe's last batch may be short, and a probe with
+    fewer rows than another idles for the rest of the chunk)."""
+    mask = member[alive][:, utt]  # (A, n)
+    picks = []
+    for a, i in enumerate(alive.tolist()):
+        idx = mask[a].nonzero().squeeze(1)
+        picks.append(idx[torch.randperm(len(idx), generator=gens[i])])
+    S = max(1, max(math.ceil(len(p) / batch_size) for p in picks))
+    batches = torch.zeros(len(picks), S * batch_size, dtype=torch.long)
+    valid = torch.zeros(len(picks), S * batch_size, dtype=torch.bool)
+    for a, p in enumerate(picks):
+        batches[a, :len(p)] = p
+        valid[a, :len(p)] = True
+    return batches.view(len(picks), S, batch_size), valid.view(len(picks), S, batch_size)
+
+
+def _correct(model: StackedHeads, params: list[Tensor], store: RowStore,
+             keep_utt: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Correct predictions of every probe of `params` over all rows of `store` (Q,), and with `keep_utt` the
+    per-utterance sums of their logits (Q, n_utts, C) for an utterance accuracy from frame logits."""
+    Q = len(params[0])
+    correct = torch.zeros(Q, dtype=torch.long, device=store.device)
+    sums = None
+    for blocks in store.chunks():
+        ch = store.chunk(blocks)
+        for a in range(0, len(ch.x), EVAL_ROWS):
+            logits = model.forward(ch.x[a: a + EVAL_ROWS], params)  # (Q, n, C)
+            correct += (logits.argmax(-1) == ch.y[a: a + EVAL_ROWS]).sum(1)
+            if keep_utt:
+                if sums is None:
+                    sums = torch.zeros(Q, len(store.offsets) - 1, logits.shape[-1], device=store.device)
+                sums.index_add_(1, ch.utt[a: a + EVAL_ROWS].to(store.device), logits)
+    return correct.cpu(), sums
+
+
+def _fit_path(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[Whitening], layers: list[int],
+              per_row: dict[str, np.ndarray], spec: ProbeSpec, n_classes: int, cfg: ProbeConfig,
+              device: torch.device) -> ProbeResult:
+    """The L2 regularisation path of one probe (few examples: mean-pooled utterances): for each strength of
+    `l2_grid`, strongest first and warm-started from the previous point, full-batch L-BFGS in float64 until within
+    `rtol` x |W| of that strength's unique optimum (downstream.solver), then dev. The path plays the part of
+    training time (weak L2 = a long run): `steps` counts L-BFGS iterations, `patience` points without gain stop
+    it, and the run is converged when every point it visited was solved within `max_steps`."""
+    x = {s: torch.stack([w(rows.read(s, k, 0, int(rows.splits[s].offsets[-1])).float()) for w, k in zip(whiten, layers)])
+         for s in SPLITS}  # (L, n, D) standardised rows, resident: a few thousand at most
+    y = {s: torch.from_numpy(per_row[s]) for s in SPLITS}
+    with _INIT_LOCK:
+        seed_everything(spec.seed)
+        probe = Probe(task, mode, rows.num_hidden_states, rows.hidden_size, n_classes)
     probe.to(device)
     stopper = EarlyStopping(cfg)
-    bar = _bar(cfg.max_steps, progress, f"{task.name}/{mode.label}")
-    try:
-        fit = _fit_path if cfg.optimizer == "lbfgs" else _fit_minibatch
-        step, converged = fit(probe, task, data, rows, cfg, seed, stopper, device, bar)
-        stopper.restore(probe)
-        test, test_utt = score(probe, task, data["test"], device)
-    finally:
-        if bar is not None:
-            bar.close()
-    return ProbeResult(dev_metric=stopper.best, test_metric=test, test_utt_metric=test_utt,
-                       best_step=stopper.best_step, steps=step, converged=converged,
-                       layer_weights=probe.featurizer.layer_weights(), train_utts=len(train_idx),
-                       train_frames=int(lengths[train_idx].sum()), wall_seconds=time.perf_counter() - t0,
-                       state={k: v.cpu() for k, v in probe.state_dict().items()})
-
-
-def _evaluated(probe: Probe, task: TaskSpec, data: dict[str, Examples], step: int, stopper: EarlyStopping,
-               device: torch.device, bar, advance: int) -> None:
-    stopper.update(score(probe, task, data["dev"], device)[0], step, probe)
-    if bar is not None:
-        bar.update(advance)
-        bar.set_postfix(dev=f"{stopper.best:.3f}@{stopper.best_step}")
-
-
-def _optimizer(params, cfg: ProbeConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _fit_minibatch(probe: Probe, task: TaskSpec, data: dict[str, Examples], rows: Tensor, cfg: ProbeConfig, seed: int,
-                   stopper: EarlyStopping, device: torch.device, bar) -> tuple[int, bool]:
-    """Minibatch SGD / AdamW over reshuffled epochs of `rows`; dev every epoch (>= min_eval_steps).
-    Returns (steps, stopped by patience)."""
-    opt = _optimizer(probe.parameters(), cfg)
-    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + 1)
-    n = len(rows)
-    eval_every = cfg.eval_every or max(math.ceil(n / cfg.batch_size), cfg.min_eval_steps)
-    x_epoch = None  # one buffer for every epoch's gather
-    step = 0
-    while step < cfg.max_steps and not stopper.stop:
-        perm = rows[torch.randperm(n, generator=gen)]
-        x_epoch, y_epoch = data["train"].rows(perm, x_epoch), data["train"].y.index_select(0, perm)
-        for a in range(0, n, cfg.batch_size):
-            probe.train()
-            logits = probe(x_epoch[:, a: a + cfg.batch_size].to(device))
-            loss = F.cross_entropy(logits, y_epoch[a: a + cfg.batch_size].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(probe.parameters(), cfg.grad_clip)
-            opt.step()
-            step += 1
-            if step % eval_every == 0 or step == cfg.max_steps:
-                _evaluated(probe, task, data, step, stopper, device, bar, eval_every)
-                _decay_lr(opt, stopper, cfg)
-            if step >= cfg.max_steps or stopper.stop:
-                break
-    return step, stopper.stop
-
-
-def _fit_path(probe: Probe, task: TaskSpec, data: dict[str, Examples], rows: Tensor, cfg: ProbeConfig, seed: int,
-              stopper: EarlyStopping, device: torch.device, bar) -> tuple[int, bool]:
-    """The L2 regularisation path: for each strength of `l2_grid` (strongest first, warm-started from the previous
-    point) full-batch L-BFGS in float64 until within `rtol` x |W| of that strength's unique optimum
-    (downstream.solver), then dev (on the float32 probe). `steps` counts L-BFGS iterations; the run is converged
-    when every point it visited was solved within the `max_steps` budget and the path either ended or stopped
-    after `patience` points without gain."""
+    idx = torch.as_tensor(list(spec.train_idx), dtype=torch.long)
     work = copy.deepcopy(probe).double()  # float32 gradients floor above the relative tolerance at weak L2
-    x = data["train"].rows(rows).to(device, torch.float64)  # (layers, n, D): the whole training subset, held once
-    y = data["train"].y.index_select(0, rows).to(device)
+    xt, yt = x["train"].index_select(1, idx).to(device, torch.float64), y["train"].index_select(0, idx).to(device)
     params = list(work.parameters())
     penalised = [p for name, p in work.head.named_parameters() if name.endswith("weight")]  # not biases, not the mix
     step, solved = 0, True
@@ -352,14 +515,27 @@ def _fit_path(probe: Probe, task: TaskSpec, data: dict[str, Examples], rows: Ten
             solved = False
             break
         work.train()
-        iters, ok = solve_l2(params, lambda: F.cross_entropy(work(x), y), penalised, l2, cfg.rtol, budget)
+        iters, ok = solve_l2(params, lambda: F.cross_entropy(work(xt), yt), penalised, l2, cfg.rtol, budget)
         solved &= ok
         step += iters
         probe.load_state_dict(work.state_dict())  # copied into the float32 probe that is scored and kept
-        _evaluated(probe, task, data, step, stopper, device, bar, iters)
+        stopper.update(_accuracy(probe, x["dev"], y["dev"], device), step, probe)
         if stopper.stop:
             break
-    return step, solved and not cfg.fixed_steps
+    stopper.restore(probe)
+    return ProbeResult(dev_metric=stopper.best, test_metric=_accuracy(probe, x["test"], y["test"], device),
+                       test_utt_metric=None, best_step=stopper.best_step, steps=step,
+                       converged=solved and not cfg.fixed_steps, layer_weights=probe.featurizer.layer_weights(),
+                       train_utts=0, train_frames=0, wall_seconds=0.0,
+                       state={k: v.cpu() for k, v in probe.state_dict().items()})
+
+
+@torch.no_grad()
+def _accuracy(probe: "Probe", x: Tensor, y: Tensor, device: torch.device) -> float:
+    probe.eval()
+    if len(y) == 0:
+        raise ValueError("no labelled examples to evaluate on")
+    return float((probe(x.to(device)).argmax(-1).cpu() == y).float().mean())
 
 
 @torch.no_grad()
@@ -450,9 +626,9 @@ def finetune_probe(task: TaskSpec, frozen: ProbeResult, whiten: Whitening, live:
                        wall_seconds=time.perf_counter() - t0)
 
 
-def _bar(total: int, enabled: bool, desc: str):
+def _bar(total: int, enabled: bool, desc: str, unit: str = "step"):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)

@@ -11,8 +11,10 @@ What it runs:
 - pretraining steps (forward, backward, AdamW) of `mockingjay:small` and `mockingjay:base` in the default recipe's
   shape (frames stacked by 3, Pre-LN, attention dropout 0) on random features: CPU float32, CUDA float32 and CUDA
   bfloat16 autocast at the recipe's batch (16 x 150 stacked steps), and CUDA at 4x that batch;
-- frozen-probe steps of the main job's phone_linear probe (weighted sum of 4 hidden states, its optimiser settings
-  and batch, features moved from host memory per batch as downstream.train does) on 256- and 768-wide features.
+- frozen-probe steps of the main job's phone_linear probe as the engine runs them (12 probes stacked into one
+  model, weighted sum of 4 hidden states, its optimiser settings and batch, float16 rows resident on the device) on
+  256- and 768-wide features;
+- with --main-job, the main job from empty folders on CUDA (wall time and its summary line).
 Frames are 10-ms frames. Without CUDA it says so and exits with status 2 before doing anything.
 """
 from __future__ import annotations
@@ -90,37 +92,56 @@ def pretrain_fps(spec: str, device: str, amp: torch.dtype | None, batch: int, st
             "frames_per_s": round(frames / sec)}
 
 
-def probe_fps(width: int, device: str, steps: int, hidden_states: int = 4) -> dict:
-    """Frames per second of the main job's phone_linear probe (weighted sum) training on `width`-wide features."""
+def probe_fps(width: int, device: str, steps: int, hidden_states: int = 4, probes: int = 12) -> dict:
+    """Frames per second of the main job's phone_linear probe (weighted sum) as the engine trains it: `probes`
+    probes stacked into one model (downstream.stacked), a minibatch each per step, gathered from rows resident on
+    the device (downstream.feeds) in the cache's float16."""
     from benchmark.presets import main_job
-    from downstream.modes import LayerMode
+    from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe
     from downstream.tasks import TASKS
-    from downstream.train import Probe, _optimizer
 
     dev = torch.device(device)
     cfg = main_job().probe_config("phone_linear", False)
     bs = cfg.batch_size
     torch.manual_seed(0)
-    probe = Probe(TASKS["phone_linear"], LayerMode("weighted_sum"), hidden_states, width, 38).to(dev)
-    opt = _optimizer(probe.parameters(), cfg)  # the main job's optimiser for this probe
-    n = 8 * bs
-    x = torch.randn(hidden_states, n, width)  # (L, N, D) whitened examples in host memory
-    y = torch.randint(38, (n,))
-    pos = [0]
+    heads = [TASKS["phone_linear"].head(width, 38) for _ in range(probes)]
+    model = StackedHeads(heads, hidden_states, mix=True, device=dev)
+    opt = StackedOptimizer(cfg.optimizer, model.params, cfg.lr, cfg.momentum, cfg.weight_decay)
+    n = 16 * bs
+    x = torch.randn(n, hidden_states, width).half().to(dev)  # (rows, L, D) whitened rows, resident, as stored
+    y = torch.randint(38, (n,), device=dev)
+    g = torch.Generator(device=dev).manual_seed(0)
+    active = torch.ones(probes, dtype=torch.bool, device=dev)
 
     def step() -> None:
-        a = pos[0] % n
-        pos[0] += bs
-        logits = probe(x[:, a: a + bs].to(dev))
-        loss = F.cross_entropy(logits, y[a: a + bs].to(dev))
-        opt.zero_grad(set_to_none=True)
+        idx = torch.randint(n, (probes * bs,), device=dev, generator=g)
+        logits = model.forward(x.index_select(0, idx).view(probes, bs, hidden_states, width))
+        loss = F.cross_entropy(logits.reshape(-1, 38), y[idx], reduction="none").view(probes, bs).mean(1).sum()
+        for p in model.params:
+            p.grad = None
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(probe.parameters(), cfg.grad_clip)
-        opt.step()
+        clip_per_probe(model.params, cfg.grad_clip)
+        opt.step(model.params, active)
 
     sec = timed(step, dev, steps, warmup=3)
     return {"probe": "phone_linear weighted_sum", "width": width, "hidden_states": hidden_states, "device": device,
-            "batch_frames": bs, "steps": steps, "frames_per_s": round(bs / sec)}
+            "probes": probes, "batch_frames": bs, "steps": steps, "frames_per_s": round(probes * bs / sec)}
+
+
+def main_job_seconds(device: str) -> dict:
+    """The main job from empty folders (corpus, checkpoints' statistics, extraction, probes, report) on `device`,
+    in a temporary directory: its wall time and its own summary line."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, "run_benchmark.py", "--no-progress", "--device", device,
+                               "--data-dir", f"{tmp}/data", "--results-dir", f"{tmp}/results",
+                               "--cache-dir", f"{tmp}/cache", "--runs-dir", f"{tmp}/runs"],
+                              cwd=ROOT, capture_output=True, text=True)
+        sec = time.perf_counter() - t0
+    summary = [ln for ln in done.stdout.splitlines() if ln.startswith("done:")]
+    print(done.stdout[-3000:], done.stderr[-2000:], sep="\n", flush=True)
+    return {"device": device, "exit_status": done.returncode, "seconds": round(sec, 1),
+            "summary": summary[-1] if summary else None}
 
 
 def run_tests(extra: list[str]) -> dict:
@@ -148,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-steps", type=int, default=2, help="timed pretraining steps on the CPU (after 1 warm-up)")
     ap.add_argument("--cuda-steps", type=int, default=20, help="timed pretraining steps on CUDA")
     ap.add_argument("--probe-steps", type=int, default=50)
+    ap.add_argument("--main-job", action="store_true", help="also time the main job end to end on CUDA")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print(NO_CUDA.format(torch=torch.__version__, cuda=torch.version.cuda or "none"), file=sys.stderr)
@@ -180,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                      if r["device"] == "cuda" for c in probes if c["device"] == "cpu" and c["width"] == r["width"]})
     for k, v in speedups.items():
         print(f"CUDA / CPU frames/s, {k}: {v}x")
+    if args.main_job:
+        report["main_job"] = main_job_seconds("cuda")
     report.update(pretrain=pre, probes=probes, cuda_over_cpu=speedups, seconds=round(time.perf_counter() - t0, 1),
                   command=" ".join([Path(sys.executable).name, *sys.argv]))
     atomic_write_json(args.out, report)

@@ -45,7 +45,7 @@ def test_cache_matches_live_and_is_reused(setup, tmp_path):
     assert not built2 and (Path(tmp_path) / cache_key(ident, up, corpus, "train", utts)[0] / DONE).stat().st_mtime_ns == mtime
 
 
-def test_array_source_gather_and_select():
+def test_array_source_gather_and_read():
     rng = np.random.default_rng(0)
     lens = np.array([3, 5, 2, 4])
     offsets = np.concatenate([[0], np.cumsum(lens)])
@@ -55,9 +55,7 @@ def test_array_source_gather_and_select():
     (l0, l1), got = src.batch("train", idx, [0, 1])
     expect = [np.concatenate([hidden[k, offsets[i]:offsets[i + 1]] for i in idx]).astype(np.float32) for k in (0, 1)]
     assert got.tolist() == [2, 3, 4] and np.array_equal(l0.numpy(), expect[0]) and np.array_equal(l1.numpy(), expect[1])
-    sel = np.array([0, 4, 8])  # positions in the flat batch: 1st frame of utt 2, 3rd of utt 0, last of utt 3
-    (s1,), got_sel = src.batch("train", idx, [1], select=sel)
-    assert np.array_equal(s1.numpy(), expect[1][sel]) and got_sel.tolist() == [2, 3, 4]
+    assert np.array_equal(src.read("train", 1, 3, 8).numpy(), hidden[1, 3:8])  # rows of one hidden state, as stored
 
 
 def test_pooled_source_is_exact_mean_pooling():
@@ -82,11 +80,9 @@ def test_pooled_source_is_exact_mean_pooling():
                 probe.featurizer.weights.copy_(torch.tensor([0.3, -1.0, 0.8]))
             layers = mode.layers_read(3)
             on_frames = probe(*frames.batch("dev", idx, layers))
-            h, ones = pooled.batch("dev", idx, layers)
-            assert ones.tolist() == [1] * 4 and h[0].shape == (4, 4)
-            assert torch.allclose(probe(h, ones), on_frames, atol=1e-5)
-    with pytest.raises(ValueError, match="frame selection"):
-        pooled.batch("dev", idx, [0], select=np.array([0]))
+            h = pooled.means("dev")[[pooled.position(k) for k in layers]][:, idx]
+            assert h[0].shape == (4, 4)
+            assert torch.allclose(probe(h), on_frames, atol=1e-5)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "no_done", "meta"])

@@ -212,8 +212,8 @@ def test_regularisation_path_is_the_regression_chosen_on_dev(tiny, mel_src):
         ProbeConfig(optimizer="lbfgs", l2_grid=())
 
 
-def test_sources_hold_whitened_frames_and_means(tiny, mel_src):
-    x = mel_src.examples("train")[0].double()
+def test_sources_whiten_frames_and_standardise_means(tiny, mel_src):
+    x = mel_src.whitened("train", 0).double()
     assert torch.allclose(x.mean(0), torch.zeros(x.shape[1], dtype=torch.float64), atol=1e-3)
     pooled = PooledSource(mel_src)
     offsets = mel_src.splits["dev"].offsets

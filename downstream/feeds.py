@@ -1,0 +1,131 @@
+"""What a group of frozen probes reads, and in which order: blocks of a split's rows, resident or streamed.
+
+A split's rows (frames, or one mean per utterance for utterance-level tasks) are laid out flat, as the feature
+cache stores them, and cut into blocks of BLOCK_ROWS rows. Training pass k visits the blocks in a permutation
+fixed by k alone, CHUNK_BLOCKS blocks at a time (a chunk); inside a chunk each probe takes its own rows (those of
+its training utterances), shuffled by its own generator, in minibatches. A probe's batches therefore depend on
+its seed, its subset and the corpus only: never on which other probes train beside it, nor on where the rows
+came from. Every block is whitened as it is read (the transforms fitted on the train split in one streaming pass,
+downstream.heads.Whitening) and kept in the cache's dtype (float16), one block at a time, so a row is the same
+bits whether the block was read once and held or read again. The rows a group needs stay resident (on the GPU
+when there is one) when they fit in the memory budget and are read from the cache again for every chunk when
+they do not, so the memory a probe run holds does not grow with the corpus.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from downstream.heads import Whitening
+from downstream.sources import ArraySource
+
+BLOCK_ROWS = 2048  # rows a block: the unit of a pass's order (a few utterances of frames)
+CHUNK_BLOCKS = 32  # blocks a chunk (65,536 rows): what is read, and shuffled within, at once
+EVAL_ROWS = 8192  # rows per evaluation matmul: bounds the (probes, rows, classes) logits held at once
+SCHEDULE_SEED = 0x5CED
+
+
+@dataclass
+class Chunk:
+    """Rows of one or more blocks: x (n, L, D) as stored (every hidden state of a row side by side, so a minibatch
+    is one gather), y (n,) labels and utt (n,) utterance ids (CPU)."""
+
+    x: Tensor
+    y: Tensor
+    utt: Tensor
+
+
+class RowStore:
+    """The rows `keep_utts` (None: all) of one split, hidden states `layers`, read block by block.
+
+    resident: read once, held as stored on `device`; else every request reads the cache file again.
+    """
+
+    def __init__(self, source: ArraySource, split: str, layers: list[int], whiten: list[Whitening], labels: np.ndarray,
+                 keep_utts: np.ndarray | None, resident: bool, device: torch.device) -> None:
+        self.source, self.split, self.layers, self.whiten, self.device = source, split, list(layers), whiten, device
+        self.offsets = source.splits[split].offsets
+        self.n_rows = int(self.offsets[-1])
+        self.n_blocks = max(1, math.ceil(self.n_rows / BLOCK_ROWS))
+        self.keep_utts = keep_utts
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        if len(self.labels) != self.n_rows:
+            raise ValueError(f"{split}: {len(self.labels)} labels for {self.n_rows} rows")
+        # utterance range of every block, to skip blocks holding no row of the probes still training
+        starts = np.arange(self.n_blocks) * BLOCK_ROWS
+        self.block_utts = (np.searchsorted(self.offsets, starts, side="right") - 1,
+                           np.searchsorted(self.offsets, np.minimum(starts + BLOCK_ROWS, self.n_rows) - 1, side="right") - 1)
+        self._resident: tuple[Tensor, np.ndarray] | None = None
+        if resident:
+            parts = [self._read(k) for k in range(self.n_blocks)]
+            sizes = np.array([len(r) for _, r in parts])
+            x = torch.cat([p for p, _ in parts]).to(device)
+            self._starts = np.concatenate([[0], np.cumsum(sizes)])
+            self._resident = (x, np.concatenate([r for _, r in parts]))
+
+    @property
+    def nbytes_resident(self) -> int:
+        return 0 if self._resident is None else self._resident[0].numel() * self._resident[0].element_size()
+
+    def _rows(self, k: int) -> np.ndarray:
+        a, b = k * BLOCK_ROWS, min(self.n_rows, (k + 1) * BLOCK_ROWS)
+        rows = np.arange(a, b, dtype=np.int64)
+        if self.keep_utts is not None:
+            rows = rows[self.keep_utts[np.searchsorted(self.offsets, rows, side="right") - 1]]
+        return rows
+
+    def _read(self, k: int) -> tuple[Tensor, np.ndarray]:
+        rows = self._rows(k)
+        if len(rows) == 0:
+            return torch.empty(0, len(self.layers), self.source.hidden_size, dtype=self._dtype()), rows
+        a, b = int(rows[0]), int(rows[-1]) + 1
+        sel = torch.from_numpy(rows - a)
+        dtype = self._dtype()
+        with torch.no_grad():
+            x = [w(self.source.read(self.split, k_, a, b).index_select(0, sel).float()).to(dtype)
+                 for k_, w in zip(self.layers, self.whiten)]
+        return torch.stack(x, 1), rows
+
+    def _dtype(self) -> torch.dtype:
+        arrays = self.source.splits[self.split]
+        return torch.from_numpy(np.zeros(0, dtype=arrays.hidden.dtype)).dtype
+
+    def has_rows(self, k: int, utts: np.ndarray) -> bool:
+        """Whether block k holds a row of one of the utterances marked in `utts` (bool, n_utts)."""
+        lo, hi = self.block_utts[0][k], self.block_utts[1][k]
+        return bool(utts[lo: hi + 1].any())
+
+    def chunk(self, blocks: list[int]) -> Chunk:
+        if self._resident is not None:
+            x_all, rows_all = self._resident
+            spans = [(int(self._starts[k]), int(self._starts[k + 1])) for k in blocks]
+            x = torch.cat([x_all[a:b] for a, b in spans])
+            rows = np.concatenate([rows_all[a:b] for a, b in spans])
+        else:
+            parts = [self._read(k) for k in blocks]
+            x = torch.cat([p for p, _ in parts]).to(self.device)
+            rows = np.concatenate([r for _, r in parts])
+        r = torch.from_numpy(rows)
+        utt = torch.from_numpy(np.searchsorted(self.offsets, rows, side="right") - 1)
+        return Chunk(x, self.labels.index_select(0, r).to(self.device), utt)
+
+    def chunks(self) -> "list[list[int]]":
+        """Every block in order, CHUNK_BLOCKS at a time (evaluation)."""
+        return [list(range(a, min(self.n_blocks, a + CHUNK_BLOCKS))) for a in range(0, self.n_blocks, CHUNK_BLOCKS)]
+
+
+def pass_order(n_blocks: int, k: int) -> list[list[int]]:
+    """The chunks of training pass k: a permutation of the blocks fixed by k alone, CHUNK_BLOCKS at a time."""
+    g = torch.Generator().manual_seed(SCHEDULE_SEED * 1_000_003 + k)
+    order = torch.randperm(n_blocks, generator=g).tolist()
+    return [order[a: a + CHUNK_BLOCKS] for a in range(0, n_blocks, CHUNK_BLOCKS)]
+
+
+def stored_bytes(source: ArraySource, layers: list[int], rows: int) -> int:
+    """Bytes of `rows` rows of hidden states `layers` as stored."""
+    arrays = next(iter(source.splits.values()))
+    return rows * len(layers) * source.hidden_size * arrays.hidden.dtype.itemsize

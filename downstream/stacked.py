@@ -1,0 +1,169 @@
+"""Many frozen probes of one task and mode as ONE batched model: stacked head weights, one matmul for all.
+
+P probes (label fractions x seeds) of the same head architecture keep their weights stacked along a leading
+probe axis: a Linear(D, C) head becomes W (P, D, C) and b (P, C), and a forward pass over P different
+minibatches is one `torch.baddbmm`. Each probe still has its own initialisation (built from its own seed),
+gradient, clipping, learning rate, optimiser state and best state; a finished probe leaves the stack
+(`keep`) so the ones still training do not pay for it. The inputs are whitened rows (downstream.feeds).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+
+
+def _linears(head: nn.Module) -> list[nn.Module]:
+    mods = list(head) if isinstance(head, nn.Sequential) else [head]
+    for m in mods:
+        if not isinstance(m, (nn.Linear, nn.ReLU)):
+            raise TypeError(f"a stacked probe head is Linear or a Sequential of Linear and ReLU, got {type(m).__name__}")
+    if not isinstance(mods[0], nn.Linear):
+        raise TypeError("a stacked probe head starts with a Linear layer")
+    return mods
+
+
+class StackedHeads:
+    """The parameters of P probes (a list of leaf tensors, each with the probe axis first) and their forward pass."""
+
+    def __init__(self, heads: list[nn.Module], num_layers: int, mix: bool, device: torch.device) -> None:
+        mods = [_linears(h) for h in heads]
+        self.sequential = isinstance(heads[0], nn.Sequential)
+        self.ops: list[Literal["linear", "relu"]] = ["linear" if isinstance(m, nn.Linear) else "relu" for m in mods[0]]
+        params: list[Tensor] = []
+        for j, op in enumerate(self.ops):
+            if op == "linear":
+                params.append(torch.stack([m[j].weight.detach().T for m in mods]))  # (P, in, out)
+                params.append(torch.stack([m[j].bias.detach() for m in mods]))  # (P, out)
+        if mix:
+            params.append(torch.zeros(len(heads), num_layers))  # weighted sum: zero logits (uniform), trained
+        elif num_layers != 1:
+            raise ValueError(f"a probe without a weighted sum reads one hidden state, got {num_layers}")
+        self.mix = mix
+        self.params = [p.to(device).requires_grad_(True) for p in params]
+
+    @property
+    def size(self) -> int:
+        return len(self.params[0])
+
+    def keep(self, idx: Tensor) -> None:
+        """Keep probes `idx` (positions in the stack) only, in that order."""
+        self.params = [p.detach().index_select(0, idx).requires_grad_(True) for p in self.params]
+
+    def forward(self, x: Tensor, params: list[Tensor] | None = None) -> Tensor:
+        """Logits of every probe. x: (P, B, L, D) a minibatch per probe, or (n, L, D) rows shared by all probes
+        (evaluation); -> (P, B, C) or (P, n, C), in float32 whatever x is stored in."""
+        params = self.params if params is None else params
+        x = x.float()
+        shared = x.dim() == 3
+        W, b = params[0], params[1]
+        P, L, D = len(W), x.shape[-2], x.shape[-1]
+        if self.mix and W.shape[2] <= D:
+            # a narrow first layer takes the mix: sum_l w_l x_l @ W = [x_1 .. x_L] @ [w_1 W; ..; w_L W], one GEMM
+            A = (params[-1].softmax(-1)[:, :, None, None] * W[:, None]).reshape(P, L * D, -1)
+            h = torch.matmul(x.reshape(-1, L * D), A) if shared else torch.bmm(x.reshape(P, -1, L * D), A)
+            h = h + b[:, None]
+        else:
+            if self.mix:  # mix first: the first layer is wider than the input
+                w = params[-1].softmax(-1)
+                z = torch.einsum("pl,nld->pnd", w, x) if shared else torch.einsum("pl,pbld->pbd", w, x)
+            else:
+                z = x[..., 0, :]
+            h = torch.matmul(z, W) + b[:, None] if z.dim() == 2 else torch.baddbmm(b[:, None], z, W)
+        k = 2
+        for op in self.ops[1:]:
+            if op == "relu":
+                h = torch.relu(h)
+            else:
+                h = torch.baddbmm(params[k + 1][:, None], h, params[k])
+                k += 2
+        return h
+
+    def layer_weights(self, params: list[Tensor], p: int) -> list[float] | None:
+        return [float(v) for v in params[-1][p].detach().softmax(0)] if self.mix else None
+
+    def state_of(self, params: list[Tensor], p: int) -> dict[str, Tensor]:
+        """Probe p's weights in the single-probe module's key format (downstream.train.Probe): the head acts on
+        whitened features, as a fine-tuning probe applies the same whitening itself."""
+        out: dict[str, Tensor] = {}
+        k = 0
+        for j, op in enumerate(self.ops):
+            if op == "linear":
+                prefix = f"head.{j}." if self.sequential else "head."
+                out[prefix + "weight"] = params[k][p].detach().T.contiguous().cpu()
+                out[prefix + "bias"] = params[k + 1][p].detach().clone().cpu()
+                k += 2
+        if self.mix:
+            out["featurizer.weights"] = params[-1][p].detach().clone().cpu()
+        return out
+
+
+def clip_per_probe(params: list[Tensor], max_norm: float) -> None:
+    """torch.nn.utils.clip_grad_norm_ for every probe of the stack on its own (norm over all its parameters)."""
+    sq = sum(p.grad.pow(2).flatten(1).sum(1) for p in params if p.grad is not None)
+    scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(scale.view(-1, *[1] * (p.dim() - 1)))
+
+
+class StackedOptimizer:
+    """SGD (Nesterov momentum) or AdamW over stacked parameters, with a learning rate per probe and a mask of the
+    probes that step (a probe without examples in a chunk keeps its weights and its optimiser state)."""
+
+    def __init__(self, kind: Literal["sgd", "adamw"], params: list[Tensor], lr: float, momentum: float = 0.9,
+                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.kind, self.momentum, self.weight_decay, self.betas, self.eps = kind, momentum, weight_decay, betas, eps
+        P = len(params[0])
+        self.lr = torch.full((P,), lr, device=params[0].device)
+        self.t = torch.zeros(P, device=params[0].device)  # AdamW: steps taken per probe (bias correction)
+        self.state = [[torch.zeros_like(p) for _ in range(1 if kind == "sgd" else 2)] for p in params]
+
+    def keep(self, idx: Tensor) -> None:
+        self.lr, self.t = self.lr[idx], self.t[idx]
+        self.state = [[s.index_select(0, idx) for s in group] for group in self.state]
+
+    @torch.no_grad()
+    def step(self, params: list[Tensor], active: Tensor) -> None:
+        """One update of the probes where `active` (P,) is True (all of them: in-place updates; some: the others'
+        weights and state are left exactly as they were)."""
+        if bool(active.all()):
+            self._step(params, self.state, self.lr, self.t.add_(1))
+            return
+        idx = active.nonzero().squeeze(1)
+        sub = [p.detach()[idx] for p in params]
+        for p, q in zip(sub, params):
+            p.grad = None if q.grad is None else q.grad[idx]
+        state = [[s[idx] for s in group] for group in self.state]
+        self.t[idx] += 1
+        self._step(sub, state, self.lr[idx], self.t[idx])
+        for p, q, group, new in zip(sub, params, self.state, state):
+            q.detach().index_copy_(0, idx, p)
+            for s, n in zip(group, new):
+                s.index_copy_(0, idx, n)
+
+    def _step(self, params: list[Tensor], state: list[list[Tensor]], lr: Tensor, t: Tensor) -> None:
+        for p, group in zip(params, state):
+            if p.grad is None:
+                continue
+            shape = (-1, *[1] * (p.dim() - 1))
+            lr_ = lr.view(shape)
+            g = p.grad
+            p = p.detach()
+            if self.kind == "sgd":
+                if self.weight_decay:
+                    g = g + self.weight_decay * p
+                buf = group[0]
+                buf.mul_(self.momentum).add_(g)
+                p.sub_(lr_ * (g + self.momentum * buf if self.momentum else buf))
+            else:
+                m, v = group
+                b1, b2 = self.betas
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                tt = t.view(shape)
+                if self.weight_decay:
+                    p.mul_(1 - lr_ * self.weight_decay)
+                p.sub_(lr_ * (m / (1 - b1 ** tt)) / ((v / (1 - b2 ** tt)).sqrt() + self.eps))

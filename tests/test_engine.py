@@ -1,0 +1,167 @@
+"""The batched probe engine: a probe's result does not depend on its group, on where its rows live, or on the device;
+the stacked optimisers are torch's, per probe."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from downstream import feeds
+from downstream.modes import LayerMode
+from downstream.sources import ArraySource, PooledSource, SplitArrays
+from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe
+from downstream.tasks import get_task, one_hidden_head
+from downstream.train import ProbeConfig, ProbeSpec, train_probe, train_probes
+from tests.test_probes import _labels, array_source, mel, tiny  # noqa: F401 (fixtures)
+from upstream.registry import build_upstream
+
+CFG = ProbeConfig(optimizer="sgd", lr=0.2, batch_size=64, patience=3, min_eval_steps=1)
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Blocks and chunks small enough that the tiny corpus spans several of each (the schedule is exercised)."""
+    monkeypatch.setattr(feeds, "BLOCK_ROWS", 96)
+    monkeypatch.setattr(feeds, "CHUNK_BLOCKS", 3)
+
+
+@pytest.fixture(scope="module")
+def mj_src(tiny, mel):  # noqa: F811
+    up = build_upstream("mockingjay_random:small", feature=mel.feature_cfg).eval()
+    return array_source(up, tiny)
+
+
+def _on_disk(src: ArraySource, tmp_path) -> ArraySource:
+    """The same arrays as memory-mapped .npy files, as the feature cache opens them."""
+    splits = {}
+    for s, a in src.splits.items():
+        np.save(tmp_path / f"{s}.npy", a.hidden)
+        splits[s] = SplitArrays(np.load(tmp_path / f"{s}.npy", mmap_mode="r"), a.offsets)
+    return ArraySource(splits)
+
+
+def _key(r):
+    """What a row records (layer weights to 5 decimals, as the row writes them: batched float sums may differ in
+    the last bit)."""
+    return (r.dev_metric, r.test_metric, r.test_utt_metric, r.best_step, r.steps, r.converged,
+            None if r.layer_weights is None else [round(w, 5) for w in r.layer_weights])
+
+
+@pytest.mark.parametrize("task_name,mode", [("phone_linear", "weighted_sum"), ("speaker_frame", "last"),
+                                            ("phone_1hidden", "last")])
+def test_a_probe_gets_the_same_result_in_any_group(tiny, mj_src, task_name, mode):  # noqa: F811
+    task = get_task(task_name)
+    labels, n_cls = _labels(tiny, task), len(task.labels.classes(tiny))
+    cfg = CFG if task.linear else replace(CFG, optimizer="adamw", lr=3e-3, max_steps=60)
+    specs = [ProbeSpec(tuple(range(24)), 0), ProbeSpec((0, 5, 9, 14), 1), ProbeSpec(tuple(range(0, 24, 2)), 2)]
+    group = train_probes(task, LayerMode(mode), mj_src, labels, specs, n_cls, cfg)
+    alone = [train_probe(task, LayerMode(mode), mj_src, labels, list(s.train_idx), n_cls, cfg, s.seed) for s in specs]
+    assert [_key(r) for r in group] == [_key(r) for r in alone]
+    assert len({r.steps for r in group}) > 1, "each probe stops on its own"
+    assert group[0].dev_metric > 1.5 / n_cls and group[0].train_utts == 24 and group[1].train_utts == 4
+
+
+def test_streamed_rows_give_the_resident_result(tiny, mj_src, tmp_path):  # noqa: F811
+    """A memory budget of 0 bytes reads every chunk from the memory-mapped files again: the same rows, the same
+    probes."""
+    task = get_task("phone_linear")
+    labels, n_cls = _labels(tiny, task), len(tiny.phones)
+    disk = _on_disk(mj_src, tmp_path)
+    specs = [ProbeSpec(tuple(range(24)), 0), ProbeSpec((1, 2, 3), 1)]
+    resident = train_probes(task, LayerMode("weighted_sum"), mj_src, labels, specs, n_cls, CFG)
+    streamed = train_probes(task, LayerMode("weighted_sum"), disk, labels, specs, n_cls, CFG, memory=0)
+    assert [_key(r) for r in streamed] == [_key(r) for r in resident]
+
+
+def test_reads_do_not_go_through_the_memory_map(mj_src, tmp_path):  # noqa: F811
+    disk = _on_disk(mj_src, tmp_path)
+    a = disk.read("train", 2, 10, 50)
+    assert torch.equal(a, torch.from_numpy(np.asarray(mj_src.splits["train"].hidden[2, 10:50])))
+    base = a.numpy()
+    while base is not None:  # nothing in the chain of views is the map (whose touched pages stay resident)
+        assert not isinstance(base, (np.memmap, __import__("mmap").mmap)), type(base)
+        base = getattr(base, "base", None)
+
+
+def test_whitening_fitted_in_one_streaming_pass_whitens():
+    from downstream.heads import Whitening
+
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g))
+    x = torch.randn(20000, 16, generator=g) @ (torch.diag(torch.logspace(0, 1.5, 16)) @ q) + 300.0  # far from 0
+    w = Whitening(16).fit_chunks(x[a: a + 700].half() for a in range(0, len(x), 700))  # float16 chunks, as cached
+    xh = x.half().float()
+    assert torch.allclose(w.mean, xh.mean(0), atol=1e-2)
+    assert torch.allclose(torch.cov(w(xh).T), torch.eye(16), atol=5e-2)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_stacked_optimiser_is_torch_per_probe(kind):
+    g = torch.Generator().manual_seed(0)
+    heads = [torch.nn.Linear(5, 3) for _ in range(3)]
+    model = StackedHeads(heads, 1, mix=False, device=torch.device("cpu"))
+    opt = StackedOptimizer(kind, model.params, lr=0.1, momentum=0.9, weight_decay=0.01)
+    refs = [torch.nn.Linear(5, 3) for _ in range(3)]
+    for r, h in zip(refs, heads):
+        r.load_state_dict(h.state_dict())
+    topts = [torch.optim.SGD(r.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01) if kind == "sgd"
+             else torch.optim.AdamW(r.parameters(), lr=0.1, weight_decay=0.01) for r in refs]
+    for step in range(5):
+        x, y = torch.randn(3, 8, 1, 5, generator=g), torch.randint(0, 3, (3, 8), generator=g)
+        active = torch.tensor([True, step % 2 == 0, True])
+        loss = torch.nn.functional.cross_entropy(model.forward(x).reshape(-1, 3), y.reshape(-1), reduction="sum")
+        for p in model.params:
+            p.grad = None
+        loss.backward()
+        clip_per_probe(model.params, 1.0)
+        opt.step(model.params, active)
+        for p, (r, o) in enumerate(zip(refs, topts)):
+            if not active[p]:
+                continue
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(r(x[p, :, 0]), y[p], reduction="sum").backward()
+            torch.nn.utils.clip_grad_norm_(r.parameters(), 1.0)
+            o.step()
+    for p, r in enumerate(refs):
+        st = model.state_of(model.params, p)
+        if p == 1:  # stepped on every other step only: its own trajectory, not the others'
+            continue
+        assert torch.allclose(st["head.weight"], r.weight, atol=1e-5) and torch.allclose(st["head.bias"], r.bias, atol=1e-5)
+
+
+def test_stacked_mlp_is_the_single_probe_module():
+    torch.manual_seed(0)
+    heads = [one_hidden_head(7)(5, 3) for _ in range(2)]
+    model = StackedHeads(heads, 2, mix=True, device=torch.device("cpu"))
+    x = torch.randn(10, 2, 5)
+    w = model.params[-1].softmax(-1)
+    out = model.forward(x)
+    for p, h in enumerate(heads):
+        assert torch.allclose(out[p], h(w[p, 0] * x[:, 0] + w[p, 1] * x[:, 1]), atol=1e-5)
+    assert set(model.state_of(model.params, 0)) == {"head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias",
+                                                    "featurizer.weights"}
+
+
+def test_utterance_probes_train_batched_on_means(tiny, mj_src):  # noqa: F811
+    task = get_task("speaker_utterance")
+    labels, n_cls = _labels(tiny, task), len(tiny.speakers)
+    pooled = PooledSource(mj_src)
+    specs = [ProbeSpec(tuple(range(24)), 0), ProbeSpec(tuple(range(0, 24, 3)), 1)]
+    rs = train_probes(task, LayerMode("weighted_sum"), pooled, labels, specs, n_cls, replace(CFG, batch_size=8))
+    assert rs[0].dev_metric > 1.5 / n_cls and rs[0].layer_weights is not None
+    path = train_probes(task, LayerMode("last"), pooled, labels, specs, n_cls,
+                        ProbeConfig(optimizer="lbfgs", l2_grid=(1e-1, 1e-2), patience=2))
+    assert all(r.converged and r.steps > 0 for r in path) and path[0].train_utts == 24
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_group_on_cuda_matches_cpu(tiny, mj_src):  # noqa: F811
+    task = get_task("phone_linear")
+    labels, n_cls = _labels(tiny, task), len(tiny.phones)
+    specs = [ProbeSpec(tuple(range(24)), 0), ProbeSpec((1, 2, 3, 7), 1)]
+    cpu = train_probes(task, LayerMode("weighted_sum"), mj_src, labels, specs, n_cls, CFG)
+    gpu = train_probes(task, LayerMode("weighted_sum"), mj_src, labels, specs, n_cls, CFG, device="cuda")
+    for a, b in zip(cpu, gpu):
+        assert abs(a.dev_metric - b.dev_metric) < 0.03 and abs(a.test_metric - b.test_metric) < 0.03
