@@ -165,3 +165,21 @@ def test_group_on_cuda_matches_cpu(tiny, mj_src):  # noqa: F811
     gpu = train_probes(task, LayerMode("weighted_sum"), mj_src, labels, specs, n_cls, CFG, device="cuda")
     for a, b in zip(cpu, gpu):
         assert abs(a.dev_metric - b.dev_metric) < 0.03 and abs(a.test_metric - b.test_metric) < 0.03
+
+
+def test_identical_paths_are_solved_once(tiny, mj_src, monkeypatch):  # noqa: F811
+    """Every seed at 100 % of the labels starts a linear L2 path from zero on the same examples: one solve, the
+    same row; a different subset is solved on its own."""
+    import downstream.train as train
+
+    task = get_task("speaker_utterance")
+    labels, n_cls = _labels(tiny, task), len(tiny.speakers)
+    calls = []
+    real = train._fit_path
+    monkeypatch.setattr(train, "_fit_path", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = ProbeConfig(optimizer="lbfgs", l2_grid=(1e-1, 1e-2), patience=2)
+    specs = [ProbeSpec(tuple(range(24)), 0), ProbeSpec(tuple(range(24)), 1), ProbeSpec(tuple(range(0, 24, 2)), 0)]
+    rs = train_probes(task, LayerMode("weighted_sum"), PooledSource(mj_src), labels, specs, n_cls, cfg)
+    assert len(calls) == 2 and _key(rs[0]) == _key(rs[1])
+    alone = train_probe(task, LayerMode("weighted_sum"), PooledSource(mj_src), labels, list(range(24)), n_cls, cfg, 1)
+    assert _key(alone) == _key(rs[1])
