@@ -75,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "float32 copy")
     p.add_argument("--runs-dir", type=Path, default=Path("runs/pretrain"))
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--workers", type=int, help="frozen probes trained at once, in threads (default 2)")
+    p.add_argument("--workers", type=int, help="groups of frozen probes trained at once, in threads (default 2)")
+    p.add_argument("--probe-memory", type=float, metavar="GB",
+                   help="memory one group of frozen probes may hold resident (default: 1 GB of host memory, or half "
+                        "the free GPU memory on CUDA); larger groups stream from the feature cache, with the same "
+                        "rows (docs/scale.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--shard", metavar="I/N", help="run shard I (0-based) of N of the plan, balanced by expected cost; "
                                                "rows go to RESULTS_DIR/shards/I-of-N/runs.csv and `report` merges "
@@ -158,6 +162,10 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         kw["probe_workers"] = args.workers
     if args.no_finetune:
         kw["finetune_ends"] = False
+    if args.probe_memory is not None:
+        if not args.probe_memory >= 0:
+            raise ValueError(f"--probe-memory must be >= 0 (GB), got {args.probe_memory}")
+        kw["probe_memory"] = int(args.probe_memory * 1e9)
     cfg = replace(cfg, **kw)
     if args.shard is not None:
         from benchmark.shards import shard_config

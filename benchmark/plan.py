@@ -9,7 +9,7 @@ from core.io import sha256_json
 from core.repro import default_device
 from downstream.modes import LayerMode, parse_modes
 from downstream.tasks import TASKS
-from downstream.train import ENGINE_VERSION, MEMORY, ProbeConfig
+from downstream.probe import ENGINE_VERSION, ProbeConfig
 
 if TYPE_CHECKING:
     from benchmark.shards import Shard
@@ -63,8 +63,8 @@ class BenchmarkConfig:
     # are serialised, so every run stays deterministic)
     probe_workers: int = 2
     # bytes one group of frozen probes may hold resident (its rows as cached); larger groups stream from the cache,
-    # with the same rows and results (downstream.feeds)
-    probe_memory: int = MEMORY
+    # with the same rows and results (downstream.feeds). None: 1 GiB of host memory, or half the free GPU memory
+    probe_memory: int | None = None
     progress: bool = True
     report: bool = False  # build results/REPORT.md at the end (the main job does)
     command: str | None = None  # the command line, recorded in results/command.txt when the job finishes

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from benchmark.plan import BenchmarkConfig
-from downstream.train import ProbeConfig
+from downstream.probe import ProbeConfig
 
 FRAME_PROBE = ProbeConfig(optimizer="sgd", lr=0.5, batch_size=4096, patience=4, min_eval_steps=1)
 MAIN_TASK_PROBES = {

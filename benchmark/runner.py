@@ -20,7 +20,9 @@ from downstream.fractions import MIN_DEFAULT_UTTS, default_fractions, fraction_s
 from downstream.modes import LayerMode
 from downstream.sources import ArraySource, LiveSource, PooledSource
 from downstream.tasks import get_task
-from downstream.train import ProbeConfig, ProbeSpec, finetune_probe, train_probe, train_probes
+from downstream.finetune import finetune_probe
+from downstream.probe import ProbeConfig, ProbeSpec
+from downstream.train import train_probe, train_probes
 from benchmark.cache import ensure_split, extract_arrays
 from benchmark.plan import BenchmarkConfig, PlannedRun, cache_layers, expand_runs, run_id
 from benchmark.resolve import ResolvedUpstream, resolve_corpus, resolve_upstream

@@ -13,7 +13,9 @@ they do not, so the memory a probe run holds does not grow with the corpus.
 """
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor
 
 from downstream.heads import Whitening
+from downstream.loop import Batch
 from downstream.sources import ArraySource
 
 BLOCK_ROWS = 2048  # rows a block: the unit of a pass's order (a few utterances of frames)
@@ -129,3 +132,82 @@ def stored_bytes(source: ArraySource, layers: list[int], rows: int) -> int:
     """Bytes of `rows` rows of hidden states `layers` as stored."""
     arrays = next(iter(source.splits.values()))
     return rows * len(layers) * source.hidden_size * arrays.hidden.dtype.itemsize
+
+
+class Buffers:
+    """One buffer of the stored dtype and one float32 buffer reused by every step: a fresh (probes x batch x layers x
+    D) tensor per step costs more in page faults than the gather itself."""
+
+    def __init__(self) -> None:
+        self.stored: Tensor | None = None
+        self.f32: Tensor | None = None
+
+    def gather(self, x: Tensor, idx: Tensor) -> Tensor:
+        """x[idx] as float32, (len(idx), *x.shape[1:]), in the reused buffers."""
+        shape = (len(idx), *x.shape[1:])
+        n = int(np.prod(shape))
+        if self.stored is None or self.stored.numel() < n or self.stored.dtype != x.dtype or self.stored.device != x.device:
+            self.stored = torch.empty(n, dtype=x.dtype, device=x.device)
+            self.f32 = torch.empty(n, dtype=torch.float32, device=x.device)
+        assert self.f32 is not None
+        stored = self.stored[:n].view(shape)
+        torch.index_select(x, 0, idx, out=stored)
+        return self.f32[:n].view(shape).copy_(stored)
+
+
+def chunk_batches(member: Tensor, ids: Tensor, utt: Tensor, gens: list[torch.Generator],
+                  batch_size: int) -> tuple[Tensor, Tensor]:
+    """Each probe's rows of a chunk (those of its utterances), shuffled by its own generator, cut into minibatches:
+    (A, S, B) positions in the chunk and (A, S, B) validity (a probe's last batch may be short, and a probe with
+    fewer rows than another idles for the rest of the chunk)."""
+    mask = member[ids][:, utt]  # (A, n)
+    picks = []
+    for a, i in enumerate(ids.tolist()):
+        idx = mask[a].nonzero().squeeze(1)
+        picks.append(idx[torch.randperm(len(idx), generator=gens[i])])
+    S = max(1, max(math.ceil(len(p) / batch_size) for p in picks))
+    batches = torch.zeros(len(picks), S * batch_size, dtype=torch.long)
+    valid = torch.zeros(len(picks), S * batch_size, dtype=torch.bool)
+    for a, p in enumerate(picks):
+        batches[a, :len(p)] = p
+        valid[a, :len(p)] = True
+    return batches.view(len(picks), S, batch_size), valid.view(len(picks), S, batch_size)
+
+
+class ChunkFeed:
+    """The minibatches of a group of probes over the train split's rows, pass after pass, in the order described
+    above. A step's data: (x (A', B, L, D) float32, y (A', B), valid (A', B), positions (A',)) for the A' probes
+    that have rows left in the chunk; a pass ends with a step of no probe. `keep` follows the probes still
+    training (finished ones take no more rows)."""
+
+    def __init__(self, store: RowStore, member: Tensor, gens: list[torch.Generator], batch_size: int) -> None:
+        self.store, self.member, self.gens, self.batch_size = store, member, gens, batch_size
+        self.ids = torch.arange(len(member))
+        self.buffers = Buffers()
+        self._batches: Tensor | None = None
+        self._valid: Tensor | None = None
+
+    def keep(self, positions: Tensor) -> None:
+        self.ids = self.ids[positions]
+        if self._batches is not None and self._valid is not None:
+            self._batches, self._valid = self._batches[positions], self._valid[positions]
+
+    def __iter__(self) -> Iterator[Batch]:
+        store, B, dev = self.store, self.batch_size, self.store.device
+        for k in itertools.count():
+            for blocks in pass_order(store.n_blocks, k):
+                wanted = self.member[self.ids].any(0).numpy()
+                blocks = [b for b in blocks if store.has_rows(b, wanted)]
+                if not blocks:
+                    continue
+                chunk = store.chunk(blocks)
+                self._batches, self._valid = chunk_batches(self.member, self.ids, chunk.utt, self.gens, B)
+                for s in range(self._batches.shape[1]):
+                    active = self._valid[:, s].any(1)
+                    pos = active.nonzero().squeeze(1)
+                    if len(pos) == 0:
+                        continue
+                    idx, ok = self._batches[pos, s].to(dev), self._valid[pos, s].to(dev)
+                    x = self.buffers.gather(chunk.x, idx.reshape(-1)).view(len(pos), B, *chunk.x.shape[1:])
+                    yield Batch((x, chunk.y[idx.reshape(-1)].view(len(pos), B), ok, pos), active)
+            yield Batch(None, torch.zeros(len(self.ids), dtype=torch.bool), pass_end=True)

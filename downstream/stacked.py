@@ -110,23 +110,32 @@ def clip_per_probe(params: list[Tensor], max_norm: float) -> None:
 
 
 class StackedOptimizer:
-    """SGD (Nesterov momentum) or AdamW over stacked parameters, with a learning rate per probe and a mask of the
-    probes that step (a probe without examples in a chunk keeps its weights and its optimiser state)."""
+    """SGD (Nesterov momentum) or AdamW over the stacked parameters of `heads`, with a learning rate per probe and a
+    mask of the probes that step (a probe without examples in a chunk keeps its weights and its optimiser state)."""
 
-    def __init__(self, kind: Literal["sgd", "adamw"], params: list[Tensor], lr: float, momentum: float = 0.9,
+    def __init__(self, kind: Literal["sgd", "adamw"], heads: StackedHeads, lr: float, momentum: float = 0.9,
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         self.kind, self.momentum, self.weight_decay, self.betas, self.eps = kind, momentum, weight_decay, betas, eps
+        self.heads = heads
+        params = heads.params
         P = len(params[0])
         self.lr = torch.full((P,), lr, device=params[0].device)
         self.t = torch.zeros(P, device=params[0].device)  # AdamW: steps taken per probe (bias correction)
         self.state = [[torch.zeros_like(p) for _ in range(1 if kind == "sgd" else 2)] for p in params]
 
     def keep(self, idx: Tensor) -> None:
+        idx = idx.to(self.lr.device)
         self.lr, self.t = self.lr[idx], self.t[idx]
         self.state = [[s.index_select(0, idx) for s in group] for group in self.state]
 
+    def scale_lr(self, position: int, factor: float) -> None:
+        self.lr[position] *= factor
+
+    def step(self, active: Tensor) -> None:
+        self._masked(self.heads.params, active.to(self.lr.device))
+
     @torch.no_grad()
-    def step(self, params: list[Tensor], active: Tensor) -> None:
+    def _masked(self, params: list[Tensor], active: Tensor) -> None:
         """One update of the probes where `active` (P,) is True (all of them: in-place updates; some: the others'
         weights and state are left exactly as they were)."""
         if bool(active.all()):

@@ -106,7 +106,7 @@ def probe_fps(width: int, device: str, steps: int, hidden_states: int = 4, probe
     torch.manual_seed(0)
     heads = [TASKS["phone_linear"].head(width, 38) for _ in range(probes)]
     model = StackedHeads(heads, hidden_states, mix=True, device=dev)
-    opt = StackedOptimizer(cfg.optimizer, model.params, cfg.lr, cfg.momentum, cfg.weight_decay)
+    opt = StackedOptimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay)
     n = 16 * bs
     x = torch.randn(n, hidden_states, width).half().to(dev)  # (rows, L, D) whitened rows, resident, as stored
     y = torch.randint(38, (n,), device=dev)
@@ -121,7 +121,7 @@ def probe_fps(width: int, device: str, steps: int, hidden_states: int = 4, probe
             p.grad = None
         loss.backward()
         clip_per_probe(model.params, cfg.grad_clip)
-        opt.step(model.params, active)
+        opt.step(active)
 
     sec = timed(step, dev, steps, warmup=3)
     return {"probe": "phone_linear weighted_sum", "width": width, "hidden_states": hidden_states, "device": device,

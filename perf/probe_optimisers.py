@@ -32,7 +32,8 @@ from downstream.fractions import fraction_subset  # noqa: E402
 from downstream.heads import Whitening  # noqa: E402
 from downstream.modes import LayerMode  # noqa: E402
 from downstream.tasks import TASKS  # noqa: E402
-from downstream.train import ProbeConfig, train_probe  # noqa: E402
+from downstream.probe import ProbeConfig  # noqa: E402
+from downstream.train import train_probe  # noqa: E402
 
 SESSION4_FRAME = ProbeConfig(lr=1e-2, batch_size=4096, patience=4, min_eval_steps=50)
 TRAINERS = {

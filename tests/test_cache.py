@@ -62,7 +62,7 @@ def test_pooled_source_is_exact_mean_pooling():
     """speaker_utterance on pooled rows computes the same logits as mean pooling over frames, per layer mode."""
     from downstream.modes import LayerMode
     from downstream.tasks import get_task
-    from downstream.train import Probe
+    from downstream.probe import Probe
 
     rng = np.random.default_rng(1)
     lens = rng.integers(1, 40, 25)

@@ -19,7 +19,7 @@ from core.io import read_json
 from corpora.manifest import PROBE_SPLITS, load_corpus
 from downstream.modes import LayerMode
 from downstream.sources import ArraySource, PooledSource, SplitArrays
-from downstream.train import ProbeConfig
+from downstream.probe import ProbeConfig
 from tests.test_probes_corpus import make_tiny_corpus
 
 QUIET = {"log": lambda *_: None}

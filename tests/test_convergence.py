@@ -12,7 +12,7 @@ from benchmark.cli import main
 from benchmark.convergence import CONVERGENCE_FILE, certify, fit_reference, summary_markdown
 from benchmark.plan import BenchmarkConfig
 from corpora.manifest import load_corpus
-from downstream.train import ProbeConfig
+from downstream.probe import ProbeConfig
 from tests.test_probes_corpus import make_tiny_corpus
 
 

@@ -122,7 +122,7 @@ def harness_rows_differ(tmp_path: Path, dev_a: str, dev_b: str) -> dict[str, flo
     import benchmark.runner as runner
     from benchmark.plan import BenchmarkConfig
     from benchmark.results import read_rows
-    from downstream.train import ProbeConfig
+    from downstream.probe import ProbeConfig
     from tests.test_probes_corpus import make_tiny_corpus as make_probe_corpus
 
     root = tmp_path / "corpus"

@@ -280,6 +280,7 @@ HARNESS_FLAG_DRILLS = {
     "seeds 0": (["--seeds", "0"], ["--seeds", ">= 1"]),
     "seeds not a number": (["--seeds", "three"], ["--seeds", "'three'"]),
     "workers 0": (["--workers", "0"], ["--workers", ">= 1"]),
+    "probe memory negative": (["--probe-memory", "-1"], ["--probe-memory", ">= 0"]),
     "steps 0": (["--steps", "0"], ["--steps", ">= 1"]),
     "bad device": (["--device", "gpu0"], ["--device 'gpu0'"]),
     "ckpt for mel": (["--ckpt", "mel=x"], ["--ckpt 'mel=x'", "not a pretrained upstream"]),
@@ -691,7 +692,7 @@ def job_pretrain(corpus: str, out: str) -> None:
 def harness_config(corpus: str, tmp: str):
     import benchmark.runner as runner
     from benchmark.plan import BenchmarkConfig
-    from downstream.train import ProbeConfig
+    from downstream.probe import ProbeConfig
 
     return runner, BenchmarkConfig(
         corpus=corpus, upstreams=("mel", "aalbert_random"), tasks=("phone_linear",), modes="last,weighted_sum",

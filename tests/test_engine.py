@@ -13,7 +13,8 @@ from downstream.modes import LayerMode
 from downstream.sources import ArraySource, PooledSource, SplitArrays
 from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe
 from downstream.tasks import get_task, one_hidden_head
-from downstream.train import ProbeConfig, ProbeSpec, train_probe, train_probes
+from downstream.probe import ProbeConfig, ProbeSpec
+from downstream.train import train_probe, train_probes
 from tests.test_probes import _labels, array_source, mel, tiny  # noqa: F401 (fixtures)
 from upstream.registry import build_upstream
 
@@ -102,7 +103,7 @@ def test_stacked_optimiser_is_torch_per_probe(kind):
     g = torch.Generator().manual_seed(0)
     heads = [torch.nn.Linear(5, 3) for _ in range(3)]
     model = StackedHeads(heads, 1, mix=False, device=torch.device("cpu"))
-    opt = StackedOptimizer(kind, model.params, lr=0.1, momentum=0.9, weight_decay=0.01)
+    opt = StackedOptimizer(kind, model, lr=0.1, momentum=0.9, weight_decay=0.01)
     refs = [torch.nn.Linear(5, 3) for _ in range(3)]
     for r, h in zip(refs, heads):
         r.load_state_dict(h.state_dict())
@@ -116,7 +117,7 @@ def test_stacked_optimiser_is_torch_per_probe(kind):
             p.grad = None
         loss.backward()
         clip_per_probe(model.params, 1.0)
-        opt.step(model.params, active)
+        opt.step(active)
         for p, (r, o) in enumerate(zip(refs, topts)):
             if not active[p]:
                 continue
@@ -170,13 +171,13 @@ def test_group_on_cuda_matches_cpu(tiny, mj_src):  # noqa: F811
 def test_identical_paths_are_solved_once(tiny, mj_src, monkeypatch):  # noqa: F811
     """Every seed at 100 % of the labels starts a linear L2 path from zero on the same examples: one solve, the
     same row; a different subset is solved on its own."""
-    import downstream.train as train
+    import downstream.path as path
 
     task = get_task("speaker_utterance")
     labels, n_cls = _labels(tiny, task), len(tiny.speakers)
     calls = []
-    real = train._fit_path
-    monkeypatch.setattr(train, "_fit_path", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = path._path
+    monkeypatch.setattr(path, "_path", lambda *a, **k: calls.append(1) or real(*a, **k))
     cfg = ProbeConfig(optimizer="lbfgs", l2_grid=(1e-1, 1e-2), patience=2)
     specs = [ProbeSpec(tuple(range(24)), 0), ProbeSpec(tuple(range(24)), 1), ProbeSpec(tuple(range(0, 24, 2)), 0)]
     rs = train_probes(task, LayerMode("weighted_sum"), PooledSource(mj_src), labels, specs, n_cls, cfg)

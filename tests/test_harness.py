@@ -13,7 +13,7 @@ from benchmark.cli import main
 from benchmark.plan import BenchmarkConfig, parse_fractions
 from benchmark.results import append_row, read_rows
 from benchmark.schema import RUN_COLUMNS
-from downstream.train import ProbeConfig
+from downstream.probe import ProbeConfig
 from tests.test_probes_corpus import make_tiny_corpus
 
 

@@ -15,7 +15,9 @@ from downstream.heads import Whitening, segment_mean
 from downstream.modes import Featurizer, LayerMode, parse_modes
 from downstream.sources import ArraySource, LiveSource, PooledSource, SplitArrays
 from downstream.tasks import PHONES, SPEAKERS, TASKS, LabelSource, TaskSpec, get_task, linear_head
-from downstream.train import ProbeConfig, finetune_probe, train_probe
+from downstream.finetune import finetune_probe
+from downstream.probe import ProbeConfig
+from downstream.train import train_probe
 from tests.test_probes_corpus import make_tiny_corpus
 from upstream.features import FeatureConfig, corpus_stats
 from upstream.registry import build_upstream

@@ -16,7 +16,7 @@ from benchmark.cli import main
 from benchmark.plan import BenchmarkConfig
 from benchmark.results import RUNS_FILE, read_rows
 from core.io import read_json
-from downstream.train import ProbeConfig
+from downstream.probe import ProbeConfig
 from tests.test_probes_corpus import make_tiny_corpus
 from upstream.checkpoint import CheckpointError
 from upstream.registry import build_upstream, upstream_identity

@@ -1,0 +1,148 @@
+"""A group of frozen minibatch probes (one task and mode; every fraction and seed) trained as one batched model.
+
+The model is the probes' heads stacked (downstream.stacked), the feed the chunks of cached rows
+(downstream.feeds), the loop downstream.loop; each probe's best weights are kept by probe id and scored on test at
+the end, all at once.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from core.repro import seed_everything
+from downstream.data import Targets
+from downstream.feeds import EVAL_ROWS, ChunkFeed, RowStore, stored_bytes
+from downstream.heads import Whitening
+from downstream.loop import Batch, progress_bar, train_loop
+from downstream.modes import LayerMode
+from downstream.probe import ProbeConfig, ProbeResult, ProbeSpec
+from downstream.sources import ArraySource
+from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe
+from downstream.stopping import Stopping
+from downstream.tasks import TaskSpec
+
+SPLITS = ("train", "dev", "test")
+# bytes a group of frozen probes may hold resident (its rows as stored) in host memory; larger groups stream from the
+# cache. On a GPU the budget is half of the device memory free when the group starts (`resident_budget`).
+MEMORY = 1 << 30
+INIT_LOCK = threading.Lock()  # the global RNGs: groups built in parallel threads must not interleave there
+
+
+def resident_budget(device: torch.device) -> int:
+    """Bytes a probe group may hold resident by default: MEMORY of host memory, or on a GPU half of the device
+    memory free now (features for a GPU probe live on the GPU: nothing is copied per batch)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return MEMORY
+
+
+class StackedModel:
+    """The loop's view of a group: stacked heads, the dev rows they are scored on, each probe's best weights."""
+
+    def __init__(self, heads: StackedHeads, dev: RowStore) -> None:
+        self.heads, self.dev = heads, dev
+        self.ids = torch.arange(heads.size)
+        self.best = [p.detach().clone() for p in heads.params]  # every probe's weights at its best dev point
+
+    def loss(self, batch: Batch) -> Tensor:
+        x, y, ok, pos = batch.data
+        sub = [p.index_select(0, pos.to(p.device)) for p in self.heads.params]
+        logits = self.heads.forward(x, sub)  # (A', B, C)
+        A, B = y.shape
+        ce = F.cross_entropy(logits.reshape(A * B, -1), y.reshape(-1), reduction="none").view(A, B)
+        w = ok.float()
+        return ((ce * w).sum(1) / w.sum(1).clamp_min(1)).sum()
+
+    def zero_grad(self) -> None:
+        for p in self.heads.params:
+            p.grad = None
+
+    def clip(self, max_norm: float) -> None:
+        clip_per_probe(self.heads.params, max_norm)
+
+    @torch.no_grad()
+    def score(self, positions: Tensor) -> list[float]:
+        sub = [p.detach().index_select(0, positions.to(p.device)) for p in self.heads.params]
+        return (correct(self.heads, sub, self.dev)[0] / self.dev.n_rows).tolist()
+
+    def snapshot(self, position: int) -> None:
+        i = int(self.ids[position])
+        for b, p in zip(self.best, self.heads.params):
+            b[i].copy_(p.detach()[position])
+
+    def keep(self, positions: Tensor) -> None:
+        self.ids = self.ids[positions]
+        self.heads.keep(positions.to(self.heads.params[0].device))
+
+
+@torch.no_grad()
+def correct(heads: StackedHeads, params: list[Tensor], store: RowStore,
+            keep_utt: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Correct predictions of every probe of `params` over all rows of `store` (Q,), and with `keep_utt` the
+    per-utterance sums of their logits (Q, n_utts, C) for an utterance accuracy from frame logits."""
+    Q = len(params[0])
+    right = torch.zeros(Q, dtype=torch.long, device=store.device)
+    sums = None
+    for blocks in store.chunks():
+        ch = store.chunk(blocks)
+        for a in range(0, len(ch.x), EVAL_ROWS):
+            logits = heads.forward(ch.x[a: a + EVAL_ROWS], params)  # (Q, n, C)
+            right += (logits.argmax(-1) == ch.y[a: a + EVAL_ROWS]).sum(1)
+            if keep_utt:
+                if sums is None:
+                    sums = torch.zeros(Q, len(store.offsets) - 1, logits.shape[-1], device=store.device)
+                sums.index_add_(1, ch.utt[a: a + EVAL_ROWS].to(store.device), logits)
+    return right.cpu(), sums
+
+
+def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[Whitening], layers: list[int],
+              per_row: dict[str, np.ndarray], targets: dict[str, Targets], probes: list[ProbeSpec], n_classes: int,
+              cfg: ProbeConfig, device: torch.device, memory: int | None, progress: bool) -> list[ProbeResult]:
+    """Train `probes` (SGD or AdamW, cfg.optimizer) as one batched model until each has stopped; test at each one's
+    best dev point. Their rows stay resident when they fit `memory` bytes (None: `resident_budget`)."""
+    P = len(probes)
+    member = torch.zeros(P, len(rows.lengths("train")), dtype=torch.bool)
+    for p, spec in enumerate(probes):
+        member[p, list(spec.train_idx)] = True
+    union = member.any(0).numpy()
+    train_rows = np.diff(rows.splits["train"].offsets)
+    need = int(train_rows[union].sum()) + sum(int(rows.splits[s].offsets[-1]) for s in ("dev", "test"))
+    resident = stored_bytes(rows, layers, need) <= (resident_budget(device) if memory is None else memory)
+    stores = {s: RowStore(rows, s, layers, whiten, per_row[s], union if s == "train" else None, resident, device)
+              for s in SPLITS}
+    with INIT_LOCK:
+        heads = []
+        for spec in probes:
+            seed_everything(spec.seed)
+            heads.append(task.head(rows.hidden_size, n_classes))
+    stacked = StackedHeads(heads, len(layers), mode.kind == "weighted_sum", device)
+    model = StackedModel(stacked, stores["dev"])
+    gens = [torch.Generator().manual_seed(spec.seed * 1_000_003 + 1) for spec in probes]
+    feed = ChunkFeed(stores["train"], member, gens, cfg.batch_size)
+    opt = StackedOptimizer(cfg.optimizer, stacked, cfg.lr, cfg.momentum, cfg.weight_decay)
+    stop = Stopping(P, cfg)
+    bar = progress_bar(P, progress, f"{task.name}/{mode.label} x{P}")
+    try:
+        train_loop(model, feed, opt, stop, cfg.grad_clip, cfg.lr_decay, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    best = [b.to(device) for b in model.best]
+    test_right, utt_sums = correct(stacked, best, stores["test"], keep_utt=task.utt_metric)
+    results = []
+    for i in range(P):
+        test_utt = None
+        if task.utt_metric:
+            assert utt_sums is not None and targets["test"].utt is not None
+            test_utt = float((utt_sums[i].argmax(-1).cpu() == torch.from_numpy(targets["test"].utt)).float().mean())
+        results.append(ProbeResult(
+            dev_metric=stop.best[i], test_metric=float(test_right[i]) / stores["test"].n_rows, test_utt_metric=test_utt,
+            best_step=int(stop.best_step[i]), steps=int(stop.steps[i]), converged=bool(stop.converged[i]),
+            layer_weights=stacked.layer_weights(best, i), train_utts=0, train_frames=0, wall_seconds=0.0,
+            state=stacked.state_of(best, i)))
+    return results

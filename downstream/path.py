@@ -1,0 +1,91 @@
+"""The L2 regularisation path: the full-batch optimiser of linear probes on few examples (mean-pooled utterances).
+
+For each strength of `l2_grid`, strongest first and warm-started from the previous point, full-batch L-BFGS in
+float64 until within `rtol` x |W| of that strength's unique optimum (downstream.solver), then dev. The path plays
+the part of training time (weak L2 = a long run): `steps` counts L-BFGS iterations, `patience` points without gain
+stop it (downstream.stopping), and the run is converged when every point it visited was solved within `max_steps`.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from core.repro import seed_everything
+from downstream.groups import INIT_LOCK, SPLITS
+from downstream.heads import Whitening
+from downstream.modes import LayerMode
+from downstream.probe import Probe, ProbeConfig, ProbeResult, ProbeSpec
+from downstream.solver import solve_l2
+from downstream.sources import ArraySource
+from downstream.stopping import Stopping
+from downstream.tasks import TaskSpec
+
+
+def fit_paths(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[Whitening], layers: list[int],
+              per_row: dict[str, np.ndarray], probes: list[ProbeSpec], n_classes: int, cfg: ProbeConfig,
+              device: torch.device) -> list[ProbeResult]:
+    """The path of every probe. A path is deterministic given its examples and starting weights: probes that share
+    both (every seed at 100 % of the labels, where heads and mixes start at zero) share one solve."""
+    x = {s: torch.stack([w(rows.read(s, k, 0, int(rows.splits[s].offsets[-1])).float()) for w, k in zip(whiten, layers)])
+         for s in SPLITS}  # (L, n, D) standardised rows, resident: a few thousand at most
+    y = {s: torch.from_numpy(per_row[s]) for s in SPLITS}
+    solved: dict[tuple, ProbeResult] = {}
+    out = []
+    for spec in probes:
+        probe = _probe(task, mode, rows, n_classes, spec.seed)
+        key = (tuple(sorted(spec.train_idx)), b"".join(v.numpy().tobytes() for v in probe.state_dict().values()))
+        if key not in solved:
+            solved[key] = _path(probe, x, y, spec, cfg, device)
+        out.append(solved[key])
+    return out
+
+
+def _probe(task: TaskSpec, mode: LayerMode, rows: ArraySource, n_classes: int, seed: int) -> Probe:
+    with INIT_LOCK:
+        seed_everything(seed)
+        return Probe(task, mode, rows.num_hidden_states, rows.hidden_size, n_classes)
+
+
+def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeSpec, cfg: ProbeConfig,
+          device: torch.device) -> ProbeResult:
+    probe.to(device)
+    stop = Stopping(1, cfg)
+    best = copy.deepcopy(probe.state_dict())
+    idx = torch.as_tensor(list(spec.train_idx), dtype=torch.long)
+    work = copy.deepcopy(probe).double()  # float32 gradients floor above the relative tolerance at weak L2
+    xt, yt = x["train"].index_select(1, idx).to(device, torch.float64), y["train"].index_select(0, idx).to(device)
+    params = list(work.parameters())
+    penalised = [p for name, p in work.head.named_parameters() if name.endswith("weight")]  # not biases, not the mix
+    solved = True
+    for l2 in cfg.l2_grid:
+        budget = cfg.max_steps - int(stop.steps[0])
+        if budget <= 0:
+            solved = False
+            break
+        work.train()
+        iters, ok = solve_l2(params, lambda: F.cross_entropy(work(xt), yt), penalised, l2, cfg.rtol, budget)
+        solved &= ok
+        stop.steps[0] += iters
+        probe.load_state_dict(work.state_dict())  # copied into the float32 probe that is scored and kept
+        if stop.update(0, _accuracy(probe, x["dev"], y["dev"], device)):
+            best = copy.deepcopy(probe.state_dict())
+        if not cfg.fixed_steps and stop.since[0] >= cfg.patience:
+            break
+    probe.load_state_dict(best)
+    return ProbeResult(dev_metric=stop.best[0], test_metric=_accuracy(probe, x["test"], y["test"], device),
+                       test_utt_metric=None, best_step=stop.best_step[0], steps=int(stop.steps[0]),
+                       converged=solved and not cfg.fixed_steps, layer_weights=probe.featurizer.layer_weights(),
+                       train_utts=0, train_frames=0, wall_seconds=0.0,
+                       state={k: v.cpu() for k, v in probe.state_dict().items()})
+
+
+@torch.no_grad()
+def _accuracy(probe: Probe, x: Tensor, y: Tensor, device: torch.device) -> float:
+    probe.eval()
+    if len(y) == 0:
+        raise ValueError("no labelled examples to evaluate on")
+    return float((probe(x.to(device)).argmax(-1).cpu() == y).float().mean())
