@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--workers", type=int, help="groups of frozen probes trained at once, in threads (default 2)")
     p.add_argument("--probe-memory", type=float, metavar="GB",
-                   help="memory one group of frozen probes may hold resident (default: 1 GB of host memory, or half "
+                   help="memory one group of frozen probes may hold resident (default: 0.54 GB (512 MiB) of host memory, or half "
                         "the free GPU memory on CUDA); larger groups stream from the feature cache, with the same "
                         "rows (docs/scale.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

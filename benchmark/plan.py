@@ -63,7 +63,7 @@ class BenchmarkConfig:
     # are serialised, so every run stays deterministic)
     probe_workers: int = 2
     # bytes one group of frozen probes may hold resident (its rows as cached); larger groups stream from the cache,
-    # with the same rows and results (downstream.feeds). None: 1 GiB of host memory, or half the free GPU memory
+    # with the same rows and results (downstream.feeds). None: 512 MiB of host memory, or half the free GPU memory
     probe_memory: int | None = None
     progress: bool = True
     report: bool = False  # build results/REPORT.md at the end (the main job does)

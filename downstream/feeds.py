@@ -63,12 +63,14 @@ class RowStore:
         self.block_utts = (np.searchsorted(self.offsets, starts, side="right") - 1,
                            np.searchsorted(self.offsets, np.minimum(starts + BLOCK_ROWS, self.n_rows) - 1, side="right") - 1)
         self._resident: tuple[Tensor, np.ndarray] | None = None
-        if resident:
-            parts = [self._read(k) for k in range(self.n_blocks)]
-            sizes = np.array([len(r) for _, r in parts])
-            x = torch.cat([p for p, _ in parts]).to(device)
-            self._starts = np.concatenate([[0], np.cumsum(sizes)])
-            self._resident = (x, np.concatenate([r for _, r in parts]))
+        if resident:  # filled block by block into one allocation: never a second copy of the rows
+            rows = [self._rows(k) for k in range(self.n_blocks)]
+            self._starts = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+            x = torch.empty(int(self._starts[-1]), len(self.layers), source.hidden_size, dtype=self._dtype(),
+                            device=device)
+            for k in range(self.n_blocks):
+                x[int(self._starts[k]): int(self._starts[k + 1])] = self._read(k)[0]
+            self._resident = (x, np.concatenate(rows))
 
     @property
     def nbytes_resident(self) -> int:
