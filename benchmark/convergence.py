@@ -101,31 +101,34 @@ def _accuracy(x: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor
     return correct / max(1, len(y))
 
 
-def find_cache_dir(cache_dir: Path, row: pd.Series, corpus: str, split: str) -> Path:
-    """The complete feature-cache directory of this row's upstream checkpoint and split (keyed by meta.json); of
-    several (entries of different hidden states, benchmark.cache), the one holding the most."""
-    from benchmark.cache import DONE, key_layers
+def find_cache_dir(cache_dir: Path, row: pd.Series, corpus: Corpus, split: str) -> Path:
+    """The complete feature-cache directory of this row's upstream checkpoint and of `corpus`'s `split` (keyed by
+    meta.json: preset, checkpoint hash and the split's manifest digest, since corpora of one name, the quick and full
+    built-in ones or a rescaled one, share directory prefixes); of several (entries of different hidden states,
+    benchmark.cache), the one holding the most."""
+    from benchmark.cache import DONE, key_layers, manifest_digest
 
+    digest = manifest_digest(corpus.utterances(split))
     found = []
-    for meta_path in sorted(Path(cache_dir).glob(f"{row['upstream']}-{corpus}-{split}-*/meta.json")):
+    for meta_path in sorted(Path(cache_dir).glob(f"{row['upstream']}-{corpus.name}-{split}-*/meta.json")):
         key = read_json(meta_path, "feature cache metadata").get("key", {})
         if (key.get("preset") == row["preset"] and str(key.get("ckpt_hash")) == str(row["ckpt_hash"])
-                and (meta_path.parent / DONE).is_file()):
+                and key.get("manifest") == digest and (meta_path.parent / DONE).is_file()):
             found.append((-len(key_layers(key)), meta_path.parent))
     if found:
         return min(found)[1]
     raise FileNotFoundError(f"no complete feature cache for {row['upstream']}:{row['preset']} "
-                            f"(checkpoint {row['ckpt_hash']}), {split} split, under {cache_dir}: run the benchmark "
-                            f"that produced these rows first (it builds the cache)")
+                            f"(checkpoint {row['ckpt_hash']}), {split} split of the corpus in {corpus.root}, under "
+                            f"{cache_dir}: run the benchmark that produced these rows first (it builds the cache)")
 
 
-def find_cache(cache_dir: Path, row: pd.Series, corpus: str, split: str) -> SplitArrays:
+def find_cache(cache_dir: Path, row: pd.Series, corpus: Corpus, split: str) -> SplitArrays:
     from benchmark.cache import open_split
 
     return open_split(find_cache_dir(cache_dir, row, corpus, split))
 
 
-def cache_frame_rule(cache_dir: Path, row: pd.Series, corpus: str) -> FrameRule:
+def cache_frame_rule(cache_dir: Path, row: pd.Series, corpus: Corpus) -> FrameRule:
     """The frame rule of the hidden states the row's cache holds: frame labels must be cut with the rule the cached
     hidden states were computed with, not a default."""
     from benchmark.cache import frame_rule_of
@@ -134,18 +137,22 @@ def cache_frame_rule(cache_dir: Path, row: pd.Series, corpus: str) -> FrameRule:
                                    "feature cache metadata")["key"])
 
 
-def cached_identity(cache_dir: Path, spec: str, corpus: str) -> dict[str, str]:
+def cached_identity(cache_dir: Path, spec: str, corpus: Corpus) -> dict[str, str]:
     """{upstream, preset, ckpt_hash} of the newest feature cache of upstream `spec` (`name` or `name:preset`,
-    the name's default preset when none is given) on `corpus` (perf scripts: measure on whatever checkpoint the
-    last run cached). The preset is matched: `mel` and `mel:stack3` share a directory prefix."""
+    the name's default preset when none is given) on `corpus`'s train split (perf scripts: measure on whatever
+    checkpoint the last run cached). The preset and the split's manifest are matched: `mel` and `mel:stack3` share a
+    directory prefix, and so do corpora of one name."""
+    from benchmark.cache import manifest_digest
     from upstream.registry import parse_spec
 
     upstream, preset = parse_spec(spec)
-    metas = sorted(Path(cache_dir).glob(f"{upstream}-{corpus}-train-*/meta.json"), key=lambda m: m.stat().st_mtime)
-    keys = [k for k in (read_json(m, "feature cache metadata")["key"] for m in metas) if k.get("preset") == preset]
+    digest = manifest_digest(corpus.utterances("train"))
+    metas = sorted(Path(cache_dir).glob(f"{upstream}-{corpus.name}-train-*/meta.json"), key=lambda m: m.stat().st_mtime)
+    keys = [k for k in (read_json(m, "feature cache metadata")["key"] for m in metas)
+            if k.get("preset") == preset and k.get("manifest") == digest]
     if not keys:
-        raise FileNotFoundError(f"no feature cache for {upstream}:{preset} on {corpus} under {cache_dir}: run the "
-                                f"benchmark first")
+        raise FileNotFoundError(f"no feature cache for {upstream}:{preset} on the corpus in {corpus.root} under "
+                                f"{cache_dir}: run the benchmark first")
     return {"upstream": upstream, "preset": preset, "ckpt_hash": str(keys[-1]["ckpt_hash"])}
 
 
@@ -175,9 +182,9 @@ class Certifier:
     def sources(self, row: pd.Series) -> tuple[ArraySource, PooledSource]:
         key = (row["upstream"], row["preset"], str(row["ckpt_hash"]))
         if key not in self._sources:  # one upstream in memory at a time
-            frames = ArraySource({s: find_cache(self.cache_dir, row, self.corpus.name, s) for s in PROBE_SPLITS})
+            frames = ArraySource({s: find_cache(self.cache_dir, row, self.corpus, s) for s in PROBE_SPLITS})
             self._sources = {key: (frames, PooledSource(frames))}
-            self.frame_rule = cache_frame_rule(self.cache_dir, row, self.corpus.name)
+            self.frame_rule = cache_frame_rule(self.cache_dir, row, self.corpus)
         return self._sources[key]
 
     def reference(self, row: pd.Series) -> Reference:

@@ -100,7 +100,7 @@ def main() -> int:
     torch.set_num_threads(1)
     corpus = load_corpus(a.corpus)
     try:
-        row = cached_identity(a.cache_dir, a.upstream, corpus.name)
+        row = cached_identity(a.cache_dir, a.upstream, corpus)
     except (FileNotFoundError, ValueError) as e:  # no cache, or an unknown upstream/preset
         print(f"error: {e}", file=sys.stderr)
         return 2

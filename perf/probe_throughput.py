@@ -44,13 +44,13 @@ def main() -> int:
     torch.set_num_threads(1)
     corpus = load_corpus(a.corpus)
     try:
-        row = cached_identity(a.cache_dir, a.upstream, corpus.name)
+        row = cached_identity(a.cache_dir, a.upstream, corpus)
     except (FileNotFoundError, ValueError) as e:  # no cache, or an unknown upstream/preset
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    frames = ArraySource({s: find_cache(a.cache_dir, row, corpus.name, s) for s in PROBE_SPLITS})
-    rule = cache_frame_rule(a.cache_dir, row, corpus.name)  # the frame rule the labels must follow
+    frames = ArraySource({s: find_cache(a.cache_dir, row, corpus, s) for s in PROBE_SPLITS})
+    rule = cache_frame_rule(a.cache_dir, row, corpus)  # the frame rule the labels must follow
     pooled = PooledSource(frames)
     frames.whitening()  # the statistics every probe shares, fitted once in a streaming pass
     pooled.whitening()

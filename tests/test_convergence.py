@@ -99,17 +99,51 @@ def test_cached_identity_matches_the_preset(tmp_path):
     newer stack3 cache (it once did, silently: docs/benchmark.md's trainer comparison ran on 240-d stacked means)."""
     import os
 
+    from benchmark.cache import manifest_digest
     from benchmark.convergence import cached_identity
     from core.io import atomic_write_json
+    from tests.test_probes_corpus import make_tiny_corpus
 
+    corpus = make_tiny_corpus(tmp_path / "c", per_speaker={"train": 1, "dev": 1, "test": 1})
+    digest = manifest_digest(corpus.utterances("train"))
     for i, (preset, h) in enumerate((("default", "aaa"), ("stack3", "bbb"))):  # stack3 written last: the newest
-        meta = tmp_path / f"mel-synth-train-{h}" / "meta.json"
-        meta.parent.mkdir()
-        atomic_write_json(meta, {"key": {"preset": preset, "ckpt_hash": h}})
+        meta = tmp_path / "cache" / f"mel-tiny-train-{h}" / "meta.json"
+        meta.parent.mkdir(parents=True)
+        atomic_write_json(meta, {"key": {"preset": preset, "ckpt_hash": h, "manifest": digest}})
         os.utime(meta, (1000 + i, 1000 + i))
-    assert cached_identity(tmp_path, "mel", "synth") == {"upstream": "mel", "preset": "default", "ckpt_hash": "aaa"}
-    assert cached_identity(tmp_path, "mel:stack3", "synth")["ckpt_hash"] == "bbb"
+    cache = tmp_path / "cache"
+    assert cached_identity(cache, "mel", corpus) == {"upstream": "mel", "preset": "default", "ckpt_hash": "aaa"}
+    assert cached_identity(cache, "mel:stack3", corpus)["ckpt_hash"] == "bbb"
     with pytest.raises(FileNotFoundError, match="mel:delta"):
-        cached_identity(tmp_path, "mel:delta", "synth")
+        cached_identity(cache, "mel:delta", corpus)
     with pytest.raises(ValueError, match="unknown preset"):
-        cached_identity(tmp_path, "mel:nope", "synth")
+        cached_identity(cache, "mel:nope", corpus)
+
+
+def test_cache_lookups_match_the_corpus_manifest(tmp_path):
+    """Two corpora of one name (the built-in corpus and a rescaled one, or the quick and full ones) share a cache
+    folder and directory prefixes: the certificate must open the entry of ITS corpus's split, never the other's."""
+    import pandas as pd
+
+    from benchmark.cache import DONE, manifest_digest
+    from benchmark.convergence import cached_identity, find_cache_dir
+    from core.io import atomic_write_json
+    from tests.test_probes_corpus import make_tiny_corpus
+
+    small = make_tiny_corpus(tmp_path / "small", per_speaker={"train": 1, "dev": 1, "test": 1}, seed=0)
+    large = make_tiny_corpus(tmp_path / "large", per_speaker={"train": 3, "dev": 2, "test": 1}, seed=1)
+    assert small.name == large.name
+    cache = tmp_path / "cache"
+    for tag, corpus in (("s", small), ("l", large)):
+        for split in ("train", "dev"):
+            d = cache / f"mel-tiny-{split}-{tag}"
+            d.mkdir(parents=True)
+            atomic_write_json(d / "meta.json", {"key": {"preset": "default", "ckpt_hash": "h", "num_hidden_states": 1,
+                                                        "manifest": manifest_digest(corpus.utterances(split))}})
+            (d / DONE).write_text("{}")
+    row = pd.Series({"upstream": "mel", "preset": "default", "ckpt_hash": "h"})
+    assert find_cache_dir(cache, row, small, "dev").name == "mel-tiny-dev-s"
+    assert find_cache_dir(cache, row, large, "dev").name == "mel-tiny-dev-l"
+    assert cached_identity(cache, "mel", large)["ckpt_hash"] == "h"
+    with pytest.raises(FileNotFoundError, match="test split"):
+        find_cache_dir(cache, row, small, "test")

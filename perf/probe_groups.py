@@ -1,0 +1,84 @@
+"""Time one group of frozen probes (one upstream, task and mode; the main job's fractions x seeds) trained as one
+batched model, and with --alone the same probes one at a time, in the same process; print both and their ratio.
+
+    .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_linear --mode weighted_sum --alone
+    .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_1hidden --mode last
+
+Reads the feature cache the main job built (run it first). 1 torch thread unless --threads. Writes JSON (--out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmark.convergence import cache_frame_rule, cached_identity, find_cache  # noqa: E402
+from benchmark.presets import main_job  # noqa: E402
+from core.io import atomic_write_json  # noqa: E402
+from core.repro import provenance  # noqa: E402
+from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
+from downstream.data import num_classes, split_labels  # noqa: E402
+from downstream.fractions import fraction_subset  # noqa: E402
+from downstream.modes import LayerMode  # noqa: E402
+from downstream.probe import ProbeSpec  # noqa: E402
+from downstream.sources import ArraySource, PooledSource  # noqa: E402
+from downstream.tasks import TASKS  # noqa: E402
+from downstream.train import train_probe, train_probes  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--upstream", default="mockingjay", help="name or name:preset of a cached upstream")
+    p.add_argument("--task", default="phone_linear", choices=list(TASKS))
+    p.add_argument("--mode", default="weighted_sum", choices=("last", "weighted_sum"))
+    p.add_argument("--fractions", default="0.01,0.05,0.125,1")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--alone", action="store_true", help="also train each probe alone and compare")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--corpus", default="data/synth")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
+    p.add_argument("--out", type=Path, default=Path("results/probe_groups.json"))
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    corpus = load_corpus(a.corpus)
+    try:
+        row = cached_identity(a.cache_dir, a.upstream, corpus)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    frames = ArraySource({s: find_cache(a.cache_dir, row, corpus, s) for s in PROBE_SPLITS})
+    rule = cache_frame_rule(a.cache_dir, row, corpus)
+    task = TASKS[a.task]
+    source = PooledSource(frames) if task.level == "utterance" else frames
+    source.whitening()  # shared by both ways of training: not timed
+    labels = {s: split_labels(corpus, corpus.utterances(s), s, task.labels, rule) for s in PROBE_SPLITS}
+    speakers = [u.speaker for u in corpus.utterances("train")]
+    specs = [ProbeSpec(fraction_subset(speakers, float(f), seed, task.labels.closed_set).indices, seed)
+             for f in a.fractions.split(",") for seed in range(a.seeds)]
+    cfg, mode, n_cls = main_job().probe_config(a.task, False), LayerMode(a.mode), num_classes(corpus, task)
+    t0 = time.perf_counter()
+    group = train_probes(task, mode, source, labels, specs, n_cls, cfg)
+    out = {"upstream": f"{row['upstream']}:{row['preset']}", "task": a.task, "mode": a.mode, "probes": len(specs),
+           "threads": a.threads, "group_seconds": round(time.perf_counter() - t0, 1),
+           "test": [round(100 * r.test_metric, 2) for r in group], "steps": [r.steps for r in group]}
+    if a.alone:
+        t0 = time.perf_counter()
+        alone = [train_probe(task, mode, source, labels, list(s.train_idx), n_cls, cfg, s.seed) for s in specs]
+        out["alone_seconds"] = round(time.perf_counter() - t0, 1)
+        out["alone_over_group"] = round(out["alone_seconds"] / out["group_seconds"], 2)
+        out["same_rows"] = all((g.dev_metric, g.test_metric, g.steps) == (o.dev_metric, o.test_metric, o.steps)
+                               for g, o in zip(group, alone))
+    out["provenance"] = provenance("cpu")
+    out["command"] = " ".join(["python", "perf/probe_groups.py", *(argv if argv is not None else sys.argv[1:])])
+    print(json.dumps({k: v for k, v in out.items() if k != "provenance"}))
+    atomic_write_json(a.out, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
