@@ -20,6 +20,7 @@ from downstream.modes import MODE_CHOICES, parse_modes
 from downstream.tasks import TASKS
 from benchmark.plan import DEFAULT_MODES, DEFAULT_UPSTREAMS, BenchmarkConfig, check_layer_modes, parse_fractions
 from benchmark.presets import MAIN_TASKS, main_job, quick_job
+from core.allocator import return_large_blocks
 from core.audio import AudioError
 from corpora.validate import CorpusError
 from upstream.checkpoint import CheckpointError
@@ -238,6 +239,7 @@ def fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return_large_blocks()  # freed tensors of the probes' solvers go back to the OS (core.allocator)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:

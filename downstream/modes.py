@@ -90,7 +90,9 @@ class Featurizer(nn.Module):
         if len(hidden) != self.num_hidden_states:
             raise ValueError(f"weighted_sum expects {self.num_hidden_states} hidden states, got {len(hidden)}")
         w = self.weights.softmax(0)
-        return torch.einsum("l,lnd->nd", w, hidden)  # (n_frames, D): one pass, no stacked copy
+        L, n, d = hidden.shape
+        # (L,) @ (L, n * D): a matrix-vector product on a view, so neither direction of autograd copies the stack
+        return torch.matmul(w.to(hidden.dtype), hidden.reshape(L, n * d)).view(n, d)
 
     def layer_weights(self) -> list[float] | None:
         return None if self.weights is None else [float(x) for x in self.weights.detach().softmax(0)]

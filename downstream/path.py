@@ -57,7 +57,9 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
     best = copy.deepcopy(probe.state_dict())
     idx = torch.as_tensor(list(spec.train_idx), dtype=torch.long)
     work = copy.deepcopy(probe).double()  # float32 gradients floor above the relative tolerance at weak L2
-    xt, yt = x["train"].index_select(1, idx).to(device, torch.float64), y["train"].index_select(0, idx).to(device)
+    xt = torch.empty(x["train"].shape[0], len(idx), x["train"].shape[2], dtype=torch.float64, device=device)
+    xt.copy_(x["train"].index_select(1, idx))  # in the subset's order: the sums, and so the rows, do not change
+    yt = y["train"].index_select(0, idx).to(device)
     params = list(work.parameters())
     penalised = [p for name, p in work.head.named_parameters() if name.endswith("weight")]  # not biases, not the mix
     solved = True

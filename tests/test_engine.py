@@ -184,3 +184,23 @@ def test_identical_paths_are_solved_once(tiny, mj_src, monkeypatch):  # noqa: F8
     assert len(calls) == 2 and _key(rs[0]) == _key(rs[1])
     alone = train_probe(task, LayerMode("weighted_sum"), PooledSource(mj_src), labels, list(range(24)), n_cls, cfg, 1)
     assert _key(alone) == _key(rs[1])
+
+
+def test_large_freed_blocks_go_back_to_the_os():
+    """glibc (this project's Linux): the mmap threshold is fixed, so freed tensors of tens of MB are unmapped."""
+    import platform
+
+    from core.allocator import return_large_blocks
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc: the allocator is left as it is")
+    assert return_large_blocks()
+
+    def rss_kb() -> int:
+        return int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmRSS")).split()[1])
+
+    before = rss_kb()
+    for _ in range(20):  # allocate and free 24 MB blocks, as a solver's steps do
+        x = torch.ones(3_000_000, dtype=torch.float64)
+        del x
+    assert rss_kb() - before < 20_000  # nothing of them stays resident
