@@ -3,9 +3,9 @@
 glibc serves an allocation below its mmap threshold from its heaps and keeps freed heap memory for reuse; the
 threshold starts at 128 KiB and rises, each time a larger mapped block is freed, up to 32 MiB. A full-batch
 solver that allocates and frees tensors of tens of MB at every step (the L2 path on 19,200 utterance means:
-39 MB per forward) then leaves hundreds of MB of freed memory resident. Fixing the threshold at 4 MiB maps every
-larger block on its own and unmaps it when freed: the peak resident memory of that solve fell from 1.76 to 1.16 GB,
-and a batched phone probe group ran as fast as before (`perf/probe_memory.py`, docs/scale.md).
+39 MB per forward) then leaves hundreds of MB of freed memory resident, and the probes' memory seems to grow with
+the corpus. Fixing the threshold at 4 MiB maps every larger block on its own and unmaps it when freed; smaller
+blocks, where the allocator's reuse pays, are served as before (docs/scale.md).
 """
 from __future__ import annotations
 
