@@ -51,6 +51,7 @@ class RowStore:
     def __init__(self, source: ArraySource, split: str, layers: list[int], whiten: list[Whitening], labels: np.ndarray,
                  keep_utts: np.ndarray | None, resident: bool, device: torch.device) -> None:
         self.source, self.split, self.layers, self.whiten, self.device = source, split, list(layers), whiten, device
+        self.dtype = torch.from_numpy(np.zeros(0, dtype=source.splits[split].hidden.dtype)).dtype  # as stored
         self.offsets = source.splits[split].offsets
         self.n_rows = int(self.offsets[-1])
         self.n_blocks = max(1, math.ceil(self.n_rows / BLOCK_ROWS))
@@ -66,15 +67,11 @@ class RowStore:
         if resident:  # filled block by block into one allocation: never a second copy of the rows
             rows = [self._rows(k) for k in range(self.n_blocks)]
             self._starts = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
-            x = torch.empty(int(self._starts[-1]), len(self.layers), source.hidden_size, dtype=self._dtype(),
+            x = torch.empty(int(self._starts[-1]), len(self.layers), source.hidden_size, dtype=self.dtype,
                             device=device)
             for k in range(self.n_blocks):
                 x[int(self._starts[k]): int(self._starts[k + 1])] = self._read(k)[0]
             self._resident = (x, np.concatenate(rows))
-
-    @property
-    def nbytes_resident(self) -> int:
-        return 0 if self._resident is None else self._resident[0].numel() * self._resident[0].element_size()
 
     def _rows(self, k: int) -> np.ndarray:
         a, b = k * BLOCK_ROWS, min(self.n_rows, (k + 1) * BLOCK_ROWS)
@@ -86,18 +83,13 @@ class RowStore:
     def _read(self, k: int) -> tuple[Tensor, np.ndarray]:
         rows = self._rows(k)
         if len(rows) == 0:
-            return torch.empty(0, len(self.layers), self.source.hidden_size, dtype=self._dtype()), rows
+            return torch.empty(0, len(self.layers), self.source.hidden_size, dtype=self.dtype), rows
         a, b = int(rows[0]), int(rows[-1]) + 1
         sel = torch.from_numpy(rows - a)
-        dtype = self._dtype()
         with torch.no_grad():
-            x = [w(self.source.read(self.split, k_, a, b).index_select(0, sel).float()).to(dtype)
+            x = [w(self.source.read(self.split, k_, a, b).index_select(0, sel).float()).to(self.dtype)
                  for k_, w in zip(self.layers, self.whiten)]
         return torch.stack(x, 1), rows
-
-    def _dtype(self) -> torch.dtype:
-        arrays = self.source.splits[self.split]
-        return torch.from_numpy(np.zeros(0, dtype=arrays.hidden.dtype)).dtype
 
     def has_rows(self, k: int, utts: np.ndarray) -> bool:
         """Whether block k holds a row of one of the utterances marked in `utts` (bool, n_utts)."""

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.repro import seed_everything
+from corpora.manifest import PROBE_SPLITS
 from downstream.data import SplitLabels, Targets, frame_batches, length_batches
-from downstream.groups import INIT_LOCK, SPLITS
 from downstream.heads import Whitening, segment_mean
 from downstream.loop import Batch, progress_bar, train_loop
 from downstream.modes import LayerMode
-from downstream.probe import Probe, ProbeConfig, ProbeResult
+from downstream.probe import INIT_LOCK, Probe, ProbeConfig, ProbeResult
 from downstream.sources import LiveSource
 from downstream.stopping import Stopping
 from downstream.tasks import TaskSpec
@@ -136,7 +136,7 @@ def finetune_probe(task: TaskSpec, frozen: ProbeResult, whiten: Whitening, live:
     opt = torch.optim.AdamW([{"params": list(probe.parameters()), "lr": cfg.lr},
                              {"params": trainable, "lr": cfg.upstream_lr}], weight_decay=cfg.weight_decay)
     lengths = live.lengths("train")
-    targets = {s: Targets(task, labels[s], live.lengths(s), s) for s in SPLITS}
+    targets = {s: Targets(task, labels[s], live.lengths(s), s) for s in PROBE_SPLITS}
     model = LiveModel(probe, upstream, live, targets, task, device)
     stop = Stopping(1, cfg, eval_every=cfg.eval_every or cfg.min_eval_steps)
     if stop.update(0, model.score(model.ids)[0]):  # step 0: the frozen probe

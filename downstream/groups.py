@@ -6,32 +6,29 @@ the end, all at once.
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from core.repro import seed_everything
+from corpora.manifest import PROBE_SPLITS
 from downstream.data import Targets
 from downstream.feeds import EVAL_ROWS, ChunkFeed, RowStore, stored_bytes
 from downstream.heads import Whitening
 from downstream.loop import Batch, progress_bar, train_loop
 from downstream.modes import LayerMode
-from downstream.probe import ProbeConfig, ProbeResult, ProbeSpec
+from downstream.probe import INIT_LOCK, ProbeConfig, ProbeResult, ProbeSpec
 from downstream.sources import ArraySource
 from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe
 from downstream.stopping import Stopping
 from downstream.tasks import TaskSpec
 
-SPLITS = ("train", "dev", "test")
 # bytes a group of frozen probes may hold resident (its rows as stored) in host memory; larger groups stream from the
 # cache. Every group of the main job fits (the largest, a 4 x 256 weighted sum on 30-ms frames, holds 378 MB), and
 # a streamed group holds about a chunk (docs/scale.md). On a GPU the budget is half of the device memory free when
 # the group starts (`resident_budget`).
 MEMORY = 512 << 20
-INIT_LOCK = threading.Lock()  # the global RNGs: groups built in parallel threads must not interleave there
 
 
 def resident_budget(device: torch.device) -> int:
@@ -116,7 +113,7 @@ def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
     need = int(train_rows[union].sum()) + sum(int(rows.splits[s].offsets[-1]) for s in ("dev", "test"))
     resident = stored_bytes(rows, layers, need) <= (resident_budget(device) if memory is None else memory)
     stores = {s: RowStore(rows, s, layers, whiten, per_row[s], union if s == "train" else None, resident, device)
-              for s in SPLITS}
+              for s in PROBE_SPLITS}
     with INIT_LOCK:
         heads = []
         for spec in probes:

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core.repro import seed_everything
-from downstream.groups import INIT_LOCK, SPLITS
+from corpora.manifest import PROBE_SPLITS
 from downstream.heads import Whitening
 from downstream.modes import LayerMode
-from downstream.probe import Probe, ProbeConfig, ProbeResult, ProbeSpec
+from downstream.probe import INIT_LOCK, Probe, ProbeConfig, ProbeResult, ProbeSpec
 from downstream.solver import solve_l2
 from downstream.sources import ArraySource
 from downstream.stopping import Stopping
@@ -31,8 +31,8 @@ def fit_paths(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
     """The path of every probe. A path is deterministic given its examples and starting weights: probes that share
     both (every seed at 100 % of the labels, where heads and mixes start at zero) share one solve."""
     x = {s: torch.stack([w(rows.read(s, k, 0, int(rows.splits[s].offsets[-1])).float()) for w, k in zip(whiten, layers)])
-         for s in SPLITS}  # (L, n, D) standardised rows, resident: a few thousand at most
-    y = {s: torch.from_numpy(per_row[s]) for s in SPLITS}
+         for s in PROBE_SPLITS}  # (L, n, D) standardised rows, resident: a few thousand at most
+    y = {s: torch.from_numpy(per_row[s]) for s in PROBE_SPLITS}
     solved: dict[tuple, ProbeResult] = {}
     out = []
     for spec in probes:

@@ -6,6 +6,7 @@ train many of them stacked (downstream.stacked) and export each in its key forma
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -18,6 +19,8 @@ from downstream.tasks import TaskSpec
 
 # the engine's version is part of every run id: rows of another engine are never mixed in silently
 ENGINE_VERSION = 2
+# the global RNGs: probes built (seeded) in parallel threads must not interleave there
+INIT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)

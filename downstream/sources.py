@@ -134,19 +134,11 @@ class ArraySource:
                                     for k in self.layers]
             return self._transforms
 
-    def whitened(self, split: str, layer: int, rows: np.ndarray | None = None) -> Tensor:
-        """(len(rows) or all, D) float32 whitened frames of hidden state `layer`, IN MEMORY: for the convergence
-        certificate's full-batch references and the perf scripts, not for probe training (which streams)."""
+    def whitened(self, split: str, layer: int) -> Tensor:
+        """(total_frames, D) float32 whitened frames of hidden state `layer`, IN MEMORY: for the convergence
+        certificate's full-batch references, not for probe training (which streams)."""
         w = self.whitening()[self.position(layer)]
-        x = torch.cat([w(c.float()) for _, c in self.chunks(split, layer)]) if rows is None else None
-        if x is None:
-            assert rows is not None
-            x = torch.empty(len(rows), self.hidden_size)
-            for a in range(0, len(rows), 1 << 16):
-                r = rows[a: a + (1 << 16)]
-                lo, hi = int(r.min()), int(r.max()) + 1
-                x[a: a + len(r)] = w(self.read(split, layer, lo, hi)[torch.from_numpy(r - lo)].float())
-        return x
+        return torch.cat([w(c.float()) for _, c in self.chunks(split, layer)])
 
     def batch(self, split: str, idx: list[int], layers: list[int]) -> tuple[Tensor, Tensor]:
         """Hidden states `layers` of utterances `idx`, flat: float32 (len(layers), sum of lengths, D), lengths (B,)."""

@@ -18,7 +18,8 @@ from dataclasses import replace
 import torch
 
 from downstream.data import SplitLabels, Targets
-from downstream.groups import SPLITS, fit_group
+from corpora.manifest import PROBE_SPLITS
+from downstream.groups import fit_group
 from downstream.modes import LayerMode
 from downstream.path import fit_paths
 from downstream.probe import ProbeConfig, ProbeResult, ProbeSpec
@@ -57,7 +58,7 @@ def train_probes(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels:
         assert isinstance(source, ArraySource), f"frozen probes read cached features, got {type(source).__name__}"
         rows, whiten = source, source.whitening()
     whiten = [whiten[source.position(k)] for k in layers]
-    targets = {s: Targets(task, labels[s], source.lengths(s), s) for s in SPLITS}
+    targets = {s: Targets(task, labels[s], source.lengths(s), s) for s in PROBE_SPLITS}
     per_row = {s: (t.frames if task.level == "frame" else t.utt) for s, t in targets.items()}
     if cfg.optimizer == "lbfgs":
         fits = fit_paths(task, mode, rows, whiten, layers, per_row, probes, n_classes, cfg, device)
