@@ -134,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         except ValueError as e:
             raise ValueError(str(e) if str(e).startswith("--mode") else f"--mode: {e}") from None
         kw["modes"] = args.mode
+        kw["task_modes"] = {}  # --mode applies to every task
     if args.fractions:
         kw["fractions"] = parse_fractions(args.fractions)
     if args.seeds is not None:

@@ -28,7 +28,8 @@ def print_plan(cfg: BenchmarkConfig) -> int:
     print(f"fractions: {', '.join(f'{f:g}' for f in fractions)}; seeds: {cfg.seeds}; "
           f"probes: {cfg.probe.budget}"
           f"{''.join(f' ({t}: {p.budget})' for t, p in cfg.task_probes.items() if p.budget != cfg.probe.budget)}, "
-          f"fine-tuning: {cfg.finetune_probe.budget}; "
+          f"fine-tuning: {cfg.finetune_probe.budget}; modes: {cfg.modes}"
+          f"{''.join(f' ({t}: {m})' for t, m in cfg.task_modes.items() if t in cfg.tasks)}; "
           f"cache: {cfg.cache_dir if cfg.use_cache else 'none (--no-cache)'}; results: {cfg.results_dir}")
     total, notes, with_runs = 0, [], []
     needs = {n.spec: n for n in cache_needs(cfg, corpus)} if corpus is not None else {}

@@ -30,6 +30,8 @@ class BenchmarkConfig:
     upstreams: tuple[str, ...] = DEFAULT_UPSTREAMS
     tasks: tuple[str, ...] = tuple(TASKS)
     modes: str = DEFAULT_MODES
+    # modes of a task where they differ from `modes` (the main job's MLP probe reads the last layer only)
+    task_modes: dict[str, str] = field(default_factory=dict)
     fractions: tuple[float, ...] | None = None  # None: the paper fractions the corpus is large enough for
     seeds: int = 3
     # main-job fine-tuning: at the smallest and largest fraction, for FINETUNE_UPSTREAMS, this many seeds
@@ -92,18 +94,10 @@ def expand_runs(cfg: BenchmarkConfig, spec: str, num_hidden_states: int, fractio
     """The runs of one upstream: tasks x modes x fractions x seeds, plus the main job's fine-tuning runs (with
     cfg.shard, only those of that shard)."""
     name = spec.partition(":")[0]
-    modes = parse_modes(cfg.modes, num_hidden_states)
-    if num_hidden_states == 1:
-        # one hidden state: weighted_sum and layer=0 ARE the last layer, and there is nothing to fine-tune
-        collapsed = [m for m in modes if m.kind in ("weighted_sum", "layer")]
-        if collapsed:
-            notes.append(f"{spec}: one hidden state, so {', '.join(m.label for m in collapsed)} = last (run once)")
-        if any(m.kind == "finetune" for m in modes):
-            notes.append(f"{spec}: has no trainable upstream; finetune skipped")
-        modes = list(dict.fromkeys(LayerMode("last") if m.kind != "finetune" else None for m in modes))
-        modes = [m for m in modes if m is not None]
-    runs = [PlannedRun(spec, t, m, f, s) for m in modes for t in cfg.tasks for f in fractions for s in range(cfg.seeds)]
-    explicit_ft = any(m.kind == "finetune" for m in modes)
+    runs = [PlannedRun(spec, t, m, f, s) for t in cfg.tasks
+            for m in _modes(cfg.task_modes.get(t, cfg.modes), spec, num_hidden_states, notes)
+            for f in fractions for s in range(cfg.seeds)]
+    explicit_ft = any(m.kind == "finetune" for m in parse_modes(cfg.modes, num_hidden_states))
     if cfg.finetune_ends and not explicit_ft and name in FINETUNE_UPSTREAMS and fractions:
         ends = sorted({min(fractions), max(fractions)} if cfg.finetune_smallest else {max(fractions)})
         runs += [PlannedRun(spec, t, LayerMode("finetune"), f, s)
@@ -113,6 +107,20 @@ def expand_runs(cfg: BenchmarkConfig, spec: str, num_hidden_states: int, fractio
 
         runs = shard_filter(cfg, spec, num_hidden_states, fractions, runs)
     return runs
+
+
+def _modes(text: str, spec: str, num_hidden_states: int, notes: list[str]) -> list[LayerMode]:
+    modes = parse_modes(text, num_hidden_states)
+    if num_hidden_states == 1:
+        # one hidden state: weighted_sum and layer=0 ARE the last layer, and there is nothing to fine-tune
+        collapsed = [m for m in modes if m.kind in ("weighted_sum", "layer")]
+        if collapsed:
+            notes.append(f"{spec}: one hidden state, so {', '.join(m.label for m in collapsed)} = last (run once)")
+        if any(m.kind == "finetune" for m in modes):
+            notes.append(f"{spec}: has no trainable upstream; finetune skipped")
+        modes = list(dict.fromkeys(LayerMode("last") if m.kind != "finetune" else None for m in modes))
+        modes = [m for m in modes if m is not None]
+    return modes
 
 
 def cache_layers(runs: list[PlannedRun], num_hidden_states: int) -> tuple[int, ...]:

@@ -21,12 +21,13 @@ from downstream.modes import LayerMode
 from downstream.sources import ArraySource, LiveSource, PooledSource
 from downstream.tasks import get_task
 from downstream.finetune import finetune_probe
-from downstream.probe import ProbeConfig, ProbeSpec
+from downstream.probe import ProbeConfig, ProbeResult, ProbeSpec
 from downstream.train import train_probe, train_probes
 from benchmark.cache import ensure_split, extract_arrays
 from benchmark.plan import BenchmarkConfig, PlannedRun, cache_layers, expand_runs, run_id
 from benchmark.resolve import ResolvedUpstream, resolve_corpus, resolve_upstream
 from benchmark.results import RUNS_FILE, append_row, done_run_ids, write_leaderboard
+from benchmark.shards import expected_seconds
 
 
 @dataclass
@@ -172,38 +173,67 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
         results = train_probes(task, r0.mode, source, labels[task.labels.name], specs, num_classes(corpus, task),
                                pcfg, device=cfg.device, memory=cfg.probe_memory)
         for (r, rid, _), result in zip(group, results):
+            if r.mode.kind == "last":
+                with lock:
+                    last_probes[(r.task, r.fraction, r.seed)] = result
             record(r, rid, pcfg, result)
 
     def one_finetune(r: PlannedRun, rid: str, pcfg) -> None:
-        """Linear probe, then fine-tune: the head starts from the frozen last-layer probe."""
+        """Linear probe, then fine-tune: the head starts from the frozen last-layer probe (the one this invocation
+        trained, or trained now when its row was already in runs.csv: the same probe either way)."""
         assert live is not None
         task = get_task(r.task)
         source = pooled if task.level == "utterance" else cached
         assert source is not None
         sub = fraction_subset(train_spk, r.fraction, r.seed, task.labels.closed_set)
         n_cls, lab = num_classes(corpus, task), labels[task.labels.name]
-        start = train_probe(task, LayerMode("last"), source, lab, list(sub.indices), n_cls,
-                            cfg.probe_config(r.task, False), r.seed, device=cfg.device, memory=cfg.probe_memory)
+        start = last_probes.get((r.task, r.fraction, r.seed))
+        if start is None:
+            start = train_probe(task, LayerMode("last"), source, lab, list(sub.indices), n_cls,
+                                cfg.probe_config(r.task, False), r.seed, device=cfg.device, memory=cfg.probe_memory)
         whiten = source.whitening()[source.position(L - 1)]
         record(r, rid, pcfg, finetune_probe(task, start, whiten, live, up.model, lab, list(sub.indices), n_cls, pcfg,
                                             r.seed, device=cfg.device, progress=cfg.progress))
 
+    last_probes: dict[tuple, ProbeResult] = {}  # (task, fraction, seed) -> frozen last-layer probe, for fine-tuning
     groups: dict[tuple, list] = {}
     for r, rid, pcfg in frozen:
         groups.setdefault((r.task, r.mode, pcfg), []).append((r, rid, pcfg))
+    cost = lambda job: expected_seconds(job[0], L, cached.hidden_size)  # noqa: E731
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     try:
         if groups:  # groups in `probe_workers` threads with `probe_threads` torch threads each
             if cfg.probe_threads:
                 torch.set_num_threads(min(cfg.probe_threads, threads))
-            run_parallel(one_group, [(g,) for g in groups.values()], cfg.probe_workers)
+            run_parallel(one_group, [(g,) for g in balance(list(groups.values()), cost, cfg.probe_workers)],
+                         cfg.probe_workers)
         torch.set_num_threads(threads)
         run_parallel(one_finetune, finetune, 1)  # the upstream itself trains: one run at a time, every thread
     finally:
         torch.set_num_threads(threads)
         bar.close()
         stats.probe_seconds += time.perf_counter() - t0
+
+
+def balance(groups: list[list], cost, workers: int) -> list[list]:
+    """The groups in the order `workers` threads take them, costliest first (expected seconds of a run: `cost`), so
+    that the threads finish together. A group expected to take longer than an even share of the total (the 10-ms
+    mel MLP, beside three quick groups) is split in two, its probes dealt costliest first to the lighter half,
+    until no group is: a probe's row does not depend on the group it trains in (downstream.groups)."""
+    total = sum(cost(r) for g in groups for r in g)
+    share = total / max(1, workers)
+    out, todo = [], list(groups)
+    while todo:
+        g = todo.pop()
+        if workers > 1 and len(g) > 1 and sum(cost(r) for r in g) > share:
+            halves: tuple[list, list] = ([], [])
+            for r in sorted(g, key=cost, reverse=True):
+                min(halves, key=lambda h: sum(cost(x) for x in h)).append(r)
+            todo += list(halves)
+        else:
+            out.append(g)
+    return sorted(out, key=lambda g: -sum(cost(r) for r in g))
 
 
 def run_parallel(fn, jobs: list[tuple], workers: int) -> None:

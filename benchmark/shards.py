@@ -74,7 +74,9 @@ def expected_seconds(run: PlannedRun, num_hidden_states: int, hidden_size: int) 
     task = get_task(run.task)
     if task.level == "utterance":
         return 1.5 + 9.0 * work
-    return 1.5 + 16.0 * work * (1.0 if task.linear else 4.0)  # an MLP head: several times a linear probe
+    # an MLP head (Linear(D, 768) first): 16-18x a linear probe's group (phone_1hidden against phone_linear, one
+    # group of each per upstream, in the main job's rows: results/runs.csv, wall_seconds)
+    return 1.5 + 16.0 * work * (1.0 if task.linear else 16.0)
 
 
 def setup_seconds(num_hidden_states: int, hidden_size: int) -> float:

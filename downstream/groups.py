@@ -20,7 +20,7 @@ from downstream.loop import Batch, progress_bar, train_loop
 from downstream.modes import LayerMode
 from downstream.probe import INIT_LOCK, ProbeConfig, ProbeResult, ProbeSpec
 from downstream.sources import ArraySource
-from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe
+from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe, fast_bfloat16
 from downstream.stopping import Stopping
 from downstream.tasks import TaskSpec
 
@@ -119,7 +119,10 @@ def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
         for spec in probes:
             seed_everything(spec.seed)
             heads.append(task.head(rows.hidden_size, n_classes))
-    stacked = StackedHeads(heads, len(layers), mode.kind == "weighted_sum", device)
+    # linear heads stay float32: their rows are certified against float64 references (benchmark.convergence) and
+    # cost little; the MLP's hidden layer is the probe sweep's largest matmul
+    compute = torch.bfloat16 if not task.linear and fast_bfloat16(device) else torch.float32
+    stacked = StackedHeads(heads, len(layers), mode.kind == "weighted_sum", device, compute)
     model = StackedModel(stacked, stores["dev"])
     gens = [torch.Generator().manual_seed(spec.seed * 1_000_003 + 1) for spec in probes]
     feed = ChunkFeed(stores["train"], member, gens, cfg.batch_size)

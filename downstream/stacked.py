@@ -5,6 +5,10 @@ probe axis: a Linear(D, C) head becomes W (P, D, C) and b (P, C), and a forward 
 minibatches is one `torch.baddbmm`. Each probe still has its own initialisation (built from its own seed),
 gradient, clipping, learning rate, optimiser state and best state; a finished probe leaves the stack
 (`keep`) so the ones still training do not pay for it. The inputs are whitened rows (downstream.feeds).
+
+The matmuls run in `compute` precision: float32, or bfloat16 for heads whose cost is their own matmuls (the MLP:
+a 768-wide hidden layer) on hardware with bfloat16 matrix units (`fast_bfloat16`): the weights, their gradients
+and the optimiser stay float32, and logits come back float32.
 """
 from __future__ import annotations
 
@@ -13,6 +17,14 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+
+def fast_bfloat16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 matrices natively: a CUDA GPU with bf16 support, or a CPU with AMX or
+    AVX512-BF16 (there oneDNN's bf16 GEMM runs 4-6x float32; elsewhere bf16 is emulated and slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
 
 
 def _linears(head: nn.Module) -> list[nn.Module]:
@@ -28,7 +40,9 @@ def _linears(head: nn.Module) -> list[nn.Module]:
 class StackedHeads:
     """The parameters of P probes (a list of leaf tensors, each with the probe axis first) and their forward pass."""
 
-    def __init__(self, heads: list[nn.Module], num_layers: int, mix: bool, device: torch.device) -> None:
+    def __init__(self, heads: list[nn.Module], num_layers: int, mix: bool, device: torch.device,
+                 compute: torch.dtype = torch.float32) -> None:
+        self.compute = compute
         mods = [_linears(h) for h in heads]
         self.sequential = isinstance(heads[0], nn.Sequential)
         self.ops: list[Literal["linear", "relu"]] = ["linear" if isinstance(m, nn.Linear) else "relu" for m in mods[0]]
@@ -55,31 +69,33 @@ class StackedHeads:
     def forward(self, x: Tensor, params: list[Tensor] | None = None) -> Tensor:
         """Logits of every probe. x: (P, B, L, D) a minibatch per probe, or (n, L, D) rows shared by all probes
         (evaluation); -> (P, B, C) or (P, n, C), in float32 whatever x is stored in."""
+        ct = self.compute
         params = self.params if params is None else params
-        x = x.float()
+        x = x.to(ct)
         shared = x.dim() == 3
-        W, b = params[0], params[1]
+        W, b = params[0], params[1].to(ct)
         P, L, D = len(W), x.shape[-2], x.shape[-1]
         if self.mix and W.shape[2] <= D:
             # a narrow first layer takes the mix: sum_l w_l x_l @ W = [x_1 .. x_L] @ [w_1 W; ..; w_L W], one GEMM
-            A = (params[-1].softmax(-1)[:, :, None, None] * W[:, None]).reshape(P, L * D, -1)
+            A = (params[-1].softmax(-1)[:, :, None, None] * W[:, None]).reshape(P, L * D, -1).to(ct)
             h = torch.matmul(x.reshape(-1, L * D), A) if shared else torch.bmm(x.reshape(P, -1, L * D), A)
             h = h + b[:, None]
         else:
             if self.mix:  # mix first: the first layer is wider than the input
-                w = params[-1].softmax(-1)
+                w = params[-1].softmax(-1).to(ct)
                 z = torch.einsum("pl,nld->pnd", w, x) if shared else torch.einsum("pl,pbld->pbd", w, x)
             else:
                 z = x[..., 0, :]
+            W = W.to(ct)
             h = torch.matmul(z, W) + b[:, None] if z.dim() == 2 else torch.baddbmm(b[:, None], z, W)
         k = 2
         for op in self.ops[1:]:
             if op == "relu":
                 h = torch.relu(h)
             else:
-                h = torch.baddbmm(params[k + 1][:, None], h, params[k])
+                h = torch.baddbmm(params[k + 1][:, None].to(ct), h, params[k].to(ct))
                 k += 2
-        return h
+        return h.float()
 
     def layer_weights(self, params: list[Tensor], p: int) -> list[float] | None:
         return [float(v) for v in params[-1][p].detach().softmax(0)] if self.mix else None

@@ -2,7 +2,10 @@
 batched model, and with --alone the same probes one at a time, in the same process; print both and their ratio.
 
     .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_linear --mode weighted_sum --alone
-    .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_1hidden --mode last
+    .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_1hidden --mode last --float32
+
+--float32 also trains the group with float32 matmuls (a group computes in bfloat16 where the head is not linear and
+the hardware has bfloat16 matrix units, downstream.stacked.fast_bfloat16) and compares time and test accuracy.
 
 Reads the feature cache the main job built (run it first). 1 torch thread unless --threads. Writes JSON (--out).
 """
@@ -39,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fractions", default="0.01,0.05,0.125,1")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--alone", action="store_true", help="also train each probe alone and compare")
+    p.add_argument("--float32", action="store_true", help="also train the group with float32 matmuls and compare")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
@@ -73,6 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         out["alone_over_group"] = round(out["alone_seconds"] / out["group_seconds"], 2)
         out["same_rows"] = all((g.dev_metric, g.test_metric, g.steps) == (o.dev_metric, o.test_metric, o.steps)
                                for g, o in zip(group, alone))
+    if a.float32:
+        from unittest import mock
+
+        import downstream.groups
+
+        t0 = time.perf_counter()
+        with mock.patch.object(downstream.groups, "fast_bfloat16", lambda device: False):
+            full = train_probes(task, mode, source, labels, specs, n_cls, cfg)
+        out["bfloat16"] = downstream.groups.fast_bfloat16(torch.device("cpu")) and not task.linear
+        out["float32_seconds"] = round(time.perf_counter() - t0, 1)
+        out["float32_over_group"] = round(out["float32_seconds"] / out["group_seconds"], 2)
+        out["float32_test"] = [round(100 * r.test_metric, 2) for r in full]
+        out["float32_steps"] = [r.steps for r in full]
     out["provenance"] = provenance("cpu")
     out["command"] = " ".join(["python", "perf/probe_groups.py", *(argv if argv is not None else sys.argv[1:])])
     print(json.dumps({k: v for k, v in out.items() if k != "provenance"}))

@@ -116,6 +116,36 @@ def test_finetune_runs_at_the_end_fractions(corpus_dir, tmp_path):
     assert not [r for r in expand_runs(cfg, "mel", 1, [0.1, 1.0], []) if r.finetune]
 
 
+def test_task_modes_narrow_one_task_and_mode_widens_them_all(corpus_dir, tmp_path):
+    """The main job's MLP probe reads the last layer only; --mode on the command line applies to every task."""
+    from benchmark.plan import expand_runs
+    from benchmark.presets import main_job
+
+    cfg = _cfg(corpus_dir, tmp_path, tasks=("phone_linear", "phone_1hidden"), task_modes={"phone_1hidden": "last"})
+    runs = expand_runs(cfg, "mockingjay", 4, [1.0], [])
+    assert {(r.task, r.mode.label) for r in runs if not r.finetune} == {
+        ("phone_linear", "last"), ("phone_linear", "weighted_sum"), ("phone_1hidden", "last")}
+    assert main_job().task_modes == {"phone_1hidden": "last"}
+    from benchmark.cli import build_parser, config_from_args
+
+    cli = config_from_args(build_parser().parse_args(["--mode", "weighted_sum", "--task", "phone_1hidden"]))
+    assert {r.mode.label for r in expand_runs(cli, "mockingjay", 4, [1.0], [])} >= {"weighted_sum"}
+
+
+def test_balance_splits_a_group_that_would_hold_one_worker_alone():
+    """A group costlier than an even share of the work (the 10-ms mel MLP beside three quick groups) is split, its
+    probes dealt to two halves; every probe is trained exactly once, costliest groups first."""
+    cost = lambda job: job[1]  # noqa: E731
+    mlp = [("mlp", c) for c in (10, 10, 10, 1, 1, 1)]
+    quick = [[("a", 2), ("a", 1)], [("b", 2)], [("c", 1)]]
+    out = runner.balance([mlp, *quick], cost, workers=2)
+    assert sorted(j for g in out for j in g) == sorted(mlp + [j for g in quick for j in g])
+    loads = [sum(cost(j) for j in g) for g in out]
+    assert loads == sorted(loads, reverse=True) and max(loads) <= sum(loads) / 2
+    assert len([g for g in out if g[0][0] == "mlp"]) >= 2
+    assert runner.balance([mlp, *quick], cost, workers=1) == [mlp, *quick]  # one worker: nothing to balance
+
+
 def test_cli_errors_list_valid_choices(capsys, corpus_dir, tmp_path):
     for argv, expect in ((["--upstream", "mel,wav2vec"], "valid: mel, mockingjay"),
                          (["--task", "asr"], "valid: phone_linear"), (["--mode", "mean"], "valid: last"),
@@ -154,6 +184,7 @@ def test_quick_job_end_to_end(tmp_path):
     rows = read_rows(tmp_path / "results" / "runs.csv")
     assert {r["upstream"] for r in rows} == {"mel", "mockingjay", "aalbert", "mockingjay_random", "aalbert_random"}
     assert {r["mode"] for r in rows} == {"last", "weighted_sum", "finetune"}
+    assert {r["task"] for r in rows} == {"phone_linear", "phone_1hidden", "speaker_utterance", "speaker_frame"}
     assert (tmp_path / "results" / "leaderboard.csv").is_file()
     subprocess.run(argv, cwd=root, check=True, timeout=600)  # second run: everything reused, nothing added
     assert len(read_rows(tmp_path / "results" / "runs.csv")) == len(rows)

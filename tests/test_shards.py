@@ -52,7 +52,7 @@ def test_parse_shard_and_cli_errors(capsys):
 
 def test_assignment_is_deterministic_complete_and_balanced():
     plan = main_job_plan()
-    assert len(plan) == 218  # the main job's run count
+    assert len(plan) == 386  # the main job's run count: mel 4 tasks x 12, each Transformer 7 groups x 12, 2 fine-tunings
     for n in (1, 3, 10):
         shard_of = assign(plan, n)
         shuffled = plan[:]
