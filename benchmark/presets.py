@@ -20,9 +20,10 @@ MAIN_TASK_PROBES = {
 }
 # The main job runs the four probes of the Mockingjay / AALBERT papers for every upstream, fraction and seed.
 # phone_1hidden (an MLP head: its 768-wide hidden layer is most of the job's probe compute, in bfloat16 where the
-# hardware multiplies it natively, downstream.stacked.fast_bfloat16) reads the last layer, as the Mockingjay
-# paper's MLP phone probe did; on a weighted sum it would double the job's probe time on 2 cores (docs/benchmark.md).
-# speaker_frame takes the frame rule.
+# hardware multiplies it natively, downstream.stacked.fast_bfloat16) reads the last layer only: the weighted-sum
+# MLP groups took 1.9x the last-layer ones and would add a third to the job on 2 cores (docs/benchmark.md), and the
+# linear probes already ask the weighted-sum question. `--mode` runs it on any mode. speaker_frame takes the frame
+# rule.
 MAIN_TASKS = tuple(TASKS)
 MAIN_TASK_MODES = {"phone_1hidden": "last"}
 # fine-tuning starts from the converged frozen last-layer probe and moves the upstream gently; dev is
