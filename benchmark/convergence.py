@@ -246,7 +246,9 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
     path = Path(results_dir) / CONVERGENCE_FILE
     done = _previous(path, runs)  # resumable: rows certified by an interrupted call are kept
     out = [done[rid] for rid in runs["run_id"] if rid in done]
-    todo = runs[~runs["run_id"].isin(done)]
+    # the smallest fractions' rows first (seconds each), then the largest (the costly fits: minutes on 2 cores for
+    # a frame-level row): an interrupted call has certified as many rows as it could
+    todo = runs[~runs["run_id"].isin(done)].sort_values("_largest", kind="stable")
     if out:
         log(f"{path}: {len(out)} rows already certified, {len(todo)} to go")
     from tqdm import tqdm
@@ -275,7 +277,8 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
         atomic_write_text(path, pd.DataFrame(out, columns=list(COLUMNS)).to_csv(index=False))  # after every row
         log(f"{r['upstream']} {r['task']} {r['mode']} f={r['fraction']:g} seed {r['seed']}: probe {probe_test:.2f} "
             f"reference {100 * ref.test:.2f} ({time.perf_counter() - t0:.1f} s)")
-    table = pd.DataFrame(out, columns=list(COLUMNS))
+    order = {rid: i for i, rid in enumerate(runs["run_id"])}
+    table = pd.DataFrame(sorted(out, key=lambda o: order[o["run_id"]]), columns=list(COLUMNS))
     atomic_write_text(path, table.to_csv(index=False))
     return table
 

@@ -60,8 +60,9 @@ def expected_seconds(run: PlannedRun, num_hidden_states: int, hidden_size: int) 
     """Expected wall seconds of one run on 2 CPU cores of the built-in corpus (frozen probes two at a time, as in
     the main job): only the ratios matter.
 
-    Fitted to the per-run means of the session-5 main job (results/runs.csv, wall_seconds; correlation 0.96 with
-    the 218 rows): phone_linear at 100 % 13-19 s (last) and 28-35 s (weighted sum), 1-3 s at 1-12.5 %;
+    Fitted to the per-run means of the 218-run main job that pretrained its models inside the job (SGD frame
+    probes, L2-path utterance probes; results/runs.csv at commit 45d5dbc, wall_seconds; correlation 0.96 with its
+    218 rows): phone_linear at 100 % 13-19 s (last) and 28-35 s (weighted sum), 1-3 s at 1-12.5 %;
     speaker_utterance 4-17 s at 100 %; mel (80-d) 6 s; fine-tuning 93-129 s. Work grows with the labelled frames
     (the fraction), the width and the hidden states read.
     """
@@ -81,7 +82,7 @@ def expected_seconds(run: PlannedRun, num_hidden_states: int, hidden_size: int) 
 
 def setup_seconds(num_hidden_states: int, hidden_size: int) -> float:
     """Expected seconds for a shard to take an upstream on: load its splits from the cache and whiten them
-    (15-25 s for a 4 x 256 Transformer in the session-5 main job)."""
+    (15-25 s for a 4 x 256 Transformer in that 218-run main job)."""
     return 5.0 + 20.0 * num_hidden_states * hidden_size / (4 * 256)
 
 

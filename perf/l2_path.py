@@ -3,7 +3,7 @@
 
     .venv/bin/python perf/l2_path.py RUN_ID [--rtol 0.01] [--cold] [--results-dir results] [--corpus data/synth]
 
-The measurements of docs/benchmark.md "Solved L2 points" (session 7) were taken this way.
+The measurements of docs/benchmark.md "Solved L2 points" were taken this way.
 """
 from __future__ import annotations
 

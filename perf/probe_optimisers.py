@@ -1,9 +1,10 @@
-"""Which trainer reaches the converged regression: the session-4 probes (AdamW) against the main job's (SGD on
-whitened frames; an L2 path on standardised utterance means) and the certificate's reference, on one cache.
+"""Which trainer reaches the converged regression: the former main-job probes (AdamW, trained to convergence, as
+the main job ran them before it moved to SGD and L2 paths) against the main job's (SGD on whitened frames; an L2
+path on standardised utterance means) and the certificate's reference, on one cache.
 
-For each task, fraction and seed: phone_linear (last layer) trained with AdamW as in session 4 (dev at least 50
-steps apart), AdamW scored every step, and the main job's SGD; speaker_utterance (last layer) with session 4's
-AdamW on whitened means and the main job's L-BFGS path on standardised means. Each beside the certificate's
+For each task, fraction and seed: phone_linear (last layer) trained with the former main-job AdamW (dev at least 50
+steps apart), AdamW scored every step, and the main job's SGD; speaker_utterance (last layer) with the former
+main-job AdamW on whitened means and the main job's L-BFGS path on standardised means. Each beside the certificate's
 reference on the same examples: benchmark.convergence's torch L-BFGS for frames, scikit-learn's LogisticRegression
 for utterance means (an independent solver; slow on 256-d Transformer means, quick on 80-d mel). Run the main job
 (or any run that builds the cache) first.
@@ -35,13 +36,14 @@ from downstream.tasks import TASKS  # noqa: E402
 from downstream.probe import ProbeConfig  # noqa: E402
 from downstream.train import train_probe  # noqa: E402
 
-SESSION4_FRAME = ProbeConfig(lr=1e-2, batch_size=4096, patience=4, min_eval_steps=50)
+# The former main-job frame probe: AdamW, dev scored at least 50 steps apart.
+ADAMW_FRAME = ProbeConfig(lr=1e-2, batch_size=4096, patience=4, min_eval_steps=50)
 TRAINERS = {
-    "phone_linear": {"AdamW, dev >= 50 steps apart (session 4)": (SESSION4_FRAME, "whiten"),
-                     "AdamW, dev every step": (replace(SESSION4_FRAME, min_eval_steps=1), "whiten"),
+    "phone_linear": {"AdamW, dev >= 50 steps apart (former main-job trainer)": (ADAMW_FRAME, "whiten"),
+                     "AdamW, dev every step": (replace(ADAMW_FRAME, min_eval_steps=1), "whiten"),
                      "SGD, dev every epoch (main job)": (FRAME_PROBE, "whiten")},
-    "speaker_utterance": {"AdamW on whitened means (session 4)": (ProbeConfig(lr=1e-2, batch_size=32, patience=10),
-                                                                  "whiten"),
+    "speaker_utterance": {"AdamW on whitened means (former main-job trainer)": (ProbeConfig(lr=1e-2, batch_size=32,
+                                                                                            patience=10), "whiten"),
                           "L2 path on standardised means (main job)": (MAIN_TASK_PROBES["speaker_utterance"],
                                                                        "standardise")},
 }

@@ -87,7 +87,7 @@ def _recipe(name: str, **kw) -> PretrainConfig:
 # Post-LN) at our batch; stacked recipes count crops and spans in stacked steps (Mockingjay LARGE: R = 3, C = 3).
 RECIPES: dict[str, PretrainConfig] = {
     "s3prl": _recipe("s3prl", lr=2e-4),
-    # the main job's recipe and budget of sessions 1-5 (500 steps, about 1.2M frames)
+    # the main job's recipe and budget before the reference checkpoints shipped (500 steps, about 1.2M frames)
     "mainjob": _recipe("mainjob", lr=1e-3, steps=500, eval_interval=100, ckpt_interval=100),
     "stack3": _recipe("stack3", lr=1e-3, downsample=3, mask_span=3),
     "preln": _recipe("preln", lr=1e-3, pre_layer_norm=True),
