@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from benchmark.schema import ADDED_COLUMNS, LEADERBOARD_KEYS, LEGACY_RECIPE, RUN_COLUMNS
+from benchmark.results import LEGACY_VALUES, legacy_missing
+from benchmark.schema import LEADERBOARD_KEYS, RUN_COLUMNS
 
 # Columns that describe the upstream (identical for every seed of a key) and are carried through.
 _CARRIED = ("params", "pretrain_frames", "pretrain_seconds", "pretrain_recipe")
@@ -19,15 +20,14 @@ AGG_COLUMNS: tuple[str, ...] = (*LEADERBOARD_KEYS, "metric", "n_seeds", "train_u
 
 
 def upgrade_legacy(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows of an older runs.csv (RUN_COLUMNS in order, without some of ADDED_COLUMNS) with those columns filled;
-    any other layout is returned unchanged (and rejected by validate_runs)."""
-    cols = list(df.columns)
-    missing = [c for c in RUN_COLUMNS if c not in cols]
-    if not missing or set(missing) - set(ADDED_COLUMNS) or cols != [c for c in RUN_COLUMNS if c in cols]:
+    """Rows of an older runs.csv (RUN_COLUMNS in order, without some of ADDED_COLUMNS) with those columns filled
+    (benchmark.results.LEGACY_VALUES, as read_rows fills them); any other layout is returned unchanged (and rejected
+    by validate_runs)."""
+    missing = legacy_missing(df.columns)
+    if not missing:
         return df
-    fill = {"budget": lambda: [f"steps={int(float(s))}" for s in df["steps"]], "converged": lambda: False,
-            "pretrain_recipe": lambda: LEGACY_RECIPE}
-    return df.assign(**{c: fill[c]() for c in missing})[list(RUN_COLUMNS)]
+    rows = df.to_dict("records")
+    return df.assign(**{c: [LEGACY_VALUES[c](r) for r in rows] for c in missing})[list(RUN_COLUMNS)]
 
 
 def validate_runs(df: pd.DataFrame, where: str = "runs table") -> pd.DataFrame:

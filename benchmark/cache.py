@@ -383,10 +383,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def cache_size_bytes(cache_root: Path) -> int:
-    return sum(p.stat().st_size for p in Path(cache_root).rglob("*") if p.is_file())
-
-
 def _bar(total: float, enabled: bool, desc: str):
     if not enabled:
         return None

@@ -5,10 +5,20 @@ from collections import Counter
 from pathlib import Path
 
 from benchmark.cachesize import cache_needs, describe_layers, fmt_bytes, free_bytes, planned_shape
-from benchmark.plan import BenchmarkConfig, expand_runs
+from benchmark.plan import FINETUNE_TASKS, FINETUNE_UPSTREAMS, BenchmarkConfig, expand_runs
 from benchmark.resolve import planned_checkpoint, resolve_corpus
 from downstream.fractions import PAPER_FRACTIONS
 from upstream.registry import is_external, parse_spec
+
+
+def finetuning_planned(cfg: BenchmarkConfig) -> bool:
+    """Whether the plan holds fine-tuning runs (benchmark.plan.expand_runs): the main job's, on FINETUNE_TASKS for
+    FINETUNE_UPSTREAMS (dropped by --no-finetune: finetune_ends False), or a `finetune` mode. Without them the
+    fine-tuning budget would describe runs that never happen, so the plan says none."""
+    explicit = any("finetune" in (m.strip() for m in cfg.task_modes.get(t, cfg.modes).split(",")) for t in cfg.tasks)
+    ends = (cfg.finetune_ends and any(t in FINETUNE_TASKS for t in cfg.tasks)
+            and any(spec.partition(":")[0] in FINETUNE_UPSTREAMS for spec in cfg.upstreams))
+    return explicit or ends
 
 
 def print_plan(cfg: BenchmarkConfig) -> int:
@@ -28,7 +38,7 @@ def print_plan(cfg: BenchmarkConfig) -> int:
     print(f"fractions: {', '.join(f'{f:g}' for f in fractions)}; seeds: {cfg.seeds}; "
           f"probes: {cfg.probe.budget}"
           f"{''.join(f' ({t}: {p.budget})' for t, p in cfg.task_probes.items() if p.budget != cfg.probe.budget)}, "
-          f"fine-tuning: {cfg.finetune_probe.budget}; modes: {cfg.modes}"
+          f"fine-tuning: {cfg.finetune_probe.budget if finetuning_planned(cfg) else 'none'}; modes: {cfg.modes}"
           f"{''.join(f' ({t}: {m})' for t, m in cfg.task_modes.items() if t in cfg.tasks)}; "
           f"cache: {cfg.cache_dir if cfg.use_cache else 'none (--no-cache)'}; results: {cfg.results_dir}")
     total, notes, with_runs = 0, [], []

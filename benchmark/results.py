@@ -10,7 +10,7 @@ import csv
 import io
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Mapping
 
 from core.io import atomic_write_text
 from benchmark.schema import ADDED_COLUMNS, LEGACY_RECIPE, RUN_COLUMNS
@@ -31,14 +31,17 @@ def _format(v: Any) -> str:
     return str(v)
 
 
-# values of the columns added since the first release, for rows written before them (as benchmark.aggregate reads
-# them): every run then had a fixed step budget, and the pretraining recipe was not recorded
-_LEGACY_VALUES = {"budget": lambda r: f"steps={int(float(r['steps'] or 0))}", "converged": lambda r: "False",
-                  "pretrain_recipe": lambda r: LEGACY_RECIPE}
+# THE upgrade of an older runs.csv (read_rows applies it to csv rows, benchmark.aggregate.upgrade_legacy to a
+# DataFrame's): values of the columns added since the first release, for rows written before them. Every run then
+# had a fixed step budget, and the pretraining recipe was not recorded.
+LEGACY_VALUES: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "budget": lambda r: f"steps={int(float(r['steps'] or 0))}", "converged": lambda r: "False",
+    "pretrain_recipe": lambda r: LEGACY_RECIPE}
 
 
-def _legacy_missing(header: tuple[str, ...]) -> list[str] | None:
+def legacy_missing(header: Iterable[str]) -> list[str] | None:
     """The added columns an older header lacks ([] for the current header), or None for a foreign header."""
+    header = tuple(header)
     missing = [c for c in RUN_COLUMNS if c not in header]
     if set(missing) - set(ADDED_COLUMNS) or header != tuple(c for c in RUN_COLUMNS if c in header):
         return None
@@ -54,13 +57,13 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             return []
-        missing = _legacy_missing(tuple(reader.fieldnames))
+        missing = legacy_missing(reader.fieldnames)
         if missing is None:
             raise ValueError(f"{path}: header differs from benchmark.schema.RUN_COLUMNS; move the file away "
                              f"(it was written by another version) and re-run")
         rows = list(reader)
     if missing:
-        rows = [{c: r[c] if c in r else _LEGACY_VALUES[c](r) for c in RUN_COLUMNS} for r in rows]
+        rows = [{c: r[c] if c in r else LEGACY_VALUES[c](r) for c in RUN_COLUMNS} for r in rows]
     return rows
 
 

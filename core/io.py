@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder, fsync, then rename over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -23,6 +23,36 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new `.<name>.<random>.tmp` beside `path`, open for writing, created with mode 0o666 so that the kernel
+    applies the process umask (and any default ACL): the file renamed into place gets the permissions a plain
+    `open(path, "w")` would. tempfile.mkstemp creates 0o600 files, which left checkpoints, reports and cache
+    metadata unreadable by the group and others under umask 022. O_EXCL: never reuse someone else's file."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def new_file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file: 0o666 less the process umask. For files made by code that
+    creates them private (safetensors' save_file writes 0o600), chmod-ed to this before they are renamed into place.
+    The umask is read from /proc (Linux), since os.umask can only be read by setting it, which races with threads
+    creating files; elsewhere it is set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -90,7 +90,12 @@ def _parser() -> argparse.ArgumentParser:
 
     m = kinds.add_parser("manifest", help="your own data: CSV/JSONL of path,speaker[,id,split,alignment,sample_rate]")
     common(m)
-    m.add_argument("--manifest", required=True)
+    m.add_argument("--manifest", required=True,
+                   help="a .csv (header row) or .jsonl list of utterances; columns: path, speaker (required), id "
+                        "(default: the file's stem), split (pretrain|train|dev|test, in all rows or none; none: each "
+                        "speaker split closed-set 80/10/10 with --seed), sample_rate (the declared rate, checked "
+                        "against the file), alignment (a TextGrid, .lab or .phn file); relative paths are resolved "
+                        "against the list's folder (docs/corpora.md)")
     m.add_argument("--lab-units", choices=("seconds", "htk"), default="seconds")
     m.add_argument("--seed", type=int, default=0)
 

@@ -6,7 +6,8 @@ Accepted forms:
 - a registry spec without weights: `mel`, `mel:delta`, `mockingjay_random`, `aalbert_random:base`, ...;
 - a `.json` model spec (the only form heareval's runner accepts for weight-free models, since it wants an existing
   path): {"upstream": SPEC, "ckpt": DIR, "layer": RULE, "norm": "none"|"utterance", "feature_from": DIR};
-  relative paths are relative to the JSON file.
+  relative paths are relative to the JSON file. For another toolkit's upstream (`wav2vec2_base`, `s3prl:NAME`, ...)
+  "ckpt" is its weights FILE: the only way to give one, since a file as the model path is refused.
 
 `layer`: "last" (default), an index into the N+1 hidden states (0 = the input block, negative counts from the
 end), "mean" (the uniform average of all hidden states: a learnable weighted sum at its initialisation, since
@@ -48,8 +49,21 @@ class ModelSpec:
             raise ValueError("feature_from is for weight-free upstreams; a checkpoint brings its own front-end")
         name, _ = parse_spec(self.upstream)  # unknown names list the valid ones
         if is_pretrained(name) and self.ckpt is None:
-            raise ValueError(f"upstream {name!r} needs a checkpoint: give its directory as the model path, or "
-                             "\"ckpt\" in a .json model spec")
+            raise ValueError(_needs_weights(name, self.upstream))
+
+
+def _needs_weights(name: str, spec: str) -> str:
+    """What to give for `spec`, an upstream whose weights are missing. A toolkit checkpoint is a directory, which the
+    model path takes directly; another toolkit's weights are one file, which the model path refuses (a file alone
+    does not say which upstream reads it), so for those only a .json spec naming both works."""
+    if not is_external(name):
+        return (f"upstream {name!r} needs a checkpoint: give its checkpoint directory (holding {META_FILE}) as the "
+                f"model path, or \"ckpt\" in a .json model spec")
+    convert = (", or convert a Mockingjay/AALBERT file with `python -m pretrain.import_s3prl FILE DIR` and give DIR"
+               if name == "s3prl" else "")
+    return (f"upstream {spec!r} needs its weights file, and a file is refused as the model path: give a .json model "
+            f"spec holding {{\"upstream\": \"{spec}\", \"ckpt\": \"FILE\"}} (FILE relative to the .json) as the model "
+            f"path{convert}")
 
 
 def parse_model_path(model_file_path: str) -> ModelSpec:
@@ -69,7 +83,9 @@ def parse_model_path(model_file_path: str) -> ModelSpec:
             rel = {k: str(path.parent / v) for k in ("ckpt", "feature_from") if (v := getattr(spec, k)) is not None}
             return replace(spec, **rel)
         if path.exists():
-            hint = " (an s3prl .ckpt: convert it with `python -m pretrain.import_s3prl`)" if path.suffix == ".ckpt" else ""
+            hint = (" (an s3prl .ckpt: name it in a .json model spec, {\"upstream\": \"s3prl:NAME\", \"ckpt\": FILE}, "
+                    "or convert it with `python -m pretrain.import_s3prl` and give the directory)"
+                    if path.suffix == ".ckpt" else "")
             raise ValueError(f"{path} is neither a checkpoint directory nor a .json model spec{hint}")
         return ModelSpec(upstream=model_file_path)
     except (ValueError, TypeError) as e:

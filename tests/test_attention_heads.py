@@ -3,9 +3,9 @@ import torch
 
 from analysis.attention_heads import ablated_checkpoint, ablation_sets, classify
 from analysis.attention_stats import stats_rows
-from pretrain.synthetic import make_tiny_corpus
 from pretrain import run_pretraining
 from pretrain.config import RECIPES, with_overrides
+from tests.fixtures import make_pretrain_corpus
 from upstream.checkpoint import read_meta
 from upstream.registry import load_upstream
 from upstream.transformer import EncoderConfig
@@ -37,7 +37,7 @@ def test_constructed_maps_get_their_types():
 
 
 def test_ablated_checkpoint_unrolls_shared_layers_exactly_and_removes_one_head(tmp_path):
-    corpus = make_tiny_corpus(tmp_path / "corpus", n_utts=6, seconds=(1.4, 1.8))
+    corpus = make_pretrain_corpus(tmp_path / "corpus", n_utts=6, seconds=(1.4, 1.8))
     tiny = EncoderConfig(hidden_size=32, num_heads=4, intermediate_size=64, num_layers=3)
     cfg = with_overrides(RECIPES["preln_stack3"], steps=2, batch_size=3, crop_frames=30, min_frames=10,
                          eval_interval=2, ckpt_interval=2, precision="float32")

@@ -10,7 +10,7 @@ import torch
 
 from benchmark.cache import DONE, cache_key, ensure_split
 from downstream.sources import ArraySource, LiveSource, PooledSource, SplitArrays
-from tests.test_probes_corpus import make_tiny_corpus
+from tests.fixtures import make_tiny_corpus
 from upstream.features import FeatureConfig, corpus_stats
 from upstream.registry import build_upstream, upstream_identity
 

@@ -20,7 +20,7 @@ from corpora.manifest import PROBE_SPLITS, load_corpus
 from downstream.modes import LayerMode
 from downstream.sources import ArraySource, PooledSource, SplitArrays
 from downstream.probe import ProbeConfig
-from tests.test_probes_corpus import make_tiny_corpus
+from tests.fixtures import make_tiny_corpus
 
 QUIET = {"log": lambda *_: None}
 RESULT = ("task", "mode", "layer", "fraction", "seed", "train_frames", "dev_metric", "test_metric", "test_utt_metric",

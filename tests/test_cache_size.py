@@ -13,7 +13,7 @@ from benchmark.cachesize import cache_bytes, fmt_bytes, planned_shape
 from benchmark.cli import main
 from benchmark.plan import BenchmarkConfig
 from corpora.manifest import PROBE_SPLITS, load_corpus
-from tests.test_probes_corpus import make_tiny_corpus
+from tests.fixtures import make_tiny_corpus
 
 Usage = namedtuple("Usage", "total used free")
 

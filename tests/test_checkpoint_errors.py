@@ -4,7 +4,7 @@ import json
 import pytest
 
 from pretrain import PretrainConfig, run_pretraining
-from pretrain.synthetic import make_tiny_corpus
+from tests.fixtures import make_pretrain_corpus
 from upstream.checkpoint import CheckpointError, load_checkpoint, read_meta
 from upstream.registry import load_upstream
 from upstream.transformer import EncoderConfig
@@ -16,7 +16,7 @@ CFG = PretrainConfig(steps=2, batch_size=4, crop_frames=50, ckpt_interval=2, eva
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ck")
-    corpus = make_tiny_corpus(root / "corpus", n_utts=6, seconds=(0.8, 1.0))
+    corpus = make_pretrain_corpus(root / "corpus", n_utts=6, seconds=(0.8, 1.0))
     return corpus, run_pretraining("mockingjay:small", corpus, root / "ckpt", CFG, device="cpu", encoder=MICRO)
 
 

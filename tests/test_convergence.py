@@ -13,7 +13,7 @@ from benchmark.convergence import CONVERGENCE_FILE, certify, fit_reference, summ
 from benchmark.plan import BenchmarkConfig
 from corpora.manifest import load_corpus
 from downstream.probe import ProbeConfig
-from tests.test_probes_corpus import make_tiny_corpus
+from tests.fixtures import make_tiny_corpus
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_cached_identity_matches_the_preset(tmp_path):
     from benchmark.cache import manifest_digest
     from benchmark.convergence import cached_identity
     from core.io import atomic_write_json
-    from tests.test_probes_corpus import make_tiny_corpus
+    from tests.fixtures import make_tiny_corpus
 
     corpus = make_tiny_corpus(tmp_path / "c", per_speaker={"train": 1, "dev": 1, "test": 1})
     digest = manifest_digest(corpus.utterances("train"))
@@ -128,7 +128,7 @@ def test_cache_lookups_match_the_corpus_manifest(tmp_path):
     from benchmark.cache import DONE, manifest_digest
     from benchmark.convergence import cached_identity, find_cache_dir
     from core.io import atomic_write_json
-    from tests.test_probes_corpus import make_tiny_corpus
+    from tests.fixtures import make_tiny_corpus
 
     small = make_tiny_corpus(tmp_path / "small", per_speaker={"train": 1, "dev": 1, "test": 1}, seed=0)
     large = make_tiny_corpus(tmp_path / "large", per_speaker={"train": 3, "dev": 2, "test": 1}, seed=1)

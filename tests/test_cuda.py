@@ -28,8 +28,8 @@ import pytest
 import torch
 
 from pretrain import PretrainConfig, run_pretraining
-from pretrain.synthetic import make_tiny_corpus
 from pretrain.train import autocast_dtype
+from tests.fixtures import make_pretrain_corpus
 from upstream.checkpoint import read_meta
 from upstream.transformer import EncoderConfig
 
@@ -57,7 +57,7 @@ def max_curve_diff(a: Path, b: Path) -> float:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return make_tiny_corpus(tmp_path_factory.mktemp("cuda") / "corpus", n_utts=10, seconds=(0.8, 1.2))
+    return make_pretrain_corpus(tmp_path_factory.mktemp("cuda") / "corpus", n_utts=10, seconds=(0.8, 1.2))
 
 
 @requires_cuda
@@ -123,10 +123,10 @@ def harness_rows_differ(tmp_path: Path, dev_a: str, dev_b: str) -> dict[str, flo
     from benchmark.plan import BenchmarkConfig
     from benchmark.results import read_rows
     from downstream.probe import ProbeConfig
-    from tests.test_probes_corpus import make_tiny_corpus as make_probe_corpus
+    from tests.fixtures import make_tiny_corpus
 
     root = tmp_path / "corpus"
-    make_probe_corpus(root, n_speakers=3, per_speaker={"train": 4, "dev": 1, "test": 1})
+    make_tiny_corpus(root, n_speakers=3, per_speaker={"train": 4, "dev": 1, "test": 1})
     out = {}
     for dev in (dev_a, dev_b):
         dev_dir = tmp_path / dev if dev_a != dev_b else tmp_path / f"{dev}-{len(out)}"
@@ -150,7 +150,7 @@ def harness_rows_differ(tmp_path: Path, dev_a: str, dev_b: str) -> dict[str, flo
 def test_two_nccl_ranks_train_the_one_gpu_run(tmp_path):
     from tests.test_ddp import CFG as DDP_CFG, MICRO, SPEC, assert_same_run, run_ranks
 
-    corpus = make_tiny_corpus(tmp_path / "corpus", n_utts=10, seconds=(0.8, 1.2))
+    corpus = make_pretrain_corpus(tmp_path / "corpus", n_utts=10, seconds=(0.8, 1.2))
     one = run_pretraining(SPEC, corpus, tmp_path / "one", DDP_CFG, device="cuda:0", encoder=MICRO,
                           show_progress=False)
     run_ranks(2, tmp_path / "store", corpus, tmp_path / "two", device="cuda")

@@ -33,7 +33,7 @@ import torch.multiprocessing as mp
 
 from pretrain import PretrainConfig, run_pretraining
 from pretrain.distributed import Ranks, launched_with_ranks, local_share
-from pretrain.synthetic import make_tiny_corpus
+from tests.fixtures import make_pretrain_corpus
 from upstream.checkpoint import load_checkpoint, read_meta
 from upstream.registry import load_upstream
 from upstream.transformer import EncoderConfig
@@ -133,7 +133,7 @@ def assert_same_run(ref: Path, got: Path, tol: float = LOSS_TOL) -> None:
 def job(tmp_path_factory):
     """A tiny corpus and its one-process run (the reference every multi-rank run must match)."""
     root = tmp_path_factory.mktemp("ddp")
-    corpus = make_tiny_corpus(root / "corpus", n_utts=10, seconds=(0.8, 1.2))
+    corpus = make_pretrain_corpus(root / "corpus", n_utts=10, seconds=(0.8, 1.2))
     ref = run_pretraining(SPEC, corpus, root / "one", CFG, device="cpu", encoder=MICRO, show_progress=False)
     return corpus, ref
 

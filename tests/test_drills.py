@@ -32,10 +32,9 @@ import corpora.__main__
 import pretrain.__main__
 import pretrain.import_s3prl
 from pretrain import PretrainConfig, run_pretraining
-from pretrain.synthetic import make_tiny_corpus as make_pretrain_corpus
+from tests.fixtures import make_pretrain_corpus, make_tiny_corpus
 from tests.test_checkpoint_errors import CFG, MICRO
 from tests.test_corpora_validation import _good, _wav, _write
-from tests.test_probes_corpus import make_tiny_corpus as make_probe_corpus
 from upstream.checkpoint import CheckpointError, load_checkpoint, read_meta
 from upstream.registry import load_upstream
 from upstream.s3prl_compat import Placeholder, ours_to_s3prl, safe_torch_load
@@ -248,7 +247,7 @@ def test_bad_corpora_flags(name, tmp_path, capsys, monkeypatch):
 @pytest.fixture(scope="module")
 def probe_corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("drill-corpus") / "corpus"
-    make_probe_corpus(root, n_speakers=2, per_speaker={"train": 2, "dev": 1, "test": 1})
+    make_tiny_corpus(root, n_speakers=2, per_speaker={"train": 2, "dev": 1, "test": 1})
     return root
 
 

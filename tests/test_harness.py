@@ -14,7 +14,7 @@ from benchmark.plan import BenchmarkConfig, parse_fractions
 from benchmark.results import append_row, read_rows
 from benchmark.schema import RUN_COLUMNS
 from downstream.probe import ProbeConfig
-from tests.test_probes_corpus import make_tiny_corpus
+from tests.fixtures import make_tiny_corpus
 
 
 @pytest.fixture(scope="module")

@@ -126,6 +126,32 @@ def test_bad_model_paths_name_the_culprit(ckpt, tmp_path):
         hear_api.get_scene_embeddings(torch.zeros(4, dtype=torch.int16), hear_api.load_model(""))
 
 
+def test_upstreams_read_from_one_weights_file_are_named_in_a_json_spec(tmp_path):
+    """A file is refused as the model path, so the hint for another toolkit's upstream is the .json spec (not "give
+    its directory"); following it works."""
+    for spec in ("s3prl:mockingjay", "wav2vec2_base:tiny"):
+        with pytest.raises(ValueError) as err:
+            hear_api.load_model(spec)
+        msg = str(err.value)
+        assert "\n" not in msg and "directory" not in msg, msg
+        assert f'.json model spec holding {{"upstream": "{spec}", "ckpt": "FILE"}}' in msg, msg
+        assert ("python -m pretrain.import_s3prl" in msg) == spec.startswith("s3prl"), msg
+    with pytest.raises(ValueError, match="give its checkpoint directory .holding checkpoint.json. as the model path"):
+        hear_api.load_model("mockingjay")  # a toolkit checkpoint is a directory: that hint is right there
+    from tests.test_torchaudio_upstreams import saved_tiny
+
+    (tmp_path / "models").mkdir()
+    pth = saved_tiny(tmp_path / "models" / "w.pth", "wav2vec2")
+    with pytest.raises(ValueError, match="w.pth is neither a checkpoint directory nor a .json model spec"):
+        hear_api.load_model(str(pth))
+    (tmp_path / "models" / "spec.json").write_text(json.dumps({"upstream": "wav2vec2_base:tiny", "ckpt": "w.pth"}))
+    model = hear_api.load_model(str(tmp_path / "models" / "spec.json"))  # the hint followed
+    want = build_upstream("wav2vec2_base:tiny", ckpt=pth).eval()
+    x = audio(1, 0.5)
+    with torch.no_grad():
+        assert torch.allclose(hear_api.get_timestamp_embeddings(x, model)[0], want(x, torch.tensor([x.shape[1]]))[0][-1])
+
+
 def test_hearvalidator_accepts_every_kind_of_model(ckpt, tmp_path):
     require("hearvalidator")
     (tmp_path / "concat.json").write_text(json.dumps({"upstream": "aalbert_random", "layer": "concat",

@@ -8,8 +8,8 @@ import torch
 from pretrain import PretrainConfig, ensure_pretrained, run_pretraining
 from pretrain.masking import interpolate_masked, mask_batch
 from pretrain.model import lr_at, make_optimizer, MaskedAcousticModel
-from pretrain.synthetic import make_tiny_corpus
 from corpora.manifest import load_corpus
+from tests.fixtures import make_pretrain_corpus
 from upstream.checkpoint import read_meta
 from upstream.registry import load_upstream
 from upstream.transformer import EncoderConfig
@@ -20,7 +20,7 @@ TINY = EncoderConfig(hidden_size=64, num_heads=4, intermediate_size=128, num_lay
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return make_tiny_corpus(tmp_path_factory.mktemp("corpus"), n_utts=48, seconds=(1.0, 1.5), segment=(0.6, 1.5))
+    return make_pretrain_corpus(tmp_path_factory.mktemp("corpus"), n_utts=48, seconds=(1.0, 1.5), segment=(0.6, 1.5))
 
 
 def val_curve(ckpt):

@@ -4,13 +4,13 @@ import pandas as pd
 from analysis.pretrain_budget import budget_table, plot_budget, snapshot_checkpoints, val_curve
 from benchmark.aggregate import validate_runs
 from corpora.manifest import load_corpus
-from pretrain.synthetic import make_tiny_corpus
+from tests.fixtures import make_pretrain_corpus
 from tests.report_synthetic import synthetic_runs
 from upstream.checkpoint import checkpoint_hash, read_meta
 
 
 def test_snapshots_table_and_plot(tmp_path):
-    corpus = load_corpus(make_tiny_corpus(tmp_path / "c", n_utts=12, seconds=(1.6, 2.2)))  # >= 50 stacked steps
+    corpus = load_corpus(make_pretrain_corpus(tmp_path / "c", n_utts=12, seconds=(1.6, 2.2)))  # >= 50 stacked steps
     runs = tmp_path / "runs"
     snaps = snapshot_checkpoints("aalbert:small", corpus, runs, steps=3, snapshots=[2], device="cpu")
     assert sorted(snaps) == [2, 3] and read_meta(snaps[2])["step"] == 2 and not read_meta(snaps[2])["complete"]

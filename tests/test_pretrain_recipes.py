@@ -8,7 +8,7 @@ import torch
 from analysis.recipe_study import speedups, train_recipe
 from pretrain import run_pretraining
 from pretrain.config import RECIPES, with_overrides
-from pretrain.synthetic import make_tiny_corpus
+from tests.fixtures import make_pretrain_corpus
 from upstream.checkpoint import read_meta
 from upstream.registry import load_upstream
 from upstream.transformer import EncoderConfig
@@ -23,7 +23,7 @@ def tiny(recipe: str, **kw):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return make_tiny_corpus(tmp_path_factory.mktemp("corpus"), n_utts=10, seconds=(1.4, 2.0))
+    return make_pretrain_corpus(tmp_path_factory.mktemp("corpus"), n_utts=10, seconds=(1.4, 2.0))
 
 
 def test_stacked_pre_ln_recipe_records_its_shape_and_counts_10ms_frames(corpus, tmp_path):

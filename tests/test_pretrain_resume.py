@@ -4,8 +4,8 @@ import csv
 import torch
 
 from pretrain import PretrainConfig, ensure_pretrained, run_pretraining
-from pretrain.synthetic import make_tiny_corpus
 from corpora.manifest import load_corpus
+from tests.fixtures import make_pretrain_corpus
 from upstream.checkpoint import load_checkpoint, read_meta
 from upstream.transformer import EncoderConfig
 
@@ -20,7 +20,7 @@ def rows(ckpt):
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
-    corpus = make_tiny_corpus(tmp_path / "corpus", n_utts=10, seconds=(0.8, 1.2))
+    corpus = make_pretrain_corpus(tmp_path / "corpus", n_utts=10, seconds=(0.8, 1.2))
     full = run_pretraining("aalbert:small", corpus, tmp_path / "full", CFG, device="cpu", encoder=MICRO)
     part = run_pretraining("aalbert:small", corpus, tmp_path / "part", CFG, device="cpu", encoder=MICRO,
                            stop_at_step=5)
@@ -39,7 +39,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
 
 
 def test_ensure_pretrained_reuses_resumes_or_retrains(tmp_path):
-    corpus = load_corpus(make_tiny_corpus(tmp_path / "corpus", n_utts=8, seconds=(0.8, 1.2)))
+    corpus = load_corpus(make_pretrain_corpus(tmp_path / "corpus", n_utts=8, seconds=(0.8, 1.2)))
     cfg = PretrainConfig(steps=4, batch_size=4, crop_frames=60, ckpt_interval=2, eval_interval=2, precision="float32")
     out = tmp_path / "ckpt"
     run_pretraining("mockingjay:small", corpus, out, cfg, device="cpu", encoder=MICRO, stop_at_step=2)

@@ -18,7 +18,7 @@ from downstream.tasks import PHONES, SPEAKERS, TASKS, LabelSource, TaskSpec, get
 from downstream.finetune import finetune_probe
 from downstream.probe import ProbeConfig
 from downstream.train import train_probe
-from tests.test_probes_corpus import make_tiny_corpus
+from tests.fixtures import make_tiny_corpus
 from upstream.features import FeatureConfig, corpus_stats
 from upstream.registry import build_upstream
 

@@ -12,7 +12,7 @@ from core.io import sha256_file
 from pretrain import run_pretraining
 from pretrain.config import RECIPES, with_overrides
 from pretrain.release import release
-from pretrain.synthetic import make_tiny_corpus
+from tests.fixtures import make_pretrain_corpus
 from upstream.checkpoint import CheckpointError, read_meta
 from upstream.reference import SHIPPED_CHECKPOINTS, Reference, verify_reference
 from upstream.registry import load_upstream
@@ -24,7 +24,7 @@ TINY = EncoderConfig(hidden_size=32, num_heads=2, intermediate_size=64, num_laye
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ref")
-    corpus = make_tiny_corpus(tmp / "corpus", n_utts=8, seconds=(1.4, 2.0))
+    corpus = make_pretrain_corpus(tmp / "corpus", n_utts=8, seconds=(1.4, 2.0))
     cfg = with_overrides(RECIPES["preln_stack3"], steps=4, batch_size=4, crop_frames=30, eval_interval=2,
                          ckpt_interval=2, min_frames=10, val_fraction=0.25, precision="float32")
     return run_pretraining("mockingjay:small", corpus, tmp / "run", cfg, device="cpu", encoder=TINY,

@@ -12,7 +12,7 @@ import torch
 
 from benchmark.cli import main
 from pretrain.export_s3prl import export_s3prl
-from tests.test_probes_corpus import make_tiny_corpus
+from tests.fixtures import make_tiny_corpus
 from tests.test_upstream_contract import toolkit_ckpt, waves
 from upstream.registry import build_upstream, load_upstream, static_shape
 from upstream.s3prl_compat import safe_torch_load

@@ -20,7 +20,7 @@ from benchmark.plan import BenchmarkConfig, expand_runs
 from benchmark.results import RUNS_FILE, merge_shards, read_rows
 from benchmark.schema import RUN_COLUMNS
 from benchmark.shards import assign, expected_seconds, parse_shard, run_key, setup_seconds, shard_loads, shard_seconds
-from tests.test_probes_corpus import make_tiny_corpus
+from tests.fixtures import make_tiny_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_FIELDS = ("dev_metric", "test_metric", "test_utt_metric", "best_step", "steps", "converged", "layer_weights",

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from benchmark.results import RUNS_FILE, read_rows
-from tests.test_probes_corpus import make_tiny_corpus
+from tests.fixtures import make_tiny_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,6 +2,7 @@
 behaviours the adapter works around, bad files, and a benchmark run whose phone labels follow 20-ms frames."""
 from __future__ import annotations
 
+import argparse
 import pickle
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from benchmark.plan import BenchmarkConfig
 from benchmark.results import RUNS_FILE, read_rows
 from core.io import read_json
 from downstream.probe import ProbeConfig
-from tests.test_probes_corpus import make_tiny_corpus
+from tests.fixtures import make_tiny_corpus
 from upstream.checkpoint import CheckpointError
 from upstream.registry import build_upstream, upstream_identity
 from upstream.torchaudio_models import PRESETS
@@ -103,6 +104,25 @@ def test_bad_weight_files_are_one_line_errors_naming_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="evil.pth: cannot read"):
         build_upstream("wav2vec2_base:tiny", ckpt=evil)
     assert not marker.exists()  # weights_only=True never ran the pickled call
+    # an s3prl .ckpt: as s3prl writes it (an argparse Namespace pickled beside the weights: torch refuses it as
+    # weights) and as pretrain.export_s3prl writes it (plain data, but no state dict)
+    s3prl_state = {"Transformer": {"input_representations.spec_transform.weight": torch.zeros(4, 80)},
+                   "Upstream_Config": {"transformer": {}, "audio": {}}, "Step": 1}
+    torch.save({**s3prl_state, "Args": argparse.Namespace(config="x.yaml")}, tmp_path / "states-1000.ckpt")
+    torch.save(s3prl_state, tmp_path / "exported.ckpt")
+    for name in ("states-1000.ckpt", "exported.ckpt"):
+        with pytest.raises(CheckpointError) as err:
+            build_upstream("wav2vec2_base:tiny", ckpt=tmp_path / name)
+        msg = str(err.value)
+        assert "\n" not in msg and "\x1b" not in msg and str(tmp_path / name) in msg, msg
+        assert "s3prl checkpoint" in msg and f"--upstream s3prl:NAME --ckpt s3prl:NAME={tmp_path / name}" in msg, msg
+        assert "python -m pretrain.import_s3prl" in msg, msg
+    for bad in (not_torch, evil):  # neither is an s3prl file; both one line, without terminal colour codes
+        with pytest.raises(CheckpointError) as err:
+            build_upstream("wav2vec2_base:tiny", ckpt=bad)
+        assert "\n" not in str(err.value) and "\x1b" not in str(err.value) and "s3prl" not in str(err.value)
+    with pytest.raises(CheckpointError, match="evil.pth: .*a pickled file torch refuses to load"):
+        build_upstream("wav2vec2_base:tiny", ckpt=evil)
 
 
 def test_cli_errors_for_torchaudio_upstreams(tmp_path, capsys):

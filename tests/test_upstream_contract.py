@@ -163,7 +163,7 @@ def test_log_mel_identities_and_cache_keys_are_those_of_before_frame_rules(tmp_p
     """Rows (run ids hash the identity) and caches of log-mel upstreams are reused across the frame-rule change: these
     are the identity hashes and cache directory names commit 8975964 computed for the same inputs."""
     from benchmark.cache import cache_key
-    from tests.test_probes_corpus import make_tiny_corpus
+    from tests.fixtures import make_tiny_corpus
 
     corpus = make_tiny_corpus(tmp_path / "c", n_speakers=2, per_speaker={"train": 2, "dev": 1, "test": 1})
     for spec, feat, ident_hash, key in (

@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from core.io import atomic_write_json, read_json, sha256_file
+from core.io import atomic_write_json, new_file_mode, read_json, sha256_file
 
 FORMAT_VERSION = 1
 META_FILE = "checkpoint.json"
@@ -37,6 +37,7 @@ def save_checkpoint(ckpt_dir: str | Path, tensors: dict[str, dict[str, torch.Ten
         name = f"{group}-{token}.safetensors"
         tmp = ckpt_dir / f".{name}.tmp"
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+        tmp.chmod(new_file_mode())  # save_file creates it 0o600: give it the umask's mode, as checkpoint.json has
         tmp.replace(ckpt_dir / name)
         files[group] = {"file": name, "sha256": sha256_file(ckpt_dir / name)}
     atomic_write_json(ckpt_dir / META_FILE, {**meta, "format_version": FORMAT_VERSION, "files": files})

@@ -18,6 +18,8 @@ given as a local file and read with `torch.load(..., weights_only=True)`; nothin
 """
 from __future__ import annotations
 
+import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,13 +180,48 @@ class TorchaudioFamily:
         return TorchaudioUpstream(arch, model).eval()
 
 
+S3PRL_KEYS = ("Transformer", "Upstream_Config")  # top-level keys of s3prl's Mockingjay-family .ckpt files
+
+
+def _s3prl_checkpoint(path: Path) -> str:
+    """The one-line error for an s3prl .ckpt given as torchaudio weights: what reads it instead."""
+    from upstream.s3prl_hub import NAMES
+
+    return (f"--ckpt {path}: cannot read it as torchaudio weights: it is an s3prl checkpoint, not a state dict; "
+            f"run it with `--upstream s3prl:NAME --ckpt s3prl:NAME={path}` (NAME: {', '.join(NAMES)}) or convert "
+            f"it with `python -m pretrain.import_s3prl {path} DIR`")
+
+
+def _refused_pickle(path: Path) -> str | None:
+    """The error for a torch file weights_only=True refuses because it pickles Python objects (e.g. s3prl's argparse
+    Namespace); None when the file is no readable torch file at all. torch's own message spans lines and carries
+    terminal colour codes, so it is replaced. The file is re-read with the toolkit's safe unpickler (no pickled code
+    runs) only to tell the two apart and to recognise an s3prl checkpoint."""
+    from upstream.s3prl_compat import safe_torch_load
+
+    try:
+        obj = safe_torch_load(path)
+    except (ValueError, FileNotFoundError):
+        return None
+    if any(k in obj for k in S3PRL_KEYS):
+        return _s3prl_checkpoint(path)
+    return (f"--ckpt {path}: cannot read it as torchaudio weights: a pickled file torch refuses to load with "
+            f"weights_only=True (it holds Python objects, not only tensors; none of its code was run); "
+            f"--ckpt NAME=FILE reads a state dict saved by torch.save, such as torchaudio's bundle .pth")
+
+
 def load_weights(model: nn.Module, path: Path) -> None:
     """Load a torchaudio state dict with weights_only=True (no pickled code runs); CheckpointError naming the file."""
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError/RuntimeError/EOFError/OSError for bad files
+        if isinstance(e, pickle.UnpicklingError) and (refused := _refused_pickle(path)) is not None:
+            raise CheckpointError(refused) from e
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(e).splitlines()[0]) if str(e) else ""  # no terminal colour codes
         raise CheckpointError(f"--ckpt {path}: cannot read it as a torch state dict: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
+                              f"{first}") from e
+    if isinstance(state, dict) and any(k in state for k in S3PRL_KEYS):  # our export: plain data, but not weights
+        raise CheckpointError(_s3prl_checkpoint(path))
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"--ckpt {path}: expected a state dict (names -> tensors), got {type(state).__name__}")
     state = {k: v for k, v in state.items() if not k.startswith("aux.")}  # an ASR bundle's CTC head: not upstream
