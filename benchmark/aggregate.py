@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from benchmark.results import LEGACY_VALUES, legacy_missing
-from benchmark.schema import LEADERBOARD_KEYS, RUN_COLUMNS
+from benchmark.schema import LEADERBOARD_KEYS, LEGACY_VALUES, RUN_COLUMNS, legacy_missing
 
 # Columns that describe the upstream (identical for every seed of a key) and are carried through.
 _CARRIED = ("params", "pretrain_frames", "pretrain_seconds", "pretrain_recipe")
@@ -21,8 +20,8 @@ AGG_COLUMNS: tuple[str, ...] = (*LEADERBOARD_KEYS, "metric", "n_seeds", "train_u
 
 def upgrade_legacy(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of an older runs.csv (RUN_COLUMNS in order, without some of ADDED_COLUMNS) with those columns filled
-    (benchmark.results.LEGACY_VALUES, as read_rows fills them); any other layout is returned unchanged (and rejected
-    by validate_runs)."""
+    (benchmark.schema.LEGACY_VALUES, as benchmark.results.read_rows fills them); any other layout is returned
+    unchanged (and rejected by validate_runs)."""
     missing = legacy_missing(df.columns)
     if not missing:
         return df

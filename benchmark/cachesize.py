@@ -6,62 +6,17 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from core.frames import FrameRule
+from benchmark.cache import DONE, frame_counts, key_layers, manifest_digest
+from benchmark.plan import BenchmarkConfig, cache_layers, choose_fractions, expand_runs
+from benchmark.resolve import resolve_corpus
+from benchmark.shapes import Shape, planned_shape
+from benchmark.shards import assign, run_key, shard_filter, whole_plan
 from core.io import read_json
 from corpora.manifest import PROBE_SPLITS, Corpus
-from upstream.features import FeatureConfig
-from upstream.registry import EXTERNAL, RANDOM_CONTROLS, get_preset, is_external, parse_spec, static_shape
-
-if TYPE_CHECKING:
-    from benchmark.plan import BenchmarkConfig
+from upstream.registry import parse_spec
 
 BYTES_PER_VALUE = 2  # float16
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What an upstream's cache holds per frame, read from its planned checkpoint (or preset) without building it."""
-
-    hidden_states: int
-    hidden_size: int
-    feature: FeatureConfig | None  # the log-mel front-end; None for upstreams of other toolkits (registry.EXTERNAL)
-    ckpt_hash: str | None  # the planned weights' identity hash; None for mel / toolkit random-init controls
-    fresh: bool  # its checkpoint is still to be pretrained: nothing cached can be for it yet
-    frame_rule: FrameRule
-
-
-def planned_shape(spec: str, cfg: BenchmarkConfig) -> Shape:
-    """As benchmark.resolve will build `spec`: its checkpoint's config (--ckpt, the shipped reference, or a
-    --pretrain checkpoint), the recipe's before that checkpoint exists, a random control's family's, mel's preset."""
-    from benchmark.resolve import control_architecture, planned_checkpoint
-    from upstream.checkpoint import read_meta
-
-    name, preset = parse_spec(spec)
-    if is_external(name):
-        ckpt = planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain)
-        ext, ident = static_shape(spec, ckpt), EXTERNAL[name].identity_hash(preset, ckpt)[:16]
-        return Shape(ext.num_hidden_states, ext.hidden_size, None, ident, fresh=False, frame_rule=ext.frame_rule)
-    p = get_preset(name, preset)
-    if p.encoder is None:
-        return Shape(1, p.feature.feature_dim, p.feature, None, fresh=False, frame_rule=p.feature.frame_rule)
-    if name in RANDOM_CONTROLS:
-        feature, encoder = control_architecture(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain)
-        return Shape(encoder.num_layers + 1, encoder.hidden_size, feature, None, fresh=False,
-                     frame_rule=feature.frame_rule)
-    ckpt = planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain)
-    assert ckpt is not None
-    if (ckpt / "checkpoint.json").is_file():
-        meta = read_meta(ckpt)
-        feature = FeatureConfig.from_dict(meta["feature"])
-        return Shape(int(meta["encoder"]["num_layers"]) + 1, int(meta["encoder"]["hidden_size"]), feature,
-                     str(meta["files"]["model"]["sha256"])[:16], fresh=False, frame_rule=feature.frame_rule)
-    from pretrain import default_budget
-    from pretrain.train import model_configs
-
-    _, feature, encoder = model_configs(f"{name}:{preset}", default_budget(cfg.quick))  # --pretrain, not trained yet
-    return Shape(encoder.num_layers + 1, encoder.hidden_size, feature, None, fresh=True, frame_rule=feature.frame_rule)
 
 
 def cache_bytes(frames: int, hidden_states: int, hidden_size: int) -> int:
@@ -92,8 +47,6 @@ def describe_layers(layers: tuple[int, ...], hidden_states: int) -> str:
 def _held(cache_dir: Path, spec: str, shape: Shape, corpus: Corpus, split: str) -> list[tuple[int, ...]]:
     """The hidden states held by each complete cache entry for this upstream, preset, checkpoint, corpus split and
     shape already there."""
-    from benchmark.cache import DONE, key_layers, manifest_digest
-
     if shape.fresh:
         return []
     name, preset = parse_spec(spec)
@@ -115,16 +68,12 @@ def _held(cache_dir: Path, spec: str, shape: Shape, corpus: Corpus, split: str) 
 
 def planned_layers(cfg: BenchmarkConfig, spec: str, hidden_states: int, fractions: list[float]) -> tuple[int, ...]:
     """The hidden states `spec`'s planned runs (with cfg.shard, the shard's) read from the cache."""
-    from benchmark.plan import cache_layers, expand_runs
-
-    return cache_layers(expand_runs(cfg, spec, hidden_states, fractions, []), hidden_states)
+    runs = shard_filter(cfg, spec, hidden_states, fractions, expand_runs(cfg, spec, hidden_states, fractions, []))
+    return cache_layers(runs, hidden_states)
 
 
 def cache_needs(cfg: BenchmarkConfig, corpus: Corpus, specs: list[str] | None = None) -> list[CacheNeed]:
     """What each upstream's cache of the probe splits takes, and how much of it is already there."""
-    from benchmark.cache import frame_counts
-    from benchmark.runner import choose_fractions
-
     fractions = choose_fractions(cfg, corpus, log=lambda *_: None)
     out = []
     for spec in dict.fromkeys(cfg.upstreams if specs is None else specs):
@@ -186,16 +135,11 @@ def check_space_for(cfg: BenchmarkConfig) -> None:
     """`check_cache_space` for what this invocation will extract: every planned upstream, or with cfg.shard those
     with runs in the shard. A corpus still to be built (the built-in one, built on demand) is not checked: its
     caches take a few GB (docs/scale.md)."""
-    from benchmark.resolve import resolve_corpus
-
     corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, prepare=False)
     if corpus is None:
         return
     specs = None
     if cfg.shard is not None:
-        from benchmark.runner import choose_fractions
-        from benchmark.shards import assign, run_key, whole_plan
-
         plan = whole_plan(cfg, choose_fractions(cfg, corpus, log=lambda *_: None))
         shard_of = assign(plan, cfg.shard.count, cfg.probe_workers)
         specs = [r.upstream for r, _, _ in plan if shard_of[run_key(r)] == cfg.shard.index]

@@ -4,9 +4,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from benchmark.cachesize import cache_needs, describe_layers, fmt_bytes, free_bytes, planned_shape
-from benchmark.plan import FINETUNE_TASKS, FINETUNE_UPSTREAMS, BenchmarkConfig, expand_runs
+from benchmark.cachesize import cache_needs, describe_layers, fmt_bytes, free_bytes
+from benchmark.plan import FINETUNE_TASKS, FINETUNE_UPSTREAMS, BenchmarkConfig, choose_fractions, expand_runs
 from benchmark.resolve import planned_checkpoint, resolve_corpus
+from benchmark.shapes import planned_shape
+from benchmark.shards import shard_filter, shard_loads, whole_plan
 from downstream.fractions import PAPER_FRACTIONS
 from upstream.registry import is_external, parse_spec
 
@@ -30,8 +32,6 @@ def print_plan(cfg: BenchmarkConfig) -> int:
         if cfg.fractions is None:
             print("  (default fractions are decided once the corpus exists; planning with all paper fractions)")
     else:
-        from benchmark.runner import choose_fractions
-
         n = len(corpus.utterances("train"))
         print(f"corpus {corpus.name} at {corpus.root}: {n} train utterances, {len(corpus.speakers)} speakers")
         fractions = choose_fractions(cfg, corpus)
@@ -47,7 +47,7 @@ def print_plan(cfg: BenchmarkConfig) -> int:
         name, _ = parse_spec(spec)
         ckpt = planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain)
         L = planned_shape(spec, cfg).hidden_states
-        runs = expand_runs(cfg, spec, L, fractions, notes)
+        runs = shard_filter(cfg, spec, L, fractions, expand_runs(cfg, spec, L, fractions, notes))
         status = ""
         if ckpt is not None:
             status = f", checkpoint {ckpt}" + ("" if is_external(name) or (ckpt / "checkpoint.json").is_file()
@@ -94,8 +94,6 @@ def _cache_summary(cfg: BenchmarkConfig, needs: list, known: bool) -> str:
 
 
 def _shard_summary(cfg: BenchmarkConfig, fractions: list[float]) -> str:
-    from benchmark.shards import shard_loads, whole_plan
-
     assert cfg.shard is not None
     loads = shard_loads(whole_plan(cfg, fractions), cfg.shard.count, cfg.probe_workers)
     whole = sum(loads) or 1.0

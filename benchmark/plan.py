@@ -1,18 +1,17 @@
-"""The benchmark plan: configuration, expansion into runs, and the stable run id that makes re-runs skip."""
+"""The benchmark plan: configuration, the label fractions, expansion into runs, and the stable run id that makes
+re-runs skip."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from core.io import sha256_json
 from core.repro import default_device
+from corpora.manifest import Corpus
+from downstream.fractions import MIN_DEFAULT_UTTS, default_fractions
 from downstream.modes import LayerMode, parse_modes
 from downstream.tasks import TASKS
 from downstream.probe import ENGINE_VERSION, ProbeConfig
-
-if TYPE_CHECKING:
-    from benchmark.shards import Shard
 
 DEFAULT_UPSTREAMS = ("mel", "mel:stack3", "mockingjay", "aalbert", "mockingjay_random", "aalbert_random")
 DEFAULT_MODES = "last,weighted_sum"
@@ -20,6 +19,22 @@ FINETUNE_UPSTREAMS = ("mockingjay", "aalbert")  # the main job fine-tunes the pr
 # fine-tuning is the expensive part (the upstream runs forward+backward every step, and dev is scored live):
 # the main job fine-tunes the phone probe only
 FINETUNE_TASKS = ("phone_linear",)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` (0-based, as $SLURM_ARRAY_TASK_ID) of `count` (benchmark.shards: --shard I/N)."""
+
+    index: int
+    count: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @property
+    def dir_name(self) -> str:
+        return f"{self.index}-of-{self.count}"
 
 
 @dataclass(frozen=True)
@@ -89,10 +104,36 @@ class PlannedRun:
         return self.mode.kind == "finetune"
 
 
+def choose_fractions(cfg: BenchmarkConfig, corpus: Corpus, log=print) -> list[float]:
+    """The label fractions of the plan: cfg.fractions as given, or the paper fractions the corpus's train split is
+    large enough for (downstream.fractions.default_fractions); `log` says what was dropped or raised."""
+    train = corpus.utterances("train")
+    n_spk = len({u.speaker for u in train})
+    if cfg.fractions is not None:
+        for f in cfg.fractions:
+            if round(f * len(train)) < n_spk:
+                log(f"fraction {f:g}: {round(f * len(train))} of {len(train)} train utterances is fewer than the "
+                    f"{n_spk} speakers; speaker tasks use one utterance per speaker ({n_spk}), phone tasks "
+                    f"max(1, {round(f * len(train))}) (the row's train_utts records it)")
+        return list(cfg.fractions)
+    kept, dropped = default_fractions(len(train), n_spk)
+    if dropped:
+        log(f"default fractions {', '.join(f'{f:g}' for f in dropped)} dropped: on this corpus's train split "
+            f"({len(train)} utterances) they leave fewer than {MIN_DEFAULT_UTTS} utterances; ask for them with "
+            f"--fractions to run them anyway (raised to one utterance, or one per speaker for speaker tasks)")
+    for f in kept:
+        if round(f * len(train)) < n_spk:
+            log(f"fraction {f:g}: speaker tasks are raised to one utterance per speaker ({n_spk} instead of "
+                f"{round(f * len(train))}); phone tasks use {round(f * len(train))}")
+    if not kept:
+        kept = [1.0]
+    return kept
+
+
 def expand_runs(cfg: BenchmarkConfig, spec: str, num_hidden_states: int, fractions: list[float],
                 notes: list[str]) -> list[PlannedRun]:
-    """The runs of one upstream: tasks x modes x fractions x seeds, plus the main job's fine-tuning runs (with
-    cfg.shard, only those of that shard)."""
+    """The runs of one upstream: tasks x modes x fractions x seeds, plus the main job's fine-tuning runs. The whole
+    plan's, whatever cfg.shard says: a shard's share of them is benchmark.shards.shard_filter's."""
     name = spec.partition(":")[0]
     runs = [PlannedRun(spec, t, m, f, s) for t in cfg.tasks
             for m in _modes(cfg.task_modes.get(t, cfg.modes), spec, num_hidden_states, notes)
@@ -102,10 +143,6 @@ def expand_runs(cfg: BenchmarkConfig, spec: str, num_hidden_states: int, fractio
         ends = sorted({min(fractions), max(fractions)} if cfg.finetune_smallest else {max(fractions)})
         runs += [PlannedRun(spec, t, LayerMode("finetune"), f, s)
                  for t in cfg.tasks if t in FINETUNE_TASKS for f in ends for s in range(min(cfg.finetune_seeds, cfg.seeds))]
-    if cfg.shard is not None:
-        from benchmark.shards import shard_filter
-
-        runs = shard_filter(cfg, spec, num_hidden_states, fractions, runs)
     return runs
 
 

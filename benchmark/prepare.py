@@ -13,7 +13,8 @@ from pathlib import Path
 
 from core.io import read_json
 from corpora.manifest import PROBE_SPLITS
-from benchmark.plan import BenchmarkConfig, cache_layers, expand_runs, run_id
+from benchmark.plan import BenchmarkConfig, cache_layers, choose_fractions, expand_runs, run_id
+from benchmark.shards import shard_filter
 from upstream.registry import RANDOM_CONTROLS, get_preset, is_external, parse_spec
 
 
@@ -24,7 +25,7 @@ def prepare(cfg: BenchmarkConfig, log=print) -> int:
     from benchmark.cache import ensure_split
     from benchmark.resolve import resolve_corpus, resolve_upstream
     from benchmark.results import read_rows, rows_files
-    from benchmark.runner import choose_fractions, corpus_digest
+    from benchmark.runner import corpus_digest
 
     t0 = time.perf_counter()
     corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, progress=cfg.progress)
@@ -36,7 +37,7 @@ def prepare(cfg: BenchmarkConfig, log=print) -> int:
         up = resolve_upstream(spec, corpus, cfg.ckpts, cfg.runs_dir, cfg.quick, log, device=cfg.device,
                               progress=cfg.progress, pretrain=cfg.pretrain)
         L = up.model.num_hidden_states
-        pending = [r for r in expand_runs(cfg, spec, L, fractions, [])
+        pending = [r for r in shard_filter(cfg, spec, L, fractions, expand_runs(cfg, spec, L, fractions, []))
                    if run_id(digest, up.identity, r, r.mode.resolved_layer(L), cfg.probe_config(r.task, r.finetune))
                    not in done]
         if not pending:
@@ -57,8 +58,8 @@ def prepare(cfg: BenchmarkConfig, log=print) -> int:
 def check_prepared(cfg: BenchmarkConfig) -> None:
     """ValueError naming --shard when the corpus, a --pretrain checkpoint or the corpus statistics of mel / a
     random control are missing: shards started together would each build them at once."""
-    from benchmark.cachesize import planned_shape
     from benchmark.resolve import normalisation_split, planned_checkpoint, resolve_corpus
+    from benchmark.shapes import planned_shape
     from upstream.checkpoint import read_meta
 
     assert cfg.shard is not None

@@ -11,11 +11,12 @@ import pandas as pd
 from benchmark import plots
 from benchmark.aggregate import aggregate_runs, read_runs
 from benchmark.checks import checks_markdown, science_checks
+from benchmark.convergence import CONVERGENCE_FILE, summary_markdown
+from benchmark.schema import COMMAND_FILE
 from benchmark.tables import UNCONVERGED, write_leaderboards
 from core.io import atomic_write_text
 
 PLOT_NAMES = ("ablation.png", "layer_weights.png", "layer_probe.png")
-COMMAND_FILE = "command.txt"  # written by the harness: the command line that produced runs.csv
 REPORT_COMMAND = "python run_benchmark.py report"
 
 
@@ -111,8 +112,6 @@ def _budget_summary(runs: pd.DataFrame) -> str:
 
 
 def _convergence_section(results_dir: Path) -> str:
-    from benchmark.convergence import CONVERGENCE_FILE, summary_markdown
-
     path = results_dir / CONVERGENCE_FILE
     if not path.is_file():
         return ("No `convergence.csv` yet: `python run_benchmark.py certify` fits a converged logistic-regression "

@@ -10,10 +10,10 @@ import csv
 import io
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from core.io import atomic_write_text
-from benchmark.schema import ADDED_COLUMNS, LEGACY_RECIPE, RUN_COLUMNS
+from benchmark.schema import COMMAND_FILE, LEGACY_VALUES, RUN_COLUMNS, legacy_missing
 
 RUNS_FILE = "runs.csv"
 LEADERBOARD_FILE = "leaderboard.csv"
@@ -29,23 +29,6 @@ def _format(v: Any) -> str:
     if isinstance(v, float):
         return repr(round(v, 6))
     return str(v)
-
-
-# THE upgrade of an older runs.csv (read_rows applies it to csv rows, benchmark.aggregate.upgrade_legacy to a
-# DataFrame's): values of the columns added since the first release, for rows written before them. Every run then
-# had a fixed step budget, and the pretraining recipe was not recorded.
-LEGACY_VALUES: dict[str, Callable[[Mapping[str, Any]], Any]] = {
-    "budget": lambda r: f"steps={int(float(r['steps'] or 0))}", "converged": lambda r: "False",
-    "pretrain_recipe": lambda r: LEGACY_RECIPE}
-
-
-def legacy_missing(header: Iterable[str]) -> list[str] | None:
-    """The added columns an older header lacks ([] for the current header), or None for a foreign header."""
-    header = tuple(header)
-    missing = [c for c in RUN_COLUMNS if c not in header]
-    if set(missing) - set(ADDED_COLUMNS) or header != tuple(c for c in RUN_COLUMNS if c in header):
-        return None
-    return missing
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -144,8 +127,6 @@ def merge_shards(results_dir: Path) -> tuple[int, int] | None:
 
 def _merge_commands(results_dir: Path, shard_dirs: list[Path]) -> None:
     """Shards' command.txt lines (the commands that made their rows) appended to results_dir's, once each."""
-    from benchmark.report import COMMAND_FILE
-
     path = results_dir / COMMAND_FILE
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
     have = set(old.splitlines())
@@ -179,7 +160,7 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 
 def write_leaderboard(results_dir: Path) -> Path | None:
     """Aggregate runs.csv over seeds into leaderboard.csv (pandas; mean, std, 95% CI); None when no rows."""
-    from benchmark.aggregate import aggregate_runs, read_runs
+    from benchmark.aggregate import aggregate_runs, read_runs  # pandas, scipy: only to write the leaderboard
 
     runs = results_dir / RUNS_FILE
     if not read_rows(runs):

@@ -16,7 +16,7 @@ from core.io import atomic_write_text, sha256_json
 from core.repro import provenance
 from corpora.manifest import Corpus, PROBE_SPLITS
 from downstream.data import SplitLabels, num_classes, split_labels
-from downstream.fractions import MIN_DEFAULT_UTTS, default_fractions, fraction_subset
+from downstream.fractions import fraction_subset
 from downstream.modes import LayerMode
 from downstream.sources import ArraySource, LiveSource, PooledSource
 from downstream.tasks import get_task
@@ -24,10 +24,11 @@ from downstream.finetune import finetune_probe
 from downstream.probe import ProbeConfig, ProbeResult, ProbeSpec
 from downstream.train import train_probe, train_probes
 from benchmark.cache import ensure_split, extract_arrays
-from benchmark.plan import BenchmarkConfig, PlannedRun, cache_layers, expand_runs, run_id
+from benchmark.plan import BenchmarkConfig, PlannedRun, cache_layers, choose_fractions, expand_runs, run_id
 from benchmark.resolve import ResolvedUpstream, resolve_corpus, resolve_upstream
 from benchmark.results import RUNS_FILE, append_row, done_run_ids, write_leaderboard
-from benchmark.shards import expected_seconds
+from benchmark.schema import COMMAND_FILE
+from benchmark.shards import expected_seconds, shard_filter
 
 
 @dataclass
@@ -43,30 +44,6 @@ def corpus_digest(corpus: Corpus) -> str:
     from benchmark.cache import manifest_digest
 
     return sha256_json({"name": corpus.name, **{s: manifest_digest(corpus.utterances(s)) for s in PROBE_SPLITS}})[:16]
-
-
-def choose_fractions(cfg: BenchmarkConfig, corpus: Corpus, log=print) -> list[float]:
-    train = corpus.utterances("train")
-    n_spk = len({u.speaker for u in train})
-    if cfg.fractions is not None:
-        for f in cfg.fractions:
-            if round(f * len(train)) < n_spk:
-                log(f"fraction {f:g}: {round(f * len(train))} of {len(train)} train utterances is fewer than the "
-                    f"{n_spk} speakers; speaker tasks use one utterance per speaker ({n_spk}), phone tasks "
-                    f"max(1, {round(f * len(train))}) (the row's train_utts records it)")
-        return list(cfg.fractions)
-    kept, dropped = default_fractions(len(train), n_spk)
-    if dropped:
-        log(f"default fractions {', '.join(f'{f:g}' for f in dropped)} dropped: on this corpus's train split "
-            f"({len(train)} utterances) they leave fewer than {MIN_DEFAULT_UTTS} utterances; ask for them with "
-            f"--fractions to run them anyway (raised to one utterance, or one per speaker for speaker tasks)")
-    for f in kept:
-        if round(f * len(train)) < n_spk:
-            log(f"fraction {f:g}: speaker tasks are raised to one utterance per speaker ({n_spk} instead of "
-                f"{round(f * len(train))}); phone tasks use {round(f * len(train))}")
-    if not kept:
-        kept = [1.0]
-    return kept
 
 
 def _source(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, utts: dict, layers: tuple[int, ...],
@@ -267,7 +244,8 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> RunnerStats:
     for spec in cfg.upstreams:
         up = resolve_upstream(spec, corpus, cfg.ckpts, cfg.runs_dir, cfg.quick, log, device=cfg.device,
                               progress=cfg.progress, pretrain=cfg.pretrain)
-        runs = expand_runs(cfg, spec, up.model.num_hidden_states, fractions, stats.notes)
+        runs = shard_filter(cfg, spec, up.model.num_hidden_states, fractions,
+                            expand_runs(cfg, spec, up.model.num_hidden_states, fractions, stats.notes))
         run_upstream(cfg, up, corpus, runs, stats, prov, log)
         del up
     for note in dict.fromkeys(stats.notes):
@@ -287,8 +265,6 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> RunnerStats:
 
 def record_command(results_dir: Path, command: str, runs_done: int, seconds: float, device: str) -> None:
     """Append `command` (with what it did and when) to results/command.txt, which the report cites."""
-    from benchmark.report import COMMAND_FILE
-
     path = results_dir / COMMAND_FILE
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
     when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -297,7 +273,7 @@ def record_command(results_dir: Path, command: str, runs_done: int, seconds: flo
 
 
 def build_report_if_available(results_dir: Path, log=print) -> Path | None:
-    try:
+    try:  # matplotlib and the report's modules are loaded only when a report is built
         from benchmark.report import build_report
     except ImportError as e:
         log(f"report skipped: benchmark.report is not available ({e})")

@@ -1,5 +1,8 @@
-"""The result row: one flat record per probe run (results/runs.csv). Tables and plots are functions of rows."""
+"""The result row: one flat record per probe run (results/runs.csv), the values an older runs.csv's rows are read
+with, and the command.txt beside the rows. Tables and plots are functions of rows."""
 from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping
 
 RUN_COLUMNS: tuple[str, ...] = (
     "run_id",  # stable hash of the run's defining fields (upstream, ckpt_hash, corpus, task, mode, layer, fraction, seed, probe config)
@@ -42,3 +45,24 @@ LEADERBOARD_KEYS: tuple[str, ...] = ("corpus", "upstream", "preset", "ckpt_hash"
 # "steps=<steps>": every run then had a fixed step budget; the recipe was not recorded)
 ADDED_COLUMNS: tuple[str, ...] = ("budget", "converged", "pretrain_recipe")
 LEGACY_RECIPE = "unrecorded"
+
+
+# THE upgrade of an older runs.csv (benchmark.results.read_rows applies it to csv rows,
+# benchmark.aggregate.upgrade_legacy to a DataFrame's): values of the columns added since the first release, for rows
+# written before them. Every run then had a fixed step budget, and the pretraining recipe was not recorded.
+LEGACY_VALUES: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "budget": lambda r: f"steps={int(float(r['steps'] or 0))}", "converged": lambda r: "False",
+    "pretrain_recipe": lambda r: LEGACY_RECIPE}
+
+
+def legacy_missing(header: Iterable[str]) -> list[str] | None:
+    """The added columns an older header lacks ([] for the current header), or None for a foreign header."""
+    header = tuple(header)
+    missing = [c for c in RUN_COLUMNS if c not in header]
+    if set(missing) - set(ADDED_COLUMNS) or header != tuple(c for c in RUN_COLUMNS if c in header):
+        return None
+    return missing
+
+
+# beside runs.csv (and a study's outputs): the command lines that produced them, which the report cites
+COMMAND_FILE = "command.txt"

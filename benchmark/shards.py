@@ -10,31 +10,14 @@ heavy runs (fine-tuning, the 100 % fractions) spread first, and an upstream's ru
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
+from benchmark.plan import BenchmarkConfig, PlannedRun, Shard, expand_runs
+from benchmark.results import shard_results_dir
+from benchmark.shapes import planned_shape
 from downstream.tasks import get_task
 
-if TYPE_CHECKING:
-    from benchmark.plan import BenchmarkConfig, PlannedRun
-
 RunKey = tuple[str, str, str, float, int]  # (upstream spec, task, mode label, fraction, seed)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard `index` (0-based, as $SLURM_ARRAY_TASK_ID) of `count`."""
-
-    index: int
-    count: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.index}/{self.count}"
-
-    @property
-    def dir_name(self) -> str:
-        return f"{self.index}-of-{self.count}"
 
 
 def parse_shard(text: str) -> Shard:
@@ -127,22 +110,21 @@ def shard_loads(runs: list[tuple[PlannedRun, int, int]], count: int, workers: in
 def whole_plan(cfg: BenchmarkConfig, fractions: list[float]) -> list[tuple[PlannedRun, int, int]]:
     """(run, hidden states, width) of every run of the unsharded plan, each upstream's shape read from its planned
     checkpoint (or preset) without building it, as every shard does."""
-    from benchmark.cachesize import planned_shape
-    from benchmark.plan import expand_runs
-
-    full = replace(cfg, shard=None)
     out = []
     for spec in dict.fromkeys(cfg.upstreams):
         shape = planned_shape(spec, cfg)
         out += [(r, shape.hidden_states, shape.hidden_size)
-                for r in expand_runs(full, spec, shape.hidden_states, fractions, [])]
+                for r in expand_runs(cfg, spec, shape.hidden_states, fractions, [])]
     return out
 
 
 def shard_filter(cfg: BenchmarkConfig, spec: str, num_hidden_states: int, fractions: list[float],
                  runs: list[PlannedRun]) -> list[PlannedRun]:
-    """The runs of `runs` (one upstream's) that belong to shard cfg.shard."""
-    assert cfg.shard is not None
+    """The runs of `runs` (one upstream's, as benchmark.plan.expand_runs plans them) that belong to shard cfg.shard;
+    all of them without a shard. Every caller that plans a shard's runs filters them here: the runner, --dry-run,
+    `prepare` and the feature cache's size (benchmark.cachesize)."""
+    if cfg.shard is None:
+        return runs
     plan = whole_plan(cfg, fractions)
     planned = {r.upstream: L for r, L, _ in plan}
     if spec in planned and planned[spec] != num_hidden_states:
@@ -163,8 +145,6 @@ def execution_order(upstreams: tuple[str, ...], shard: Shard) -> tuple[str, ...]
 def shard_config(cfg: BenchmarkConfig, text: str, command: str) -> BenchmarkConfig:
     """cfg for `--shard text`: rows into results/shards/I-of-N (never a file another shard writes), no report (the
     merge builds it), upstreams in this shard's order. ValueError naming --shard for a bad value or command."""
-    from benchmark.results import shard_results_dir
-
     if command != "run":
         raise ValueError(f"--shard applies to run (and --dry-run); `run_benchmark.py {command}` covers every shard "
                          f"(drop --shard)")

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 import benchmark.cachesize as cachesize
-from benchmark.cachesize import cache_bytes, fmt_bytes, planned_shape
+from benchmark.cachesize import cache_bytes, fmt_bytes
 from benchmark.cli import main
 from benchmark.plan import BenchmarkConfig
+from benchmark.shapes import planned_shape
 from corpora.manifest import PROBE_SPLITS, load_corpus
 from tests.fixtures import make_tiny_corpus
 

@@ -84,7 +84,7 @@ def test_killed_run_leaves_no_partial_row_and_is_redone(corpus_dir, tmp_path, mo
 
 
 def test_command_is_recorded_and_cited(corpus_dir, tmp_path):
-    from benchmark.report import COMMAND_FILE
+    from benchmark.schema import COMMAND_FILE
 
     cfg = _cfg(corpus_dir, tmp_path, upstreams=("mel",), tasks=("phone_linear",), seeds=1, command="python run_benchmark.py --x")
     runner.run_benchmark(cfg, log=lambda *_: None)

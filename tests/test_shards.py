@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
-from benchmark.plan import BenchmarkConfig, expand_runs
+from benchmark.plan import BenchmarkConfig, Shard, expand_runs
 from benchmark.results import RUNS_FILE, merge_shards, read_rows
 from benchmark.schema import RUN_COLUMNS
-from benchmark.shards import assign, expected_seconds, parse_shard, run_key, setup_seconds, shard_loads, shard_seconds
+from benchmark.shards import (assign, expected_seconds, parse_shard, run_key, setup_seconds, shard_filter, shard_loads,
+                              shard_seconds, whole_plan)
 from tests.fixtures import make_tiny_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -289,6 +290,25 @@ def test_plan_without_shard_is_unchanged():
     cfg = BenchmarkConfig(upstreams=("mel",), tasks=("phone_linear",), modes="last", seeds=2)
     runs = expand_runs(cfg, "mel", 1, [0.5, 1.0], [])
     assert len(runs) == 4 and expand_runs(replace(cfg, shard=parse_shard("0/1")), "mel", 1, [0.5, 1.0], []) == runs
+    assert shard_filter(cfg, "mel", 1, [0.5, 1.0], runs) == runs  # no shard: every run
+    assert shard_filter(replace(cfg, shard=parse_shard("0/1")), "mel", 1, [0.5, 1.0], runs) == runs
+
+
+def test_shard_filter_partitions_the_plan_as_assigned():
+    """expand_runs plans the whole sweep; shard_filter gives each shard exactly its share under `assign`: the shares
+    are disjoint and together the whole plan, one upstream at a time as the runner plans them."""
+    cfg = BenchmarkConfig(upstreams=("mel", "mel:stack3"), tasks=("phone_linear", "speaker_utterance"),
+                          modes="last,weighted_sum", seeds=2)
+    fractions = [0.1, 0.5, 1.0]
+    whole = [run_key(r) for r, _, _ in whole_plan(cfg, fractions)]
+    assert len(whole) == len(set(whole)) == 2 * 2 * 3 * 2  # one hidden state each: weighted_sum collapses to last
+    for n in (1, 2, 3):
+        shard_of = assign(whole_plan(cfg, fractions), n, cfg.probe_workers)
+        shares = [[run_key(r) for spec in cfg.upstreams
+                   for r in shard_filter(replace(cfg, shard=Shard(i, n)), spec, 1, fractions,
+                                         expand_runs(cfg, spec, 1, fractions, []))] for i in range(n)]
+        assert sorted(k for share in shares for k in share) == sorted(whole)  # disjoint, and all of it
+        assert all(shard_of[k] == i for i, share in enumerate(shares) for k in share)
 
 
 def test_rows_of_an_older_version_are_read_and_upgraded_on_append(tmp_path):
