@@ -1,0 +1,97 @@
+"""Train one frozen probe of a cached upstream under the main job's settings and under variants of them, side by side
+in one process; print dev, test, steps and best step of each (does a probe that fails the certificate converge with
+more patience, another step size, another optimiser?).
+
+    .venv/bin/python perf/probe_settings.py --upstream aalbert --task speaker_frame --mode last --fraction 1 \\
+        --set patience=8 --set patience=16 --set lr=0.1 --set batch_size=16384,lr=2 --set optimizer=adamw,lr=0.001
+
+Each --set is one variant: comma-separated ProbeConfig fields replacing the main job's settings for that task.
+Reads the feature cache the main job built (--cache-dir, --corpus). 1 torch thread unless --threads. Writes JSON
+(--out) when given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmark.convergence import cache_frame_rule, cached_identity, find_cache  # noqa: E402
+from benchmark.presets import main_job  # noqa: E402
+from core.io import atomic_write_json  # noqa: E402
+from core.repro import provenance  # noqa: E402
+from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
+from downstream.data import num_classes, split_labels  # noqa: E402
+from downstream.fractions import fraction_subset  # noqa: E402
+from downstream.modes import LayerMode  # noqa: E402
+from downstream.probe import ProbeConfig  # noqa: E402
+from downstream.sources import ArraySource, PooledSource  # noqa: E402
+from downstream.tasks import TASKS  # noqa: E402
+from downstream.train import train_probe  # noqa: E402
+
+
+def parse_set(text: str, base: ProbeConfig) -> ProbeConfig:
+    """'patience=8,lr=0.1' -> base with those fields replaced (typed as the field's default)."""
+    types = {f.name: type(getattr(base, f.name)) for f in fields(ProbeConfig)}
+    kw = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if name not in types or not value:
+            raise ValueError(f"--set {text!r}: {name!r} is not a ProbeConfig field=value; fields: {', '.join(types)}")
+        kw[name] = value if types[name] is str else types[name](float(value)) if types[name] is int else types[name](value)
+    return replace(base, **kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--upstream", default="aalbert", help="name or name:preset of a cached upstream")
+    p.add_argument("--task", default="speaker_frame", choices=list(TASKS))
+    p.add_argument("--mode", default="last", choices=("last", "weighted_sum"))
+    p.add_argument("--fraction", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], help="a variant: field=value[,field=value...]")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--corpus", default="data/synth")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    task = TASKS[a.task]
+    base = main_job().probe_config(a.task, False)
+    try:
+        variants = [("main job", base)] + [(s, parse_set(s, base)) for s in a.set]
+        corpus = load_corpus(a.corpus)
+        row = cached_identity(a.cache_dir, a.upstream, corpus)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    frames = ArraySource({s: find_cache(a.cache_dir, row, corpus, s) for s in PROBE_SPLITS})
+    rule = cache_frame_rule(a.cache_dir, row, corpus)
+    source = PooledSource(frames) if task.level == "utterance" else frames
+    source.whitening()
+    labels = {s: split_labels(corpus, corpus.utterances(s), s, task.labels, rule) for s in PROBE_SPLITS}
+    speakers = [u.speaker for u in corpus.utterances("train")]
+    idx = list(fraction_subset(speakers, a.fraction, a.seed, task.labels.closed_set).indices)
+    out = []
+    for name, cfg in variants:
+        t0 = time.perf_counter()
+        r = train_probe(task, LayerMode(a.mode), source, labels, idx, num_classes(corpus, task), cfg, a.seed)
+        out.append({"variant": name, "dev": round(100 * r.dev_metric, 2), "test": round(100 * r.test_metric, 2),
+                    "steps": r.steps, "best_step": r.best_step, "converged": r.converged,
+                    "seconds": round(time.perf_counter() - t0, 1)})
+        print(json.dumps(out[-1]), flush=True)
+    if a.out is not None:
+        atomic_write_json(a.out, {"upstream": f"{row['upstream']}:{row['preset']}", "task": a.task, "mode": a.mode,
+                                  "fraction": a.fraction, "seed": a.seed, "variants": out,
+                                  "provenance": provenance("cpu"),
+                                  "command": " ".join(["python", "perf/probe_settings.py", *(argv or sys.argv[1:])])})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
