@@ -38,12 +38,16 @@ from downstream.train import train_probe  # noqa: E402
 def parse_set(text: str, base: ProbeConfig) -> ProbeConfig:
     """'patience=8,lr=0.1' -> base with those fields replaced (typed as the field's default)."""
     types = {f.name: type(getattr(base, f.name)) for f in fields(ProbeConfig)}
-    kw = {}
+    types = {k: t for k, t in types.items() if t in (str, int, float, bool)}  # l2_grid (a tuple) is not settable here
+    kw: dict = {}
     for item in text.split(","):
         name, _, value = item.partition("=")
         if name not in types or not value:
-            raise ValueError(f"--set {text!r}: {name!r} is not a ProbeConfig field=value; fields: {', '.join(types)}")
-        kw[name] = value if types[name] is str else types[name](float(value)) if types[name] is int else types[name](value)
+            raise ValueError(f"--set {text!r}: {name!r} is not a field=value of ProbeConfig's {', '.join(types)}")
+        t = types[name]
+        if t is bool and value.lower() not in ("true", "false"):
+            raise ValueError(f"--set {text!r}: {name} takes true or false")
+        kw[name] = value.lower() == "true" if t is bool else int(float(value)) if t is int else t(value)
     return replace(base, **kw)
 
 
