@@ -163,6 +163,18 @@ def cached_identity(cache_dir: Path, spec: str, corpus: Corpus) -> dict[str, str
     return {"upstream": upstream, "preset": preset, "ckpt_hash": str(keys[-1]["ckpt_hash"])}
 
 
+def cached_probe_inputs(cache_dir: Path, row: dict | pd.Series, corpus: Corpus,
+                        task: TaskSpec) -> tuple[ArraySource | PooledSource, dict[str, SplitLabels]]:
+    """What a frozen probe of `task` reads for the cached upstream `row` ({upstream, preset, ckpt_hash}) on `corpus`:
+    its source (the cached frames, or their utterance means), whitening fitted, and every split's labels cut with the
+    cache's own frame rule (the perf scripts train probes on a main job's cache this way)."""
+    frames = ArraySource({s: find_cache(cache_dir, row, corpus, s) for s in PROBE_SPLITS})
+    rule = cache_frame_rule(cache_dir, row, corpus)
+    source: ArraySource | PooledSource = PooledSource(frames) if task.level == "utterance" else frames
+    source.whitening()
+    return source, {s: split_labels(corpus, corpus.utterances(s), s, task.labels, rule) for s in PROBE_SPLITS}
+
+
 class Certifier:
     """Loads one upstream checkpoint's cached splits at a time and fits references row by row (identical fits,
     e.g. the seeds of the 100 % fraction, are reused). The examples are the probes' own: the same sources,

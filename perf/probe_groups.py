@@ -20,16 +20,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmark.convergence import cache_frame_rule, cached_identity, find_cache  # noqa: E402
+from benchmark.convergence import cached_identity, cached_probe_inputs  # noqa: E402
 from benchmark.presets import main_job  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from core.repro import provenance  # noqa: E402
-from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
-from downstream.data import num_classes, split_labels  # noqa: E402
+from corpora.manifest import load_corpus  # noqa: E402
+from downstream.data import num_classes  # noqa: E402
 from downstream.fractions import fraction_subset  # noqa: E402
 from downstream.modes import LayerMode  # noqa: E402
 from downstream.probe import ProbeSpec  # noqa: E402
-from downstream.sources import ArraySource, PooledSource  # noqa: E402
 from downstream.tasks import TASKS  # noqa: E402
 from downstream.train import train_probe, train_probes  # noqa: E402
 
@@ -55,12 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    frames = ArraySource({s: find_cache(a.cache_dir, row, corpus, s) for s in PROBE_SPLITS})
-    rule = cache_frame_rule(a.cache_dir, row, corpus)
     task = TASKS[a.task]
-    source = PooledSource(frames) if task.level == "utterance" else frames
-    source.whitening()  # shared by both ways of training: not timed
-    labels = {s: split_labels(corpus, corpus.utterances(s), s, task.labels, rule) for s in PROBE_SPLITS}
+    source, labels = cached_probe_inputs(a.cache_dir, row, corpus, task)  # whitening fitted here: not timed
     speakers = [u.speaker for u in corpus.utterances("train")]
     specs = [ProbeSpec(fraction_subset(speakers, float(f), seed, task.labels.closed_set).indices, seed)
              for f in a.fractions.split(",") for seed in range(a.seeds)]

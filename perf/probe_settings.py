@@ -21,16 +21,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmark.convergence import cache_frame_rule, cached_identity, find_cache  # noqa: E402
+from benchmark.convergence import cached_identity, cached_probe_inputs  # noqa: E402
 from benchmark.presets import main_job  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from core.repro import provenance  # noqa: E402
-from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
-from downstream.data import num_classes, split_labels  # noqa: E402
+from corpora.manifest import load_corpus  # noqa: E402
+from downstream.data import num_classes  # noqa: E402
 from downstream.fractions import fraction_subset  # noqa: E402
 from downstream.modes import LayerMode  # noqa: E402
 from downstream.probe import ProbeConfig  # noqa: E402
-from downstream.sources import ArraySource, PooledSource  # noqa: E402
 from downstream.tasks import TASKS  # noqa: E402
 from downstream.train import train_probe  # noqa: E402
 
@@ -74,11 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    frames = ArraySource({s: find_cache(a.cache_dir, row, corpus, s) for s in PROBE_SPLITS})
-    rule = cache_frame_rule(a.cache_dir, row, corpus)
-    source = PooledSource(frames) if task.level == "utterance" else frames
-    source.whitening()
-    labels = {s: split_labels(corpus, corpus.utterances(s), s, task.labels, rule) for s in PROBE_SPLITS}
+    source, labels = cached_probe_inputs(a.cache_dir, row, corpus, task)
     speakers = [u.speaker for u in corpus.utterances("train")]
     idx = list(fraction_subset(speakers, a.fraction, a.seed, task.labels.closed_set).indices)
     out = []
