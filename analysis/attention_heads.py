@@ -30,7 +30,7 @@ import pandas as pd
 
 from analysis.attention import attention_of, corpus_utterances, load_models, local_frames_of
 from analysis.attention_stats import stats_rows
-from benchmark.plots import plt, save_figure
+from core.figures import plt, save_figure
 from benchmark.tables import to_markdown
 from core.io import atomic_write_text
 from upstream.checkpoint import META_FILE, checkpoint_hash, load_checkpoint, save_checkpoint

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmark.plots import plt, save_figure
+from core.figures import plt, save_figure
 from benchmark.tables import to_markdown
 from core.io import atomic_write_text
 from pretrain.config import RECIPES, with_overrides

@@ -1,20 +1,15 @@
 """Report figures as pure functions of aggregated rows: data-size ablation, layer weights, per-layer probes."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import NullLocator
 
-matplotlib.use("Agg")  # headless and deterministic: the report never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import NullLocator  # noqa: E402
-
-from core.io import atomic_write_bytes  # noqa: E402
+from core.figures import plt, save_figure
 
 # Fixed colours so an upstream looks the same in every figure; random-init controls are pale versions
 # of their pretrained family so "same architecture, no training" reads at a glance.
@@ -47,15 +42,6 @@ def color_map(keys: list[str]) -> dict[str, str]:
         c = UPSTREAM_COLORS.get(k) or UPSTREAM_COLORS.get(k.split(":")[0])
         out[k] = next(extra) if c is None or c in out.values() else c
     return out
-
-
-def save_figure(fig: plt.Figure, path: Path) -> Path:
-    """Render to memory then write atomically, so a half-written PNG never replaces a good one."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 def _grid(n: int, width: float = 6.0, height: float = 4.2) -> tuple[plt.Figure, list[plt.Axes]]:

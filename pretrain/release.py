@@ -41,7 +41,7 @@ def release(run_dir: Path, out: Path, commands: list[str]) -> str:
 
 
 def plot_loss(log: Path, meta: dict, path: Path) -> Path:
-    from benchmark.plots import plt, save_figure
+    from core.figures import plt, save_figure  # matplotlib loads only when a loss curve is drawn
 
     df = pd.read_csv(log)
     val = df.dropna(subset=["val_loss"])
