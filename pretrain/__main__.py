@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0")) if world > 1 else 0
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(levelname)s {f'rank {rank} ' if world > 1 else ''}%(name)s: %(message)s")
+    finished = False
     try:
         check_inputs(args)
         cfg = _config(args)
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         out = run_pretraining(args.upstream, args.corpus or args.audio, args.out, cfg, resume=args.resume,
                               stop_at_step=args.stop_at_step, until_yardstick=args.until_yardstick,
                               max_cpu_seconds=args.max_cpu_seconds, device=device)
+        finished = True
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # input errors (CheckpointError, AudioError, ...)
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"interrupted; continue with --resume --out {args.out}", file=sys.stderr)
         return 130
     finally:
-        distributed.shutdown()
+        distributed.shutdown(synchronise=finished)
     if rank == 0:
         print(f"checkpoint: {out}" + (f" ({world} ranks)" if world > 1 else ""))
     return 0

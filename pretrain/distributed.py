@@ -65,8 +65,13 @@ def init_from_env(device: str | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> t
     return want
 
 
-def shutdown() -> None:
+def shutdown(synchronise: bool = False) -> None:
+    """Leave the process group; with `synchronise` (a run that ended normally), once every rank has arrived: a rank
+    that tore its gloo connections down while rank 0 was still writing the checkpoint could abort the other
+    (SIGABRT in tests/test_ddp.py's torchrun run, now and then). Not after an error: the other ranks may never come."""
     if dist.is_available() and dist.is_initialized():
+        if synchronise:
+            dist.barrier()
         dist.destroy_process_group()
 
 
