@@ -5,22 +5,12 @@ from collections import Counter
 from pathlib import Path
 
 from benchmark.cachesize import cache_needs, describe_layers, fmt_bytes, free_bytes
-from benchmark.plan import FINETUNE_TASKS, FINETUNE_UPSTREAMS, BenchmarkConfig, choose_fractions, expand_runs
+from benchmark.plan import BenchmarkConfig, choose_fractions, expand_runs
 from benchmark.resolve import planned_checkpoint, resolve_corpus
 from benchmark.shapes import planned_shape
 from benchmark.shards import shard_filter, shard_loads, whole_plan
 from downstream.fractions import PAPER_FRACTIONS
 from upstream.registry import is_external, parse_spec
-
-
-def finetuning_planned(cfg: BenchmarkConfig) -> bool:
-    """Whether the plan holds fine-tuning runs (benchmark.plan.expand_runs): the main job's, on FINETUNE_TASKS for
-    FINETUNE_UPSTREAMS (dropped by --no-finetune: finetune_ends False), or a `finetune` mode. Without them the
-    fine-tuning budget would describe runs that never happen, so the plan says none."""
-    explicit = any("finetune" in (m.strip() for m in cfg.task_modes.get(t, cfg.modes).split(",")) for t in cfg.tasks)
-    ends = (cfg.finetune_ends and any(t in FINETUNE_TASKS for t in cfg.tasks)
-            and any(spec.partition(":")[0] in FINETUNE_UPSTREAMS for spec in cfg.upstreams))
-    return explicit or ends
 
 
 def print_plan(cfg: BenchmarkConfig) -> int:
@@ -35,19 +25,24 @@ def print_plan(cfg: BenchmarkConfig) -> int:
         n = len(corpus.utterances("train"))
         print(f"corpus {corpus.name} at {corpus.root}: {n} train utterances, {len(corpus.speakers)} speakers")
         fractions = choose_fractions(cfg, corpus)
+    notes: list[str] = []
+    plans = []  # (spec, planned checkpoint, hidden states, runs) of every upstream
+    for spec in cfg.upstreams:
+        L = planned_shape(spec, cfg).hidden_states
+        plans.append((spec, planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain), L,
+                      shard_filter(cfg, spec, L, fractions, expand_runs(cfg, spec, L, fractions, notes))))
+    # the fine-tuning budget only where the plan holds fine-tuning runs (--no-finetune, or no upstream to fine-tune)
+    finetunes = any(r.finetune for *_, runs in plans for r in runs)
     print(f"fractions: {', '.join(f'{f:g}' for f in fractions)}; seeds: {cfg.seeds}; "
           f"probes: {cfg.probe.budget}"
           f"{''.join(f' ({t}: {p.budget})' for t, p in cfg.task_probes.items() if p.budget != cfg.probe.budget)}, "
-          f"fine-tuning: {cfg.finetune_probe.budget if finetuning_planned(cfg) else 'none'}; modes: {cfg.modes}"
+          f"fine-tuning: {cfg.finetune_probe.budget if finetunes else 'none'}; modes: {cfg.modes}"
           f"{''.join(f' ({t}: {m})' for t, m in cfg.task_modes.items() if t in cfg.tasks)}; "
           f"cache: {cfg.cache_dir if cfg.use_cache else 'none (--no-cache)'}; results: {cfg.results_dir}")
-    total, notes, with_runs = 0, [], []
+    total, with_runs = 0, []
     needs = {n.spec: n for n in cache_needs(cfg, corpus)} if corpus is not None else {}
-    for spec in cfg.upstreams:
+    for spec, ckpt, L, runs in plans:
         name, _ = parse_spec(spec)
-        ckpt = planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain)
-        L = planned_shape(spec, cfg).hidden_states
-        runs = shard_filter(cfg, spec, L, fractions, expand_runs(cfg, spec, L, fractions, notes))
         status = ""
         if ckpt is not None:
             status = f", checkpoint {ckpt}" + ("" if is_external(name) or (ckpt / "checkpoint.json").is_file()
