@@ -129,24 +129,26 @@ def stored_bytes(source: ArraySource, layers: list[int], rows: int) -> int:
 
 
 class Buffers:
-    """One buffer of the stored dtype and one float32 buffer reused by every step: a fresh (probes x batch x layers x
-    D) tensor per step costs more in page faults than the gather itself."""
+    """One buffer of the stored dtype and one of the model's compute dtype (float32, or bfloat16 for the MLP head,
+    downstream.stacked) reused by every step: a fresh (probes x batch x layers x D) tensor per step costs more in page
+    faults than the gather itself, and rows converted here once are not converted again by the model."""
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        self.dtype = dtype
         self.stored: Tensor | None = None
-        self.f32: Tensor | None = None
+        self.compute: Tensor | None = None
 
     def gather(self, x: Tensor, idx: Tensor) -> Tensor:
-        """x[idx] as float32, (len(idx), *x.shape[1:]), in the reused buffers."""
+        """x[idx] in the compute dtype, (len(idx), *x.shape[1:]), in the reused buffers."""
         shape = (len(idx), *x.shape[1:])
         n = int(np.prod(shape))
         if self.stored is None or self.stored.numel() < n or self.stored.dtype != x.dtype or self.stored.device != x.device:
             self.stored = torch.empty(n, dtype=x.dtype, device=x.device)
-            self.f32 = torch.empty(n, dtype=torch.float32, device=x.device)
-        assert self.f32 is not None
+            self.compute = torch.empty(n, dtype=self.dtype, device=x.device)
+        assert self.compute is not None
         stored = self.stored[:n].view(shape)
         torch.index_select(x, 0, idx, out=stored)
-        return self.f32[:n].view(shape).copy_(stored)
+        return self.compute[:n].view(shape).copy_(stored)
 
 
 def chunk_batches(member: Tensor, ids: Tensor, utt: Tensor, gens: list[torch.Generator],
@@ -170,14 +172,15 @@ def chunk_batches(member: Tensor, ids: Tensor, utt: Tensor, gens: list[torch.Gen
 
 class ChunkFeed:
     """The minibatches of a group of probes over the train split's rows, pass after pass, in the order described
-    above. A step's data: (x (A', B, L, D) float32, y (A', B), valid (A', B), positions (A',)) for the A' probes
+    above. A step's data: (x (A', B, L, D) in `dtype`, y (A', B), valid (A', B), positions (A',)) for the A' probes
     that have rows left in the chunk; a pass ends with a step of no probe. `keep` follows the probes still
     training (finished ones take no more rows)."""
 
-    def __init__(self, store: RowStore, member: Tensor, gens: list[torch.Generator], batch_size: int) -> None:
+    def __init__(self, store: RowStore, member: Tensor, gens: list[torch.Generator], batch_size: int,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.store, self.member, self.gens, self.batch_size = store, member, gens, batch_size
         self.ids = torch.arange(len(member))
-        self.buffers = Buffers()
+        self.buffers = Buffers(dtype)  # minibatches in the model's compute dtype
         self._batches: Tensor | None = None
         self._valid: Tensor | None = None
 

@@ -125,7 +125,7 @@ def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
     stacked = StackedHeads(heads, len(layers), mode.kind == "weighted_sum", device, compute)
     model = StackedModel(stacked, stores["dev"])
     gens = [torch.Generator().manual_seed(spec.seed * 1_000_003 + 1) for spec in probes]
-    feed = ChunkFeed(stores["train"], member, gens, cfg.batch_size)
+    feed = ChunkFeed(stores["train"], member, gens, cfg.batch_size, compute)
     opt = StackedOptimizer(cfg.optimizer, stacked, cfg.lr, cfg.momentum, cfg.weight_decay)
     stop = Stopping(P, cfg)
     bar = progress_bar(P, progress, f"{task.name}/{mode.label} x{P}")

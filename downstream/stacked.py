@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 def fast_bfloat16(device: torch.device) -> bool:
     """Whether `device` multiplies bfloat16 matrices natively: a CUDA GPU with bf16 support, or a CPU with AMX or
-    AVX512-BF16 (there oneDNN's bf16 GEMM runs 4-6x float32; elsewhere bf16 is emulated and slower)."""
+    AVX512-BF16 (there oneDNN's bf16 GEMM is several times as fast as float32; elsewhere bf16 is emulated and
+    slower)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     cpu = torch.cpu
