@@ -163,13 +163,19 @@ def cached_identity(cache_dir: Path, spec: str, corpus: Corpus) -> dict[str, str
     return {"upstream": upstream, "preset": preset, "ckpt_hash": str(keys[-1]["ckpt_hash"])}
 
 
+def cached_frames(cache_dir: Path, row: dict | pd.Series, corpus: Corpus) -> tuple[ArraySource, FrameRule]:
+    """The cached probe splits of the upstream `row` ({upstream, preset, ckpt_hash}) on `corpus`, and the frame rule
+    their hidden states were computed with."""
+    return (ArraySource({s: find_cache(cache_dir, row, corpus, s) for s in PROBE_SPLITS}),
+            cache_frame_rule(cache_dir, row, corpus))
+
+
 def cached_probe_inputs(cache_dir: Path, row: dict | pd.Series, corpus: Corpus,
                         task: TaskSpec) -> tuple[ArraySource | PooledSource, dict[str, SplitLabels]]:
     """What a frozen probe of `task` reads for the cached upstream `row` ({upstream, preset, ckpt_hash}) on `corpus`:
     its source (the cached frames, or their utterance means), whitening fitted, and every split's labels cut with the
     cache's own frame rule (the perf scripts train probes on a main job's cache this way)."""
-    frames = ArraySource({s: find_cache(cache_dir, row, corpus, s) for s in PROBE_SPLITS})
-    rule = cache_frame_rule(cache_dir, row, corpus)
+    frames, rule = cached_frames(cache_dir, row, corpus)
     source: ArraySource | PooledSource = PooledSource(frames) if task.level == "utterance" else frames
     source.whitening()
     return source, {s: split_labels(corpus, corpus.utterances(s), s, task.labels, rule) for s in PROBE_SPLITS}
@@ -201,9 +207,8 @@ class Certifier:
     def sources(self, row: pd.Series) -> tuple[ArraySource, PooledSource]:
         key = (row["upstream"], row["preset"], str(row["ckpt_hash"]))
         if key not in self._sources:  # one upstream in memory at a time
-            frames = ArraySource({s: find_cache(self.cache_dir, row, self.corpus, s) for s in PROBE_SPLITS})
+            frames, self.frame_rule = cached_frames(self.cache_dir, row, self.corpus)
             self._sources = {key: (frames, PooledSource(frames))}
-            self.frame_rule = cache_frame_rule(self.cache_dir, row, self.corpus)
         return self._sources[key]
 
     def reference(self, row: pd.Series) -> Reference:
