@@ -18,6 +18,13 @@ S3PRL_N_FFT = 400  # OnlinePreprocessor builds MelScale with torchaudio's defaul
 S3PRL_EPS = 1e-10  # OnlinePreprocessor's default eps (log floor, and the CMVN std offset)
 
 
+def is_s3prl_checkpoint(obj: Any) -> bool:
+    """Whether a loaded file is an s3prl Mockingjay-family checkpoint: its `Transformer` weights, or a model config
+    that `s3prl_model_config` reads."""
+    return isinstance(obj, dict) and ("Transformer" in obj or any(
+        isinstance(obj.get(k), dict) and "transformer" in obj[k] for k in ("Upstream_Config", "Config")))
+
+
 def s3prl_model_config(ckpt: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:
     """The upstream (model) config dict: `Upstream_Config` (since late 2021) or `Config` (older files)."""
     for key in ("Upstream_Config", "Config"):

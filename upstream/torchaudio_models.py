@@ -33,6 +33,7 @@ from core.frames import SAMPLE_RATE, FrameRule, conv_rule
 from core.io import sha256_file, sha256_json
 from upstream.checkpoint import CheckpointError
 from upstream.interface import RANDOM_INIT_SEED, Upstream, UpstreamShape
+from upstream.s3prl_config import is_s3prl_checkpoint
 
 DEFAULT_CONV = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2  # torchaudio's default feature encoder
 
@@ -180,9 +181,6 @@ class TorchaudioFamily:
         return TorchaudioUpstream(arch, model).eval()
 
 
-S3PRL_KEYS = ("Transformer", "Upstream_Config")  # top-level keys of s3prl's Mockingjay-family .ckpt files
-
-
 def _s3prl_checkpoint(path: Path) -> str:
     """The one-line error for an s3prl .ckpt given as torchaudio weights: what reads it instead."""
     from upstream.s3prl_hub import NAMES
@@ -203,7 +201,7 @@ def _refused_pickle(path: Path) -> str | None:
         obj = safe_torch_load(path)
     except (ValueError, FileNotFoundError):
         return None
-    if any(k in obj for k in S3PRL_KEYS):
+    if is_s3prl_checkpoint(obj):
         return _s3prl_checkpoint(path)
     return (f"--ckpt {path}: cannot read it as torchaudio weights: a pickled file torch refuses to load with "
             f"weights_only=True (it holds Python objects, not only tensors; none of its code was run); "
@@ -220,7 +218,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(e).splitlines()[0]) if str(e) else ""  # no terminal colour codes
         raise CheckpointError(f"--ckpt {path}: cannot read it as a torch state dict: {type(e).__name__}: "
                               f"{first}") from e
-    if isinstance(state, dict) and any(k in state for k in S3PRL_KEYS):  # our export: plain data, but not weights
+    if is_s3prl_checkpoint(state):  # our export: plain data, but not weights
         raise CheckpointError(_s3prl_checkpoint(path))
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"--ckpt {path}: expected a state dict (names -> tensors), got {type(state).__name__}")
