@@ -6,8 +6,9 @@ fixed by k alone, CHUNK_BLOCKS blocks at a time (a chunk); inside a chunk each p
 its training utterances), shuffled by its own generator, in minibatches. A probe's batches therefore depend on
 its seed, its subset and the corpus only: never on which other probes train beside it, nor on where the rows
 came from. Every block is whitened as it is read (the transforms fitted on the train split in one streaming pass,
-downstream.heads.Whitening) and kept in the cache's dtype (float16), one block at a time, so a row is the same
-bits whether the block was read once and held or read again. The rows a group needs stay resident (on the GPU
+downstream.heads.Whitening) and kept in the group's row dtype (the model's compute dtype when it is bfloat16, else the
+cache's float16), one block at a time, so a row is the same bits whether the block was read once and held or read
+again. The rows a group needs stay resident (on the GPU
 when there is one) when they fit in the memory budget and are read from the cache again for every chunk when
 they do not, so the memory a probe run holds does not grow with the corpus.
 """
@@ -34,24 +35,40 @@ SCHEDULE_SEED = 0x5CED
 
 @dataclass
 class Chunk:
-    """Rows of one or more blocks: x (n, L, D) as stored (every hidden state of a row side by side, so a minibatch
-    is one gather), y (n,) labels and utt (n,) utterance ids (CPU)."""
+    """Rows of one or more blocks: x (n, L, D) as held (every hidden state of a row side by side, so a minibatch
+    is one gather), y (n,) labels and utt (n,) utterance ids (CPU). Resident rows are not copied into a chunk:
+    x is then the held rows and `at` (n,) the position in x of each of the chunk's rows (None: x is the chunk)."""
 
     x: Tensor
     y: Tensor
     utt: Tensor
+    at: Tensor | None = None
+
+    def rows(self, a: int, b: int) -> Tensor:
+        """The chunk's rows a..b-1 (evaluation reads a chunk in order)."""
+        if self.at is None:
+            return self.x[a:b]
+        at = self.at[a:b]
+        lo = int(at[0])
+        if int(at[-1]) - lo == len(at) - 1:  # contiguous (a split read in order): a view, no copy
+            return self.x[lo: lo + len(at)]
+        return self.x.index_select(0, at)
 
 
 class RowStore:
-    """The rows `keep_utts` (None: all) of one split, hidden states `layers`, read block by block.
+    """The rows `keep_utts` (None: all) of one split, hidden states `layers`, read block by block and whitened.
 
-    resident: read once, held as stored on `device`; else every request reads the cache file again.
+    resident: read once, held on `device`; else every request reads the cache file again. `dtype`: what a whitened
+    row is held in (None: the cache's dtype). A bfloat16 model reads bfloat16 rows: converted once here, not per
+    minibatch.
     """
 
     def __init__(self, source: ArraySource, split: str, layers: list[int], whiten: list[Whitening], labels: np.ndarray,
-                 keep_utts: np.ndarray | None, resident: bool, device: torch.device) -> None:
+                 keep_utts: np.ndarray | None, resident: bool, device: torch.device,
+                 dtype: torch.dtype | None = None) -> None:
         self.source, self.split, self.layers, self.whiten, self.device = source, split, list(layers), whiten, device
-        self.dtype = torch.from_numpy(np.zeros(0, dtype=source.splits[split].hidden.dtype)).dtype  # as stored
+        stored = torch.from_numpy(np.zeros(0, dtype=source.splits[split].hidden.dtype)).dtype
+        self.dtype = stored if dtype is None else dtype
         self.offsets = source.splits[split].offsets
         self.n_rows = int(self.offsets[-1])
         self.n_blocks = max(1, math.ceil(self.n_rows / BLOCK_ROWS))
@@ -97,18 +114,19 @@ class RowStore:
         return bool(utts[lo: hi + 1].any())
 
     def chunk(self, blocks: list[int]) -> Chunk:
-        if self._resident is not None:
-            x_all, rows_all = self._resident
-            spans = [(int(self._starts[k]), int(self._starts[k + 1])) for k in blocks]
-            x = torch.cat([x_all[a:b] for a, b in spans])
-            rows = np.concatenate([rows_all[a:b] for a, b in spans])
+        at = None
+        if self._resident is not None:  # no copy: the chunk's rows are positions in the held rows
+            x, rows_all = self._resident
+            pos = np.concatenate([np.arange(self._starts[k], self._starts[k + 1]) for k in blocks])
+            rows = rows_all[pos]
+            at = torch.from_numpy(pos).to(self.device)
         else:
             parts = [self._read(k) for k in blocks]
             x = torch.cat([p for p, _ in parts]).to(self.device)
             rows = np.concatenate([r for _, r in parts])
         r = torch.from_numpy(rows)
         utt = torch.from_numpy(np.searchsorted(self.offsets, rows, side="right") - 1)
-        return Chunk(x, self.labels.index_select(0, r).to(self.device), utt)
+        return Chunk(x, self.labels.index_select(0, r).to(self.device), utt, at)
 
     def chunks(self) -> "list[list[int]]":
         """Every block in order, CHUNK_BLOCKS at a time (evaluation)."""
@@ -129,9 +147,10 @@ def stored_bytes(source: ArraySource, layers: list[int], rows: int) -> int:
 
 
 class Buffers:
-    """One buffer of the stored dtype and one of the model's compute dtype (float32, or bfloat16 for the MLP head,
-    downstream.stacked) reused by every step: a fresh (probes x batch x layers x D) tensor per step costs more in page
-    faults than the gather itself, and rows converted here once are not converted again by the model."""
+    """One buffer of the rows' dtype and one of the model's compute dtype (float32 or bfloat16, downstream.stacked)
+    reused by every step: a fresh (probes x batch x layers x D) tensor per step costs more in page faults than the
+    gather itself, and rows converted here once are not converted again by the model. Rows already held in the
+    compute dtype are gathered straight into it."""
 
     def __init__(self, dtype: torch.dtype = torch.float32) -> None:
         self.dtype = dtype
@@ -142,10 +161,13 @@ class Buffers:
         """x[idx] in the compute dtype, (len(idx), *x.shape[1:]), in the reused buffers."""
         shape = (len(idx), *x.shape[1:])
         n = int(np.prod(shape))
-        if self.stored is None or self.stored.numel() < n or self.stored.dtype != x.dtype or self.stored.device != x.device:
-            self.stored = torch.empty(n, dtype=x.dtype, device=x.device)
+        if self.compute is None or self.compute.numel() < n or self.compute.device != x.device or (
+                x.dtype != self.dtype and (self.stored is None or self.stored.dtype != x.dtype)):
+            self.stored = None if x.dtype == self.dtype else torch.empty(n, dtype=x.dtype, device=x.device)
             self.compute = torch.empty(n, dtype=self.dtype, device=x.device)
         assert self.compute is not None
+        if x.dtype == self.dtype:
+            return torch.index_select(x, 0, idx, out=self.compute[:n].view(shape))
         stored = self.stored[:n].view(shape)
         torch.index_select(x, 0, idx, out=stored)
         return self.compute[:n].view(shape).copy_(stored)
@@ -204,7 +226,8 @@ class ChunkFeed:
                     pos = active.nonzero().squeeze(1)
                     if len(pos) == 0:
                         continue
-                    idx, ok = self._batches[pos, s].to(dev), self._valid[pos, s].to(dev)
-                    x = self.buffers.gather(chunk.x, idx.reshape(-1)).view(len(pos), B, *chunk.x.shape[1:])
-                    yield Batch((x, chunk.y[idx.reshape(-1)].view(len(pos), B), ok, pos), active)
+                    idx, ok = self._batches[pos, s].to(dev).reshape(-1), self._valid[pos, s].to(dev)
+                    held = idx if chunk.at is None else chunk.at[idx]
+                    x = self.buffers.gather(chunk.x, held).view(len(pos), B, *chunk.x.shape[1:])
+                    yield Batch((x, chunk.y[idx].view(len(pos), B), ok, pos), active)
             yield Batch(None, torch.zeros(len(self.ids), dtype=torch.bool), pass_end=True)

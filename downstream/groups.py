@@ -89,8 +89,8 @@ def correct(heads: StackedHeads, params: list[Tensor], store: RowStore,
     sums = None
     for blocks in store.chunks():
         ch = store.chunk(blocks)
-        for a in range(0, len(ch.x), EVAL_ROWS):
-            logits = heads.forward(ch.x[a: a + EVAL_ROWS], params)  # (Q, n, C)
+        for a in range(0, len(ch.y), EVAL_ROWS):
+            logits = heads.forward(ch.rows(a, a + EVAL_ROWS), params)  # (Q, n, C)
             right += (logits.argmax(-1) == ch.y[a: a + EVAL_ROWS]).sum(1)
             if keep_utt:
                 if sums is None:
@@ -112,21 +112,22 @@ def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
     train_rows = np.diff(rows.splits["train"].offsets)
     need = int(train_rows[union].sum()) + sum(int(rows.splits[s].offsets[-1]) for s in ("dev", "test"))
     resident = stored_bytes(rows, layers, need) <= (resident_budget(device) if memory is None else memory)
-    stores = {s: RowStore(rows, s, layers, whiten, per_row[s], union if s == "train" else None, resident, device)
-              for s in PROBE_SPLITS}
+    # bfloat16 where the hardware multiplies it natively (the rows are float16 in the cache: a bfloat16 row keeps 8
+    # of their 11 significant bits, far below the minibatch noise); weights, gradients and optimiser stay float32
+    compute = torch.bfloat16 if fast_bfloat16(device) else torch.float32
+    held = compute if compute != torch.float32 else None  # float32 models read float16 rows, converted per batch
+    stores = {s: RowStore(rows, s, layers, whiten, per_row[s], union if s == "train" else None, resident, device,
+                          held) for s in PROBE_SPLITS}
     with INIT_LOCK:
         heads = []
         for spec in probes:
             seed_everything(spec.seed)
             heads.append(task.head(rows.hidden_size, n_classes))
-    # linear heads stay float32: their rows are certified against float64 references (benchmark.convergence) and
-    # cost little; the MLP's hidden layer is the probe sweep's largest matmul
-    compute = torch.bfloat16 if not task.linear and fast_bfloat16(device) else torch.float32
     stacked = StackedHeads(heads, len(layers), mode.kind == "weighted_sum", device, compute)
     model = StackedModel(stacked, stores["dev"])
+    opt = StackedOptimizer(cfg.optimizer, stacked, cfg.lr, cfg.momentum, cfg.weight_decay)
     gens = [torch.Generator().manual_seed(spec.seed * 1_000_003 + 1) for spec in probes]
     feed = ChunkFeed(stores["train"], member, gens, cfg.batch_size, compute)
-    opt = StackedOptimizer(cfg.optimizer, stacked, cfg.lr, cfg.momentum, cfg.weight_decay)
     stop = Stopping(P, cfg)
     bar = progress_bar(P, progress, f"{task.name}/{mode.label} x{P}")
     try:

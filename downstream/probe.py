@@ -18,7 +18,7 @@ from downstream.modes import Featurizer, LayerMode
 from downstream.tasks import TaskSpec
 
 # the engine's version is part of every run id: rows of another engine are never mixed in silently
-ENGINE_VERSION = 2
+ENGINE_VERSION = 3
 # the global RNGs: probes built (seeded) in parallel threads must not interleave there
 INIT_LOCK = threading.Lock()
 

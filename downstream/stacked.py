@@ -6,9 +6,8 @@ minibatches is one `torch.baddbmm`. Each probe still has its own initialisation 
 gradient, clipping, learning rate, optimiser state and best state; a finished probe leaves the stack
 (`keep`) so the ones still training do not pay for it. The inputs are whitened rows (downstream.feeds).
 
-The matmuls run in `compute` precision: float32, or bfloat16 for heads whose cost is their own matmuls (the MLP:
-a 768-wide hidden layer) on hardware with bfloat16 matrix units (`fast_bfloat16`): the weights, their gradients
-and the optimiser stay float32, and logits come back float32.
+The matmuls run in `compute` precision: bfloat16 on hardware with bfloat16 matrix units (`fast_bfloat16`), else
+float32; the weights, their gradients and the optimiser stay float32, and logits come back float32.
 """
 from __future__ import annotations
 
@@ -92,7 +91,7 @@ class StackedHeads:
         k = 2
         for op in self.ops[1:]:
             if op == "relu":
-                h = torch.relu(h)
+                h = torch.relu_(h)  # in place: its backward reads the output only
             else:
                 h = torch.baddbmm(params[k + 1][:, None].to(ct), h, params[k].to(ct))
                 k += 2
