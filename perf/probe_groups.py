@@ -4,8 +4,8 @@ batched model, and with --alone the same probes one at a time, in the same proce
     .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_linear --mode weighted_sum --alone
     .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_1hidden --mode last --float32
 
---float32 also trains the group with float32 matmuls (a group computes in bfloat16 where the head is not linear and
-the hardware has bfloat16 matrix units, downstream.stacked.fast_bfloat16) and compares time and test accuracy.
+--float32 also trains the group with float32 matmuls (a group computes in bfloat16 where the hardware has bfloat16
+matrix units, downstream.stacked.fast_bfloat16) and compares time and test accuracy.
 
 Reads the feature cache the main job built (run it first). 1 torch thread unless --threads. Writes JSON (--out).
 """
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         with mock.patch.object(downstream.groups, "fast_bfloat16", lambda device: False):
             full = train_probes(task, mode, source, labels, specs, n_cls, cfg)
-        out["bfloat16"] = downstream.groups.fast_bfloat16(torch.device("cpu")) and not task.linear
+        out["bfloat16"] = downstream.groups.fast_bfloat16(torch.device("cpu"))
         out["float32_seconds"] = round(time.perf_counter() - t0, 1)
         out["float32_over_group"] = round(out["float32_seconds"] / out["group_seconds"], 2)
         out["float32_test"] = [round(100 * r.test_metric, 2) for r in full]
