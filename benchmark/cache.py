@@ -24,13 +24,15 @@ and then reuses it. Correctness does not rest on the lock (some network filesyst
 ones): staging folders are unique per host and process, and when the final rename finds the entry already
 there (another builder finished first), the finished entry is used and this copy dropped, so every process
 reads the one entry in place.
+
+This module writes entries; finding, validating and opening them is benchmark.cachereader's, the one reader the
+runner, the disk-space check, the certificate and the perf scripts share.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 import secrets
 import shutil
@@ -42,21 +44,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.frames import FrameRule
-from core.io import atomic_write_json, read_json, sha256_json
+from benchmark.cachereader import (CACHE_FORMAT_VERSION, DONE, CacheEntry, EntryQuery, entry_problem, find_entries,
+                                   key_layers, manifest_digest, sampled_checksum)
+from core.audio import load_audio
+from core.io import atomic_write_json, sha256_json
 from corpora.manifest import Corpus, Utterance
 from downstream.sources import SplitArrays, frame_counts
-from upstream.features import FeatureConfig
 from upstream.interface import Upstream
 
-CACHE_FORMAT_VERSION = 1
-DONE = "DONE"
 LOCKS = ".locks"  # one empty lock file per key, kept (deleting a lock file others may hold is a classic race)
 _F16_MAX = float(np.finfo(np.float16).max)
-
-
-def manifest_digest(utts: list[Utterance]) -> str:
-    return sha256_json([[u.id, u.path, u.sample_rate, u.num_samples] for u in utts])
 
 
 def layer_set(layers: Sequence[int] | None, num_hidden_states: int) -> tuple[int, ...]:
@@ -83,90 +80,8 @@ def cache_key(identity: dict[str, str], upstream: Upstream, corpus: Corpus, spli
     return f"{identity['upstream']}-{corpus.name}-{split}-{sha256_json(fields)[:16]}", fields
 
 
-def key_layers(key: dict[str, Any]) -> tuple[int, ...]:
-    """The hidden-state indices an entry with key fields `key` holds (its meta.json's "key")."""
-    return tuple(key["layers"]) if "layers" in key else tuple(range(int(key["num_hidden_states"])))
-
-
-def sampled_checksum(path: Path, blocks: int = 16, block: int = 1 << 16) -> str:
-    """SHA-256 of the size and `blocks` evenly spaced 64 KiB blocks: catches truncation and most damage
-    in milliseconds where a full hash of a multi-GB file would cost seconds on every open."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        for k in range(blocks):
-            f.seek(max(0, (size - block) * k // max(1, blocks - 1)))
-            h.update(f.read(block))
-    return h.hexdigest()
-
-
-def _problem(d: Path, fields: dict[str, Any]) -> str | None:
-    """Why the cache directory `d` cannot be used, or None when it is complete and matches `fields`."""
-    if not (d / DONE).is_file():
-        return "no done-marker (interrupted extraction)"
-    try:
-        meta = read_json(d / "meta.json", "feature cache metadata")
-        done = read_json(d / DONE, "feature cache done-marker")
-    except (FileNotFoundError, ValueError) as e:
-        return str(e)
-    if meta.get("key") != fields:
-        return "key fields differ (stale cache for another model, config or manifest)"
-    hidden = d / "hidden.npy"
-    if not hidden.is_file() or hidden.stat().st_size != done.get("hidden_bytes"):
-        return "hidden.npy missing or of the wrong size (truncated)"
-    if sampled_checksum(hidden) != done.get("hidden_checksum"):
-        return "hidden.npy checksum differs (corrupted)"
-    try:
-        offsets = np.load(d / "offsets.npy")
-    except (OSError, ValueError) as e:
-        return f"offsets.npy unreadable: {e}"
-    if offsets.tolist() != meta.get("offsets_list"):
-        return "offsets.npy differs from meta.json"
-    return None
-
-
-def open_split(d: Path) -> SplitArrays:
-    hidden = np.load(d / "hidden.npy", mmap_mode="r")  # memory-mapped: pages are read on demand
-    key = read_json(d / "meta.json", "feature cache metadata")["key"]
-    return SplitArrays(hidden=hidden, offsets=np.load(d / "offsets.npy"), layers=key_layers(key),
-                       num_hidden_states=int(key["num_hidden_states"]))
-
-
-def entries(cache_root: Path, fields: dict[str, Any]) -> list[tuple[Path, tuple[int, ...]]]:
-    """(directory, hidden states held) of every complete, intact entry for the model, corpus split and manifest of
-    `fields` (the key fields of any layer set), most hidden states first."""
-    base = {k: v for k, v in fields.items() if k != "layers"}
-    out = []
-    for d in Path(cache_root).glob(f"{base['upstream']}-{base['corpus']}-{base['split']}-*"):
-        try:
-            key = read_json(d / "meta.json", "feature cache metadata").get("key", {})
-        except (FileNotFoundError, ValueError):
-            continue
-        if not isinstance(key, dict) or {k: v for k, v in key.items() if k != "layers"} != base:
-            continue
-        if _problem(d, key) is None:
-            out.append((d, key_layers(key)))
-    return sorted(out, key=lambda e: (-len(e[1]), e[0].name))
-
-
-def _serving(cache_root: Path, fields: dict[str, Any], need: tuple[int, ...]) -> Path | None:
-    """The complete entry that serves `need`: the one holding the most hidden states among those that hold them all."""
-    for d, held in entries(cache_root, fields):
-        if set(need) <= set(held):
-            return d
-    return None
-
-
 def expected_lengths(upstream: Upstream, utts: list[Utterance]) -> np.ndarray:
     return frame_counts(upstream.frame_rule, utts)
-
-
-def frame_rule_of(key: dict[str, Any]) -> FrameRule:
-    """The frame rule of the hidden states cached under `key` (the 'key' of a meta.json): recorded as such, or, for a
-    log-mel front-end, implied by its feature config (keys of those caches are unchanged since before frame rules)."""
-    if "frame_rule" in key:
-        return FrameRule.from_dict(key["frame_rule"])
-    return FeatureConfig.from_dict(key["feature"]).frame_rule
 
 
 @torch.no_grad()
@@ -176,8 +91,6 @@ def _stream(upstream: Upstream, corpus: Corpus, utts: list[Utterance], layers: t
     """Run `utts` through `upstream` in batches (longest first) and hand each utterance's hidden state layers[j] to
     write(j, first frame row, float16 (n, D) array); return the offsets. The one path to float16 for the cache and
     for --no-cache, so both give the same bits."""
-    from core.audio import load_audio
-
     lengths = expected_lengths(upstream, utts)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     upstream.eval().to(device)
@@ -271,17 +184,17 @@ def ensure_split(cache_root: Path, identity: dict[str, str], upstream: Upstream,
     stale/corrupt ones are replaced. The arrays may hold more hidden states than asked (SplitArrays.layers says
     which). Safe with other processes building the same key at once (module docstring)."""
     need = layer_set(layers, upstream.num_hidden_states)
-    base = cache_key(identity, upstream, corpus, split, utts)[1]
-    if (found := _serving(cache_root, base, need)) is not None:
-        return open_split(found), False
-    held = [h for _, h in entries(cache_root, base)]  # entries of other subsets: the new one holds theirs too
+    query = EntryQuery.for_key(cache_key(identity, upstream, corpus, split, utts)[1])
+    if found := find_entries(cache_root, query, need):  # the first holds the most hidden states
+        return found[0].open(), False
+    held = [e.layers for e in find_entries(cache_root, query)]  # entries of other subsets: the new one holds theirs too
     name, fields = cache_key(identity, upstream, corpus, split, utts, sorted(set(need).union(*held)))
     final = Path(cache_root) / name
     with _build_lock(final, log):
-        if (found := _serving(cache_root, base, need)) is not None:  # built by another process while this one waited
-            return open_split(found), False
+        if found := find_entries(cache_root, query, need):  # built by another process while this one waited
+            return found[0].open(), False
         if final.exists():
-            log(f"feature cache {final}: {_problem(final, fields)}; rebuilding")
+            log(f"feature cache {final}: {entry_problem(final, fields)}; rebuilding")
             _discard(final)
         if held:
             log(f"feature cache {final.name}: no entry holds hidden states {_ids(need)} (the entries hold "
@@ -295,7 +208,7 @@ def ensure_split(cache_root: Path, identity: dict[str, str], upstream: Upstream,
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-    return open_split(final), True
+    return CacheEntry(final, fields).open(), True
 
 
 def _ids(layers: Sequence[int]) -> str:
@@ -334,7 +247,7 @@ def _publish(tmp: Path, final: Path, fields: dict[str, Any], log) -> None:
     try:
         os.replace(tmp, final)  # atomic: the key directory appears complete or not at all
     except OSError as e:
-        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or _problem(final, fields) is not None:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or entry_problem(final, fields) is not None:
             raise
         log(f"feature cache {final.name}: another process finished it first; using that copy")
 

@@ -7,13 +7,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.cache import DONE, frame_counts, key_layers, manifest_digest
+from benchmark.cachereader import EntryQuery, find_entries
 from benchmark.plan import BenchmarkConfig, cache_layers, choose_fractions, expand_runs
 from benchmark.resolve import resolve_corpus
 from benchmark.shapes import Shape, planned_shape
 from benchmark.shards import assign, run_key, shard_filter, whole_plan
-from core.io import read_json
 from corpora.manifest import PROBE_SPLITS, Corpus
+from downstream.sources import frame_counts
 from upstream.registry import parse_spec
 
 BYTES_PER_VALUE = 2  # float16
@@ -45,25 +45,14 @@ def describe_layers(layers: tuple[int, ...], hidden_states: int) -> str:
 
 
 def _held(cache_dir: Path, spec: str, shape: Shape, corpus: Corpus, split: str) -> list[tuple[int, ...]]:
-    """The hidden states held by each complete cache entry for this upstream, preset, checkpoint, corpus split and
-    shape already there."""
+    """The hidden states held by each complete, intact cache entry of this upstream, preset, checkpoint (when the
+    plan knows its hash) and shape on this corpus split's manifest: the entries extraction would read."""
     if shape.fresh:
         return []
     name, preset = parse_spec(spec)
-    want = {"upstream": name, "preset": preset, "corpus": corpus.name, "split": split,
-            "manifest": manifest_digest(corpus.utterances(split)), "num_hidden_states": shape.hidden_states,
-            "hidden_size": shape.hidden_size, **({"ckpt_hash": shape.ckpt_hash} if shape.ckpt_hash else {})}
-    out = []
-    for d in Path(cache_dir).glob(f"{name}-{corpus.name}-{split}-*"):
-        if not (d / DONE).is_file():
-            continue
-        try:
-            key = read_json(d / "meta.json", "feature cache metadata").get("key", {})
-        except (FileNotFoundError, ValueError):
-            continue
-        if all(key.get(k) == v for k, v in want.items()):
-            out.append(key_layers(key))
-    return out
+    query = EntryQuery.for_split(corpus, split, name, preset, shape.ckpt_hash or None,
+                                 num_hidden_states=shape.hidden_states, hidden_size=shape.hidden_size)
+    return [e.layers for e in find_entries(cache_dir, query)]
 
 
 def planned_layers(cfg: BenchmarkConfig, spec: str, hidden_states: int, fractions: list[float]) -> tuple[int, ...]:

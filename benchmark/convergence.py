@@ -36,14 +36,16 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.aggregate import read_runs
+from benchmark.cachereader import CacheEntry, EntryQuery, find_entry
 from core.frames import FrameRule
-from core.io import atomic_write_text, read_json
+from core.io import atomic_write_text
 from corpora.manifest import PROBE_SPLITS, Corpus, load_corpus
 from downstream.data import SplitLabels, Targets, flat_rows, split_labels
 from downstream.fractions import fraction_subset
 from downstream.solver import solve_l2
-from downstream.sources import ArraySource, PooledSource, SplitArrays
+from downstream.sources import ArraySource, PooledSource
 from downstream.tasks import TASKS, TaskSpec
+from upstream.registry import parse_spec
 
 CONVERGENCE_FILE = "convergence.csv"
 # mean cross-entropy + l2/2 * |W|^2 on whitened examples; sklearn's C = 1 / (l2 * n_train). From strong (a dozen
@@ -108,40 +110,15 @@ def _accuracy(x: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor
     return correct / max(1, len(y))
 
 
-def find_cache_dir(cache_dir: Path, row: pd.Series, corpus: Corpus, split: str) -> Path:
-    """The complete feature-cache directory of this row's upstream checkpoint and of `corpus`'s `split` (keyed by
-    meta.json: preset, checkpoint hash and the split's manifest digest, since corpora of one name, the quick and full
-    built-in ones or a rescaled one, share directory prefixes); of several (entries of different hidden states,
-    benchmark.cache), the one holding the most."""
-    from benchmark.cache import DONE, key_layers, manifest_digest
-
-    digest = manifest_digest(corpus.utterances(split))
-    found = []
-    for meta_path in sorted(Path(cache_dir).glob(f"{row['upstream']}-{corpus.name}-{split}-*/meta.json")):
-        key = read_json(meta_path, "feature cache metadata").get("key", {})
-        if (key.get("preset") == row["preset"] and str(key.get("ckpt_hash")) == str(row["ckpt_hash"])
-                and key.get("manifest") == digest and (meta_path.parent / DONE).is_file()):
-            found.append((-len(key_layers(key)), meta_path.parent))
-    if found:
-        return min(found)[1]
-    raise FileNotFoundError(f"no complete feature cache for {row['upstream']}:{row['preset']} "
-                            f"(checkpoint {row['ckpt_hash']}), {split} split of the corpus in {corpus.root}, under "
-                            f"{cache_dir}: run the benchmark that produced these rows first (it builds the cache)")
+ROWS_HINT = "run the benchmark that produced these rows first (it builds the cache)"
 
 
-def find_cache(cache_dir: Path, row: pd.Series, corpus: Corpus, split: str) -> SplitArrays:
-    from benchmark.cache import open_split
-
-    return open_split(find_cache_dir(cache_dir, row, corpus, split))
-
-
-def cache_frame_rule(cache_dir: Path, row: pd.Series, corpus: Corpus) -> FrameRule:
-    """The frame rule of the hidden states the row's cache holds: frame labels must be cut with the rule the cached
-    hidden states were computed with, not a default."""
-    from benchmark.cache import frame_rule_of
-
-    return frame_rule_of(read_json(find_cache_dir(cache_dir, row, corpus, "train") / "meta.json",
-                                   "feature cache metadata")["key"])
+def cached_entries(cache_dir: Path, row: dict | pd.Series, corpus: Corpus) -> dict[str, CacheEntry]:
+    """The cache entry of each probe split of `corpus` (its manifest as it is now) for the upstream checkpoint `row`
+    ({upstream, preset, ckpt_hash}); of several, the one holding the most hidden states (benchmark.cachereader).
+    FileNotFoundError naming the entry asked for and --cache-dir when one is missing."""
+    return {s: find_entry(cache_dir, EntryQuery.for_split(corpus, s, row["upstream"], row["preset"], row["ckpt_hash"]),
+                          hint=ROWS_HINT) for s in PROBE_SPLITS}
 
 
 def cached_identity(cache_dir: Path, spec: str, corpus: Corpus) -> dict[str, str]:
@@ -149,25 +126,15 @@ def cached_identity(cache_dir: Path, spec: str, corpus: Corpus) -> dict[str, str
     the name's default preset when none is given) on `corpus`'s train split (perf scripts: measure on whatever
     checkpoint the last run cached). The preset and the split's manifest are matched: `mel` and `mel:stack3` share a
     directory prefix, and so do corpora of one name."""
-    from benchmark.cache import manifest_digest
-    from upstream.registry import parse_spec
-
     upstream, preset = parse_spec(spec)
-    digest = manifest_digest(corpus.utterances("train"))
-    metas = sorted(Path(cache_dir).glob(f"{upstream}-{corpus.name}-train-*/meta.json"), key=lambda m: m.stat().st_mtime)
-    keys = [k for k in (read_json(m, "feature cache metadata")["key"] for m in metas)
-            if k.get("preset") == preset and k.get("manifest") == digest]
-    if not keys:
-        raise FileNotFoundError(f"no feature cache for {upstream}:{preset} on the corpus in {corpus.root} under "
-                                f"{cache_dir}: run the benchmark first")
-    return {"upstream": upstream, "preset": preset, "ckpt_hash": str(keys[-1]["ckpt_hash"])}
+    return find_entry(cache_dir, EntryQuery.for_split(corpus, "train", upstream, preset), newest=True).identity
 
 
 def cached_frames(cache_dir: Path, row: dict | pd.Series, corpus: Corpus) -> tuple[ArraySource, FrameRule]:
     """The cached probe splits of the upstream `row` ({upstream, preset, ckpt_hash}) on `corpus`, and the frame rule
-    their hidden states were computed with."""
-    return (ArraySource({s: find_cache(cache_dir, row, corpus, s) for s in PROBE_SPLITS}),
-            cache_frame_rule(cache_dir, row, corpus))
+    their hidden states were computed with: frame labels must be cut with that rule, not a default."""
+    entries = cached_entries(cache_dir, row, corpus)
+    return ArraySource({s: e.open() for s, e in entries.items()}), entries["train"].frame_rule
 
 
 def cached_probe_inputs(cache_dir: Path, row: dict | pd.Series, corpus: Corpus,

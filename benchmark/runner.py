@@ -24,6 +24,7 @@ from downstream.finetune import finetune_probe
 from downstream.probe import ProbeConfig, ProbeResult, ProbeSpec
 from downstream.train import train_probe, train_probes
 from benchmark.cache import ensure_split, extract_arrays
+from benchmark.cachereader import manifest_digest
 from benchmark.plan import BenchmarkConfig, PlannedRun, cache_layers, choose_fractions, expand_runs, run_id
 from benchmark.resolve import ResolvedUpstream, resolve_corpus, resolve_upstream
 from benchmark.results import RUNS_FILE, append_row, done_run_ids, write_leaderboard
@@ -41,8 +42,6 @@ class RunnerStats:
 
 
 def corpus_digest(corpus: Corpus) -> str:
-    from benchmark.cache import manifest_digest
-
     return sha256_json({"name": corpus.name, **{s: manifest_digest(corpus.utterances(s)) for s in PROBE_SPLITS}})[:16]
 
 

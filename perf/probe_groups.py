@@ -49,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     corpus = load_corpus(a.corpus)
-    try:
+    task = TASKS[a.task]
+    try:  # no cache entry for a split, or an unknown upstream/preset
         row = cached_identity(a.cache_dir, a.upstream, corpus)
+        source, labels = cached_probe_inputs(a.cache_dir, row, corpus, task)  # whitening fitted here: not timed
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    task = TASKS[a.task]
-    source, labels = cached_probe_inputs(a.cache_dir, row, corpus, task)  # whitening fitted here: not timed
     speakers = [u.speaker for u in corpus.utterances("train")]
     specs = [ProbeSpec(fraction_subset(speakers, float(f), seed, task.labels.closed_set).indices, seed)
              for f in a.fractions.split(",") for seed in range(a.seeds)]

@@ -103,11 +103,11 @@ def main() -> int:
     corpus = load_corpus(a.corpus)
     try:
         row = cached_identity(a.cache_dir, a.upstream, corpus)
-    except (FileNotFoundError, ValueError) as e:  # no cache, or an unknown upstream/preset
+        cert = Certifier(corpus, a.cache_dir)
+        frames, pooled = cert.sources(row)
+    except (FileNotFoundError, ValueError) as e:  # no cache entry for a split, or an unknown upstream/preset
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cert = Certifier(corpus, a.cache_dir)
-    frames, pooled = cert.sources(row)
     standardised = pooled.whitening()
     whitened = [Whitening(pooled.hidden_size).fit(x) for x in pooled.means("train")]
     speakers = [u.speaker for u in cert.utts["train"]]

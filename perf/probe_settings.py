@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         variants = [("main job", base)] + [(s, parse_set(s, base)) for s in a.set]
         corpus = load_corpus(a.corpus)
         row = cached_identity(a.cache_dir, a.upstream, corpus)
+        source, labels = cached_probe_inputs(a.cache_dir, row, corpus, task)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    source, labels = cached_probe_inputs(a.cache_dir, row, corpus, task)
     speakers = [u.speaker for u in corpus.utterances("train")]
     idx = list(fraction_subset(speakers, a.fraction, a.seed, task.labels.closed_set).indices)
     out = []

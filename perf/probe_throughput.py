@@ -21,13 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark.convergence import cache_frame_rule, cached_identity, find_cache  # noqa: E402
+from benchmark.convergence import cached_frames, cached_identity  # noqa: E402
 from benchmark.presets import main_job  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
 from downstream.data import num_classes, split_labels  # noqa: E402
 from downstream.modes import LayerMode  # noqa: E402
-from downstream.sources import ArraySource, PooledSource  # noqa: E402
+from downstream.sources import PooledSource  # noqa: E402
 from downstream.tasks import TASKS  # noqa: E402
 from downstream.train import train_probe  # noqa: E402
 
@@ -45,12 +45,11 @@ def main() -> int:
     corpus = load_corpus(a.corpus)
     try:
         row = cached_identity(a.cache_dir, a.upstream, corpus)
-    except (FileNotFoundError, ValueError) as e:  # no cache, or an unknown upstream/preset
+        t0 = time.perf_counter()
+        frames, rule = cached_frames(a.cache_dir, row, corpus)  # and the frame rule the labels must follow
+    except (FileNotFoundError, ValueError) as e:  # no cache entry for a split, or an unknown upstream/preset
         print(f"error: {e}", file=sys.stderr)
         return 2
-    t0 = time.perf_counter()
-    frames = ArraySource({s: find_cache(a.cache_dir, row, corpus, s) for s in PROBE_SPLITS})
-    rule = cache_frame_rule(a.cache_dir, row, corpus)  # the frame rule the labels must follow
     pooled = PooledSource(frames)
     frames.whitening()  # the statistics every probe shares, fitted once in a streaming pass
     pooled.whitening()

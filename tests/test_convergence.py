@@ -87,11 +87,24 @@ def test_certify_cli_errors_name_what_is_missing(corpus_dir, tmp_path, capsys):
     good = _run(corpus_dir, tmp_path, ProbeConfig(lr=3e-2, batch_size=256, patience=2, min_eval_steps=5))
     assert main(["certify", "--corpus", str(corpus_dir), "--results-dir", str(good / "results"),
                  "--cache-dir", str(tmp_path / "elsewhere")]) == 2
-    assert "no complete feature cache for mel" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no cache entry for mel:default" in err and str(tmp_path / "elsewhere") in err and "run the benchmark" in err
     runs = pd.read_csv(good / "results" / "runs.csv")
     runs[runs["task"] == "phone_1hidden"].to_csv(good / "results" / "runs.csv", index=False)  # header only
     assert main(["certify", "--corpus", str(corpus_dir), "--results-dir", str(good / "results")]) == 2
     assert "no result rows" in capsys.readouterr().err
+
+
+def _entry(cache: Path, corpus, split: str, preset: str, ckpt_hash: str) -> Path:
+    """A real cache entry of the log-mel front-end, recorded under the given preset and checkpoint hash."""
+    from benchmark.cache import cache_key, ensure_split
+    from upstream.features import FeatureConfig
+    from upstream.registry import build_upstream
+
+    up = build_upstream("mel", feature=FeatureConfig(norm="none"))
+    ident = {"upstream": "mel", "preset": preset, "ckpt_hash": ckpt_hash}
+    ensure_split(cache, ident, up, corpus, split, corpus.utterances(split), progress=False, log=lambda *_: None)
+    return cache / cache_key(ident, up, corpus, split, corpus.utterances(split))[0]
 
 
 def test_cached_identity_matches_the_preset(tmp_path):
@@ -99,19 +112,14 @@ def test_cached_identity_matches_the_preset(tmp_path):
     newer stack3 cache (it once did, silently: docs/benchmark.md's trainer comparison ran on 240-d stacked means)."""
     import os
 
-    from benchmark.cache import manifest_digest
     from benchmark.convergence import cached_identity
-    from core.io import atomic_write_json
     from tests.fixtures import make_tiny_corpus
 
     corpus = make_tiny_corpus(tmp_path / "c", per_speaker={"train": 1, "dev": 1, "test": 1})
-    digest = manifest_digest(corpus.utterances("train"))
-    for i, (preset, h) in enumerate((("default", "aaa"), ("stack3", "bbb"))):  # stack3 written last: the newest
-        meta = tmp_path / "cache" / f"mel-tiny-train-{h}" / "meta.json"
-        meta.parent.mkdir(parents=True)
-        atomic_write_json(meta, {"key": {"preset": preset, "ckpt_hash": h, "manifest": digest}})
-        os.utime(meta, (1000 + i, 1000 + i))
     cache = tmp_path / "cache"
+    for i, (preset, h) in enumerate((("default", "aaa"), ("stack3", "bbb"))):  # stack3 written last: the newest
+        meta = _entry(cache, corpus, "train", preset, h) / "meta.json"
+        os.utime(meta, (1000 + i, 1000 + i))
     assert cached_identity(cache, "mel", corpus) == {"upstream": "mel", "preset": "default", "ckpt_hash": "aaa"}
     assert cached_identity(cache, "mel:stack3", corpus)["ckpt_hash"] == "bbb"
     with pytest.raises(FileNotFoundError, match="mel:delta"):
@@ -123,30 +131,29 @@ def test_cached_identity_matches_the_preset(tmp_path):
 def test_cache_lookups_match_the_corpus_manifest(tmp_path):
     """Two corpora of one name (the built-in corpus and a rescaled one, or the quick and full ones) share a cache
     folder and directory prefixes: the certificate must open the entry of ITS corpus's split, never the other's."""
-    import pandas as pd
+    import shutil
 
-    from benchmark.cache import DONE, manifest_digest
-    from benchmark.convergence import cached_identity, find_cache_dir
-    from core.io import atomic_write_json
-    from tests.fixtures import make_tiny_corpus
+    from benchmark.cachereader import manifest_digest
+    from benchmark.convergence import cached_entries, cached_identity
 
     small = make_tiny_corpus(tmp_path / "small", per_speaker={"train": 1, "dev": 1, "test": 1}, seed=0)
     large = make_tiny_corpus(tmp_path / "large", per_speaker={"train": 3, "dev": 2, "test": 1}, seed=1)
     assert small.name == large.name
     cache = tmp_path / "cache"
-    for tag, corpus in (("s", small), ("l", large)):
-        for split in ("train", "dev"):
-            d = cache / f"mel-tiny-{split}-{tag}"
-            d.mkdir(parents=True)
-            atomic_write_json(d / "meta.json", {"key": {"preset": "default", "ckpt_hash": "h", "num_hidden_states": 1,
-                                                        "manifest": manifest_digest(corpus.utterances(split))}})
-            (d / DONE).write_text("{}")
+    built = {(tag, split): _entry(cache, corpus, split, "default", "h")
+             for tag, corpus in (("s", small), ("l", large)) for split in ("train", "dev", "test")}
+    assert len(set(built.values())) == 6  # one entry per corpus and split
     row = pd.Series({"upstream": "mel", "preset": "default", "ckpt_hash": "h"})
-    assert find_cache_dir(cache, row, small, "dev").name == "mel-tiny-dev-s"
-    assert find_cache_dir(cache, row, large, "dev").name == "mel-tiny-dev-l"
+    assert {s: e.path for s, e in cached_entries(cache, row, small).items()} == {
+        s: built["s", s] for s in ("train", "dev", "test")}
+    assert cached_entries(cache, row, large)["dev"].path == built["l", "dev"]
     assert cached_identity(cache, "mel", large)["ckpt_hash"] == "h"
-    with pytest.raises(FileNotFoundError, match="test split"):
-        find_cache_dir(cache, row, small, "test")
+    shutil.rmtree(built["s", "test"])
+    with pytest.raises(FileNotFoundError, match="test split") as e:
+        cached_entries(cache, row, small)
+    assert manifest_digest(small.utterances("test"))[:16] in str(e.value)
+    assert f"{built['l', 'test'].name} (built from manifest {manifest_digest(large.utterances('test'))[:16]})" in str(
+        e.value)  # what is there instead: the other corpus's entry, never opened
 
 
 def test_mlp_rows_share_the_linear_reference_and_retrained_rows_are_certified_again(corpus_dir, tmp_path, monkeypatch):

@@ -212,7 +212,8 @@ def cache_job(corpus: str, cache_root: str, sync: str, me: str, other: str, no_l
 
 @pytest.mark.parametrize("no_lock", [False, True], ids=["flock", "no-flock"])
 def test_two_processes_build_one_cache_entry_at_once(corpus_dir, tmp_path, no_lock):
-    from benchmark.cache import _problem, cache_key
+    from benchmark.cache import cache_key
+    from benchmark.cachereader import entry_problem
     from corpora.manifest import load_corpus
     from upstream.features import FeatureConfig
     from upstream.registry import build_upstream, upstream_identity
@@ -238,7 +239,7 @@ def test_two_processes_build_one_cache_entry_at_once(corpus_dir, tmp_path, no_lo
     c = load_corpus(corpus_dir)
     up = build_upstream("aalbert_random", feature=FeatureConfig(norm="none"))
     name, fields = cache_key(upstream_identity("aalbert_random", None, up), up, c, "train", c.utterances("train"))
-    assert _problem(cache_root / name, fields) is None  # the entry is complete and intact
+    assert entry_problem(cache_root / name, fields) is None  # the entry is complete and intact
     assert sorted(p.name for p in cache_root.iterdir()) == [".locks", name]  # no staging folder left
     assert float(np.load(cache_root / name / "hidden.npy").astype(np.float64).sum()) == a["sum"]
 

@@ -12,7 +12,7 @@ import torch
 
 from benchmark import runner
 from benchmark.cache import ensure_split
-from benchmark.convergence import cache_frame_rule
+from benchmark.convergence import cached_frames
 from benchmark.cli import main
 from benchmark.plan import BenchmarkConfig
 from benchmark.results import RUNS_FILE, read_rows
@@ -165,7 +165,7 @@ def test_benchmark_run_on_20ms_frames(tmp_path):
     _, built = ensure_split(tmp_path / "cache", upstream_identity("wav2vec2_base_random:tiny", None, up), up, corpus,
                             "train", corpus.utterances("train"), progress=False)
     assert not built  # the key read back from meta.json (JSON lists, floats) equals the model's: reused, not rebuilt
-    assert cache_frame_rule(tmp_path / "cache", pd.Series(w2v[0]), corpus) == up.frame_rule  # what certify cuts
+    assert cached_frames(tmp_path / "cache", pd.Series(w2v[0]), corpus)[1] == up.frame_rule  # what certify cuts
     mel_key = read_json(next((tmp_path / "cache").glob("mel-*-train-*/meta.json")), "meta")["key"]
     assert "frame_rule" not in mel_key and "feature" in mel_key  # log-mel keys as before frame rules existed
 
