@@ -23,7 +23,7 @@ from core.repro import seed_everything
 from upstream.features import corpus_stats
 from upstream.interface import TransformerUpstream
 from upstream.checkpoint import read_meta
-from upstream.registry import RANDOM_CONTROLS, build_upstream, get_preset, load_upstream, parse_spec
+from upstream.registry import build_upstream, family_of, load_upstream
 
 LOCAL_MS = 50.0  # local_share counts the attention within +-50 ms of the query (analysis.attention_stats)
 DEFAULT_MAX_SECONDS = 15.0  # s3prl encodes Base inputs in chunks of <= 1500 frames (15 s); longer is cropped
@@ -85,9 +85,12 @@ def load_models(ckpts: list[str], specs: list[str], stats_wavs: list[torch.Tenso
         models[name] = load_upstream(path)
         family_ckpts.setdefault(str(read_meta(path).get("upstream")), path)
     for spec in specs:
-        name, preset = parse_spec(spec)
-        feature, encoder = get_preset(name, preset).feature, None
-        if name in RANDOM_CONTROLS:  # the architecture of the family's --ckpt, else of its reference checkpoint
+        fam, preset = family_of(spec)
+        feature, encoder = fam.front_end(preset), None
+        if feature is None or not fam.takes_front_end:
+            raise ValueError(f"--upstream {spec!r}: only weight-free specs here (e.g. mockingjay_random); give a "
+                             f"checkpoint as --ckpt NAME=CKPT_DIR")
+        if fam.architecture_from is not None:  # the architecture of the family's --ckpt, else of its reference one
             feature, encoder = control_architecture(spec, family_ckpts, Path("runs/pretrain"), False, False)
         if feature.norm == "corpus" and not feature.has_stats:
             # A random-init control has no training corpus: normalise with the analysed audio's statistics.

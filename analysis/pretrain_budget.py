@@ -35,7 +35,7 @@ from downstream.tasks import TASKS
 from pretrain import default_budget, run_pretraining
 from pretrain.config import with_overrides
 from upstream.checkpoint import META_FILE, checkpoint_hash, read_meta
-from upstream.registry import is_pretrained, parse_spec
+from upstream.registry import family_of
 
 
 def snapshot_checkpoints(spec: str, corpus, runs: Path, steps: int, snapshots: list[int], device: str,
@@ -123,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     try:
-        name, _ = parse_spec(a.upstream)
-        if not is_pretrained(name):
+        fam, _ = family_of(a.upstream)
+        if not fam.pretrainable:
             raise ValueError(f"--upstream {a.upstream}: not a pretrainable upstream")
+        name = fam.name
         try:
             snapshots = [int(s) for s in a.snapshots.split(",") if s.strip()]
         except ValueError:
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     snaps = snapshot_checkpoints(a.upstream, corpus, a.runs_dir, a.steps, snapshots, job.device, job.progress)
     base = replace(job, corpus=str(corpus.root), tasks=tuple(a.tasks.split(",")), fractions=(1.0,), seeds=a.seeds,
                    finetune_ends=False, results_dir=a.out, cache_dir=a.cache_dir, report=False)
-    references = ("mel", f"{name}_random")  # the input features and the same architecture untrained
+    references = tuple(n for n in ("mel", fam.control) if n)  # the input features and the same architecture untrained
     done = run_benchmark(replace(base, upstreams=references)).runs_done
     for s, snap in snaps.items():
         done += run_benchmark(replace(base, upstreams=(a.upstream,), ckpts={name: str(snap)})).runs_done

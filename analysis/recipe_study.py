@@ -33,7 +33,7 @@ from core.io import atomic_write_text
 from pretrain.config import RECIPES, with_overrides
 from pretrain.train import LOG_FILE, run_pretraining
 from upstream.checkpoint import META_FILE, read_meta
-from upstream.registry import is_pretrained, parse_spec
+from upstream.registry import family_of, parse_spec
 
 BASELINE = "s3prl"
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         specs = [s for s in a.upstream.split(",") if s]
         for s in specs:
-            if not is_pretrained(parse_spec(s)[0]):
+            if not family_of(s)[0].pretrainable:
                 raise ValueError(f"--upstream {s}: not a pretrainable upstream")
         recipes = [r for r in a.recipes.split(",") if r]
         if bad := [r for r in recipes if r not in RECIPES]:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.plots import metric_display
-from upstream.registry import is_pretrained
+from upstream.registry import FAMILIES
 
 _SCENE = ["corpus", "task", "fraction"]
 _SAME_MODEL = ["upstream", "preset", "ckpt_hash"]  # two modes of one checkpoint
@@ -88,9 +88,14 @@ def _mel(rows: pd.DataFrame) -> pd.DataFrame:
     return mel if len(presets) == 1 else mel.iloc[:0]
 
 
+def _takes_weights(upstream: str) -> bool:
+    """A registered upstream built from weights (names no longer registered count as not)."""
+    return upstream in FAMILIES and FAMILIES[upstream].takes_weights
+
+
 def _pretrained(agg: pd.DataFrame) -> pd.Series:
-    # By name, not by pretrain_frames: a checkpoint that predates throughput metadata is still pretrained.
-    return agg["upstream"].map(is_pretrained).astype(bool)
+    # By family, not by pretrain_frames: a checkpoint that predates throughput metadata is still pretrained.
+    return agg["upstream"].map(_takes_weights).astype(bool)
 
 
 def _labels(m: pd.DataFrame) -> pd.Series:
@@ -294,7 +299,7 @@ def check_yardstick(cost: pd.DataFrame | None) -> Check:
              "neighbours (held-out masked L1 below the interpolation yardstick)")
     if cost is None or cost.empty:
         return Check(claim, "not enough data", "no cost.csv with the checkpoints' held-out losses")
-    pre = cost[cost["upstream"].map(is_pretrained).astype(bool) & cost["val_l1"].notna()
+    pre = cost[cost["upstream"].map(_takes_weights).astype(bool) & cost["val_l1"].notna()
                & cost["val_l1_interpolate"].notna()]
     if pre.empty:
         return Check(claim, "not enough data", "cost.csv has no pretrained checkpoint with a held-out loss")

@@ -24,7 +24,7 @@ from core.allocator import return_large_blocks
 from core.audio import AudioError
 from corpora.validate import CorpusError
 from upstream.checkpoint import CheckpointError
-from upstream.registry import EXTERNAL, RANDOM_CONTROLS, UPSTREAMS, parse_spec, upstream_names
+from upstream.registry import FAMILIES, parse_spec, upstream_names
 
 PROG = "run_benchmark.py"
 # input problems found while running (a file read for the first time): reported like planning errors
@@ -211,18 +211,9 @@ def print_list() -> None:
     from benchmark.resolve import corpus_choices
 
     print("upstreams (name:preset, default preset first):")
-    for name in upstream_names():
-        if name in EXTERNAL:
-            ext = EXTERNAL[name]
-            kind = (f"weights from --ckpt {name}{':PRESET' if ext.ckpt_per_preset else ''}=FILE" if ext.weights
-                    else "random-init control")
-            presets = [ext.default_preset, *(p for p in ext.presets if p != ext.default_preset)]
-            print(f"  {name:20s} presets: {', '.join(presets)}   ({kind})")
-            continue
-        fam = RANDOM_CONTROLS.get(name, name)
-        kind = "random-init control of " + fam if name in RANDOM_CONTROLS else (
-            "log-mel baseline" if UPSTREAMS[fam][next(iter(UPSTREAMS[fam]))].encoder is None else "pretrained")
-        print(f"  {name:20s} presets: {', '.join(UPSTREAMS[fam])}   ({kind})")
+    for name, fam in FAMILIES.items():
+        presets = [fam.default_preset, *(p for p in fam.presets if p != fam.default_preset)]
+        print(f"  {name:20s} presets: {', '.join(presets)}   ({fam.description})")
     print("tasks:")
     for t in TASKS.values():
         print(f"  {t.name:18s} {t.labels.name} labels, {t.level}-level, {t.description}, {t.metric}"

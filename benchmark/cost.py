@@ -18,8 +18,7 @@ from core.io import atomic_write_text
 from core.repro import provenance, seed_everything
 from upstream.checkpoint import read_meta
 from upstream.features import corpus_stats
-from upstream.registry import (RANDOM_CONTROLS, build_upstream, ckpt_key, get_preset, is_external, parse_spec,
-                               upstream_identity)
+from upstream.registry import build_upstream, ckpt_key, family_of, upstream_identity
 from upstream.transformer import count_parameters
 
 COST_COLUMNS: tuple[str, ...] = ("upstream", "preset", "ckpt_hash", "params", "pretrain_frames", "pretrain_seconds",
@@ -88,17 +87,17 @@ def measure_costs(specs_and_ckpts: Iterable[tuple[str, str | Path | None]], out_
     # as in the benchmark, so its row costs the model it controls for
     family_ckpts = {ckpt_key(spec): str(ckpt) for spec, ckpt in items if ckpt is not None}
     for spec, ckpt in tqdm(items, desc="cost", unit="upstream"):
-        name, preset = parse_spec(spec)
+        fam, preset = family_of(spec)
         feature = encoder = None
-        if ckpt is None and not is_external(name):
-            feature = get_preset(name, preset).feature
-            if name in RANDOM_CONTROLS:
+        if ckpt is None and fam.takes_front_end:
+            feature = fam.front_end(preset)
+            if fam.architecture_from is not None:
                 feature, encoder = control_architecture(spec, family_ckpts, Path("runs/pretrain"), False, False)
             if feature.norm == "corpus" and not feature.has_stats:
                 # Timing only: statistics of the test signal stand in for corpus ones (same arithmetic cost).
                 feature = feature.with_stats(*corpus_stats(feature, wavs))
         model = build_upstream(spec, ckpt=ckpt, feature=feature, encoder=encoder)
-        pre = _pretrain_meta(None if is_external(name) else ckpt)  # other toolkits' files carry no such record
+        pre = _pretrain_meta(ckpt if fam.pretrainable else None)  # only the toolkit's checkpoints record pretraining
         secs = pre["pretrain_seconds"]
         rows.append({**upstream_identity(spec, ckpt, model), "params": count_parameters(model), **pre,
                      "pretrain_frames_per_s": pre["pretrain_frames"] / secs if secs > 0 else math.nan,

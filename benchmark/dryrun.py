@@ -6,11 +6,11 @@ from pathlib import Path
 
 from benchmark.cachesize import cache_needs, describe_layers, fmt_bytes, free_bytes
 from benchmark.plan import BenchmarkConfig, choose_fractions, expand_runs
-from benchmark.resolve import planned_checkpoint, resolve_corpus
+from benchmark.resolve import awaits_pretraining, planned_checkpoint, resolve_corpus
 from benchmark.shapes import planned_shape
 from benchmark.shards import shard_filter, shard_loads, whole_plan
 from downstream.fractions import PAPER_FRACTIONS
-from upstream.registry import is_external, parse_spec
+from upstream.registry import family_of
 
 
 def print_plan(cfg: BenchmarkConfig) -> int:
@@ -42,11 +42,9 @@ def print_plan(cfg: BenchmarkConfig) -> int:
     total, with_runs = 0, []
     needs = {n.spec: n for n in cache_needs(cfg, corpus)} if corpus is not None else {}
     for spec, ckpt, L, runs in plans:
-        name, _ = parse_spec(spec)
         status = ""
         if ckpt is not None:
-            status = f", checkpoint {ckpt}" + ("" if is_external(name) or (ckpt / "checkpoint.json").is_file()
-                                               else " (to pretrain)")
+            status = f", checkpoint {ckpt}" + (" (to pretrain)" if awaits_pretraining(family_of(spec)[0], ckpt) else "")
         print(f"{spec}: {L} hidden states{status}: {len(runs)} runs")
         for (mode, task), n in sorted(Counter((r.mode.label, r.task) for r in runs).items()):
             print(f"    {mode:14s} {task:18s} {n}")

@@ -15,7 +15,7 @@ from core.io import read_json
 from corpora.manifest import PROBE_SPLITS
 from benchmark.plan import BenchmarkConfig, cache_layers, choose_fractions, expand_runs, run_id
 from benchmark.shards import shard_filter
-from upstream.registry import RANDOM_CONTROLS, get_preset, is_external, parse_spec
+from upstream.registry import family_of
 
 
 def prepare(cfg: BenchmarkConfig, log=print) -> int:
@@ -69,18 +69,18 @@ def check_prepared(cfg: BenchmarkConfig) -> None:
         raise ValueError(f"--shard {cfg.shard.label}: corpus {cfg.corpus} is not prepared under {cfg.data_dir}; shards "
                          f"started together would each build it: {first}")
     for spec in cfg.upstreams:
-        name, preset = parse_spec(spec)
-        if is_external(name):  # its weights are a given file or a seeded initialisation: nothing to build
-            continue
-        if get_preset(name, preset).encoder is not None and name not in RANDOM_CONTROLS:
+        fam, preset = family_of(spec)
+        if fam.pretrainable:
             ckpt = planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain)
-            if cfg.pretrain and name not in cfg.ckpts and ckpt is not None and not (
+            if cfg.pretrain and fam.ckpt_key(preset) not in cfg.ckpts and ckpt is not None and not (
                     (ckpt / "checkpoint.json").is_file() and read_meta(ckpt).get("complete")):
                 raise ValueError(f"--shard {cfg.shard.label}: --pretrain checkpoint {ckpt} is not pretrained yet; "
                                  f"shards started together would each pretrain it: {first}")
             continue
+        if not fam.takes_front_end:  # its weights are a given file or a seeded initialisation: nothing to build
+            continue
         feature = planned_shape(spec, cfg).feature
-        assert feature is not None  # a toolkit upstream: mel or a random-init control
+        assert feature is not None  # a weight-free log-mel upstream: mel or a random-init control
         if feature.norm == "corpus" and not _has_stats(corpus.root, normalisation_split(corpus), feature.to_dict()):
             raise ValueError(f"--shard {cfg.shard.label}: corpus {corpus.root} has no normalisation statistics for "
                              f"{spec} yet; shards computing them at once could differ in the last bits, and so in "

@@ -1,17 +1,17 @@
 """Resolving the benchmark's inputs: the corpus (prepared if missing) and each upstream (pretrained if missing)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from corpora.manifest import SPLITS, Corpus, is_prepared, load_corpus
-from upstream.checkpoint import read_meta
+from upstream.checkpoint import META_FILE, read_meta
+from upstream.family import Family
 from upstream.features import FeatureConfig
 from upstream.interface import Upstream
 from upstream.reference import SHIPPED_CHECKPOINTS, reference_for, verify_reference
-from upstream.registry import (RANDOM_CONTROLS, build_upstream, ckpt_key, get_preset, is_external, is_pretrained,
-                               parse_spec, static_shape, upstream_identity)
+from upstream.registry import build_upstream, family, family_of, parse_spec, upstream_identity
 from upstream.transformer import EncoderConfig, count_parameters
 
 DEFAULT_CORPUS = "synth"  # the built-in corpus: corpora.ensure_default_corpus prepares it where it belongs
@@ -107,32 +107,37 @@ def checkpoint_dir(runs_dir: Path, spec: str, quick: bool) -> Path:
 def planned_checkpoint(spec: str, ckpts: dict[str, str], runs_dir: Path, quick: bool, pretrain: bool = False
                        ) -> Path | None:
     """The checkpoint an upstream will use: --ckpt, else with --pretrain the one the job trains in runs_dir,
-    else the shipped reference checkpoint (upstream/reference.py); None for mel and the random-init controls.
-    A pretrained upstream with none of these is a ValueError naming the options."""
-    name, preset = parse_spec(spec)
-    if ckpt_key(spec) in ckpts:
-        return Path(ckpts[ckpt_key(spec)])
-    if not is_pretrained(name):
+    else the shipped reference checkpoint (upstream/reference.py); None for weight-free upstreams (mel, the
+    random-init controls). An upstream that takes weights with none of these is a ValueError naming the options."""
+    fam, preset = family_of(spec)
+    key = fam.ckpt_key(preset)
+    if key in ckpts:
+        return Path(ckpts[key])
+    if not fam.takes_weights:
         return None
-    if is_external(name):
-        raise ValueError(f"--upstream {spec}: its weights come from a local file: pass --ckpt {ckpt_key(spec)}=PATH "
+    if not fam.pretrainable:
+        raise ValueError(f"--upstream {spec}: its weights come from a local file: pass --ckpt {key}=PATH "
                          f"(nothing is downloaded)")
     if pretrain:
         return checkpoint_dir(runs_dir, spec, quick)
-    ref = reference_for(name, preset)
+    ref = reference_for(fam.name, preset)
     if ref is None:
-        raise ValueError(f"--upstream {spec}: no reference checkpoint ships for {name}:{preset} (only "
+        raise ValueError(f"--upstream {spec}: no reference checkpoint ships for {fam.name}:{preset} (only "
                          f"{', '.join(f'{r.family}:{r.preset}' for r in SHIPPED_CHECKPOINTS.values())}); pass "
-                         f"--ckpt {name}=PATH, or --pretrain to pretrain it inside the job")
+                         f"--ckpt {fam.name}=PATH, or --pretrain to pretrain it inside the job")
     return ref.path
+
+
+def awaits_pretraining(fam: Family, ckpt: Path | None) -> bool:
+    """True for the planned checkpoint of a pretrainable family that `--pretrain` has not written yet."""
+    return fam.pretrainable and ckpt is not None and not (Path(ckpt) / META_FILE).is_file()
 
 
 def num_hidden_states_of(spec: str, ckpt: Path | None) -> int:
     """Hidden-state count without building the model (for --dry-run and `--mode layers`); a checkpoint still to be
     pretrained counts as its preset."""
-    if ckpt is not None and not is_external(parse_spec(spec)[0]) and not (Path(ckpt) / "checkpoint.json").is_file():
-        ckpt = None
-    return static_shape(spec, ckpt).num_hidden_states
+    fam, preset = family_of(spec)
+    return fam.shape(preset, None if awaits_pretraining(fam, ckpt) else ckpt).num_hidden_states
 
 
 def normalisation_split(corpus: Corpus) -> str:
@@ -142,20 +147,23 @@ def normalisation_split(corpus: Corpus) -> str:
 
 def control_architecture(spec: str, ckpts: dict[str, str], runs_dir: Path, quick: bool, pretrain: bool
                          ) -> tuple[FeatureConfig, EncoderConfig]:
-    """Front-end (without statistics) and encoder of a random-init control: those of the checkpoint its family
-    uses in this job (so the control differs from the model in the weights only), or, before a `--pretrain`
-    checkpoint exists, those the job's pretraining recipe will give it."""
-    name, preset = parse_spec(spec)
-    family = f"{RANDOM_CONTROLS[name]}:{preset}"
-    ckpt = planned_checkpoint(family, ckpts, runs_dir, quick, pretrain)
-    if ckpt is not None and (ckpt / "checkpoint.json").is_file():
-        meta = read_meta(ckpt)
-        feature = FeatureConfig.from_dict({**meta["feature"], "norm_mean": [], "norm_std": []})
-        return feature, EncoderConfig.from_dict(meta["encoder"])
-    from pretrain import default_budget
+    """Front-end (without statistics) and encoder of a random-init control of a pretrainable family
+    (`architecture_from`): those of the checkpoint that family uses in this job (so the control differs from the
+    model in the weights only), or, before a `--pretrain` checkpoint exists, those the job's pretraining recipe
+    will give it."""
+    fam, preset = family_of(spec)
+    if fam.architecture_from is None:
+        raise ValueError(f"--upstream {spec}: not a random-init control of a pretrainable upstream")
+    model = family(fam.architecture_from)
+    model_spec = f"{model.name}:{preset}"
+    ckpt = planned_checkpoint(model_spec, ckpts, runs_dir, quick, pretrain)
+    if ckpt is not None and not awaits_pretraining(model, ckpt):
+        feature, encoder = model.architecture(preset, ckpt)
+        return replace(feature, norm_mean=(), norm_std=()), encoder
+    from pretrain import default_budget  # the pretraining recipe: loaded only to plan a checkpoint still to pretrain
     from pretrain.train import model_configs
 
-    _, feature, encoder = model_configs(family, default_budget(quick))
+    _, feature, encoder = model_configs(model_spec, default_budget(quick))
     return feature, encoder
 
 
@@ -164,32 +172,34 @@ def resolve_upstream(spec: str, corpus: Corpus, ckpts: dict[str, str], runs_dir:
                      ) -> ResolvedUpstream:
     """Build `spec`: from --ckpt, the shipped reference, the reused/trained `--pretrain` checkpoint, or (mel, random
     controls) with corpus statistics."""
-    name, preset = parse_spec(spec)
+    fam, preset = family_of(spec)
     ckpt = planned_checkpoint(spec, ckpts, runs_dir, quick, pretrain)
     meta: dict[str, Any] = {}
-    if is_external(name):
-        model = build_upstream(spec, ckpt=ckpt)
-    elif ckpt is not None:
-        ref = reference_for(name, preset)
-        if name not in ckpts and pretrain:
-            from pretrain import default_budget, ensure_pretrained
+    if fam.pretrainable:  # a toolkit checkpoint: --ckpt, the shipped reference, or pretrained here
+        assert ckpt is not None
+        ref = reference_for(fam.name, preset)
+        given = fam.ckpt_key(preset) in ckpts
+        if not given and pretrain:
+            from pretrain import default_budget, ensure_pretrained  # the pretraining code: only when it must train
 
             log(f"{spec}: pretraining from scratch into {ckpt} (reused when complete and matching)")
-            ckpt = Path(ensure_pretrained(f"{name}:{preset}", corpus, ckpt, default_budget(quick), device=device,
+            ckpt = Path(ensure_pretrained(f"{fam.name}:{preset}", corpus, ckpt, default_budget(quick), device=device,
                                           show_progress=progress))
-        elif name not in ckpts and ref is not None:
+        elif not given and ref is not None:
             ckpt = verify_reference(ref)
             log(f"{spec}: reference checkpoint {ckpt}")
         model = build_upstream(spec, ckpt=ckpt)
         meta = read_meta(ckpt)
-    else:
+    elif fam.takes_front_end:  # weight-free on the log-mel front-end: normalised with this corpus's statistics
         from pretrain.stats import normalized_feature_config
 
-        feature, encoder = get_preset(name, preset).feature, None
-        if name in RANDOM_CONTROLS:
+        feature, encoder = fam.front_end(preset), None
+        if fam.architecture_from is not None:
             feature, encoder = control_architecture(spec, ckpts, runs_dir, quick, pretrain)
         feature = normalized_feature_config(corpus, feature, split=normalisation_split(corpus), progress=progress)
         model = build_upstream(spec, feature=feature, encoder=encoder)
+    else:  # another toolkit's model: its weights file, or a seeded initialisation
+        model = build_upstream(spec, ckpt=ckpt)
     model.eval()
     return ResolvedUpstream(spec=spec, model=model, ckpt=ckpt, identity=upstream_identity(spec, ckpt, model),
                             params=count_parameters(model), pretrain_frames=int(meta.get("pretrain_frames", 0)),

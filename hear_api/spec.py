@@ -26,7 +26,8 @@ from core.io import read_json
 from upstream.checkpoint import META_FILE, read_meta
 from upstream.features import FeatureConfig
 from upstream.interface import Upstream
-from upstream.registry import build_upstream, get_preset, is_external, is_pretrained, parse_spec
+from upstream.family import Family
+from upstream.registry import build_upstream, family_of
 
 LayerRule = Literal["last", "mean", "concat"] | int
 LAYER_WORDS = ("last", "mean", "concat")
@@ -47,16 +48,17 @@ class ModelSpec:
             raise ValueError(f"norm must be 'none' or 'utterance', got {self.norm!r}")
         if self.ckpt is not None and self.feature_from is not None:
             raise ValueError("feature_from is for weight-free upstreams; a checkpoint brings its own front-end")
-        name, _ = parse_spec(self.upstream)  # unknown names list the valid ones
-        if is_pretrained(name) and self.ckpt is None:
-            raise ValueError(_needs_weights(name, self.upstream))
+        fam, _ = family_of(self.upstream)  # unknown names list the valid ones
+        if fam.takes_weights and self.ckpt is None:
+            raise ValueError(_needs_weights(fam, self.upstream))
 
 
-def _needs_weights(name: str, spec: str) -> str:
+def _needs_weights(fam: Family, spec: str) -> str:
     """What to give for `spec`, an upstream whose weights are missing. A toolkit checkpoint is a directory, which the
     model path takes directly; another toolkit's weights are one file, which the model path refuses (a file alone
     does not say which upstream reads it), so for those only a .json spec naming both works."""
-    if not is_external(name):
+    name = fam.name
+    if fam.pretrainable:  # its weights are a toolkit checkpoint directory
         return (f"upstream {name!r} needs a checkpoint: give its checkpoint directory (holding {META_FILE}) as the "
                 f"model path, or \"ckpt\" in a .json model spec")
     convert = (", or convert a Mockingjay/AALBERT file with `python -m pretrain.import_s3prl FILE DIR` and give DIR"
@@ -97,8 +99,8 @@ def build_model_upstream(spec: ModelSpec) -> Upstream:
     """The upstream a ModelSpec names, in eval mode."""
     if spec.ckpt is not None:
         return build_upstream(spec.upstream, ckpt=spec.ckpt).eval()
-    name, preset = parse_spec(spec.upstream)
-    if is_external(name):  # another toolkit's model: its own input pipeline, no log-mel front-end to configure
+    fam, preset = family_of(spec.upstream)
+    if not fam.takes_front_end:  # another toolkit's model: its own input pipeline, no log-mel front-end to configure
         return build_upstream(spec.upstream).eval()
     if spec.feature_from is not None:
         try:
@@ -106,5 +108,5 @@ def build_model_upstream(spec: ModelSpec) -> Upstream:
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"feature_from {spec.feature_from}: no usable front-end config ({e})") from None
     else:
-        feature = replace(get_preset(name, preset).feature, norm=spec.norm, norm_mean=(), norm_std=())
+        feature = replace(fam.front_end(preset), norm=spec.norm, norm_mean=(), norm_std=())
     return build_upstream(spec.upstream, feature=feature).eval()

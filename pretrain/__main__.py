@@ -25,13 +25,14 @@ from pretrain import distributed
 from pretrain.config import DEFAULT_RECIPE, RECIPES, PretrainConfig, default_budget, with_overrides
 from pretrain.train import run_pretraining
 from upstream.checkpoint import META_FILE, verify_checkpoint
-from upstream.registry import is_pretrained, parse_spec
+from upstream.registry import pretrainable_family, pretrainable_names
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pretrain", description="Masked acoustic model pretraining "
                                  "(Mockingjay / AALBERT) with checkpoints, resume and a CSV loss log.")
-    ap.add_argument("--upstream", required=True, help="transformer spec, e.g. mockingjay:small, aalbert:base")
+    ap.add_argument("--upstream", required=True, help=f"pretrainable spec NAME[:PRESET], NAME one of "
+                                                       f"{', '.join(pretrainable_names())} (e.g. mockingjay:small)")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--corpus", type=Path, help="prepared corpus directory (its pretrain split is used)")
     src.add_argument("--audio", type=Path, help="folder of audio files, or a text file listing one path per line")
@@ -73,11 +74,10 @@ def _config(args: argparse.Namespace) -> PretrainConfig:
 def check_inputs(args: argparse.Namespace) -> None:
     """Everything that can be checked before the audio is read or a model built; ValueError naming the flag."""
     try:
-        name, _ = parse_spec(args.upstream)
-    except ValueError as e:
+        fam, _ = pretrainable_family(args.upstream)
+    except ValueError as e:  # unknown name or preset, or not pretrainable here: names the valid ones
         raise ValueError(f"--upstream {args.upstream}: {e}") from None
-    if not is_pretrained(name):
-        raise ValueError(f"--upstream {args.upstream}: only mockingjay and aalbert are pretrained")
+    name = fam.name
     if args.device is not None:
         try:
             dev = torch.device(args.device)

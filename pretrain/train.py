@@ -31,7 +31,7 @@ from pretrain.stats import normalized_feature_config, stats_for_files
 from upstream.checkpoint import META_FILE, CheckpointError, read_meta
 from upstream.features import FeatureConfig
 from upstream.transformer import EncoderConfig
-from upstream.registry import RANDOM_CONTROLS, UPSTREAMS, get_preset, parse_spec
+from upstream.registry import parse_spec, pretrainable_family
 
 log = logging.getLogger(__name__)
 LOG_FILE = "loss.csv"
@@ -61,13 +61,11 @@ def model_configs(spec: str, cfg: PretrainConfig, encoder: EncoderConfig | None 
     The recipe's shape options (frame stacking, Pre-LN, attention dropout) apply on top of the preset;
     `encoder` replaces the preset's encoder (tiny tests), which marks the preset label `+custom`.
     """
-    name, preset_name = parse_spec(spec)
-    if name in RANDOM_CONTROLS or name not in UPSTREAMS or get_preset(name, preset_name).encoder is None:
-        raise ValueError(f"cannot pretrain {spec!r}: only {', '.join(n for n in UPSTREAMS if n != 'mel')} are pretrained")
-    preset = get_preset(name, preset_name)
-    feature = preset.feature if cfg.downsample is None else replace(preset.feature, downsample=cfg.downsample)
-    enc = replace(encoder or preset.encoder, input_dim=feature.feature_dim)
-    if encoder is not None and enc != replace(preset.encoder, input_dim=enc.input_dim):
+    fam, preset_name = pretrainable_family(spec)
+    base_feature, base_encoder = fam.architecture(preset_name)
+    feature = base_feature if cfg.downsample is None else replace(base_feature, downsample=cfg.downsample)
+    enc = replace(encoder or base_encoder, input_dim=feature.feature_dim)
+    if encoder is not None and enc != replace(base_encoder, input_dim=enc.input_dim):
         preset_name = f"{preset_name}+custom"
     shape = {"attention_dropout": cfg.attention_dropout, "pre_layer_norm": cfg.pre_layer_norm}
     enc = replace(enc, **{k: v for k, v in shape.items() if v is not None})

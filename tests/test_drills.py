@@ -446,7 +446,8 @@ def test_resume_checkpoint_lacking_its_training_state(checkpoint, tmp_path, caps
 
 PRETRAIN_FLAG_DRILLS = {
     "unknown upstream": (["--upstream", "bert"], ["--upstream bert", "valid:"]),
-    "not pretrainable": (["--upstream", "mel"], ["--upstream mel", "only mockingjay and aalbert"]),
+    "not pretrainable": (["--upstream", "mel"], ["--upstream mel", "pretrainable: mockingjay, aalbert"]),
+    "torchaudio model": (["--upstream", "wav2vec2_base"], ["--upstream wav2vec2_base", "pretrainable: mockingjay"]),
     "steps 0": (["--steps", "0"], ["--steps must be >= 1"]),
     "batch size 0": (["--batch-size", "0"], ["--batch-size must be >= 1"]),
     "lr not finite": (["--lr", "nan"], ["--lr must be a finite number > 0"]),

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from upstream.registry import build_upstream, get_preset
+from upstream.registry import FAMILIES, build_upstream
 from upstream.transformer import EncoderConfig, TransformerEncoder, count_parameters
 
 TINY = dict(hidden_size=32, num_heads=4, intermediate_size=64, num_layers=3)
@@ -23,9 +23,9 @@ def test_parameter_counts_equal_reference(cfg, expected):
 
 def test_registry_presets_match_reference_counts():
     with torch.device("meta"):
-        assert count_parameters(TransformerEncoder(get_preset("mockingjay", "base").encoder)) == 21_327_360
-        assert count_parameters(TransformerEncoder(get_preset("mockingjay", "large").encoder)) == 85_118_208
-        assert count_parameters(TransformerEncoder(get_preset("aalbert", "base6").encoder)) == 7_151_616
+        assert count_parameters(TransformerEncoder(FAMILIES["mockingjay"].architecture("base")[1])) == 21_327_360
+        assert count_parameters(TransformerEncoder(FAMILIES["mockingjay"].architecture("large")[1])) == 85_118_208
+        assert count_parameters(TransformerEncoder(FAMILIES["aalbert"].architecture("base6")[1])) == 7_151_616
 
 
 @pytest.mark.parametrize("share,pre_ln", [(False, False), (True, False), (False, True), (True, True)])

@@ -31,9 +31,12 @@ from torch import Tensor, nn
 
 from core.io import sha256_file
 from upstream.checkpoint import CheckpointError
+from upstream.family import Family
+from upstream.features import FeatureConfig
 from upstream.interface import Upstream, UpstreamShape
 from upstream.s3prl_compat import import_s3prl_hub, plain_copy, safe_torch_load
 from upstream.s3prl_config import encoder_config_from_s3prl, feature_config_from_s3prl, s3prl_model_config
+from upstream.transformer import EncoderConfig
 
 
 def _transformer_shape(ckpt: dict[str, Any], where: str) -> UpstreamShape:
@@ -94,15 +97,17 @@ class S3prlUpstream(Upstream):
 
 
 @dataclass(frozen=True)
-class S3prlFamily:
+class S3prlFamily(Family):
     """The registry entry `s3prl`: its presets are the hub names in NAMES; weights from --ckpt s3prl:NAME=PATH."""
 
-    weights: bool = True
+    name: str = "s3prl"
     default_preset: str = "mockingjay"
-    ckpt_per_preset: bool = True
+    description = "s3prl hub model, weights from --ckpt s3prl:PRESET=FILE"
+    takes_weights = True
+    ckpt_per_preset = True
 
     @property
-    def presets(self) -> dict[str, Callable[[dict[str, Any], str], UpstreamShape]]:
+    def presets(self) -> dict[str, Callable[[dict[str, Any], str], UpstreamShape]]:  # type: ignore[override]
         return NAMES
 
     def shape(self, preset: str, ckpt: Path | None) -> UpstreamShape:
@@ -110,23 +115,25 @@ class S3prlFamily:
             raise ValueError(f"s3prl:{preset} needs its checkpoint: --ckpt s3prl:{preset}=PATH")
         return NAMES[preset](read_plain(Path(ckpt))[0], str(ckpt))
 
-    def check_ckpt(self, name: str, path: Path) -> None:
+    def check_ckpt(self, key: str, path: Path) -> None:
         """Planning-time check of --ckpt s3prl:NAME=PATH: a known hub name, the file readable without running code,
         its config understood."""
-        hub_name = name.partition(":")[2]
+        hub_name = key.partition(":")[2]
         if hub_name not in NAMES:
-            raise ValueError(f"--ckpt {name}={path}: name the hub entry as s3prl:NAME, NAME one of {', '.join(NAMES)}")
+            raise ValueError(f"--ckpt {key}={path}: name the hub entry as s3prl:NAME, NAME one of {', '.join(NAMES)}")
         try:
             self.shape(hub_name, path)
         except (FileNotFoundError, ValueError) as e:
-            raise ValueError(f"--ckpt {name}={path}: {e}") from None
+            raise ValueError(f"--ckpt {key}={path}: {e}") from None
 
-    def identity_hash(self, preset: str, ckpt: Path | None) -> str:
+    def identity_hash(self, preset: str, ckpt: Path | None, model: Upstream | None = None) -> str:
         if ckpt is None:
             raise ValueError(f"s3prl:{preset} needs its checkpoint: --ckpt s3prl:{preset}=PATH")
         return sha256_file(ckpt)
 
-    def build(self, name: str, preset: str, ckpt: Path | None) -> S3prlUpstream:
+    def build(self, preset: str, ckpt: Path | None = None, feature: FeatureConfig | None = None,
+              encoder: EncoderConfig | None = None) -> S3prlUpstream:
+        self._own_front_end(feature, encoder)
         if ckpt is None:
             raise ValueError(f"s3prl:{preset} needs its checkpoint: --ckpt s3prl:{preset}=PATH")
         state, _ = read_plain(Path(ckpt))

@@ -21,7 +21,8 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,8 +33,11 @@ from torch import Tensor, nn
 from core.frames import SAMPLE_RATE, FrameRule, conv_rule
 from core.io import sha256_file, sha256_json
 from upstream.checkpoint import CheckpointError
+from upstream.family import Family
+from upstream.features import FeatureConfig
 from upstream.interface import RANDOM_INIT_SEED, Upstream, UpstreamShape
 from upstream.s3prl_config import is_s3prl_checkpoint
+from upstream.transformer import EncoderConfig
 
 DEFAULT_CONV = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2  # torchaudio's default feature encoder
 
@@ -139,40 +143,52 @@ class TorchaudioUpstream(Upstream):
 
 
 @dataclass(frozen=True)
-class TorchaudioFamily:
-    """A registry entry: one torchaudio model family, with weights from a local `.pth` file or as a random-init
-    control (seeded: the same weights every time)."""
+class TorchaudioFamily(Family):
+    """One torchaudio model family: weights from a local `.pth` file, or (takes_weights=False) its random-init
+    control, seeded (the same weights every time). A new model is its presets (an Arch each) and one registry line."""
 
-    family: str  # key of PRESETS
-    weights: bool
+    name: str
+    presets: Mapping[str, Arch]
+    takes_weights: bool = True
+    control: str | None = None
     default_preset: str = "base"
-    ckpt_per_preset: bool = False
 
     @property
-    def presets(self) -> dict[str, Arch]:
-        return PRESETS[self.family]
+    def description(self) -> str:  # type: ignore[override]
+        return f"torchaudio model, weights from --ckpt {self.name}=FILE" if self.takes_weights else \
+            "torchaudio model, random-init control"
+
+    def random_control(self) -> TorchaudioFamily:
+        if self.control is None:
+            raise ValueError(f"upstream {self.name!r} has no random-init control")
+        return replace(self, name=self.control, takes_weights=False, control=None)
 
     def shape(self, preset: str, ckpt: Path | None) -> UpstreamShape:
         return self.presets[preset].shape()
 
-    def check_ckpt(self, name: str, path: Path) -> None:
+    def check_ckpt(self, key: str, path: Path) -> None:
         """Planning-time check of --ckpt NAME=PATH (the weights are checked when loaded)."""
-        if not self.weights:
-            raise ValueError(f"--ckpt {name}={path}: {name} is a random-init control and takes no weights")
+        if not self.takes_weights:
+            raise ValueError(f"--ckpt {key}={path}: {key} is a random-init control and takes no weights")
         if not path.is_file() or not zipfile.is_zipfile(path):
-            raise ValueError(f"--ckpt {name}={path}: not a torch .pth file (a state dict saved by torch.save, e.g. "
-                             f"torchaudio's {self.family} bundle file)")
+            raise ValueError(f"--ckpt {key}={path}: not a torch .pth file (a state dict saved by torch.save, e.g. "
+                             f"the file of torchaudio's bundle for {self.name})")
 
-    def identity_hash(self, preset: str, ckpt: Path | None) -> str:
+    def identity_hash(self, preset: str, ckpt: Path | None, model: Upstream | None = None) -> str:
         if ckpt is not None:
             return sha256_file(ckpt)
         return sha256_json({"arch": self.presets[preset].to_dict(), "seed": RANDOM_INIT_SEED})
 
-    def build(self, name: str, preset: str, ckpt: Path | None) -> TorchaudioUpstream:
+    def build(self, preset: str, ckpt: Path | None = None, feature: FeatureConfig | None = None,
+              encoder: EncoderConfig | None = None) -> TorchaudioUpstream:
+        self._own_front_end(feature, encoder)
         arch = self.presets[preset]
-        if self.weights and ckpt is None:
-            raise ValueError(f"upstream {name!r} needs its weights: --ckpt {name}=PATH to torchaudio's .pth state dict "
-                             f"(nothing is downloaded); {name}_random is its random-init control")
+        if self.takes_weights and ckpt is None:
+            control = f"; {self.control} is its random-init control" if self.control else ""
+            raise ValueError(f"upstream {self.name!r} needs its weights: --ckpt {self.name}=PATH to torchaudio's .pth "
+                             f"state dict (nothing is downloaded){control}")
+        if not self.takes_weights:
+            self._no_weights(ckpt)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             model = arch.build()
