@@ -20,6 +20,7 @@ from benchmark.resolve import control_architecture
 from core.audio import AudioError, load_audio
 from core.io import atomic_write_text
 from core.repro import seed_everything
+from corpora.manifest import load_corpus
 from upstream.features import corpus_stats
 from upstream.interface import TransformerUpstream
 from upstream.checkpoint import read_meta
@@ -104,8 +105,6 @@ def load_models(ckpts: list[str], specs: list[str], stats_wavs: list[torch.Tenso
 
 def corpus_utterances(root: Path, split: str, n: int, seed: int, sr: int, max_seconds: float) -> list[tuple[str, torch.Tensor]]:
     """A seeded random sample of `n` utterances of `split` (all of them when fewer)."""
-    from corpora.manifest import load_corpus
-
     corpus = load_corpus(root)
     utts = sorted(corpus.utterances(split), key=lambda u: u.id)
     if not utts:

@@ -31,6 +31,9 @@ import pandas as pd
 from analysis.attention import attention_of, corpus_utterances, load_models, local_frames_of
 from analysis.attention_stats import stats_rows
 from core.figures import plt, save_figure
+from benchmark.aggregate import aggregate_runs, read_runs
+from benchmark.presets import main_job
+from benchmark.runner import run_benchmark
 from benchmark.tables import to_markdown
 from core.io import atomic_write_text
 from upstream.checkpoint import META_FILE, checkpoint_hash, load_checkpoint, save_checkpoint
@@ -121,10 +124,6 @@ def ablation_sets(heads: pd.DataFrame, model: str, seed: int) -> dict[str, list[
 
 def run_ablation(ckpts: dict[str, str], heads: pd.DataFrame, corpus: str, out: Path, runs: Path, seeds: int,
                  tasks: tuple[str, ...]) -> pd.DataFrame:
-    from benchmark.aggregate import aggregate_runs, read_runs
-    from benchmark.presets import main_job
-    from benchmark.runner import run_benchmark
-
     base = replace(main_job(), corpus=corpus, tasks=tasks, fractions=(1.0,), seeds=seeds, finetune_ends=False,
                    results_dir=out / "ablation", report=False, modes="last,weighted_sum")
     labels: dict[str, str] = {}

@@ -8,6 +8,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from benchmark.tables import to_markdown
+
 STAT_COLUMNS = ("mean_distance_frames", "entropy_nats", "diag_share", "neighbour_share", "local_share",
                 "vertical_share")
 VERTICAL_TOP = 0.05  # vertical_share: the mass on the top 5 % of keys of the query-averaged attention
@@ -86,8 +88,6 @@ def summarise(per_head: pd.DataFrame, frame_ms: dict[str, float]) -> pd.DataFram
 
 
 def stats_markdown(summary: pd.DataFrame) -> str:
-    from benchmark.tables import to_markdown
-
     show = pd.DataFrame({
         "model": summary["model"], "layer": summary["layer"],
         "mean distance (frames)": [f"{m:.1f} ± {s:.1f}" for m, s in

@@ -28,11 +28,14 @@ import pandas as pd
 import torch
 
 from core.figures import plt, save_figure
+from benchmark.aggregate import aggregate_runs, read_runs
+from benchmark.presets import main_job
+from benchmark.runner import run_benchmark
 from benchmark.tables import to_markdown
 from core.io import atomic_write_text
 from pretrain.config import RECIPES, with_overrides
 from pretrain.train import LOG_FILE, run_pretraining
-from upstream.checkpoint import META_FILE, read_meta
+from upstream.checkpoint import META_FILE, checkpoint_hash, read_meta
 from upstream.registry import family_of, parse_spec
 
 BASELINE = "s3prl"
@@ -121,11 +124,6 @@ def probe_checkpoints(ckpts: dict[tuple[str, str], Path], corpus: Path, out: Pat
                       tasks: tuple[str, ...] = ("phone_linear", "speaker_utterance")) -> pd.DataFrame:
     """Probe each (upstream, recipe) checkpoint and mel at 100 % of the labels; test accuracy (%) of the weighted
     sum per (upstream, recipe, task), and mel's last layer under upstream "mel"."""
-    from benchmark.aggregate import aggregate_runs, read_runs
-    from benchmark.presets import main_job
-    from benchmark.runner import run_benchmark
-    from upstream.checkpoint import checkpoint_hash
-
     base = replace(main_job(), corpus=str(corpus), tasks=tasks, fractions=(1.0,), seeds=seeds, finetune_ends=False,
                    results_dir=out, report=False)
     run_benchmark(replace(base, upstreams=("mel",)))

@@ -18,13 +18,22 @@ import torch
 
 from downstream.modes import MODE_CHOICES, parse_modes
 from downstream.tasks import TASKS
+from benchmark.cachesize import check_space_for
+from benchmark.dryrun import print_plan
 from benchmark.plan import DEFAULT_MODES, DEFAULT_UPSTREAMS, BenchmarkConfig, check_layer_modes, parse_fractions
+from benchmark.prepare import check_prepared, prepare
 from benchmark.presets import MAIN_TASKS, main_job, quick_job
+from benchmark.resolve import check_corpus, corpus_choices, num_hidden_states_of, planned_checkpoint, resolve_corpus
+from benchmark.results import merge_shards, read_rows, results_root, rows_files, write_leaderboard
+from benchmark.runner import build_report_if_available, run_benchmark
+from benchmark.shards import shard_config
 from core.allocator import return_large_blocks
 from core.audio import AudioError
+from core.io import read_text
 from corpora.validate import CorpusError
 from upstream.checkpoint import CheckpointError
-from upstream.registry import FAMILIES, parse_spec, upstream_names
+from upstream.reference import reference_for, verify_reference
+from upstream.registry import FAMILIES, check_ckpt, parse_spec, upstream_names
 
 PROG = "run_benchmark.py"
 # input problems found while running (a file read for the first time): reported like planning errors
@@ -170,8 +179,6 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         kw["probe_memory"] = int(args.probe_memory * 1e9)
     cfg = replace(cfg, **kw)
     if args.shard is not None:
-        from benchmark.shards import shard_config
-
         cfg = shard_config(cfg, args.shard, args.command)
     check_inputs(cfg)
     return cfg
@@ -179,10 +186,6 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
 
 def check_inputs(cfg: BenchmarkConfig) -> None:
     """What can be checked before anything is built or loaded: the corpus, each --ckpt, the layer choices."""
-    from benchmark.resolve import check_corpus, num_hidden_states_of, planned_checkpoint
-    from upstream.reference import reference_for, verify_reference
-    from upstream.registry import check_ckpt
-
     check_corpus(cfg.corpus, cfg.data_dir, cfg.quick)
     check_results(Path(cfg.results_dir))
     for name, path in cfg.ckpts.items():
@@ -199,17 +202,12 @@ def check_inputs(cfg: BenchmarkConfig) -> None:
 def check_results(results_dir: Path) -> None:
     """Existing rows files must be this toolkit's (rows are appended to them and skipped by run id): runs.csv and,
     for a shard, every shard's of the same results folder."""
-    from benchmark.results import read_rows, results_root, rows_files
-    from core.io import read_text
-
     for runs in rows_files(results_root(results_dir)):
         read_text(runs, "results file")  # names line and byte of a non-UTF-8 file
         read_rows(runs)  # names the file when its header is another version's
 
 
 def print_list() -> None:
-    from benchmark.resolve import corpus_choices
-
     print("upstreams (name:preset, default preset first):")
     for name, fam in FAMILIES.items():
         presets = [fam.default_preset, *(p for p in fam.presets if p != fam.default_preset)]
@@ -252,9 +250,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] | None) -> int:
     if args.command == "report":
-        from benchmark.runner import build_report_if_available
-        from benchmark.results import merge_shards, write_leaderboard
-
         try:
             merged = merge_shards(cfg.results_dir)
         except ValueError as e:  # one run id with two different results
@@ -265,9 +260,8 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
         write_leaderboard(cfg.results_dir)
         return 0 if build_report_if_available(cfg.results_dir) else 1
     if args.command == "certify":
+        # pandas loads here (0.4 s on top of this module's imports): --list, --dry-run and prepare never need it
         from benchmark.convergence import certify, summary_markdown
-        from benchmark.resolve import resolve_corpus
-        from benchmark.runner import build_report_if_available
 
         corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, prepare=False)
         if corpus is None:
@@ -283,13 +277,8 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
         print(summary_markdown(table))
         return 0 if build_report_if_available(cfg.results_dir) else 1
     if args.dry_run:
-        from benchmark.dryrun import print_plan
-
         print_plan(cfg)
         return 0
-    from benchmark.cachesize import check_space_for
-    from benchmark.prepare import check_prepared, prepare
-
     try:
         if cfg.shard is not None:
             check_prepared(cfg)
@@ -300,8 +289,6 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
     if args.command == "prepare":
         prepare(cfg)
         return 0
-    from benchmark.runner import run_benchmark
-
     run_benchmark(replace(cfg, command=" ".join(["python run_benchmark.py", *(shlex.quote(a) for a in
                                                                            (sys.argv[1:] if argv is None else argv))])))
     return 0

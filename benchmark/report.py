@@ -12,6 +12,7 @@ from benchmark import plots
 from benchmark.aggregate import aggregate_runs, read_runs
 from benchmark.checks import checks_markdown, science_checks
 from benchmark.convergence import CONVERGENCE_FILE, summary_markdown
+from benchmark.cost import cost_markdown, read_costs
 from benchmark.schema import COMMAND_FILE
 from benchmark.tables import UNCONVERGED, write_leaderboards
 from core.io import atomic_write_text
@@ -32,8 +33,6 @@ def _provenance(runs: pd.DataFrame) -> str:
 
 
 def _costs(results_dir: Path) -> pd.DataFrame | None:
-    from benchmark.cost import read_costs
-
     path = results_dir / "cost.csv"
     return read_costs(path) if path.is_file() else None
 
@@ -42,8 +41,6 @@ def _cost_section(results_dir: Path) -> str:
     path = results_dir / "cost.csv"
     if not path.is_file():
         return "No `cost.csv` yet: measure it with `python -m benchmark.cost --out results/cost.csv ...`.\n"
-    from benchmark.cost import cost_markdown, read_costs
-
     return cost_markdown(read_costs(path))
 
 

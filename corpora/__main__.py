@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from core.config import config_to_dict
 from corpora.manifest import SPLITS, load_corpus
 from corpora.registry import PREPARERS, default_workers, prepare_corpus
 from corpora.synth.build import SynthConfig, quick_config
@@ -132,8 +133,6 @@ def _options(a: argparse.Namespace) -> dict[str, Any]:
         over = {k: getattr(a, k) for k in ("probe_speakers", "train_per_speaker", "dev_per_speaker",
                                             "test_per_speaker", "pretrain_speakers", "pretrain_hours", "snr_db",
                                             "audio_format") if getattr(a, k) is not None}
-        from core.config import config_to_dict
-
         opts.update({**config_to_dict(base), **over})
     elif a.corpus == "librispeech":
         opts.update(root=a.root, subsets=tuple(a.subsets), alignments=a.alignments, split_dir=a.split_dir,

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.io import sha256_json
+from core.io import atomic_write_json, sha256_json
 from corpora.manifest import SPLITS, Corpus, Utterance, is_prepared, load_corpus, write_corpus_info, write_manifest
 from corpora.validate import Issues, validate_records
 from corpora.verify import default_workers, verify_audio
@@ -97,6 +97,4 @@ def commit(stage: Path, out_dir: Path, name: str, utts: list[Utterance], where: 
 
 def write_texts(stage: Path, texts: dict[str, str]) -> None:
     """Transcripts beside the manifests (texts.json), for inspection; no consumer needs them."""
-    from core.io import atomic_write_json
-
     atomic_write_json(stage / "texts.json", texts)

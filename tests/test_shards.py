@@ -287,12 +287,40 @@ def replace_arg(argv: list[str], flag: str, value: str) -> list[str]:
     return out
 
 
-def test_plan_without_shard_is_unchanged():
-    cfg = BenchmarkConfig(upstreams=("mel",), tasks=("phone_linear",), modes="last", seeds=2)
-    runs = expand_runs(cfg, "mel", 1, [0.5, 1.0], [])
-    assert len(runs) == 4 and expand_runs(replace(cfg, shard=parse_shard("0/1")), "mel", 1, [0.5, 1.0], []) == runs
-    assert shard_filter(cfg, "mel", 1, [0.5, 1.0], runs) == runs  # no shard: every run
-    assert shard_filter(replace(cfg, shard=parse_shard("0/1")), "mel", 1, [0.5, 1.0], runs) == runs
+def test_one_shard_is_the_plan_and_two_shards_split_it_by_cost():
+    """--shard 0/1 trains exactly the unsharded runs, in their order; with two shards each still plans the WHOLE sweep
+    (expand_runs ignores the shard: the assignment is computed from it) and trains a disjoint share of it, the two
+    shares together all of it, their expected seconds (benchmark.shards' cost model, set-ups included) within one
+    run and one upstream's set-up of each other."""
+    cfg = BenchmarkConfig(upstreams=("mel", "mel:stack3"), tasks=("phone_linear", "speaker_utterance"),
+                          modes="last", seeds=3)
+    fractions = [0.1, 0.5, 1.0]
+    whole = whole_plan(cfg, fractions)
+    shape = {r.upstream: (L, D) for r, L, D in whole}
+
+    def trained(c: BenchmarkConfig) -> list:  # what a process with config c trains, upstream by upstream (runner)
+        return [r for spec in c.upstreams
+                for r in shard_filter(c, spec, 1, fractions, expand_runs(c, spec, 1, fractions, []))]
+
+    unsharded = trained(cfg)
+    assert len(unsharded) == 2 * 2 * 3 * 3 and trained(replace(cfg, shard=Shard(0, 1))) == unsharded
+    halves = [trained(replace(cfg, shard=Shard(i, 2))) for i in range(2)]
+    for i in range(2):
+        for spec in cfg.upstreams:
+            assert expand_runs(replace(cfg, shard=Shard(i, 2)), spec, 1, fractions, []) == expand_runs(
+                cfg, spec, 1, fractions, [])
+    keys = [{run_key(r) for r in h} for h in halves]
+    assert all(halves) and not keys[0] & keys[1] and keys[0] | keys[1] == {run_key(r) for r in unsharded}
+
+    def seconds(share: list) -> float:  # the share's expected wall time, computed here from the cost model alone
+        return (sum(shard_seconds(r, *shape[r.upstream], cfg.probe_workers) for r in share)
+                + sum(setup_seconds(*shape[u]) for u in {r.upstream for r in share}))
+
+    biggest = max(shard_seconds(r, L, D, cfg.probe_workers) for r, L, D in whole) + max(
+        setup_seconds(L, D) for _, L, D in whole)
+    loads = [seconds(h) for h in halves]
+    assert abs(loads[0] - loads[1]) <= biggest, (loads, biggest)
+    assert loads == pytest.approx(shard_loads(whole, 2, cfg.probe_workers))  # what --dry-run reports per shard
 
 
 def test_shard_filter_partitions_the_plan_as_assigned():

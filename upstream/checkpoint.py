@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from core.io import atomic_write_json, new_file_mode, read_json, sha256_file
+from upstream.transformer import EncoderConfig, TransformerEncoder
 
 FORMAT_VERSION = 1
 META_FILE = "checkpoint.json"
@@ -144,8 +145,6 @@ def verify_checkpoint(ckpt_dir: str | Path, family: str | None = None, groups: t
     """Check a checkpoint without loading its weights (what a command checks before it starts work): metadata,
     each group's file and SHA-256, the safetensors headers, the upstream family, and that the encoder tensors'
     names and shapes are those of the encoder its config describes."""
-    from upstream.transformer import EncoderConfig, TransformerEncoder
-
     ckpt_dir = Path(ckpt_dir)
     meta = read_meta(ckpt_dir)
     if family is not None and meta.get("upstream") not in (None, family):

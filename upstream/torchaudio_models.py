@@ -36,7 +36,9 @@ from upstream.checkpoint import CheckpointError
 from upstream.family import Family
 from upstream.features import FeatureConfig
 from upstream.interface import RANDOM_INIT_SEED, Upstream, UpstreamShape
+from upstream.s3prl_compat import safe_torch_load
 from upstream.s3prl_config import is_s3prl_checkpoint
+from upstream.s3prl_hub import NAMES
 from upstream.transformer import EncoderConfig
 
 DEFAULT_CONV = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2  # torchaudio's default feature encoder
@@ -199,8 +201,6 @@ class TorchaudioFamily(Family):
 
 def _s3prl_checkpoint(path: Path) -> str:
     """The one-line error for an s3prl .ckpt given as torchaudio weights: what reads it instead."""
-    from upstream.s3prl_hub import NAMES
-
     return (f"--ckpt {path}: cannot read it as torchaudio weights: it is an s3prl checkpoint, not a state dict; "
             f"run it with `--upstream s3prl:NAME --ckpt s3prl:NAME={path}` (NAME: {', '.join(NAMES)}) or convert "
             f"it with `python -m pretrain.import_s3prl {path} DIR`")
@@ -211,8 +211,6 @@ def _refused_pickle(path: Path) -> str | None:
     Namespace); None when the file is no readable torch file at all. torch's own message spans lines and carries
     terminal colour codes, so it is replaced. The file is re-read with the toolkit's safe unpickler (no pickled code
     runs) only to tell the two apart and to recognise an s3prl checkpoint."""
-    from upstream.s3prl_compat import safe_torch_load
-
     try:
         obj = safe_torch_load(path)
     except (ValueError, FileNotFoundError):
