@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from benchmark.resolve import control_architecture
+from benchmark.tables import fmt_count, fmt_seconds, to_markdown
 from core.io import atomic_write_text
 from core.repro import provenance, seed_everything
 from upstream.checkpoint import read_meta
@@ -121,7 +122,6 @@ def read_costs(path: str | Path) -> pd.DataFrame:
 
 
 def cost_markdown(df: pd.DataFrame) -> str:
-    from benchmark.tables import fmt_count, fmt_seconds, to_markdown
 
     show = pd.DataFrame({
         "upstream": df["upstream"] + ":" + df["preset"], "params": df["params"].map(fmt_count),

@@ -11,10 +11,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from benchmark.cache import ensure_split
+from benchmark.plan import BenchmarkConfig, cache_layers, choose_fractions, expand_runs, run_id
+from benchmark.resolve import normalisation_split, planned_checkpoint, resolve_corpus, resolve_upstream
+from benchmark.results import read_rows, rows_files
+from benchmark.runner import corpus_digest
+from benchmark.shapes import planned_shape
+from benchmark.shards import shard_filter
 from core.io import read_json
 from corpora.manifest import PROBE_SPLITS
-from benchmark.plan import BenchmarkConfig, cache_layers, choose_fractions, expand_runs, run_id
-from benchmark.shards import shard_filter
+from upstream.checkpoint import read_meta
 from upstream.registry import family_of
 
 
@@ -22,10 +28,6 @@ def prepare(cfg: BenchmarkConfig, log=print) -> int:
     """Build everything `cfg`'s runs read, train no probe; return the number of upstreams whose cache is ready.
     An upstream whose planned runs are all recorded already (under the results folder) needs no cache. The CLI
     checks first that the caches fit on their disk (benchmark.cachesize.check_space_for)."""
-    from benchmark.cache import ensure_split
-    from benchmark.resolve import resolve_corpus, resolve_upstream
-    from benchmark.results import read_rows, rows_files
-    from benchmark.runner import corpus_digest
 
     t0 = time.perf_counter()
     corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, progress=cfg.progress)
@@ -58,9 +60,6 @@ def prepare(cfg: BenchmarkConfig, log=print) -> int:
 def check_prepared(cfg: BenchmarkConfig) -> None:
     """ValueError naming --shard when the corpus, a --pretrain checkpoint or the corpus statistics of mel / a
     random control are missing: shards started together would each build them at once."""
-    from benchmark.resolve import normalisation_split, planned_checkpoint, resolve_corpus
-    from benchmark.shapes import planned_shape
-    from upstream.checkpoint import read_meta
 
     assert cfg.shard is not None
     first = "run `run_benchmark.py prepare` with the same flags, without --shard, first"

@@ -22,7 +22,7 @@ PREPARE_HINTS = {"librispeech": "--root /path/to/LibriSpeech", "timit": "--root 
 
 def corpus_choices() -> list[str]:
     try:
-        from corpora.registry import PREPARERS
+        from corpora.registry import PREPARERS  # optional: the preparers' own dependencies may be missing
     except ImportError:  # the corpus preparers are optional for a benchmark on an already prepared corpus
         return []
     return sorted(PREPARERS)
@@ -74,7 +74,7 @@ def resolve_corpus(corpus: str, data_dir: Path, quick: bool, prepare: bool = Tru
     if corpus not in names:
         raise ValueError(f"--corpus {corpus!r}: neither a prepared corpus directory (with corpus.json) nor a known "
                          f"corpus; valid names: {', '.join(names) or '(no preparers installed)'}")
-    import corpora
+    import corpora  # here, not at the top: its registry of preparers is optional (corpus_choices)
 
     out = default_corpus_dir(corpus, data_dir, quick)
     if is_prepared(out):
@@ -161,7 +161,7 @@ def control_architecture(spec: str, ckpts: dict[str, str], runs_dir: Path, quick
         feature, encoder = model.architecture(preset, ckpt)
         return replace(feature, norm_mean=(), norm_std=()), encoder
     from pretrain import default_budget  # the pretraining recipe: loaded only to plan a checkpoint still to pretrain
-    from pretrain.train import model_configs
+    from pretrain.train import model_configs  # idem
 
     _, feature, encoder = model_configs(model_spec, default_budget(quick))
     return feature, encoder
@@ -191,7 +191,7 @@ def resolve_upstream(spec: str, corpus: Corpus, ckpts: dict[str, str], runs_dir:
         model = build_upstream(spec, ckpt=ckpt)
         meta = read_meta(ckpt)
     elif fam.takes_front_end:  # weight-free on the log-mel front-end: normalised with this corpus's statistics
-        from pretrain.stats import normalized_feature_config
+        from pretrain.stats import normalized_feature_config  # the corpus statistics: only for a weight-free front-end
 
         feature, encoder = fam.front_end(preset), None
         if fam.architecture_from is not None:

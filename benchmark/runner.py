@@ -273,7 +273,7 @@ def record_command(results_dir: Path, command: str, runs_done: int, seconds: flo
 
 def build_report_if_available(results_dir: Path, log=print) -> Path | None:
     try:  # matplotlib and the report's modules are loaded only when a report is built
-        from benchmark.report import build_report
+        from benchmark.report import build_report  # matplotlib: loaded only when a report is built
     except ImportError as e:
         log(f"report skipped: benchmark.report is not available ({e})")
         return None

@@ -38,7 +38,7 @@ def planned_shape(spec: str, cfg: BenchmarkConfig) -> Shape:
     ckpt = planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain)
     if awaits_pretraining(fam, ckpt):
         from pretrain import default_budget  # the recipe: loaded only to plan a checkpoint still to pretrain
-        from pretrain.train import model_configs
+        from pretrain.train import model_configs  # idem
 
         _, feature, encoder = model_configs(f"{fam.name}:{preset}", default_budget(cfg.quick))
         return Shape(encoder.num_layers + 1, encoder.hidden_size, feature, None, fresh=True,
