@@ -14,6 +14,7 @@ from benchmark import plots
 from benchmark.aggregate import aggregate_runs, read_runs
 from benchmark.checks import checks_markdown, science_checks
 from benchmark.convergence import CONVERGENCE_FILE, summary_markdown
+from benchmark.cost import cost_markdown, read_costs
 from benchmark.provenance import REPORT_COMMAND, command_lines, provenance_sentence
 from benchmark.schema import COMMAND_FILE
 from benchmark.site.build import build_site
@@ -25,8 +26,6 @@ PLOT_NAMES = ("ablation.png", "layer_weights.png", "layer_probe.png")
 
 
 def _costs(results_dir: Path) -> pd.DataFrame | None:
-    from benchmark.cost import read_costs
-
     path = results_dir / "cost.csv"
     return read_costs(path) if path.is_file() else None
 
@@ -34,8 +33,6 @@ def _costs(results_dir: Path) -> pd.DataFrame | None:
 def _cost_section(costs: pd.DataFrame | None) -> str:
     if costs is None:
         return "No `cost.csv` yet: measure it with `python -m benchmark.cost --out results/cost.csv ...`.\n"
-    from benchmark.cost import cost_markdown
-
     return cost_markdown(costs)
 
 
