@@ -300,28 +300,48 @@ def _previous(path: Path, runs: pd.DataFrame) -> dict[str, dict]:
             if now.get(r["run_id"]) == (round(float(r["probe_dev"]), 2), round(float(r["probe_test"]), 2), int(r["steps"]))}
 
 
+@dataclass(frozen=True)
+class CertificateSummary:
+    """The certificate's headline numbers, shared by REPORT.md's paragraph and the HTML site."""
+    passing: int
+    rows: int
+    mean_gap: float  # probe - reference, test points
+    capped: int  # references stopped at the iteration cap
+    nonlinear: tuple[str, ...]  # tasks whose head is not linear (held to the regression as a lower bound)
+    failing: pd.DataFrame  # the rows that do not pass
+    failing_selected: int  # failing rows that score at least the reference on dev
+
+
+def certificate_summary(table: pd.DataFrame) -> CertificateSummary:
+    fails = table[~table["passes"]]
+    return CertificateSummary(
+        passing=int(table["passes"].sum()), rows=len(table),
+        mean_gap=float((table["probe_test"] - table["reference_test"]).mean()),
+        capped=int((~table["reference_converged"]).sum()),
+        nonlinear=tuple(sorted(t for t in table["task"].unique() if t in TASKS and not TASKS[t].linear)),
+        failing=fails, failing_selected=int((fails["probe_dev"] >= fails["reference_dev"]).sum()))
+
+
 def summary_markdown(table: pd.DataFrame) -> str:
     """The report's paragraph: how many cells pass, and every failing one."""
     if table.empty:
         return "No certificate rows.\n"
-    fails = table[~table["passes"]]
-    lines = [f"{int(table['passes'].sum())}/{len(table)} frozen-probe rows pass (probe test >= reference test - "
+    s = certificate_summary(table)
+    lines = [f"{s.passing}/{s.rows} frozen-probe rows pass (probe test >= reference test - "
              f"{MARGIN_LARGEST:g} point at the largest fraction, - {MARGIN_SMALLEST:g} at the smallest); mean probe - "
-             f"reference gap {(table['probe_test'] - table['reference_test']).mean():+.2f} points; "
-             f"{int((~table['reference_converged']).sum())} references stopped at the iteration cap.\n"]
-    nonlinear = sorted(t for t in table["task"].unique() if t in TASKS and not TASKS[t].linear)
-    if nonlinear:
-        lines.append(f"\n{', '.join(nonlinear)} (not a linear head: no unique optimum to solve for) is held to the "
+             f"reference gap {s.mean_gap:+.2f} points; {s.capped} references stopped at the iteration cap.\n"]
+    if s.nonlinear:
+        lines.append(f"\n{', '.join(s.nonlinear)} (not a linear head: no unique optimum to solve for) is held to the "
                      f"logistic regression on the same examples as a lower bound: its ReLU layer can represent any "
                      f"linear map of the examples, so converged it fits them at least as well.\n")
-    if len(fails):
-        selected = int((fails["probe_dev"] >= fails["reference_dev"]).sum())
-        lines.append(f"\nFailing rows ({selected} of {len(fails)} score at least the reference on dev: the probe picked "
-                     f"another point on the same dev data, a model-selection difference rather than an unconverged "
-                     f"probe):\n\n| upstream | task | mode | fraction | seed | probe dev | reference dev | probe test "
-                     f"| reference test |\n|---|---|---|---|---|---|---|---|---|\n")
+    if len(s.failing):
+        lines.append(f"\nFailing rows ({s.failing_selected} of {len(s.failing)} score at least the reference on dev: "
+                     f"the probe picked another point on the same dev data, a model-selection difference rather than an "
+                     f"unconverged probe):\n\n| upstream | task | mode | fraction | seed | probe dev | reference dev | "
+                     f"probe test | reference test |\n|---|---|---|---|---|---|---|---|---|\n")
         lines += [f"| {r.upstream}:{r.preset} | {r.task} | {r.mode} | {r.fraction:g} | {r.seed} | {r.probe_dev:.2f} | "
-                  f"{r.reference_dev:.2f} | {r.probe_test:.2f} | {r.reference_test:.2f} |\n" for r in fails.itertuples()]
+                  f"{r.reference_dev:.2f} | {r.probe_test:.2f} | {r.reference_test:.2f} |\n"
+                  for r in s.failing.itertuples()]
     return "".join(lines)
 
 

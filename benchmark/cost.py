@@ -121,9 +121,10 @@ def read_costs(path: str | Path) -> pd.DataFrame:
     return df[list(COST_COLUMNS)]
 
 
-def cost_markdown(df: pd.DataFrame) -> str:
+def cost_display(df: pd.DataFrame) -> pd.DataFrame:
+    """The cost table's cells as text, as REPORT.md and the HTML site show them (same index as `df`)."""
 
-    show = pd.DataFrame({
+    return pd.DataFrame({
         "upstream": df["upstream"] + ":" + df["preset"], "params": df["params"].map(fmt_count),
         "pretrain frames": df["pretrain_frames"].map(fmt_count), "pretrain time": df["pretrain_seconds"].map(fmt_seconds),
         "pretrain throughput (frames/s)": df["pretrain_frames_per_s"].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}"),
@@ -131,12 +132,21 @@ def cost_markdown(df: pd.DataFrame) -> str:
             "-" if pd.isna(v) else f"{v:.3f}" + ("" if pd.isna(m) else f" ({m:.3f} / {i:.3f})")
             for v, m, i in zip(df["val_l1"], df["val_l1_mean"], df["val_l1_interpolate"])],
         "inference RTF (s compute / s audio)": df["infer_rtf"].map(lambda v: f"{v:.4f}"),
-        "device": df["device"]})
-    return (to_markdown(show) + f"\nRTF measured one utterance at a time on "
-            f"{df['infer_audio_seconds'].iloc[0]:g} s of generated audio, median of 3 passes, {df['date'].iloc[0]}. "
-            "Held-out masked L1: the pretraining's final validation loss, and in brackets the same loss for two "
-            "trivial predictors on the same masks (the corpus mean; a line between the nearest unmasked frames). A "
-            "model above the interpolation figure has not yet learned to use its neighbours.\n")
+        "device": df["device"]}, index=df.index)
+
+
+COST_NOTE = ("Held-out masked L1: the pretraining's final validation loss, and in brackets the same loss for two trivial "
+             "predictors on the same masks (the corpus mean; a line between the nearest unmasked frames). A model above "
+             "the interpolation figure has not yet learned to use its neighbours.")
+
+
+def rtf_note(df: pd.DataFrame) -> str:
+    return (f"RTF measured one utterance at a time on {df['infer_audio_seconds'].iloc[0]:g} s of generated audio, "
+            f"median of 3 passes, {df['date'].iloc[0]}.")
+
+
+def cost_markdown(df: pd.DataFrame) -> str:
+    return to_markdown(cost_display(df)) + f"\n{rtf_note(df)} {COST_NOTE}\n"
 
 
 def _parse_ckpt(arg: str) -> tuple[str, Path]:

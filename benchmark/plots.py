@@ -1,6 +1,7 @@
 """Report figures as pure functions of aggregated rows: data-size ablation, layer weights, per-layer probes."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,16 @@ METRIC_DISPLAY: dict[str, tuple[str, float]] = {"frame_acc": ("frame accuracy (%
                                                 "utt_acc": ("utterance accuracy (%)", 100.0)}
 
 
+# Metrics where a smaller value is better (error rates, losses); every other metric (the accuracies) is maximised.
+LOWER_IS_BETTER: frozenset[str] = frozenset({"per", "wer", "cer", "der", "eer", "loss", "l1"})
+
+
 def metric_display(metric: str) -> tuple[str, float]:
     return METRIC_DISPLAY.get(metric, (metric, 1.0))
+
+
+def higher_is_better(metric: str) -> bool:
+    return str(metric) not in LOWER_IS_BETTER
 
 
 def line_key(upstream: str, preset: str, presets_per_upstream: dict[str, int]) -> str:
@@ -35,9 +44,10 @@ def line_key(upstream: str, preset: str, presets_per_upstream: dict[str, int]) -
 
 
 def color_map(keys: list[str]) -> dict[str, str]:
-    """Known upstreams keep their fixed colour; anything else (or a second preset) takes the next free one."""
+    """Known upstreams keep their fixed colour; anything else (or a second preset) takes the next free one (the extra
+    colours repeat once all are taken: a sweep of many presets still gets a figure)."""
     out: dict[str, str] = {}
-    extra = iter(_EXTRA_COLORS * 4)
+    extra = itertools.cycle(_EXTRA_COLORS)
     for k in keys:
         c = UPSTREAM_COLORS.get(k) or UPSTREAM_COLORS.get(k.split(":")[0])
         out[k] = next(extra) if c is None or c in out.values() else c
@@ -54,7 +64,8 @@ def _grid(n: int, width: float = 6.0, height: float = 4.2) -> tuple[plt.Figure, 
     return fig, flat[:n]
 
 
-def _with_keys(agg: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+def with_keys(agg: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """`agg` with each row's line key (upstream, or upstream:preset) and the keys' colours, in figure order."""
     per = agg.groupby("upstream")["preset"].nunique().to_dict()
     agg = agg.assign(key=[line_key(u, p, per) for u, p in zip(agg["upstream"], agg["preset"])])
     order = {u: i for i, u in enumerate(UPSTREAM_COLORS)}
@@ -79,7 +90,7 @@ def plot_ablation(agg: pd.DataFrame, path: Path, band: str = "ci95") -> Path:
     rows = agg[agg["mode"] != "layer"]
     if rows.empty:
         raise ValueError("plot_ablation: no last / weighted_sum / finetune rows to plot")
-    rows, colors = _with_keys(rows)
+    rows, colors = with_keys(rows)
     tasks = sorted(rows["task"].unique())
     modes = [m for m in MODE_STYLES if m in set(rows["mode"])]
     fig, axes = _grid(len(tasks))
@@ -141,7 +152,7 @@ def plot_layer_weights(weights: pd.DataFrame, path: Path) -> Path:
     """Grouped bars: learned softmax weight per hidden state, one panel per task, one bar group per upstream."""
     if weights.empty:
         raise ValueError("plot_layer_weights: no weighted_sum rows with layer_weights")
-    weights, colors = _with_keys(weights)
+    weights, colors = with_keys(weights)
     tasks = sorted(weights["task"].unique())
     fig, axes = _grid(len(tasks), height=3.6)
     keys = list(colors)
@@ -175,8 +186,8 @@ def plot_layer_probe(agg: pd.DataFrame, path: Path) -> Path:
     if lay.empty:
         raise ValueError("plot_layer_probe: no mode=layer rows")
     lay = lay[lay["fraction"] == lay.groupby(["upstream", "task"])["fraction"].transform("max")]
-    lay, colors = _with_keys(lay)
-    ws, _ = _with_keys(agg[agg["mode"] == "weighted_sum"]) if (agg["mode"] == "weighted_sum").any() else (None, None)
+    lay, colors = with_keys(lay)
+    ws, _ = with_keys(agg[agg["mode"] == "weighted_sum"]) if (agg["mode"] == "weighted_sum").any() else (None, None)
     tasks = sorted(lay["task"].unique())
     fig, axes = _grid(len(tasks), height=3.8)
     for ax, task in zip(axes, tasks):

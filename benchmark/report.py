@@ -1,4 +1,6 @@
-"""results/REPORT.md, per-task leaderboards and plots, rebuilt in seconds from runs.csv (+ cost.csv, attention/)."""
+"""results/REPORT.md, per-task leaderboards and plots, and the HTML leaderboard results/site/, rebuilt in seconds from
+runs.csv (+ cost.csv, convergence.csv, attention/, the studies' folders). Both are rendered from the tables computed
+here once."""
 from __future__ import annotations
 
 import argparse
@@ -13,23 +15,14 @@ from benchmark.aggregate import aggregate_runs, read_runs
 from benchmark.checks import checks_markdown, science_checks
 from benchmark.convergence import CONVERGENCE_FILE, summary_markdown
 from benchmark.cost import cost_markdown, read_costs
+from benchmark.provenance import REPORT_COMMAND, command_lines, provenance_sentence
 from benchmark.schema import COMMAND_FILE
+from benchmark.site.build import build_site
+from benchmark.site.inputs import SITE_DIR, SiteInputs
 from benchmark.tables import UNCONVERGED, write_leaderboards
 from core.io import atomic_write_text
 
 PLOT_NAMES = ("ablation.png", "layer_weights.png", "layer_probe.png")
-REPORT_COMMAND = "python run_benchmark.py report"
-
-
-def _provenance(runs: pd.DataFrame) -> str:
-    def uniq(col: str) -> str:
-        vals = sorted({str(v) for v in runs[col].dropna()})
-        return ", ".join(vals[:8]) + (f" (+{len(vals) - 8} more)" if len(vals) > 8 else "") if vals else "-"
-
-    dates = pd.to_datetime(runs["date"], errors="coerce", utc=True).dropna()
-    span = f"{dates.min():%Y-%m-%d %H:%M} to {dates.max():%Y-%m-%d %H:%M} UTC" if len(dates) else "-"
-    return (f"{len(runs)} probe runs on corpus {uniq('corpus')}; upstreams {uniq('upstream')}; tasks {uniq('task')}; "
-            f"seeds {uniq('seed')}; devices {uniq('device')}; code {uniq('git_commit')}; runs dated {span}.")
 
 
 def _costs(results_dir: Path) -> pd.DataFrame | None:
@@ -37,11 +30,10 @@ def _costs(results_dir: Path) -> pd.DataFrame | None:
     return read_costs(path) if path.is_file() else None
 
 
-def _cost_section(results_dir: Path) -> str:
-    path = results_dir / "cost.csv"
-    if not path.is_file():
+def _cost_section(costs: pd.DataFrame | None) -> str:
+    if costs is None:
         return "No `cost.csv` yet: measure it with `python -m benchmark.cost --out results/cost.csv ...`.\n"
-    return cost_markdown(read_costs(path))
+    return cost_markdown(costs)
 
 
 def _attention_section(results_dir: Path) -> str:
@@ -60,14 +52,6 @@ def _attention_section(results_dir: Path) -> str:
         return ("No attention analysis yet: run `python -m analysis.attention --ckpt mockingjay=CKPT "
                 "--ckpt aalbert=CKPT --audio FILE --corpus CORPUS --out results/attention`.\n")
     return "\n".join(parts)
-
-
-def _commands(path: Path) -> list[str]:
-    """The command lines of a command.txt (blank and `#` comment lines left out); none when it is missing."""
-    if not path.is_file():
-        return []
-    lines = (ln.strip() for ln in path.read_text(encoding="utf-8").splitlines())
-    return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
 def _nested(markdown: str) -> str:
@@ -89,7 +73,7 @@ def _study_sections(results_dir: Path) -> str:
         if not found:
             continue
         parts.append(f"### {title}\n")
-        if cmds := _commands(d / COMMAND_FILE):
+        if cmds := command_lines(d / COMMAND_FILE):
             parts.append("Produced by " + "; then ".join(f"`{c}`" for c in cmds) + ".\n")
         for f, cap in found:
             parts.append(f"![{cap}]({folder}/{f})\n" if cap else _nested((d / f).read_text(encoding="utf-8")))
@@ -108,18 +92,23 @@ def _budget_summary(runs: pd.DataFrame) -> str:
     return "; ".join(parts) or "none"
 
 
-def _convergence_section(results_dir: Path) -> str:
+def _certificate(results_dir: Path) -> pd.DataFrame | None:
     path = results_dir / CONVERGENCE_FILE
-    if not path.is_file():
+    return pd.read_csv(path, dtype={"run_id": str, "ckpt_hash": str}) if path.is_file() else None
+
+
+def _convergence_section(table: pd.DataFrame | None) -> str:
+    if table is None:
         return ("No `convergence.csv` yet: `python run_benchmark.py certify` fits a converged logistic-regression "
                 "reference for every linear-probe row at the largest and smallest label fraction.\n")
     return (f"Every linear probe against a logistic regression solved to tolerance on the same examples, its L2 "
             f"strength chosen on dev (`benchmark/convergence.py`; rows in `{CONVERGENCE_FILE}`): "
-            + summary_markdown(pd.read_csv(path)))
+            + summary_markdown(table))
 
 
 def build_report(results_dir: Path) -> Path:
-    """Build results_dir/REPORT.md, tables/<task>.{md,csv} and plots/*.png from results_dir/runs.csv."""
+    """Build results_dir/REPORT.md, tables/<task>.{md,csv}, plots/*.png and the HTML site (site/index.html and its
+    pages) from results_dir/runs.csv; returns REPORT.md's path."""
     results_dir = Path(results_dir)
     runs = read_runs(results_dir / "runs.csv")
     if runs["corpus"].nunique() > 1:  # panels and tables are per task: keep corpora apart by naming them in it
@@ -139,13 +128,17 @@ def build_report(results_dir: Path) -> Path:
         if name not in made:
             (plot_dir / name).unlink(missing_ok=True)
     boards = write_leaderboards(agg, table_dir)
+    costs, certificate = _costs(results_dir), _certificate(results_dir)
+    checks = science_checks(agg, costs)
+    sections = {"Attention": _attention_section(results_dir), "Studies behind the rows": _study_sections(results_dir),
+                "Cost": _cost_section(costs)}
 
-    commands = _commands(results_dir / COMMAND_FILE)
+    commands = command_lines(results_dir / COMMAND_FILE)
     produced = ("The rows were produced by " + "; then ".join(f"`{c}`" for c in commands) if commands
                 else "The command that produced the rows was not recorded (no `command.txt`)")
     md = [f"# Benchmark report\n",
           f"{produced}; this report was rebuilt from `runs.csv` alone with `{REPORT_COMMAND}` "
-          f"(no model is run). {_provenance(runs)}\n",
+          f"(no model is run). {provenance_sentence(runs)}\n",
           "Scores are test-split means over seeds with the half-width of the 95% Student-t confidence interval; "
           "probes pick their step on dev. Tables: `tables/<task>.md` / `.csv`; aggregated over seeds by "
           "`benchmark.aggregate.aggregate_runs`.\n",
@@ -159,7 +152,7 @@ def build_report(results_dir: Path) -> Path:
               f"or the rows used a fixed `--steps` budget): its score is a lower bound. Probe budgets: "
               f"{_budget_summary(runs)}.\n")
     md.append("## Convergence certificate\n")
-    md.append(_convergence_section(results_dir))
+    md.append(_convergence_section(certificate))
     md.append("## Layer analysis\n")
     if "layer_weights.png" in made:
         md.append("Learned weighted-sum weights (hidden state 0 = input block); "
@@ -170,17 +163,18 @@ def build_report(results_dir: Path) -> Path:
                   "line the weighted sum trained on the same data.\n\n![Per-layer probes](plots/layer_probe.png)\n")
     if "layer_weights.png" not in made and "layer_probe.png" not in made:
         md.append("No weighted-sum or per-layer rows.\n")
-    md += ["## Attention\n", _attention_section(results_dir)]
-    studies = _study_sections(results_dir)
-    if studies:
-        md += ["## Studies behind the rows\n", studies]
-    md += ["## Cost\n", _cost_section(results_dir),
+    md += ["## Attention\n", sections["Attention"]]
+    if sections["Studies behind the rows"]:
+        md += ["## Studies behind the rows\n", sections["Studies behind the rows"]]
+    md += ["## Cost\n", sections["Cost"],
            "## Science checks\n",
            "Each claim of the Mockingjay / AALBERT papers is tested on the rows above; a gap counts as clear when "
            "it exceeds the combined 95% CI half-widths. Gaps are in metric points (accuracy %).\n\n"
-           + checks_markdown(science_checks(agg, _costs(results_dir)))]
+           + checks_markdown(checks)]
     out = results_dir / "REPORT.md"
     atomic_write_text(out, "\n".join(md))
+    build_site(SiteInputs(results_dir, runs, agg, boards, weights, checks, costs, certificate, commands,
+                          {title: text for title, text in sections.items() if text}), results_dir / SITE_DIR)
     return out
 
 
@@ -195,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+    print(f"wrote {out} and {out.parent / SITE_DIR / 'index.html'} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -81,7 +81,8 @@ def leaderboard(agg: pd.DataFrame, task: str) -> pd.DataFrame:
     return out[list(LEADERBOARD_COLUMNS)]
 
 
-def leaderboard_markdown(lb: pd.DataFrame) -> str:
+def leaderboard_display(lb: pd.DataFrame) -> pd.DataFrame:
+    """A ranked table's cells as text, as REPORT.md and the HTML site show them."""
     label, k = metric_display(str(lb["metric"].iloc[0]))
     utt = lb["test_utt_mean"].notna().any()
     show = pd.DataFrame({
@@ -98,7 +99,11 @@ def leaderboard_markdown(lb: pd.DataFrame) -> str:
     })
     if utt:
         show["test utterance acc (%)"] = (lb["test_utt_mean"] * 100).map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
-    return to_markdown(show)
+    return show
+
+
+def leaderboard_markdown(lb: pd.DataFrame) -> str:
+    return to_markdown(leaderboard_display(lb))
 
 
 def write_leaderboards(agg: pd.DataFrame, tables_dir: Path) -> dict[str, pd.DataFrame]:

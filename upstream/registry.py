@@ -81,6 +81,11 @@ def pretrainable_names() -> list[str]:
     return [n for n, f in FAMILIES.items() if f.pretrainable]
 
 
+def controlled_model(name: str) -> str | None:
+    """The model `name` is the random-init control of (None: not a control, or not registered)."""
+    return next((n for n, f in FAMILIES.items() if f.control == name), None)
+
+
 def family(name: str) -> Family:
     """The family registered as `name`; unknown names raise listing the valid ones."""
     if name not in FAMILIES:
