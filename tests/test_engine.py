@@ -200,7 +200,7 @@ def test_large_freed_blocks_go_back_to_the_os():
         return int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmRSS")).split()[1])
 
     before = rss_kb()
-    for _ in range(20):  # allocate and free 40 MB blocks (above the threshold), as the L2 path's steps do at 16x
-        x = torch.ones(5_000_000, dtype=torch.float64)
+    for _ in range(20):  # allocate and free 24 MB blocks, as a solver's steps do
+        x = torch.ones(3_000_000, dtype=torch.float64)
         del x
     assert rss_kb() - before < 20_000  # nothing of them stays resident
