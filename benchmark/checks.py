@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.plots import metric_display
-from upstream.registry import FAMILIES
+from upstream.registry import FAMILIES, controlled_model
 
 _SCENE = ["corpus", "task", "fraction"]
 _SAME_MODEL = ["upstream", "preset", "ckpt_hash"]  # two modes of one checkpoint
@@ -96,6 +96,13 @@ def _takes_weights(upstream: str) -> bool:
 def _pretrained(agg: pd.DataFrame) -> pd.Series:
     # By family, not by pretrain_frames: a checkpoint that predates throughput metadata is still pretrained.
     return agg["upstream"].map(_takes_weights).astype(bool)
+
+
+def _controls(agg: pd.DataFrame) -> pd.DataFrame:
+    """The rows of random-init controls, each labelled with the model it controls (the registry's families say
+    which), so that they pair with that model's rows."""
+    model = agg["upstream"].map(controlled_model)
+    return agg[model.notna()].assign(upstream=model[model.notna()])
 
 
 def _labels(m: pd.DataFrame) -> pd.Series:
@@ -212,8 +219,7 @@ def check_aalbert_vs_mockingjay(agg: pd.DataFrame) -> Check:
 
 def check_random_controls(agg: pd.DataFrame) -> Check:
     claim = "Random-init controls score below their pretrained counterparts on test in every mode/task/fraction cell"
-    rnd = agg[agg["upstream"].str.endswith("_random")].copy()
-    rnd["upstream"] = rnd["upstream"].str.removesuffix("_random")
+    rnd = _controls(agg)
     m, note = _pairs(agg[_pretrained(agg)], rnd, ["upstream", "preset", "mode", "layer", *_SCENE],
                      ("pretrained", "random-init"))
     if m.empty:
@@ -258,8 +264,7 @@ def check_weighted_sum_beats_control(agg: pd.DataFrame) -> Check:
     claim = ("The pretrained weighted sum beats its random-init control beyond the 95% CIs on every task at every "
              "fraction")
     ws = agg[agg["mode"] == "weighted_sum"]
-    rnd = ws[ws["upstream"].str.endswith("_random")].copy()
-    rnd["upstream"] = rnd["upstream"].str.removesuffix("_random")
+    rnd = _controls(ws)
     m, note = _pairs(ws[_pretrained(ws)], rnd.drop(columns=["layer"]), ["upstream", "preset", "mode", *_SCENE],
                      ("pretrained", "random-init"))
     if m.empty:
