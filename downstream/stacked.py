@@ -138,6 +138,15 @@ class StackedOptimizer:
         self.lr = torch.full((P,), lr, device=params[0].device)
         self.t = torch.zeros(P, device=params[0].device)  # AdamW: steps taken per probe (bias correction)
         self.state = [[torch.zeros_like(p) for _ in range(1 if kind == "sgd" else 2)] for p in params]
+        self._buffers: dict[tuple, tuple[Tensor, Tensor]] = {}  # AdamW's step temporaries, by parameter shape
+
+    def _scratch(self, p: Tensor) -> tuple[Tensor, Tensor]:
+        """Two buffers of p's shape, kept between steps (views of the first len(p) probes of a larger stack)."""
+        key = (tuple(p.shape[1:]), p.dtype, p.device)
+        held = self._buffers.get(key)
+        if held is None or len(held[0]) < len(p):
+            held = self._buffers[key] = (torch.empty_like(p), torch.empty_like(p))
+        return held[0][:len(p)], held[1][:len(p)]
 
     def keep(self, idx: Tensor) -> None:
         idx = idx.to(self.lr.device)
@@ -191,4 +200,9 @@ class StackedOptimizer:
                 tt = t.view(shape)
                 if self.weight_decay:
                     p.mul_(1 - lr_ * self.weight_decay)
-                p.sub_(lr_ * (m / (1 - b1 ** tt)) / ((v / (1 - b2 ** tt)).sqrt() + self.eps))
+                # p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps), the same operations in the same order,
+                # in two reused buffers instead of six fresh tensors of the parameters' size a step
+                step, denom = self._scratch(p)
+                torch.div(m, 1 - b1 ** tt, out=step)
+                torch.div(v, 1 - b2 ** tt, out=denom).sqrt_().add_(self.eps)
+                p.sub_(step.mul_(lr_).div_(denom))
