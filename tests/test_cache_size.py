@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import benchmark.cachesize as cachesize
-from benchmark.cachesize import cache_bytes, fmt_bytes
+import benchmark.plan.cachesize as cachesize
+from benchmark.plan.cachesize import cache_bytes, fmt_bytes
 from benchmark.cli import main
-from benchmark.plan import BenchmarkConfig
-from benchmark.shapes import planned_shape
+from benchmark.plan.config import BenchmarkConfig
+from benchmark.plan.shapes import planned_shape
 from corpora.manifest import PROBE_SPLITS, load_corpus
 from tests.fixtures import make_tiny_corpus
 

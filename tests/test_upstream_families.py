@@ -12,9 +12,9 @@ import pytest
 
 import pretrain.__main__
 from benchmark.cli import main as benchmark_main
-from benchmark.plan import BenchmarkConfig
-from benchmark.resolve import planned_checkpoint, resolve_upstream
-from benchmark.shapes import planned_shape
+from benchmark.plan.config import BenchmarkConfig
+from benchmark.inputs.upstream import planned_checkpoint, resolve_upstream
+from benchmark.plan.shapes import planned_shape
 from corpora.manifest import load_corpus
 from pretrain import default_budget, run_pretraining
 from pretrain.config import with_overrides

@@ -32,7 +32,7 @@ class Family(ABC):
     # `python -m pretrain` trains it; its weights are toolkit checkpoint directories (upstream.checkpoint).
     pretrainable: bool = False
     # build() takes its log-mel front-end from the caller, who fills in corpus normalisation statistics
-    # (benchmark.resolve, the cost table, the HEAR API): a weight-free upstream on the toolkit's features.
+    # (benchmark.inputs.upstream, the cost table, the HEAR API): a weight-free upstream on the toolkit's features.
     takes_front_end: bool = False
     # One weights file per preset, --ckpt NAME:PRESET=PATH (s3prl hub entries); otherwise --ckpt NAME=PATH.
     ckpt_per_preset: bool = False
