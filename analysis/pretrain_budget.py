@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.inputs.corpus import resolve_corpus
+from benchmark.plan.presets import main_job
 from benchmark.record.aggregate import aggregate_runs, read_runs
 from benchmark.report.plots import UPSTREAM_COLORS, metric_display, plt, save_figure
-from benchmark.plan.presets import main_job
-from benchmark.inputs.corpus import resolve_corpus
-from benchmark.run.runner import record_command, run_benchmark
 from benchmark.report.tables import to_markdown
+from benchmark.run.runner import record_command, run_benchmark
 from core.io import atomic_write_text
 from downstream.tasks import TASKS
 from pretrain import default_budget, run_pretraining

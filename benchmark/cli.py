@@ -18,17 +18,17 @@ import torch
 
 from downstream.modes import MODE_CHOICES, parse_modes
 from downstream.tasks import TASKS
-from benchmark.plan.cachesize import check_space_for
-from benchmark.plan.dryrun import print_plan
-from benchmark.plan.config import DEFAULT_MODES, DEFAULT_UPSTREAMS, BenchmarkConfig
-from benchmark.plan.runs import check_layer_modes, parse_fractions
-from benchmark.run.prepare import check_prepared, prepare
-from benchmark.plan.presets import MAIN_TASKS, main_job, quick_job
 from benchmark.inputs.corpus import check_corpus, corpus_choices, resolve_corpus
 from benchmark.inputs.upstream import num_hidden_states_of, planned_checkpoint
-from benchmark.record.results import merge_shards, read_rows, results_root, rows_files, write_leaderboard
-from benchmark.run.runner import build_report_if_available, run_benchmark
+from benchmark.plan.cachesize import check_space_for
+from benchmark.plan.config import DEFAULT_MODES, DEFAULT_UPSTREAMS, BenchmarkConfig
+from benchmark.plan.dryrun import print_plan
+from benchmark.plan.presets import MAIN_TASKS, main_job, quick_job
+from benchmark.plan.runs import check_layer_modes, parse_fractions
 from benchmark.plan.shards import shard_config
+from benchmark.record.results import merge_shards, read_rows, results_root, rows_files, write_leaderboard
+from benchmark.run.prepare import check_prepared, prepare
+from benchmark.run.runner import build_report_if_available, run_benchmark
 from core.allocator import return_large_blocks
 from core.audio import AudioError
 from core.io import read_text

@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark.report.convergence import UTT_L2_GRID, Certifier, Reference, cached_identity, fit_reference  # noqa: E402
 from benchmark.plan.presets import FRAME_PROBE, MAIN_TASK_PROBES  # noqa: E402
+from benchmark.report.convergence import UTT_L2_GRID, Certifier, Reference, cached_identity, fit_reference  # noqa: E402
 from core.io import atomic_write_text  # noqa: E402
 from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
 from downstream.data import Targets, flat_rows  # noqa: E402

@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark.report.convergence import cached_frames, cached_identity  # noqa: E402
 from benchmark.plan.presets import main_job  # noqa: E402
+from benchmark.report.convergence import cached_frames, cached_identity  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
 from downstream.data import num_classes, split_labels  # noqa: E402

@@ -12,9 +12,9 @@ import benchmark.run.runner as runner
 from benchmark.cache.extract import cache_key, ensure_split
 from benchmark.cache.reader import DONE, EntryQuery, find_entries, find_entry, manifest_digest
 from benchmark.plan.cachesize import cache_needs
-from benchmark.report.convergence import cached_entries, cached_frames, cached_identity, certify
 from benchmark.plan.config import BenchmarkConfig
 from benchmark.record.results import RUNS_FILE, read_rows
+from benchmark.report.convergence import cached_entries, cached_frames, cached_identity, certify
 from core.io import read_json
 from corpora.manifest import PROBE_SPLITS
 from downstream.probe import ProbeConfig

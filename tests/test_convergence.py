@@ -9,8 +9,8 @@ import torch
 
 import benchmark.run.runner as runner
 from benchmark.cli import main
-from benchmark.report.convergence import CONVERGENCE_FILE, certify, fit_reference, summary_markdown
 from benchmark.plan.config import BenchmarkConfig
+from benchmark.report.convergence import CONVERGENCE_FILE, certify, fit_reference, summary_markdown
 from corpora.manifest import load_corpus
 from downstream.probe import ProbeConfig
 from tests.fixtures import make_tiny_corpus

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from benchmark.record.aggregate import AGG_COLUMNS, aggregate_runs, read_runs, validate_runs
+from benchmark.record.schema import RUN_COLUMNS
+from benchmark.report.build import build_report, main
 from benchmark.report.checks import science_checks
 from benchmark.report.plots import mean_layer_weights
-from benchmark.report.build import build_report, main
-from benchmark.record.schema import RUN_COLUMNS
 from benchmark.report.tables import LEADERBOARD_COLUMNS, leaderboard
 from tests.report_synthetic import synthetic_runs
 

@@ -21,9 +21,9 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 import benchmark.report.build as report
 from benchmark.record.aggregate import aggregate_runs, validate_runs
+from benchmark.report.build import build_report
 from benchmark.report.convergence import COLUMNS as CERTIFICATE_COLUMNS
 from benchmark.report.provenance import command_of_rows
-from benchmark.report.build import build_report
 from benchmark.report.site.browser import BrowserUnavailable, chromium, console_errors, open_page
 from benchmark.report.site.figures import ablation_figures
 from benchmark.report.site.overview import ROW_KEYS, Cell, mark, overlaps

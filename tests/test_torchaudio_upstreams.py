@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.run import runner
 from benchmark.cache.extract import ensure_split
-from benchmark.report.convergence import cached_frames
 from benchmark.cli import main
 from benchmark.plan.config import BenchmarkConfig
 from benchmark.record.results import RUNS_FILE, read_rows
+from benchmark.report.convergence import cached_frames
+from benchmark.run import runner
 from core.io import read_json
 from downstream.probe import ProbeConfig
 from tests.fixtures import make_tiny_corpus

@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.cache.reader import EntryQuery, find_entries
+from benchmark.inputs.corpus import resolve_corpus
 from benchmark.plan.config import BenchmarkConfig
 from benchmark.plan.runs import cache_layers, choose_fractions, expand_runs
-from benchmark.inputs.corpus import resolve_corpus
-from benchmark.plan.shapes import Shape, planned_shape
+from benchmark.plan.shapes import PlannedUpstream, planned_upstream
 from benchmark.plan.shards import assign, run_key, shard_filter, whole_plan
 from corpora.manifest import PROBE_SPLITS, Corpus
 from downstream.sources import frame_counts
+from upstream.interface import UpstreamShape
 from upstream.registry import parse_spec
 
 BYTES_PER_VALUE = 2  # float16
@@ -29,7 +30,7 @@ def cache_bytes(frames: int, hidden_states: int, hidden_size: int) -> int:
 @dataclass(frozen=True)
 class CacheNeed:
     spec: str
-    shape: Shape
+    shape: UpstreamShape
     layers: tuple[int, ...]  # the hidden states the planned runs read (benchmark.plan.runs.cache_layers)
     frames: int  # over the probe splits
     total_bytes: int  # `layers` of every probe split
@@ -47,14 +48,14 @@ def describe_layers(layers: tuple[int, ...], hidden_states: int) -> str:
     return f"{len(layers)} of {hidden_states} hidden states [{','.join(map(str, layers))}]"
 
 
-def _held(cache_dir: Path, spec: str, shape: Shape, corpus: Corpus, split: str) -> list[tuple[int, ...]]:
+def _held(cache_dir: Path, spec: str, up: PlannedUpstream, corpus: Corpus, split: str) -> list[tuple[int, ...]]:
     """The hidden states held by each complete, intact cache entry of this upstream, preset, checkpoint (when the
     plan knows its hash) and shape on this corpus split's manifest: the entries extraction would read."""
-    if shape.fresh:
+    if up.fresh:
         return []
     name, preset = parse_spec(spec)
-    query = EntryQuery.for_split(corpus, split, name, preset, shape.ckpt_hash or None,
-                                 num_hidden_states=shape.hidden_states, hidden_size=shape.hidden_size)
+    query = EntryQuery.for_split(corpus, split, name, preset, up.ckpt_hash or None,
+                                 num_hidden_states=up.shape.num_hidden_states, hidden_size=up.shape.hidden_size)
     return [e.layers for e in find_entries(cache_dir, query)]
 
 
@@ -69,14 +70,15 @@ def cache_needs(cfg: BenchmarkConfig, corpus: Corpus, specs: list[str] | None = 
     fractions = choose_fractions(cfg, corpus, log=lambda *_: None)
     out = []
     for spec in dict.fromkeys(cfg.upstreams if specs is None else specs):
-        shape = planned_shape(spec, cfg)
-        layers = planned_layers(cfg, spec, shape.hidden_states, fractions)
+        up = planned_upstream(spec, cfg)
+        shape = up.shape
+        layers = planned_layers(cfg, spec, shape.num_hidden_states, fractions)
         frames = cached = missing = missing_frames = 0
         extract: set[int] = set()
         for split in PROBE_SPLITS:
             n = int(frame_counts(shape.frame_rule, corpus.utterances(split)).sum())
             frames += n
-            held = _held(cfg.cache_dir, spec, shape, corpus, split) if layers else []
+            held = _held(cfg.cache_dir, spec, up, corpus, split) if layers else []
             if not layers or any(set(layers) <= set(h) for h in held):
                 cached += cache_bytes(n, len(layers), shape.hidden_size)
             else:
@@ -113,7 +115,7 @@ def check_cache_space(cfg: BenchmarkConfig, corpus: Corpus, specs: list[str] | N
     if missing <= free:
         return
     parts = ", ".join(f"{n.spec} {fmt_bytes(n.missing_bytes)} ({n.missing_frames:,} frames x "
-                      f"{describe_layers(n.extract_layers, n.shape.hidden_states)} x {n.shape.hidden_size} x 2 B)"
+                      f"{describe_layers(n.extract_layers, n.shape.num_hidden_states)} x {n.shape.hidden_size} x 2 B)"
                       for n in needs)
     one_layer = ("cache one hidden state instead of all (--mode last or layer=K, no weighted_sum), "
                  if any(len(n.extract_layers) > 1 for n in needs) else "")

@@ -4,12 +4,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from benchmark.inputs.corpus import resolve_corpus
+from benchmark.inputs.upstream import awaits_pretraining, planned_checkpoint
 from benchmark.plan.cachesize import cache_needs, describe_layers, fmt_bytes, free_bytes
 from benchmark.plan.config import BenchmarkConfig
 from benchmark.plan.runs import choose_fractions, expand_runs
-from benchmark.inputs.corpus import resolve_corpus
-from benchmark.inputs.upstream import awaits_pretraining, planned_checkpoint
-from benchmark.plan.shapes import planned_shape
+from benchmark.plan.shapes import planned_upstream
 from benchmark.plan.shards import shard_filter, shard_loads, whole_plan
 from downstream.fractions import PAPER_FRACTIONS
 from upstream.registry import family_of
@@ -30,7 +30,7 @@ def print_plan(cfg: BenchmarkConfig) -> int:
     notes: list[str] = []
     plans = []  # (spec, planned checkpoint, hidden states, runs) of every upstream
     for spec in cfg.upstreams:
-        L = planned_shape(spec, cfg).hidden_states
+        L = planned_upstream(spec, cfg).shape.num_hidden_states
         plans.append((spec, planned_checkpoint(spec, cfg.ckpts, cfg.runs_dir, cfg.quick, cfg.pretrain), L,
                       shard_filter(cfg, spec, L, fractions, expand_runs(cfg, spec, L, fractions, notes))))
     # the fine-tuning budget only where the plan holds fine-tuning runs (--no-finetune, or no upstream to fine-tune)
@@ -53,7 +53,7 @@ def print_plan(cfg: BenchmarkConfig) -> int:
         if spec in needs and runs:
             need = needs[spec]
             size = (f"{fmt_bytes(need.total_bytes)} ({need.frames:,} frames x "
-                    f"{describe_layers(need.layers, need.shape.hidden_states)} x {need.shape.hidden_size} x 2 B, "
+                    f"{describe_layers(need.layers, need.shape.num_hidden_states)} x {need.shape.hidden_size} x 2 B, "
                     f"float16)")
             if not cfg.use_cache:
                 print(f"    features in memory (--no-cache): {size}, extracted again on every invocation")
@@ -62,7 +62,7 @@ def print_plan(cfg: BenchmarkConfig) -> int:
                     ", already cached" if need.missing_bytes == 0 else
                     f", {fmt_bytes(need.cached_bytes)} of it already cached" if need.cached_bytes else "") + (
                     f"; extracts {fmt_bytes(need.missing_bytes)} "
-                    f"({describe_layers(need.extract_layers, need.shape.hidden_states)}, those of the older entries "
+                    f"({describe_layers(need.extract_layers, need.shape.num_hidden_states)}, those of the older entries "
                     f"too)" if need.missing_bytes and need.extract_layers != need.layers else ""))
         total += len(runs)
         with_runs += [spec] if runs else []

@@ -14,8 +14,8 @@ from dataclasses import replace
 
 from benchmark.plan.config import BenchmarkConfig, Shard
 from benchmark.plan.runs import PlannedRun, expand_runs
+from benchmark.plan.shapes import planned_upstream
 from benchmark.record.results import shard_results_dir
-from benchmark.plan.shapes import planned_shape
 from downstream.tasks import get_task
 
 RunKey = tuple[str, str, str, float, int]  # (upstream spec, task, mode label, fraction, seed)
@@ -113,9 +113,9 @@ def whole_plan(cfg: BenchmarkConfig, fractions: list[float]) -> list[tuple[Plann
     checkpoint (or preset) without building it, as every shard does."""
     out = []
     for spec in dict.fromkeys(cfg.upstreams):
-        shape = planned_shape(spec, cfg)
-        out += [(r, shape.hidden_states, shape.hidden_size)
-                for r in expand_runs(cfg, spec, shape.hidden_states, fractions, [])]
+        shape = planned_upstream(spec, cfg).shape
+        out += [(r, shape.num_hidden_states, shape.hidden_size)
+                for r in expand_runs(cfg, spec, shape.num_hidden_states, fractions, [])]
     return out
 
 

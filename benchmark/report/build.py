@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.report import plots
 from benchmark.record.aggregate import aggregate_runs, read_runs
+from benchmark.record.schema import COMMAND_FILE
+from benchmark.report import plots
 from benchmark.report.checks import checks_markdown, science_checks
 from benchmark.report.convergence import CONVERGENCE_FILE, summary_markdown
 from benchmark.report.cost import cost_markdown, read_costs
 from benchmark.report.provenance import REPORT_COMMAND, command_lines, provenance_sentence
-from benchmark.record.schema import COMMAND_FILE
 from benchmark.report.site.build import build_site
 from benchmark.report.site.inputs import SITE_DIR, SiteInputs
 from benchmark.report.tables import UNCONVERGED, write_leaderboards

@@ -35,8 +35,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from benchmark.record.aggregate import read_runs
 from benchmark.cache.reader import CacheEntry, EntryQuery, find_entry
+from benchmark.record.aggregate import read_runs
 from core.frames import FrameRule
 from core.io import atomic_write_text
 from corpora.manifest import PROBE_SPLITS, Corpus, load_corpus

@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 
 from benchmark.cache.extract import ensure_split
-from benchmark.plan.config import BenchmarkConfig
-from benchmark.plan.runs import cache_layers, choose_fractions, expand_runs, run_id
 from benchmark.inputs.corpus import normalisation_split, resolve_corpus
 from benchmark.inputs.upstream import planned_checkpoint, resolve_upstream
+from benchmark.plan.config import BenchmarkConfig
+from benchmark.plan.runs import cache_layers, choose_fractions, expand_runs, run_id
+from benchmark.plan.shapes import planned_upstream
+from benchmark.plan.shards import shard_filter
 from benchmark.record.results import read_rows, rows_files
 from benchmark.run.runner import corpus_digest
-from benchmark.plan.shapes import planned_shape
-from benchmark.plan.shards import shard_filter
 from core.io import read_json
 from corpora.manifest import PROBE_SPLITS
 from upstream.checkpoint import read_meta
@@ -80,7 +80,7 @@ def check_prepared(cfg: BenchmarkConfig) -> None:
             continue
         if not fam.takes_front_end:  # its weights are a given file or a seeded initialisation: nothing to build
             continue
-        feature = planned_shape(spec, cfg).feature
+        feature = planned_upstream(spec, cfg).feature
         assert feature is not None  # a weight-free log-mel upstream: mel or a random-init control
         if feature.norm == "corpus" and not _has_stats(corpus.root, normalisation_split(corpus), feature.to_dict()):
             raise ValueError(f"--shard {cfg.shard.label}: corpus {corpus.root} has no normalisation statistics for "

@@ -25,13 +25,13 @@ from downstream.probe import ProbeConfig, ProbeResult, ProbeSpec
 from downstream.train import train_probe, train_probes
 from benchmark.cache.extract import ensure_split, extract_arrays
 from benchmark.cache.reader import manifest_digest
-from benchmark.plan.config import BenchmarkConfig
-from benchmark.plan.runs import PlannedRun, cache_layers, choose_fractions, expand_runs, run_id
 from benchmark.inputs.corpus import resolve_corpus
 from benchmark.inputs.upstream import ResolvedUpstream, resolve_upstream
+from benchmark.plan.config import BenchmarkConfig
+from benchmark.plan.runs import PlannedRun, cache_layers, choose_fractions, expand_runs, run_id
+from benchmark.plan.shards import expected_seconds, shard_filter
 from benchmark.record.results import RUNS_FILE, append_row, done_run_ids, write_leaderboard
 from benchmark.record.schema import COMMAND_FILE
-from benchmark.plan.shards import expected_seconds, shard_filter
 
 
 @dataclass
