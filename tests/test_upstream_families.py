@@ -14,6 +14,7 @@ import pretrain.__main__
 from benchmark.cli import main as benchmark_main
 from benchmark.inputs.upstream import planned_checkpoint, resolve_upstream
 from benchmark.plan.config import BenchmarkConfig
+from benchmark.plan.runs import expand_runs
 from benchmark.plan.shapes import planned_upstream
 from corpora.manifest import load_corpus
 from pretrain import default_budget, run_pretraining
@@ -86,6 +87,17 @@ def test_the_planner_shapes_registered_families_before_anything_exists(registere
         planned_upstream("w2v_tiny", cfg)
     with pytest.raises(ValueError, match="no reference checkpoint ships for bert_tiny:tiny"):
         planned_upstream("bert_tiny", BenchmarkConfig(runs_dir=tmp_path / "runs"))
+
+
+def test_a_registered_pretrainable_family_is_fine_tuned_by_default(registered):
+    """The plan asks the family whether the main job fine-tunes it: a new pretrainable family is, without a line of
+    the plan changed; one that only takes weights, or none, is not (it fine-tunes on --mode finetune)."""
+    cfg = BenchmarkConfig(tasks=("phone_linear",), modes="last", seeds=1)
+    finetuned = {spec: [r.fraction for r in expand_runs(cfg, spec, 3, [0.1, 1.0], []) if r.finetune]
+                 for spec in ("bert_tiny", "bert_tiny_random", "w2v_tiny", "w2v_tiny_random", "mel40")}
+    assert finetuned == {"bert_tiny": [0.1, 1.0], "bert_tiny_random": [], "w2v_tiny": [], "w2v_tiny_random": [],
+                         "mel40": []}
+    assert [n for n, f in registry.FAMILIES.items() if f.finetuned_by_default] == ["mockingjay", "aalbert", "bert_tiny"]
 
 
 def test_the_dry_run_and_list_show_registered_families(registered, tmp_path, capsys):

@@ -42,6 +42,12 @@ class Family(ABC):
     # job (its config can differ from the preset: recipes stack frames), so the two differ in the weights only.
     architecture_from: str | None = None
 
+    @property
+    def finetuned_by_default(self) -> bool:
+        """Whether the benchmark fine-tunes it at the end label fractions unless told not to (--no-finetune): the
+        upstreams this toolkit pretrains, as their papers do. `--mode finetune` fine-tunes any upstream."""
+        return self.pretrainable
+
     def ckpt_key(self, preset: str) -> str:
         """The NAME of --ckpt NAME=PATH for this preset."""
         return f"{self.name}:{preset}" if self.ckpt_per_preset else self.name

@@ -41,7 +41,8 @@ class BenchmarkConfig:
     task_modes: dict[str, str] = field(default_factory=dict)
     fractions: tuple[float, ...] | None = None  # None: the paper fractions the corpus is large enough for
     seeds: int = 3
-    # main-job fine-tuning: at the smallest and largest fraction, for FINETUNE_UPSTREAMS, this many seeds
+    # main-job fine-tuning: at the smallest and largest fraction, for the upstreams fine-tuned by default
+    # (upstream.family.Family.finetuned_by_default), this many seeds
     finetune_ends: bool = True
     finetune_smallest: bool = True  # also fine-tune at the smallest fraction (not only the largest)
     finetune_seeds: int = 1

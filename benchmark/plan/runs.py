@@ -10,8 +10,8 @@ from corpora.manifest import Corpus
 from downstream.fractions import MIN_DEFAULT_UTTS, default_fractions
 from downstream.modes import LayerMode, parse_modes
 from downstream.probe import ENGINE_VERSION, ProbeConfig
+from upstream.registry import family_of
 
-FINETUNE_UPSTREAMS = ("mockingjay", "aalbert")  # the main job fine-tunes the pretrained models only
 # fine-tuning is the expensive part (the upstream runs forward+backward every step, and dev is scored live):
 # the main job fine-tunes the phone probe only
 FINETUNE_TASKS = ("phone_linear",)
@@ -60,12 +60,11 @@ def expand_runs(cfg: BenchmarkConfig, spec: str, num_hidden_states: int, fractio
                 notes: list[str]) -> list[PlannedRun]:
     """The runs of one upstream: tasks x modes x fractions x seeds, plus the main job's fine-tuning runs. The whole
     plan's, whatever cfg.shard says: a shard's share of them is benchmark.plan.shards.shard_filter's."""
-    name = spec.partition(":")[0]
     runs = [PlannedRun(spec, t, m, f, s) for t in cfg.tasks
             for m in _modes(cfg.task_modes.get(t, cfg.modes), spec, num_hidden_states, notes)
             for f in fractions for s in range(cfg.seeds)]
     explicit_ft = any(m.kind == "finetune" for m in parse_modes(cfg.modes, num_hidden_states))
-    if cfg.finetune_ends and not explicit_ft and name in FINETUNE_UPSTREAMS and fractions:
+    if cfg.finetune_ends and not explicit_ft and family_of(spec)[0].finetuned_by_default and fractions:
         ends = sorted({min(fractions), max(fractions)} if cfg.finetune_smallest else {max(fractions)})
         runs += [PlannedRun(spec, t, LayerMode("finetune"), f, s)
                  for t in cfg.tasks if t in FINETUNE_TASKS for f in ends for s in range(min(cfg.finetune_seeds, cfg.seeds))]
