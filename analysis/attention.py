@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from analysis.attention_plots import plot_attention_maps, plot_attention_stats
 from analysis.attention_stats import as_numpy_maps, stats_markdown, stats_rows, summarise
-from benchmark.resolve import control_architecture
+from benchmark.inputs.upstream import control_architecture
 from core.audio import AudioError, load_audio
 from core.io import atomic_write_text
 from core.repro import seed_everything

@@ -31,10 +31,10 @@ import pandas as pd
 from analysis.attention import attention_of, corpus_utterances, load_models, local_frames_of
 from analysis.attention_stats import stats_rows
 from core.figures import plt, save_figure
-from benchmark.aggregate import aggregate_runs, read_runs
-from benchmark.presets import main_job
-from benchmark.runner import run_benchmark
-from benchmark.tables import to_markdown
+from benchmark.plan.presets import main_job
+from benchmark.record.aggregate import aggregate_runs, read_runs
+from benchmark.report.tables import to_markdown
+from benchmark.run.runner import run_benchmark
 from core.io import atomic_write_text
 from upstream.checkpoint import META_FILE, checkpoint_hash, load_checkpoint, save_checkpoint
 

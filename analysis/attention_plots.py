@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from benchmark.plots import color_map, save_figure  # noqa: E402
+from benchmark.report.plots import color_map, save_figure  # noqa: E402
 
 FLOOR = 1e-4  # log colour scale floor: uniform attention over 10 s (1000 frames) is 1e-3, still visible
 

@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from benchmark.tables import to_markdown
+from benchmark.report.tables import to_markdown
 
 STAT_COLUMNS = ("mean_distance_frames", "entropy_nats", "diag_share", "neighbour_share", "local_share",
                 "vertical_share")

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.aggregate import aggregate_runs, read_runs
-from benchmark.plots import UPSTREAM_COLORS, metric_display, plt, save_figure
-from benchmark.presets import main_job
-from benchmark.resolve import resolve_corpus
-from benchmark.runner import record_command, run_benchmark
-from benchmark.tables import to_markdown
+from benchmark.inputs.corpus import resolve_corpus
+from benchmark.plan.presets import main_job
+from benchmark.record.aggregate import aggregate_runs, read_runs
+from benchmark.report.plots import UPSTREAM_COLORS, metric_display, plt, save_figure
+from benchmark.report.tables import to_markdown
+from benchmark.run.runner import record_command, run_benchmark
 from core.io import atomic_write_text
 from downstream.tasks import TASKS
 from pretrain import default_budget, run_pretraining
@@ -66,7 +66,7 @@ def val_curve(train_dir: Path) -> pd.DataFrame:
 
 def budget_table(runs: pd.DataFrame, snaps: dict[int, Path], references: tuple[str, ...] = ("mel",)) -> pd.DataFrame:
     """One row per (task, mode, snapshot step or reference upstream) at 100 % labels: the harness's aggregation
-    over seeds (benchmark.aggregate), with each snapshot's step and held-out masked L1 beside it."""
+    over seeds (benchmark.record.aggregate), with each snapshot's step and held-out masked L1 beside it."""
     step_of = {checkpoint_hash(p)[:16]: s for s, p in snaps.items()}
     meta = {s: read_meta(p) for s, p in snaps.items()}
     runs = runs[(runs["fraction"] == 1.0) & (runs["ckpt_hash"].isin(step_of) | runs["upstream"].isin(references))]

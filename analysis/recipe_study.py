@@ -28,10 +28,10 @@ import pandas as pd
 import torch
 
 from core.figures import plt, save_figure
-from benchmark.aggregate import aggregate_runs, read_runs
-from benchmark.presets import main_job
-from benchmark.runner import run_benchmark
-from benchmark.tables import to_markdown
+from benchmark.plan.presets import main_job
+from benchmark.record.aggregate import aggregate_runs, read_runs
+from benchmark.report.tables import to_markdown
+from benchmark.run.runner import run_benchmark
 from core.io import atomic_write_text
 from pretrain.config import RECIPES, with_overrides
 from pretrain.train import LOG_FILE, run_pretraining

@@ -18,15 +18,17 @@ import torch
 
 from downstream.modes import MODE_CHOICES, parse_modes
 from downstream.tasks import TASKS
-from benchmark.cachesize import check_space_for
-from benchmark.dryrun import print_plan
-from benchmark.plan import DEFAULT_MODES, DEFAULT_UPSTREAMS, BenchmarkConfig, check_layer_modes, parse_fractions
-from benchmark.prepare import check_prepared, prepare
-from benchmark.presets import MAIN_TASKS, main_job, quick_job
-from benchmark.resolve import check_corpus, corpus_choices, num_hidden_states_of, planned_checkpoint, resolve_corpus
-from benchmark.results import merge_shards, read_rows, results_root, rows_files, write_leaderboard
-from benchmark.runner import build_report_if_available, run_benchmark
-from benchmark.shards import shard_config
+from benchmark.inputs.corpus import check_corpus, corpus_choices, resolve_corpus
+from benchmark.inputs.upstream import num_hidden_states_of, planned_checkpoint
+from benchmark.plan.cachesize import check_space_for
+from benchmark.plan.config import DEFAULT_MODES, DEFAULT_UPSTREAMS, BenchmarkConfig
+from benchmark.plan.dryrun import print_plan
+from benchmark.plan.presets import MAIN_TASKS, main_job, quick_job
+from benchmark.plan.runs import check_layer_modes, parse_fractions
+from benchmark.plan.shards import shard_config
+from benchmark.record.results import merge_shards, read_rows, results_root, rows_files, write_leaderboard
+from benchmark.run.prepare import check_prepared, prepare
+from benchmark.run.runner import build_report_if_available, run_benchmark
 from core.allocator import return_large_blocks
 from core.audio import AudioError
 from core.io import read_text
@@ -261,7 +263,7 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
         return 0 if build_report_if_available(cfg.results_dir) else 1
     if args.command == "certify":
         # pandas loads here (0.4 s on top of this module's imports): --list, --dry-run and prepare never need it
-        from benchmark.convergence import certify, summary_markdown
+        from benchmark.report.convergence import certify, summary_markdown
 
         corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, prepare=False)
         if corpus is None:

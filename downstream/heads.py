@@ -35,7 +35,7 @@ class Whitening(nn.Module):
     mean-pooled utterances an L2-regularised regression on whitened means scores ~6 points lower on mel than
     on standardised means (docs/benchmark.md), so utterance-level probes standardise (`decorrelate=False`) and
     solve the well-conditioned small problem with L-BFGS instead (downstream.train). The convergence reference
-    (benchmark.convergence) is fitted on the same examples.
+    (benchmark.report.convergence) is fitted on the same examples.
     """
 
     def __init__(self, dim: int, floor: float = 1e-6, decorrelate: bool = True) -> None:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark.cache import ensure_split  # noqa: E402
-from benchmark.resolve import resolve_corpus, resolve_upstream  # noqa: E402
+from benchmark.cache.extract import ensure_split  # noqa: E402
+from benchmark.inputs.corpus import resolve_corpus  # noqa: E402
+from benchmark.inputs.upstream import resolve_upstream
 
 
 def rss_mib() -> float:

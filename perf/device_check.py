@@ -96,7 +96,7 @@ def probe_fps(width: int, device: str, steps: int, hidden_states: int = 4, probe
     """Frames per second of the main job's phone_linear probe (weighted sum) as the engine trains it: `probes`
     probes stacked into one model (downstream.stacked), a minibatch each per step, gathered from rows resident on
     the device (downstream.feeds) in the cache's float16."""
-    from benchmark.presets import main_job
+    from benchmark.plan.presets import main_job
     from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe
     from downstream.tasks import TASKS
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmark.aggregate import read_runs  # noqa: E402
-from benchmark.convergence import Certifier  # noqa: E402
+from benchmark.record.aggregate import read_runs  # noqa: E402
+from benchmark.report.convergence import Certifier  # noqa: E402
 from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
 from downstream.data import Targets  # noqa: E402
 from downstream.fractions import fraction_subset  # noqa: E402

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmark.convergence import cached_identity, cached_probe_inputs  # noqa: E402
-from benchmark.presets import main_job  # noqa: E402
+from benchmark.plan.presets import main_job  # noqa: E402
+from benchmark.report.convergence import cached_identity, cached_probe_inputs  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from core.repro import provenance  # noqa: E402
 from corpora.manifest import load_corpus  # noqa: E402

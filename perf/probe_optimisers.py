@@ -5,9 +5,9 @@ path on standardised utterance means) and the certificate's reference, on one ca
 For each task, fraction and seed: phone_linear (last layer) trained with the former main-job AdamW (dev at least 50
 steps apart), AdamW scored every step, and the main job's SGD; speaker_utterance (last layer) with the former
 main-job AdamW on whitened means and the main job's L-BFGS path on standardised means. Each beside the certificate's
-reference on the same examples: benchmark.convergence's torch L-BFGS for frames, scikit-learn's LogisticRegression
-for utterance means (an independent solver; slow on 256-d Transformer means, quick on 80-d mel). Run the main job
-(or any run that builds the cache) first.
+reference on the same examples: benchmark.report.convergence's torch L-BFGS for frames, scikit-learn's
+LogisticRegression for utterance means (an independent solver; slow on 256-d Transformer means, quick on 80-d mel).
+Run the main job (or any run that builds the cache) first.
 
     .venv/bin/python perf/probe_optimisers.py --upstream mockingjay --tasks phone_linear --out results/probe_optimisers.csv
     .venv/bin/python perf/probe_optimisers.py --upstream mel --tasks speaker_utterance --out results/probe_optimisers_speaker.csv
@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark.convergence import UTT_L2_GRID, Certifier, Reference, cached_identity, fit_reference  # noqa: E402
-from benchmark.presets import FRAME_PROBE, MAIN_TASK_PROBES  # noqa: E402
+from benchmark.plan.presets import FRAME_PROBE, MAIN_TASK_PROBES  # noqa: E402
+from benchmark.report.convergence import UTT_L2_GRID, Certifier, Reference, cached_identity, fit_reference  # noqa: E402
 from core.io import atomic_write_text  # noqa: E402
 from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
 from downstream.data import Targets, flat_rows  # noqa: E402

@@ -1,6 +1,6 @@
 """Probe throughput: training examples per second of one frozen probe, and what reaching convergence costs.
 
-Trains the main job's probe (benchmark.presets) for each task x mode on an existing feature cache at 100 % of
+Trains the main job's probe (benchmark.plan.presets) for each task x mode on an existing feature cache at 100 % of
 the labels, one torch thread (as the main job's workers do), and writes per probe: training examples (frames,
 or utterances for the mean-pooled probe) per second of training, steps and epochs to the stopping rule, wall
 time, and the one-time cost of holding the upstream's splits in memory, whitened. Run the main job (or any run
@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark.convergence import cached_frames, cached_identity  # noqa: E402
-from benchmark.presets import main_job  # noqa: E402
+from benchmark.plan.presets import main_job  # noqa: E402
+from benchmark.report.convergence import cached_frames, cached_identity  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
 from downstream.data import num_classes, split_labels  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from benchmark.schema import RUN_COLUMNS
+from benchmark.record.schema import RUN_COLUMNS
 
 # (params, hidden states, ceiling per task kind, pretrained?) -- invented numbers with the papers' shapes.
 _UPSTREAMS = {"mel": (0, 1, 0.55, False), "mockingjay": (4_000_000, 4, 0.75, True),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.cache import DONE, cache_key, ensure_split
+from benchmark.cache.extract import DONE, cache_key, ensure_split
 from downstream.sources import ArraySource, LiveSource, PooledSource, SplitArrays
 from tests.fixtures import make_tiny_corpus
 from upstream.features import FeatureConfig, corpus_stats
@@ -124,7 +124,7 @@ def test_key_changes_with_model_and_manifest_and_partial_dirs_ignored(setup, tmp
 def test_extraction_failure_leaves_no_cache(setup, tmp_path, monkeypatch):
     corpus, up, ident = setup
     utts = corpus.utterances("test")
-    import benchmark.cache as cache
+    import benchmark.cache.extract as cache
 
     def boom(*a, **k):
         raise RuntimeError("killed")

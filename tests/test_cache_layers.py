@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-import benchmark.runner as runner
-from benchmark.cache import DONE, cache_key
+import benchmark.run.runner as runner
+from benchmark.cache.extract import DONE, cache_key
 from benchmark.cli import main
-from benchmark.plan import BenchmarkConfig
-from benchmark.results import read_rows
+from benchmark.plan.config import BenchmarkConfig
+from benchmark.record.results import read_rows
 from core.io import read_json
 from corpora.manifest import PROBE_SPLITS, load_corpus
 from downstream.modes import LayerMode
@@ -60,7 +60,7 @@ def _results(path: Path) -> dict[str, tuple]:
 
 def _all_layers_name(corpus_dir: Path, split: str) -> str:
     """The directory name an all-layers entry had before entries could hold fewer (unchanged)."""
-    from benchmark.resolve import resolve_upstream
+    from benchmark.inputs.upstream import resolve_upstream
 
     corpus = load_corpus(corpus_dir)
     up = resolve_upstream("aalbert_random", corpus, {}, Path("/nonexistent"), False, lambda *_: None, progress=False)
@@ -140,8 +140,9 @@ def test_array_source_of_a_subset_maps_hidden_states_and_refuses_missing_ones():
 
 
 def test_no_cache_writes_nothing_and_gives_the_cached_rows(corpus_dir, tmp_path):
-    """The in-memory path streams the same batches through the same float16 rounding as the cache (benchmark.cache
-    ._stream), so the probes read the same bits and the rows are equal exactly, not within a tolerance."""
+    """The in-memory path streams the same batches through the same float16 rounding as the cache
+    (benchmark.cache.extract._stream), so the probes read the same bits and the rows are equal exactly, not within a
+    tolerance."""
     argv = ["--corpus", str(corpus_dir), "--upstream", "mel,aalbert_random", "--task", "phone_linear,speaker_utterance",
             "--mode", "last,weighted_sum", "--fractions", "1", "--seeds", "1", "--steps", "3", "--no-finetune",
             "--no-progress", "--runs-dir", str(tmp_path / "runs"), "--workers", "1"]

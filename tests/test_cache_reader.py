@@ -1,4 +1,4 @@
-"""One reader for the feature cache (benchmark.cachereader): two corpora of one name but different manifests (the
+"""One reader for the feature cache (benchmark.cache.reader): two corpora of one name but different manifests (the
 quick and the full built-in corpora are both `synth`) never share an entry, whether the runner, the disk-space
 check, the certificate or a perf script looks it up; a failed lookup names what was asked, where, and what is there."""
 from __future__ import annotations
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-import benchmark.runner as runner
-from benchmark.cache import cache_key, ensure_split
-from benchmark.cachereader import DONE, EntryQuery, find_entries, find_entry, manifest_digest
-from benchmark.cachesize import cache_needs
-from benchmark.convergence import cached_entries, cached_frames, cached_identity, certify
-from benchmark.plan import BenchmarkConfig
-from benchmark.results import RUNS_FILE, read_rows
+import benchmark.run.runner as runner
+from benchmark.cache.extract import cache_key, ensure_split
+from benchmark.cache.reader import DONE, EntryQuery, find_entries, find_entry, manifest_digest
+from benchmark.plan.cachesize import cache_needs
+from benchmark.plan.config import BenchmarkConfig
+from benchmark.record.results import RUNS_FILE, read_rows
+from benchmark.report.convergence import cached_entries, cached_frames, cached_identity, certify
 from core.io import read_json
 from corpora.manifest import PROBE_SPLITS
 from downstream.probe import ProbeConfig

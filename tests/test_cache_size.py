@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import benchmark.cachesize as cachesize
-from benchmark.cachesize import cache_bytes, fmt_bytes
+import benchmark.plan.cachesize as cachesize
 from benchmark.cli import main
-from benchmark.plan import BenchmarkConfig
-from benchmark.shapes import planned_shape
+from benchmark.plan.cachesize import cache_bytes, fmt_bytes
+from benchmark.plan.config import BenchmarkConfig
+from benchmark.plan.shapes import planned_upstream
 from corpora.manifest import PROBE_SPLITS, load_corpus
 from tests.fixtures import make_tiny_corpus
 
@@ -42,7 +42,7 @@ def _frames(corpus_dir: Path, stacked: int = 1) -> int:
 
 def _control_stacking(tmp: Path) -> int:
     """aalbert_random copies the front-end of the AALBERT checkpoint it controls for (the recipe may stack frames)."""
-    return planned_shape("aalbert_random", BenchmarkConfig(runs_dir=tmp / "runs")).feature.downsample
+    return planned_upstream("aalbert_random", BenchmarkConfig(runs_dir=tmp / "runs")).feature.downsample
 
 
 def _need(corpus_dir: Path, tmp: Path, hidden_states: int = 1) -> int:
@@ -80,9 +80,10 @@ def test_the_dry_run_counts_what_an_extension_writes(corpus_dir, tmp_path, capsy
 def test_the_librispeech_100_figure():
     """mockingjay:base on LibriSpeech train-clean-100 (100.6 h, every utterance in the probe splits): 4 hidden
     states x 768 at 100 frames/s, float16."""
-    shape = planned_shape("mockingjay:base", BenchmarkConfig(pretrain=True, runs_dir=Path("/nonexistent")))
-    assert (shape.hidden_states, shape.hidden_size, shape.feature.hop_length) == (4, 768, 160)
-    assert cache_bytes(100 * 360_000, shape.hidden_states, shape.hidden_size) == 221_184_000_000
+    planned = planned_upstream("mockingjay:base", BenchmarkConfig(pretrain=True, runs_dir=Path("/nonexistent")))
+    shape = planned.shape
+    assert (shape.num_hidden_states, shape.hidden_size, planned.feature.hop_length) == (4, 768, 160)
+    assert cache_bytes(100 * 360_000, shape.num_hidden_states, shape.hidden_size) == 221_184_000_000
     assert fmt_bytes(cache_bytes(round(100.6 * 360_000), 4, 768)) == "223 GB"
     assert fmt_bytes(cache_bytes(round(100.6 * 360_000), 13, 768)) == "723 GB"  # mockingjay:large, 12 layers
 

@@ -5,10 +5,10 @@ import math
 
 import pandas as pd
 
-from benchmark.aggregate import AGG_COLUMNS
-from benchmark.checks import (Check, check_aalbert_vs_mockingjay, check_finetune, check_intermediate_layers,
-                              check_mode_beats, check_random_controls, check_scarce_labels, checks_markdown,
-                              science_checks)
+from benchmark.record.aggregate import AGG_COLUMNS
+from benchmark.report.checks import (Check, check_aalbert_vs_mockingjay, check_finetune, check_intermediate_layers,
+                                     check_mode_beats, check_random_controls, check_scarce_labels, checks_markdown,
+                                     science_checks)
 
 _PARAMS = {"mel": 0, "mockingjay": 4_000_000, "aalbert": 1_500_000, "mockingjay_random": 4_000_000,
            "aalbert_random": 1_500_000}
@@ -199,7 +199,7 @@ def test_markdown_lists_every_check():
 
 
 def test_finetune_that_never_left_its_start_is_no_gain():
-    from benchmark.checks import check_finetune
+    from benchmark.report.checks import check_finetune
 
     agg = pd.DataFrame([row("mockingjay", 0.6002, mode="finetune", best_step=0.0), row("mockingjay", 0.6000)])
     c = check_finetune(agg)
@@ -211,7 +211,7 @@ def test_finetune_that_never_left_its_start_is_no_gain():
 # --- the papers' shape (reference checkpoints): weighted sum vs control, scarce phones vs mel, yardstick ---
 
 def test_weighted_sum_beats_control_needs_every_cell_beyond_the_cis():
-    from benchmark.checks import check_weighted_sum_beats_control
+    from benchmark.report.checks import check_weighted_sum_beats_control
 
     rows = [row("mockingjay", 0.60, mode="weighted_sum"), row("mockingjay_random", 0.55, mode="weighted_sum"),
             row("mockingjay", 0.30, mode="weighted_sum", task="speaker_utterance"),
@@ -223,7 +223,7 @@ def test_weighted_sum_beats_control_needs_every_cell_beyond_the_cis():
 
 
 def test_scarce_phones_compares_the_smallest_fraction_only():
-    from benchmark.checks import check_scarce_phones
+    from benchmark.report.checks import check_scarce_phones
 
     rows = [row("mel", 0.44, fraction=0.01), row("mel", 0.62),
             row("aalbert", 0.46, mode="weighted_sum", fraction=0.01), row("aalbert", 0.60, mode="weighted_sum")]
@@ -234,7 +234,7 @@ def test_scarce_phones_compares_the_smallest_fraction_only():
 
 
 def test_mel_baseline_is_the_10ms_preset_when_there_are_several():
-    from benchmark.checks import check_scarce_phones
+    from benchmark.report.checks import check_scarce_phones
 
     stacked = lambda test, fraction: {**row("mel", test, fraction=fraction), "preset": "stack3"}  # noqa: E731
     rows = [row("mel", 0.44, fraction=0.01), row("mel", 0.62), stacked(0.50, 0.01), stacked(0.70, 1.0),
@@ -247,7 +247,7 @@ def test_mel_baseline_is_the_10ms_preset_when_there_are_several():
 
 
 def test_yardstick_check_reads_the_cost_table():
-    from benchmark.checks import check_yardstick
+    from benchmark.report.checks import check_yardstick
 
     cost = pd.DataFrame({"upstream": ["mel", "mockingjay", "aalbert"], "preset": ["default", "small", "small"],
                          "val_l1": [math.nan, 0.50, 0.60], "val_l1_interpolate": [math.nan, 0.52, 0.52]})

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-import benchmark.runner as runner
+import benchmark.run.runner as runner
 from benchmark.cli import main
-from benchmark.convergence import CONVERGENCE_FILE, certify, fit_reference, summary_markdown
-from benchmark.plan import BenchmarkConfig
+from benchmark.plan.config import BenchmarkConfig
+from benchmark.report.convergence import CONVERGENCE_FILE, certify, fit_reference, summary_markdown
 from corpora.manifest import load_corpus
 from downstream.probe import ProbeConfig
 from tests.fixtures import make_tiny_corpus
@@ -52,7 +52,7 @@ def test_converged_probes_pass_and_starved_probes_fail(corpus_dir, tmp_path, mon
     assert len(table) == 2 and (table["margin"] == 1.0).all()  # 2 tasks; one fraction, the largest
     assert table["passes"].all(), table
     assert (good / "results" / CONVERGENCE_FILE).is_file()
-    import benchmark.convergence as conv
+    import benchmark.report.convergence as conv
 
     monkeypatch.setattr(conv.Certifier, "reference", lambda *a: (_ for _ in ()).throw(AssertionError("refit")))
     again = certify(good / "results", corpus, good / "cache", log=lambda *_: None)  # resumed: nothing refitted
@@ -67,7 +67,7 @@ def test_converged_probes_pass_and_starved_probes_fail(corpus_dir, tmp_path, mon
 
 
 def test_a_probe_exactly_at_the_margin_passes_and_failures_show_dev():
-    from benchmark.convergence import passes
+    from benchmark.report.convergence import passes
 
     assert 100 * 0.13 < 100 * 0.14 - 1.0  # what float arithmetic says of 39/300 vs 42/300 - 1 point
     assert passes(100 * 0.13, 100 * 0.14, 1.0) and passes(13.0, 15.0, 2.0)
@@ -97,7 +97,7 @@ def test_certify_cli_errors_name_what_is_missing(corpus_dir, tmp_path, capsys):
 
 def _entry(cache: Path, corpus, split: str, preset: str, ckpt_hash: str) -> Path:
     """A real cache entry of the log-mel front-end, recorded under the given preset and checkpoint hash."""
-    from benchmark.cache import cache_key, ensure_split
+    from benchmark.cache.extract import cache_key, ensure_split
     from upstream.features import FeatureConfig
     from upstream.registry import build_upstream
 
@@ -112,7 +112,7 @@ def test_cached_identity_matches_the_preset(tmp_path):
     newer stack3 cache (it once did, silently: docs/benchmark.md's trainer comparison ran on 240-d stacked means)."""
     import os
 
-    from benchmark.convergence import cached_identity
+    from benchmark.report.convergence import cached_identity
     from tests.fixtures import make_tiny_corpus
 
     corpus = make_tiny_corpus(tmp_path / "c", per_speaker={"train": 1, "dev": 1, "test": 1})
@@ -133,8 +133,8 @@ def test_cache_lookups_match_the_corpus_manifest(tmp_path):
     folder and directory prefixes: the certificate must open the entry of ITS corpus's split, never the other's."""
     import shutil
 
-    from benchmark.cachereader import manifest_digest
-    from benchmark.convergence import cached_entries, cached_identity
+    from benchmark.cache.reader import manifest_digest
+    from benchmark.report.convergence import cached_entries, cached_identity
 
     small = make_tiny_corpus(tmp_path / "small", per_speaker={"train": 1, "dev": 1, "test": 1}, seed=0)
     large = make_tiny_corpus(tmp_path / "large", per_speaker={"train": 3, "dev": 2, "test": 1}, seed=1)
@@ -160,7 +160,7 @@ def test_mlp_rows_share_the_linear_reference_and_retrained_rows_are_certified_ag
     """phone_1hidden has no unique optimum: it is held to the logistic regression on its examples (a lower bound),
     the very fit of phone_linear's row on the same examples, also across calls. A row whose result changed since it
     was certified (re-trained: its test score moved) is certified again; the others are kept."""
-    import benchmark.convergence as conv
+    import benchmark.report.convergence as conv
 
     corpus = load_corpus(corpus_dir)
     frame = ProbeConfig(optimizer="sgd", lr=1e-1, batch_size=4096, patience=10, min_eval_steps=20)

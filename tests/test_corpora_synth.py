@@ -134,7 +134,7 @@ def test_ensure_default_corpus_uses_existing(tmp_path, monkeypatch):
 def test_resolve_corpus_passes_no_progress_to_the_build(tmp_path, monkeypatch):
     """`run_benchmark.py --no-progress` must silence the built-in corpus's progress bars too (logs on disk)."""
     import corpora.registry as reg
-    from benchmark.resolve import resolve_corpus
+    from benchmark.inputs.corpus import resolve_corpus
 
     seen = []
     monkeypatch.setattr(reg, "prepare_synth_config", lambda out, cfg, workers, progress, force=False: seen.append(progress))

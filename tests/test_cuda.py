@@ -119,9 +119,9 @@ def test_extraction_and_probes_on_cuda_give_the_cpu_rows(tmp_path):
 
 def harness_rows_differ(tmp_path: Path, dev_a: str, dev_b: str) -> dict[str, float]:
     """The harness on a tiny corpus on two devices (own caches and results); the largest differences of their rows."""
-    import benchmark.runner as runner
-    from benchmark.plan import BenchmarkConfig
-    from benchmark.results import read_rows
+    import benchmark.run.runner as runner
+    from benchmark.plan.config import BenchmarkConfig
+    from benchmark.record.results import read_rows
     from downstream.probe import ProbeConfig
     from tests.fixtures import make_tiny_corpus
 

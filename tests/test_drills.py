@@ -690,8 +690,8 @@ def job_pretrain(corpus: str, out: str) -> None:
 
 
 def harness_config(corpus: str, tmp: str):
-    import benchmark.runner as runner
-    from benchmark.plan import BenchmarkConfig
+    import benchmark.run.runner as runner
+    from benchmark.plan.config import BenchmarkConfig
     from downstream.probe import ProbeConfig
 
     return runner, BenchmarkConfig(
@@ -747,7 +747,7 @@ def harness_reference(tmp_path_factory, probe_corpus) -> dict[str, tuple[str, st
 
 
 def _metrics(tmp: Path) -> dict[str, tuple[str, str]]:
-    from benchmark.results import read_rows
+    from benchmark.record.results import read_rows
 
     rows = read_rows(tmp / "results" / "runs.csv")
     assert len({r["run_id"] for r in rows}) == len(rows), "duplicate rows"
@@ -773,7 +773,7 @@ def test_kill_during_feature_extraction_leaves_no_partial_cache(killed_extractio
 
 
 def test_kill_during_probe_sweep(tmp_path, probe_corpus, harness_reference):
-    killed("job_benchmark", [str(probe_corpus), str(tmp_path)], "benchmark.runner", "append_row", 3, after=True)
+    killed("job_benchmark", [str(probe_corpus), str(tmp_path)], "benchmark.run.runner", "append_row", 3, after=True)
     assert len(_metrics(tmp_path)) == 3  # three complete rows, then the kill
     job_benchmark(str(probe_corpus), str(tmp_path))
     assert _metrics(tmp_path) == harness_reference

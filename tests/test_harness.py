@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import benchmark.runner as runner
+import benchmark.run.runner as runner
 from benchmark.cli import main
-from benchmark.plan import BenchmarkConfig, parse_fractions
-from benchmark.results import append_row, read_rows
-from benchmark.schema import RUN_COLUMNS
+from benchmark.plan.config import BenchmarkConfig
+from benchmark.plan.runs import parse_fractions
+from benchmark.record.results import append_row, read_rows
+from benchmark.record.schema import RUN_COLUMNS
 from downstream.probe import ProbeConfig
 from tests.fixtures import make_tiny_corpus
 
@@ -84,7 +85,7 @@ def test_killed_run_leaves_no_partial_row_and_is_redone(corpus_dir, tmp_path, mo
 
 
 def test_command_is_recorded_and_cited(corpus_dir, tmp_path):
-    from benchmark.schema import COMMAND_FILE
+    from benchmark.record.schema import COMMAND_FILE
 
     cfg = _cfg(corpus_dir, tmp_path, upstreams=("mel",), tasks=("phone_linear",), seeds=1, command="python run_benchmark.py --x")
     runner.run_benchmark(cfg, log=lambda *_: None)
@@ -104,7 +105,7 @@ def test_append_row_rejects_bad_rows_and_foreign_header(tmp_path):
 
 
 def test_finetune_runs_at_the_end_fractions(corpus_dir, tmp_path):
-    from benchmark.plan import expand_runs
+    from benchmark.plan.runs import expand_runs
 
     cfg = _cfg(corpus_dir, tmp_path, tasks=("phone_linear", "speaker_utterance", "speaker_frame"),
                fractions=(0.1, 0.5, 1.0))
@@ -118,8 +119,8 @@ def test_finetune_runs_at_the_end_fractions(corpus_dir, tmp_path):
 
 def test_task_modes_narrow_one_task_and_mode_widens_them_all(corpus_dir, tmp_path):
     """The main job's MLP probe reads the last layer only; --mode on the command line applies to every task."""
-    from benchmark.plan import expand_runs
-    from benchmark.presets import main_job
+    from benchmark.plan.runs import expand_runs
+    from benchmark.plan.presets import main_job
 
     cfg = _cfg(corpus_dir, tmp_path, tasks=("phone_linear", "phone_1hidden"), task_modes={"phone_1hidden": "last"})
     runs = expand_runs(cfg, "mockingjay", 4, [1.0], [])

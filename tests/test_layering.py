@@ -1,5 +1,6 @@
-"""The import graph stays layered: no import cycle inside benchmark/, no package imports one above it, and every
-import of a project module made inside a function says why it is not at the top of its module.
+"""The import graph stays layered: no import cycle, no package imports one above it, inside benchmark/ no part
+(cache, record, inputs, plan, report, run, the command line) imports one above it, and every import of a project
+module made inside a function says why it is not at the top of its module.
 
 Read from the source with `ast`, without importing anything: every `import` and `from ... import` of a project
 module, at module level AND inside functions (a function-local import still ties two modules; it only hides the
@@ -19,6 +20,12 @@ RANKS = {"core": 0, "upstream": 1, "corpora": 2, "downstream": 3, "pretrain": 4,
 ABOVE_ALL = ("tests", "perf")
 # upward imports known and not fixed yet, as (importing module, imported module); each is a debt to pay off
 KNOWN_UPWARD: set[tuple[str, str]] = set()  # (importer, imported) pairs accepted for now: none
+# benchmark/'s parts (its subpackages, and cli.py), lowest first (docs/architecture.md): a module imports modules of its
+# own part or of a lower rank only (equal ranks: neither imports the other). The feature cache, the record (the rows and
+# their files) and the inputs (corpus, upstreams) stand on the packages below benchmark/ alone; the plan reads the
+# inputs, the record and the cache without building anything; the report reads the record, the cache and the inputs;
+# a run uses all of these and rebuilds the report at its end; the command line sits on top.
+BENCHMARK_PARTS = {"cache": 0, "record": 0, "inputs": 0, "plan": 1, "report": 1, "run": 2, "cli": 3}
 
 Edge = tuple[str, str, int]  # (importing module, imported module, line)
 
@@ -147,7 +154,7 @@ def test_benchmark_has_no_import_cycle():
     benchmark = {m for m in modules if m.split(".")[0] == "benchmark"}
     comps = cycles(benchmark, edges)
     assert not comps, ("benchmark/ must stay a layered package (move the shared name down, e.g. into "
-                       "benchmark/schema.py or benchmark/plan.py, instead of importing up):\n"
+                       "benchmark/record/schema.py or benchmark/plan/config.py, instead of importing up):\n"
                        + _cycle_message(comps, edges, modules))
 
 
@@ -179,17 +186,66 @@ def test_packages_import_only_lower_layers():
     assert not gone, f"known upward imports no longer there (delete them from KNOWN_UPWARD): {gone}"
 
 
+def benchmark_part(module: str) -> str | None:
+    """The part of benchmark/ a module is in: 'benchmark.plan.shards' -> 'plan', 'benchmark.cli' -> 'cli'; None for
+    the package itself (benchmark/__init__.py) and for modules of other packages."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "benchmark" and len(parts) > 1 else None
+
+
+def part_violations(edges: list[Edge], ranks: dict[str, int]) -> list[Edge]:
+    """The imports between two parts of benchmark/ that do not go strictly down `ranks` (up, or across one rank)."""
+    out = []
+    for a, b, line in edges:
+        pa, pb = benchmark_part(a), benchmark_part(b)
+        if pa is not None and pb is not None and pa != pb and ranks[pb] >= ranks[pa]:
+            out.append((a, b, line))
+    return out
+
+
+def test_every_benchmark_module_is_in_a_part():
+    """A new module of benchmark/ goes into one of its parts (or, a new part, into BENCHMARK_PARTS with its rank)."""
+    parts = {benchmark_part(m) for m in project_modules()} - {None}
+    assert parts == set(BENCHMARK_PARTS), (f"benchmark/ holds {sorted(parts - set(BENCHMARK_PARTS))} that are no part "
+                                           f"of BENCHMARK_PARTS, which names {sorted(set(BENCHMARK_PARTS) - parts)} "
+                                           f"that benchmark/ does not hold")
+
+
+def test_benchmark_parts_import_only_lower_parts():
+    """The parts of benchmark/ are layers: no import goes up, or across to a part of the same rank, so no cycle can
+    join two parts (a cycle inside one part fails test_benchmark_has_no_import_cycle)."""
+    modules = project_modules()
+    bad = part_violations(import_edges(modules), BENCHMARK_PARTS)
+    order = " < ".join(", ".join(p for p in BENCHMARK_PARTS if BENCHMARK_PARTS[p] == r)
+                       for r in sorted(set(BENCHMARK_PARTS.values())))
+    assert not bad, (f"imports of a part of benchmark/ from one at its rank or above (parts, lowest first: {order}); "
+                     f"move the shared name down instead:\n"
+                     + "\n".join(f"    {modules[a].relative_to(ROOT)}:{line}: {benchmark_part(a)} imports "
+                                 f"{benchmark_part(b)} ({b})" for a, b, line in sorted(bad)))
+
+
+def test_the_part_rule_sees_up_and_across():
+    ranks = {"cache": 0, "record": 0, "plan": 1, "run": 2}
+    edges = [("benchmark.run.runner", "benchmark.plan.runs", 1),  # down: fine
+             ("benchmark.plan.runs", "benchmark.plan.config", 2),  # inside one part: the cycle test's
+             ("benchmark.plan.shards", "benchmark.run.runner", 3),  # up
+             ("benchmark.cache.reader", "benchmark.record.schema", 4),  # across one rank
+             ("benchmark.plan.runs", "core.io", 5)]  # another package: test_packages_import_only_lower_layers's
+    assert [line for *_, line in part_violations(edges, ranks)] == [3, 4]
+    assert benchmark_part("benchmark") is None and benchmark_part("benchmark.cli") == "cli"
+
+
 def test_the_graph_reader_sees_function_level_imports_and_skips_type_checking():
     """The reader itself: a function-local import counts, an `if TYPE_CHECKING:` one does not."""
-    src = ("from typing import TYPE_CHECKING\nfrom benchmark.schema import RUN_COLUMNS\nif TYPE_CHECKING:\n"
-           "    from benchmark.runner import RunnerStats\nelse:\n    import benchmark.cache\n"
-           "def f():\n    from benchmark import plots\n    import core.io as cio\n")
+    src = ("from typing import TYPE_CHECKING\nfrom benchmark.record.schema import RUN_COLUMNS\nif TYPE_CHECKING:\n"
+           "    from benchmark.run.runner import RunnerStats\nelse:\n    import benchmark.cache.extract\n"
+           "def f():\n    from benchmark.report import plots\n    import core.io as cio\n")
     found = {(n.module if isinstance(n, ast.ImportFrom) else n.names[0].name) for n in _imports(ast.parse(src))}
-    assert found == {"typing", "benchmark.schema", "benchmark.cache", "benchmark", "core.io"}
+    assert found == {"typing", "benchmark.record.schema", "benchmark.cache.extract", "benchmark.report", "core.io"}
     known = set(project_modules())
-    assert {"benchmark.plan", "benchmark.shapes", "core.io", "downstream.tasks", "pretrain"} <= known  # not vacuous
-    assert _resolve("benchmark.plots", known) == "benchmark.plots"
-    assert _resolve("benchmark.schema.RUN_COLUMNS", known) == "benchmark.schema"
+    assert {"benchmark.plan.runs", "benchmark.plan.shapes", "core.io", "downstream.tasks", "pretrain"} <= known
+    assert _resolve("benchmark.report.plots", known) == "benchmark.report.plots"
+    assert _resolve("benchmark.record.schema.RUN_COLUMNS", known) == "benchmark.record.schema"
     assert cycles({"a", "b", "c"}, [("a", "b", 1), ("b", "c", 1), ("c", "a", 1)]) == [["a", "b", "c"]]
 
 
@@ -247,18 +303,18 @@ def test_every_function_local_project_import_says_why():
 
 
 def test_the_reason_check_sees_what_it_should():
-    src = ("import benchmark.plan\n"                                     # 1 module level: fine
+    src = ("import benchmark.plan.runs\n"                                # 1 module level: fine
            "def f():\n"
            "    import json\n"                                          # 3 not a project module
            "    from core.io import read_json\n"                        # 4 unexplained
-           "    from benchmark import plots  # matplotlib: drawing only\n"  # 5 reason on its line
+           "    from benchmark.report import plots  # matplotlib: drawing\n"  # 5 reason on its line
            "    # s3prl is optional\n"
            "    from upstream.s3prl_hub import NAMES\n"                  # 7 reason above
            "    from . import sibling\n"                                # 8 relative: a project module, unexplained
            "    from corpora.manifest import (Corpus,\n"
            "                                  load_corpus)  # slow to load\n"  # 9-10 reason on its last line
            "    if TYPE_CHECKING:\n"
-           "        from benchmark.runner import RunnerStats\n"          # 12 never runs
+           "        from benchmark.run.runner import RunnerStats\n"      # 12 never runs
            "    g = lambda: __import__('core')\n"
            "class C:\n"
            "    from core.frames import FrameRule\n"                    # 15 class body at module level: runs on import

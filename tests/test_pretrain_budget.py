@@ -2,7 +2,7 @@
 import pandas as pd
 
 from analysis.pretrain_budget import budget_table, plot_budget, snapshot_checkpoints, val_curve
-from benchmark.aggregate import validate_runs
+from benchmark.record.aggregate import validate_runs
 from corpora.manifest import load_corpus
 from tests.fixtures import make_pretrain_corpus
 from tests.report_synthetic import synthetic_runs

@@ -5,9 +5,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark.aggregate import validate_runs
-from benchmark.resolve import control_architecture, planned_checkpoint
-from benchmark.schema import RUN_COLUMNS
+from benchmark.inputs.upstream import control_architecture, planned_checkpoint
+from benchmark.record.aggregate import validate_runs
+from benchmark.record.schema import RUN_COLUMNS
 from core.io import sha256_file
 from pretrain import run_pretraining
 from pretrain.config import RECIPES, with_overrides

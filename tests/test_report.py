@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.aggregate import AGG_COLUMNS, aggregate_runs, read_runs, validate_runs
-from benchmark.checks import science_checks
-from benchmark.plots import mean_layer_weights
-from benchmark.report import build_report, main
-from benchmark.schema import RUN_COLUMNS
-from benchmark.tables import LEADERBOARD_COLUMNS, leaderboard
+from benchmark.record.aggregate import AGG_COLUMNS, aggregate_runs, read_runs, validate_runs
+from benchmark.record.schema import RUN_COLUMNS
+from benchmark.report.build import build_report, main
+from benchmark.report.checks import science_checks
+from benchmark.report.plots import mean_layer_weights
+from benchmark.report.tables import LEADERBOARD_COLUMNS, leaderboard
 from tests.report_synthetic import synthetic_runs
 
 SMALL = dict(upstreams=("mel", "mockingjay", "aalbert", "mockingjay_random"), tasks=("phone_linear", "speaker_utterance"),
@@ -113,7 +113,7 @@ def test_science_checks_follow_the_rows():
 
 
 def test_input_block_is_not_an_intermediate_layer():
-    from benchmark.checks import check_intermediate_layers
+    from benchmark.report.checks import check_intermediate_layers
 
     df = validate_runs(synthetic_runs(**SMALL))
     lay = df["mode"] == "layer"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.cost import COST_COLUMNS, cost_markdown, measure_costs, read_costs
+from benchmark.report.cost import COST_COLUMNS, cost_markdown, measure_costs, read_costs
 from upstream.checkpoint import save_checkpoint
 from upstream.features import FeatureConfig
 from upstream.interface import TransformerUpstream

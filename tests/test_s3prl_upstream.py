@@ -29,7 +29,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 def test_hub_imports_through_the_shim_only_and_the_toolkit_never_imports_s3prl():
     plain = _python("import s3prl.hub")
     assert plain.returncode != 0 and "set_audio_backend" in plain.stderr  # why the shim exists (torchaudio 2.11)
-    both = _python("import sys, benchmark.cli, benchmark.runner, upstream.registry, upstream.s3prl_hub\n"
+    both = _python("import sys, benchmark.cli, benchmark.run.runner, upstream.registry, upstream.s3prl_hub\n"
                    "print(sorted(m for m in sys.modules if m == 's3prl' or m.startswith('s3prl.')))\n"
                    "from upstream.s3prl_compat import import_s3prl_hub\n"
                    "hub = import_s3prl_hub()\nprint(callable(hub.mockingjay_local), callable(hub.tera_local))")

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
-from benchmark.plan import BenchmarkConfig, Shard, expand_runs
-from benchmark.results import RUNS_FILE, merge_shards, read_rows
-from benchmark.schema import RUN_COLUMNS
-from benchmark.shards import (assign, expected_seconds, parse_shard, run_key, setup_seconds, shard_filter, shard_loads,
-                              shard_seconds, whole_plan)
+from benchmark.plan.config import BenchmarkConfig, Shard
+from benchmark.plan.runs import expand_runs
+from benchmark.plan.shards import (assign, expected_seconds, parse_shard, run_key, setup_seconds, shard_filter,
+                                   shard_loads, shard_seconds, whole_plan)
+from benchmark.record.results import RUNS_FILE, merge_shards, read_rows
+from benchmark.record.schema import RUN_COLUMNS
 from tests.fixtures import make_tiny_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +31,7 @@ RESULT_FIELDS = ("dev_metric", "test_metric", "test_utt_metric", "best_step", "s
 
 def main_job_plan() -> list:
     """The main job's runs as every shard plans them (5 upstreams, 4 fractions, 3 seeds, fine-tuning at 100 %)."""
-    from benchmark.presets import main_job
+    from benchmark.plan.presets import main_job
 
     cfg = main_job()
     shapes = {"mel": (1, 80), "mockingjay": (4, 256), "aalbert": (4, 256), "mockingjay_random": (4, 256),
@@ -169,7 +170,7 @@ def cache_job(corpus: str, cache_root: str, sync: str, me: str, other: str, no_l
     """One of two processes building the same cache entry at the same time (run in a fresh interpreter)."""
     import errno
 
-    import benchmark.cache as cache
+    import benchmark.cache.extract as cache
     from corpora.manifest import load_corpus
     from upstream.features import FeatureConfig
     from upstream.registry import build_upstream, upstream_identity
@@ -212,8 +213,8 @@ def cache_job(corpus: str, cache_root: str, sync: str, me: str, other: str, no_l
 
 @pytest.mark.parametrize("no_lock", [False, True], ids=["flock", "no-flock"])
 def test_two_processes_build_one_cache_entry_at_once(corpus_dir, tmp_path, no_lock):
-    from benchmark.cache import cache_key
-    from benchmark.cachereader import entry_problem
+    from benchmark.cache.extract import cache_key
+    from benchmark.cache.reader import entry_problem
     from corpora.manifest import load_corpus
     from upstream.features import FeatureConfig
     from upstream.registry import build_upstream, upstream_identity
@@ -245,7 +246,7 @@ def test_two_processes_build_one_cache_entry_at_once(corpus_dir, tmp_path, no_lo
 
 
 def test_staging_folders_of_other_hosts_are_left_alone(tmp_path):
-    from benchmark.cache import _remove_orphans
+    from benchmark.cache.extract import _remove_orphans
 
     final = tmp_path / "mel-c-train-0123"
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -290,7 +291,7 @@ def replace_arg(argv: list[str], flag: str, value: str) -> list[str]:
 def test_one_shard_is_the_plan_and_two_shards_split_it_by_cost():
     """--shard 0/1 trains exactly the unsharded runs, in their order; with two shards each still plans the WHOLE sweep
     (expand_runs ignores the shard: the assignment is computed from it) and trains a disjoint share of it, the two
-    shares together all of it, their expected seconds (benchmark.shards' cost model, set-ups included) within one
+    shares together all of it, their expected seconds (benchmark.plan.shards' cost model, set-ups included) within one
     run and one upstream's set-up of each other."""
     cfg = BenchmarkConfig(upstreams=("mel", "mel:stack3"), tasks=("phone_linear", "speaker_utterance"),
                           modes="last", seeds=3)
@@ -342,9 +343,10 @@ def test_shard_filter_partitions_the_plan_as_assigned():
 
 def test_rows_of_an_older_version_are_read_and_upgraded_on_append(tmp_path):
     """A runs.csv written before the added columns (budget, converged, pretrain_recipe) is read with their legacy
-    values, and the next appended row rewrites it whole with the current header (as benchmark.aggregate reads it)."""
-    from benchmark.results import append_row
-    from benchmark.schema import ADDED_COLUMNS, LEGACY_RECIPE
+    values, and the next appended row rewrites it whole with the current header (as benchmark.record.aggregate reads
+    it)."""
+    from benchmark.record.results import append_row
+    from benchmark.record.schema import ADDED_COLUMNS, LEGACY_RECIPE
 
     old_cols = [c for c in RUN_COLUMNS if c not in ADDED_COLUMNS]
     path = tmp_path / RUNS_FILE

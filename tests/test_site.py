@@ -19,14 +19,14 @@ from PIL import Image
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-import benchmark.report as report
-from benchmark.aggregate import aggregate_runs, validate_runs
-from benchmark.convergence import COLUMNS as CERTIFICATE_COLUMNS
-from benchmark.provenance import command_of_rows
-from benchmark.report import build_report
-from benchmark.site.browser import BrowserUnavailable, chromium, console_errors, open_page
-from benchmark.site.figures import ablation_figures
-from benchmark.site.overview import ROW_KEYS, Cell, mark, overlaps
+import benchmark.report.build as report
+from benchmark.record.aggregate import aggregate_runs, validate_runs
+from benchmark.report.build import build_report
+from benchmark.report.convergence import COLUMNS as CERTIFICATE_COLUMNS
+from benchmark.report.provenance import command_of_rows
+from benchmark.report.site.browser import BrowserUnavailable, chromium, console_errors, open_page
+from benchmark.report.site.figures import ablation_figures
+from benchmark.report.site.overview import ROW_KEYS, Cell, mark, overlaps
 from tests.report_synthetic import synthetic_runs
 
 SMALL = dict(upstreams=("mel", "mockingjay", "aalbert", "mockingjay_random"), tasks=("phone_linear", "speaker_utterance"),

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmark.results import RUNS_FILE, read_rows
+from benchmark.record.results import RUNS_FILE, read_rows
 from tests.fixtures import make_tiny_corpus
 
 ROOT = Path(__file__).resolve().parent.parent

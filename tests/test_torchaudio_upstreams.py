@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark import runner
-from benchmark.cache import ensure_split
-from benchmark.convergence import cached_frames
+from benchmark.cache.extract import ensure_split
 from benchmark.cli import main
-from benchmark.plan import BenchmarkConfig
-from benchmark.results import RUNS_FILE, read_rows
+from benchmark.plan.config import BenchmarkConfig
+from benchmark.record.results import RUNS_FILE, read_rows
+from benchmark.report.convergence import cached_frames
+from benchmark.run import runner
 from core.io import read_json
 from downstream.probe import ProbeConfig
 from tests.fixtures import make_tiny_corpus
@@ -181,7 +181,7 @@ def test_hear_api_serves_a_torchaudio_upstream():
 
 
 def test_cost_table_takes_torchaudio_upstreams(tmp_path):
-    from benchmark.cost import measure_costs
+    from benchmark.report.cost import measure_costs
 
     pth = saved_tiny(tmp_path / "w.pth", "wav2vec2")
     df = measure_costs([("wav2vec2_base_random:tiny", None), ("wav2vec2_base:tiny", pth)], tmp_path / "cost.csv",

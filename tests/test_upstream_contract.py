@@ -162,7 +162,7 @@ def test_frame_centres_of_the_three_frame_rules(made, tmp_path_factory):
 def test_log_mel_identities_and_cache_keys_are_those_of_before_frame_rules(tmp_path):
     """Rows (run ids hash the identity) and caches of log-mel upstreams are reused across the frame-rule change: these
     are the identity hashes and cache directory names commit 8975964 computed for the same inputs."""
-    from benchmark.cache import cache_key
+    from benchmark.cache.extract import cache_key
     from tests.fixtures import make_tiny_corpus
 
     corpus = make_tiny_corpus(tmp_path / "c", n_speakers=2, per_speaker={"train": 2, "dev": 1, "test": 1})

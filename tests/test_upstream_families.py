@@ -12,9 +12,10 @@ import pytest
 
 import pretrain.__main__
 from benchmark.cli import main as benchmark_main
-from benchmark.plan import BenchmarkConfig
-from benchmark.resolve import planned_checkpoint, resolve_upstream
-from benchmark.shapes import planned_shape
+from benchmark.inputs.upstream import planned_checkpoint, resolve_upstream
+from benchmark.plan.config import BenchmarkConfig
+from benchmark.plan.runs import expand_runs
+from benchmark.plan.shapes import planned_upstream
 from corpora.manifest import load_corpus
 from pretrain import default_budget, run_pretraining
 from pretrain.config import with_overrides
@@ -23,6 +24,7 @@ from tests.fixtures import make_pretrain_corpus
 from upstream import registry
 from upstream.checkpoint import checkpoint_hash
 from upstream.features import FeatureConfig
+from upstream.interface import UpstreamShape
 from upstream.toolkit import LogMelFamily, TransformerFamily, TransformerPreset
 from upstream.torchaudio_models import PRESETS, TorchaudioFamily
 from upstream.transformer import EncoderConfig
@@ -68,21 +70,34 @@ def test_each_family_is_registered_under_its_name_and_names_its_control():
 
 def test_the_planner_shapes_registered_families_before_anything_exists(registered, tmp_path):
     cfg = BenchmarkConfig(runs_dir=tmp_path / "runs", pretrain=True)
-    mel = planned_shape("mel40", cfg)
-    assert (mel.hidden_states, mel.hidden_size, mel.ckpt_hash, mel.fresh) == (1, 40, None, False)
-    bert = planned_shape("bert_tiny", cfg)  # --pretrain: the recipe's front-end on the preset's encoder
+    mel = planned_upstream("mel40", cfg)
+    assert (mel.shape.num_hidden_states, mel.shape.hidden_size, mel.ckpt_hash, mel.fresh) == (1, 40, None, False)
+    bert = planned_upstream("bert_tiny", cfg)  # --pretrain: the recipe's front-end on the preset's encoder
     _, feature, encoder = model_configs("bert_tiny", default_budget(False))
-    assert (bert.hidden_states, bert.hidden_size, bert.feature, bert.fresh) == (3, 32, feature, True)
+    assert (bert.shape.num_hidden_states, bert.shape.hidden_size, bert.feature, bert.fresh) == (3, 32, feature, True)
     assert planned_checkpoint("bert_tiny", {}, tmp_path / "runs", False, True) == tmp_path / "runs" / "bert_tiny-tiny"
-    control = planned_shape("bert_tiny_random", cfg)  # shaped like the checkpoint its model will have
-    assert (control.hidden_states, control.hidden_size, control.feature, control.ckpt_hash) == (3, 32, feature, None)
-    w2v = planned_shape("w2v_tiny_random", cfg)
-    assert (w2v.hidden_states, w2v.hidden_size, w2v.feature, w2v.frame_rule.shift) == (3, 32, None, 320)
+    control = planned_upstream("bert_tiny_random", cfg)  # shaped like the checkpoint its model will have
+    assert (control.shape.num_hidden_states, control.shape.hidden_size, control.feature, control.ckpt_hash) == \
+        (3, 32, feature, None)
+    w2v = planned_upstream("w2v_tiny_random", cfg)
+    assert w2v.shape == UpstreamShape(3, 32, w2v.shape.frame_rule) and w2v.shape.frame_rule.shift == 320
+    assert w2v.feature is None
     assert w2v.ckpt_hash is not None  # a seeded architecture: known before it is built
     with pytest.raises(ValueError, match=r"--ckpt w2v_tiny=PATH \(nothing is downloaded\)"):
-        planned_shape("w2v_tiny", cfg)
+        planned_upstream("w2v_tiny", cfg)
     with pytest.raises(ValueError, match="no reference checkpoint ships for bert_tiny:tiny"):
-        planned_shape("bert_tiny", BenchmarkConfig(runs_dir=tmp_path / "runs"))
+        planned_upstream("bert_tiny", BenchmarkConfig(runs_dir=tmp_path / "runs"))
+
+
+def test_a_registered_pretrainable_family_is_fine_tuned_by_default(registered):
+    """The plan asks the family whether the main job fine-tunes it: a new pretrainable family is, without a line of
+    the plan changed; one that only takes weights, or none, is not (it fine-tunes on --mode finetune)."""
+    cfg = BenchmarkConfig(tasks=("phone_linear",), modes="last", seeds=1)
+    finetuned = {spec: [r.fraction for r in expand_runs(cfg, spec, 3, [0.1, 1.0], []) if r.finetune]
+                 for spec in ("bert_tiny", "bert_tiny_random", "w2v_tiny", "w2v_tiny_random", "mel40")}
+    assert finetuned == {"bert_tiny": [0.1, 1.0], "bert_tiny_random": [], "w2v_tiny": [], "w2v_tiny_random": [],
+                         "mel40": []}
+    assert [n for n, f in registry.FAMILIES.items() if f.finetuned_by_default] == ["mockingjay", "aalbert", "bert_tiny"]
 
 
 def test_the_dry_run_and_list_show_registered_families(registered, tmp_path, capsys):
@@ -108,18 +123,21 @@ def test_a_registered_family_pretrains_resolves_and_controls(registered, corpus_
     ckpt = run_pretraining("bert_tiny", corpus_dir, tmp_path / "bert", cfg, device="cpu", show_progress=False)
     registry.check_ckpt("bert_tiny", ckpt)
     plan = BenchmarkConfig(ckpts={"bert_tiny": str(ckpt)}, runs_dir=tmp_path / "runs")
-    shape, control = planned_shape("bert_tiny", plan), planned_shape("bert_tiny_random", plan)
-    assert (shape.hidden_states, shape.hidden_size, shape.fresh, shape.ckpt_hash) == \
+    model, control = planned_upstream("bert_tiny", plan), planned_upstream("bert_tiny_random", plan)
+    assert (model.shape.num_hidden_states, model.shape.hidden_size, model.fresh, model.ckpt_hash) == \
         (3, 32, False, checkpoint_hash(ckpt)[:16])
-    assert shape.feature.downsample == control.feature.downsample == 3 and not control.feature.has_stats
+    assert model.shape == control.shape  # the control differs from its model in the weights only
+    assert model.feature.downsample == control.feature.downsample == 3 and not control.feature.has_stats
     corpus = load_corpus(corpus_dir)
     for spec, hidden, width in (("bert_tiny", 3, 32), ("bert_tiny_random", 3, 32), ("mel40", 1, 40),
                                 ("w2v_tiny_random", 3, 32)):
         up = resolve_upstream(spec, corpus, plan.ckpts, plan.runs_dir, False, log=lambda _: None, progress=False)
         assert (up.model.num_hidden_states, up.model.hidden_size) == (hidden, width), spec
         assert up.identity["upstream"] == spec.partition(":")[0]
-        if planned_shape(spec, plan).ckpt_hash is not None:
-            assert up.identity["ckpt_hash"] == planned_shape(spec, plan).ckpt_hash
+        planned = planned_upstream(spec, plan)
+        assert planned.shape == UpstreamShape(up.model.num_hidden_states, up.model.hidden_size, up.model.frame_rule)
+        if planned.ckpt_hash is not None:
+            assert up.identity["ckpt_hash"] == planned.ckpt_hash
     assert resolve_upstream("bert_tiny", corpus, plan.ckpts, plan.runs_dir, False, log=lambda _: None,
                             progress=False).pretrain_frames > 0
 

@@ -32,7 +32,7 @@ class Family(ABC):
     # `python -m pretrain` trains it; its weights are toolkit checkpoint directories (upstream.checkpoint).
     pretrainable: bool = False
     # build() takes its log-mel front-end from the caller, who fills in corpus normalisation statistics
-    # (benchmark.resolve, the cost table, the HEAR API): a weight-free upstream on the toolkit's features.
+    # (benchmark.inputs.upstream, the cost table, the HEAR API): a weight-free upstream on the toolkit's features.
     takes_front_end: bool = False
     # One weights file per preset, --ckpt NAME:PRESET=PATH (s3prl hub entries); otherwise --ckpt NAME=PATH.
     ckpt_per_preset: bool = False
@@ -41,6 +41,12 @@ class Family(ABC):
     # A random-init control whose architecture is that of the checkpoint this pretrainable family uses in the same
     # job (its config can differ from the preset: recipes stack frames), so the two differ in the weights only.
     architecture_from: str | None = None
+
+    @property
+    def finetuned_by_default(self) -> bool:
+        """Whether the benchmark fine-tunes it at the end label fractions unless told not to (--no-finetune): the
+        upstreams this toolkit pretrains, as their papers do. `--mode finetune` fine-tunes any upstream."""
+        return self.pretrainable
 
     def ckpt_key(self, preset: str) -> str:
         """The NAME of --ckpt NAME=PATH for this preset."""

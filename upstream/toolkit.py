@@ -123,7 +123,7 @@ class TransformerFamily(Family):
 class TransformerControl(Family):
     """The random-init control of a pretrainable Transformer: the same architecture, never trained, seeded (so its
     cached features are reused). Its presets are its model's; the planner hands it the architecture of the checkpoint
-    its model uses in the same job (benchmark.resolve.control_architecture)."""
+    its model uses in the same job (benchmark.inputs.upstream.control_architecture)."""
 
     model: TransformerFamily
     takes_front_end = True

@@ -1,0 +1,52 @@
+"""The two packaged jobs: the default benchmark (<= 30 min on 2 CPU cores) and `--quick` (<= 5 min).
+
+Every frozen probe trains until dev stops improving (downstream.train): the budget is set by the data, not
+by the clock. The per-task settings below only change how fast a probe gets there (measured on the built-in
+corpus, docs/benchmark.md): frame-level probes take large minibatches of standardised frames, the mean-pooled
+speaker probe (1,200 examples at 100 % of the labels) small ones.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from benchmark.plan.config import BenchmarkConfig
+from downstream.probe import ProbeConfig
+from downstream.tasks import TASKS
+
+FRAME_PROBE = ProbeConfig(optimizer="sgd", lr=0.5, batch_size=4096, patience=4, min_eval_steps=1)
+MAIN_TASK_PROBES = {
+    "phone_1hidden": replace(FRAME_PROBE, optimizer="adamw", lr=1e-3, batch_size=2048, min_eval_steps=50),
+    "speaker_utterance": ProbeConfig(optimizer="lbfgs", patience=3),
+}
+# The main job runs the four probes of the Mockingjay / AALBERT papers for every upstream, fraction and seed.
+# phone_1hidden (an MLP head: its 768-wide hidden layer is most of the job's probe compute, in bfloat16 where the
+# hardware multiplies it natively, downstream.stacked.fast_bfloat16) reads the last layer only: it is already 60 %
+# of the job's probe time there (docs/benchmark.md), a weighted sum mixes four hidden states per row on top, and the
+# linear probes already ask the weighted-sum question. `--mode` runs it on any mode. speaker_frame takes the frame
+# rule.
+MAIN_TASKS = tuple(TASKS)
+MAIN_TASK_MODES = {"phone_1hidden": "last"}
+# fine-tuning starts from the converged frozen last-layer probe and moves the upstream gently; dev is
+# evaluated live (the upstream over all of dev) every 25 steps, so patience counts fewer, costlier evaluations
+MAIN_FINETUNE = ProbeConfig(lr=1e-3, upstream_lr=5e-5, batch_size=8, patience=2, eval_every=40, max_steps=400)
+QUICK_FINETUNE = replace(MAIN_FINETUNE, patience=2, eval_every=4, max_steps=12)
+# --quick is a smoke test of the pipeline (<= 5 min from empty folders): the same stopping rule, with the
+# frame-level probes capped at 150 steps (a capped run is recorded converged=False and marked in the report)
+QUICK_PROBE = replace(FRAME_PROBE, max_steps=150)
+QUICK_TASK_PROBES = {**MAIN_TASK_PROBES, "phone_1hidden": replace(MAIN_TASK_PROBES["phone_1hidden"], max_steps=150)}
+
+
+def main_job() -> BenchmarkConfig:
+    """The four probe tasks x {last, weighted_sum} (phone_1hidden: last) x default fractions x 3 seeds x 6 upstreams,
+    plus fine-tuning of Mockingjay and AALBERT (phone_linear) at the largest fraction, 1 seed."""
+    return BenchmarkConfig(tasks=MAIN_TASKS, task_modes=MAIN_TASK_MODES, probe=FRAME_PROBE, task_probes=MAIN_TASK_PROBES,
+                           finetune_probe=MAIN_FINETUNE, seeds=3, finetune_seeds=1, finetune_smallest=False,
+                           report=True)
+
+
+def quick_job() -> BenchmarkConfig:
+    """The smoke version the tests run: same pipeline and stopping rule on the small corpus (data/synth_quick),
+    two fractions (12.5 % and 100 %), two seeds, frame probes capped at 150 steps, a short fine-tuning cap."""
+    return BenchmarkConfig(tasks=MAIN_TASKS, task_modes=MAIN_TASK_MODES, probe=QUICK_PROBE, task_probes=QUICK_TASK_PROBES,
+                           finetune_probe=QUICK_FINETUNE, fractions=(0.125, 1.0), seeds=2, finetune_seeds=1, quick=True,
+                           report=True)

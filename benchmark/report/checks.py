@@ -1,0 +1,328 @@
+"""Science checks: the papers' qualitative claims, each stated as the exact condition tested on the aggregated rows."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from benchmark.report.plots import metric_display
+from upstream.registry import FAMILIES, controlled_model
+
+_SCENE = ["corpus", "task", "fraction"]
+_SAME_MODEL = ["upstream", "preset", "ckpt_hash"]  # two modes of one checkpoint
+
+
+@dataclass(frozen=True)
+class Check:
+    claim: str
+    verdict: str  # "holds", "mixed", "does not hold", "not enough data"
+    detail: str
+
+
+def _verdict(wins: int, n: int) -> str:
+    if n == 0:
+        return "not enough data"
+    return "holds" if wins == n else "does not hold" if wins == 0 else "mixed"
+
+
+def _join(a: pd.DataFrame, b: pd.DataFrame, on: list[str]) -> pd.DataFrame:
+    """a x b on `on` (columns suffixed _a/_b, budget always as budget_a/budget_b); gap = a - b on test, in points;
+    clear = the gap is outside the combined 95% CI half-widths (False where a CI is missing: one seed)."""
+    m = a.merge(b, on=on, suffixes=("_a", "_b"))
+    if "budget" in on:
+        m["budget_a"] = m["budget_b"] = m["budget"]
+    scale = np.array([metric_display(str(x))[1] for x in m["metric_a"]], dtype=float)
+    m["gap"] = (m["test_mean_a"] - m["test_mean_b"]).to_numpy(dtype=float) * scale
+    m["dev_gap"] = (m["dev_mean_a"] - m["dev_mean_b"]).to_numpy(dtype=float) * scale
+    ci = np.sqrt(m["test_ci95_a"].astype(float) ** 2 + m["test_ci95_b"].astype(float) ** 2).to_numpy() * scale
+    m["ci"] = ci
+    m["clear"] = np.isfinite(ci) & (m["gap"].abs().to_numpy() > np.nan_to_num(ci, nan=np.inf))
+    return m
+
+
+def _budgets(values: pd.Series) -> str:
+    return "/".join(sorted({str(v) for v in values}))
+
+
+def _pairs(a: pd.DataFrame, b: pd.DataFrame, keys: list[str], names: tuple[str, str]) -> tuple[pd.DataFrame, str]:
+    """Cells of `a` paired with `b` at the same keys AND probe budget, and a note saying which budgets.
+
+    A converged probe and a fixed-step one are never compared silently: where no cell pairs at a matched budget but
+    some pair at other budgets, those are compared (one b row per cell, the converged one first) and the note says
+    NOT matched; where some cells match, the cells that only pair at another budget are left out and counted."""
+    a = a.assign(_row=np.arange(len(a)))  # to count the rows of `a` that only pair at another budget
+    matched = _join(a, b, [*keys, "budget"])
+    one_b = b.assign(_conv=b["budget"] == "converge").sort_values(["_conv", "test_mean"])
+    loose = _join(a, one_b.groupby(keys, dropna=False).tail(1).drop(columns="_conv"), keys)
+    if len(matched):
+        left_out = len(set(loose["_row"]) - set(matched["_row"]))
+        out = f"; {left_out} {names[0]} cell(s) with only mismatched budgets left out" if left_out else ""
+        return matched, f"at matched probe budgets ({_budgets(matched['budget'])}){out}"
+    if len(loose):
+        return loose, (f"NOT at a matched probe budget (none pairs up): {names[0]} {_budgets(loose['budget_a'])}, "
+                       f"{names[1]} {_budgets(loose['budget_b'])}")
+    return loose, ""
+
+
+def _gaps(m: pd.DataFrame, col: str = "gap") -> str:
+    return f"mean {m[col].mean():+.2f} points, range {m[col].min():+.2f} to {m[col].max():+.2f}"
+
+
+def _wins(m: pd.DataFrame) -> tuple[int, str]:
+    """Cells where a beats b on test, as 'w/n (c beyond the 95% CIs)'."""
+    wins = int((m["gap"] > 0).sum())
+    return wins, f"{wins}/{len(m)} ({int(((m['gap'] > 0) & m['clear']).sum())} beyond the 95% CIs)"
+
+
+MEL_BASELINE_PRESET = "default"  # the papers' baseline: 80 log-mel on 10-ms frames
+
+
+def _mel(rows: pd.DataFrame) -> pd.DataFrame:
+    """The log-mel baseline's last-layer rows: the papers' 10-ms `mel:default` where the rows have it, else the one
+    mel preset they hold (none where several others, e.g. `delta` and `stack3`, leave the baseline ambiguous)."""
+    mel = rows[(rows["upstream"] == "mel") & (rows["mode"] == "last")]
+    presets = set(mel["preset"])
+    if MEL_BASELINE_PRESET in presets:
+        return mel[mel["preset"] == MEL_BASELINE_PRESET]
+    return mel if len(presets) == 1 else mel.iloc[:0]
+
+
+def _takes_weights(upstream: str) -> bool:
+    """A registered upstream built from weights (names no longer registered count as not)."""
+    return upstream in FAMILIES and FAMILIES[upstream].takes_weights
+
+
+def _pretrained(agg: pd.DataFrame) -> pd.Series:
+    # By family, not by pretrain_frames: a checkpoint that predates throughput metadata is still pretrained.
+    return agg["upstream"].map(_takes_weights).astype(bool)
+
+
+def _controls(agg: pd.DataFrame) -> pd.DataFrame:
+    """The rows of random-init controls, each labelled with the model it controls (the registry's families say
+    which), so that they pair with that model's rows."""
+    model = agg["upstream"].map(controlled_model)
+    return agg[model.notna()].assign(upstream=model[model.notna()])
+
+
+def _labels(m: pd.DataFrame) -> pd.Series:
+    """'mockingjay:small/phone_linear', plus the corpus, budget or checkpoint where the rows hold several."""
+    lab = m["upstream"] + ":" + m["preset"].astype(str) + "/" + m["task"]
+    if m["corpus"].nunique() > 1:
+        lab = lab + " on " + m["corpus"].astype(str)
+    if m["budget_a"].nunique() > 1:
+        lab = lab + " [" + m["budget_a"].astype(str) + "]"
+    if m.groupby("upstream")["ckpt_hash_a"].nunique().max() > 1:
+        lab = lab + " @" + m["ckpt_hash_a"].astype(str).str[:8]
+    return lab
+
+
+def check_scarce_labels(agg: pd.DataFrame) -> Check:
+    claim = ("Pretrained features beat log-mel most when labels are scarce: frozen last layer above mel at the "
+             "smallest fraction, by more than at the largest")
+    mel = _mel(agg)
+    pre = agg[_pretrained(agg) & (agg["mode"] == "last")]
+    m, note = _pairs(pre, mel.drop(columns=["upstream", "preset", "mode", "layer"]), _SCENE, ("pretrained", "mel"))
+    if m.empty:
+        return Check(claim, "not enough data", "needs mel and pretrained rows, mode=last, at the same fractions")
+    m = m.assign(label=_labels(m))
+    parts, wins, n, clear = [], 0, 0, 0
+    for label, g in m.groupby("label", sort=True):
+        if g["fraction"].nunique() < 2:
+            continue
+        g = g.sort_values("fraction")
+        small, large = g.iloc[0], g.iloc[-1]
+        # A narrower loss is not a win: the scarce end must be above mel, and further above than the full end.
+        ok = small["gap"] > 0 and small["gap"] > large["gap"]
+        wins, n, clear = wins + ok, n + 1, clear + bool(ok and small["clear"])
+        above = ", ".join(f"{f:g}" for f in g.loc[g["gap"] > 0, "fraction"])
+        parts.append(f"{label}: {small['gap']:+.2f} points at fraction {small['fraction']:g} vs "
+                     f"{large['gap']:+.2f} at {large['fraction']:g}, above mel at "
+                     f"{'fractions ' + above if above else 'no fraction'} ({'holds' if ok else 'does not hold'})")
+    if n == 0:
+        return Check(claim, "not enough data", "needs mel and a pretrained upstream, mode=last, at >= 2 fractions")
+    return Check(claim, _verdict(wins, n),
+                 f"holds for {wins}/{n} pretrained upstream/task pairs ({clear} with the scarce-end win beyond the "
+                 f"95% CIs), {note}; gap = pretrained - mel on test: " + "; ".join(parts))
+
+
+def _best(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    return rows.loc[rows.groupby(keys, dropna=False)["test_mean"].idxmax()] if not rows.empty else rows
+
+
+def check_mode_beats(agg: pd.DataFrame, better: str, worse: tuple[str, ...], claim: str) -> Check:
+    """`better` mode vs the best (on test) of `worse` modes of the same checkpoint, per task/fraction cell, at the
+    same probe budget (see _pairs for mismatched budgets)."""
+    keys = [*_SAME_MODEL, *_SCENE]
+    b = agg[agg["mode"].isin(worse)]
+    m, note = _pairs(agg[agg["mode"] == better], _best(b, [*keys, "budget"]), keys, (better, "/".join(worse)))
+    if m.empty:
+        return Check(claim, "not enough data", f"no upstream/task/fraction cell has {better} and {'/'.join(worse)}")
+    wins, won = _wins(m)
+    return Check(claim, _verdict(wins, len(m)),
+                 f"{better} above {'/'.join(worse)} on test in {won} upstream/task/fraction cells, {note}; "
+                 f"gap {_gaps(m)}")
+
+
+def check_finetune(agg: pd.DataFrame) -> Check:
+    claim = "Fine-tuning beats the frozen last-layer probe it starts from, on test"
+    keys = [*_SAME_MODEL, *_SCENE]
+    ft = agg[agg["mode"] == "finetune"]
+    m, note = _pairs(ft, agg[agg["mode"] == "last"], keys, ("finetune", "frozen last"))
+    if m.empty:
+        return Check(claim, "not enough data", "no upstream/task/fraction cell has both finetune and frozen last")
+    # a run whose best dev point is step 0 never moved off the frozen probe: whatever its test gap (float32 live
+    # features against the float16 cache), fine-tuning did not beat anything there
+    stayed = m["best_step_mean_a"] <= 0 if "best_step_mean_a" in m else pd.Series(False, index=m.index)
+    m = m.assign(gap=m["gap"].where(~stayed, 0.0))
+    wins, won = _wins(m)
+    stayed_note = (f" ({int(stayed.sum())} never improved on the start probe: best dev at step 0, counted as no gain)"
+                   if stayed.any() else "")
+    frozen = _best(agg[agg["mode"].isin(["last", "weighted_sum"])], [*keys, "budget"])
+    best, best_note = _pairs(ft, frozen, keys, ("finetune", "best frozen"))
+    best_won = _wins(best)[1]
+    return Check(claim, _verdict(wins, len(m)),
+                 f"above frozen last on test in {won} upstream/task/fraction cells{stayed_note}, {note}; test gain {_gaps(m)}; "
+                 f"dev gain {_gaps(m, 'dev_gap')} (dev cannot fall below the start probe's by construction: "
+                 f"fine-tuning starts from it and reports its best dev point, so only test says whether the gain "
+                 f"generalises); against the best frozen mode (the better of last and weighted_sum on test): above it "
+                 f"in {best_won}, {best_note}, test gain {_gaps(best)}")
+
+
+def check_aalbert_vs_mockingjay(agg: pd.DataFrame) -> Check:
+    claim = ("AALBERT has fewer parameters than Mockingjay and scores within the combined 95% CI of it on test "
+             "at the largest fraction, in every task and mode (last, weighted_sum, finetune)")
+    a = agg[(agg["upstream"] == "aalbert") & (agg["mode"] != "layer")]
+    b = agg[(agg["upstream"] == "mockingjay") & (agg["mode"] != "layer")]
+    # "last" is a different layer index in models of different depth: pair on the mode, not the layer.
+    m, note = _pairs(a, b, ["mode", *_SCENE], ("aalbert", "mockingjay"))
+    m = m[m["fraction"] == m.groupby(["corpus", "task"])["fraction"].transform("max")] if len(m) else m
+    if m.empty:
+        return Check(claim, "not enough data", "needs aalbert and mockingjay rows of the same task, mode and fraction")
+    pa, pb = float(m["params_a"].max()), float(m["params_b"].min())
+    if not (np.isfinite(pa) and np.isfinite(pb)):
+        return Check(claim, "not enough data", "the rows carry no parameter counts")
+    if not pa < pb:
+        return Check(claim, "does not hold", f"AALBERT does not have fewer parameters: {pa:,.0f} vs {pb:,.0f}")
+    sizes = f"AALBERT {pa:,.0f} params vs Mockingjay {pb:,.0f} ({100 * (1 - pa / pb):.0f}% fewer)"
+    judged = m[np.isfinite(m["ci"])]
+    if judged.empty:
+        return Check(claim, "not enough data", f"{sizes}; no task/mode cell has 95% CIs on both sides (>= 2 seeds)")
+    within = int((~judged["clear"]).sum())
+    worst = judged.loc[judged["gap"].abs().idxmax()]
+    return Check(claim, _verdict(within, len(judged)),
+                 f"{sizes}; {within}/{len(judged)} task/mode gaps at the largest fraction inside the combined 95% CI, "
+                 f"{note} (gap = AALBERT - Mockingjay {_gaps(judged)}; worst {worst['task']} {worst['mode']} "
+                 f"{worst['gap']:+.2f} vs CI {worst['ci']:.2f})"
+                 + (f"; {len(m) - len(judged)} cell(s) without CIs not judged" if len(judged) < len(m) else ""))
+
+
+def check_random_controls(agg: pd.DataFrame) -> Check:
+    claim = "Random-init controls score below their pretrained counterparts on test in every mode/task/fraction cell"
+    rnd = _controls(agg)
+    m, note = _pairs(agg[_pretrained(agg)], rnd, ["upstream", "preset", "mode", "layer", *_SCENE],
+                     ("pretrained", "random-init"))
+    if m.empty:
+        return Check(claim, "not enough data", "no pretrained upstream has random-init rows in the same cells")
+    wins, won = _wins(m)
+    return Check(claim, _verdict(wins, len(m)),
+                 f"pretrained above random-init in {won} upstream/mode/task/fraction cells, {note}; "
+                 f"gap {_gaps(m)}")
+
+
+def check_intermediate_layers(agg: pd.DataFrame) -> Check:
+    """Among the Transformer layers 1..L (hidden state 0 is the input block, a projection of the features, so it
+    is not an intermediate layer), is the dev-selected best one below the last and better than it on test?"""
+    claim = ("An intermediate Transformer layer beats the last one (AALBERT paper): the layer of 1..L chosen on dev "
+             "is not L and beats L on test")
+    lay = agg[(agg["mode"] == "layer") & _pretrained(agg)]
+    rows = []
+    input_best = 0
+    for _, g in lay.groupby([*_SAME_MODEL, *_SCENE, "budget"], dropna=False):  # layers of one probe budget only
+        if g["layer"].nunique() < 3:
+            continue
+        input_best += int(g.loc[g["dev_mean"].idxmax(), "layer"] == 0)
+        g = g[g["layer"] > 0]
+        last = g.loc[g["layer"].idxmax()]
+        best = g.loc[g["dev_mean"].idxmax()]  # chosen on dev, judged on test
+        k = metric_display(str(g["metric"].iloc[0]))[1]
+        rows.append((int(best["layer"]), int(last["layer"]), (best["test_mean"] - last["test_mean"]) * k))
+    if not rows:
+        return Check(claim, "not enough data", "needs mode=layer runs for >= 3 hidden states")
+    wins = sum(b != last and gap > 0 for b, last, gap in rows)
+    gaps = np.array([r[2] for r in rows])
+    best = pd.Series([f"layer {r[0]}" for r in rows]).value_counts()
+    return Check(claim, _verdict(wins, len(rows)),
+                 f"among Transformer layers 1..L, the dev-selected best is an intermediate one and beats the last on "
+                 f"test in {wins}/{len(rows)} pretrained upstream/task/fraction cells (choices: "
+                 f"{', '.join(f'{k} x{v}' for k, v in best.items())}; test gain of the chosen layer over the last "
+                 f"mean {gaps.mean():+.2f} points, range {gaps.min():+.2f} to {gaps.max():+.2f}); the input block "
+                 f"(hidden state 0) was the best hidden state of all in {input_best}/{len(rows)}")
+
+
+def check_weighted_sum_beats_control(agg: pd.DataFrame) -> Check:
+    claim = ("The pretrained weighted sum beats its random-init control beyond the 95% CIs on every task at every "
+             "fraction")
+    ws = agg[agg["mode"] == "weighted_sum"]
+    rnd = _controls(ws)
+    m, note = _pairs(ws[_pretrained(ws)], rnd.drop(columns=["layer"]), ["upstream", "preset", "mode", *_SCENE],
+                     ("pretrained", "random-init"))
+    if m.empty:
+        return Check(claim, "not enough data", "needs weighted_sum rows of a pretrained upstream and its control")
+    clear = int(((m["gap"] > 0) & m["clear"]).sum())
+    worst = m.loc[m["gap"].idxmin()]
+    return Check(claim, _verdict(clear, len(m)),
+                 f"beyond the CIs in {clear}/{len(m)} upstream/task/fraction cells ({int((m['gap'] > 0).sum())} above "
+                 f"at all), {note}; gap {_gaps(m)}; worst {worst['upstream']} {worst['task']} at fraction "
+                 f"{worst['fraction']:g}: {worst['gap']:+.2f} vs CI {worst['ci']:.2f}")
+
+
+def check_scarce_phones(agg: pd.DataFrame) -> Check:
+    claim = ("At the smallest label fraction the pretrained weighted sum beats log-mel on the phone probes "
+             "(the papers' headline)")
+    phones = agg[agg["task"].str.contains("phone")]
+    if phones.empty:
+        return Check(claim, "not enough data", "no phone-probe rows")
+    smallest = phones.groupby(["corpus", "task"])["fraction"].transform("min")
+    scarce = phones[phones["fraction"] == smallest]
+    mel = _mel(scarce)
+    pre = scarce[_pretrained(scarce) & (scarce["mode"] == "weighted_sum")]
+    m, note = _pairs(pre, mel.drop(columns=["upstream", "preset", "mode", "layer"]), _SCENE, ("pretrained", "mel"))
+    if m.empty:
+        return Check(claim, "not enough data", "needs mel (last) and pretrained weighted_sum phone rows at the "
+                                              "smallest fraction")
+    wins, won = _wins(m)
+    m = m.assign(label=_labels(m))
+    return Check(claim, _verdict(wins, len(m)),
+                 f"above mel in {won} upstream/task cells, {note}: "
+                 + "; ".join(f"{lab} {g:+.2f} points at fraction {f:g}" for lab, g, f in
+                             zip(m["label"], m["gap"], m["fraction"])))
+
+
+def check_yardstick(cost: pd.DataFrame | None) -> Check:
+    claim = ("Pretrained checkpoints reconstruct masked frames better than a straight line between their unmasked "
+             "neighbours (held-out masked L1 below the interpolation yardstick)")
+    if cost is None or cost.empty:
+        return Check(claim, "not enough data", "no cost.csv with the checkpoints' held-out losses")
+    pre = cost[cost["upstream"].map(_takes_weights).astype(bool) & cost["val_l1"].notna()
+               & cost["val_l1_interpolate"].notna()]
+    if pre.empty:
+        return Check(claim, "not enough data", "cost.csv has no pretrained checkpoint with a held-out loss")
+    below = pre["val_l1"] < pre["val_l1_interpolate"]
+    return Check(claim, _verdict(int(below.sum()), len(pre)),
+                 f"below in {int(below.sum())}/{len(pre)} checkpoints: " + "; ".join(
+                     f"{u}:{p} {v:.3f} vs {i:.3f}" for u, p, v, i in
+                     zip(pre["upstream"], pre["preset"], pre["val_l1"], pre["val_l1_interpolate"])))
+
+
+def science_checks(agg: pd.DataFrame, cost: pd.DataFrame | None = None) -> list[Check]:
+    return [check_yardstick(cost), check_weighted_sum_beats_control(agg), check_scarce_phones(agg),
+            check_scarce_labels(agg),
+            check_mode_beats(agg, "weighted_sum", ("last",),
+                             "Weighted sum of layers beats the last layer on test, per upstream/task/fraction cell"),
+            check_finetune(agg), check_aalbert_vs_mockingjay(agg), check_random_controls(agg),
+            check_intermediate_layers(agg)]
+
+
+def checks_markdown(checks: list[Check]) -> str:
+    return "".join(f"- **{c.claim}** — *{c.verdict}*: {c.detail}.\n" for c in checks)

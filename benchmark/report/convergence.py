@@ -1,0 +1,365 @@
+"""The convergence certificate: every frozen probe against a fully converged logistic regression on its own data.
+
+For each frozen-probe row of a results directory (phone_linear, speaker_utterance, speaker_frame, phone_1hidden; modes last,
+layer=K and weighted_sum) at the largest and the smallest label fraction of its upstream and task, a reference
+is fitted on the SAME cached features, labels and training subset: multinomial logistic regression solved to a
+tolerance, its L2 strength chosen on dev: full-batch L-BFGS in float64, each L2 point solved until within 1 % of
+|W| of its unique optimum (downstream.solver, CERTIFICATE_RTOL), L2 from `L2_GRID` for frame-level rows (up to
+~370k frames) and `UTT_L2_GRID` for utterance-level rows (cheap
+fits). The examples are the probes'
+own (downstream.sources: in memory, normalised with train-split statistics); for a weighted-sum row the reference
+reads the probe's own learned mix of the hidden states (the row's `layer_weights`), so it certifies the head
+given the mix. `results/convergence.csv` gets one line per row;
+the certificate holds when probe_test >= reference_test - margin (1 point at the largest fraction, 2 at the
+smallest, where a few utterances make both noisier).
+
+A linear probe's reference is its own problem solved: the optimum it must reach. A head that is not linear (the
+MLP of phone_1hidden) has no unique optimum to solve for; its reference is the logistic regression on the same
+examples, which it must match or beat up to the same margin: its ReLU layer can represent any linear map of the
+(bounded) examples, since relu(z + c) = z + c wherever z + c > 0, so a converged MLP fits the training data at least
+as well as the converged linear head. That is a lower bound, not a proof that the MLP reached its own best; it
+catches an MLP stopped short of what a linear probe gets. Both heads of one example set share one reference fit.
+
+    python run_benchmark.py certify          # after the main job; or python -m benchmark.report.convergence
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from benchmark.cache.reader import CacheEntry, EntryQuery, find_entry
+from benchmark.record.aggregate import read_runs
+from core.frames import FrameRule
+from core.io import atomic_write_text
+from corpora.manifest import PROBE_SPLITS, Corpus, load_corpus
+from downstream.data import SplitLabels, Targets, flat_rows, split_labels
+from downstream.fractions import fraction_subset
+from downstream.solver import solve_l2
+from downstream.sources import ArraySource, PooledSource
+from downstream.tasks import TASKS, TaskSpec
+from upstream.registry import parse_spec
+
+CONVERGENCE_FILE = "convergence.csv"
+# mean cross-entropy + l2/2 * |W|^2 on whitened examples; sklearn's C = 1 / (l2 * n_train). From strong (a dozen
+# utterances) to nearly none (370k frames, where 1e-5 and 1e-6 differ by 0.1 point of dev accuracy): one fit of
+# a 100 % frame probe costs ~35 L-BFGS iterations of ~1 s on 2 cores, so the grid stays short.
+L2_GRID = (1e-1, 1e-2, 1e-3, 1e-5)
+# utterance-level rows: cheap fits, so decades down to nearly none (1,200 standardised mel means choose ~1e-4)
+UTT_L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+# each L2 point solved until within CERTIFICATE_RTOL x |W| of its unique optimum (downstream.solver), ten times
+# tighter than the lbfgs probe's rule (ProbeConfig.rtol)
+CERTIFICATE_RTOL = 0.01
+MARGIN_LARGEST, MARGIN_SMALLEST = 1.0, 2.0  # accuracy points
+COLUMNS = ("run_id", "upstream", "preset", "ckpt_hash", "task", "mode", "layer", "fraction", "seed", "budget", "converged",
+           "steps", "probe_dev", "probe_test", "reference_dev", "reference_test", "reference_l2", "reference_iters",
+           "reference_converged", "margin", "passes")
+
+
+@dataclass(frozen=True)
+class Reference:
+    l2: float
+    dev: float
+    test: float
+    iters: int
+    converged: bool  # the gradient norm reached the tolerance (not the iteration cap)
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tuple[torch.Tensor, torch.Tensor] | None,
+         rtol: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """Multinomial logistic regression on x (n, D) by full-batch L-BFGS in float64, solved to the relative
+    tolerance of downstream.solver; (W, b, iterations, solved)."""
+    x = x.double()
+    W = torch.zeros(x.shape[1], n_classes, dtype=torch.float64) if init is None else init[0].clone()
+    b = torch.zeros(n_classes, dtype=torch.float64) if init is None else init[1].clone()
+    W.requires_grad_(True)
+    b.requires_grad_(True)
+    iters, ok = solve_l2([W, b], lambda: F.cross_entropy(x @ W + b, y), [W], l2, rtol, max_iter)
+    return W.detach(), b.detach(), iters, ok
+
+
+def fit_reference(train: tuple[torch.Tensor, torch.Tensor], dev: tuple[torch.Tensor, torch.Tensor],
+                  test: tuple[torch.Tensor, torch.Tensor], n_classes: int, grid: tuple[float, ...] = L2_GRID,
+                  rtol: float = CERTIFICATE_RTOL, max_iter: int = 5000) -> Reference:
+    """Fit one regression per L2 strength (strongest first, each warm-starting the next); keep the best on dev."""
+    x, y = train
+    best: Reference | None = None
+    init = None
+    for l2 in sorted(grid, reverse=True):
+        W, b, iters, ok = _fit(x, y, n_classes, l2, init, rtol, max_iter)
+        init = (W, b)
+        d = _accuracy(dev[0], dev[1], W, b)
+        if best is None or d > best.dev:
+            best = Reference(l2, d, _accuracy(test[0], test[1], W, b), iters, ok)
+    assert best is not None
+    return best
+
+
+@torch.no_grad()
+def _accuracy(x: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor, chunk: int = 65536) -> float:
+    correct = 0
+    for a in range(0, len(y), chunk):
+        correct += int(((x[a: a + chunk].to(W.dtype) @ W + b).argmax(-1) == y[a: a + chunk]).sum())
+    return correct / max(1, len(y))
+
+
+ROWS_HINT = "run the benchmark that produced these rows first (it builds the cache)"
+
+
+def cached_entries(cache_dir: Path, row: dict | pd.Series, corpus: Corpus) -> dict[str, CacheEntry]:
+    """The cache entry of each probe split of `corpus` (its manifest as it is now) for the upstream checkpoint `row`
+    ({upstream, preset, ckpt_hash}); of several, the one holding the most hidden states (benchmark.cache.reader).
+    FileNotFoundError naming the entry asked for and --cache-dir when one is missing."""
+    return {s: find_entry(cache_dir, EntryQuery.for_split(corpus, s, row["upstream"], row["preset"], row["ckpt_hash"]),
+                          hint=ROWS_HINT) for s in PROBE_SPLITS}
+
+
+def cached_identity(cache_dir: Path, spec: str, corpus: Corpus) -> dict[str, str]:
+    """{upstream, preset, ckpt_hash} of the newest feature cache of upstream `spec` (`name` or `name:preset`,
+    the name's default preset when none is given) on `corpus`'s train split (perf scripts: measure on whatever
+    checkpoint the last run cached). The preset and the split's manifest are matched: `mel` and `mel:stack3` share a
+    directory prefix, and so do corpora of one name."""
+    upstream, preset = parse_spec(spec)
+    return find_entry(cache_dir, EntryQuery.for_split(corpus, "train", upstream, preset), newest=True).identity
+
+
+def cached_frames(cache_dir: Path, row: dict | pd.Series, corpus: Corpus) -> tuple[ArraySource, FrameRule]:
+    """The cached probe splits of the upstream `row` ({upstream, preset, ckpt_hash}) on `corpus`, and the frame rule
+    their hidden states were computed with: frame labels must be cut with that rule, not a default."""
+    entries = cached_entries(cache_dir, row, corpus)
+    return ArraySource({s: e.open() for s, e in entries.items()}), entries["train"].frame_rule
+
+
+def cached_probe_inputs(cache_dir: Path, row: dict | pd.Series, corpus: Corpus,
+                        task: TaskSpec) -> tuple[ArraySource | PooledSource, dict[str, SplitLabels]]:
+    """What a frozen probe of `task` reads for the cached upstream `row` ({upstream, preset, ckpt_hash}) on `corpus`:
+    its source (the cached frames, or their utterance means), whitening fitted, and every split's labels cut with the
+    cache's own frame rule (the perf scripts train probes on a main job's cache this way)."""
+    frames, rule = cached_frames(cache_dir, row, corpus)
+    source: ArraySource | PooledSource = PooledSource(frames) if task.level == "utterance" else frames
+    source.whitening()
+    return source, {s: split_labels(corpus, corpus.utterances(s), s, task.labels, rule) for s in PROBE_SPLITS}
+
+
+class Certifier:
+    """Loads one upstream checkpoint's cached splits at a time and fits references row by row (identical fits,
+    e.g. the seeds of the 100 % fraction, are reused). The examples are the probes' own: the same sources,
+    the same whitening (downstream.sources)."""
+
+    def __init__(self, corpus: Corpus, cache_dir: Path) -> None:
+        self.corpus, self.cache_dir = corpus, Path(cache_dir)
+        self.utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
+        self.frame_rule: FrameRule | None = None  # of the upstream loaded last (`sources`)
+        self._sources: dict[tuple, tuple[ArraySource, PooledSource]] = {}
+        self._fits: dict[tuple, Reference] = {}
+        self._labels: dict[tuple, SplitLabels] = {}
+
+    def labels(self, task: TaskSpec, split: str) -> SplitLabels:
+        """A split's labels from the task's label source, cut with the frame rule of the upstream loaded last,
+        computed once per source and frame rule (not once per fit)."""
+        if self.frame_rule is None:
+            raise RuntimeError("Certifier.labels: load an upstream's cache with sources(row) first (it sets the frame rule)")
+        key = (task.labels.name, split, self.frame_rule)
+        if key not in self._labels:
+            self._labels[key] = split_labels(self.corpus, self.utts[split], split, task.labels, self.frame_rule)
+        return self._labels[key]
+
+    def sources(self, row: pd.Series) -> tuple[ArraySource, PooledSource]:
+        key = (row["upstream"], row["preset"], str(row["ckpt_hash"]))
+        if key not in self._sources:  # one upstream in memory at a time
+            frames, self.frame_rule = cached_frames(self.cache_dir, row, self.corpus)
+            self._sources = {key: (frames, PooledSource(frames))}
+        return self._sources[key]
+
+    def reference(self, row: pd.Series) -> Reference:
+        task = TASKS[row["task"]]
+        frames, pooled = self.sources(row)
+        src = pooled if task.level == "utterance" else frames
+        L = src.num_hidden_states
+        ws = row["mode"] == "weighted_sum"
+        layers = list(range(L)) if ws else [int(row["layer"])]
+        weights = tuple(float(w) for w in str(row["layer_weights"]).split(";")) if ws else (1.0,)
+        if len(weights) != len(layers):
+            raise ValueError(f"run {row['run_id']}: {len(weights)} layer weights for {len(layers)} hidden states")
+        sub = fraction_subset([u.speaker for u in self.utts["train"]], float(row["fraction"]), int(row["seed"]),
+                              task.labels.closed_set)
+        # the reference depends on the examples only: heads of one label source and level share it
+        key = (row["upstream"], row["preset"], str(row["ckpt_hash"]), task.labels.name, task.level, tuple(layers),
+               weights, tuple(sorted(sub.indices)))
+        if key not in self._fits:
+            idx = list(sub.indices)
+            data = []
+            for s in PROBE_SPLITS:
+                if task.level == "frame":  # whitened frames in memory, float32: this path's own copy
+                    mixed = sum(w * frames.whitened(s, k) for w, k in zip(weights, layers))  # the probe's own mix
+                else:
+                    x = pooled.examples(s)
+                    mixed = sum(w * x[pooled.position(k)] for w, k in zip(weights, layers))
+                t = Targets(task, self.labels(task, s), src.lengths(s), s)
+                y = torch.from_numpy(t.frames if task.level == "frame" else t.utt)
+                if s == "train":
+                    sel = torch.from_numpy(flat_rows(frames.splits[s].offsets, idx) if task.level == "frame"
+                                           else np.asarray(idx, dtype=np.int64))
+                    mixed, y = mixed.index_select(0, sel), y.index_select(0, sel)
+                data.append((mixed, y))
+            grid = UTT_L2_GRID if task.level == "utterance" else L2_GRID
+            self._fits[key] = fit_reference(*data, len(task.labels.classes(self.corpus)), grid)
+        return self._fits[key]
+
+
+def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progress: bool = True) -> pd.DataFrame:
+    """Fit the references of every frozen-probe row at its (upstream, task)'s largest and smallest fraction and
+    write results_dir/convergence.csv; returns the table."""
+    runs = read_runs(Path(results_dir) / "runs.csv")
+    runs = runs[runs["task"].map(lambda t: t in TASKS) & runs["mode"].isin(["last", "layer", "weighted_sum"])]
+    runs = runs[runs["corpus"] == corpus.name]
+    if runs.empty:
+        raise ValueError(f"{results_dir}/runs.csv: no frozen-probe rows on corpus {corpus.name} to certify")
+    grp = runs.groupby(["upstream", "preset", "ckpt_hash", "task"])["fraction"]
+    lo, hi = grp.transform("min"), grp.transform("max")
+    runs = runs[(runs["fraction"] == lo) | (runs["fraction"] == hi)].assign(_largest=(runs["fraction"] == hi))
+    runs = runs.sort_values(["upstream", "preset", "ckpt_hash", "task", "fraction", "mode", "layer", "seed"])
+    cert = Certifier(corpus, cache_dir)
+    path = Path(results_dir) / CONVERGENCE_FILE
+    done = _previous(path, runs)  # resumable: rows certified by an interrupted call are kept
+    out = [done[rid] for rid in runs["run_id"] if rid in done]
+    # the smallest fractions' rows first (seconds each), then the largest (the costly fits: minutes on 2 cores for
+    # a frame-level row): an interrupted call has certified as many rows as it could
+    todo = runs[~runs["run_id"].isin(done)].sort_values("_largest", kind="stable")
+    if out:
+        log(f"{path}: {len(out)} rows already certified, {len(todo)} to go")
+    from tqdm import tqdm
+
+    # a fixed-layer reference depends on the examples only (not on the head): a phone_1hidden row takes the fit of
+    # the phone_linear row of its layer, fraction and seed, also when that row was certified by an earlier call
+    fitted = {_examples_key(o): o for o in out if o["mode"] in ("last", "layer")}
+    for _, r in tqdm(list(todo.iterrows()), desc="certificate", unit="row", disable=not progress):
+        t0 = time.perf_counter()
+        same = fitted.get(_examples_key(r)) if r["mode"] in ("last", "layer") else None
+        ref = cert.reference(r) if same is None else Reference(
+            float(same["reference_l2"]), float(same["reference_dev"]) / 100, float(same["reference_test"]) / 100,
+            int(same["reference_iters"]), bool(same["reference_converged"]))
+        margin = MARGIN_LARGEST if r["_largest"] else MARGIN_SMALLEST
+        probe_test = 100 * float(r["test_metric"])
+        out.append({"run_id": r["run_id"], "upstream": r["upstream"], "preset": r["preset"], "ckpt_hash": r["ckpt_hash"], "task": r["task"],
+                    "mode": r["mode"], "layer": int(r["layer"]), "fraction": float(r["fraction"]),
+                    "seed": int(r["seed"]), "budget": r["budget"], "converged": bool(r["converged"]),
+                    "steps": int(r["steps"]), "probe_dev": round(100 * float(r["dev_metric"]), 2),
+                    "probe_test": round(probe_test, 2), "reference_dev": round(100 * ref.dev, 2),
+                    "reference_test": round(100 * ref.test, 2), "reference_l2": ref.l2, "reference_iters": ref.iters,
+                    "reference_converged": ref.converged, "margin": margin,
+                    "passes": passes(probe_test, 100 * ref.test, margin)})
+        if r["mode"] in ("last", "layer"):
+            fitted.setdefault(_examples_key(out[-1]), out[-1])
+        atomic_write_text(path, pd.DataFrame(out, columns=list(COLUMNS)).to_csv(index=False))  # after every row
+        log(f"{r['upstream']} {r['task']} {r['mode']} f={r['fraction']:g} seed {r['seed']}: probe {probe_test:.2f} "
+            f"reference {100 * ref.test:.2f} ({time.perf_counter() - t0:.1f} s)")
+    order = {rid: i for i, rid in enumerate(runs["run_id"])}
+    table = pd.DataFrame(sorted(out, key=lambda o: order[o["run_id"]]), columns=list(COLUMNS))
+    atomic_write_text(path, table.to_csv(index=False))
+    return table
+
+
+def _examples_key(row) -> tuple:
+    """What a fixed-layer row's reference is fitted on: the upstream checkpoint, the labels and their level, the
+    layer and the training subset (fraction and seed)."""
+    task = TASKS[row["task"]]
+    return (row["upstream"], row["preset"], str(row["ckpt_hash"]), task.labels.name, task.level, int(row["layer"]),
+            float(row["fraction"]), int(row["seed"]))
+
+
+def passes(probe_test: float, reference_test: float, margin: float) -> bool:
+    """probe_test >= reference_test - margin on the accuracies as the table shows them (%, 2 decimals): a probe
+    exactly `margin` below passes, which float arithmetic (100 x 0.13 vs 100 x 0.14 - 1) would otherwise decide."""
+    return round(float(probe_test), 2) >= round(round(float(reference_test), 2) - float(margin), 2)
+
+
+def _previous(path: Path, runs: pd.DataFrame) -> dict[str, dict]:
+    """Rows of an earlier convergence.csv (same columns) for runs still in runs.csv with the same probe result (dev,
+    test, steps: a run re-trained since, which changes its weighted-sum mix too, is certified again), by run_id."""
+    if not path.is_file():
+        return {}
+    try:
+        old = pd.read_csv(path, dtype={"run_id": str, "ckpt_hash": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        return {}
+    if list(old.columns) != list(COLUMNS):
+        return {}
+    # the pass flag is recomputed by today's rule (rows written before it compared unrounded floats)
+    now = {r["run_id"]: (round(100 * float(r["dev_metric"]), 2), round(100 * float(r["test_metric"]), 2), int(r["steps"]))
+           for r in runs.to_dict("records")}
+    return {r["run_id"]: {**r, "passes": passes(r["probe_test"], r["reference_test"], r["margin"])}
+            for r in old.to_dict("records")
+            if now.get(r["run_id"]) == (round(float(r["probe_dev"]), 2), round(float(r["probe_test"]), 2), int(r["steps"]))}
+
+
+@dataclass(frozen=True)
+class CertificateSummary:
+    """The certificate's headline numbers, shared by REPORT.md's paragraph and the HTML site."""
+    passing: int
+    rows: int
+    mean_gap: float  # probe - reference, test points
+    capped: int  # references stopped at the iteration cap
+    nonlinear: tuple[str, ...]  # tasks whose head is not linear (held to the regression as a lower bound)
+    failing: pd.DataFrame  # the rows that do not pass
+    failing_selected: int  # failing rows that score at least the reference on dev
+
+
+def certificate_summary(table: pd.DataFrame) -> CertificateSummary:
+    fails = table[~table["passes"]]
+    return CertificateSummary(
+        passing=int(table["passes"].sum()), rows=len(table),
+        mean_gap=float((table["probe_test"] - table["reference_test"]).mean()),
+        capped=int((~table["reference_converged"]).sum()),
+        nonlinear=tuple(sorted(t for t in table["task"].unique() if t in TASKS and not TASKS[t].linear)),
+        failing=fails, failing_selected=int((fails["probe_dev"] >= fails["reference_dev"]).sum()))
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    """The report's paragraph: how many cells pass, and every failing one."""
+    if table.empty:
+        return "No certificate rows.\n"
+    s = certificate_summary(table)
+    lines = [f"{s.passing}/{s.rows} frozen-probe rows pass (probe test >= reference test - "
+             f"{MARGIN_LARGEST:g} point at the largest fraction, - {MARGIN_SMALLEST:g} at the smallest); mean probe - "
+             f"reference gap {s.mean_gap:+.2f} points; {s.capped} references stopped at the iteration cap.\n"]
+    if s.nonlinear:
+        lines.append(f"\n{', '.join(s.nonlinear)} (not a linear head: no unique optimum to solve for) is held to the "
+                     f"logistic regression on the same examples as a lower bound: its ReLU layer can represent any "
+                     f"linear map of the examples, so converged it fits them at least as well.\n")
+    if len(s.failing):
+        lines.append(f"\nFailing rows ({s.failing_selected} of {len(s.failing)} score at least the reference on dev: "
+                     f"the probe picked another point on the same dev data, a model-selection difference rather than an "
+                     f"unconverged probe):\n\n| upstream | task | mode | fraction | seed | probe dev | reference dev | "
+                     f"probe test | reference test |\n|---|---|---|---|---|---|---|---|---|\n")
+        lines += [f"| {r.upstream}:{r.preset} | {r.task} | {r.mode} | {r.fraction:g} | {r.seed} | {r.probe_dev:.2f} | "
+                  f"{r.reference_dev:.2f} | {r.probe_test:.2f} | {r.reference_test:.2f} |\n"
+                  for r in s.failing.itertuples()]
+    return "".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Certify that the frozen probes of a results directory converged.")
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--corpus", default="data/synth", help="the prepared corpus directory the rows were trained on")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
+    a = p.parse_args(argv)
+    try:
+        corpus = load_corpus(a.corpus)
+        table = certify(a.results_dir, corpus, a.cache_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary_markdown(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

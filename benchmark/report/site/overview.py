@@ -1,0 +1,132 @@
+"""The overview table: one row per upstream checkpoint and probe mode, one column per task at its largest and its
+smallest label fraction. A cell is the seeds' mean ± 95 % CI exactly as benchmark.record.aggregate computed it and
+benchmark.report.tables prints it; the best cell of each column is marked, and so are the cells whose CI overlaps it."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from benchmark.report.plots import UPSTREAM_COLORS, higher_is_better, metric_display
+from benchmark.report.tables import fmt_count, fmt_score, fmt_seconds, unconverged_mark
+from upstream.registry import controlled_model
+
+ROW_KEYS = ("upstream", "preset", "ckpt_hash", "mode", "layer", "budget")
+MODE_ORDER = {"last": 0, "weighted_sum": 1, "finetune": 2, "layer": 3}
+
+
+@dataclass(frozen=True)
+class Column:
+    task: str
+    end: str  # "largest" or "smallest" label fraction of the task
+    fraction: float
+    train_utts: float
+    metric_label: str  # "frame accuracy (%)"
+    higher: bool  # the direction in which the metric improves
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str  # "72.31 ± 0.40", a † where some seed did not converge, "-" where there is no such row
+    value: float  # the mean as displayed (%, for accuracies); NaN where there is no row
+    ci: float  # the 95 % CI half-width as displayed; NaN with one seed
+    seeds: int
+    mark: str  # "best", "tied" or ""
+
+
+@dataclass(frozen=True)
+class Row:
+    upstream: str
+    preset: str
+    ckpt_hash: str
+    name: str  # upstream:preset, and the checkpoint where an upstream:preset has several
+    family: str  # the pretrained family a random-init control belongs to, else the upstream itself
+    mode: str  # last, weighted_sum, finetune, layer
+    mode_label: str  # "layer 2" for a single-layer probe
+    budget: str
+    params: float
+    pretrain_frames: float
+    pretrain_seconds: float
+    recipe: str
+    cells: tuple[Cell, ...]
+
+
+def family(upstream: str) -> str:
+    return controlled_model(upstream) or upstream
+
+
+def columns(agg: pd.DataFrame) -> list[Column]:
+    """Each task's largest fraction, then its smallest (one column when the task has one fraction)."""
+    out = []
+    for task, t in agg.groupby("task", sort=True):
+        fractions = sorted(t["fraction"].unique())
+        metric = str(t["metric"].iloc[0])
+        label = metric_display(metric)[0]
+        for end, f in (("largest", fractions[-1]), ("smallest", fractions[0]))[:1 if len(fractions) == 1 else 2]:
+            utts = float(t.loc[t["fraction"] == f, "train_utts"].mean())
+            out.append(Column(str(task), end, float(f), utts, label, higher_is_better(metric)))
+    return out
+
+
+def _cell(r: dict | None) -> Cell:
+    if r is None:
+        return Cell("-", math.nan, math.nan, 0, "")
+    k = metric_display(str(r["metric"]))[1]
+    text = fmt_score(r["test_mean"], r["test_ci95"], k) + unconverged_mark(r["budget"], r["n_converged"], r["n_seeds"])
+    return Cell(text, float(r["test_mean"]) * k, float(r["test_ci95"]) * k, int(r["n_seeds"]), "")
+
+
+def overlaps(a: float, ci_a: float, b: float, ci_b: float) -> bool:
+    """Do the intervals a ± ci_a and b ± ci_b overlap? A missing CI (one seed) is an interval of the mean alone."""
+    return abs(a - b) <= (0.0 if math.isnan(ci_a) else ci_a) + (0.0 if math.isnan(ci_b) else ci_b)
+
+
+def mark(cells: list[Cell], higher: bool) -> list[Cell]:
+    """The column's best mean(s) marked "best"; the other cells whose interval overlaps a best one's "tied"."""
+    vals = [c.value for c in cells if not math.isnan(c.value)]
+    if not vals:
+        return cells
+    top = max(vals) if higher else min(vals)
+    best = [c for c in cells if c.value == top]
+    out = []
+    for c in cells:
+        m = ("best" if c.value == top else
+             "tied" if not math.isnan(c.value) and any(overlaps(c.value, c.ci, b.value, b.ci) for b in best) else "")
+        out.append(Cell(c.text, c.value, c.ci, c.seeds, m))
+    return out
+
+
+def _row_order(keys: pd.DataFrame) -> pd.DataFrame:
+    known = {u: i for i, u in enumerate(UPSTREAM_COLORS)}
+    return keys.assign(_u=keys["upstream"].map(lambda u: known.get(u, len(known))),
+                       _m=keys["mode"].map(lambda m: MODE_ORDER.get(m, len(MODE_ORDER)))).sort_values(
+        ["_u", "upstream", "preset", "ckpt_hash", "budget", "_m", "layer"]).drop(columns=["_u", "_m"])
+
+
+def overview(agg: pd.DataFrame) -> tuple[list[Column], list[Row]]:
+    agg = agg.assign(ckpt_hash=agg["ckpt_hash"].fillna("").astype(str))
+    cols = columns(agg)
+    by_key = {(*(r[k] for k in ROW_KEYS), r["task"], r["fraction"]): r for r in agg.to_dict("records")}
+    keys = _row_order(agg[list(ROW_KEYS)].drop_duplicates())
+    ckpts = agg.groupby(["upstream", "preset"])["ckpt_hash"].nunique()
+    carried = agg.drop_duplicates(["upstream", "preset", "ckpt_hash"]).set_index(["upstream", "preset", "ckpt_hash"])
+    cells = [[_cell(by_key.get((*k, c.task, c.fraction))) for c in cols] for k in keys.itertuples(index=False, name=None)]
+    for j, c in enumerate(cols):  # marks are per column
+        for i, cell in enumerate(mark([row[j] for row in cells], c.higher)):
+            cells[i][j] = cell
+    rows = []
+    for (up, preset, ckpt, mode, layer, budget), row_cells in zip(keys.itertuples(index=False, name=None), cells):
+        info = carried.loc[(up, preset, ckpt)]
+        name = f"{up}:{preset}" + (f" @{str(ckpt)[:8]}" if ckpts[(up, preset)] > 1 else "")
+        rows.append(Row(str(up), str(preset), str(ckpt), name, family(str(up)), str(mode),
+                        f"layer {int(layer)}" if mode == "layer" else str(mode), str(budget),
+                        float(info["params"]), float(info["pretrain_frames"]), float(info["pretrain_seconds"]),
+                        str(info["pretrain_recipe"]), tuple(row_cells)))
+    return cols, rows
+
+
+def fixed_text(row: Row) -> dict[str, str]:
+    """The row's non-score cells as the tables print them."""
+    return {"params": fmt_count(row.params), "pretrain frames": fmt_count(row.pretrain_frames),
+            "pretrain time": fmt_seconds(row.pretrain_seconds)}

@@ -1,0 +1,284 @@
+"""Executes a benchmark plan: per upstream, extract (or reuse) cached features once, then train every probe."""
+from __future__ import annotations
+
+import datetime as _dt
+import resource
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.io import atomic_write_text, sha256_json
+from core.repro import provenance
+from corpora.manifest import Corpus, PROBE_SPLITS
+from downstream.data import SplitLabels, num_classes, split_labels
+from downstream.fractions import fraction_subset
+from downstream.modes import LayerMode
+from downstream.sources import ArraySource, LiveSource, PooledSource
+from downstream.tasks import get_task
+from downstream.finetune import finetune_probe
+from downstream.probe import ProbeConfig, ProbeResult, ProbeSpec
+from downstream.train import train_probe, train_probes
+from benchmark.cache.extract import ensure_split, extract_arrays
+from benchmark.cache.reader import manifest_digest
+from benchmark.inputs.corpus import resolve_corpus
+from benchmark.inputs.upstream import ResolvedUpstream, resolve_upstream
+from benchmark.plan.config import BenchmarkConfig
+from benchmark.plan.runs import PlannedRun, cache_layers, choose_fractions, expand_runs, run_id
+from benchmark.plan.shards import expected_seconds, shard_filter
+from benchmark.record.results import RUNS_FILE, append_row, done_run_ids, write_leaderboard
+from benchmark.record.schema import COMMAND_FILE
+
+
+@dataclass
+class RunnerStats:
+    runs_done: int = 0
+    runs_skipped: int = 0
+    extract_seconds: float = 0.0
+    probe_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def corpus_digest(corpus: Corpus) -> str:
+    return sha256_json({"name": corpus.name, **{s: manifest_digest(corpus.utterances(s)) for s in PROBE_SPLITS}})[:16]
+
+
+def _source(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, utts: dict, layers: tuple[int, ...],
+            stats: RunnerStats, log) -> ArraySource:
+    """The hidden states `layers` of every probe split: from the feature cache (extracted into it when missing), or
+    with cfg.use_cache False (--no-cache) extracted into memory, float16 as the cache stores them."""
+    t0 = time.perf_counter()
+    arrays = {}
+    L = up.model.num_hidden_states
+    for split in PROBE_SPLITS:
+        if cfg.use_cache:
+            arrays[split], built = ensure_split(cfg.cache_dir, up.identity, up.model, corpus, split, utts[split],
+                                                progress=cfg.progress, device=cfg.device, log=log, layers=layers)
+        else:
+            arrays[split], built = extract_arrays(up.model, corpus, utts[split], layers, progress=cfg.progress,
+                                                  device=cfg.device, desc=f"extract {up.spec}/{split}"), True
+        if built:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            log(f"{up.spec}: extracted {split} ({arrays[split].hidden.shape[1]} frames x "
+                f"{arrays[split].hidden.shape[0]} of {L} hidden states"
+                f"{'' if cfg.use_cache else ', into memory (--no-cache)'}), peak RSS so far {rss:.0f} MiB")
+    stats.extract_seconds += time.perf_counter() - t0
+    return ArraySource(arrays, layers)
+
+
+def make_row(run: PlannedRun, rid: str, up: ResolvedUpstream, corpus: Corpus, layer: int, result, prov: dict,
+             budget: str) -> dict[str, Any]:
+    task = get_task(run.task)
+    return {
+        "run_id": rid, "corpus": corpus.name, **up.identity, "params": up.params,
+        "pretrain_frames": up.pretrain_frames, "pretrain_seconds": round(up.pretrain_seconds, 1),
+        "pretrain_recipe": up.pretrain_recipe,
+        "task": run.task, "mode": run.mode.kind, "layer": layer, "fraction": run.fraction,
+        "train_utts": result.train_utts, "train_frames": result.train_frames, "seed": run.seed,
+        "metric": task.metric, "dev_metric": result.dev_metric, "test_metric": result.test_metric,
+        "test_utt_metric": result.test_utt_metric, "best_step": result.best_step, "steps": result.steps,
+        "budget": budget, "converged": result.converged,
+        "wall_seconds": round(result.wall_seconds, 2),
+        "layer_weights": ";".join(f"{w:.5f}" for w in result.layer_weights) if result.layer_weights else None,
+        "device": prov["device"], "toolkit_version": prov["toolkit_version"], "git_commit": prov["git_commit"],
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, runs: list[PlannedRun],
+                 stats: RunnerStats, prov: dict, log=print) -> None:
+    """Train every pending run of one upstream; each finished run appends its row immediately."""
+    runs_csv = Path(cfg.results_dir) / RUNS_FILE
+    done = set() if cfg.force else done_run_ids(runs_csv)
+    digest = corpus_digest(corpus)
+    L = up.model.num_hidden_states
+    pending = []
+    for r in runs:
+        pcfg = cfg.probe_config(r.task, r.finetune)
+        rid = run_id(digest, up.identity, r, r.mode.resolved_layer(L), pcfg)
+        if rid in done:
+            stats.runs_skipped += 1
+        else:
+            pending.append((r, rid, pcfg))
+    if not pending:
+        log(f"{up.spec}: all {len(runs)} runs already in {runs_csv}")
+        return
+    utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
+    frozen = [p for p in pending if not p[0].finetune]
+    finetune = [p for p in pending if p[0].finetune]
+    # only the hidden states the pending runs read (fine-tuning starts from a frozen last-layer probe on them too)
+    cached = _source(cfg, up, corpus, utts, cache_layers([r for r, _, _ in pending], L), stats, log)
+    live = LiveSource(up.model, corpus, utts, cfg.device) if finetune else None
+    pooled: PooledSource | None = None
+    labels: dict[str, dict[str, SplitLabels]] = {}
+    train_spk = [u.speaker for u in utts["train"]]
+    for r, _, _ in pending:  # before any worker thread starts
+        source = get_task(r.task).labels
+        if source.name not in labels:
+            labels[source.name] = {s: split_labels(corpus, utts[s], s, source, up.model.frame_rule)
+                                   for s in PROBE_SPLITS}
+    if any(get_task(r.task).level == "utterance" for r, _, _ in pending):
+        pooled = PooledSource(cached)  # mean pooling commutes with the layer mix: exact, ~300x less data
+        pooled.whitening()  # means and their statistics, once, before any worker thread starts
+    if any(get_task(r.task).level == "frame" for r, _, _ in pending):
+        t0 = time.perf_counter()
+        cached.whitening()
+        log(f"{up.spec}: whitening fitted on the train frames in one streaming pass ({time.perf_counter() - t0:.0f} s)")
+    lock = threading.Lock()
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(pending), desc=f"probes {up.spec}", unit="run", disable=not cfg.progress, dynamic_ncols=True)
+
+    def record(r: PlannedRun, rid: str, pcfg, result) -> None:
+        with lock:
+            append_row(runs_csv, make_row(r, rid, up, corpus, r.mode.resolved_layer(L), result, prov, pcfg.budget))
+            stats.runs_done += 1
+            bar.set_postfix_str(f"{r.task} {r.mode.label}")
+            bar.update(1)
+
+    def one_group(group: list[tuple[PlannedRun, str, ProbeConfig]]) -> None:
+        """Every fraction and seed of one task and mode, trained as one batched model (downstream.train)."""
+        r0, _, pcfg = group[0]
+        task = get_task(r0.task)
+        source = pooled if task.level == "utterance" else cached
+        assert source is not None
+        specs = [ProbeSpec(fraction_subset(train_spk, r.fraction, r.seed, task.labels.closed_set).indices, r.seed)
+                 for r, _, _ in group]
+        results = train_probes(task, r0.mode, source, labels[task.labels.name], specs, num_classes(corpus, task),
+                               pcfg, device=cfg.device, memory=cfg.probe_memory)
+        for (r, rid, _), result in zip(group, results):
+            if r.mode.kind == "last":
+                with lock:
+                    last_probes[(r.task, r.fraction, r.seed)] = result
+            record(r, rid, pcfg, result)
+
+    def one_finetune(r: PlannedRun, rid: str, pcfg) -> None:
+        """Linear probe, then fine-tune: the head starts from the frozen last-layer probe (the one this invocation
+        trained, or trained now when its row was already in runs.csv: the same probe either way)."""
+        assert live is not None
+        task = get_task(r.task)
+        source = pooled if task.level == "utterance" else cached
+        assert source is not None
+        sub = fraction_subset(train_spk, r.fraction, r.seed, task.labels.closed_set)
+        n_cls, lab = num_classes(corpus, task), labels[task.labels.name]
+        start = last_probes.get((r.task, r.fraction, r.seed))
+        if start is None:
+            start = train_probe(task, LayerMode("last"), source, lab, list(sub.indices), n_cls,
+                                cfg.probe_config(r.task, False), r.seed, device=cfg.device, memory=cfg.probe_memory)
+        whiten = source.whitening()[source.position(L - 1)]
+        record(r, rid, pcfg, finetune_probe(task, start, whiten, live, up.model, lab, list(sub.indices), n_cls, pcfg,
+                                            r.seed, device=cfg.device, progress=cfg.progress))
+
+    last_probes: dict[tuple, ProbeResult] = {}  # (task, fraction, seed) -> frozen last-layer probe, for fine-tuning
+    groups: dict[tuple, list] = {}
+    for r, rid, pcfg in frozen:
+        groups.setdefault((r.task, r.mode, pcfg), []).append((r, rid, pcfg))
+    cost = lambda job: expected_seconds(job[0], L, cached.hidden_size)  # noqa: E731
+    t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    try:
+        if groups:  # groups in `probe_workers` threads with `probe_threads` torch threads each
+            if cfg.probe_threads:
+                torch.set_num_threads(min(cfg.probe_threads, threads))
+            run_parallel(one_group, [(g,) for g in balance(list(groups.values()), cost, cfg.probe_workers)],
+                         cfg.probe_workers)
+        torch.set_num_threads(threads)
+        run_parallel(one_finetune, finetune, 1)  # the upstream itself trains: one run at a time, every thread
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
+        stats.probe_seconds += time.perf_counter() - t0
+
+
+def balance(groups: list[list], cost, workers: int) -> list[list]:
+    """The groups in the order `workers` threads take them, costliest first (expected seconds of a run: `cost`), so
+    that the threads finish together. A group expected to take longer than an even share of the total (the 10-ms
+    mel MLP, beside three quick groups) is split in two, its probes dealt costliest first to the lighter half,
+    until no group is: a probe's row does not depend on the group it trains in (downstream.groups)."""
+    total = sum(cost(r) for g in groups for r in g)
+    share = total / max(1, workers)
+    out, todo = [], list(groups)
+    while todo:
+        g = todo.pop()
+        if workers > 1 and len(g) > 1 and sum(cost(r) for r in g) > share:
+            halves: tuple[list, list] = ([], [])
+            for r in sorted(g, key=cost, reverse=True):
+                min(halves, key=lambda h: sum(cost(x) for x in h)).append(r)
+            todo += list(halves)
+        else:
+            out.append(g)
+    return sorted(out, key=lambda g: -sum(cost(r) for r in g))
+
+
+def run_parallel(fn, jobs: list[tuple], workers: int) -> None:
+    """fn(*job) for every job on `workers` threads (torch releases the GIL inside its ops); the first error is
+    re-raised after cancelling the jobs not yet started. Rows are appended by each job as it finishes."""
+    if workers <= 1:
+        for job in jobs:
+            fn(*job)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
+        futures = [pool.submit(fn, *job) for job in jobs]
+        try:
+            for f in as_completed(futures):
+                f.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def run_benchmark(cfg: BenchmarkConfig, log=print) -> RunnerStats:
+    """The whole benchmark: corpus, upstreams, cached features, probes, rows, leaderboard (and report)."""
+    stats = RunnerStats()
+    t0 = time.perf_counter()
+    corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, progress=cfg.progress)
+    assert corpus is not None
+    fractions = choose_fractions(cfg, corpus, log)
+    prov = provenance(cfg.device)
+    log(f"corpus {corpus.name} ({corpus.root}); fractions {', '.join(f'{f:g}' for f in fractions)}; "
+        f"seeds {cfg.seeds}; results -> {cfg.results_dir}/{RUNS_FILE}")
+    for spec in cfg.upstreams:
+        up = resolve_upstream(spec, corpus, cfg.ckpts, cfg.runs_dir, cfg.quick, log, device=cfg.device,
+                              progress=cfg.progress, pretrain=cfg.pretrain)
+        runs = shard_filter(cfg, spec, up.model.num_hidden_states, fractions,
+                            expand_runs(cfg, spec, up.model.num_hidden_states, fractions, stats.notes))
+        run_upstream(cfg, up, corpus, runs, stats, prov, log)
+        del up
+    for note in dict.fromkeys(stats.notes):
+        log(f"note: {note}")
+    if cfg.command and stats.runs_done:
+        record_command(Path(cfg.results_dir), cfg.command, stats.runs_done, time.perf_counter() - t0, prov["device"])
+    board = write_leaderboard(Path(cfg.results_dir))
+    if board is not None:
+        log(f"leaderboard: {board}")
+    if cfg.report:
+        build_report_if_available(Path(cfg.results_dir), log)
+    log(f"done: {stats.runs_done} runs trained, {stats.runs_skipped} already done; extraction "
+        f"{stats.extract_seconds:.0f} s, probes {stats.probe_seconds:.0f} s, total {time.perf_counter() - t0:.0f} s; "
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    return stats
+
+
+def record_command(results_dir: Path, command: str, runs_done: int, seconds: float, device: str) -> None:
+    """Append `command` (with what it did and when) to results/command.txt, which the report cites."""
+    path = results_dir / COMMAND_FILE
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    line = f"{command}   # {when}: {runs_done} runs in {seconds / 60:.1f} min on {device}"
+    atomic_write_text(path, old + line + "\n")
+
+
+def build_report_if_available(results_dir: Path, log=print) -> Path | None:
+    try:  # matplotlib and the report's modules are loaded only when a report is built
+        from benchmark.report.build import build_report  # matplotlib: loaded only when a report is built
+    except ImportError as e:
+        log(f"report skipped: benchmark.report.build is not available ({e})")
+        return None
+    path = build_report(results_dir)
+    log(f"report: {path}")
+    return path
