@@ -16,7 +16,7 @@ from benchmark.report.provenance import date_span, facts, short_list, strip_stam
 from benchmark.report.site.figures import layer_probe_figure, layer_weight_figure
 from benchmark.report.site.overview import family
 from benchmark.report.tables import fmt_budget, fmt_count, fmt_score, fmt_seconds, unconverged_mark
-from upstream.registry import FAMILIES, controlled_model
+from upstream.registry import FAMILIES
 
 ATTENTION_STATS = Path("attention") / "attention_stats.csv"
 HEAD_CLASSES = Path("attention") / "heads" / "head_classes.csv"
@@ -59,11 +59,11 @@ def slug(upstream: str, preset: str) -> str:
 
 
 def kind(upstream: str) -> str:
-    if upstream in FAMILIES and FAMILIES[upstream].takes_weights:
-        return "pretrained"
-    if (model := controlled_model(upstream)) is not None:
-        return f"random-init control of {model} (same architecture, untrained)"
-    return "no pretrained weights (input features)"
+    """What kind of upstream it is, in its family's own words (upstream.family.Family.description); a name this
+    registry does not know (rows from another version, an external spec) is said to be unregistered."""
+    if upstream in FAMILIES:
+        return FAMILIES[upstream].description
+    return "not in this toolkit's upstream registry"
 
 
 def _config(upstream: str, preset: str, runs: pd.DataFrame) -> list[tuple[str, str]]:
