@@ -20,12 +20,15 @@ class SplitLabels:
     frames: list[np.ndarray] | None = None  # per="frame": (n_frames,) int64 per utterance
     utt: np.ndarray | None = None  # per="utterance": (n_utts,) int64
     seqs: list[np.ndarray] | None = None  # per="sequence": (n_labels,) int64 per utterance
+    trials: np.ndarray | None = None  # verification trials: (n_trials, 3) int64 rows (utterance a, utterance b, same)
 
 
 def split_labels(corpus: Corpus, utts: list[Utterance], split: str, source: LabelSource,
                  rule: FrameRule) -> SplitLabels:
-    """Labels of `utts` from `source`, framed as an upstream with frame rule `rule` frames them."""
-    return SplitLabels(**{source.field: source.make(corpus, utts, split, rule)})
+    """Labels of `utts` from `source`, framed as an upstream with frame rule `rule` frames them (a source may return
+    several fields by name, e.g. speaker verification's trials)."""
+    made = source.make(corpus, utts, split, rule)
+    return SplitLabels(**made) if isinstance(made, dict) else SplitLabels(**{source.field: made})
 
 
 def num_classes(corpus: Corpus, task: TaskSpec) -> int:

@@ -17,13 +17,15 @@ from torch import Tensor, nn
 from core.frames import FrameRule
 from corpora.labels import frame_labels
 from corpora.manifest import PROBE_SPLITS, Corpus, Utterance
-from downstream.metrics import FRAME_ACC, PER, UTT_ACC, Metric
+from corpora.trials import TRIALS_LIST, read_trials
+from downstream.metrics import EER, FRAME_ACC, PER, UTT_ACC, Metric
 
 # what one prediction is about: a frame, an utterance, or an utterance's label SEQUENCE (no alignment given)
 Level = Literal["frame", "utterance", "sequence"]
 # which trainer of downstream/ fits the task (downstream.train.ENGINES): stacked classifiers over rows (frames or
-# utterance means; the L2 path for the latter), CTC over whole utterances (downstream.ctc)
-Engine = Literal["stacked", "ctc"]
+# utterance means; the L2 path for the latter), CTC over whole utterances (downstream.ctc), speaker embeddings
+# scored on verification trials (downstream.verification)
+Engine = Literal["stacked", "ctc", "verification"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,12 @@ class LabelSource:
     make: Callable[[Corpus, list[Utterance], str, FrameRule], "list[np.ndarray] | np.ndarray"]
     closed_set: bool = False
     require: Callable[[Corpus], None] | None = None
+    # (corpus, split) -> the utterances a split reads (None: the split's manifest); speaker verification scores
+    # trials of held-out speakers' utterances in dev and test
+    utterances: Callable[[Corpus, str], list[Utterance]] | None = None
+
+    def split_utterances(self, corpus: Corpus, split: str) -> list[Utterance]:
+        return corpus.utterances(split) if self.utterances is None else self.utterances(corpus, split)
 
     @property
     def field(self) -> str:
@@ -132,11 +140,38 @@ def _phone_sequences(corpus: Corpus, utts: list[Utterance], split: str, rule: Fr
         raise ValueError(f"{_manifest(corpus, split)}: {e}") from None
 
 
+def _trial_utterances(corpus: Corpus, split: str) -> list[Utterance]:
+    return corpus.utterances("train") if split == "train" else read_trials(corpus)[0][split]
+
+
+def _trial_labels(corpus: Corpus, utts: list[Utterance], split: str, rule: FrameRule) -> dict[str, np.ndarray]:
+    """train: the closed-set speaker of every utterance; dev / test: the split's trials as (n_trials, 3) int64 rows
+    (position of utterance a in `utts`, of utterance b, 1 when they share a speaker)."""
+    if split == "train":
+        return {"utt": _speaker_labels(corpus, utts, split, rule)}
+    at = {u.id: i for i, u in enumerate(utts)}
+    trials = read_trials(corpus)[1][split]
+    missing = [t.a for t in trials if t.a not in at] + [t.b for t in trials if t.b not in at]
+    if missing:
+        raise ValueError(f"{corpus.root / TRIALS_LIST}: trial utterance {missing[0]} is not among the {split} "
+                         f"utterances given")
+    return {"trials": np.array([[at[t.a], at[t.b], int(t.same)] for t in trials], dtype=np.int64)}
+
+
+def require_trials(corpus: Corpus) -> None:
+    require_closed_set_speakers(corpus)  # the embedding is trained as a classifier of the train speakers
+    read_trials(corpus)
+
+
 PHONES = LabelSource("phone", "frame", lambda c: list(c.phones), _phone_labels, require=require_alignments)
 SPEAKERS = LabelSource("speaker", "utterance", lambda c: list(c.speakers), _speaker_labels, closed_set=True,
                        require=require_closed_set_speakers)
 PHONE_SEQUENCES = LabelSource("phone_sequence", "sequence", phone_classes, _phone_sequences,
                               require=lambda c: require_alignments(c, "phone sequences (phone_ctc)"))
+
+
+SPEAKER_TRIALS = LabelSource("speaker_trials", "utterance", lambda c: list(c.speakers), _trial_labels, closed_set=True,
+                             require=require_trials, utterances=_trial_utterances)
 
 
 def linear_head(in_dim: int, n_classes: int) -> nn.Module:
@@ -153,6 +188,43 @@ def one_hidden_head(width: int = 768) -> Callable[[int, int], nn.Module]:
     def make(in_dim: int, n_classes: int) -> nn.Module:
         return nn.Sequential(nn.Linear(in_dim, width), nn.ReLU(), nn.Linear(width, n_classes))
     return make
+
+
+class XVectorHead(nn.Module):
+    """Statistics pooling -> Linear -> embedding; ReLU -> Linear -> speaker logits (the x-vector recipe's segment
+    part, Snyder et al. 2018, cut to one embedding layer). Trained as a speaker classifier on the train speakers;
+    trials are scored on the embeddings (`embed`)."""
+
+    def __init__(self, in_dim: int, n_classes: int, embed_dim: int = 128) -> None:
+        super().__init__()
+        self.embedding = nn.Linear(2 * in_dim, embed_dim)
+        self.classifier = nn.Linear(embed_dim, n_classes)
+
+    def embed(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """Flat frames x (sum of lengths, D), lengths (B,) -> (B, embed_dim): mean and standard deviation over each
+        utterance's valid frames, then the affine embedding layer."""
+        seg = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), lengths.to(x.device))
+        n = lengths.clamp_min(1).to(x.device, x.dtype)[:, None]
+        mean = torch.zeros(len(lengths), x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, seg, x) / n
+        sq = torch.zeros_like(mean).index_add_(0, seg, x * x) / n
+        std = (sq - mean * mean).clamp_min(1e-6).sqrt()
+        return self.embedding(torch.cat([mean, std], 1))
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        return self.classifier(torch.relu(self.embed(x, lengths)))
+
+
+def xvector_head(embed_dim: int = 128) -> Callable[[int, int], nn.Module]:
+    def make(in_dim: int, n_classes: int) -> nn.Module:
+        return XVectorHead(in_dim, n_classes, embed_dim)
+    return make
+
+
+def cosine_trials(embeddings: Tensor, trials: np.ndarray) -> np.ndarray:
+    """Cosine similarity of the two utterances' embeddings of every trial (rows (a, b, same))."""
+    e = F.normalize(embeddings.double(), dim=1)
+    a, b = torch.from_numpy(trials[:, 0]), torch.from_numpy(trials[:, 1])
+    return (e[a] * e[b]).sum(1).numpy()
 
 
 def cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "none") -> Tensor:
@@ -243,6 +315,10 @@ class TaskSpec:
         """The head's output size for `n_classes` labels (CTC adds its blank)."""
         return n_classes + 1 if self.engine == "ctc" else n_classes
 
+    def utterances(self, corpus: Corpus, split: str) -> list[Utterance]:
+        """The utterances whose features split `split` of this task reads, in order."""
+        return self.labels.split_utterances(corpus, split)
+
     def check(self, corpus: Corpus) -> None:
         """ValueError, naming the file, when `corpus` cannot serve this task: call it before any extraction."""
         if self.labels.require is not None:
@@ -252,8 +328,7 @@ class TaskSpec:
                 raise ValueError(f"task {self.name}: {e}") from None
 
 
-# The four s3prl legacy probes used by TERA and AALBERT (s3prl legacy downstream tasks; TERA, TASLP 2021) and
-# SUPERB's phoneme recognition (SUPERB, arXiv 2105.01051; s3prl downstream/ctc): docs/tasks.md.
+# The four s3prl legacy probes used by TERA and AALBERT (s3prl legacy downstream tasks; TERA, TASLP 2021): docs/tasks.md.
 TASKS: dict[str, TaskSpec] = {
     "phone_linear": TaskSpec("phone_linear", PHONES, "frame", linear_head, FRAME_ACC, linear=True,
                              description="Linear(D, phones) per frame"),
@@ -263,13 +338,24 @@ TASKS: dict[str, TaskSpec] = {
                                   description="mean over valid frames -> Linear(D, speakers)"),
     "speaker_frame": TaskSpec("speaker_frame", SPEAKERS, "frame", linear_head, FRAME_ACC, linear=True,
                               utt_metric=True, description="Linear(D, speakers) per frame"),
+}
+
+# SUPERB's tasks (docs/tasks.md). Registered apart from TASKS, which the harness (benchmark/) plans, lists and runs
+# as its main job, until the harness extracts what they read (the trial utterances of speaker verification) and
+# carries their metrics' directions through its report.
+SUPERB_TASKS: dict[str, TaskSpec] = {
     "phone_ctc": TaskSpec("phone_ctc", PHONE_SEQUENCES, "sequence", linear_head, PER, linear=False,
                           loss=ctc_loss, decode=ctc_greedy, engine="ctc",
                           description="Linear(D, phones + blank) per frame, CTC, greedy decoding"),
+    "speaker_verification": TaskSpec("speaker_verification", SPEAKER_TRIALS, "utterance", xvector_head(128), EER,
+                                     linear=False, decode=cosine_trials, engine="verification",
+                                     description="mean + std pooling -> Linear(2D, 128) embedding (trained: ReLU -> "
+                                                 "Linear(128, speakers)), trials scored by cosine similarity"),
 }
+ALL_TASKS: dict[str, TaskSpec] = {**TASKS, **SUPERB_TASKS}
 
 
 def get_task(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
-    return TASKS[name]
+    if name not in ALL_TASKS:
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join(ALL_TASKS)}")
+    return ALL_TASKS[name]

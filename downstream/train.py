@@ -9,7 +9,8 @@ Frozen probes of one task and mode (every label fraction and seed of a sweep) tr
 * "lbfgs", for linear heads on few examples (mean-pooled utterances): the L2 regularisation path
   (downstream.path).
 That is the "stacked" engine of classification tasks; a task's spec names its engine (`TaskSpec.engine`), and
-sequence tasks train in the "ctc" engine (downstream.ctc) under the same loop and stopping rule. Test is
+sequence tasks train in the "ctc" engine (downstream.ctc) and speaker verification in the "verification" engine
+(downstream.verification), under the same loop and stopping rule. Test is
 evaluated once, at each probe's best dev point. Fine-tuning is downstream.finetune.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from downstream.path import fit_paths
 from downstream.probe import ProbeConfig, ProbeResult, ProbeSpec
 from downstream.sources import ArraySource, FeatureSource, PooledSource
 from downstream.tasks import TaskSpec
+from downstream.verification import fit_verification
 
 
 def train_probe(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: dict[str, SplitLabels],
@@ -83,4 +85,5 @@ def fit_stacked(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: 
 
 # the trainers a task's spec names (TaskSpec.engine): each maps (task, mode, source, labels, probes, classes, config,
 # device, memory budget, progress) to one ProbeResult per probe, in order
-ENGINES: dict[str, Callable[..., list[ProbeResult]]] = {"stacked": fit_stacked, "ctc": fit_ctc}
+ENGINES: dict[str, Callable[..., list[ProbeResult]]] = {"stacked": fit_stacked, "ctc": fit_ctc,
+                                                       "verification": fit_verification}

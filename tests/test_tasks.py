@@ -14,7 +14,7 @@ from downstream.metrics import EER, PER, Metric, accuracy, edit_distance, equal_
 from downstream.modes import LayerMode
 from downstream.probe import ProbeConfig
 from downstream.stopping import Stopping
-from downstream.tasks import (PHONES, TASKS, LabelSource, TaskSpec, ctc_greedy, ctc_loss, get_task, linear_head,
+from downstream.tasks import (ALL_TASKS, PHONES, TASKS, LabelSource, TaskSpec, ctc_greedy, ctc_loss, get_task, linear_head,
                               phone_classes)
 from downstream.train import train_probe
 from corpora.manifest import load_corpus, read_manifest, write_manifest
@@ -173,7 +173,8 @@ def test_a_new_task_with_a_new_level_and_a_lower_is_better_metric(tiny, mel_src)
 
 
 def test_task_specs_declare_what_differs():
-    for t in TASKS.values():
+    assert set(TASKS) == {"phone_linear", "phone_1hidden", "speaker_utterance", "speaker_frame"}  # the harness's
+    for t in ALL_TASKS.values():
         assert isinstance(t.metric, Metric) and t.metric.direction in ("higher", "lower")
         assert t.level in ("frame", "utterance", "sequence")
     assert get_task("phone_ctc").metric is PER and get_task("phone_ctc").level == "sequence"
@@ -210,3 +211,56 @@ def test_closed_set_speaker_task_on_open_set_speakers_is_refused(tmp_path):
         with pytest.raises(ValueError, match=r"corpus\.json: its speakers are open-set"):
             get_task(name).check(open_set)
     get_task("phone_ctc").check(open_set)
+
+
+# ---------------------------------------------------------------- speaker verification
+
+
+@pytest.fixture(scope="module")
+def trial_corpus(tmp_path_factory):
+    return make_tiny_corpus(tmp_path_factory.mktemp("trials") / "c", trial_speakers=4)
+
+
+def test_trial_speakers_leave_the_tiny_corpus_as_it_was(tmp_path, trial_corpus):
+    plain = make_tiny_corpus(tmp_path / "c")
+    for s in SPLITS:
+        assert (plain.root / f"{s}.jsonl").read_bytes() == (trial_corpus.root / f"{s}.jsonl").read_bytes()
+
+
+def _source_of(upstream, corpus, task):
+    """The upstream's hidden states of the utterances each split of `task` reads (the trial utterances in dev and
+    test for speaker verification), stored as the feature cache stores them."""
+    from downstream.sources import ArraySource, LiveSource, SplitArrays
+
+    utts = {s: task.utterances(corpus, s) for s in SPLITS}
+    live = LiveSource(upstream, corpus, utts)
+    splits = {}
+    for s in SPLITS:
+        hidden, lengths = live.batch(s, list(range(len(utts[s]))), list(range(upstream.num_hidden_states)))
+        splits[s] = SplitArrays(hidden.detach().numpy().astype(np.float16),
+                                np.concatenate([[0], np.cumsum(lengths.numpy())]).astype(np.int64))
+    labels = {s: split_labels(corpus, utts[s], s, task.labels, LOG_MEL) for s in SPLITS}
+    return ArraySource(splits), labels
+
+
+def test_speaker_verification_trains_on_train_speakers_and_scores_held_out_trials(trial_corpus, mel):  # noqa: F811
+    task = get_task("speaker_verification")
+    task.check(trial_corpus)
+    src, labels = _source_of(mel, trial_corpus, task)
+    assert labels["dev"].trials is not None and labels["dev"].trials.shape[1] == 3
+    assert {u.speaker for u in task.utterances(trial_corpus, "test")}.isdisjoint(trial_corpus.speakers)
+    cfg = ProbeConfig(lr=1e-2, batch_size=8, patience=4, min_eval_steps=3)
+    r = train_probe(task, LayerMode("last"), src, labels, list(range(24)), len(trial_corpus.speakers), cfg, seed=0)
+    # chance is 0.5; the test trials (12, of the two speakers whose timbres this generator separates least) score
+    # coarser than dev
+    assert r.dev_metric < 0.25 and r.test_metric < 0.5, (r.dev_metric, r.test_metric)
+    again = train_probe(task, LayerMode("last"), src, labels, list(range(24)), len(trial_corpus.speakers), cfg, seed=0)
+    assert (again.dev_metric, again.test_metric, again.steps) == (r.dev_metric, r.test_metric, r.steps)
+    assert not task.finetunable and not task.pooled and task.metric is EER
+
+
+def test_speaker_verification_without_trial_speakers_names_the_file(tmp_path):
+    corpus = make_tiny_corpus(tmp_path / "c")
+    with pytest.raises(ValueError, match=r"task speaker_verification: .*trials\.jsonl: missing: corpus 'tiny' has no "
+                                         r"held-out trial speakers"):
+        get_task("speaker_verification").check(corpus)
