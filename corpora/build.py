@@ -15,7 +15,8 @@ from typing import Any
 
 from core.io import atomic_write_json, sha256_json
 from corpora.manifest import SPLITS, Corpus, Utterance, is_prepared, load_corpus, write_corpus_info, write_manifest
-from corpora.validate import Issues, validate_records
+from corpora.trials import TRIAL_SPLITS, make_trials, write_trials
+from corpora.validate import Issues, check_alignment, validate_records
 from corpora.verify import default_workers, verify_audio
 
 
@@ -59,18 +60,24 @@ def staging_dir(out_dir: Path) -> Path:
 
 def commit(stage: Path, out_dir: Path, name: str, utts: list[Utterance], where: list[str], issues: Issues,
            config: dict[str, Any], info: dict[str, Any], closed_set_speakers: bool, verify: bool = True,
-           workers: int | None = None, progress: bool = True) -> Corpus:
+           workers: int | None = None, progress: bool = True, trials: list[Utterance] | None = None,
+           trial_seed: int = 0) -> Corpus:
     """Validate (decoding every audio file when `verify`), write manifests then corpus.json into `stage`, and
-    move it to `out_dir`. Relative audio paths are relative to `stage` (the corpus directory to be)."""
+    move it to `out_dir`. Relative audio paths are relative to `stage` (the corpus directory to be).
+
+    `trials`: utterances of held-out speakers (split dev or test) for speaker verification, written with their
+    trial list beside the manifests (corpora.trials); the manifests of the splits do not change."""
+    trials = list(trials or [])
     try:
         t0 = time.perf_counter()
         if verify:
             files = [(Path(u.path) if Path(u.path).is_absolute() else stage / u.path, u.num_samples, w)
-                     for u, w in zip(utts, where)]
+                     for u, w in zip(utts + trials, where + [f"trial utterance {u.id} ({u.path})" for u in trials])]
             for w, problem in verify_audio(files, workers or default_workers(), progress):
                 issues.add(w, problem)
         verify_seconds = round(time.perf_counter() - t0, 1)
         phones, speakers = validate_records(utts, where, issues, closed_set_speakers)
+        trial_info = _check_trials(trials, utts, issues)
         issues.raise_if_any(f"cannot prepare corpus {name!r} into {out_dir}")
         counts = {}
         for split in SPLITS:
@@ -81,6 +88,12 @@ def commit(stage: Path, out_dir: Path, name: str, utts: list[Utterance], where: 
         full_info = {**info, "config": config, "config_hash": sha256_json(config), "splits": counts,
                      "closed_set_speakers": closed_set_speakers, "audio_verified": verify,
                      "verify_seconds": verify_seconds if verify else None}
+        if trials:
+            made = make_trials(trials, trial_seed)
+            write_trials(stage, trials, made)
+            full_info["trials"] = {s: {**trial_info[s], "target": sum(t.same for t in made if t.split == s),
+                                       "nontarget": sum(not t.same for t in made if t.split == s)}
+                                   for s in TRIAL_SPLITS}
         write_corpus_info(stage, name, phones, speakers, full_info)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -93,6 +106,26 @@ def commit(stage: Path, out_dir: Path, name: str, utts: list[Utterance], where: 
     stage.rename(out_dir)
     shutil.rmtree(old, ignore_errors=True)
     return load_corpus(out_dir)
+
+
+def _check_trials(trials: list[Utterance], utts: list[Utterance], issues: Issues) -> dict[str, dict[str, int]]:
+    """Trial utterances are dev or test utterances of speakers outside every split, with unique ids."""
+    probe_speakers = {u.speaker for u in utts}
+    seen = {u.id for u in utts}
+    for u in trials:
+        w = f"trial utterance {u.id}"
+        if u.split not in TRIAL_SPLITS:
+            issues.add(w, f"split {u.split!r}: trial utterances belong to {list(TRIAL_SPLITS)}")
+        if u.speaker in probe_speakers:
+            issues.add(w, f"speaker {u.speaker!r} is also in the corpus's splits: trial speakers are held out")
+        if u.id in seen:
+            issues.add(w, "duplicate utterance id")
+        seen.add(u.id)
+        if u.alignment is not None:
+            check_alignment(u.alignment, u.num_samples, w, issues)
+    return {s: {"utterances": sum(u.split == s for u in trials), "speakers": len({u.speaker for u in trials
+                                                                                if u.split == s})}
+            for s in TRIAL_SPLITS}
 
 
 def write_texts(stage: Path, texts: dict[str, str]) -> None:

@@ -1,4 +1,4 @@
-"""Probe labels per split (frame phones or utterance speakers) and length-bucketed batching."""
+"""Probe labels per split (frame phones, utterance classes or label sequences) and length-bucketed batching."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,17 +14,21 @@ from downstream.tasks import LabelSource, TaskSpec
 
 @dataclass(frozen=True)
 class SplitLabels:
-    """Labels of one split for one label source: per-utterance frame arrays or one class id per utterance."""
+    """Labels of one split for one label source: per-utterance frame arrays, one class id per utterance, or one
+    label sequence per utterance (the field named by the source's `LabelSource.field`; the others are None)."""
 
-    frames: list[np.ndarray] | None  # per="frame": (n_frames,) int64 per utterance
-    utt: np.ndarray | None  # per="utterance": (n_utts,) int64
+    frames: list[np.ndarray] | None = None  # per="frame": (n_frames,) int64 per utterance
+    utt: np.ndarray | None = None  # per="utterance": (n_utts,) int64
+    seqs: list[np.ndarray] | None = None  # per="sequence": (n_labels,) int64 per utterance
+    trials: np.ndarray | None = None  # verification trials: (n_trials, 3) int64 rows (utterance a, utterance b, same)
 
 
 def split_labels(corpus: Corpus, utts: list[Utterance], split: str, source: LabelSource,
                  rule: FrameRule) -> SplitLabels:
-    """Labels of `utts` from `source`, framed as an upstream with frame rule `rule` frames them."""
+    """Labels of `utts` from `source`, framed as an upstream with frame rule `rule` frames them (a source may return
+    several fields by name, e.g. speaker verification's trials)."""
     made = source.make(corpus, utts, split, rule)
-    return SplitLabels(made, None) if source.per == "frame" else SplitLabels(None, np.asarray(made, dtype=np.int64))
+    return SplitLabels(**made) if isinstance(made, dict) else SplitLabels(**{source.field: made})
 
 
 def num_classes(corpus: Corpus, task: TaskSpec) -> int:
@@ -52,7 +56,7 @@ class Targets:
         self.utt = labels.utt
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self.frames: np.ndarray | None = None
-        if task.level == "frame":
+        if task.frame_targets:
             if labels.frames is None:  # speaker label broadcast to every valid frame
                 assert labels.utt is not None
                 self.frames = np.repeat(labels.utt, lengths)
@@ -63,6 +67,11 @@ class Targets:
                         raise ValueError(f"{split} utterance #{i}: {len(y)} label frames but {n} feature frames")
                     parts.append(np.pad(y[:n], (0, max(0, n - len(y))), mode="edge"))
                 self.frames = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    @property
+    def rows(self) -> np.ndarray | None:
+        """The target of every row the stacked engine reads: each valid frame, or each utterance (its mean)."""
+        return self.frames if self.task.frame_targets else self.utt
 
     def batch(self, idx: list[int], select: np.ndarray | None = None) -> Tensor:
         """(B,) utterance targets, or the targets of the batch's flat frames (only `select` of them if given)."""

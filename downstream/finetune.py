@@ -7,14 +7,14 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.repro import seed_everything
 from corpora.manifest import PROBE_SPLITS
 from downstream.data import SplitLabels, Targets, frame_batches, length_batches
 from downstream.heads import Whitening, segment_mean
-from downstream.loop import Batch, progress_bar, train_loop
+from downstream.loop import Batch, TorchOptimizer, progress_bar, train_loop
+from downstream.metrics import UTT_ACC
 from downstream.modes import LayerMode
 from downstream.probe import INIT_LOCK, Probe, ProbeConfig, ProbeResult
 from downstream.sources import LiveSource
@@ -27,23 +27,24 @@ EVAL_FRAMES = 4096  # live evaluation: frames of audio per upstream forward
 @torch.no_grad()
 def score_live(probe: Probe, task: TaskSpec, source: LiveSource, split: str, targets: Targets,
                device: torch.device) -> tuple[float, float | None]:
-    """Accuracy over every labelled example of `split`, the upstream run on its audio (and the utterance accuracy
-    of frame logits averaged per utterance, for tasks with utt_metric)."""
+    """The task's metric over every labelled example of `split`, the upstream run on its audio (and the utterance
+    accuracy of frame logits averaged per utterance, for tasks with utt_metric), in float64."""
     probe.eval()
     lengths_all = source.lengths(split)
     L = source.num_hidden_states
-    correct = total = utt_correct = 0
+    metric = task.metric
+    assert metric.tally is not None, f"fine-tuning streams its evaluation: {metric.name} must be additive"
+    num = den = utt_num = 0
     for idx in frame_batches(lengths_all, EVAL_FRAMES):
         hidden, lengths = source.batch(split, idx, list(range(L)))
         logits = probe(hidden.to(device), lengths.to(device)).float().cpu()
-        target = targets.batch(idx)
-        correct += int((logits.argmax(-1) == target).sum())
-        total += len(target)
+        n, d = metric.tally(task.decode(logits), targets.batch(idx))
+        num, den = num + int(n), den + int(d)
         if task.utt_metric:
-            utt_correct += int((segment_mean(logits, lengths).argmax(-1) == targets.utterances(idx)).sum())
-    if total == 0:
+            utt_num += int(UTT_ACC.tally(segment_mean(logits, lengths).argmax(-1), targets.utterances(idx))[0])
+    if den == 0:
         raise ValueError(f"split {split!r} has no labelled frames to evaluate on")
-    return correct / total, (utt_correct / len(lengths_all) if task.utt_metric else None)
+    return num / den, (utt_num / len(lengths_all) if task.utt_metric else None)
 
 
 class LiveModel:
@@ -62,7 +63,7 @@ class LiveModel:
         idx = batch.data
         hidden, lens = self.live.batch("train", idx, list(range(self.live.num_hidden_states)), grad=True)
         logits = self.probe(hidden.to(self.device), lens.to(self.device))
-        return F.cross_entropy(logits, self.targets["train"].batch(idx).to(self.device))
+        return self.task.loss(logits, self.targets["train"].batch(idx).to(self.device), reduction="mean")
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -98,23 +99,6 @@ class LiveFeed:
         pass
 
 
-class TorchOptimizer:
-    """A torch optimiser as the loop's optimiser of one probe: learning-rate decay scales every group."""
-
-    def __init__(self, opt: torch.optim.Optimizer) -> None:
-        self.opt = opt
-
-    def step(self, active: Tensor) -> None:
-        self.opt.step()
-
-    def scale_lr(self, position: int, factor: float) -> None:
-        for g in self.opt.param_groups:
-            g["lr"] *= factor
-
-    def keep(self, positions: Tensor) -> None:
-        pass
-
-
 def finetune_probe(task: TaskSpec, frozen: ProbeResult, whiten: Whitening, live: LiveSource, upstream: nn.Module,
                    labels: dict[str, SplitLabels], train_idx: list[int], n_classes: int, cfg: ProbeConfig,
                    seed: int, device: torch.device | str = "cpu", progress: bool = False) -> ProbeResult:
@@ -122,6 +106,9 @@ def finetune_probe(task: TaskSpec, frozen: ProbeResult, whiten: Whitening, live:
     seed) until dev stops improving. `whiten` is the frozen probe's whitening of the last hidden state (fixed).
     Step 0 is the frozen probe, so dev can only match or beat it (up to the float16 storage of the cached
     features it was trained on); test is reported at the best dev point. The upstream is restored afterwards."""
+    if not task.finetunable:
+        raise ValueError(f"task {task.name}: fine-tuning trains classifiers of frames or utterance means; this task's "
+                         f"{task.engine} engine trains frozen probes only")
     t0 = time.perf_counter()
     device = torch.device(device)
     assert frozen.state is not None, "fine-tuning starts from a frozen probe's weights"
@@ -138,7 +125,7 @@ def finetune_probe(task: TaskSpec, frozen: ProbeResult, whiten: Whitening, live:
     lengths = live.lengths("train")
     targets = {s: Targets(task, labels[s], live.lengths(s), s) for s in PROBE_SPLITS}
     model = LiveModel(probe, upstream, live, targets, task, device)
-    stop = Stopping(1, cfg, eval_every=cfg.eval_every or cfg.min_eval_steps)
+    stop = Stopping(1, cfg, task.metric, eval_every=cfg.eval_every or cfg.min_eval_steps)
     if stop.update(0, model.score(model.ids)[0]):  # step 0: the frozen probe
         model.snapshot(0)
     bar = progress_bar(1, progress, f"{task.name}/finetune")

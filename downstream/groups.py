@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from core.repro import seed_everything
@@ -17,6 +16,7 @@ from downstream.data import Targets
 from downstream.feeds import EVAL_ROWS, ChunkFeed, RowStore, stored_bytes
 from downstream.heads import Whitening
 from downstream.loop import Batch, progress_bar, train_loop
+from downstream.metrics import UTT_ACC
 from downstream.modes import LayerMode
 from downstream.probe import INIT_LOCK, ProbeConfig, ProbeResult, ProbeSpec
 from downstream.sources import ArraySource
@@ -43,8 +43,8 @@ def resident_budget(device: torch.device) -> int:
 class StackedModel:
     """The loop's view of a group: stacked heads, the dev rows they are scored on, each probe's best weights."""
 
-    def __init__(self, heads: StackedHeads, dev: RowStore) -> None:
-        self.heads, self.dev = heads, dev
+    def __init__(self, heads: StackedHeads, dev: RowStore, task: TaskSpec) -> None:
+        self.heads, self.dev, self.task = heads, dev, task
         self.ids = torch.arange(heads.size)
         self.best = [p.detach().clone() for p in heads.params]  # every probe's weights at its best dev point
 
@@ -53,9 +53,9 @@ class StackedModel:
         sub = [p.index_select(0, pos.to(p.device)) for p in self.heads.params]
         logits = self.heads.forward(x, sub)  # (A', B, C)
         A, B = y.shape
-        ce = F.cross_entropy(logits.reshape(A * B, -1), y.reshape(-1), reduction="none").view(A, B)
+        per_row = self.task.loss(logits.reshape(A * B, -1), y.reshape(-1)).view(A, B)
         w = ok.float()
-        return ((ce * w).sum(1) / w.sum(1).clamp_min(1)).sum()
+        return ((per_row * w).sum(1) / w.sum(1).clamp_min(1)).sum()
 
     def zero_grad(self) -> None:
         for p in self.heads.params:
@@ -67,7 +67,8 @@ class StackedModel:
     @torch.no_grad()
     def score(self, positions: Tensor) -> list[float]:
         sub = [p.detach().index_select(0, positions.to(p.device)) for p in self.heads.params]
-        return (correct(self.heads, sub, self.dev)[0] / self.dev.n_rows).tolist()
+        num, den = tally(self.task, self.heads, sub, self.dev)[0]
+        return self.task.metric.reduce(num, den).tolist()  # an integer tally: float32 scores
 
     def snapshot(self, position: int) -> None:
         i = int(self.ids[position])
@@ -80,23 +81,31 @@ class StackedModel:
 
 
 @torch.no_grad()
-def correct(heads: StackedHeads, params: list[Tensor], store: RowStore,
-            keep_utt: bool = False) -> tuple[Tensor, Tensor | None]:
-    """Correct predictions of every probe of `params` over all rows of `store` (Q,), and with `keep_utt` the
-    per-utterance sums of their logits (Q, n_utts, C) for an utterance accuracy from frame logits."""
+def tally(task: TaskSpec, heads: StackedHeads, params: list[Tensor], store: RowStore,
+          keep_utt: bool = False) -> tuple[tuple[Tensor, Tensor], Tensor | None]:
+    """The metric's tally (numerator (Q,), denominator) of every probe of `params` over all rows of `store`, the
+    rows' predictions decoded by the task, and with `keep_utt` the per-utterance sums of their logits
+    (Q, n_utts, C) for an utterance score from frame logits. The task's metric must be additive (`Metric.tally`)."""
+    metric = task.metric
+    if metric.tally is None:
+        raise ValueError(f"task {task.name}: the stacked engine streams its rows and needs an additive metric "
+                         f"(Metric.tally); {metric.name} has none")
     Q = len(params[0])
-    right = torch.zeros(Q, dtype=torch.long, device=store.device)
+    num = torch.zeros(Q, dtype=torch.long, device=store.device)
+    den = torch.zeros((), dtype=torch.long)
     sums = None
     for blocks in store.chunks():
         ch = store.chunk(blocks)
         for a in range(0, len(ch.y), EVAL_ROWS):
             logits = heads.forward(ch.rows(a, a + EVAL_ROWS), params)  # (Q, n, C)
-            right += (logits.argmax(-1) == ch.y[a: a + EVAL_ROWS]).sum(1)
+            n, d = metric.tally(task.decode(logits), ch.y[a: a + EVAL_ROWS])
+            num += n
+            den += d.cpu()
             if keep_utt:
                 if sums is None:
                     sums = torch.zeros(Q, len(store.offsets) - 1, logits.shape[-1], device=store.device)
                 sums.index_add_(1, ch.utt[a: a + EVAL_ROWS].to(store.device), logits)
-    return right.cpu(), sums
+    return (num.cpu(), den), sums
 
 
 def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[Whitening], layers: list[int],
@@ -124,11 +133,11 @@ def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
             seed_everything(spec.seed)
             heads.append(task.head(rows.hidden_size, n_classes))
     stacked = StackedHeads(heads, len(layers), mode.kind == "weighted_sum", device, compute)
-    model = StackedModel(stacked, stores["dev"])
+    model = StackedModel(stacked, stores["dev"], task)
     opt = StackedOptimizer(cfg.optimizer, stacked, cfg.lr, cfg.momentum, cfg.weight_decay)
     gens = [torch.Generator().manual_seed(spec.seed * 1_000_003 + 1) for spec in probes]
     feed = ChunkFeed(stores["train"], member, gens, cfg.batch_size, compute)
-    stop = Stopping(P, cfg)
+    stop = Stopping(P, cfg, task.metric)
     bar = progress_bar(P, progress, f"{task.name}/{mode.label} x{P}")
     try:
         train_loop(model, feed, opt, stop, cfg.grad_clip, cfg.lr_decay, bar)
@@ -136,15 +145,17 @@ def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
         if bar is not None:
             bar.close()
     best = [b.to(device) for b in model.best]
-    test_right, utt_sums = correct(stacked, best, stores["test"], keep_utt=task.utt_metric)
+    (test_num, test_den), utt_sums = tally(task, stacked, best, stores["test"], keep_utt=task.utt_metric)
+    test = task.metric.reduce(test_num.double(), test_den)  # test in float64
     results = []
     for i in range(P):
         test_utt = None
         if task.utt_metric:
             assert utt_sums is not None and targets["test"].utt is not None
-            test_utt = float((utt_sums[i].argmax(-1).cpu() == torch.from_numpy(targets["test"].utt)).float().mean())
+            test_utt = float(UTT_ACC.reduce(*UTT_ACC.tally(utt_sums[i].argmax(-1).cpu(),
+                                                           torch.from_numpy(targets["test"].utt))))
         results.append(ProbeResult(
-            dev_metric=stop.best[i], test_metric=float(test_right[i]) / stores["test"].n_rows, test_utt_metric=test_utt,
+            dev_metric=stop.best[i], test_metric=float(test[i]), test_utt_metric=test_utt,
             best_step=int(stop.best_step[i]), steps=int(stop.steps[i]), converged=bool(stop.converged[i]),
             layer_weights=stacked.layer_weights(best, i), train_utts=0, train_frames=0, wall_seconds=0.0,
             state=stacked.state_of(best, i)))

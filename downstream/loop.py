@@ -65,6 +65,23 @@ class Feed(Protocol):
     def keep(self, positions: Tensor) -> None: ...
 
 
+class TorchOptimizer:
+    """A torch optimiser as the loop's optimiser of one probe: learning-rate decay scales every group."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.opt = opt
+
+    def step(self, active: Tensor) -> None:
+        self.opt.step()
+
+    def scale_lr(self, position: int, factor: float) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] *= factor
+
+    def keep(self, positions: Tensor) -> None:
+        pass
+
+
 def train_loop(model: Trainable, feed: Feed, opt: Optimizer, stop: Stopping, grad_clip: float, lr_decay: float,
                bar=None) -> None:
     """Train every probe of `model` until each has stopped (stopping rule `stop`) or the feed ends."""

@@ -11,7 +11,6 @@ import copy
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from core.repro import seed_everything
@@ -53,7 +52,8 @@ def _probe(task: TaskSpec, mode: LayerMode, rows: ArraySource, n_classes: int, s
 def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeSpec, cfg: ProbeConfig,
           device: torch.device) -> ProbeResult:
     probe.to(device)
-    stop = Stopping(1, cfg)
+    task = probe.task
+    stop = Stopping(1, cfg, task.metric)
     best = copy.deepcopy(probe.state_dict())
     idx = torch.as_tensor(list(spec.train_idx), dtype=torch.long)
     work = copy.deepcopy(probe).double()  # float32 gradients floor above the relative tolerance at weak L2
@@ -69,16 +69,16 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
             solved = False
             break
         work.train()
-        iters, ok = solve_l2(params, lambda: F.cross_entropy(work(xt), yt), penalised, l2, cfg.rtol, budget)
+        iters, ok = solve_l2(params, lambda: task.loss(work(xt), yt, reduction="mean"), penalised, l2, cfg.rtol, budget)
         solved &= ok
         stop.steps[0] += iters
         probe.load_state_dict(work.state_dict())  # copied into the float32 probe that is scored and kept
-        if stop.update(0, _accuracy(probe, x["dev"], y["dev"], device)):
+        if stop.update(0, _score(probe, x["dev"], y["dev"], device)):
             best = copy.deepcopy(probe.state_dict())
         if not cfg.fixed_steps and stop.since[0] >= cfg.patience:
             break
     probe.load_state_dict(best)
-    return ProbeResult(dev_metric=stop.best[0], test_metric=_accuracy(probe, x["test"], y["test"], device),
+    return ProbeResult(dev_metric=stop.best[0], test_metric=_score(probe, x["test"], y["test"], device),
                        test_utt_metric=None, best_step=stop.best_step[0], steps=int(stop.steps[0]),
                        converged=solved and not cfg.fixed_steps, layer_weights=probe.featurizer.layer_weights(),
                        train_utts=0, train_frames=0, wall_seconds=0.0,
@@ -86,8 +86,12 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
 
 
 @torch.no_grad()
-def _accuracy(probe: Probe, x: Tensor, y: Tensor, device: torch.device) -> float:
+def _score(probe: Probe, x: Tensor, y: Tensor, device: torch.device) -> float:
+    """The task's metric of the probe's decoded predictions, float32 as the path has always scored."""
     probe.eval()
     if len(y) == 0:
         raise ValueError("no labelled examples to evaluate on")
-    return float((probe(x.to(device)).argmax(-1).cpu() == y).float().mean())
+    metric = probe.task.metric
+    if metric.tally is None:
+        return metric(probe.task.decode(probe(x.to(device))).cpu(), y)
+    return float(metric.reduce(*metric.tally(probe.task.decode(probe(x.to(device))).cpu(), y)))

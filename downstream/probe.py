@@ -129,7 +129,7 @@ class Probe(nn.Module):
         """hidden (layers, n, D) -> logits (n, C); with `lengths`, frames are mean-pooled per utterance
         first for utterance-level tasks (live fine-tuning; cached utterance examples are already means)."""
         x = self.featurizer(hidden)
-        if lengths is not None and self.task.level == "utterance":
+        if lengths is not None and self.task.pooled:
             x = segment_mean(x, lengths)
         if self.whiten is not None:
             x = self.whiten(x)

@@ -1,25 +1,24 @@
 """The stopping rule every probe trains under, kept per probe: best dev point, patience, learning-rate decay, cap."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
+from downstream.metrics import Metric
 from downstream.probe import ProbeConfig
 
 
 class Stopping:
-    """The state of the rule for P probes, by probe id: the best dev metric and its step, evaluations without a
-    gain of `min_delta` (after `patience` of them the probe has converged; every `patience // 2` of them its step is
+    """The state of the rule for P probes, by probe id: the best dev metric (the highest, or the lowest for a
+    lower-is-better `metric`) and its step, evaluations without a gain of `min_delta` (after `patience` of them the probe has converged; every `patience // 2` of them its step is
     scaled by `lr_decay`), the `max_steps` cap (a probe stopped there has not converged), and when dev is due:
     every `eval_every` steps, or at the end of each pass over the data at least `min_eval_steps` steps after the
     last evaluation (`eval_every` 0)."""
 
-    def __init__(self, P: int, cfg: ProbeConfig, eval_every: int | None = None) -> None:
-        self.cfg = cfg
+    def __init__(self, P: int, cfg: ProbeConfig, metric: Metric, eval_every: int | None = None) -> None:
+        self.cfg, self.metric = cfg, metric
         self.eval_every = cfg.eval_every if eval_every is None else eval_every
-        self.best = [-math.inf] * P
+        self.best = [metric.worst] * P
         self.best_step = [0] * P
         self.since = [0] * P  # evaluations since the last improvement of at least min_delta
         self.steps = torch.zeros(P, dtype=torch.long)
@@ -31,9 +30,9 @@ class Stopping:
         """Record probe i's dev metric at its current step; True when it is the new best (keep its weights)."""
         cfg, step = self.cfg, int(self.steps[i])
         self.last_eval[i] = step
-        improved = metric > self.best[i]
+        improved = self.metric.better(metric, self.best[i])
         if improved:
-            self.since[i] = 0 if metric >= self.best[i] + cfg.min_delta else self.since[i] + 1
+            self.since[i] = 0 if self.metric.gained(metric, self.best[i], cfg.min_delta) else self.since[i] + 1
             self.best[i], self.best_step[i] = metric, step
         else:
             self.since[i] += 1

@@ -1,7 +1,8 @@
-"""THE task registry: each probe task is one declarative spec (labels, level, head, metric).
+"""THE task registry: each probe task is one declarative spec (labels, level, head, loss, decoder, metric, engine).
 
-Nothing else in `downstream/` branches on a task's name or on where its labels come from: the spec carries
-the label function, the head factory and the metric. Adding a task is one entry in `TASKS` (plus its test).
+Nothing else in `downstream/` branches on a task's name or level: a consumer asks the spec (its metric and
+direction, whether its examples are utterance means, which engine trains it, what a corpus must hold for it).
+Adding a task is one entry in `TASKS` (plus its test). docs/tasks.md describes each task and its sources.
 """
 from __future__ import annotations
 
@@ -9,13 +10,22 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import numpy as np
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from core.frames import FrameRule
 from corpora.labels import frame_labels
-from corpora.manifest import Corpus, Utterance
+from corpora.manifest import PROBE_SPLITS, Corpus, Utterance
+from corpora.trials import TRIALS_LIST, read_trials
+from downstream.metrics import EER, FRAME_ACC, PER, UTT_ACC, Metric
 
-Level = Literal["frame", "utterance"]
+# what one prediction is about: a frame, an utterance, or an utterance's label SEQUENCE (no alignment given)
+Level = Literal["frame", "utterance", "sequence"]
+# which trainer of downstream/ fits the task (downstream.train.ENGINES): stacked classifiers over rows (frames or
+# utterance means; the L2 path for the latter), CTC over whole utterances (downstream.ctc), speaker embeddings
+# scored on verification trials (downstream.verification)
+Engine = Literal["stacked", "ctc", "verification"]
 
 
 @dataclass(frozen=True)
@@ -23,17 +33,62 @@ class LabelSource:
     """Where a task's labels come from.
 
     `per`: "frame" gives one label per upstream frame (placed by the upstream's frame rule, core.frames),
-    "utterance" one label per utterance (broadcast to every valid frame by frame-level tasks).
+    "utterance" one label per utterance (broadcast to every valid frame by frame-level tasks), "sequence" one
+    label sequence per utterance (its phones in order, no timing).
     `closed_set`: every class must keep a training utterance at every label fraction (speaker ID).
+    `require`: raises a ValueError naming the file when a corpus cannot give these labels (before any extraction).
     """
 
     name: str  # tasks that share a source share its labels (computed once per upstream)
     per: Level
     classes: Callable[[Corpus], list[str]]
-    # (corpus, utterances, split name, frame rule) -> one (n_frames,) int64 array per utterance (per="frame")
-    # or one (n_utts,) int64 array (per="utterance")
+    # (corpus, utterances, split name, frame rule) -> one (n_frames,) int64 array per utterance (per="frame"),
+    # one (n_utts,) int64 ndarray (per="utterance"), or one (n_labels,) int64 array per utterance (per="sequence")
     make: Callable[[Corpus, list[Utterance], str, FrameRule], "list[np.ndarray] | np.ndarray"]
     closed_set: bool = False
+    require: Callable[[Corpus], None] | None = None
+    # (corpus, split) -> the utterances a split reads (None: the split's manifest); speaker verification scores
+    # trials of held-out speakers' utterances in dev and test
+    utterances: Callable[[Corpus, str], list[Utterance]] | None = None
+
+    def split_utterances(self, corpus: Corpus, split: str) -> list[Utterance]:
+        return corpus.utterances(split) if self.utterances is None else self.utterances(corpus, split)
+
+    @property
+    def field(self) -> str:
+        """The field of downstream.data.SplitLabels that holds these labels."""
+        return {"frame": "frames", "utterance": "utt", "sequence": "seqs"}[self.per]
+
+
+def _manifest(corpus: Corpus, split: str) -> str:
+    return str(corpus.root / f"{split}.jsonl")
+
+
+def require_alignments(corpus: Corpus, what: str = "phone labels") -> None:
+    """Every utterance of the probe splits carries a phone alignment (transcription with timing)."""
+    for split in PROBE_SPLITS:
+        utts = corpus.utterances(split)
+        if not utts:
+            raise ValueError(f"{_manifest(corpus, split)}: the {split} split is missing or empty ({what} need "
+                             f"train, dev and test utterances)")
+        missing = [u.id for u in utts if not u.alignment]
+        if missing:
+            raise ValueError(f"{_manifest(corpus, split)}: {len(missing)} of {len(utts)} utterances have no phone "
+                             f"transcription ('alignment'), e.g. {missing[0]}: {what} need one for every utterance")
+
+
+def require_closed_set_speakers(corpus: Corpus) -> None:
+    """Every dev and test speaker is one of the train split's speakers (closed-set speaker identification)."""
+    if corpus.info.get("closed_set_speakers", True) is False:
+        raise ValueError(f"{corpus.root / 'corpus.json'}: its speakers are open-set (closed_set_speakers: false: "
+                         f"dev/test speakers are not train speakers, as in TIMIT): a closed-set speaker task cannot "
+                         f"score them; use the phone tasks")
+    known = set(corpus.speakers)
+    for split in PROBE_SPLITS:
+        unknown = sorted({u.speaker for u in corpus.utterances(split) if u.speaker not in known})
+        if unknown:
+            raise ValueError(f"{_manifest(corpus, split)}: speakers not among corpus.json's probe speakers "
+                             f"(closed-set speaker ID needs them in train): {unknown[:5]}")
 
 
 def _phone_labels(corpus: Corpus, utts: list[Utterance], split: str, rule: FrameRule) -> list[np.ndarray]:
@@ -50,8 +105,73 @@ def _speaker_labels(corpus: Corpus, utts: list[Utterance], split: str, rule: Fra
     return np.array([index[u.speaker] for u in utts], dtype=np.int64)
 
 
-PHONES = LabelSource("phone", "frame", lambda c: list(c.phones), _phone_labels)
-SPEAKERS = LabelSource("speaker", "utterance", lambda c: list(c.speakers), _speaker_labels, closed_set=True)
+# Silence is not a phone of SUPERB's PR references: s3prl phonemizes each word transcription with a lexicon
+# (downstream/ctc/corpus/libriphone.py), so no SIL token occurs in them. The corpora here mark silence as `sil`
+# (TIMIT-39 fold, the built-in corpus) or SIL / sp / spn (Kaldi / MFA style).
+SILENCE: frozenset[str] = frozenset({"sil", "SIL", "sp", "spn", "SPN", "h#", "pau", "epi"})
+
+
+def phone_classes(corpus: Corpus) -> list[str]:
+    """The phone sequence vocabulary: the corpus's phones without silence (index = class id)."""
+    return [p for p in corpus.phones if p not in SILENCE]
+
+
+def phone_sequence(utt: Utterance, index: dict[str, int]) -> np.ndarray:
+    """An utterance's phones in order: one per alignment segment, adjacent segments of the same phone merged (the
+    alignment's runs), silence dropped. Phones either side of a silence stay two phones."""
+    if not utt.alignment:
+        raise ValueError(f"utterance {utt.id} has no phone transcription ('alignment')")
+    out: list[int] = []
+    prev = None
+    for seg in utt.alignment:
+        if seg.phone != prev and seg.phone not in SILENCE:
+            if seg.phone not in index:
+                raise ValueError(f"utterance {utt.id}: phone {seg.phone!r} is not in the phone vocabulary")
+            out.append(index[seg.phone])
+        prev = seg.phone
+    return np.array(out, dtype=np.int64)
+
+
+def _phone_sequences(corpus: Corpus, utts: list[Utterance], split: str, rule: FrameRule) -> list[np.ndarray]:
+    index = {p: i for i, p in enumerate(phone_classes(corpus))}
+    try:
+        return [phone_sequence(u, index) for u in utts]
+    except ValueError as e:
+        raise ValueError(f"{_manifest(corpus, split)}: {e}") from None
+
+
+def _trial_utterances(corpus: Corpus, split: str) -> list[Utterance]:
+    return corpus.utterances("train") if split == "train" else read_trials(corpus)[0][split]
+
+
+def _trial_labels(corpus: Corpus, utts: list[Utterance], split: str, rule: FrameRule) -> dict[str, np.ndarray]:
+    """train: the closed-set speaker of every utterance; dev / test: the split's trials as (n_trials, 3) int64 rows
+    (position of utterance a in `utts`, of utterance b, 1 when they share a speaker)."""
+    if split == "train":
+        return {"utt": _speaker_labels(corpus, utts, split, rule)}
+    at = {u.id: i for i, u in enumerate(utts)}
+    trials = read_trials(corpus)[1][split]
+    missing = [t.a for t in trials if t.a not in at] + [t.b for t in trials if t.b not in at]
+    if missing:
+        raise ValueError(f"{corpus.root / TRIALS_LIST}: trial utterance {missing[0]} is not among the {split} "
+                         f"utterances given")
+    return {"trials": np.array([[at[t.a], at[t.b], int(t.same)] for t in trials], dtype=np.int64)}
+
+
+def require_trials(corpus: Corpus) -> None:
+    require_closed_set_speakers(corpus)  # the embedding is trained as a classifier of the train speakers
+    read_trials(corpus)
+
+
+PHONES = LabelSource("phone", "frame", lambda c: list(c.phones), _phone_labels, require=require_alignments)
+SPEAKERS = LabelSource("speaker", "utterance", lambda c: list(c.speakers), _speaker_labels, closed_set=True,
+                       require=require_closed_set_speakers)
+PHONE_SEQUENCES = LabelSource("phone_sequence", "sequence", phone_classes, _phone_sequences,
+                              require=lambda c: require_alignments(c, "phone sequences (phone_ctc)"))
+
+
+SPEAKER_TRIALS = LabelSource("speaker_trials", "utterance", lambda c: list(c.speakers), _trial_labels, closed_set=True,
+                             require=require_trials, utterances=_trial_utterances)
 
 
 def linear_head(in_dim: int, n_classes: int) -> nn.Module:
@@ -70,45 +190,172 @@ def one_hidden_head(width: int = 768) -> Callable[[int, int], nn.Module]:
     return make
 
 
+class XVectorHead(nn.Module):
+    """Statistics pooling -> Linear -> embedding; ReLU -> Linear -> speaker logits (the x-vector recipe's segment
+    part, Snyder et al. 2018, cut to one embedding layer). Trained as a speaker classifier on the train speakers;
+    trials are scored on the embeddings (`embed`)."""
+
+    def __init__(self, in_dim: int, n_classes: int, embed_dim: int = 128) -> None:
+        super().__init__()
+        self.embedding = nn.Linear(2 * in_dim, embed_dim)
+        self.classifier = nn.Linear(embed_dim, n_classes)
+
+    def embed(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """Flat frames x (sum of lengths, D), lengths (B,) -> (B, embed_dim): mean and standard deviation over each
+        utterance's valid frames, then the affine embedding layer."""
+        seg = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), lengths.to(x.device))
+        n = lengths.clamp_min(1).to(x.device, x.dtype)[:, None]
+        mean = torch.zeros(len(lengths), x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, seg, x) / n
+        sq = torch.zeros_like(mean).index_add_(0, seg, x * x) / n
+        std = (sq - mean * mean).clamp_min(1e-6).sqrt()
+        return self.embedding(torch.cat([mean, std], 1))
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        return self.classifier(torch.relu(self.embed(x, lengths)))
+
+
+def xvector_head(embed_dim: int = 128) -> Callable[[int, int], nn.Module]:
+    def make(in_dim: int, n_classes: int) -> nn.Module:
+        return XVectorHead(in_dim, n_classes, embed_dim)
+    return make
+
+
+def cosine_trials(embeddings: Tensor, trials: np.ndarray) -> np.ndarray:
+    """Cosine similarity of the two utterances' embeddings of every trial (rows (a, b, same))."""
+    e = F.normalize(embeddings.double(), dim=1)
+    a, b = torch.from_numpy(trials[:, 0]), torch.from_numpy(trials[:, 1])
+    return (e[a] * e[b]).sum(1).numpy()
+
+
+def cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "none") -> Tensor:
+    """(N, C) logits, (N,) class ids -> (N,) losses (the engines weight and average them), or their mean."""
+    return F.cross_entropy(logits, targets, reduction=reduction)
+
+
+def argmax(logits: Tensor) -> Tensor:
+    return logits.argmax(-1)
+
+
+# CTC: the blank is class 0 of the head's outputs, the labels are 1..C (s3prl's ctc expert uses its tokenizer's
+# padding id 0 as the blank); zero_infinity as s3prl's libriphone.yaml, for a target longer than its frames.
+CTC_BLANK = 0
+
+
+def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor) -> Tensor:
+    """(T, B, C + 1) log-probabilities, (B, S) padded targets in 1..C -> (B,) losses, each divided by its target
+    length (torch's reduction 'mean', kept per utterance)."""
+    loss = F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=CTC_BLANK, reduction="none",
+                      zero_infinity=True)
+    return loss / target_lengths.clamp_min(1).to(loss.dtype)
+
+
+def ctc_greedy(log_probs: Tensor, lengths: Tensor) -> list[list[int]]:
+    """Greedy CTC decoding: the best class of every valid frame, runs merged, blanks dropped; labels 0..C-1.
+    log_probs (B, T, C + 1), lengths (B,)."""
+    best = log_probs.argmax(-1).cpu()
+    out = []
+    for b, n in zip(best, lengths.tolist()):
+        seq = torch.unique_consecutive(b[:n])
+        out.append([int(k) - 1 for k in seq if int(k) != CTC_BLANK])
+    return out
+
+
 @dataclass(frozen=True)
 class TaskSpec:
-    """A probe: which labels, predicted per frame or per utterance, by which head, scored how.
+    """A probe: which labels, predicted per frame, per utterance or as a sequence, by which head, trained with which
+    loss by which engine, decoded how and scored by which metric (its direction: `metric.direction`).
 
-    The metric is accuracy over the task's examples (frames for frame-level tasks, utterances for
-    utterance-level ones); `metric` names it in the result rows. `utt_metric` also reports, for a
-    frame-level task with utterance labels, the utterance accuracy of frame logits averaged per utterance.
+    `utt_metric` also reports, for a frame-level task with utterance labels, the utterance accuracy of frame
+    logits averaged per utterance (`test_utt_metric`).
     """
 
     name: str
     labels: LabelSource
     level: Level  # "utterance": hidden states are mean-pooled over valid frames before the head
-    head: Callable[[int, int], nn.Module]  # (input dim, classes) -> module mapping (n, D) to (n, C) logits
-    metric: str
-    linear: bool  # the head is one Linear layer: a convex probe, so a converged reference exists (certificate)
+    head: Callable[[int, int], nn.Module]  # (input dim, outputs) -> module mapping (n, D) to (n, outputs)
+    metric: Metric
+    # the head is one Linear layer under a convex loss (cross-entropy): a converged reference exists (certificate);
+    # a linear CTC head is not convex in its weights
+    linear: bool
     utt_metric: bool = False
     description: str = ""
+    loss: Callable[..., Tensor] = cross_entropy  # the engine's loss: per example, unreduced
+    decode: Callable[..., object] = argmax  # outputs -> predictions the metric scores
+    engine: Engine = "stacked"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.metric, Metric):
+            raise TypeError(f"task {self.name}: metric must be a downstream.metrics.Metric, got {self.metric!r}")
         if self.utt_metric and (self.level != "frame" or self.labels.per != "utterance"):
             raise ValueError(f"task {self.name}: utt_metric needs frame-level training on utterance labels")
         if self.level == "utterance" and self.labels.per != "utterance":
             raise ValueError(f"task {self.name}: an utterance-level task needs utterance labels")
+        if (self.level == "sequence") != (self.labels.per == "sequence"):
+            raise ValueError(f"task {self.name}: sequence labels go with the sequence level, and only with it")
+        if (self.engine == "ctc") != (self.level == "sequence"):
+            raise ValueError(f"task {self.name}: the ctc engine trains sequence-level tasks, and only it does")
+
+    @property
+    def pooled(self) -> bool:
+        """Whether the examples are utterance means (the mean commutes with the layer choice and the weighted sum:
+        downstream.sources.PooledSource) rather than frames."""
+        return self.level == "utterance" and self.engine == "stacked"
+
+    @property
+    def frame_targets(self) -> bool:
+        """Whether every valid frame is an example with its own target (utterance labels broadcast to frames)."""
+        return self.level == "frame"
+
+    @property
+    def finetunable(self) -> bool:
+        """Whether downstream.finetune can train it (a classifier of frames or utterance means)."""
+        return self.engine == "stacked"
+
+    def outputs(self, n_classes: int) -> int:
+        """The head's output size for `n_classes` labels (CTC adds its blank)."""
+        return n_classes + 1 if self.engine == "ctc" else n_classes
+
+    def utterances(self, corpus: Corpus, split: str) -> list[Utterance]:
+        """The utterances whose features split `split` of this task reads, in order."""
+        return self.labels.split_utterances(corpus, split)
+
+    def check(self, corpus: Corpus) -> None:
+        """ValueError, naming the file, when `corpus` cannot serve this task: call it before any extraction."""
+        if self.labels.require is not None:
+            try:
+                self.labels.require(corpus)
+            except ValueError as e:
+                raise ValueError(f"task {self.name}: {e}") from None
 
 
-# The four s3prl legacy probes used by TERA and AALBERT (s3prl legacy downstream tasks; TERA, TASLP 2021).
+# The four s3prl legacy probes used by TERA and AALBERT (s3prl legacy downstream tasks; TERA, TASLP 2021): docs/tasks.md.
 TASKS: dict[str, TaskSpec] = {
-    "phone_linear": TaskSpec("phone_linear", PHONES, "frame", linear_head, "frame_acc", linear=True,
+    "phone_linear": TaskSpec("phone_linear", PHONES, "frame", linear_head, FRAME_ACC, linear=True,
                              description="Linear(D, phones) per frame"),
-    "phone_1hidden": TaskSpec("phone_1hidden", PHONES, "frame", one_hidden_head(768), "frame_acc", linear=False,
+    "phone_1hidden": TaskSpec("phone_1hidden", PHONES, "frame", one_hidden_head(768), FRAME_ACC, linear=False,
                               description="Linear(D, 768) -> ReLU -> Linear(768, phones) per frame"),
-    "speaker_utterance": TaskSpec("speaker_utterance", SPEAKERS, "utterance", linear_head, "utt_acc", linear=True,
+    "speaker_utterance": TaskSpec("speaker_utterance", SPEAKERS, "utterance", linear_head, UTT_ACC, linear=True,
                                   description="mean over valid frames -> Linear(D, speakers)"),
-    "speaker_frame": TaskSpec("speaker_frame", SPEAKERS, "frame", linear_head, "frame_acc", linear=True,
+    "speaker_frame": TaskSpec("speaker_frame", SPEAKERS, "frame", linear_head, FRAME_ACC, linear=True,
                               utt_metric=True, description="Linear(D, speakers) per frame"),
 }
 
+# SUPERB's tasks (docs/tasks.md). Registered apart from TASKS, which the harness (benchmark/) plans, lists and runs
+# as its main job, until the harness extracts what they read (the trial utterances of speaker verification) and
+# carries their metrics' directions through its report.
+SUPERB_TASKS: dict[str, TaskSpec] = {
+    "phone_ctc": TaskSpec("phone_ctc", PHONE_SEQUENCES, "sequence", linear_head, PER, linear=False,
+                          loss=ctc_loss, decode=ctc_greedy, engine="ctc",
+                          description="Linear(D, phones + blank) per frame, CTC, greedy decoding"),
+    "speaker_verification": TaskSpec("speaker_verification", SPEAKER_TRIALS, "utterance", xvector_head(128), EER,
+                                     linear=False, decode=cosine_trials, engine="verification",
+                                     description="mean + std pooling -> Linear(2D, 128) embedding (trained: ReLU -> "
+                                                 "Linear(128, speakers)), trials scored by cosine similarity"),
+}
+ALL_TASKS: dict[str, TaskSpec] = {**TASKS, **SUPERB_TASKS}
+
 
 def get_task(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
-    return TASKS[name]
+    if name not in ALL_TASKS:
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join(ALL_TASKS)}")
+    return ALL_TASKS[name]

@@ -9,39 +9,48 @@ import numpy as np
 import soundfile as sf
 
 from corpora.manifest import Corpus, Segment, Utterance, load_corpus, write_corpus_info, write_manifest
+from corpora.trials import make_trials, write_trials
 
 PHONES = ("sil", "a", "b", "c")
 SR = 16_000
 
 
 def make_tiny_corpus(root: Path, n_speakers: int = 4, per_speaker: dict[str, int] | None = None,
-                     seed: int = 0) -> Corpus:
-    """Each phone is a tone, each speaker a harmonic colour + level; utterances 0.3-0.6 s, 16 kHz."""
+                     seed: int = 0, trial_speakers: int = 0, trial_per_speaker: int = 3) -> Corpus:
+    """Each phone is a tone, each speaker a harmonic colour + level; utterances 0.3-0.6 s, 16 kHz. With
+    `trial_speakers`, held-out speakers (half for dev trials, half for test trials) and their trial list
+    (corpora.trials), drawn after everything else: the splits are the same with or without them."""
     per_speaker = per_speaker or {"train": 6, "dev": 2, "test": 2}
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     (root / "wav").mkdir(exist_ok=True)
     speakers = [f"spk{i}" for i in range(n_speakers)]
+
+    def utterance(split: str, si: int, j: int) -> Utterance:
+        spk = f"spk{si}"
+        segs, parts, pos = [], [], 0
+        for _ in range(int(rng.integers(3, 6))):
+            p = int(rng.integers(0, len(PHONES)))
+            n = int(rng.integers(1000, 1800))
+            t = np.arange(n) / SR
+            f0 = 200.0 + 250.0 * p
+            x = np.sin(2 * np.pi * f0 * t) + (0.2 + 0.2 * si) * np.sin(2 * np.pi * (2 + si) * f0 * t)
+            x = 0.05 * x if p == 0 else x
+            parts.append(x * (0.2 + 0.05 * si))
+            segs.append(Segment(PHONES[p], pos, pos + n))
+            pos += n
+        wav = np.concatenate(parts) + 0.01 * rng.standard_normal(pos)
+        uid = f"{split}-{spk}-{j}"
+        sf.write(root / "wav" / f"{uid}.wav", wav.astype(np.float32), SR)
+        return Utterance(uid, f"wav/{uid}.wav", SR, pos, spk, split, tuple(segs))  # type: ignore[arg-type]
+
     for split, n_per in per_speaker.items():
-        utts = []
-        for si, spk in enumerate(speakers):
-            for j in range(n_per):
-                segs, parts, pos = [], [], 0
-                for _ in range(int(rng.integers(3, 6))):
-                    p = int(rng.integers(0, len(PHONES)))
-                    n = int(rng.integers(1000, 1800))
-                    t = np.arange(n) / SR
-                    f0 = 200.0 + 250.0 * p
-                    x = np.sin(2 * np.pi * f0 * t) + (0.2 + 0.2 * si) * np.sin(2 * np.pi * (2 + si) * f0 * t)
-                    x = 0.05 * x if p == 0 else x
-                    parts.append(x * (0.2 + 0.05 * si))
-                    segs.append(Segment(PHONES[p], pos, pos + n))
-                    pos += n
-                wav = np.concatenate(parts) + 0.01 * rng.standard_normal(pos)
-                uid = f"{split}-{spk}-{j}"
-                sf.write(root / "wav" / f"{uid}.wav", wav.astype(np.float32), SR)
-                utts.append(Utterance(uid, f"wav/{uid}.wav", SR, pos, spk, split, tuple(segs)))  # type: ignore[arg-type]
+        utts = [utterance(split, si, j) for si in range(n_speakers) for j in range(n_per)]
         write_manifest(root / f"{split}.jsonl", utts)
+    if trial_speakers:
+        trial = [utterance("dev" if k < trial_speakers // 2 else "test", n_speakers + k, j)
+                 for k in range(trial_speakers) for j in range(trial_per_speaker)]
+        write_trials(root, trial, make_trials(trial, seed))
     write_corpus_info(root, "tiny", list(PHONES), speakers, {"generator": "tests.fixtures"})
     return load_corpus(root)
 

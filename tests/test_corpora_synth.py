@@ -10,12 +10,13 @@ from corpora import ensure_default_corpus, load_corpus, prepare_corpus
 from corpora.labels import frame_labels
 from corpora.synth import signal
 from corpora.synth.build import SynthConfig, quick_config
+from corpora.trials import read_trials
 from corpora.synth.espeak import ESpeak
 from corpora.synth.phones import CLASSES, to_class
 from corpora.synth.text import all_words, sentence
 
 TINY = dict(probe_speakers=3, train_per_speaker=8, dev_per_speaker=1, test_per_speaker=1, pretrain_speakers=2,
-            pretrain_hours=0.004)
+            pretrain_hours=0.004, trial_speakers=4, trial_per_speaker=2)
 
 
 def test_every_grammar_word_maps_to_a_class():
@@ -57,10 +58,10 @@ def test_sentences_are_deterministic_and_in_range():
     assert all(8 <= len(sentence(r).split()) <= 15 for _ in range(50))
 
 
-def _digest(root: Path) -> str:
+def _digest(root: Path, skip=lambda p: False) -> str:
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != "corpus.json":  # corpus.json records the build time
+        if p.is_file() and p.name != "corpus.json" and not skip(p.relative_to(root)):  # corpus.json: the build time
             h.update(p.relative_to(root).as_posix().encode())
             h.update(p.read_bytes())
     return h.hexdigest()
@@ -80,6 +81,24 @@ def test_synth_corpus_is_deterministic_and_idempotent(tiny, tmp_path):
     assert (tiny.root / "corpus.json").stat().st_mtime_ns == mtime and again.info == tiny.info
     changed = prepare_corpus("synth", tmp_path / "c3", workers=2, progress=False, **{**TINY, "seed": 1})
     assert _digest(changed.root) != _digest(tiny.root)
+
+
+def test_trial_speakers_add_files_and_change_none(tiny, tmp_path):
+    """The held-out trial speakers are synthesised last: without them (the config of a corpus prepared before they
+    existed) every other file is the same bytes; with them only trials.jsonl, trials.txt and their audio are added."""
+    without = prepare_corpus("synth", tmp_path / "c0", workers=2, progress=False, **{**TINY, "trial_speakers": 0})
+    assert "trial_speakers" not in without.info["config"] and not (without.root / "trials.jsonl").exists()
+    trial_files = lambda p: p.name.startswith("trials.") or p.parts[:2] in {("audio", "t000"), ("audio", "t001"),  # noqa: E731
+                                                                            ("audio", "t002"), ("audio", "t003")}
+    assert _digest(tiny.root, trial_files) == _digest(without.root)
+    utts, trials = read_trials(tiny)
+    assert [len(utts[s]) for s in ("dev", "test")] == [4, 4]  # 2 speakers x 2 utterances per trial split
+    for s in ("dev", "test"):
+        assert not {u.speaker for u in utts[s]} & set(tiny.speakers)
+        assert sum(t.same for t in trials[s]) == sum(not t.same for t in trials[s]) == 2  # balanced
+    assert tiny.info["trials"]["test"] == {"utterances": 4, "speakers": 2, "target": 2, "nontarget": 2}
+    with pytest.raises(ValueError, match=r"trials\.jsonl: missing: corpus 'synth' has no held-out trial speakers"):
+        read_trials(without)
 
 
 def test_synth_splits_speakers_and_labels(tiny):
