@@ -126,6 +126,9 @@ def cut_silence(noise: list[Path], split: str, n: int, seed: int, stage: Path,
     for k in range(n):
         src = noise[k % len(noise)]
         info = sf.info(str(src))
+        if info.samplerate != SAMPLE_RATE:
+            issues.add(str(src), f"sample-rate mismatch: {info.samplerate} Hz, expected {SAMPLE_RATE} Hz")
+            return [], []
         start, stop = int(lo * info.frames), int(hi * info.frames)
         if stop - start < CLIP_SAMPLES:
             issues.add(str(src), f"{info.frames} samples: its {split} region ({lo:.0%}-{hi:.0%}) is shorter than "
