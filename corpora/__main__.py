@@ -1,4 +1,5 @@
-"""CLI: `python -m corpora prepare {synth,librispeech,timit,manifest} --out DIR [options]` (thin wrapper), and
+"""CLI: `python -m corpora prepare {synth,librispeech,timit,manifest,speech_commands,synth_keywords} --out DIR [options]`
+(thin wrapper), and
 `python -m corpora verify DIR`: decode every audio file of a prepared corpus (and time it).
 
 Bad input (missing or corrupt files, bad manifests, bad options) ends with `error: ...` naming the file and
@@ -16,6 +17,7 @@ from core.config import config_to_dict
 from corpora.manifest import SPLITS, load_corpus
 from corpora.registry import PREPARERS, default_workers, prepare_corpus
 from corpora.synth.build import SynthConfig, quick_config
+from corpora.synth.keywords import SynthKeywordsConfig
 from corpora.validate import Issues
 from corpora.verify import SKIPPED_WITHOUT_DECODING, verify_audio
 
@@ -100,6 +102,24 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--lab-units", choices=("seconds", "htk"), default="seconds")
     m.add_argument("--seed", type=int, default=0)
 
+    sc = kinds.add_parser("speech_commands", help="Speech Commands v1.0 folder (keyword spotting, SUPERB KS)")
+    common(sc)
+    sc.add_argument("--root", required=True, help="the unpacked speech_commands_v0.01 folder: word folders, "
+                                                  "_background_noise_/, validation_list.txt, testing_list.txt")
+    sc.add_argument("--test-root", help="SUPERB's test set (speech_commands_test_set_v0.01, one folder per class) as "
+                                        "the test split instead of testing_list.txt")
+    sc.add_argument("--seed", type=int, default=0, help="seed of the silence clips' offsets and the unknown subsample")
+    sc.add_argument("--no-balance", action="store_true",
+                    help="keep every _unknown_ clip (default: each split's _unknown_ clips are cut to its mean keyword "
+                         "count, as s3prl's class-weighted sampler balances them)")
+
+    kd = SynthKeywordsConfig()
+    sk = kinds.add_parser("synth_keywords", help="built-in synthetic keyword corpus (12 Speech Commands classes)")
+    common(sk)
+    sk.add_argument("--seed", type=int, default=kd.seed)
+    for flag in ("--train-speakers", "--dev-speakers", "--test-speakers", "--repeats"):
+        sk.add_argument(flag, type=at_least(1))
+
     v = sub.add_parser("verify", help="decode every audio file of a prepared corpus (e.g. one prepared with "
                                       "--no-verify-audio); prints the time per hour of audio")
     v.add_argument("dir", help="prepared corpus directory")
@@ -139,6 +159,11 @@ def _options(a: argparse.Namespace) -> dict[str, Any]:
                     pretrain_subsets=tuple(a.pretrain_subsets), seed=a.seed)
     elif a.corpus == "timit":
         opts.update(root=a.root, dev=a.dev)
+    elif a.corpus == "speech_commands":
+        opts.update(root=a.root, test_root=a.test_root, seed=a.seed, balance=not a.no_balance)
+    elif a.corpus == "synth_keywords":
+        opts.update(seed=a.seed, **{k: getattr(a, k) for k in ("train_speakers", "dev_speakers", "test_speakers",
+                                                               "repeats") if getattr(a, k) is not None})
     else:
         opts.update(manifest=a.manifest, lab_units=a.lab_units, seed=a.seed)
     return opts

@@ -3,7 +3,9 @@
 A prepared corpus directory holds `{split}.jsonl` for split in SPLITS (pretrain may be empty for real
 corpora used only for probing), and `corpus.json` (name, preparation config, phone and speaker
 vocabularies built on the train split, format version), written LAST as the done-marker.
-Alignments are (phone, start, end) in samples of the utterance's own audio (end exclusive).
+Alignments are (phone, start, end) in samples of the utterance's own audio (end exclusive). `label` (optional) is
+an utterance-level class, e.g. the keyword of a Speech Commands clip; a record without one has no `label` key, so
+manifests of corpora without labels are the bytes they always were.
 Every consumer (pretraining, probes) reads corpora through `load_corpus` only.
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Utterance:
     speaker: str
     split: Split
     alignment: tuple[Segment, ...] | None = None
+    label: str | None = None  # utterance-level class (keyword spotting: corpora.speech_commands.CLASSES)
 
     @property
     def duration(self) -> float:
@@ -47,15 +50,18 @@ class Utterance:
                              "num_samples": self.num_samples, "speaker": self.speaker, "split": self.split}
         if self.alignment is not None:
             d["alignment"] = [[s.phone, s.start, s.end] for s in self.alignment]
+        if self.label is not None:
+            d["label"] = self.label
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any], where: str = "") -> "Utterance":
         try:
-            ali = d.get("alignment")
+            ali, label = d.get("alignment"), d.get("label")
             return cls(id=str(d["id"]), path=str(d["path"]), sample_rate=int(d["sample_rate"]),
                        num_samples=int(d["num_samples"]), speaker=str(d["speaker"]), split=d["split"],
-                       alignment=None if ali is None else tuple(Segment(str(p), int(s), int(e)) for p, s, e in ali))
+                       alignment=None if ali is None else tuple(Segment(str(p), int(s), int(e)) for p, s, e in ali),
+                       label=None if label is None else str(label))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{where}: bad utterance record ({type(e).__name__}: {e})") from e
 

@@ -7,7 +7,9 @@ from typing import Any, Callable
 from corpora.build import ConfigMismatch
 from corpora.librispeech import prepare_librispeech
 from corpora.manifest import Corpus
+from corpora.speech_commands import prepare_speech_commands
 from corpora.synth.build import SynthConfig, prepare_synth, prepare_synth_config, quick_config
+from corpora.synth.keywords import prepare_synth_keywords
 from corpora.timit import prepare_timit
 from corpora.usermanifest import prepare_manifest
 from corpora.verify import default_workers
@@ -19,6 +21,8 @@ PREPARERS: dict[str, Callable[..., Corpus]] = {
     "librispeech": prepare_librispeech,
     "timit": prepare_timit,
     "manifest": prepare_manifest,
+    "speech_commands": prepare_speech_commands,
+    "synth_keywords": prepare_synth_keywords,
 }
 
 

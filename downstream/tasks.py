@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from core.frames import FrameRule
 from corpora.labels import frame_labels
 from corpora.manifest import PROBE_SPLITS, Corpus, Utterance
+from corpora.speech_commands import keyword_ids
 from corpora.trials import TRIALS_LIST, read_trials
 from downstream.metrics import EER, FRAME_ACC, PER, UTT_ACC, Metric
 
@@ -163,6 +164,33 @@ def require_trials(corpus: Corpus) -> None:
     read_trials(corpus)
 
 
+def _keyword_labels(corpus: Corpus, utts: list[Utterance], split: str, rule: FrameRule) -> np.ndarray:
+    index = keyword_ids(corpus)
+    bad = [u.id for u in utts if u.label not in index]
+    if bad:
+        raise ValueError(f"{_manifest(corpus, split)}: utterance {bad[0]} has no keyword label among corpus.json's "
+                         f"keyword_classes")
+    return np.array([index[u.label] for u in utts], dtype=np.int64)  # type: ignore[index]
+
+
+def require_keywords(corpus: Corpus) -> None:
+    """corpus.json lists the keyword classes, every probe-split utterance has one of them as its `label`, and every
+    class has training utterances (Speech Commands / the built-in keyword corpus: corpora.speech_commands)."""
+    index = keyword_ids(corpus)
+    for split in PROBE_SPLITS:
+        utts = corpus.utterances(split)
+        if not utts:
+            raise ValueError(f"{_manifest(corpus, split)}: the {split} split is missing or empty (keyword spotting "
+                             f"needs train, dev and test utterances)")
+        bad = [u.id for u in utts if u.label not in index]
+        if bad:
+            raise ValueError(f"{_manifest(corpus, split)}: {len(bad)} of {len(utts)} utterances have no keyword label "
+                             f"('label', one of corpus.json's keyword_classes), e.g. {bad[0]}")
+    missing = sorted(set(index) - {u.label for u in corpus.utterances("train")})
+    if missing:
+        raise ValueError(f"{_manifest(corpus, 'train')}: no training utterance of keyword class(es) {missing}")
+
+
 PHONES = LabelSource("phone", "frame", lambda c: list(c.phones), _phone_labels, require=require_alignments)
 SPEAKERS = LabelSource("speaker", "utterance", lambda c: list(c.speakers), _speaker_labels, closed_set=True,
                        require=require_closed_set_speakers)
@@ -170,6 +198,8 @@ PHONE_SEQUENCES = LabelSource("phone_sequence", "sequence", phone_classes, _phon
                               require=lambda c: require_alignments(c, "phone sequences (phone_ctc)"))
 
 
+KEYWORDS = LabelSource("keyword", "utterance", lambda c: list(keyword_ids(c)), _keyword_labels,
+                       require=require_keywords)
 SPEAKER_TRIALS = LabelSource("speaker_trials", "utterance", lambda c: list(c.speakers), _trial_labels, closed_set=True,
                              require=require_trials, utterances=_trial_utterances)
 
@@ -351,6 +381,8 @@ SUPERB_TASKS: dict[str, TaskSpec] = {
                                      linear=False, decode=cosine_trials, engine="verification",
                                      description="mean + std pooling -> Linear(2D, 128) embedding (trained: ReLU -> "
                                                  "Linear(128, speakers)), trials scored by cosine similarity"),
+    "keywords": TaskSpec("keywords", KEYWORDS, "utterance", linear_head, UTT_ACC, linear=True,
+                         description="mean over valid frames -> Linear(D, 12 keyword classes)"),
 }
 ALL_TASKS: dict[str, TaskSpec] = {**TASKS, **SUPERB_TASKS}
 

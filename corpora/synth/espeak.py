@@ -22,6 +22,7 @@ AUDIO_OUTPUT_SYNCHRONOUS = 2
 INITIALIZE_PHONEME_EVENTS = 0x0001
 INITIALIZE_DONT_EXIT = 0x8000
 CHARS_UTF8 = 1
+PHONEME_INPUT = 0x100  # espeakPHONEMES: text in [[ ]] is read as phoneme mnemonics
 EVENT_LIST_TERMINATED, EVENT_PHONEME = 0, 7
 MAX_VOICE_PATH = 40  # espeak-ng's LoadVoice keeps the voice name in char[40]
 PARAM_RATE, PARAM_VOLUME, PARAM_PITCH, PARAM_RANGE, PARAM_WORDGAP = 1, 2, 3, 4, 7
@@ -101,11 +102,14 @@ class ESpeak:
     def set_seed(self, seed: int) -> None:
         self._lib.espeak_ng_SetRandSeed(int(seed) % 2**31)
 
-    def synth(self, text: str) -> tuple[np.ndarray, list[tuple[str, int]]]:
-        """(int16 samples, [(phoneme mnemonic, start sample)]) for `text`, samples counted from 0."""
+    def synth(self, text: str, phonemes: bool = False) -> tuple[np.ndarray, list[tuple[str, int]]]:
+        """(int16 samples, [(phoneme mnemonic, start sample)]) for `text`, samples counted from 0.
+
+        `phonemes`: `[[...]]` in the text is eSpeak phoneme mnemonics (e.g. "[[j'Es]]"), not words to spell."""
         self._chunks, self._events = [], []
         data = text.encode("utf-8") + b"\0"
-        status = self._lib.espeak_Synth(data, len(data), 0, 0, 0, CHARS_UTF8, None, None)
+        flags = CHARS_UTF8 | (PHONEME_INPUT if phonemes else 0)
+        status = self._lib.espeak_Synth(data, len(data), 0, 0, 0, flags, None, None)
         if status != 0:
             raise ESpeakError(f"espeak_Synth failed (status {status}) on text {text!r}")
         self._lib.espeak_Synchronize()
