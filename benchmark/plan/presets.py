@@ -36,7 +36,7 @@ MAIN_TASK_PROBES = {
 # rule.
 # Then SUPERB's phoneme recognition (phone_ctc, PER) and speaker verification (speaker_verification, EER) on last
 # layer and weighted sum, at 5 % and 100 % of the labels and one seed (MAIN_TASK_FRACTIONS, MAIN_TASK_SEEDS): a
-# probe of theirs reads whole utterances one probe at a time (mel and mockingjay, both tasks, both fractions: 446
+# probe of theirs reads whole utterances one probe at a time (mel and mockingjay, both tasks, both fractions: 372
 # worker-seconds on 2 loaded cores, docs/benchmark.md), and the main job has a 10-min budget on 2 cores that the four
 # probes alone already exceed.
 MAIN_TASKS = (*TASKS, "phone_ctc", "speaker_verification")

@@ -42,10 +42,10 @@ def run_key(run: PlannedRun) -> RunKey:
 
 # engines that train on whole utterances, one probe at a time (downstream.ctc, downstream.verification): seconds of
 # one run at 100 % of the labels on a 4 x 256 upstream's last layer, from mockingjay's rows on the built-in corpus
-# (phone_ctc 36 s, speaker_verification 4 s a run, 5 % and 100 % averaged, on 2 cores loaded ~2x by other jobs:
-# docs/benchmark.md), halved for the load; rough (a weighted sum that does not fit in the probe memory streams its
-# hidden states from the cache: 12x the last layer's time for speaker_verification, 2.5x for phone_ctc)
-UTTERANCE_ENGINE_SECONDS: dict[str, float] = {"ctc": 35.0, "verification": 8.0}
+# (phone_ctc 26 s, speaker_verification 4 s a run, 5 % and 100 % averaged, on 2 cores loaded by other jobs:
+# docs/benchmark.md); rough (a weighted sum that does not fit in the probe memory streams its hidden states from the
+# cache: 7x the last layer's time for speaker_verification, 2.5x for phone_ctc)
+UTTERANCE_ENGINE_SECONDS: dict[str, float] = {"ctc": 30.0, "verification": 8.0}
 
 
 def expected_seconds(run: PlannedRun, num_hidden_states: int, hidden_size: int) -> float:

@@ -20,6 +20,9 @@ examples, which it must match or beat up to the same margin: its ReLU layer can 
 as well as the converged linear head. That is a lower bound, not a proof that the MLP reached its own best; it
 catches an MLP stopped short of what a linear probe gets. Both heads of one example set share one reference fit.
 
+Tasks of another engine than the stacked classifiers' (phone_ctc: CTC over label sequences; speaker_verification:
+EER of trials) are exempt; `EXEMPT_ENGINES` says why, and certify's output and REPORT.md repeat it.
+
     python run_benchmark.py certify          # after the main job; or python -m benchmark.report.convergence
 """
 from __future__ import annotations
