@@ -1,8 +1,8 @@
 """The command line of run_benchmark.py: parse and validate, then --list, --dry-run, run or report.
 
 Every input is checked while planning, before any corpus is built or model loaded: names, numbers, layer
-choices against each upstream's hidden states, the corpus (prepared, readable) and each --ckpt (files, hashes,
-weights against config). An input error, then or later (a corrupt audio file, checkpoint or corpus met while
+choices against each upstream's hidden states, the corpus (prepared, readable, and able to serve every task asked
+for: TaskSpec.check) and each --ckpt (files, hashes, weights against config). An input error, then or later (a corrupt audio file, checkpoint or corpus met while
 running), is one `run_benchmark.py: error: ...` line naming the flag or file, and exit status 2; any other
 exception is a bug and keeps its traceback.
 """
@@ -17,16 +17,16 @@ from pathlib import Path
 import torch
 
 from downstream.modes import MODE_CHOICES, parse_modes
-from downstream.tasks import TASKS
+from downstream.tasks import ALL_TASKS
 from benchmark.inputs.corpus import check_corpus, corpus_choices, resolve_corpus
 from benchmark.inputs.upstream import num_hidden_states_of, planned_checkpoint
 from benchmark.plan.cachesize import check_space_for
 from benchmark.plan.config import DEFAULT_MODES, DEFAULT_UPSTREAMS, BenchmarkConfig
 from benchmark.plan.dryrun import print_plan
 from benchmark.plan.presets import MAIN_TASKS, main_job, quick_job
-from benchmark.plan.runs import check_layer_modes, parse_fractions
+from benchmark.plan.runs import check_layer_modes, check_tasks, parse_fractions
 from benchmark.plan.shards import shard_config
-from benchmark.record.results import merge_shards, read_rows, results_root, rows_files, write_leaderboard
+from benchmark.record.results import RUNS_FILE, merge_shards, read_rows, results_root, rows_files, write_leaderboard
 from benchmark.run.prepare import check_prepared, prepare
 from benchmark.run.runner import build_report_if_available, run_benchmark
 from core.allocator import return_large_blocks
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(results/convergence.csv), then rebuild the report; prepare: build what the shards of a "
                         "sweep share (corpus, checkpoints, statistics, feature caches) once, before them")
     p.add_argument("--upstream", help=f"comma list of upstreams[:preset] (default: {','.join(DEFAULT_UPSTREAMS)})")
-    p.add_argument("--task", help=f"comma list of tasks, of {','.join(TASKS)} (default: {','.join(MAIN_TASKS)})")
+    p.add_argument("--task", help=f"comma list of tasks, of {','.join(ALL_TASKS)} (default: {','.join(MAIN_TASKS)})")
     p.add_argument("--mode", help=f"comma list of {', '.join(MODE_CHOICES)} (default: {DEFAULT_MODES}; "
                                   "'layers' = every hidden state as layer=K)")
     p.add_argument("--fractions", help="comma list of label fractions in (0, 1] (default: the papers' "
@@ -138,7 +138,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
                 raise ValueError(f"--upstream {s}: {e}") from None
         kw["upstreams"] = specs
     if args.task:
-        kw["tasks"] = _names(args.task, list(TASKS), "task")
+        kw["tasks"] = _names(args.task, list(ALL_TASKS), "task")
     if args.mode:
         try:
             parse_modes(args.mode, num_hidden_states=1 if "layers" in args.mode else None)  # syntax check
@@ -148,10 +148,12 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         kw["task_modes"] = {}  # --mode applies to every task
     if args.fractions:
         kw["fractions"] = parse_fractions(args.fractions)
+        kw["task_fractions"] = {}  # --fractions applies to every task
     if args.seeds is not None:
         if args.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
         kw["seeds"] = args.seeds
+        kw["task_seeds"] = {}  # --seeds applies to every task
     if args.corpus:
         kw["corpus"] = args.corpus
     ckpts = {}
@@ -183,11 +185,39 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     if args.shard is not None:
         cfg = shard_config(cfg, args.shard, args.command)
     check_inputs(cfg)
+    if args.command in ("run", "prepare"):
+        cfg = servable_tasks(cfg, asked=bool(args.task))
     return cfg
 
 
+def servable_tasks(cfg: BenchmarkConfig, asked: bool) -> BenchmarkConfig:
+    """TaskSpec.check of every planned task on the corpus, while planning (before anything is built or written). A
+    task asked for with --task that the corpus cannot serve (no phone transcriptions, no trial speakers, open-set
+    speakers) is a ValueError naming the task and the file; a default task is left out with a note (the main job
+    on LibriSpeech has no trial speakers for speaker verification). The built-in corpus, still to be built, holds
+    what every task needs."""
+    corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, prepare=False)
+    if corpus is None:
+        return cfg
+    if asked:
+        check_tasks(cfg.tasks, corpus)
+        return cfg
+    kept = []
+    for t in cfg.tasks:
+        try:
+            check_tasks([t], corpus)
+            kept.append(t)
+        except ValueError as e:
+            print(f"note: default task {t} left out: {str(e).removeprefix(f'task {t}: ')}")
+    if not kept:
+        raise ValueError(f"--corpus {cfg.corpus}: serves none of the default tasks ({', '.join(cfg.tasks)}); "
+                         f"choose tasks with --task, of {','.join(ALL_TASKS)}")
+    return replace(cfg, tasks=tuple(kept))
+
+
 def check_inputs(cfg: BenchmarkConfig) -> None:
-    """What can be checked before anything is built or loaded: the corpus, each --ckpt, the layer choices."""
+    """What can be checked before anything is built or loaded: the corpus, each --ckpt, the layer choices (the tasks:
+    `servable_tasks`)."""
     check_corpus(cfg.corpus, cfg.data_dir, cfg.quick)
     check_results(Path(cfg.results_dir))
     for name, path in cfg.ckpts.items():
@@ -215,8 +245,9 @@ def print_list() -> None:
         presets = [fam.default_preset, *(p for p in fam.presets if p != fam.default_preset)]
         print(f"  {name:20s} presets: {', '.join(presets)}   ({fam.description})")
     print("tasks:")
-    for t in TASKS.values():
-        print(f"  {t.name:18s} {t.labels.name} labels, {t.level}-level, {t.description}, {t.metric}"
+    for t in ALL_TASKS.values():
+        print(f"  {t.name:20s} {t.labels.name} labels, {t.level}-level, {t.description}, {t.metric} "
+              f"({t.metric.direction} is better)"
               + (" (+ utterance accuracy)" if t.utt_metric else ""))
     print(f"modes: {', '.join(MODE_CHOICES)}")
     print(f"corpora: {', '.join(corpus_choices()) or '(none installed)'} (or a prepared corpus directory)")
@@ -263,7 +294,7 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
         return 0 if build_report_if_available(cfg.results_dir) else 1
     if args.command == "certify":
         # pandas loads here (0.4 s on top of this module's imports): --list, --dry-run and prepare never need it
-        from benchmark.report.convergence import certify, summary_markdown
+        from benchmark.report.convergence import certify, exempt_tasks, summary_markdown
 
         corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, prepare=False)
         if corpus is None:
@@ -276,7 +307,7 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        print(summary_markdown(table))
+        print(summary_markdown(table, exempt_tasks(r["task"] for r in read_rows(Path(cfg.results_dir) / RUNS_FILE))))
         return 0 if build_report_if_available(cfg.results_dir) else 1
     if args.dry_run:
         print_plan(cfg)

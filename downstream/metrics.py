@@ -30,6 +30,19 @@ class Metric:
     bounds: tuple[float, float] = (0.0, 1.0)
     tally: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
     description: str = ""
+    label: str = ""  # the name tables and axes show ("PER"); empty: `name`
+    percent: bool = True  # scores are fractions, shown x 100 in % by the report
+
+    @property
+    def display(self) -> tuple[str, float]:
+        """(axis label, factor to display): "frame accuracy (%)", 100 for a fraction shown in %."""
+        text = self.label or self.name
+        return (f"{text} (%)", 100.0) if self.percent else (text, 1.0)
+
+    @property
+    def arrow(self) -> str:
+        """'↑' for a higher-is-better metric, '↓' for a lower-is-better one (table headers)."""
+        return "↑" if self.higher_is_better else "↓"
 
     def __post_init__(self) -> None:
         if self.direction not in ("higher", "lower"):
@@ -87,10 +100,11 @@ def accuracy(predictions: Any, labels: Any) -> float:
 
 
 FRAME_ACC = Metric("frame_acc", "higher", accuracy, tally=accuracy_tally,
-                   description="frame accuracy over every valid frame of the split")
+                   description="frame accuracy over every valid frame of the split", label="frame accuracy")
 UTT_ACC = Metric("utt_acc", "higher", accuracy, tally=accuracy_tally,
-                 description="utterance accuracy over the utterances of the split")
-ACC = Metric("acc", "higher", accuracy, tally=accuracy_tally, description="accuracy over the clips of the split")
+                 description="utterance accuracy over the utterances of the split", label="utterance accuracy")
+ACC = Metric("acc", "higher", accuracy, tally=accuracy_tally, description="accuracy over the clips of the split",
+             label="accuracy")
 
 
 # ---------------------------------------------------------------- phone error rate
@@ -126,7 +140,7 @@ def phone_error_rate(hypotheses: Sequence[Sequence[int]], references: Sequence[S
 
 
 PER = Metric("per", "lower", phone_error_rate, bounds=(0.0, math.inf),
-             description="phone error rate: edit distance / reference length, summed over the split")
+             description="phone error rate: edit distance / reference length, summed over the split", label="PER")
 
 
 # ---------------------------------------------------------------- verification
@@ -162,4 +176,7 @@ def min_dcf(scores: Any, same: Any, p_target: float = 0.01, c_miss: float = 1.0,
     return float(cost.min() / min(c_miss * p_target, c_fa * (1 - p_target)))
 
 
-EER = Metric("eer", "lower", equal_error_rate, description="equal error rate of cosine-scored trials")
+EER = Metric("eer", "lower", equal_error_rate, description="equal error rate of cosine-scored trials", label="EER")
+
+# every metric defined here, by name (a task defined elsewhere brings its own: downstream.tasks.ALL_TASKS)
+METRICS: dict[str, Metric] = {m.name: m for m in (FRAME_ACC, UTT_ACC, ACC, PER, EER)}

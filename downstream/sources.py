@@ -106,6 +106,16 @@ class ArraySource:
                 _position(arrays.held, k, self.num_hidden_states)
         self._transforms: list[Whitening] | None = None
         self._lock = threading.Lock()
+        self._train_of: ArraySource | None = None  # the source whose train split (and whitening) this one shares
+
+    def with_splits(self, splits: dict[str, SplitArrays]) -> ArraySource:
+        """This source with other evaluation splits beside its train split (a task whose dev and test read other
+        utterances: speaker verification's trial utterances); the whitening, fitted on train, is this one's."""
+        if "train" in splits:
+            raise ValueError("with_splits keeps the train split (and its whitening); give the other splits only")
+        out = ArraySource({**self.splits, **splits}, self.layers)
+        out._train_of = self if self._train_of is None else self._train_of
+        return out
 
     def lengths(self, split: str) -> np.ndarray:
         return self.splits[split].lengths
@@ -128,6 +138,8 @@ class ArraySource:
     def whitening(self) -> list[Whitening]:
         """One transform per hidden state of `layers`, fitted on the train split's frames (features only, no labels)
         in one streaming pass; computed once and shared by every frozen probe of this upstream."""
+        if self._train_of is not None:
+            return self._train_of.whitening()
         with self._lock:  # probes in parallel threads share one fit
             if self._transforms is None:
                 self._transforms = [Whitening(self.hidden_size).fit_chunks(x for _, x in self.chunks("train", k))

@@ -370,9 +370,8 @@ TASKS: dict[str, TaskSpec] = {
                               utt_metric=True, description="Linear(D, speakers) per frame"),
 }
 
-# SUPERB's tasks (docs/tasks.md). Registered apart from TASKS, which the harness (benchmark/) plans, lists and runs
-# as its main job, until the harness extracts what they read (the trial utterances of speaker verification) and
-# carries their metrics' directions through its report.
+# SUPERB's tasks (docs/tasks.md). The harness (benchmark/) plans, runs and reports every task of ALL_TASKS; its main
+# job's list is benchmark/plan/presets.py::MAIN_TASKS.
 SUPERB_TASKS: dict[str, TaskSpec] = {
     "phone_ctc": TaskSpec("phone_ctc", PHONE_SEQUENCES, "sequence", linear_head, PER, linear=False,
                           loss=ctc_loss, decode=ctc_greedy, engine="ctc",

@@ -76,14 +76,14 @@ def fit_sklearn_reference(train: tuple[torch.Tensor, torch.Tensor], dev: tuple[t
 
 def _data(cert: Certifier, pooled, frames, task, idx: list[int]):
     """(train, dev, test) example/target pairs of the last hidden state, training subset `idx`."""
-    src = pooled if task.level == "utterance" else frames
+    src = pooled if task.pooled else frames
     out = []
     for s in PROBE_SPLITS:
         x = src.examples(s)[src.position(src.num_hidden_states - 1)]
         t = Targets(task, cert.labels(task, s), src.lengths(s), s)
-        y = torch.from_numpy(t.frames if task.level == "frame" else t.utt)
+        y = torch.from_numpy(t.rows)
         if s == "train":
-            sel = torch.from_numpy(flat_rows(frames.splits[s].offsets, idx)) if task.level == "frame" else torch.tensor(idx)
+            sel = torch.from_numpy(flat_rows(frames.splits[s].offsets, idx)) if task.frame_targets else torch.tensor(idx)
             x, y = x.index_select(0, sel), y.index_select(0, sel)
         out.append((x, y))
     return out
@@ -121,13 +121,13 @@ def main() -> int:
             for seed in (int(s) for s in a.seeds.split(",")):
                 idx = list(fraction_subset(speakers, frac, seed, task.labels.closed_set).indices)
                 for name, (cfg, norm) in TRAINERS[task_name].items():
-                    if task.level == "utterance":  # the same means, normalised as this trainer's row says
+                    if task.pooled:  # the same means, normalised as this trainer's row says
                         pooled._transforms, pooled._examples = (whitened if norm == "whiten" else standardised), {}
-                    src = pooled if task.level == "utterance" else frames
+                    src = pooled if task.pooled else frames
                     r = train_probe(task, LayerMode("last"), src, labels, idx, n_cls, cfg, seed)
                     if (frac, seed, norm) not in refs:  # one reference per set of examples
                         data = _data(cert, pooled, frames, task, idx)
-                        refs[frac, seed, norm] = (fit_sklearn_reference(*data) if task.level == "utterance"
+                        refs[frac, seed, norm] = (fit_sklearn_reference(*data) if task.pooled
                                                   else fit_reference(*data, n_cls))
                     ref = refs[frac, seed, norm]
                     rows.append({"upstream": f"{row['upstream']}:{row['preset']}", "task": task_name, "fraction": frac,

@@ -60,12 +60,12 @@ def main() -> int:
     for task_name in a.tasks.split(","):
         task = TASKS[task_name]
         cfg = job.probe_config(task_name, False)
-        src = pooled if task.level == "utterance" else frames
+        src = pooled if task.pooled else frames
         labels = {s: split_labels(corpus, utts[s], s, task.labels, rule) for s in PROBE_SPLITS}
         idx = list(range(len(utts["train"])))
         for mode in a.modes.split(","):
             r = train_probe(task, LayerMode(mode), src, labels, idx, num_classes(corpus, task), cfg, seed=0)
-            n = r.train_frames if task.level == "frame" else r.train_utts
+            n = r.train_frames if task.frame_targets else r.train_utts
             # an L-BFGS iteration reads every training example (line-search evaluations not counted)
             seen = r.steps * (n if cfg.optimizer == "lbfgs" else cfg.batch_size)
             out.append({"task": task_name, "mode": mode, "examples": n, "steps": r.steps,

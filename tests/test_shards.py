@@ -54,7 +54,9 @@ def test_parse_shard_and_cli_errors(capsys):
 
 def test_assignment_is_deterministic_complete_and_balanced():
     plan = main_job_plan()
-    assert len(plan) == 386  # the main job's run count: mel 4 tasks x 12, each Transformer 7 groups x 12, 2 fine-tunings
+    # the main job's run count: mel 4 tasks x 12, each Transformer 7 groups x 12, 2 fine-tunings; phone_ctc and
+    # speaker_verification at 2 fractions x 1 seed: mel 2 x 2, each Transformer 2 tasks x 2 modes x 2
+    assert len(plan) == 386 + 4 + 4 * 8
     for n in (1, 3, 10):
         shard_of = assign(plan, n)
         shuffled = plan[:]

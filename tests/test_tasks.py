@@ -173,7 +173,7 @@ def test_a_new_task_with_a_new_level_and_a_lower_is_better_metric(tiny, mel_src)
 
 
 def test_task_specs_declare_what_differs():
-    assert set(TASKS) == {"phone_linear", "phone_1hidden", "speaker_utterance", "speaker_frame"}  # the harness's
+    assert set(TASKS) == {"phone_linear", "phone_1hidden", "speaker_utterance", "speaker_frame"}  # the legacy probes
     for t in ALL_TASKS.values():
         assert isinstance(t.metric, Metric) and t.metric.direction in ("higher", "lower")
         assert t.level in ("frame", "utterance", "sequence")

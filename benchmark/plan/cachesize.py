@@ -11,11 +11,12 @@ from pathlib import Path
 from benchmark.cache.reader import EntryQuery, find_entries
 from benchmark.inputs.corpus import resolve_corpus
 from benchmark.plan.config import BenchmarkConfig
-from benchmark.plan.runs import cache_layers, choose_fractions, expand_runs
+from benchmark.plan.runs import PlannedRun, cache_layers, choose_fractions, expand_runs, planned_splits
 from benchmark.plan.shapes import PlannedUpstream, planned_upstream
 from benchmark.plan.shards import assign, run_key, shard_filter, whole_plan
-from corpora.manifest import PROBE_SPLITS, Corpus
+from corpora.manifest import PROBE_SPLITS, Corpus, Utterance
 from downstream.sources import frame_counts
+from downstream.tasks import get_task
 from upstream.interface import UpstreamShape
 from upstream.registry import parse_spec
 
@@ -32,8 +33,8 @@ class CacheNeed:
     spec: str
     shape: UpstreamShape
     layers: tuple[int, ...]  # the hidden states the planned runs read (benchmark.plan.runs.cache_layers)
-    frames: int  # over the probe splits
-    total_bytes: int  # `layers` of every probe split
+    frames: int  # over the cache splits the planned tasks read (the probe splits, and trial utterances)
+    total_bytes: int  # `layers` of every such split
     cached_bytes: int  # splits an existing entry serves (it holds every hidden state of `layers`)
     # what extraction writes for the other splits: `extract_layers` (benchmark.cache.extract.ensure_split)
     missing_bytes: int
@@ -48,21 +49,25 @@ def describe_layers(layers: tuple[int, ...], hidden_states: int) -> str:
     return f"{len(layers)} of {hidden_states} hidden states [{','.join(map(str, layers))}]"
 
 
-def _held(cache_dir: Path, spec: str, up: PlannedUpstream, corpus: Corpus, split: str) -> list[tuple[int, ...]]:
+def _held(cache_dir: Path, spec: str, up: PlannedUpstream, corpus: Corpus, split: str,
+          utts: list[Utterance]) -> list[tuple[int, ...]]:
     """The hidden states held by each complete, intact cache entry of this upstream, preset, checkpoint (when the
-    plan knows its hash) and shape on this corpus split's manifest: the entries extraction would read."""
+    plan knows its hash) and shape on this cache split's utterances: the entries extraction would read."""
     if up.fresh:
         return []
     name, preset = parse_spec(spec)
-    query = EntryQuery.for_split(corpus, split, name, preset, up.ckpt_hash or None,
+    query = EntryQuery.for_split(corpus, split, name, preset, up.ckpt_hash or None, utts=utts,
                                  num_hidden_states=up.shape.num_hidden_states, hidden_size=up.shape.hidden_size)
     return [e.layers for e in find_entries(cache_dir, query)]
 
 
 def planned_layers(cfg: BenchmarkConfig, spec: str, hidden_states: int, fractions: list[float]) -> tuple[int, ...]:
     """The hidden states `spec`'s planned runs (with cfg.shard, the shard's) read from the cache."""
-    runs = shard_filter(cfg, spec, hidden_states, fractions, expand_runs(cfg, spec, hidden_states, fractions, []))
-    return cache_layers(runs, hidden_states)
+    return cache_layers(_planned(cfg, spec, hidden_states, fractions), hidden_states)
+
+
+def _planned(cfg: BenchmarkConfig, spec: str, hidden_states: int, fractions: list[float]) -> list[PlannedRun]:
+    return shard_filter(cfg, spec, hidden_states, fractions, expand_runs(cfg, spec, hidden_states, fractions, []))
 
 
 def cache_needs(cfg: BenchmarkConfig, corpus: Corpus, specs: list[str] | None = None) -> list[CacheNeed]:
@@ -72,13 +77,16 @@ def cache_needs(cfg: BenchmarkConfig, corpus: Corpus, specs: list[str] | None = 
     for spec in dict.fromkeys(cfg.upstreams if specs is None else specs):
         up = planned_upstream(spec, cfg)
         shape = up.shape
-        layers = planned_layers(cfg, spec, shape.num_hidden_states, fractions)
+        runs = _planned(cfg, spec, shape.num_hidden_states, fractions)
+        layers = cache_layers(runs, shape.num_hidden_states)
         frames = cached = missing = missing_frames = 0
         extract: set[int] = set()
-        for split in PROBE_SPLITS:
-            n = int(frame_counts(shape.frame_rule, corpus.utterances(split)).sum())
+        tasks = [get_task(t) for t in dict.fromkeys(r.task for r in runs)]
+        splits = planned_splits(tasks, corpus) if tasks else {s: corpus.utterances(s) for s in PROBE_SPLITS}
+        for split, utts in splits.items():  # the probe splits and the tasks' own (speaker verification's trials)
+            n = int(frame_counts(shape.frame_rule, utts).sum())
             frames += n
-            held = _held(cfg.cache_dir, spec, up, corpus, split) if layers else []
+            held = _held(cfg.cache_dir, spec, up, corpus, split, utts) if layers else []
             if not layers or any(set(layers) <= set(h) for h in held):
                 cached += cache_bytes(n, len(layers), shape.hidden_size)
             else:

@@ -41,6 +41,10 @@ class BenchmarkConfig:
     task_modes: dict[str, str] = field(default_factory=dict)
     fractions: tuple[float, ...] | None = None  # None: the paper fractions the corpus is large enough for
     seeds: int = 3
+    # label fractions and seeds of a task where they differ from `fractions` / `seeds` (the main job runs the
+    # whole-utterance SUPERB tasks at fewer points: benchmark.plan.presets); --fractions and --seeds override them
+    task_fractions: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    task_seeds: dict[str, int] = field(default_factory=dict)
     # main-job fine-tuning: at the smallest and largest fraction, for the upstreams fine-tuned by default
     # (upstream.family.Family.finetuned_by_default), this many seeds
     finetune_ends: bool = True
@@ -79,6 +83,13 @@ class BenchmarkConfig:
     report: bool = False  # build results/REPORT.md at the end (the main job does)
     command: str | None = None  # the command line, recorded in results/command.txt when the job finishes
     shard: Shard | None = None  # run only this shard's share of the plan (benchmark.plan.shards); None: all of it
+
+    def fractions_of(self, task: str, fractions: list[float]) -> list[float]:
+        """The label fractions of `task`: its own (task_fractions), else the plan's `fractions`."""
+        return list(self.task_fractions.get(task, fractions))
+
+    def seeds_of(self, task: str) -> int:
+        return self.task_seeds.get(task, self.seeds)
 
     def probe_config(self, task: str, finetune: bool) -> ProbeConfig:
         return self.finetune_probe if finetune else self.task_probes.get(task, self.probe)

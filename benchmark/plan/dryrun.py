@@ -35,7 +35,9 @@ def print_plan(cfg: BenchmarkConfig) -> int:
                       shard_filter(cfg, spec, L, fractions, expand_runs(cfg, spec, L, fractions, notes))))
     # the fine-tuning budget only where the plan holds fine-tuning runs (--no-finetune, or no upstream to fine-tune)
     finetunes = any(r.finetune for *_, runs in plans for r in runs)
-    print(f"fractions: {', '.join(f'{f:g}' for f in fractions)}; seeds: {cfg.seeds}; "
+    own = "".join(f" ({t}: fractions {', '.join(f'{f:g}' for f in cfg.fractions_of(t, fractions))}, seeds "
+                  f"{cfg.seeds_of(t)})" for t in cfg.tasks if t in cfg.task_fractions or t in cfg.task_seeds)
+    print(f"fractions: {', '.join(f'{f:g}' for f in fractions)}; seeds: {cfg.seeds}{own}; "
           f"probes: {cfg.probe.budget}"
           f"{''.join(f' ({t}: {p.budget})' for t, p in cfg.task_probes.items() if p.budget != cfg.probe.budget)}, "
           f"fine-tuning: {cfg.finetune_probe.budget if finetunes else 'none'}; modes: {cfg.modes}"
@@ -49,7 +51,7 @@ def print_plan(cfg: BenchmarkConfig) -> int:
             status = f", checkpoint {ckpt}" + (" (to pretrain)" if awaits_pretraining(family_of(spec)[0], ckpt) else "")
         print(f"{spec}: {L} hidden states{status}: {len(runs)} runs")
         for (mode, task), n in sorted(Counter((r.mode.label, r.task) for r in runs).items()):
-            print(f"    {mode:14s} {task:18s} {n}")
+            print(f"    {mode:14s} {task:20s} {n}")
         if spec in needs and runs:
             need = needs[spec]
             size = (f"{fmt_bytes(need.total_bytes)} ({need.frames:,} frames x "

@@ -1,4 +1,5 @@
-"""The two packaged jobs: the default benchmark (<= 30 min on 2 CPU cores) and `--quick` (<= 5 min).
+"""The two packaged jobs: the default benchmark (target: every task within 10 min on 2 CPU cores from empty folders)
+and `--quick` (<= 5 min).
 
 Every frozen probe trains until dev stops improving (downstream.train): the budget is set by the data, not
 by the clock. The per-task settings below only change how fast a probe gets there (measured on the built-in
@@ -14,9 +15,18 @@ from downstream.probe import ProbeConfig
 from downstream.tasks import TASKS
 
 FRAME_PROBE = ProbeConfig(optimizer="sgd", lr=0.5, batch_size=4096, patience=4, min_eval_steps=1)
+# SUPERB's tasks train on whole utterances, one probe at a time (downstream.ctc, downstream.verification):
+# phone_ctc as s3prl's libriphone.yaml (Adam, lr 1e-2, 16 utterances a batch), speaker_verification's x-vector head
+# with AdamW at 1e-3 on 32 utterances; dev after every pass over the training subset but at least 20 steps apart
+# (a dev pass decodes or embeds the whole dev split: at 5 % of the labels an epoch is 4 steps), the stopping rule of
+# every probe
+CTC_PROBE = ProbeConfig(optimizer="adamw", lr=1e-2, batch_size=16, patience=3, min_eval_steps=20)
+VERIFICATION_PROBE = ProbeConfig(optimizer="adamw", lr=1e-3, batch_size=32, patience=3, min_eval_steps=20)
 MAIN_TASK_PROBES = {
     "phone_1hidden": replace(FRAME_PROBE, optimizer="adamw", lr=1e-3, batch_size=2048, min_eval_steps=50),
     "speaker_utterance": ProbeConfig(optimizer="lbfgs", patience=3),
+    "phone_ctc": CTC_PROBE,
+    "speaker_verification": VERIFICATION_PROBE,
 }
 # The main job runs the four probes of the Mockingjay / AALBERT papers for every upstream, fraction and seed.
 # phone_1hidden (an MLP head: its 768-wide hidden layer is most of the job's probe compute, in bfloat16 where the
@@ -24,8 +34,15 @@ MAIN_TASK_PROBES = {
 # of the job's probe time there (docs/benchmark.md), a weighted sum mixes four hidden states per row on top, and the
 # linear probes already ask the weighted-sum question. `--mode` runs it on any mode. speaker_frame takes the frame
 # rule.
-MAIN_TASKS = tuple(TASKS)
+# Then SUPERB's phoneme recognition (phone_ctc, PER) and speaker verification (speaker_verification, EER) on last
+# layer and weighted sum, at 5 % and 100 % of the labels and one seed (MAIN_TASK_FRACTIONS, MAIN_TASK_SEEDS): a
+# probe of theirs reads whole utterances one probe at a time (mel and mockingjay, both tasks, both fractions: 372
+# worker-seconds on 2 loaded cores, docs/benchmark.md), and the main job has a 10-min budget on 2 cores that the four
+# probes alone already exceed.
+MAIN_TASKS = (*TASKS, "phone_ctc", "speaker_verification")
 MAIN_TASK_MODES = {"phone_1hidden": "last"}
+MAIN_TASK_FRACTIONS: dict[str, tuple[float, ...]] = {"phone_ctc": (0.05, 1.0), "speaker_verification": (0.05, 1.0)}
+MAIN_TASK_SEEDS: dict[str, int] = {"phone_ctc": 1, "speaker_verification": 1}
 # fine-tuning starts from the converged frozen last-layer probe and moves the upstream gently; dev is
 # evaluated live (the upstream over all of dev) every 25 steps, so patience counts fewer, costlier evaluations
 MAIN_FINETUNE = ProbeConfig(lr=1e-3, upstream_lr=5e-5, batch_size=8, patience=2, eval_every=40, max_steps=400)
@@ -33,13 +50,20 @@ QUICK_FINETUNE = replace(MAIN_FINETUNE, patience=2, eval_every=4, max_steps=12)
 # --quick is a smoke test of the pipeline (<= 5 min from empty folders): the same stopping rule, with the
 # frame-level probes capped at 150 steps (a capped run is recorded converged=False and marked in the report)
 QUICK_PROBE = replace(FRAME_PROBE, max_steps=150)
-QUICK_TASK_PROBES = {**MAIN_TASK_PROBES, "phone_1hidden": replace(MAIN_TASK_PROBES["phone_1hidden"], max_steps=150)}
+QUICK_TASK_PROBES = {**MAIN_TASK_PROBES, "phone_1hidden": replace(MAIN_TASK_PROBES["phone_1hidden"], max_steps=150),
+                     "phone_ctc": replace(CTC_PROBE, max_steps=150),
+                     "speaker_verification": replace(VERIFICATION_PROBE, max_steps=150)}
+# the whole-utterance tasks once each, at 100 % of the labels
+QUICK_TASK_FRACTIONS: dict[str, tuple[float, ...]] = {"phone_ctc": (1.0,), "speaker_verification": (1.0,)}
+QUICK_TASK_SEEDS: dict[str, int] = {"phone_ctc": 1, "speaker_verification": 1}
 
 
 def main_job() -> BenchmarkConfig:
     """The four probe tasks x {last, weighted_sum} (phone_1hidden: last) x default fractions x 3 seeds x 6 upstreams,
-    plus fine-tuning of Mockingjay and AALBERT (phone_linear) at the largest fraction, 1 seed."""
+    phone_ctc and speaker_verification x {last, weighted_sum} at MAIN_TASK_FRACTIONS x MAIN_TASK_SEEDS, plus
+    fine-tuning of Mockingjay and AALBERT (phone_linear) at the largest fraction, 1 seed."""
     return BenchmarkConfig(tasks=MAIN_TASKS, task_modes=MAIN_TASK_MODES, probe=FRAME_PROBE, task_probes=MAIN_TASK_PROBES,
+                           task_fractions=MAIN_TASK_FRACTIONS, task_seeds=MAIN_TASK_SEEDS,
                            finetune_probe=MAIN_FINETUNE, seeds=3, finetune_seeds=1, finetune_smallest=False,
                            report=True)
 
@@ -48,5 +72,6 @@ def quick_job() -> BenchmarkConfig:
     """The smoke version the tests run: same pipeline and stopping rule on the small corpus (data/synth_quick),
     two fractions (12.5 % and 100 %), two seeds, frame probes capped at 150 steps, a short fine-tuning cap."""
     return BenchmarkConfig(tasks=MAIN_TASKS, task_modes=MAIN_TASK_MODES, probe=QUICK_PROBE, task_probes=QUICK_TASK_PROBES,
+                           task_fractions=QUICK_TASK_FRACTIONS, task_seeds=QUICK_TASK_SEEDS,
                            finetune_probe=QUICK_FINETUNE, fractions=(0.125, 1.0), seeds=2, finetune_seeds=1, quick=True,
                            report=True)

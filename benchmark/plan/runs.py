@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from benchmark.plan.config import BenchmarkConfig
 from core.io import sha256_json
-from corpora.manifest import Corpus
+from corpora.manifest import PROBE_SPLITS, Corpus, Utterance
 from downstream.fractions import MIN_DEFAULT_UTTS, default_fractions
 from downstream.modes import LayerMode, parse_modes
 from downstream.probe import ENGINE_VERSION, ProbeConfig
+from downstream.tasks import TaskSpec, get_task
 from upstream.registry import family_of
 
 # fine-tuning is the expensive part (the upstream runs forward+backward every step, and dev is scored live):
@@ -62,7 +63,7 @@ def expand_runs(cfg: BenchmarkConfig, spec: str, num_hidden_states: int, fractio
     plan's, whatever cfg.shard says: a shard's share of them is benchmark.plan.shards.shard_filter's."""
     runs = [PlannedRun(spec, t, m, f, s) for t in cfg.tasks
             for m in _modes(cfg.task_modes.get(t, cfg.modes), spec, num_hidden_states, notes)
-            for f in fractions for s in range(cfg.seeds)]
+            for f in cfg.fractions_of(t, fractions) for s in range(cfg.seeds_of(t))]
     explicit_ft = any(m.kind == "finetune" for m in parse_modes(cfg.modes, num_hidden_states))
     if cfg.finetune_ends and not explicit_ft and family_of(spec)[0].finetuned_by_default and fractions:
         ends = sorted({min(fractions), max(fractions)} if cfg.finetune_smallest else {max(fractions)})
@@ -83,6 +84,35 @@ def _modes(text: str, spec: str, num_hidden_states: int, notes: list[str]) -> li
         modes = list(dict.fromkeys(LayerMode("last") if m.kind != "finetune" else None for m in modes))
         modes = [m for m in modes if m is not None]
     return modes
+
+
+def task_splits(task: TaskSpec, corpus: Corpus) -> dict[str, tuple[str, list[Utterance]]]:
+    """Probe split -> (feature-cache split, its utterances) that `task` reads: the corpus's split manifest, or, where
+    the task's split reads other utterances (speaker verification's dev and test: the trial utterances,
+    `TaskSpec.utterances`), a cache split of its own named after the split and the task's labels
+    ("dev-speaker_trials")."""
+    out = {}
+    for s in PROBE_SPLITS:
+        utts = task.utterances(corpus, s)
+        own = [u.id for u in utts] == [u.id for u in corpus.utterances(s)]
+        out[s] = (s if own else f"{s}-{task.labels.name}", utts)
+    return out
+
+
+def planned_splits(tasks: list[TaskSpec] | tuple[TaskSpec, ...], corpus: Corpus) -> dict[str, list[Utterance]]:
+    """Every feature-cache split `tasks` read, with its utterances: the probe splits first, then the tasks' own."""
+    out: dict[str, list[Utterance]] = {}
+    for task in tasks:
+        for name, utts in task_splits(task, corpus).values():
+            out.setdefault(name, utts)
+    return dict(sorted(out.items(), key=lambda kv: (kv[0] not in PROBE_SPLITS, kv[0])))
+
+
+def check_tasks(tasks: list[str] | tuple[str, ...], corpus: Corpus) -> None:
+    """TaskSpec.check of every planned task on `corpus`, before anything is extracted: a ValueError naming the
+    task and the missing file (no phone transcriptions, no trial speakers, open-set speakers)."""
+    for name in dict.fromkeys(tasks):
+        get_task(name).check(corpus)
 
 
 def cache_layers(runs: list[PlannedRun], num_hidden_states: int) -> tuple[int, ...]:

@@ -40,6 +40,14 @@ def run_key(run: PlannedRun) -> RunKey:
     return (run.upstream, run.task, run.mode.label, run.fraction, run.seed)
 
 
+# engines that train on whole utterances, one probe at a time (downstream.ctc, downstream.verification): seconds of
+# one run at 100 % of the labels on a 4 x 256 upstream's last layer, from mockingjay's rows on the built-in corpus
+# (phone_ctc 26 s, speaker_verification 4 s a run, 5 % and 100 % averaged, on 2 cores loaded by other jobs:
+# docs/benchmark.md); rough (a weighted sum that does not fit in the probe memory streams its hidden states from the
+# cache: 7x the last layer's time for speaker_verification, 2.5x for phone_ctc)
+UTTERANCE_ENGINE_SECONDS: dict[str, float] = {"ctc": 30.0, "verification": 8.0}
+
+
 def expected_seconds(run: PlannedRun, num_hidden_states: int, hidden_size: int) -> float:
     """Expected wall seconds of one run on 2 CPU cores of the built-in corpus (frozen probes two at a time, as in
     the main job): only the ratios matter.
@@ -56,12 +64,14 @@ def expected_seconds(run: PlannedRun, num_hidden_states: int, hidden_size: int) 
         return 30.0 + 100.0 * f * (num_hidden_states / 4) * width
     read = len(run.mode.layers_read(num_hidden_states))
     work = f * width * (1 + 0.35 * (read - 1))
-    task = get_task(run.task)
-    if task.level == "utterance":
+    task = get_task(run.task)  # the spec says what a probe reads: utterance means, frames, or whole utterances
+    if task.pooled:
         return 1.5 + 9.0 * work
-    # an MLP head (Linear(D, 768) first): 16-18x a linear probe's group (phone_1hidden against phone_linear, one
-    # group of each per upstream, in the main job's rows: results/runs.csv, wall_seconds)
-    return 1.5 + 16.0 * work * (1.0 if task.linear else 16.0)
+    if task.frame_targets:
+        # an MLP head (Linear(D, 768) first): 16-18x a linear probe's group (phone_1hidden against phone_linear, one
+        # group of each per upstream, in the main job's rows: results/runs.csv, wall_seconds)
+        return 1.5 + 16.0 * work * (1.0 if task.linear else 16.0)
+    return 1.5 + UTTERANCE_ENGINE_SECONDS.get(task.engine, 60.0) * work
 
 
 def setup_seconds(num_hidden_states: int, hidden_size: int) -> float:

@@ -14,11 +14,12 @@ from benchmark.record.aggregate import aggregate_runs, read_runs
 from benchmark.record.schema import COMMAND_FILE
 from benchmark.report import plots
 from benchmark.report.checks import checks_markdown, science_checks
-from benchmark.report.convergence import CONVERGENCE_FILE, summary_markdown
+from benchmark.report.convergence import CONVERGENCE_FILE, exempt_markdown, exempt_tasks, summary_markdown
 from benchmark.report.cost import cost_markdown, read_costs
 from benchmark.report.provenance import REPORT_COMMAND, command_lines, provenance_sentence
 from benchmark.report.site.build import build_site
 from benchmark.report.site.inputs import SITE_DIR, SiteInputs
+from benchmark.report.site.overview import superb_markdown
 from benchmark.report.tables import UNCONVERGED, write_leaderboards
 from core.io import atomic_write_text
 
@@ -97,13 +98,14 @@ def _certificate(results_dir: Path) -> pd.DataFrame | None:
     return pd.read_csv(path, dtype={"run_id": str, "ckpt_hash": str}) if path.is_file() else None
 
 
-def _convergence_section(table: pd.DataFrame | None) -> str:
+def _convergence_section(table: pd.DataFrame | None, exempt: dict[str, str]) -> str:
     if table is None:
         return ("No `convergence.csv` yet: `python run_benchmark.py certify` fits a converged logistic-regression "
-                "reference for every linear-probe row at the largest and smallest label fraction.\n")
+                "reference for every linear-probe row at the largest and smallest label fraction.\n"
+                + exempt_markdown(exempt))
     return (f"Every linear probe against a logistic regression solved to tolerance on the same examples, its L2 "
             f"strength chosen on dev (`benchmark/report/convergence.py`; rows in `{CONVERGENCE_FILE}`): "
-            + summary_markdown(table))
+            + summary_markdown(table, exempt))
 
 
 def build_report(results_dir: Path) -> Path:
@@ -142,6 +144,12 @@ def build_report(results_dir: Path) -> Path:
           "Scores are test-split means over seeds with the half-width of the 95% Student-t confidence interval; "
           "probes pick their step on dev. Tables: `tables/<task>.md` / `.csv`; aggregated over seeds by "
           "`benchmark.record.aggregate.aggregate_runs`.\n",
+          "## Overview\n",
+          "SUPERB-style: one row per upstream and probe mode, one column per task at its largest label fraction, "
+          "headed with the task's metric and its direction (↑ higher is better, ↓ lower is better); test mean ± 95% "
+          "CI over seeds, the best cell of each column in bold (the highest accuracy, the lowest error rate), ≈ where "
+          "a cell's CI overlaps the best one's.\n",
+          superb_markdown(agg),
           "## Data-size ablation\n"]
     md.append("![Data-size ablation](plots/ablation.png)\n" if "ablation.png" in made else "No ablation rows.\n")
     md.append("## Leaderboards (largest label fraction)\n")
@@ -152,7 +160,7 @@ def build_report(results_dir: Path) -> Path:
               f"or the rows used a fixed `--steps` budget): its score is a lower bound. Probe budgets: "
               f"{_budget_summary(runs)}.\n")
     md.append("## Convergence certificate\n")
-    md.append(_convergence_section(certificate))
+    md.append(_convergence_section(certificate, exempt_tasks(runs["task"])))
     md.append("## Layer analysis\n")
     if "layer_weights.png" in made:
         md.append("Learned weighted-sum weights (hidden state 0 = input block); "
@@ -169,7 +177,8 @@ def build_report(results_dir: Path) -> Path:
     md += ["## Cost\n", sections["Cost"],
            "## Science checks\n",
            "Each claim of the Mockingjay / AALBERT papers is tested on the rows above; a gap counts as clear when "
-           "it exceeds the combined 95% CI half-widths. Gaps are in metric points (accuracy %).\n\n"
+           "it exceeds the combined 95% CI half-widths. Gaps are in points of each task's metric (%), signed so that a "
+           "positive gap is an improvement in the metric's direction (higher accuracy, lower error rate).\n\n"
            + checks_markdown(checks)]
     out = results_dir / "REPORT.md"
     atomic_write_text(out, "\n".join(md))

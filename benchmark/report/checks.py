@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from benchmark.record.metrics import sign
 from benchmark.report.plots import metric_display
 from upstream.registry import FAMILIES, controlled_model
 
@@ -27,16 +28,17 @@ def _verdict(wins: int, n: int) -> str:
 
 
 def _join(a: pd.DataFrame, b: pd.DataFrame, on: list[str]) -> pd.DataFrame:
-    """a x b on `on` (columns suffixed _a/_b, budget always as budget_a/budget_b); gap = a - b on test, in points;
+    """a x b on `on` (columns suffixed _a/_b, budget always as budget_a/budget_b); gap = how much better a is than b on
+    test, in points of the metric as displayed (a - b for a higher-is-better metric, b - a for an error rate);
     clear = the gap is outside the combined 95% CI half-widths (False where a CI is missing: one seed)."""
     m = a.merge(b, on=on, suffixes=("_a", "_b"))
     if "budget" in on:
         m["budget_a"] = m["budget_b"] = m["budget"]
-    scale = np.array([metric_display(str(x))[1] for x in m["metric_a"]], dtype=float)
+    scale = np.array([metric_display(str(x))[1] * sign(str(x)) for x in m["metric_a"]], dtype=float)
     m["gap"] = (m["test_mean_a"] - m["test_mean_b"]).to_numpy(dtype=float) * scale
     m["dev_gap"] = (m["dev_mean_a"] - m["dev_mean_b"]).to_numpy(dtype=float) * scale
     ci = np.sqrt(m["test_ci95_a"].astype(float) ** 2 + m["test_ci95_b"].astype(float) ** 2).to_numpy() * scale
-    m["ci"] = ci
+    m["ci"] = np.abs(ci)
     m["clear"] = np.isfinite(ci) & (m["gap"].abs().to_numpy() > np.nan_to_num(ci, nan=np.inf))
     return m
 
@@ -53,8 +55,8 @@ def _pairs(a: pd.DataFrame, b: pd.DataFrame, keys: list[str], names: tuple[str, 
     NOT matched; where some cells match, the cells that only pair at another budget are left out and counted."""
     a = a.assign(_row=np.arange(len(a)))  # to count the rows of `a` that only pair at another budget
     matched = _join(a, b, [*keys, "budget"])
-    one_b = b.assign(_conv=b["budget"] == "converge").sort_values(["_conv", "test_mean"])
-    loose = _join(a, one_b.groupby(keys, dropna=False).tail(1).drop(columns="_conv"), keys)
+    one_b = b.assign(_conv=b["budget"] == "converge", _score=_score(b, "test_mean")).sort_values(["_conv", "_score"])
+    loose = _join(a, one_b.groupby(keys, dropna=False).tail(1).drop(columns=["_conv", "_score"]), keys)
     if len(matched):
         left_out = len(set(loose["_row"]) - set(matched["_row"]))
         out = f"; {left_out} {names[0]} cell(s) with only mismatched budgets left out" if left_out else ""
@@ -143,11 +145,19 @@ def check_scarce_labels(agg: pd.DataFrame) -> Check:
         return Check(claim, "not enough data", "needs mel and a pretrained upstream, mode=last, at >= 2 fractions")
     return Check(claim, _verdict(wins, n),
                  f"holds for {wins}/{n} pretrained upstream/task pairs ({clear} with the scarce-end win beyond the "
-                 f"95% CIs), {note}; gap = pretrained - mel on test: " + "; ".join(parts))
+                 f"95% CIs), {note}; gap = pretrained better than mel by, on test: " + "; ".join(parts))
+
+
+def _score(rows: pd.DataFrame, col: str) -> pd.Series:
+    """`col` signed by each row's metric direction: larger is better whatever the metric."""
+    return rows[col] * rows["metric"].map(lambda m: sign(str(m))) if not rows.empty else rows[col]
 
 
 def _best(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    return rows.loc[rows.groupby(keys, dropna=False)["test_mean"].idxmax()] if not rows.empty else rows
+    """The best row (on test, in its metric's direction) of every `keys` cell."""
+    if rows.empty:
+        return rows
+    return rows.loc[rows.assign(_s=_score(rows, "test_mean")).groupby(keys, dropna=False)["_s"].idxmax()]
 
 
 def check_mode_beats(agg: pd.DataFrame, better: str, worse: tuple[str, ...], claim: str) -> Check:
@@ -212,7 +222,7 @@ def check_aalbert_vs_mockingjay(agg: pd.DataFrame) -> Check:
     worst = judged.loc[judged["gap"].abs().idxmax()]
     return Check(claim, _verdict(within, len(judged)),
                  f"{sizes}; {within}/{len(judged)} task/mode gaps at the largest fraction inside the combined 95% CI, "
-                 f"{note} (gap = AALBERT - Mockingjay {_gaps(judged)}; worst {worst['task']} {worst['mode']} "
+                 f"{note} (gap = AALBERT better than Mockingjay by {_gaps(judged)}; worst {worst['task']} {worst['mode']} "
                  f"{worst['gap']:+.2f} vs CI {worst['ci']:.2f})"
                  + (f"; {len(m) - len(judged)} cell(s) without CIs not judged" if len(judged) < len(m) else ""))
 
@@ -241,11 +251,13 @@ def check_intermediate_layers(agg: pd.DataFrame) -> Check:
     for _, g in lay.groupby([*_SAME_MODEL, *_SCENE, "budget"], dropna=False):  # layers of one probe budget only
         if g["layer"].nunique() < 3:
             continue
-        input_best += int(g.loc[g["dev_mean"].idxmax(), "layer"] == 0)
+        g = g.assign(_dev=_score(g, "dev_mean"))
+        input_best += int(g.loc[g["_dev"].idxmax(), "layer"] == 0)
         g = g[g["layer"] > 0]
         last = g.loc[g["layer"].idxmax()]
-        best = g.loc[g["dev_mean"].idxmax()]  # chosen on dev, judged on test
-        k = metric_display(str(g["metric"].iloc[0]))[1]
+        best = g.loc[g["_dev"].idxmax()]  # chosen on dev, judged on test
+        metric = str(g["metric"].iloc[0])
+        k = metric_display(metric)[1] * sign(metric)  # the gap counts an improvement as positive
         rows.append((int(best["layer"]), int(last["layer"]), (best["test_mean"] - last["test_mean"]) * k))
     if not rows:
         return Check(claim, "not enough data", "needs mode=layer runs for >= 3 hidden states")

@@ -20,6 +20,9 @@ examples, which it must match or beat up to the same margin: its ReLU layer can 
 as well as the converged linear head. That is a lower bound, not a proof that the MLP reached its own best; it
 catches an MLP stopped short of what a linear probe gets. Both heads of one example set share one reference fit.
 
+Tasks of another engine than the stacked classifiers' (phone_ctc: CTC over label sequences; speaker_verification:
+EER of trials) are exempt; `EXEMPT_ENGINES` says why, and certify's output and REPORT.md repeat it.
+
     python run_benchmark.py certify          # after the main job; or python -m benchmark.report.convergence
 """
 from __future__ import annotations
@@ -44,7 +47,7 @@ from downstream.data import SplitLabels, Targets, flat_rows, split_labels
 from downstream.fractions import fraction_subset
 from downstream.solver import solve_l2
 from downstream.sources import ArraySource, PooledSource
-from downstream.tasks import TASKS, TaskSpec
+from downstream.tasks import ALL_TASKS, TaskSpec, get_task
 from upstream.registry import parse_spec
 
 CONVERGENCE_FILE = "convergence.csv"
@@ -58,9 +61,36 @@ UTT_L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 # tighter than the lbfgs probe's rule (ProbeConfig.rtol)
 CERTIFICATE_RTOL = 0.01
 MARGIN_LARGEST, MARGIN_SMALLEST = 1.0, 2.0  # accuracy points
+# The reference is a logistic regression: it covers the classifiers of rows (frames, or utterance means) trained with
+# cross-entropy, the tasks of the "stacked" engine. A task of another engine is exempt, for its engine's reason
+# (stated in the certificate's output, REPORT.md and docs/tasks.md).
+EXEMPT_ENGINES: dict[str, str] = {
+    "ctc": "a CTC head over label sequences is not a classifier of frames or utterance means, so no logistic-"
+           "regression reference covers it, and its objective is not convex in the head's weights (no unique optimum "
+           "to solve for)",
+    "verification": "it is scored by the equal error rate of cosine-scored trials of held-out speakers, not by the "
+                    "speaker classification its head trains on, so no logistic-regression reference covers it (and "
+                    "the x-vector head is not linear)"}
 COLUMNS = ("run_id", "upstream", "preset", "ckpt_hash", "task", "mode", "layer", "fraction", "seed", "budget", "converged",
            "steps", "probe_dev", "probe_test", "reference_dev", "reference_test", "reference_l2", "reference_iters",
            "reference_converged", "margin", "passes")
+
+
+def exemption(task: TaskSpec) -> str | None:
+    """Why `task` is exempt from the certificate (None: the reference covers it)."""
+    if task.engine == "stacked":
+        return None
+    return EXEMPT_ENGINES.get(task.engine, f"its engine {task.engine!r} trains no classifier of rows that a "
+                                           f"logistic-regression reference covers")
+
+
+def exempt_tasks(tasks) -> dict[str, str]:
+    """{task: reason} for the registered tasks of `tasks` (names) that the certificate exempts, sorted."""
+    return {t: r for t in sorted(set(map(str, tasks))) if t in ALL_TASKS and (r := exemption(ALL_TASKS[t])) is not None}
+
+
+def certifiable(task: str) -> bool:
+    return task in ALL_TASKS and exemption(ALL_TASKS[task]) is None
 
 
 @dataclass(frozen=True)
@@ -143,7 +173,7 @@ def cached_probe_inputs(cache_dir: Path, row: dict | pd.Series, corpus: Corpus,
     its source (the cached frames, or their utterance means), whitening fitted, and every split's labels cut with the
     cache's own frame rule (the perf scripts train probes on a main job's cache this way)."""
     frames, rule = cached_frames(cache_dir, row, corpus)
-    source: ArraySource | PooledSource = PooledSource(frames) if task.level == "utterance" else frames
+    source: ArraySource | PooledSource = PooledSource(frames) if task.pooled else frames
     source.whitening()
     return source, {s: split_labels(corpus, corpus.utterances(s), s, task.labels, rule) for s in PROBE_SPLITS}
 
@@ -179,9 +209,9 @@ class Certifier:
         return self._sources[key]
 
     def reference(self, row: pd.Series) -> Reference:
-        task = TASKS[row["task"]]
+        task = get_task(row["task"])
         frames, pooled = self.sources(row)
-        src = pooled if task.level == "utterance" else frames
+        src = pooled if task.pooled else frames
         L = src.num_hidden_states
         ws = row["mode"] == "weighted_sum"
         layers = list(range(L)) if ws else [int(row["layer"])]
@@ -197,19 +227,19 @@ class Certifier:
             idx = list(sub.indices)
             data = []
             for s in PROBE_SPLITS:
-                if task.level == "frame":  # whitened frames in memory, float32: this path's own copy
+                if task.frame_targets:  # whitened frames in memory, float32: this path's own copy
                     mixed = sum(w * frames.whitened(s, k) for w, k in zip(weights, layers))  # the probe's own mix
                 else:
                     x = pooled.examples(s)
                     mixed = sum(w * x[pooled.position(k)] for w, k in zip(weights, layers))
                 t = Targets(task, self.labels(task, s), src.lengths(s), s)
-                y = torch.from_numpy(t.frames if task.level == "frame" else t.utt)
+                y = torch.from_numpy(t.rows)
                 if s == "train":
-                    sel = torch.from_numpy(flat_rows(frames.splits[s].offsets, idx) if task.level == "frame"
+                    sel = torch.from_numpy(flat_rows(frames.splits[s].offsets, idx) if task.frame_targets
                                            else np.asarray(idx, dtype=np.int64))
                     mixed, y = mixed.index_select(0, sel), y.index_select(0, sel)
                 data.append((mixed, y))
-            grid = UTT_L2_GRID if task.level == "utterance" else L2_GRID
+            grid = UTT_L2_GRID if task.pooled else L2_GRID
             self._fits[key] = fit_reference(*data, len(task.labels.classes(self.corpus)), grid)
         return self._fits[key]
 
@@ -218,7 +248,9 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
     """Fit the references of every frozen-probe row at its (upstream, task)'s largest and smallest fraction and
     write results_dir/convergence.csv; returns the table."""
     runs = read_runs(Path(results_dir) / "runs.csv")
-    runs = runs[runs["task"].map(lambda t: t in TASKS) & runs["mode"].isin(["last", "layer", "weighted_sum"])]
+    for task, reason in exempt_tasks(runs["task"]).items():
+        log(f"{task}: exempt from the certificate: {reason}")
+    runs = runs[runs["task"].map(certifiable) & runs["mode"].isin(["last", "layer", "weighted_sum"])]
     runs = runs[runs["corpus"] == corpus.name]
     if runs.empty:
         raise ValueError(f"{results_dir}/runs.csv: no frozen-probe rows on corpus {corpus.name} to certify")
@@ -270,7 +302,7 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
 def _examples_key(row) -> tuple:
     """What a fixed-layer row's reference is fitted on: the upstream checkpoint, the labels and their level, the
     layer and the training subset (fraction and seed)."""
-    task = TASKS[row["task"]]
+    task = get_task(row["task"])
     return (row["upstream"], row["preset"], str(row["ckpt_hash"]), task.labels.name, task.level, int(row["layer"]),
             float(row["fraction"]), int(row["seed"]))
 
@@ -318,14 +350,19 @@ def certificate_summary(table: pd.DataFrame) -> CertificateSummary:
         passing=int(table["passes"].sum()), rows=len(table),
         mean_gap=float((table["probe_test"] - table["reference_test"]).mean()),
         capped=int((~table["reference_converged"]).sum()),
-        nonlinear=tuple(sorted(t for t in table["task"].unique() if t in TASKS and not TASKS[t].linear)),
+        nonlinear=tuple(sorted(t for t in table["task"].unique() if t in ALL_TASKS and not ALL_TASKS[t].linear)),
         failing=fails, failing_selected=int((fails["probe_dev"] >= fails["reference_dev"]).sum()))
 
 
-def summary_markdown(table: pd.DataFrame) -> str:
-    """The report's paragraph: how many cells pass, and every failing one."""
+def exempt_markdown(exempt: dict[str, str]) -> str:
+    """The exempt tasks and why, one sentence each."""
+    return "".join(f"\n`{t}` is exempt from the certificate: {reason}.\n" for t, reason in exempt.items())
+
+
+def summary_markdown(table: pd.DataFrame, exempt: dict[str, str] | None = None) -> str:
+    """The report's paragraph: how many cells pass, every failing one, and the exempt tasks (`exempt_tasks`)."""
     if table.empty:
-        return "No certificate rows.\n"
+        return "No certificate rows.\n" + exempt_markdown(exempt or {})
     s = certificate_summary(table)
     lines = [f"{s.passing}/{s.rows} frozen-probe rows pass (probe test >= reference test - "
              f"{MARGIN_LARGEST:g} point at the largest fraction, - {MARGIN_SMALLEST:g} at the smallest); mean probe - "
@@ -342,7 +379,7 @@ def summary_markdown(table: pd.DataFrame) -> str:
         lines += [f"| {r.upstream}:{r.preset} | {r.task} | {r.mode} | {r.fraction:g} | {r.seed} | {r.probe_dev:.2f} | "
                   f"{r.reference_dev:.2f} | {r.probe_test:.2f} | {r.reference_test:.2f} |\n"
                   for r in s.failing.itertuples()]
-    return "".join(lines)
+    return "".join(lines) + exempt_markdown(exempt or {})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,10 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         corpus = load_corpus(a.corpus)
         table = certify(a.results_dir, corpus, a.cache_dir)
+        exempt = exempt_tasks(read_runs(Path(a.results_dir) / "runs.csv")["task"])
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(summary_markdown(table))
+    print(summary_markdown(table, exempt))
     return 0
 
 

@@ -10,6 +10,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 
+from benchmark.record.metrics import metric_of, shown_bounds, sign
 from core.figures import plt, save_figure
 
 # Fixed colours so an upstream looks the same in every figure; random-init controls are pale versions
@@ -21,21 +22,31 @@ MODE_STYLES: dict[str, tuple[str, str]] = {"last": ("-", "o"), "weighted_sum": (
                                            "finetune": (":", "^"), "layer": ("-.", "D")}
 MODE_LABELS: dict[str, str] = {"last": "last layer (frozen)", "weighted_sum": "weighted sum (frozen)",
                                "finetune": "fine-tuned", "layer": "single layer"}
-# Metric name -> (axis label, factor to display): accuracies are stored as fractions, shown in %.
-METRIC_DISPLAY: dict[str, tuple[str, float]] = {"frame_acc": ("frame accuracy (%)", 100.0),
-                                                "utt_acc": ("utterance accuracy (%)", 100.0)}
-
-
-# Metrics where a smaller value is better (error rates, losses); every other metric (the accuracies) is maximised.
-LOWER_IS_BETTER: frozenset[str] = frozenset({"per", "wer", "cer", "der", "eer", "loss", "l1"})
 
 
 def metric_display(metric: str) -> tuple[str, float]:
-    return METRIC_DISPLAY.get(metric, (metric, 1.0))
+    """(axis label, factor to display) of the rows' metric: its own (downstream.metrics.Metric.display)."""
+    return metric_of(metric).display
 
 
 def higher_is_better(metric: str) -> bool:
-    return str(metric) not in LOWER_IS_BETTER
+    return metric_of(metric).higher_is_better
+
+
+def direction_words(metric: str) -> str:
+    return "higher is better" if higher_is_better(metric) else "lower is better"
+
+
+def best_position(values: np.ndarray, metric: str) -> int:
+    """Index of the best of `values` in the metric's direction (NaN never best)."""
+    v = np.asarray(values, dtype=float) * sign(metric)
+    return int(np.nanargmax(np.where(np.isfinite(v), v, -np.inf)))
+
+
+def interval(metric: str, mean: np.ndarray, err: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of mean ± err (as displayed), cut to the metric's range (benchmark.record.metrics.shown_bounds)."""
+    lo, hi = shown_bounds(metric, scale)
+    return np.clip(mean - err, lo, hi), np.clip(mean + err, lo, hi)
 
 
 def line_key(upstream: str, preset: str, presets_per_upstream: dict[str, int]) -> str:
@@ -96,7 +107,8 @@ def plot_ablation(agg: pd.DataFrame, path: Path, band: str = "ci95") -> Path:
     fig, axes = _grid(len(tasks))
     for ax, task in zip(axes, tasks):
         t = rows[rows["task"] == task]
-        label, k = metric_display(t["metric"].iloc[0])
+        metric = str(t["metric"].iloc[0])
+        label, k = metric_display(metric)
         for (key, mode), g in t.groupby(["key", "mode"], sort=False):
             g = g.sort_values("train_utts")
             x, y = g["train_utts"].to_numpy(float), g["test_mean"].to_numpy(float) * k
@@ -105,10 +117,11 @@ def plot_ablation(agg: pd.DataFrame, path: Path, band: str = "ci95") -> Path:
             ax.plot(x, y, color=colors[key], ls=ls, marker=mk, ms=4, lw=1.6)
             ok = np.isfinite(err)
             if ok.any():
-                ax.fill_between(x[ok], (y - err)[ok], (y + err)[ok], color=colors[key], alpha=0.12, lw=0)
+                low, high = interval(metric, y[ok], err[ok], k)
+                ax.fill_between(x[ok], low, high, color=colors[key], alpha=0.12, lw=0)
         ax.set_xscale("log")
         ax.set_xlabel("labelled training utterances (log scale)")
-        ax.set_ylabel(f"test {label}")
+        ax.set_ylabel(f"test {label}, {direction_words(metric)}")
         ax.set_title(task)
         ax.grid(True, which="both", alpha=0.3)
         fr = t.groupby("fraction")["train_utts"].mean().sort_index()
@@ -192,12 +205,14 @@ def plot_layer_probe(agg: pd.DataFrame, path: Path) -> Path:
     fig, axes = _grid(len(tasks), height=3.8)
     for ax, task in zip(axes, tasks):
         t = lay[lay["task"] == task]
-        label, k = metric_display(t["metric"].iloc[0])
+        metric = str(t["metric"].iloc[0])
+        label, k = metric_display(metric)
         for key, g in t.groupby("key", sort=False):
             g = g.sort_values("layer")
             x, y, e = g["layer"].to_numpy(), g["test_mean"].to_numpy(float) * k, g["test_ci95"].to_numpy(float) * k
-            ax.errorbar(x, y, yerr=np.where(np.isfinite(e), e, 0), color=colors[key], marker="o", ms=4, capsize=3)
-            best = int(np.argmax(y))
+            low, high = interval(metric, y, np.where(np.isfinite(e), e, 0), k)
+            ax.errorbar(x, y, yerr=np.stack([y - low, high - y]), color=colors[key], marker="o", ms=4, capsize=3)
+            best = best_position(y, metric)
             ax.plot(x[best], y[best], marker="*", ms=13, color=colors[key], mec="k", mew=0.6, ls="none")
             if ws is not None:
                 w = ws[(ws["task"] == task) & (ws["key"] == key) & (ws["fraction"] == g["fraction"].iloc[0])]
@@ -206,7 +221,7 @@ def plot_layer_probe(agg: pd.DataFrame, path: Path) -> Path:
         n = int(t["layer"].max()) + 1
         ax.set_xticks(range(n), ["input\nblock" if i == 0 else f"layer {i}" for i in range(n)], fontsize=8)
         ax.set_xlabel("hidden state probed")
-        ax.set_ylabel(f"test {label}")
+        ax.set_ylabel(f"test {label}, {direction_words(metric)}")
         ax.set_title(task)
         ax.grid(True, alpha=0.3)
     fig.suptitle("Per-layer probes: one probe per single hidden state (mean ± 95% CI over seeds)", y=1.0)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.record.metrics import metric_of, sign
 from benchmark.report.plots import metric_display
 from core.io import atomic_write_text
 
@@ -67,23 +68,28 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 
 def leaderboard(agg: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Ranked rows of one task at its largest label fraction: every last / weighted_sum / finetune entry,
-    plus each upstream's best single layer (chosen on DEV, so the test score stays an honest estimate)."""
+    """Ranked rows of one task at its largest label fraction, best first in its metric's direction: every last /
+    weighted_sum / finetune entry, plus each upstream's best single layer (chosen on DEV, so the test score stays an
+    honest estimate)."""
     t = agg[agg["task"] == task]
     if t.empty:
         raise ValueError(f"leaderboard: no rows for task {task!r}; tasks present: {sorted(agg['task'].unique())}")
     t = t[t["fraction"] == t["fraction"].max()]
+    k = sign(str(t["metric"].iloc[0]))  # sign x score grows as the score improves
+    t = t.assign(_dev=t["dev_mean"] * k, _test=t["test_mean"] * k)
     main = t[t["mode"] != "layer"]
     lay = t[t["mode"] == "layer"]
-    best = lay.loc[lay.groupby(["upstream", "preset"])["dev_mean"].idxmax()] if not lay.empty else lay
-    out = pd.concat([main, best]).sort_values(["test_mean", "dev_mean"], ascending=False).reset_index(drop=True)
+    best = lay.loc[lay.groupby(["upstream", "preset"])["_dev"].idxmax()] if not lay.empty else lay
+    out = pd.concat([main, best]).sort_values(["_test", "_dev"], ascending=False).reset_index(drop=True)
     out.insert(0, "rank", range(1, len(out) + 1))
     return out[list(LEADERBOARD_COLUMNS)]
 
 
 def leaderboard_display(lb: pd.DataFrame) -> pd.DataFrame:
     """A ranked table's cells as text, as REPORT.md and the HTML site show them."""
-    label, k = metric_display(str(lb["metric"].iloc[0]))
+    metric = str(lb["metric"].iloc[0])
+    label, k = metric_display(metric)
+    arrow = metric_of(metric).arrow
     utt = lb["test_utt_mean"].notna().any()
     show = pd.DataFrame({
         "rank": lb["rank"], "upstream": lb["upstream"] + ":" + lb["preset"],
@@ -92,7 +98,7 @@ def leaderboard_display(lb: pd.DataFrame) -> pd.DataFrame:
         "pretrain time": lb["pretrain_seconds"].map(fmt_seconds), "recipe": lb["pretrain_recipe"],
         "probe budget": [fmt_budget(b, st, c, n) for b, st, c, n in
                          zip(lb["budget"], lb["steps_mean"], lb["n_converged"], lb["n_seeds"])],
-        f"test {label}, mean ± 95% CI": [fmt_score(m, c, k) + unconverged_mark(b, nc, n) for m, c, k, b, nc, n in
+        f"test {label} {arrow}, mean ± 95% CI": [fmt_score(m, c, k) + unconverged_mark(b, nc, n) for m, c, k, b, nc, n in
                                          zip(lb["test_mean"], lb["test_ci95"], [k] * len(lb), lb["budget"],
                                              lb["n_converged"], lb["n_seeds"])],
         "dev": (lb["dev_mean"] * k).map(lambda v: f"{v:.2f}"), "seeds": lb["n_seeds"],

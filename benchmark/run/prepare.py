@@ -15,13 +15,13 @@ from benchmark.cache.extract import ensure_split
 from benchmark.inputs.corpus import normalisation_split, resolve_corpus
 from benchmark.inputs.upstream import planned_checkpoint, resolve_upstream
 from benchmark.plan.config import BenchmarkConfig
-from benchmark.plan.runs import cache_layers, choose_fractions, expand_runs, run_id
+from benchmark.plan.runs import cache_layers, check_tasks, choose_fractions, expand_runs, planned_splits, run_id
 from benchmark.plan.shapes import planned_upstream
 from benchmark.plan.shards import shard_filter
 from benchmark.record.results import read_rows, rows_files
 from benchmark.run.runner import corpus_digest
 from core.io import read_json
-from corpora.manifest import PROBE_SPLITS
+from downstream.tasks import get_task
 from upstream.checkpoint import read_meta
 from upstream.registry import family_of
 
@@ -34,6 +34,7 @@ def prepare(cfg: BenchmarkConfig, log=print) -> int:
     t0 = time.perf_counter()
     corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, progress=cfg.progress)
     assert corpus is not None
+    check_tasks(cfg.tasks, corpus)  # before any extraction
     fractions = choose_fractions(cfg, corpus, log)
     done = set() if cfg.force else {r["run_id"] for f in rows_files(Path(cfg.results_dir)) for r in read_rows(f)}
     digest, ready = corpus_digest(corpus), 0
@@ -48,8 +49,9 @@ def prepare(cfg: BenchmarkConfig, log=print) -> int:
             log(f"{spec}: every planned run is recorded under {cfg.results_dir}; no feature cache needed")
             continue
         layers = cache_layers(pending, L)  # the hidden states the planned modes read
-        for split in PROBE_SPLITS:
-            _, built = ensure_split(cfg.cache_dir, up.identity, up.model, corpus, split, corpus.utterances(split),
+        tasks = [get_task(t) for t in dict.fromkeys(r.task for r in pending)]
+        for split, utts in planned_splits(tasks, corpus).items():  # the probe splits and the tasks' own (trials)
+            _, built = ensure_split(cfg.cache_dir, up.identity, up.model, corpus, split, utts,
                                     progress=cfg.progress, device=cfg.device, log=log, layers=layers)
             log(f"{spec}: {split} features ({len(layers)} of {L} hidden states) "
                 f"{'extracted' if built else 'already cached'} in {cfg.cache_dir}")

@@ -14,12 +14,12 @@ import torch
 
 from core.io import atomic_write_text, sha256_json
 from core.repro import provenance
-from corpora.manifest import Corpus, PROBE_SPLITS
+from corpora.manifest import Corpus, PROBE_SPLITS, Utterance
 from downstream.data import SplitLabels, num_classes, split_labels
 from downstream.fractions import fraction_subset
 from downstream.modes import LayerMode
-from downstream.sources import ArraySource, LiveSource, PooledSource
-from downstream.tasks import get_task
+from downstream.sources import ArraySource, LiveSource, PooledSource, SplitArrays
+from downstream.tasks import TaskSpec, get_task
 from downstream.finetune import finetune_probe
 from downstream.probe import ProbeConfig, ProbeResult, ProbeSpec
 from downstream.train import train_probe, train_probes
@@ -28,7 +28,8 @@ from benchmark.cache.reader import manifest_digest
 from benchmark.inputs.corpus import resolve_corpus
 from benchmark.inputs.upstream import ResolvedUpstream, resolve_upstream
 from benchmark.plan.config import BenchmarkConfig
-from benchmark.plan.runs import PlannedRun, cache_layers, choose_fractions, expand_runs, run_id
+from benchmark.plan.runs import (PlannedRun, cache_layers, check_tasks, choose_fractions, expand_runs, planned_splits,
+                                 run_id, task_splits)
 from benchmark.plan.shards import expected_seconds, shard_filter
 from benchmark.record.results import RUNS_FILE, append_row, done_run_ids, write_leaderboard
 from benchmark.record.schema import COMMAND_FILE
@@ -47,19 +48,21 @@ def corpus_digest(corpus: Corpus) -> str:
     return sha256_json({"name": corpus.name, **{s: manifest_digest(corpus.utterances(s)) for s in PROBE_SPLITS}})[:16]
 
 
-def _source(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, utts: dict, layers: tuple[int, ...],
-            stats: RunnerStats, log) -> ArraySource:
-    """The hidden states `layers` of every probe split: from the feature cache (extracted into it when missing), or
-    with cfg.use_cache False (--no-cache) extracted into memory, float16 as the cache stores them."""
+def _arrays(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, splits: dict[str, list[Utterance]],
+            layers: tuple[int, ...], stats: RunnerStats, log) -> dict[str, SplitArrays]:
+    """The hidden states `layers` of every cache split the pending tasks read (the probe splits, and a task's own such
+    as speaker verification's trial utterances: benchmark.plan.runs.task_splits): from the feature cache (extracted
+    into it when missing), or with cfg.use_cache False (--no-cache) extracted into memory, float16 as the cache
+    stores them."""
     t0 = time.perf_counter()
     arrays = {}
     L = up.model.num_hidden_states
-    for split in PROBE_SPLITS:
+    for split, split_utts in splits.items():
         if cfg.use_cache:
-            arrays[split], built = ensure_split(cfg.cache_dir, up.identity, up.model, corpus, split, utts[split],
+            arrays[split], built = ensure_split(cfg.cache_dir, up.identity, up.model, corpus, split, split_utts,
                                                 progress=cfg.progress, device=cfg.device, log=log, layers=layers)
         else:
-            arrays[split], built = extract_arrays(up.model, corpus, utts[split], layers, progress=cfg.progress,
+            arrays[split], built = extract_arrays(up.model, corpus, split_utts, layers, progress=cfg.progress,
                                                   device=cfg.device, desc=f"extract {up.spec}/{split}"), True
         if built:
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -67,7 +70,26 @@ def _source(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, utts: di
                 f"{arrays[split].hidden.shape[0]} of {L} hidden states"
                 f"{'' if cfg.use_cache else ', into memory (--no-cache)'}), peak RSS so far {rss:.0f} MiB")
     stats.extract_seconds += time.perf_counter() - t0
-    return ArraySource(arrays, layers)
+    return arrays
+
+
+def task_sources(arrays: dict[str, SplitArrays], layouts: dict[str, dict[str, str]],
+                 layers: tuple[int, ...]) -> dict[str, ArraySource]:
+    """task -> the source of its probe splits (`layouts`: task -> probe split -> cache split). Tasks of one layout
+    share one source; a layout with the same train split as an earlier one shares that one's whitening
+    (ArraySource.with_splits), so the train frames are whitened once."""
+    by_layout: dict[tuple[str, ...], ArraySource] = {}
+    by_train: dict[str, ArraySource] = {}
+    out = {}
+    for task, layout in layouts.items():
+        key = tuple(layout[s] for s in PROBE_SPLITS)
+        if key not in by_layout:
+            train = layout["train"]
+            by_layout[key] = (by_train[train].with_splits({s: arrays[layout[s]] for s in PROBE_SPLITS if s != "train"})
+                              if train in by_train else ArraySource({s: arrays[layout[s]] for s in PROBE_SPLITS}, layers))
+            by_train.setdefault(train, by_layout[key])
+        out[task] = by_layout[key]
+    return out
 
 
 def make_row(run: PlannedRun, rid: str, up: ResolvedUpstream, corpus: Corpus, layer: int, result, prov: dict,
@@ -107,27 +129,40 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
     if not pending:
         log(f"{up.spec}: all {len(runs)} runs already in {runs_csv}")
         return
-    utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
+    specs = {r.task: get_task(r.task) for r, _, _ in pending}
+    splits = {t: task_splits(spec, corpus) for t, spec in specs.items()}  # probe split -> (cache split, utterances)
     frozen = [p for p in pending if not p[0].finetune]
     finetune = [p for p in pending if p[0].finetune]
     # only the hidden states the pending runs read (fine-tuning starts from a frozen last-layer probe on them too)
-    cached = _source(cfg, up, corpus, utts, cache_layers([r for r, _, _ in pending], L), stats, log)
+    layers = cache_layers([r for r, _, _ in pending], L)
+    arrays = _arrays(cfg, up, corpus, planned_splits(list(specs.values()), corpus), layers, stats, log)
+    sources = task_sources(arrays, {t: {s: name for s, (name, _) in sp.items()} for t, sp in splits.items()}, layers)
+    utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
     live = LiveSource(up.model, corpus, utts, cfg.device) if finetune else None
-    pooled: PooledSource | None = None
+    pooled: dict[int, PooledSource] = {}  # id of a task's frame source -> its utterance means
     labels: dict[str, dict[str, SplitLabels]] = {}
-    train_spk = [u.speaker for u in utts["train"]]
-    for r, _, _ in pending:  # before any worker thread starts
-        source = get_task(r.task).labels
-        if source.name not in labels:
-            labels[source.name] = {s: split_labels(corpus, utts[s], s, source, up.model.frame_rule)
-                                   for s in PROBE_SPLITS}
-    if any(get_task(r.task).level == "utterance" for r, _, _ in pending):
-        pooled = PooledSource(cached)  # mean pooling commutes with the layer mix: exact, ~300x less data
-        pooled.whitening()  # means and their statistics, once, before any worker thread starts
-    if any(get_task(r.task).level == "frame" for r, _, _ in pending):
+    for t, spec in specs.items():  # before any worker thread starts
+        if spec.labels.name not in labels:
+            labels[spec.labels.name] = {s: split_labels(corpus, splits[t][s][1], s, spec.labels, up.model.frame_rule)
+                                        for s in PROBE_SPLITS}
+        if spec.pooled and id(sources[t]) not in pooled:
+            pooled[id(sources[t])] = PooledSource(sources[t])  # mean pooling commutes with the layer mix: exact
+            pooled[id(sources[t])].whitening()  # means and their statistics, once, before any worker thread starts
+    whiten = {id(sources[t]): sources[t] for t, spec in specs.items() if not spec.pooled}
+    if whiten:  # the engines of frame-reading tasks whiten the frames: fitted once, before any worker thread starts
         t0 = time.perf_counter()
-        cached.whitening()
+        for src in whiten.values():
+            src.whitening()
         log(f"{up.spec}: whitening fitted on the train frames in one streaming pass ({time.perf_counter() - t0:.0f} s)")
+
+    def source_of(task: TaskSpec) -> ArraySource | PooledSource:
+        """What the task's engine reads: its frames, or their utterance means (TaskSpec.pooled)."""
+        frames = sources[task.name]
+        return pooled[id(frames)] if task.pooled else frames
+
+    def train_speakers(task: TaskSpec) -> list[str]:
+        return [u.speaker for u in splits[task.name]["train"][1]]
+
     lock = threading.Lock()
     from tqdm import tqdm
 
@@ -144,12 +179,11 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
         """Every fraction and seed of one task and mode, trained as one batched model (downstream.train)."""
         r0, _, pcfg = group[0]
         task = get_task(r0.task)
-        source = pooled if task.level == "utterance" else cached
-        assert source is not None
-        specs = [ProbeSpec(fraction_subset(train_spk, r.fraction, r.seed, task.labels.closed_set).indices, r.seed)
-                 for r, _, _ in group]
-        results = train_probes(task, r0.mode, source, labels[task.labels.name], specs, num_classes(corpus, task),
-                               pcfg, device=cfg.device, memory=cfg.probe_memory)
+        spk = train_speakers(task)
+        probes = [ProbeSpec(fraction_subset(spk, r.fraction, r.seed, task.labels.closed_set).indices, r.seed)
+                  for r, _, _ in group]
+        results = train_probes(task, r0.mode, source_of(task), labels[task.labels.name], probes,
+                               num_classes(corpus, task), pcfg, device=cfg.device, memory=cfg.probe_memory)
         for (r, rid, _), result in zip(group, results):
             if r.mode.kind == "last":
                 with lock:
@@ -161,9 +195,8 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
         trained, or trained now when its row was already in runs.csv: the same probe either way)."""
         assert live is not None
         task = get_task(r.task)
-        source = pooled if task.level == "utterance" else cached
-        assert source is not None
-        sub = fraction_subset(train_spk, r.fraction, r.seed, task.labels.closed_set)
+        source = source_of(task)
+        sub = fraction_subset(train_speakers(task), r.fraction, r.seed, task.labels.closed_set)
         n_cls, lab = num_classes(corpus, task), labels[task.labels.name]
         start = last_probes.get((r.task, r.fraction, r.seed))
         if start is None:
@@ -177,7 +210,8 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
     groups: dict[tuple, list] = {}
     for r, rid, pcfg in frozen:
         groups.setdefault((r.task, r.mode, pcfg), []).append((r, rid, pcfg))
-    cost = lambda job: expected_seconds(job[0], L, cached.hidden_size)  # noqa: E731
+    width = next(iter(arrays.values())).hidden.shape[2]
+    cost = lambda job: expected_seconds(job[0], L, width)  # noqa: E731
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     try:
@@ -238,6 +272,7 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> RunnerStats:
     t0 = time.perf_counter()
     corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, progress=cfg.progress)
     assert corpus is not None
+    check_tasks(cfg.tasks, corpus)  # a corpus that cannot serve a task: a ValueError before any extraction
     fractions = choose_fractions(cfg, corpus, log)
     prov = provenance(cfg.device)
     log(f"corpus {corpus.name} ({corpus.root}); fractions {', '.join(f'{f:g}' for f in fractions)}; "

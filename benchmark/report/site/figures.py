@@ -11,7 +11,7 @@ from bokeh.models import (ColumnDataSource, FactorRange, GlyphRenderer, HoverToo
                           Patches, PrintfTickFormatter, Scatter, Segment, Span, VBar)
 from bokeh.plotting import figure
 
-from benchmark.report.plots import MODE_LABELS, MODE_STYLES, higher_is_better, metric_display, with_keys
+from benchmark.report.plots import MODE_LABELS, MODE_STYLES, direction_words, interval, metric_display, with_keys
 from benchmark.report.tables import fmt_score
 
 DASHES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dashdot"}
@@ -27,7 +27,7 @@ def _mode_rank(mode: str) -> int:
 
 
 def _direction(metric: str) -> str:
-    return "higher is better" if higher_is_better(metric) else "lower is better"
+    return direction_words(metric)
 
 
 def _add(fig: figure, data: dict, glyph) -> GlyphRenderer:
@@ -92,9 +92,9 @@ def ablation_figures(agg: pd.DataFrame) -> dict[str, figure]:
                 lines["ys"].append(mean)
                 lines["dash"].append(DASHES[ls])
                 if np.isfinite(ci).any():
-                    ci = np.where(np.isfinite(ci), ci, 0.0)
+                    low, high = interval(metric, mean, np.where(np.isfinite(ci), ci, 0.0), k)
                     bands["xs"].append(np.concatenate([x, x[::-1]]))
-                    bands["ys"].append(np.concatenate([mean + ci, (mean - ci)[::-1]]))
+                    bands["ys"].append(np.concatenate([high, low[::-1]]))
                 pts["x"] += list(x)
                 pts["y"] += list(mean)
                 pts["marker"] += [MARKERS[mk]] * len(g)
@@ -155,7 +155,7 @@ def layer_probe_figure(agg: pd.DataFrame) -> figure | None:
     if lay.empty:
         return None
     lay = lay[lay["fraction"] == lay.groupby("task")["fraction"].transform("max")]
-    labels = sorted({metric_display(str(m))[0] for m in lay["metric"]})
+    labels = sorted({f"{metric_display(str(m))[0]} ({direction_words(str(m))})" for m in lay["metric"]})
     fig = figure(height=320, sizing_mode="stretch_width", tools=TOOLS, x_axis_label="hidden state probed (0 = input block)",
                  y_axis_label=f"test {' / '.join(labels)}",
                  title="Per-layer probes: one probe per single hidden state (mean ± 95% CI over seeds)")
@@ -166,9 +166,10 @@ def layer_probe_figure(agg: pd.DataFrame) -> figure | None:
     names = []
     for i, ((task, ckpt, budget), g) in enumerate(groups):
         g = g.sort_values("layer")
-        k = metric_display(str(g["metric"].iloc[0]))[1]
+        metric = str(g["metric"].iloc[0])
+        k = metric_display(metric)[1]
         mean, ci = g["test_mean"].to_numpy(float) * k, g["test_ci95"].to_numpy(float) * k
-        ci = np.where(np.isfinite(ci), ci, 0.0)
+        low, high = interval(metric, mean, np.where(np.isfinite(ci), ci, 0.0), k)
         color = TASK_COLORS[i % len(TASK_COLORS)]
         x = g["layer"].to_numpy(int)
         lines["xs"].append(x)
@@ -176,8 +177,8 @@ def layer_probe_figure(agg: pd.DataFrame) -> figure | None:
         lines["color"].append(color)
         pts["x"] += list(x)
         pts["y"] += list(mean)
-        pts["lo"] += list(mean - ci)
-        pts["hi"] += list(mean + ci)
+        pts["lo"] += list(low)
+        pts["hi"] += list(high)
         pts["score"] += [fmt_score(m, c, k) for m, c in zip(g["test_mean"], g["test_ci95"])]
         pts["task"] += [task] * len(g)
         pts["color"] += [color] * len(g)

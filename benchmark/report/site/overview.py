@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from benchmark.report.plots import UPSTREAM_COLORS, higher_is_better, metric_display
+from benchmark.record.metrics import metric_of
+from benchmark.report.plots import UPSTREAM_COLORS, metric_display
 from benchmark.report.tables import fmt_count, fmt_score, fmt_seconds, unconverged_mark
 from upstream.registry import controlled_model
 
@@ -24,6 +25,12 @@ class Column:
     train_utts: float
     metric_label: str  # "frame accuracy (%)"
     higher: bool  # the direction in which the metric improves
+    metric_name: str = ""  # "PER": the metric as a column head names it, with its arrow (`head`)
+
+    @property
+    def head(self) -> str:
+        """'PER ↓': the metric and its direction."""
+        return f"{self.metric_name} {'↑' if self.higher else '↓'}"
 
 
 @dataclass(frozen=True)
@@ -61,11 +68,12 @@ def columns(agg: pd.DataFrame) -> list[Column]:
     out = []
     for task, t in agg.groupby("task", sort=True):
         fractions = sorted(t["fraction"].unique())
-        metric = str(t["metric"].iloc[0])
-        label = metric_display(metric)[0]
+        metric = metric_of(str(t["metric"].iloc[0]))
+        label = metric.display[0]
         for end, f in (("largest", fractions[-1]), ("smallest", fractions[0]))[:1 if len(fractions) == 1 else 2]:
             utts = float(t.loc[t["fraction"] == f, "train_utts"].mean())
-            out.append(Column(str(task), end, float(f), utts, label, higher_is_better(metric)))
+            out.append(Column(str(task), end, float(f), utts, label, metric.higher_is_better,
+                              metric.label or metric.name))
     return out
 
 
@@ -130,3 +138,22 @@ def fixed_text(row: Row) -> dict[str, str]:
     """The row's non-score cells as the tables print them."""
     return {"params": fmt_count(row.params), "pretrain frames": fmt_count(row.pretrain_frames),
             "pretrain time": fmt_seconds(row.pretrain_seconds)}
+
+
+def superb_markdown(agg: pd.DataFrame) -> str:
+    """The SUPERB-style overview as Markdown: one row per upstream checkpoint and probe mode, one column per task at
+    its largest label fraction headed with its metric and direction ("phone_ctc<br>PER ↓"), the best cell of each
+    column in bold (in the metric's direction), cells whose 95 % CI overlaps it marked ≈."""
+    cols, rows = overview(agg)
+    keep = [j for j, c in enumerate(cols) if c.end == "largest"]
+    if not keep or not rows:
+        return "No rows.\n"
+    head = ["upstream", "mode", *(f"{cols[j].task}<br>{cols[j].head}" for j in keep)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(keep)) + "|"]
+    for r in rows:
+        cells = []
+        for j in keep:
+            c = r.cells[j]
+            cells.append(f"**{c.text}**" if c.mark == "best" else f"{c.text} ≈" if c.mark == "tied" else c.text)
+        lines.append("| " + " | ".join([r.name, r.mode_label, *(c.replace("|", "\\|") for c in cells)]) + " |")
+    return "\n".join(lines) + "\n"
