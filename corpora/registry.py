@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from corpora.build import ConfigMismatch
+from corpora.build import ConfigMismatch, existing
 from corpora.librispeech import prepare_librispeech
 from corpora.manifest import Corpus
 from corpora.speech_commands import prepare_speech_commands
-from corpora.synth.build import SynthConfig, prepare_synth, prepare_synth_config, quick_config
+from corpora.synth.build import SynthConfig, prepare_synth, prepare_synth_config, quick_config, synth_config_dict
 from corpora.synth.keywords import prepare_synth_keywords
 from corpora.timit import prepare_timit
 from corpora.usermanifest import prepare_manifest
@@ -31,6 +31,17 @@ def prepare_corpus(name: str, out_dir: str | Path, **options: Any) -> Corpus:
     if name not in PREPARERS:
         raise ValueError(f"unknown corpus {name!r}; valid names: {sorted(PREPARERS)}")
     return PREPARERS[name](out_dir, **options)
+
+
+def default_corpus_current(data_dir: str | Path, quick: bool = False) -> bool:
+    """Whether data_dir holds the built-in corpus as this generator makes it (False: missing, or left by an older
+    generator version: ensure_default_corpus rebuilds it)."""
+    out = Path(data_dir) / ("synth_quick" if quick else "synth")
+    cfg: SynthConfig = quick_config() if quick else SynthConfig()
+    try:
+        return existing(out, "synth", synth_config_dict(cfg), force=False) is not None
+    except ConfigMismatch:
+        return False
 
 
 def ensure_default_corpus(data_dir: str | Path, quick: bool = False, progress: bool = True) -> Corpus:

@@ -187,3 +187,28 @@ def test_generated_voices_are_really_used(tmp_path):
     assert f0[0] < 110 < 180 < f0[1], f0
     with pytest.raises(Exception, match="could not load voice file"):
         es.set_voice_file(tmp_path / "missing")
+
+
+def test_a_built_in_corpus_from_an_older_generator_is_rebuilt_not_read(tmp_path, monkeypatch):
+    """data/synth is the toolkit's own folder: one left by an older generator version (another config, e.g. before
+    trial speakers existed) is rebuilt by a run, and a dry run plans as for a corpus still to be built, instead of
+    reading the old one and leaving out the tasks it cannot serve."""
+    import corpora.registry as reg
+    from benchmark.inputs.corpus import resolve_corpus
+    from tests.fixtures import make_tiny_corpus
+
+    make_tiny_corpus(tmp_path / "synth_quick")  # a prepared corpus, not the one the generator makes
+    assert not reg.default_corpus_current(tmp_path, quick=True)
+    built = []
+
+    def fake(out, cfg, workers, progress, force=False):  # as the real one: refuses a folder of another config
+        built.append(force)
+        if not force:
+            raise reg.ConfigMismatch(f"{out} already holds a corpus prepared with a different config")
+        return "rebuilt"
+
+    monkeypatch.setattr(reg, "prepare_synth_config", fake)
+    assert resolve_corpus("synth", tmp_path, quick=True, prepare=False) is None
+    assert built == []
+    assert resolve_corpus("synth", tmp_path, quick=True) == "rebuilt"
+    assert built == [False, True]
