@@ -11,6 +11,7 @@ import torch
 import benchmark.run.runner as runner
 from benchmark.cli import main
 from benchmark.plan.config import BenchmarkConfig
+from benchmark.plan.presets import MAIN_TASKS
 from benchmark.plan.runs import parse_fractions
 from benchmark.record.results import append_row, read_rows
 from benchmark.record.schema import RUN_COLUMNS
@@ -185,7 +186,9 @@ def test_quick_job_end_to_end(tmp_path):
     rows = read_rows(tmp_path / "results" / "runs.csv")
     assert {r["upstream"] for r in rows} == {"mel", "mockingjay", "aalbert", "mockingjay_random", "aalbert_random"}
     assert {r["mode"] for r in rows} == {"last", "weighted_sum", "finetune"}
-    assert {r["task"] for r in rows} == {"phone_linear", "phone_1hidden", "speaker_utterance", "speaker_frame"}
+    # the four legacy probes and SUPERB's phoneme recognition and speaker verification: the main job's tasks
+    assert {r["task"] for r in rows} == {"phone_linear", "phone_1hidden", "speaker_utterance", "speaker_frame",
+                                         "phone_ctc", "speaker_verification"} == set(MAIN_TASKS)
     assert (tmp_path / "results" / "leaderboard.csv").is_file()
     subprocess.run(argv, cwd=root, check=True, timeout=600)  # second run: everything reused, nothing added
     assert len(read_rows(tmp_path / "results" / "runs.csv")) == len(rows)
