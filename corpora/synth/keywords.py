@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from corpora.speech_commands import (BACKGROUND, CLASSES, TESTING_LIST, VALIDATI
 from corpora.synth import signal
 from corpora.synth.espeak import PARAM_PITCH, PARAM_RANGE, PARAM_RATE, ESpeak
 from corpora.synth.phones import to_class
-from corpora.synth.voices import sample_voice, voice_file_text
+from corpora.synth.worker import speaker_voice
 
 FORMAT_VERSION = 1  # bump when the generator's output changes for the same config
 FOLDER = "speech_commands"  # the Speech Commands-shaped folder inside the corpus
@@ -118,15 +117,7 @@ class KeywordSpeakerTask:
 def synth_keyword_speaker(task: KeywordSpeakerTask) -> list[str]:
     """Say every word of the task in one generated voice, one 1-s clip each; returns the clips' paths relative to
     the folder (`<word>/<speaker>_nohash_<n>.wav`). Runs in its own process (libespeak-ng keeps state)."""
-    r = random.Random(task.seed)
-    rng = np.random.default_rng(task.seed)
-    voice = sample_voice(task.speaker, r)
-    es = ESpeak()
-    with tempfile.TemporaryDirectory() as tmp:
-        vf = Path(tmp) / task.speaker
-        vf.write_text(voice_file_text(voice))
-        es.set_voice_file(vf)
-    es.set_seed(task.seed)
+    es, voice, r, rng = speaker_voice(task.speaker, task.seed)
     said: dict[str, int] = {}
     out = []
     for word in task.words:

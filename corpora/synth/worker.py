@@ -12,7 +12,7 @@ import soundfile as sf
 from corpora.synth import signal
 from corpora.synth.espeak import PARAM_PITCH, PARAM_RANGE, PARAM_RATE, ESpeak
 from corpora.synth.text import sentence
-from corpora.synth.voices import sample_voice, voice_file_text
+from corpora.synth.voices import Voice, sample_voice, voice_file_text
 
 OUT_SR = 16_000
 
@@ -29,17 +29,24 @@ class SpeakerTask:
     pitch_jitter: int
 
 
-def synth_speaker(task: SpeakerTask) -> list[dict]:
-    """Synthesise every utterance of one speaker; returns manifest records (paths relative to the corpus)."""
-    r = random.Random(task.seed)
-    rng = np.random.default_rng(task.seed)
-    voice = sample_voice(task.speaker, r)
+def speaker_voice(speaker: str, seed: int) -> tuple[ESpeak, Voice, random.Random, np.random.Generator]:
+    """One generated voice loaded into a fresh eSpeak NG and seeded: (the engine, the voice, the python and numpy
+    generators that drew it and go on drawing the speaker's jitters). Once per process (libespeak-ng keeps state)."""
+    r = random.Random(seed)
+    rng = np.random.default_rng(seed)
+    voice = sample_voice(speaker, r)
     es = ESpeak()
     with tempfile.TemporaryDirectory() as tmp:
-        vf = Path(tmp) / task.speaker
+        vf = Path(tmp) / speaker
         vf.write_text(voice_file_text(voice))
         es.set_voice_file(vf)
-    es.set_seed(task.seed)
+    es.set_seed(seed)
+    return es, voice, r, rng
+
+
+def synth_speaker(task: SpeakerTask) -> list[dict]:
+    """Synthesise every utterance of one speaker; returns manifest records (paths relative to the corpus)."""
+    es, voice, r, rng = speaker_voice(task.speaker, task.seed)
     out_dir = Path(task.stage) / "audio" / task.speaker
     out_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
