@@ -33,15 +33,15 @@ def prepare_corpus(name: str, out_dir: str | Path, **options: Any) -> Corpus:
     return PREPARERS[name](out_dir, **options)
 
 
-def default_corpus_current(data_dir: str | Path, quick: bool = False) -> bool:
-    """Whether data_dir holds the built-in corpus as this generator makes it (False: missing, or left by an older
-    generator version: ensure_default_corpus rebuilds it)."""
+def current_default_corpus(data_dir: str | Path, quick: bool = False) -> Corpus | None:
+    """The built-in corpus in data_dir as this generator makes it; None when it is missing or was left by an older
+    generator version (ensure_default_corpus rebuilds it)."""
     out = Path(data_dir) / ("synth_quick" if quick else "synth")
     cfg: SynthConfig = quick_config() if quick else SynthConfig()
     try:
-        return existing(out, "synth", synth_config_dict(cfg), force=False) is not None
+        return existing(out, "synth", synth_config_dict(cfg), force=False)
     except ConfigMismatch:
-        return False
+        return None
 
 
 def ensure_default_corpus(data_dir: str | Path, quick: bool = False, progress: bool = True) -> Corpus:

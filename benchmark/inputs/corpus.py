@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from corpora.manifest import SPLITS, Corpus, is_prepared, load_corpus
-from corpora.registry import PREPARERS, default_corpus_current, ensure_default_corpus
+from corpora.registry import PREPARERS, current_default_corpus, ensure_default_corpus
 
 DEFAULT_CORPUS = "synth"  # the built-in corpus: corpora.registry.ensure_default_corpus prepares it where it belongs
 # every other corpus is read from the user's copy: how to prepare it (docs/corpora.md)
@@ -65,8 +65,8 @@ def resolve_corpus(corpus: str, data_dir: Path, quick: bool, prepare: bool = Tru
                          f"corpus; valid names: {', '.join(names) or '(no preparers installed)'}")
     out = default_corpus_dir(corpus, data_dir, quick)
     if corpus == DEFAULT_CORPUS:  # the toolkit's own folder: built when missing, rebuilt when an older generator made it
-        if default_corpus_current(Path(data_dir), quick):
-            return load_corpus(out)
+        if (current := current_default_corpus(Path(data_dir), quick)) is not None:
+            return current
         return ensure_default_corpus(Path(data_dir), quick=quick, progress=progress) if prepare else None
     if is_prepared(out):
         return load_corpus(out)
