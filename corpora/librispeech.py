@@ -61,6 +61,24 @@ def read_frame_labels(path: Path, issues: Issues) -> dict[str, tuple[tuple[Segme
     return out
 
 
+# an utterance of LibriSpeech is a stretch of read speech cut at pauses, so its first and last frames are silence;
+# the CPC frame labels are bare integers, so the label of silence is found that way (`silence_label`)
+SILENCE_EDGE_SHARE = 0.9
+
+
+def silence_label(labels: dict[str, tuple[tuple[Segment, ...], str]]) -> str | None:
+    """The frame label that both opens and closes at least SILENCE_EDGE_SHARE of the labelled utterances: silence,
+    which a phone sequence drops (downstream.tasks.silence). None when no label does."""
+    edges: dict[str, int] = {}
+    for segs, _ in labels.values():
+        if segs and segs[0].phone == segs[-1].phone:
+            edges[segs[0].phone] = edges.get(segs[0].phone, 0) + 1
+    if not edges:
+        return None
+    label, n = max(edges.items(), key=lambda kv: kv[1])
+    return label if n >= SILENCE_EDGE_SHARE * len(labels) else None
+
+
 def _read_list(path: Path, issues: Issues) -> list[tuple[str, str]]:
     if not path.is_file():
         issues.add(str(path), "split list not found")
@@ -125,6 +143,9 @@ def prepare_librispeech(out_dir: str | Path, force: bool = False, progress: bool
                               speaker=uid.split("-")[0], split=split, alignment=ali))  # type: ignore[arg-type]
         where.append(w)
     info = {"source": str(root.resolve()), "phone_set": "CPC 41 frame labels" if cfg.alignments else "none"}
+    if cfg.alignments:
+        sil = silence_label({u: labels[u] for u in {x.id for x in utts} if u in labels})
+        info["silence"] = [sil] if sil is not None else []
     stage = build.staging_dir(out_dir)
     return build.commit(stage, out_dir, "librispeech", utts, where, issues, config, info, closed_set_speakers=True,
                         verify=verify_audio, workers=workers, progress=progress)

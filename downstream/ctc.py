@@ -1,7 +1,8 @@
 """The sequence engine: a CTC head over the frozen hidden states of whole utterances (SUPERB's phoneme recognition).
 
 Each probe (a label fraction and seed) is one `Probe` (layer choice or weighted sum -> whitening -> head with a
-blank output) trained in the loop of every minibatch probe (downstream.loop): minibatches of whole utterances,
+blank output); the probes of a sweep train as one group (downstream.utterances) in the loop of every minibatch probe
+(downstream.loop): minibatches of whole utterances,
 padded, the task's CTC loss, dev decoded greedily and scored by the task's metric after every pass (a
 lower-is-better phone error rate: downstream.stopping keeps the minimum), test at the best dev point.
 The frames are the cached hidden states, whitened per hidden state as the frame probes' are (downstream.sources).
@@ -18,7 +19,7 @@ from downstream.modes import LayerMode
 from downstream.probe import Probe, ProbeConfig, ProbeResult, ProbeSpec
 from downstream.sources import ArraySource, PooledSource
 from downstream.tasks import TaskSpec
-from downstream.utterances import EVAL_UTTS, UtteranceEngine, UtteranceFrames, fit_utterance_probes
+from downstream.utterances import UtteranceEngine, UtteranceFrames, fit_utterance_probes, split_batches
 
 
 def _padded(seqs: list[np.ndarray], idx: list[int]) -> tuple[Tensor, Tensor]:
@@ -49,16 +50,15 @@ def _loss(probe: Probe, hidden: Tensor, lengths: Tensor, idx: list[int], train: 
 
 
 @torch.no_grad()
-def score_split(probe: Probe, frames: UtteranceFrames, labels: SplitLabels, device: torch.device) -> float:
-    """The task's metric of the greedy transcriptions of every utterance of the split."""
-    probe.eval()
-    task, refs = probe.task, _sequences(labels)
-    hyps: list[list[int]] = []
-    for a in range(0, len(refs), EVAL_UTTS):
-        idx = list(range(a, min(len(refs), a + EVAL_UTTS)))
-        hidden, lengths = frames.batch(idx)
-        hyps += task.decode(log_probs(probe, hidden.to(device), lengths), lengths)
-    return task.metric(hyps, [r.tolist() for r in refs])
+def score_split(probes: list[Probe], frames: UtteranceFrames, labels: SplitLabels, device: torch.device) -> list[float]:
+    """The task's metric of each probe's greedy transcriptions of every utterance of the split."""
+    refs = _sequences(labels)
+    hyps: list[list[list[int]]] = [[] for _ in probes]
+    for _, hidden, lengths in split_batches(frames, device):
+        for probe, out in zip(probes, hyps):
+            probe.eval()
+            out += probe.task.decode(log_probs(probe, hidden, lengths), lengths)
+    return [float(p.task.metric(h, [r.tolist() for r in refs])) for p, h in zip(probes, hyps)]
 
 
 def _check(labels: dict[str, SplitLabels], utts: dict[str, int]) -> None:
@@ -74,6 +74,6 @@ CTC = UtteranceEngine(_loss, score_split, _check)
 def fit_ctc(task: TaskSpec, mode: LayerMode, source: ArraySource | PooledSource, labels: dict[str, SplitLabels],
             probes: list[ProbeSpec], n_classes: int, cfg: ProbeConfig, device: torch.device, memory: int | None,
             progress: bool) -> list[ProbeResult]:
-    """Every probe of `probes` trained on its own (downstream.utterances.fit_utterance_probes) with the CTC loss,
+    """The probes of `probes` trained as one group (downstream.utterances.fit_utterance_probes) with the CTC loss,
     scored on greedy transcriptions."""
     return fit_utterance_probes(CTC, task, mode, source, labels, probes, n_classes, cfg, device, memory, progress)

@@ -66,20 +66,24 @@ class Feed(Protocol):
 
 
 class TorchOptimizer:
-    """A torch optimiser as the loop's optimiser of one probe: learning-rate decay scales every group."""
+    """Torch optimisers as the loop's optimiser: one per probe, in the model's initial order (each probe's own
+    parameters, state and learning rates, so a probe steps exactly as it would alone); learning-rate decay scales
+    every group of that probe's optimiser."""
 
-    def __init__(self, opt: torch.optim.Optimizer) -> None:
-        self.opt = opt
+    def __init__(self, *opts: torch.optim.Optimizer) -> None:
+        self.opts = list(opts)
+        self.ids = torch.arange(len(self.opts))  # the probe id at each position of the model
 
     def step(self, active: Tensor) -> None:
-        self.opt.step()
+        for q in active.nonzero().squeeze(1).tolist():
+            self.opts[int(self.ids[q])].step()
 
     def scale_lr(self, position: int, factor: float) -> None:
-        for g in self.opt.param_groups:
+        for g in self.opts[int(self.ids[position])].param_groups:
             g["lr"] *= factor
 
     def keep(self, positions: Tensor) -> None:
-        pass
+        self.ids = self.ids[positions]
 
 
 def train_loop(model: Trainable, feed: Feed, opt: Optimizer, stop: Stopping, grad_clip: float, lr_decay: float,

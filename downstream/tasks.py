@@ -108,24 +108,32 @@ def _speaker_labels(corpus: Corpus, utts: list[Utterance], split: str, rule: Fra
 
 # Silence is not a phone of SUPERB's PR references: s3prl phonemizes each word transcription with a lexicon
 # (downstream/ctc/corpus/libriphone.py), so no SIL token occurs in them. The corpora here mark silence as `sil`
-# (TIMIT-39 fold, the built-in corpus) or SIL / sp / spn (Kaldi / MFA style).
+# (TIMIT-39 fold, the built-in corpus) or SIL / sp / spn (Kaldi / MFA style); a corpus whose labels have no names
+# (CPC's integer frame labels of LibriSpeech) declares its silence label in corpus.json (info "silence").
 SILENCE: frozenset[str] = frozenset({"sil", "SIL", "sp", "spn", "SPN", "h#", "pau", "epi"})
+
+
+def silence(corpus: Corpus) -> frozenset[str]:
+    """The labels that are silence in `corpus`: SILENCE, plus those its preparation declared (corpus.json info
+    "silence", e.g. corpora.librispeech.silence_label)."""
+    return SILENCE | frozenset(str(p) for p in corpus.info.get("silence", ()))
 
 
 def phone_classes(corpus: Corpus) -> list[str]:
     """The phone sequence vocabulary: the corpus's phones without silence (index = class id)."""
-    return [p for p in corpus.phones if p not in SILENCE]
+    sil = silence(corpus)
+    return [p for p in corpus.phones if p not in sil]
 
 
-def phone_sequence(utt: Utterance, index: dict[str, int]) -> np.ndarray:
+def phone_sequence(utt: Utterance, index: dict[str, int], sil: frozenset[str] = SILENCE) -> np.ndarray:
     """An utterance's phones in order: one per alignment segment, adjacent segments of the same phone merged (the
-    alignment's runs), silence dropped. Phones either side of a silence stay two phones."""
+    alignment's runs), silence (`sil`) dropped. Phones either side of a silence stay two phones."""
     if not utt.alignment:
         raise ValueError(f"utterance {utt.id} has no phone transcription ('alignment')")
     out: list[int] = []
     prev = None
     for seg in utt.alignment:
-        if seg.phone != prev and seg.phone not in SILENCE:
+        if seg.phone != prev and seg.phone not in sil:
             if seg.phone not in index:
                 raise ValueError(f"utterance {utt.id}: phone {seg.phone!r} is not in the phone vocabulary")
             out.append(index[seg.phone])
@@ -135,8 +143,9 @@ def phone_sequence(utt: Utterance, index: dict[str, int]) -> np.ndarray:
 
 def _phone_sequences(corpus: Corpus, utts: list[Utterance], split: str, rule: FrameRule) -> list[np.ndarray]:
     index = {p: i for i, p in enumerate(phone_classes(corpus))}
+    sil = silence(corpus)
     try:
-        return [phone_sequence(u, index) for u in utts]
+        return [phone_sequence(u, index, sil) for u in utts]
     except ValueError as e:
         raise ValueError(f"{_manifest(corpus, split)}: {e}") from None
 

@@ -1,12 +1,15 @@
 """Whole utterances for the engines that read them (CTC, speaker verification): their whitened frames, minibatches
-of them, the minibatch optimiser of one probe, and the training of such probes one by one.
+of them, and the training of a group of such probes together.
 
 An engine of whole utterances is two functions (`UtteranceEngine`): the loss of a training minibatch and the metric
-of a split. `fit_utterance_probes` does the rest, the same for every such engine: each probe (a label fraction and
-seed) is one `Probe` trained on minibatches of its training utterances in the loop of every minibatch probe
-(downstream.loop), dev scored after every pass (downstream.stopping keeps the best in the metric's direction), test
-at the best dev point. The frames are the cached hidden states, whitened per hidden state as the frame probes' are
-(downstream.sources).
+of a split for several probes at once. `fit_utterance_probes` does the rest, the same for every such engine: the
+probes of one task and mode (every label fraction and seed) train as one group in the loop of every minibatch probe
+(downstream.loop). Each probe is its own `Probe` with its own optimiser, minibatches of its own training
+utterances in its own order, dev scored after each pass (downstream.stopping keeps the best in the metric's
+direction) and test at its best dev point, so its result does not depend on the group; the group shares one pass
+over the data, the frames held in memory, and every dev and test read (each evaluation batch is read once for all
+the probes that are due). The frames are the cached hidden states, whitened per hidden state as the frame probes'
+are (downstream.sources).
 """
 from __future__ import annotations
 
@@ -35,17 +38,19 @@ EVAL_UTTS = 64  # utterances per evaluation forward
 
 class UtteranceFrames:
     """The whitened frames of hidden states `layers` of one split, by utterance: (L, sum of lengths, D) float32 and
-    lengths for a list of utterances. Held in memory when they fit `memory` bytes, else read from the source for
-    every request."""
+    lengths for a list of utterances. Held in memory when `hold`, else read from the source for every request (the
+    same values either way)."""
 
-    def __init__(self, source: ArraySource, split: str, layers: list[int], whiten: list[Whitening], memory: int) -> None:
+    def __init__(self, source: ArraySource, split: str, layers: list[int], whiten: list[Whitening], hold: bool) -> None:
         self.source, self.split, self.layers, self.whiten = source, split, layers, whiten
         self.offsets = source.splits[split].offsets
         self.lengths = np.diff(self.offsets)
-        total = int(self.offsets[-1])
-        self.held: Tensor | None = None
-        if len(layers) * total * source.hidden_size * 4 <= memory:
-            self.held = self._read(0, total)
+        self.held: Tensor | None = self._read(0, int(self.offsets[-1])) if hold else None
+
+    @staticmethod
+    def nbytes(source: ArraySource, split: str, layers: list[int]) -> int:
+        """What holding the split costs: float32 frames of every hidden state read."""
+        return len(layers) * int(source.splits[split].offsets[-1]) * source.hidden_size * 4
 
     def _read(self, a: int, b: int) -> Tensor:
         with torch.no_grad():
@@ -60,22 +65,30 @@ class UtteranceFrames:
 
 
 class UtteranceFeed:
-    """Minibatches of the probe's training utterances, a fresh order every pass (its own generator); a pass ends
-    with a step of no probe."""
+    """Minibatches of each probe's training utterances, pass after pass: in a pass every probe still training draws
+    a fresh order of its own utterances (its own generator) and steps through it, the probes in lockstep (step s
+    gives each probe its s-th minibatch, while it has one); a pass ends with a step of no probe. A step's data is one
+    list of utterances per stepping probe, in the model's order."""
 
-    def __init__(self, train_idx: list[int], batch_size: int, seed: int) -> None:
-        self.train_idx, self.batch_size = list(train_idx), batch_size
-        self.gen = torch.Generator().manual_seed(seed * 1_000_003 + 2)
+    def __init__(self, probes: list[ProbeSpec], batch_size: int) -> None:
+        self.subsets = [list(p.train_idx) for p in probes]
+        self.gens = [torch.Generator().manual_seed(p.seed * 1_000_003 + 2) for p in probes]
+        self.batch_size = batch_size
+        self.ids = torch.arange(len(probes))
 
     def __iter__(self) -> Iterator[Batch]:
+        B = self.batch_size
         while True:
-            order = [self.train_idx[k] for k in torch.randperm(len(self.train_idx), generator=self.gen).tolist()]
-            for a in range(0, len(order), self.batch_size):
-                yield Batch(order[a: a + self.batch_size], torch.ones(1, dtype=torch.bool))
-            yield Batch(None, torch.zeros(1, dtype=torch.bool), pass_end=True)
+            orders = {i: [self.subsets[i][k] for k in torch.randperm(len(self.subsets[i]), generator=self.gens[i]).tolist()]
+                      for i in self.ids.tolist()}
+            for a in range(0, max(len(o) for o in orders.values()), B):
+                ids = self.ids.tolist()  # the probes still training (a finished one leaves between steps)
+                active = torch.tensor([a < len(orders[i]) for i in ids], dtype=torch.bool)
+                yield Batch([orders[i][a: a + B] for i in ids if a < len(orders[i])], active)
+            yield Batch(None, torch.zeros(len(self.ids), dtype=torch.bool), pass_end=True)
 
     def keep(self, positions: Tensor) -> None:
-        pass
+        self.ids = self.ids[positions]
 
 
 def optimizer(probe: nn.Module, cfg: ProbeConfig) -> torch.optim.Optimizer:
@@ -95,37 +108,61 @@ class UtteranceEngine:
     # (probe, hidden (L, sum of lengths, D) on the device, lengths (B,), the batch's utterances, the train split's
     # labels) -> the minibatch's mean loss
     loss: Callable[[Probe, Tensor, Tensor, list[int], SplitLabels], Tensor]
-    # (probe, a split's frames, its labels, device) -> the task's metric on the split
-    score: Callable[[Probe, "UtteranceFrames", SplitLabels, torch.device], float]
+    # (probes, a split's frames, its labels, device) -> the task's metric of each probe on the split (every batch of
+    # the split read once for all of them)
+    score: Callable[[list[Probe], "UtteranceFrames", SplitLabels, torch.device], list[float]]
     # (labels by split, utterances by split) -> ValueError naming what is missing, before any training
     check: Callable[[dict[str, SplitLabels], dict[str, int]], None]
 
 
-class UtteranceModel:
-    """The loop's view of one probe of whole utterances."""
+def split_batches(frames: UtteranceFrames, device: torch.device) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+    """(utterances, hidden on the device, lengths) of every evaluation batch of a split, in order."""
+    n = len(frames.lengths)
+    for a in range(0, n, EVAL_UTTS):
+        idx = list(range(a, min(n, a + EVAL_UTTS)))
+        hidden, lengths = frames.batch(idx)
+        yield idx, hidden.to(device), lengths
 
-    def __init__(self, probe: Probe, engine: UtteranceEngine, train: UtteranceFrames, dev: UtteranceFrames,
+
+class UtteranceGroup:
+    """The loop's view of a group of probes of whole utterances: each probe's loss on its own minibatch, summed
+    (each probe's gradient is its own), clipped per probe; each probe's best weights by probe id."""
+
+    def __init__(self, probes: list[Probe], engine: UtteranceEngine, train: UtteranceFrames, dev: UtteranceFrames,
                  labels: dict[str, SplitLabels], device: torch.device) -> None:
-        self.probe, self.engine, self.train, self.dev, self.labels, self.device = probe, engine, train, dev, labels, device
-        self.ids = torch.zeros(1, dtype=torch.long)
-        self.best = copy.deepcopy(probe.state_dict())
+        self.probes, self.engine, self.train, self.dev, self.labels, self.device = probes, engine, train, dev, labels, device
+        self.ids = torch.arange(len(probes))
+        self.best = [copy.deepcopy(p.state_dict()) for p in probes]
+
+    def _live(self) -> list[Probe]:
+        return [self.probes[i] for i in self.ids.tolist()]
 
     def loss(self, batch: Batch) -> Tensor:
-        self.probe.train()
-        hidden, lengths = self.train.batch(batch.data)
-        return self.engine.loss(self.probe, hidden.to(self.device), lengths, batch.data, self.labels["train"])
+        total = torch.zeros((), device=self.device)
+        for q, idx in zip(batch.active.nonzero().squeeze(1).tolist(), batch.data):
+            probe = self.probes[int(self.ids[q])]
+            probe.train()
+            hidden, lengths = self.train.batch(idx)
+            total = total + self.engine.loss(probe, hidden.to(self.device), lengths, idx, self.labels["train"])
+        return total
 
     def zero_grad(self) -> None:
-        self.probe.zero_grad(set_to_none=True)
+        for probe in self._live():
+            probe.zero_grad(set_to_none=True)
 
     def clip(self, max_norm: float) -> None:
-        torch.nn.utils.clip_grad_norm_(self.probe.parameters(), max_norm)
+        for probe in self._live():
+            params = [p for p in probe.parameters() if p.grad is not None]
+            if params:  # a probe that did not step this time has no gradient
+                torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def score(self, positions: Tensor) -> list[float]:
-        return [self.engine.score(self.probe, self.dev, self.labels["dev"], self.device)]
+        return self.engine.score([self.probes[int(self.ids[q])] for q in positions.tolist()], self.dev,
+                                 self.labels["dev"], self.device)
 
     def snapshot(self, position: int) -> None:
-        self.best = copy.deepcopy(self.probe.state_dict())
+        i = int(self.ids[position])
+        self.best[i] = copy.deepcopy(self.probes[i].state_dict())
 
     def keep(self, positions: Tensor) -> None:
         self.ids = self.ids[positions]
@@ -134,35 +171,40 @@ class UtteranceModel:
 def fit_utterance_probes(engine: UtteranceEngine, task: TaskSpec, mode: LayerMode, source: ArraySource | PooledSource,
                          labels: dict[str, SplitLabels], probes: list[ProbeSpec], n_classes: int, cfg: ProbeConfig,
                          device: torch.device, memory: int | None, progress: bool) -> list[ProbeResult]:
-    """Train every probe of `probes` on its own (its subset, its seed) until dev stops improving; test at each one's
-    best dev point. A probe's result does not depend on the others."""
+    """Train every probe of `probes` (its subset, its seed) as one group until each has stopped improving on dev;
+    test at each one's best dev point. A probe's result does not depend on the others. The splits' frames are held
+    in memory while they fit `memory` bytes (None: downstream.groups.resident_budget), dev and test first
+    (every evaluation reads them whole), else read from the cache for each batch."""
     frames = source.frames if isinstance(source, PooledSource) else source
     budget = resident_budget(device) if memory is None else memory
     layers = mode.layers_read(frames.num_hidden_states)
     whiten = [frames.whitening()[frames.position(k)] for k in layers]
-    split_frames = {s: UtteranceFrames(frames, s, layers, whiten, budget // 3) for s in PROBE_SPLITS}
+    split_frames = {}
+    for s in ("dev", "test", "train"):
+        need = UtteranceFrames.nbytes(frames, s, layers)
+        split_frames[s] = UtteranceFrames(frames, s, layers, whiten, hold=need <= budget)
+        budget -= need if need <= budget else 0
     engine.check(labels, {s: len(f.lengths) for s, f in split_frames.items()})
+    models = []
+    for spec in probes:
+        with INIT_LOCK:
+            seed_everything(spec.seed)
+            models.append(Probe(task, mode, frames.num_hidden_states, frames.hidden_size, task.outputs(n_classes)))
+        models[-1].to(device)
+    group = UtteranceGroup(models, engine, split_frames["train"], split_frames["dev"], labels, device)
+    stop = Stopping(len(probes), cfg, task.metric)
     bar = progress_bar(len(probes), progress, f"{task.name}/{mode.label} x{len(probes)}")
-    out = []
     try:
-        for spec in probes:
-            with INIT_LOCK:
-                seed_everything(spec.seed)
-                probe = Probe(task, mode, frames.num_hidden_states, frames.hidden_size, task.outputs(n_classes))
-            probe.to(device)
-            model = UtteranceModel(probe, engine, split_frames["train"], split_frames["dev"], labels, device)
-            stop = Stopping(1, cfg, task.metric)
-            train_loop(model, UtteranceFeed(list(spec.train_idx), cfg.batch_size, spec.seed),
-                       TorchOptimizer(optimizer(probe, cfg)), stop, cfg.grad_clip, cfg.lr_decay)
-            probe.load_state_dict(model.best)
-            test = engine.score(probe, split_frames["test"], labels["test"], device)
-            out.append(ProbeResult(dev_metric=stop.best[0], test_metric=test, test_utt_metric=None,
-                                   best_step=stop.best_step[0], steps=int(stop.steps[0]), converged=stop.converged[0],
-                                   layer_weights=probe.featurizer.layer_weights(), train_utts=0, train_frames=0,
-                                   wall_seconds=0.0, state={k: v.detach().cpu() for k, v in probe.state_dict().items()}))
-            if bar is not None:
-                bar.update(1)
+        train_loop(group, UtteranceFeed(probes, cfg.batch_size), TorchOptimizer(*(optimizer(m, cfg) for m in models)),
+                   stop, cfg.grad_clip, cfg.lr_decay, bar)
     finally:
         if bar is not None:
             bar.close()
-    return out
+    for m, best in zip(models, group.best):
+        m.load_state_dict(best)
+    test = engine.score(models, split_frames["test"], labels["test"], device)
+    return [ProbeResult(dev_metric=stop.best[i], test_metric=test[i], test_utt_metric=None,
+                        best_step=stop.best_step[i], steps=int(stop.steps[i]), converged=stop.converged[i],
+                        layer_weights=m.featurizer.layer_weights(), train_utts=0, train_frames=0, wall_seconds=0.0,
+                        state={k: v.detach().cpu() for k, v in m.state_dict().items()})
+            for i, m in enumerate(models)]

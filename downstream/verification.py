@@ -3,7 +3,8 @@ of held-out speakers (SUPERB's ASV).
 
 Each probe (a label fraction and seed) is one `Probe` whose head maps an utterance's frames to an embedding and the
 embedding to train-speaker logits (downstream.tasks.XVectorHead); it trains with cross-entropy on minibatches of
-whole training utterances in the loop of every minibatch probe (downstream.loop). Dev is the equal error rate of the
+whole training utterances, the probes of a sweep as one group (downstream.utterances) in the loop of every minibatch
+probe (downstream.loop). Dev is the equal error rate of the
 dev trials (held-out speakers, cosine similarity of embeddings) after every pass; downstream.stopping keeps its
 minimum; test is the EER of the test trials (other held-out speakers) at that point. The source's dev and test
 splits hold the trial utterances (`TaskSpec.utterances`).
@@ -19,19 +20,18 @@ from downstream.modes import LayerMode
 from downstream.probe import Probe, ProbeConfig, ProbeResult, ProbeSpec
 from downstream.sources import ArraySource, PooledSource
 from downstream.tasks import TaskSpec
-from downstream.utterances import EVAL_UTTS, UtteranceEngine, UtteranceFrames, fit_utterance_probes
+from downstream.utterances import UtteranceEngine, UtteranceFrames, fit_utterance_probes, split_batches
 
 
 @torch.no_grad()
-def embeddings(probe: Probe, frames: UtteranceFrames, device: torch.device) -> Tensor:
-    """(n_utts, E) the embedding of every utterance of the split."""
-    probe.eval()
-    out = []
-    n = len(frames.lengths)
-    for a in range(0, n, EVAL_UTTS):
-        hidden, lengths = frames.batch(list(range(a, min(n, a + EVAL_UTTS))))
-        out.append(probe.head.embed(probe.featurizer(hidden.to(device)), lengths).cpu())
-    return torch.cat(out)
+def embeddings(probes: list[Probe], frames: UtteranceFrames, device: torch.device) -> list[Tensor]:
+    """(n_utts, E) the embedding of every utterance of the split, for each probe."""
+    out: list[list[Tensor]] = [[] for _ in probes]
+    for _, hidden, lengths in split_batches(frames, device):
+        for probe, parts in zip(probes, out):
+            probe.eval()
+            parts.append(probe.head.embed(probe.featurizer(hidden), lengths).cpu())
+    return [torch.cat(parts) for parts in out]
 
 
 def _trials(labels: SplitLabels) -> np.ndarray:
@@ -40,10 +40,11 @@ def _trials(labels: SplitLabels) -> np.ndarray:
     return labels.trials
 
 
-def score_trials(probe: Probe, frames: UtteranceFrames, labels: SplitLabels, device: torch.device) -> float:
-    """The task's metric (EER) of the task's trial scores (cosine similarity) of the split."""
-    task, trials = probe.task, _trials(labels)
-    return task.metric(task.decode(embeddings(probe, frames, device), trials), trials[:, 2])
+def score_trials(probes: list[Probe], frames: UtteranceFrames, labels: SplitLabels, device: torch.device) -> list[float]:
+    """The task's metric (EER) of each probe's trial scores (cosine similarity) on the split."""
+    trials = _trials(labels)
+    return [float(p.task.metric(p.task.decode(e, trials), trials[:, 2]))
+            for p, e in zip(probes, embeddings(probes, frames, device))]
 
 
 def _loss(probe: Probe, hidden: Tensor, lengths: Tensor, idx: list[int], train: SplitLabels) -> Tensor:
@@ -65,7 +66,7 @@ VERIFICATION = UtteranceEngine(_loss, score_trials, _check)
 def fit_verification(task: TaskSpec, mode: LayerMode, source: ArraySource | PooledSource,
                      labels: dict[str, SplitLabels], probes: list[ProbeSpec], n_classes: int, cfg: ProbeConfig,
                      device: torch.device, memory: int | None, progress: bool) -> list[ProbeResult]:
-    """Every probe of `probes` trained on its own (downstream.utterances.fit_utterance_probes) as a classifier of the
+    """The probes of `probes` trained as one group (downstream.utterances.fit_utterance_probes) as classifiers of the
     train speakers, scored by the EER of its embeddings on the trials of held-out speakers."""
     return fit_utterance_probes(VERIFICATION, task, mode, source, labels, probes, n_classes, cfg, device, memory,
                                 progress)

@@ -5,7 +5,12 @@ batched model, and with --alone the same probes one at a time, in the same proce
     .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_1hidden --mode last --float32
 
 --float32 also trains the group with float32 matmuls (a group computes in bfloat16 where the hardware has bfloat16
-matrix units, downstream.stacked.fast_bfloat16) and compares time and test accuracy.
+matrix units, downstream.stacked.fast_bfloat16) and compares time and test accuracy. --streamed also trains the group
+with a memory budget of 0 (every batch read from the cache again) and compares. Tasks of whole utterances train as a
+group too (downstream.utterances), e.g. the main job's phone_ctc sweep:
+
+    .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_ctc --mode weighted_sum \
+        --fractions 0.05,1 --seeds 1 --alone --streamed
 
 Reads the feature cache the main job built (run it first). 1 torch thread unless --threads. Writes JSON (--out).
 """
@@ -29,19 +34,21 @@ from downstream.data import num_classes  # noqa: E402
 from downstream.fractions import fraction_subset  # noqa: E402
 from downstream.modes import LayerMode  # noqa: E402
 from downstream.probe import ProbeSpec  # noqa: E402
-from downstream.tasks import TASKS  # noqa: E402
+from downstream.tasks import ALL_TASKS  # noqa: E402
 from downstream.train import train_probe, train_probes  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--upstream", default="mockingjay", help="name or name:preset of a cached upstream")
-    p.add_argument("--task", default="phone_linear", choices=list(TASKS))
+    p.add_argument("--task", default="phone_linear",
+                   choices=[t for t, spec in ALL_TASKS.items() if spec.engine in ("stacked", "ctc")])
     p.add_argument("--mode", default="weighted_sum", choices=("last", "weighted_sum"))
     p.add_argument("--fractions", default="0.01,0.05,0.125,1")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--alone", action="store_true", help="also train each probe alone and compare")
     p.add_argument("--float32", action="store_true", help="also train the group with float32 matmuls and compare")
+    p.add_argument("--streamed", action="store_true", help="also train the group reading every batch from the cache")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     corpus = load_corpus(a.corpus)
-    task = TASKS[a.task]
+    task = ALL_TASKS[a.task]
     try:  # no cache entry for a split, or an unknown upstream/preset
         row = cached_identity(a.cache_dir, a.upstream, corpus)
         source, labels = cached_probe_inputs(a.cache_dir, row, corpus, task)  # whitening fitted here: not timed
@@ -72,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         out["alone_over_group"] = round(out["alone_seconds"] / out["group_seconds"], 2)
         out["same_rows"] = all((g.dev_metric, g.test_metric, g.steps) == (o.dev_metric, o.test_metric, o.steps)
                                for g, o in zip(group, alone))
+    if a.streamed:
+        t0 = time.perf_counter()
+        streamed = train_probes(task, mode, source, labels, specs, n_cls, cfg, memory=0)
+        out["streamed_seconds"] = round(time.perf_counter() - t0, 1)
+        out["streamed_over_group"] = round(out["streamed_seconds"] / out["group_seconds"], 2)
+        out["streamed_same_rows"] = all((g.dev_metric, g.test_metric, g.steps) == (o.dev_metric, o.test_metric, o.steps)
+                                        for g, o in zip(group, streamed))
     if a.float32:
         from unittest import mock
 

@@ -44,6 +44,37 @@ def test_reference_fit_reaches_the_optimum_and_picks_l2_on_dev():
     assert few.test < ref.test  # the same solver on 12 examples: a real fit, not a constant
 
 
+def test_a_neighbouring_mix_starts_the_fit_and_changes_only_its_cost(monkeypatch):
+    """Two mixes of the same two 'hidden states' (the weighted-sum rows of two seeds): the second fit starts from the
+    first one's solutions and reaches the same point of every L2 strength as a cold fit, in fewer iterations."""
+    import benchmark.report.convergence as conv
+
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(2, 4000, 16, generator=g)
+    y = (h[1] @ torch.randn(16, 5, generator=g) + torch.randn(4000, 5, generator=g)).argmax(-1)
+    mix = lambda w: (w * h[0] + (1 - w) * h[1]).double()  # noqa: E731
+    split = lambda x, a, b: (x[a:b], y[a:b])  # noqa: E731
+    grid = (1e-1, 1e-3, 1e-5)
+    first: dict = {}
+    fit_reference(*(split(mix(0.10), a, b) for a, b in ((0, 3000), (3000, 3500), (3500, 4000))), 5, grid,
+                  solutions=first)
+    assert sorted(first) == sorted(grid)
+    iters = {"cold": 0, "warm": 0}
+    way = "cold"
+    fit = conv._fit
+    monkeypatch.setattr(conv, "_fit", lambda *a: (lambda r: iters.__setitem__(way, iters[way] + r[2]) or r)(fit(*a)))
+    second = [split(mix(0.101), a, b) for a, b in ((0, 3000), (3000, 3500), (3500, 4000))]
+    got: dict = {}
+    for way, starts in (("cold", None), ("warm", first)):
+        got[way] = {}
+        ref = fit_reference(*second, 5, grid, starts=starts, solutions=got[way])
+        assert ref.converged
+    for l2 in grid:  # each point solved to within 1 % of |W| of the optimum, from either start
+        W_cold, W_warm = got["cold"][l2][0], got["warm"][l2][0]
+        assert float((W_cold - W_warm).norm()) <= 0.02 * float(W_cold.norm()) + 1e-9
+    assert iters["warm"] < iters["cold"], iters
+
+
 def test_converged_probes_pass_and_starved_probes_fail(corpus_dir, tmp_path, monkeypatch):
     corpus = load_corpus(corpus_dir)
     good = _run(corpus_dir, tmp_path / "good", ProbeConfig(lr=1e-1, batch_size=4096, patience=10, min_eval_steps=20),

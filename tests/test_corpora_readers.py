@@ -8,6 +8,7 @@ import soundfile as sf
 
 from corpora import load_corpus, prepare_corpus
 from corpora.__main__ import main
+from core.frames import LOG_MEL
 from corpora.labels import frame_labels
 
 SR = 16000
@@ -63,6 +64,33 @@ def test_librispeech_with_cpc_labels_and_splits(tmp_path, rng):
                            alignments=str(tmp_path / "ali.txt"), split_dir=str(tmp_path / "splits"),
                            pretrain_subsets=("train-clean-360",), progress=False)
     assert [u.id for u in again.utterances("dev")] == [u.id for u in dv]
+
+
+def test_librispeech_cpc_silence_label_is_found_and_left_out_of_phone_sequences(tmp_path, rng):
+    """CPC's frame labels are bare integers: the label that opens and closes the utterances is silence; it is
+    recorded in corpus.json and phone_ctc's sequences and vocabulary leave it out (frame probes keep every label)."""
+    from downstream.tasks import get_task, phone_classes
+
+    ids = _libri(tmp_path / "LS", rng, per=5)
+    lines = []
+    for k, uid in enumerate(ids):
+        n = (3200 + 160 * (k % 5) - 400) // 160 + 1
+        body = [str(5 + (j // 2) % 7) for j in range(n - 6)]  # phones 5..11, two frames each
+        lines.append(" ".join([uid, "3", "3", "3", *body, "3", "3", "3"]))
+    (tmp_path / "ali.txt").write_text("\n".join(lines) + "\n")
+    c = prepare_corpus("librispeech", tmp_path / "out", root=str(tmp_path / "LS"), alignments=str(tmp_path / "ali.txt"),
+                       progress=False)
+    assert c.info["silence"] == ["3"] and "3" in c.phones and "3" not in phone_classes(c)
+    task = get_task("phone_ctc")
+    seqs = task.labels.make(c, c.utterances("train"), "train", LOG_MEL)
+    vocab = phone_classes(c)
+    assert all(len(q) and {vocab[i] for i in q} <= {str(p) for p in range(5, 12)} for q in seqs)
+    # without a label at both edges of nearly every utterance, none is declared silence
+    (tmp_path / "ali.txt").write_text("\n".join(ln.replace(" 3 3 3", " 4 4 4", 1) if i % 3 == 0 else ln
+                                                for i, ln in enumerate(lines)) + "\n")
+    other = prepare_corpus("librispeech", tmp_path / "out2", root=str(tmp_path / "LS"),
+                           alignments=str(tmp_path / "ali.txt"), progress=False)
+    assert other.info["silence"] == []
 
 
 PHN = [("h#", 0, 1000), ("sh", 1000, 2500), ("ix", 2500, 3000), ("q", 3000, 3200), ("hv", 3200, 4000),

@@ -264,3 +264,32 @@ def test_speaker_verification_without_trial_speakers_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"task speaker_verification: .*trials\.jsonl: missing: corpus 'tiny' has no "
                                          r"held-out trial speakers"):
         get_task("speaker_verification").check(corpus)
+
+
+def _fields(r):
+    return (r.dev_metric, r.test_metric, r.best_step, r.steps, r.converged, tuple(r.layer_weights or ()))
+
+
+def test_utterance_probes_of_a_sweep_train_as_one_group_with_the_results_of_each_alone(tiny, trial_corpus, mel):  # noqa: F811
+    """The CTC and verification probes of a sweep (fractions x seeds) train together: each probe's row is exactly
+    its row trained alone, whether the frames are held in memory or read from the cache for every batch."""
+    from downstream.probe import ProbeSpec
+    from downstream.train import train_probes
+    from upstream.registry import build_upstream
+
+    up = build_upstream("mockingjay_random:small", feature=mel.feature_cfg).eval()
+    ctc, ver = get_task("phone_ctc"), get_task("speaker_verification")
+    cases = [(ctc, array_source(up, tiny), _labels(tiny, ctc), len(phone_classes(tiny)),
+              ProbeConfig(lr=3e-2, batch_size=4, patience=2, min_eval_steps=3, max_steps=40), list(range(24))),
+             (ver, *_source_of(mel, trial_corpus, ver), len(trial_corpus.speakers),
+              ProbeConfig(lr=1e-2, batch_size=8, patience=2, min_eval_steps=3, max_steps=40), list(range(24)))]
+    for task, src, labels, n_cls, cfg, idx in cases:
+        specs = [ProbeSpec(tuple(idx), 0), ProbeSpec(tuple(idx[::3]), 1), ProbeSpec(tuple(idx), 2)]
+        mode = LayerMode("weighted_sum" if src.num_hidden_states > 1 else "last")
+        group = train_probes(task, mode, src, labels, specs, n_cls, cfg)
+        streamed = train_probes(task, mode, src, labels, specs, n_cls, cfg, memory=0)
+        for spec, g, s in zip(specs, group, streamed):
+            alone = train_probes(task, mode, src, labels, [spec], n_cls, cfg)[0]
+            assert _fields(g) == _fields(alone) == _fields(s), (task.name, spec.seed)
+        for a, b in ((0, 1), (0, 2)):  # three different probes (subset, seed), not one result copied
+            assert any(not torch.equal(group[a].state[k], group[b].state[k]) for k in group[a].state)

@@ -115,16 +115,29 @@ def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tupl
     return W.detach(), b.detach(), iters, ok
 
 
+Solutions = dict[float, tuple[torch.Tensor, torch.Tensor]]  # {l2: (W, b)} of one reference's grid
+
+
 def fit_reference(train: tuple[torch.Tensor, torch.Tensor], dev: tuple[torch.Tensor, torch.Tensor],
                   test: tuple[torch.Tensor, torch.Tensor], n_classes: int, grid: tuple[float, ...] = L2_GRID,
-                  rtol: float = CERTIFICATE_RTOL, max_iter: int = 5000) -> Reference:
-    """Fit one regression per L2 strength (strongest first, each warm-starting the next); keep the best on dev."""
+                  rtol: float = CERTIFICATE_RTOL, max_iter: int = 5000, starts: Solutions | None = None,
+                  solutions: Solutions | None = None) -> Reference:
+    """Fit one regression per L2 strength (strongest first, each warm-starting the next); keep the best on dev.
+
+    `starts`: the solutions of a neighbouring problem (the same labels and training subset, another mix of the same
+    hidden states) to start each L2 point from instead of the previous point's solution. Every point is solved to
+    the relative tolerance, within rtol x |W| of its unique optimum whatever the start (downstream.solver), so a
+    start only changes how many iterations that takes. `solutions` (a dict) receives this fit's own."""
     x, y = train
     best: Reference | None = None
     init = None
     for l2 in sorted(grid, reverse=True):
+        if starts is not None and l2 in starts:
+            init = starts[l2]
         W, b, iters, ok = _fit(x, y, n_classes, l2, init, rtol, max_iter)
         init = (W, b)
+        if solutions is not None:
+            solutions[l2] = (W, b)
         d = _accuracy(dev[0], dev[1], W, b)
         if best is None or d > best.dev:
             best = Reference(l2, d, _accuracy(test[0], test[1], W, b), iters, ok)
@@ -183,12 +196,16 @@ class Certifier:
     e.g. the seeds of the 100 % fraction, are reused). The examples are the probes' own: the same sources,
     the same whitening (downstream.sources)."""
 
-    def __init__(self, corpus: Corpus, cache_dir: Path) -> None:
-        self.corpus, self.cache_dir = corpus, Path(cache_dir)
+    def __init__(self, corpus: Corpus, cache_dir: Path, warm_starts: bool = True) -> None:
+        self.corpus, self.cache_dir, self.warm_starts = corpus, Path(cache_dir), warm_starts
         self.utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
         self.frame_rule: FrameRule | None = None  # of the upstream loaded last (`sources`)
         self._sources: dict[tuple, tuple[ArraySource, PooledSource]] = {}
         self._fits: dict[tuple, Reference] = {}
+        # the solutions of the last fit on each example set but the mix ({upstream, labels, level, training subset}):
+        # the next mix of the same hidden states (a weighted-sum row of another seed, or after the last-layer row)
+        # starts from them (`fit_reference`)
+        self._solutions: dict[tuple, Solutions] = {}
         self._labels: dict[tuple, SplitLabels] = {}
 
     def labels(self, task: TaskSpec, split: str) -> SplitLabels:
@@ -240,7 +257,12 @@ class Certifier:
                     mixed, y = mixed.index_select(0, sel), y.index_select(0, sel)
                 data.append((mixed, y))
             grid = UTT_L2_GRID if task.pooled else L2_GRID
-            self._fits[key] = fit_reference(*data, len(task.labels.classes(self.corpus)), grid)
+            near = key[:5] + key[7:]  # the same examples but for the layers read and their mix
+            solutions: Solutions = {}
+            self._fits[key] = fit_reference(*data, len(task.labels.classes(self.corpus)), grid,
+                                            starts=self._solutions.get(near) if self.warm_starts else None,
+                                            solutions=solutions)
+            self._solutions[near] = solutions
         return self._fits[key]
 
 
