@@ -222,6 +222,19 @@ def test_weighted_sum_beats_control_needs_every_cell_beyond_the_cis():
     assert c.verdict == "mixed" and "beyond the CIs in 1/2" in c.detail and "2 above at all" in c.detail
 
 
+def test_identical_seeds_and_a_five_utterance_gap_are_within_noise():
+    """Two upstreams whose every seed scores the same (zero-width CIs) and 5 of 120 test utterances apart: the
+    interval holds none of the test set's noise, so the gap is never called beyond it."""
+    from benchmark.report.checks import check_weighted_sum_beats_control
+
+    rows = [row("mockingjay", 65 / 120, mode="weighted_sum", task="speaker_utterance", ci=0.0),
+            row("mockingjay_random", 60 / 120, mode="weighted_sum", task="speaker_utterance", ci=0.0)]
+    c = check_weighted_sum_beats_control(agg(*rows))
+    assert c.verdict == "does not hold" and "beyond the CIs in 0/1" in c.detail and "1 above at all" in c.detail
+    rows = [r | {"test_ci95": 0.01} for r in rows]  # the same gap with seed spread around it: beyond it
+    assert check_weighted_sum_beats_control(agg(*rows)).verdict == "holds"
+
+
 def test_scarce_phones_compares_the_smallest_fraction_only():
     from benchmark.report.checks import check_scarce_phones
 

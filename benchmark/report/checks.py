@@ -30,7 +30,9 @@ def _verdict(wins: int, n: int) -> str:
 def _join(a: pd.DataFrame, b: pd.DataFrame, on: list[str]) -> pd.DataFrame:
     """a x b on `on` (columns suffixed _a/_b, budget always as budget_a/budget_b); gap = how much better a is than b on
     test, in points of the metric as displayed (a - b for a higher-is-better metric, b - a for an error rate);
-    clear = the gap is outside the combined 95% CI half-widths (False where a CI is missing: one seed)."""
+    clear = the gap is outside the combined 95% CI half-widths. False where a CI is missing (one seed) and where the
+    combined CI has zero width: every seed gave the same score on both sides (e.g. the full-batch speaker probe at
+    100 % of the labels), so the interval holds none of the test set's sampling noise and says nothing about a gap."""
     m = a.merge(b, on=on, suffixes=("_a", "_b"))
     if "budget" in on:
         m["budget_a"] = m["budget_b"] = m["budget"]
@@ -39,7 +41,7 @@ def _join(a: pd.DataFrame, b: pd.DataFrame, on: list[str]) -> pd.DataFrame:
     m["dev_gap"] = (m["dev_mean_a"] - m["dev_mean_b"]).to_numpy(dtype=float) * scale
     ci = np.sqrt(m["test_ci95_a"].astype(float) ** 2 + m["test_ci95_b"].astype(float) ** 2).to_numpy() * scale
     m["ci"] = np.abs(ci)
-    m["clear"] = np.isfinite(ci) & (m["gap"].abs().to_numpy() > np.nan_to_num(ci, nan=np.inf))
+    m["clear"] = np.isfinite(ci) & (np.abs(ci) > 0) & (m["gap"].abs().to_numpy() > np.nan_to_num(np.abs(ci), nan=np.inf))
     return m
 
 
