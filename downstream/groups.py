@@ -80,32 +80,46 @@ class StackedModel:
         self.heads.keep(positions.to(self.heads.params[0].device))
 
 
+Units = tuple[Tensor, Tensor]  # (numerators (Q, n_utts), denominators (n_utts,)) of a metric per utterance
+
+
 @torch.no_grad()
-def tally(task: TaskSpec, heads: StackedHeads, params: list[Tensor], store: RowStore,
-          keep_utt: bool = False) -> tuple[tuple[Tensor, Tensor], Tensor | None]:
+def tally(task: TaskSpec, heads: StackedHeads, params: list[Tensor], store: RowStore, keep_utt: bool = False,
+          keep_units: bool = False) -> tuple[tuple[Tensor, Tensor], Tensor | None, Units | None]:
     """The metric's tally (numerator (Q,), denominator) of every probe of `params` over all rows of `store`, the
-    rows' predictions decoded by the task, and with `keep_utt` the per-utterance sums of their logits
-    (Q, n_utts, C) for an utterance score from frame logits. The task's metric must be additive (`Metric.tally`)."""
+    rows' predictions decoded by the task; with `keep_utt` the per-utterance sums of their logits (Q, n_utts, C)
+    for an utterance score from frame logits; with `keep_units` the tally per utterance (`Metric.units` of its rows
+    summed). The task's metric must be additive (`Metric.tally`)."""
     metric = task.metric
     if metric.tally is None:
         raise ValueError(f"task {task.name}: the stacked engine streams its rows and needs an additive metric "
                          f"(Metric.tally); {metric.name} has none")
     Q = len(params[0])
+    n_utts = len(store.offsets) - 1
     num = torch.zeros(Q, dtype=torch.long, device=store.device)
     den = torch.zeros((), dtype=torch.long)
     sums = None
+    units = (torch.zeros(Q, n_utts, dtype=torch.long), torch.zeros(n_utts, dtype=torch.long)) if keep_units else None
+    if units is not None and metric.units is None:
+        raise ValueError(f"task {task.name}: metric {metric.name} has no per-example units")
     for blocks in store.chunks():
         ch = store.chunk(blocks)
         for a in range(0, len(ch.y), EVAL_ROWS):
             logits = heads.forward(ch.rows(a, a + EVAL_ROWS), params)  # (Q, n, C)
-            n, d = metric.tally(task.decode(logits), ch.y[a: a + EVAL_ROWS])
+            pred, y = task.decode(logits), ch.y[a: a + EVAL_ROWS]
+            n, d = metric.tally(pred, y)
             num += n
             den += d.cpu()
+            utt = ch.utt[a: a + EVAL_ROWS]
             if keep_utt:
                 if sums is None:
-                    sums = torch.zeros(Q, len(store.offsets) - 1, logits.shape[-1], device=store.device)
-                sums.index_add_(1, ch.utt[a: a + EVAL_ROWS].to(store.device), logits)
-    return (num.cpu(), den), sums
+                    sums = torch.zeros(Q, n_utts, logits.shape[-1], device=store.device)
+                sums.index_add_(1, utt.to(store.device), logits)
+            if units is not None:
+                un, ud = metric.units(pred, y)
+                units[0].index_add_(1, utt.cpu(), un.cpu())
+                units[1].index_add_(0, utt.cpu(), ud.cpu())
+    return (num.cpu(), den), sums, units
 
 
 def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[Whitening], layers: list[int],
@@ -145,7 +159,8 @@ def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
         if bar is not None:
             bar.close()
     best = [b.to(device) for b in model.best]
-    (test_num, test_den), utt_sums = tally(task, stacked, best, stores["test"], keep_utt=task.utt_metric)
+    (test_num, test_den), utt_sums, units = tally(task, stacked, best, stores["test"], keep_utt=task.utt_metric,
+                                                  keep_units=task.metric.units is not None)
     test = task.metric.reduce(test_num.double(), test_den)  # test in float64
     results = []
     for i in range(P):
@@ -158,5 +173,6 @@ def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
             dev_metric=stop.best[i], test_metric=float(test[i]), test_utt_metric=test_utt,
             best_step=int(stop.best_step[i]), steps=int(stop.steps[i]), converged=bool(stop.converged[i]),
             layer_weights=stacked.layer_weights(best, i), train_utts=0, train_frames=0, wall_seconds=0.0,
-            state=stacked.state_of(best, i)))
+            state=stacked.state_of(best, i),
+            test_units=None if units is None else (units[0][i].numpy(), units[1].numpy())))
     return results

@@ -29,6 +29,10 @@ class Metric:
     fn: Callable[[Any, Any], float]
     bounds: tuple[float, float] = (0.0, 1.0)
     tally: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+    # additive metrics: (numerator, denominator) of every example (an element of the labels' last axis, or one
+    # hypothesis / reference pair), so that fn == sum(numerators) / sum(denominators): a paired test over test
+    # examples resamples these (benchmark.report.paired)
+    units: Callable[[Any, Any], tuple[Tensor, Tensor]] | None = None
     description: str = ""
     label: str = ""  # the name tables and axes show ("PER"); empty: `name`
     percent: bool = True  # scores are fractions, shown x 100 in % by the report
@@ -91,6 +95,12 @@ def accuracy_tally(predictions: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]
     return (predictions == labels).sum(-1), torch.tensor(labels.shape[-1])
 
 
+def accuracy_units(predictions: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(correct, 1) per example: predictions (..., n), labels (n,) or (..., n)."""
+    right = (predictions == labels).long()
+    return right, torch.ones(right.shape[-1], dtype=torch.long)
+
+
 def accuracy(predictions: Any, labels: Any) -> float:
     p, y = torch.as_tensor(np.asarray(predictions)), torch.as_tensor(np.asarray(labels))
     if y.numel() == 0:
@@ -99,11 +109,11 @@ def accuracy(predictions: Any, labels: Any) -> float:
     return float(right) / int(total)
 
 
-FRAME_ACC = Metric("frame_acc", "higher", accuracy, tally=accuracy_tally,
+FRAME_ACC = Metric("frame_acc", "higher", accuracy, tally=accuracy_tally, units=accuracy_units,
                    description="frame accuracy over every valid frame of the split", label="frame accuracy")
-UTT_ACC = Metric("utt_acc", "higher", accuracy, tally=accuracy_tally,
+UTT_ACC = Metric("utt_acc", "higher", accuracy, tally=accuracy_tally, units=accuracy_units,
                  description="utterance accuracy over the utterances of the split", label="utterance accuracy")
-ACC = Metric("acc", "higher", accuracy, tally=accuracy_tally, description="accuracy over the clips of the split",
+ACC = Metric("acc", "higher", accuracy, tally=accuracy_tally, units=accuracy_units, description="accuracy over the clips of the split",
              label="accuracy")
 
 
@@ -111,23 +121,25 @@ ACC = Metric("acc", "higher", accuracy, tally=accuracy_tally, description="accur
 
 
 def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
-    """Levenshtein distance (substitutions, insertions, deletions, each costing 1) between two sequences."""
-    a, b = list(a), list(b)
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
+    """Levenshtein distance (substitutions, insertions, deletions, each costing 1) between two sequences
+    (rapidfuzz's C++ implementation; the tests check it against the textbook recursion)."""
+    from rapidfuzz.distance import Levenshtein
+
+    return int(Levenshtein.distance(list(a), list(b)))
 
 
 def error_rate_tally(hypotheses: Sequence[Sequence[int]], references: Sequence[Sequence[int]]) -> tuple[int, int]:
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
     return sum(edit_distance(h, r) for h, r in zip(hypotheses, references)), sum(len(r) for r in references)
+
+
+def error_rate_units(hypotheses: Sequence[Sequence[int]], references: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """(edit distance, reference length) per hypothesis / reference pair."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    return (torch.tensor([edit_distance(h, r) for h, r in zip(hypotheses, references)], dtype=torch.long),
+            torch.tensor([len(r) for r in references], dtype=torch.long))
 
 
 def phone_error_rate(hypotheses: Sequence[Sequence[int]], references: Sequence[Sequence[int]]) -> float:
@@ -139,7 +151,7 @@ def phone_error_rate(hypotheses: Sequence[Sequence[int]], references: Sequence[S
     return errors / total
 
 
-PER = Metric("per", "lower", phone_error_rate, bounds=(0.0, math.inf),
+PER = Metric("per", "lower", phone_error_rate, bounds=(0.0, math.inf), units=error_rate_units,
              description="phone error rate: edit distance / reference length, summed over the split", label="PER")
 
 

@@ -79,6 +79,7 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
             break
     probe.load_state_dict(best)
     return ProbeResult(dev_metric=stop.best[0], test_metric=_score(probe, x["test"], y["test"], device),
+                       test_units=_units(probe, x["test"], y["test"], device),
                        test_utt_metric=None, best_step=stop.best_step[0], steps=int(stop.steps[0]),
                        converged=solved and not cfg.fixed_steps, layer_weights=probe.featurizer.layer_weights(),
                        train_utts=0, train_frames=0, wall_seconds=0.0,
@@ -95,3 +96,15 @@ def _score(probe: Probe, x: Tensor, y: Tensor, device: torch.device) -> float:
     if metric.tally is None:
         return metric(probe.task.decode(probe(x.to(device))).cpu(), y)
     return float(metric.reduce(*metric.tally(probe.task.decode(probe(x.to(device))).cpu(), y)))
+
+
+@torch.no_grad()
+def _units(probe: Probe, x: Tensor, y: Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray] | None:
+    """The metric's (numerator, denominator) per example (one example per utterance: its mean), or None for a metric
+    without units."""
+    probe.eval()
+    metric = probe.task.metric
+    if metric.units is None:
+        return None
+    num, den = metric.units(probe.task.decode(probe(x.to(device))).cpu(), y)
+    return num.numpy(), den.numpy()

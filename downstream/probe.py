@@ -10,6 +10,8 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
+
 from torch import Tensor, nn
 
 from core.config import config_from_dict, config_to_dict
@@ -17,8 +19,10 @@ from downstream.heads import Whitening, segment_mean
 from downstream.modes import Featurizer, LayerMode
 from downstream.tasks import TaskSpec
 
-# the engine's version is part of every run id: rows of another engine are never mixed in silently
-ENGINE_VERSION = 3
+# the version of the engine a task trains in (TaskSpec.engine) is part of every run id: rows of another version of
+# it are never mixed in silently. "ctc" and "verification" 4: their whitened frames are held and read in float16
+# (the cache's precision), as the stacked engine's rows are
+ENGINE_VERSIONS: dict[str, int] = {"stacked": 3, "ctc": 4, "verification": 4}
 # the global RNGs: probes built (seeded) in parallel threads must not interleave there
 INIT_LOCK = threading.Lock()
 
@@ -108,6 +112,10 @@ class ProbeResult:
     train_frames: int
     wall_seconds: float
     state: dict | None = None  # the probe's weights at the best dev point (fine-tuning starts from them)
+    # the test metric's (numerator, denominator) per test utterance (int64 arrays; the metric is their sums' ratio):
+    # what a paired comparison of two rows resamples (benchmark.report.paired). None where the metric is not
+    # additive over utterances (EER of trials)
+    test_units: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class Probe(nn.Module):

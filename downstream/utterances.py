@@ -9,7 +9,7 @@ utterances in its own order, dev scored after each pass (downstream.stopping kee
 direction) and test at its best dev point, so its result does not depend on the group; the group shares one pass
 over the data, the frames held in memory, and every dev and test read (each evaluation batch is read once for all
 the probes that are due). The frames are the cached hidden states, whitened per hidden state as the frame probes'
-are (downstream.sources).
+are (downstream.sources) and kept in float16 as the frame probes' rows are (downstream.feeds).
 """
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ EVAL_UTTS = 64  # utterances per evaluation forward
 
 class UtteranceFrames:
     """The whitened frames of hidden states `layers` of one split, by utterance: (L, sum of lengths, D) float32 and
-    lengths for a list of utterances. Held in memory when `hold`, else read from the source for every request (the
-    same values either way)."""
+    lengths for a list of utterances, each value rounded to float16 (the cache's precision, as the stacked engine
+    keeps its whitened rows: downstream.feeds). Held in memory as float16 when `hold`, else read from the source for
+    every request (the same values either way)."""
 
     def __init__(self, source: ArraySource, split: str, layers: list[int], whiten: list[Whitening], hold: bool) -> None:
         self.source, self.split, self.layers, self.whiten = source, split, layers, whiten
@@ -49,19 +50,20 @@ class UtteranceFrames:
 
     @staticmethod
     def nbytes(source: ArraySource, split: str, layers: list[int]) -> int:
-        """What holding the split costs: float32 frames of every hidden state read."""
-        return len(layers) * int(source.splits[split].offsets[-1]) * source.hidden_size * 4
+        """What holding the split costs: float16 frames of every hidden state read."""
+        return len(layers) * int(source.splits[split].offsets[-1]) * source.hidden_size * 2
 
     def _read(self, a: int, b: int) -> Tensor:
         with torch.no_grad():
-            return torch.stack([w(self.source.read(self.split, k, a, b).float()) for k, w in zip(self.layers, self.whiten)])
+            return torch.stack([w(self.source.read(self.split, k, a, b).float()).half()
+                                for k, w in zip(self.layers, self.whiten)])
 
     def batch(self, idx: list[int]) -> tuple[Tensor, Tensor]:
         parts = []
         for i in idx:
             a, b = int(self.offsets[i]), int(self.offsets[i + 1])
             parts.append(self.held[:, a:b] if self.held is not None else self._read(a, b))
-        return torch.cat(parts, 1), torch.from_numpy(self.lengths[idx].astype(np.int64))
+        return torch.cat(parts, 1).float(), torch.from_numpy(self.lengths[idx].astype(np.int64))
 
 
 class UtteranceFeed:
@@ -113,6 +115,10 @@ class UtteranceEngine:
     score: Callable[[list[Probe], "UtteranceFrames", SplitLabels, torch.device], list[float]]
     # (labels by split, utterances by split) -> ValueError naming what is missing, before any training
     check: Callable[[dict[str, SplitLabels], dict[str, int]], None]
+    # (probes, a split's frames, its labels, device) -> each probe's metric per utterance, (numerators,
+    # denominators) (ProbeResult.test_units); None: the metric is not additive over utterances
+    units: Callable[[list[Probe], "UtteranceFrames", SplitLabels, torch.device],
+                    list[tuple[np.ndarray, np.ndarray] | None]] | None = None
 
 
 def split_batches(frames: UtteranceFrames, device: torch.device) -> Iterator[tuple[list[int], Tensor, Tensor]]:
@@ -173,7 +179,7 @@ def fit_utterance_probes(engine: UtteranceEngine, task: TaskSpec, mode: LayerMod
                          device: torch.device, memory: int | None, progress: bool) -> list[ProbeResult]:
     """Train every probe of `probes` (its subset, its seed) as one group until each has stopped improving on dev;
     test at each one's best dev point. A probe's result does not depend on the others. The splits' frames are held
-    in memory while they fit `memory` bytes (None: downstream.groups.resident_budget), dev and test first
+    in memory (float16) while they fit `memory` bytes (None: downstream.groups.resident_budget), dev and test first
     (every evaluation reads them whole), else read from the cache for each batch."""
     frames = source.frames if isinstance(source, PooledSource) else source
     budget = resident_budget(device) if memory is None else memory
@@ -203,8 +209,10 @@ def fit_utterance_probes(engine: UtteranceEngine, task: TaskSpec, mode: LayerMod
     for m, best in zip(models, group.best):
         m.load_state_dict(best)
     test = engine.score(models, split_frames["test"], labels["test"], device)
+    units = ([None] * len(models) if engine.units is None
+             else engine.units(models, split_frames["test"], labels["test"], device))
     return [ProbeResult(dev_metric=stop.best[i], test_metric=test[i], test_utt_metric=None,
                         best_step=stop.best_step[i], steps=int(stop.steps[i]), converged=stop.converged[i],
                         layer_weights=m.featurizer.layer_weights(), train_utts=0, train_frames=0, wall_seconds=0.0,
-                        state={k: v.detach().cpu() for k, v in m.state_dict().items()})
+                        state={k: v.detach().cpu() for k, v in m.state_dict().items()}, test_units=units[i])
             for i, m in enumerate(models)]

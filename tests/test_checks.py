@@ -86,10 +86,10 @@ def _ws(ws: float, last: float, ws_budget: str = "converge", last_budget: str = 
 
 def test_weighted_sum_holds_and_fails_with_the_rows():
     won = _ws(0.60, 0.55)
-    assert won.verdict == "holds" and "1/1 (1 beyond the 95% CIs)" in won.detail
+    assert won.verdict == "holds" and "1/1 (1 beyond noise)" in won.detail
     assert _ws(0.55, 0.60).verdict == "does not hold"
     close = _ws(0.552, 0.55)  # a win inside the CIs still counts as a win, but not as beyond them
-    assert close.verdict == "holds" and "1/1 (0 beyond the 95% CIs)" in close.detail
+    assert close.verdict == "holds" and "1/1 (0 beyond noise)" in close.detail
 
 
 def test_weighted_sum_compares_at_the_same_budget_and_flags_mismatches():
@@ -158,7 +158,7 @@ def _random(gaps: list[float]) -> Check:
 
 def test_random_controls_hold_only_in_every_cell():
     c = _random([0.10, 0.002])
-    assert c.verdict == "holds" and "2/2 (1 beyond the 95% CIs)" in c.detail
+    assert c.verdict == "holds" and "2/2 (1 beyond noise)" in c.detail
     assert _random([0.10, -0.02]).verdict == "mixed"
     assert _random([-0.10, -0.02]).verdict == "does not hold"
     assert check_random_controls(agg(row("mockingjay", 0.6))).verdict == "not enough data"
@@ -219,7 +219,7 @@ def test_weighted_sum_beats_control_needs_every_cell_beyond_the_cis():
     assert check_weighted_sum_beats_control(agg(*rows)).verdict == "holds"
     rows[1] = row("mockingjay_random", 0.598, mode="weighted_sum")  # above, but within the CIs: not a clear win
     c = check_weighted_sum_beats_control(agg(*rows))
-    assert c.verdict == "mixed" and "beyond the CIs in 1/2" in c.detail and "2 above at all" in c.detail
+    assert c.verdict == "mixed" and "beyond noise in 1/2" in c.detail and "2 above at all" in c.detail
 
 
 def test_identical_seeds_and_a_five_utterance_gap_are_within_noise():
@@ -230,7 +230,7 @@ def test_identical_seeds_and_a_five_utterance_gap_are_within_noise():
     rows = [row("mockingjay", 65 / 120, mode="weighted_sum", task="speaker_utterance", ci=0.0),
             row("mockingjay_random", 60 / 120, mode="weighted_sum", task="speaker_utterance", ci=0.0)]
     c = check_weighted_sum_beats_control(agg(*rows))
-    assert c.verdict == "does not hold" and "beyond the CIs in 0/1" in c.detail and "1 above at all" in c.detail
+    assert c.verdict == "does not hold" and "beyond noise in 0/1" in c.detail and "1 above at all" in c.detail
     rows = [r | {"test_ci95": 0.01} for r in rows]  # the same gap with seed spread around it: beyond it
     assert check_weighted_sum_beats_control(agg(*rows)).verdict == "holds"
 

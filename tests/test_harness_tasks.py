@@ -21,6 +21,7 @@ from benchmark.plan.config import BenchmarkConfig
 from benchmark.plan.presets import MAIN_TASKS, main_job
 from benchmark.record.aggregate import aggregate_runs, read_runs
 from benchmark.record.metrics import metric_of
+from benchmark.record.outcomes import read_outcomes
 from benchmark.record.results import read_rows
 from benchmark.report import plots
 from benchmark.report.build import build_report
@@ -157,6 +158,13 @@ def test_phone_ctc_and_speaker_verification_run_with_their_metrics(tiny, tmp_pat
     assert all(0 <= float(r["test_metric"]) <= 1 for r in rows if r["task"] == "speaker_verification")
     ws = [r for r in rows if r["mode"] == "weighted_sum"]
     assert ws and all(len(r["layer_weights"].split(";")) == 4 for r in ws)
+    for r in rows:  # PER is a sum over test utterances: kept per utterance; EER of trials is not
+        units = read_outcomes(tmp_path / "results", r["run_id"])
+        if r["task"] == "speaker_verification":
+            assert units is None
+        else:
+            assert units is not None and len(units[0]) == len(corpus.utterances("test"))
+            assert units[0].sum() / units[1].sum() == pytest.approx(float(r["test_metric"]), abs=1e-6)
     # the trial utterances have cache splits of their own, counted by the cache's size
     names = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert any("-dev-speaker_trials-" in n for n in names) and any("-test-speaker_trials-" in n for n in names), names

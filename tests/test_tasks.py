@@ -47,6 +47,21 @@ def test_phone_error_rate_on_known_sequences():
     assert PER.direction == "lower" and not PER.higher_is_better and str(PER) == "per"
 
 
+def _textbook_distance(a, b) -> int:
+    if not a or not b:
+        return len(a) + len(b)
+    return min(_textbook_distance(a[1:], b) + 1, _textbook_distance(a, b[1:]) + 1,
+               _textbook_distance(a[1:], b[1:]) + (a[0] != b[0]))
+
+
+def test_edit_distance_equals_the_textbook_recursion():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a, b = (rng.integers(0, 4, rng.integers(0, 7)).tolist() for _ in range(2))
+        assert edit_distance(a, b) == _textbook_distance(a, b), (a, b)
+    assert edit_distance([40, 41], [41, 40, 300]) == 2  # phone ids beyond a character range
+
+
 def test_equal_error_rate_and_min_dcf_on_known_scores():
     from sklearn.metrics import roc_curve
 

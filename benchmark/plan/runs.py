@@ -9,7 +9,7 @@ from core.io import sha256_json
 from corpora.manifest import PROBE_SPLITS, Corpus, Utterance
 from downstream.fractions import MIN_DEFAULT_UTTS, default_fractions
 from downstream.modes import LayerMode, parse_modes
-from downstream.probe import ENGINE_VERSION, ProbeConfig
+from downstream.probe import ENGINE_VERSIONS, ProbeConfig
 from downstream.tasks import TaskSpec, get_task
 from upstream.registry import family_of
 
@@ -138,7 +138,7 @@ def run_id(corpus_digest: str, identity: dict[str, str], run: PlannedRun, layer:
     """Stable hash of what defines a run: same inputs -> same id -> skipped when already in runs.csv."""
     return sha256_json({"corpus": corpus_digest, **identity, "task": run.task, "mode": run.mode.kind, "layer": layer,
                         "fraction": run.fraction, "seed": run.seed, "probe": probe_cfg.to_dict(),
-                        "engine": ENGINE_VERSION})[:16]
+                        "engine": ENGINE_VERSIONS[get_task(run.task).engine]})[:16]
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:

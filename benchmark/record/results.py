@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.io import atomic_write_text
+from benchmark.record.outcomes import merge_outcomes
 from benchmark.record.schema import COMMAND_FILE, LEGACY_VALUES, RUN_COLUMNS, legacy_missing
 
 RUNS_FILE = "runs.csv"
@@ -122,6 +123,7 @@ def merge_shards(results_dir: Path) -> tuple[int, int] | None:
         w.writerows(merged)
         atomic_write_text(main, buf.getvalue())
     _merge_commands(results_dir, [f.parent for f in shard_files])
+    merge_outcomes(results_dir, [f.parent for f in shard_files])
     return added, dropped
 
 

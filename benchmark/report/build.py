@@ -14,6 +14,7 @@ from benchmark.record.aggregate import aggregate_runs, read_runs
 from benchmark.record.schema import COMMAND_FILE
 from benchmark.report import plots
 from benchmark.report.checks import checks_markdown, science_checks
+from benchmark.report.paired import cell_outcomes
 from benchmark.report.convergence import CONVERGENCE_FILE, exempt_markdown, exempt_tasks, summary_markdown
 from benchmark.report.cost import cost_markdown, read_costs
 from benchmark.report.provenance import REPORT_COMMAND, command_lines, provenance_sentence
@@ -131,7 +132,7 @@ def build_report(results_dir: Path) -> Path:
             (plot_dir / name).unlink(missing_ok=True)
     boards = write_leaderboards(agg, table_dir)
     costs, certificate = _costs(results_dir), _certificate(results_dir)
-    checks = science_checks(agg, costs)
+    checks = science_checks(agg.assign(units=cell_outcomes(agg, runs, results_dir)), costs)
     sections = {"Attention": _attention_section(results_dir), "Studies behind the rows": _study_sections(results_dir),
                 "Cost": _cost_section(costs)}
 
@@ -176,9 +177,12 @@ def build_report(results_dir: Path) -> Path:
         md += ["## Studies behind the rows\n", sections["Studies behind the rows"]]
     md += ["## Cost\n", sections["Cost"],
            "## Science checks\n",
-           "Each claim of the Mockingjay / AALBERT papers is tested on the rows above; a gap counts as clear when "
-           "it exceeds the combined 95% CI half-widths. Gaps are in points of each task's metric (%), signed so that a "
-           "positive gap is an improvement in the metric's direction (higher accuracy, lower error rate).\n\n"
+           "Each claim of the Mockingjay / AALBERT papers is tested on the rows above. A gap is *beyond noise* when a "
+           "paired randomization test on the same test utterances rejects at 5 % (each run's metric per test "
+           "utterance, `outcomes/`) and the gap is outside the combined 95% CI of the seed means, or every seed of "
+           "both cells gave the same row; without per-utterance outcomes, the seed interval alone decides and a "
+           "zero-width one never does (docs/report.md). Gaps are in points of each task's metric (%), signed so that "
+           "a positive gap is an improvement in the metric's direction (higher accuracy, lower error rate).\n\n"
            + checks_markdown(checks)]
     out = results_dir / "REPORT.md"
     atomic_write_text(out, "\n".join(md))

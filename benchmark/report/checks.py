@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.record.metrics import sign
+from benchmark.report.paired import beyond_noise
 from benchmark.report.plots import metric_display
 from upstream.registry import FAMILIES, controlled_model
 
@@ -30,9 +31,9 @@ def _verdict(wins: int, n: int) -> str:
 def _join(a: pd.DataFrame, b: pd.DataFrame, on: list[str]) -> pd.DataFrame:
     """a x b on `on` (columns suffixed _a/_b, budget always as budget_a/budget_b); gap = how much better a is than b on
     test, in points of the metric as displayed (a - b for a higher-is-better metric, b - a for an error rate);
-    clear = the gap is outside the combined 95% CI half-widths. False where a CI is missing (one seed) and where the
-    combined CI has zero width: every seed gave the same score on both sides (e.g. the full-batch speaker probe at
-    100 % of the labels), so the interval holds none of the test set's sampling noise and says nothing about a gap."""
+    ci = the combined 95% CI half-widths of the seed means; clear = the gap is beyond noise
+    (benchmark.report.paired.beyond_noise: a paired test on the test utterances where the rows' outcomes are in the
+    `units` column, and the seeds' spread; never on a zero-width interval alone); p = the paired test's p-value."""
     m = a.merge(b, on=on, suffixes=("_a", "_b"))
     if "budget" in on:
         m["budget_a"] = m["budget_b"] = m["budget"]
@@ -41,7 +42,12 @@ def _join(a: pd.DataFrame, b: pd.DataFrame, on: list[str]) -> pd.DataFrame:
     m["dev_gap"] = (m["dev_mean_a"] - m["dev_mean_b"]).to_numpy(dtype=float) * scale
     ci = np.sqrt(m["test_ci95_a"].astype(float) ** 2 + m["test_ci95_b"].astype(float) ** 2).to_numpy() * scale
     m["ci"] = np.abs(ci)
-    m["clear"] = np.isfinite(ci) & (np.abs(ci) > 0) & (m["gap"].abs().to_numpy() > np.nan_to_num(np.abs(ci), nan=np.inf))
+    units_a = m["units_a"] if "units_a" in m else pd.Series([None] * len(m), index=m.index, dtype=object)
+    units_b = m["units_b"] if "units_b" in m else pd.Series([None] * len(m), index=m.index, dtype=object)
+    verdicts = [beyond_noise(ua, ub, g, c, int(na), int(nb))
+                for ua, ub, g, c, na, nb in zip(units_a, units_b, m["gap"], m["ci"], m["n_seeds_a"], m["n_seeds_b"])]
+    m["clear"] = np.array([v[0] for v in verdicts], dtype=bool)
+    m["p"] = np.array([v[1] for v in verdicts], dtype=float)
     return m
 
 
@@ -74,9 +80,9 @@ def _gaps(m: pd.DataFrame, col: str = "gap") -> str:
 
 
 def _wins(m: pd.DataFrame) -> tuple[int, str]:
-    """Cells where a beats b on test, as 'w/n (c beyond the 95% CIs)'."""
+    """Cells where a beats b on test, as 'w/n (c beyond noise)' (benchmark.report.paired)."""
     wins = int((m["gap"] > 0).sum())
-    return wins, f"{wins}/{len(m)} ({int(((m['gap'] > 0) & m['clear']).sum())} beyond the 95% CIs)"
+    return wins, f"{wins}/{len(m)} ({int(((m['gap'] > 0) & m['clear']).sum())} beyond noise)"
 
 
 MEL_BASELINE_PRESET = "default"  # the papers' baseline: 80 log-mel on 10-ms frames
@@ -146,8 +152,8 @@ def check_scarce_labels(agg: pd.DataFrame) -> Check:
     if n == 0:
         return Check(claim, "not enough data", "needs mel and a pretrained upstream, mode=last, at >= 2 fractions")
     return Check(claim, _verdict(wins, n),
-                 f"holds for {wins}/{n} pretrained upstream/task pairs ({clear} with the scarce-end win beyond the "
-                 f"95% CIs), {note}; gap = pretrained better than mel by, on test: " + "; ".join(parts))
+                 f"holds for {wins}/{n} pretrained upstream/task pairs ({clear} with the scarce-end win beyond "
+                 f"noise), {note}; gap = pretrained better than mel by, on test: " + "; ".join(parts))
 
 
 def _score(rows: pd.DataFrame, col: str) -> pd.Series:
@@ -202,7 +208,7 @@ def check_finetune(agg: pd.DataFrame) -> Check:
 
 
 def check_aalbert_vs_mockingjay(agg: pd.DataFrame) -> Check:
-    claim = ("AALBERT has fewer parameters than Mockingjay and scores within the combined 95% CI of it on test "
+    claim = ("AALBERT has fewer parameters than Mockingjay and scores within noise of it on test "
              "at the largest fraction, in every task and mode (last, weighted_sum, finetune)")
     a = agg[(agg["upstream"] == "aalbert") & (agg["mode"] != "layer")]
     b = agg[(agg["upstream"] == "mockingjay") & (agg["mode"] != "layer")]
@@ -223,7 +229,7 @@ def check_aalbert_vs_mockingjay(agg: pd.DataFrame) -> Check:
     within = int((~judged["clear"]).sum())
     worst = judged.loc[judged["gap"].abs().idxmax()]
     return Check(claim, _verdict(within, len(judged)),
-                 f"{sizes}; {within}/{len(judged)} task/mode gaps at the largest fraction inside the combined 95% CI, "
+                 f"{sizes}; {within}/{len(judged)} task/mode gaps at the largest fraction within noise, "
                  f"{note} (gap = AALBERT better than Mockingjay by {_gaps(judged)}; worst {worst['task']} {worst['mode']} "
                  f"{worst['gap']:+.2f} vs CI {worst['ci']:.2f})"
                  + (f"; {len(m) - len(judged)} cell(s) without CIs not judged" if len(judged) < len(m) else ""))
@@ -275,7 +281,7 @@ def check_intermediate_layers(agg: pd.DataFrame) -> Check:
 
 
 def check_weighted_sum_beats_control(agg: pd.DataFrame) -> Check:
-    claim = ("The pretrained weighted sum beats its random-init control beyond the 95% CIs on every task at every "
+    claim = ("The pretrained weighted sum beats its random-init control beyond noise on every task at every "
              "fraction")
     ws = agg[agg["mode"] == "weighted_sum"]
     rnd = _controls(ws)
@@ -286,7 +292,7 @@ def check_weighted_sum_beats_control(agg: pd.DataFrame) -> Check:
     clear = int(((m["gap"] > 0) & m["clear"]).sum())
     worst = m.loc[m["gap"].idxmin()]
     return Check(claim, _verdict(clear, len(m)),
-                 f"beyond the CIs in {clear}/{len(m)} upstream/task/fraction cells ({int((m['gap'] > 0).sum())} above "
+                 f"beyond noise in {clear}/{len(m)} upstream/task/fraction cells ({int((m['gap'] > 0).sum())} above "
                  f"at all), {note}; gap {_gaps(m)}; worst {worst['upstream']} {worst['task']} at fraction "
                  f"{worst['fraction']:g}: {worst['gap']:+.2f} vs CI {worst['ci']:.2f}")
 

@@ -31,6 +31,7 @@ from benchmark.plan.config import BenchmarkConfig
 from benchmark.plan.runs import (PlannedRun, cache_layers, check_tasks, choose_fractions, expand_runs, planned_splits,
                                  run_id, task_splits)
 from benchmark.plan.shards import expected_seconds, shard_filter
+from benchmark.record.outcomes import write_outcomes
 from benchmark.record.results import RUNS_FILE, append_row, done_run_ids, write_leaderboard
 from benchmark.record.schema import COMMAND_FILE
 
@@ -170,6 +171,8 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
 
     def record(r: PlannedRun, rid: str, pcfg, result) -> None:
         with lock:
+            if result.test_units is not None:  # before the row: a recorded row has its outcomes
+                write_outcomes(runs_csv.parent, rid, result.test_units)
             append_row(runs_csv, make_row(r, rid, up, corpus, r.mode.resolved_layer(L), result, prov, pcfg.budget))
             stats.runs_done += 1
             bar.set_postfix_str(f"{r.task} {r.mode.label}")
