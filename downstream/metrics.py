@@ -189,6 +189,8 @@ def min_dcf(scores: Any, same: Any, p_target: float = 0.01, c_miss: float = 1.0,
 
 
 EER = Metric("eer", "lower", equal_error_rate, description="equal error rate of cosine-scored trials", label="EER")
+MIN_DCF = Metric("min_dcf", "lower", min_dcf, description="minimum normalised detection cost of the trials (p_target "
+                 "0.01, c_miss = c_fa = 1, VoxCeleb's setting)", label="minDCF", percent=False)
 
 # every metric defined here, by name (a task defined elsewhere brings its own: downstream.tasks.ALL_TASKS)
-METRICS: dict[str, Metric] = {m.name: m for m in (FRAME_ACC, UTT_ACC, ACC, PER, EER)}
+METRICS: dict[str, Metric] = {m.name: m for m in (FRAME_ACC, UTT_ACC, ACC, PER, EER, MIN_DCF)}

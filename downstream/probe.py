@@ -20,9 +20,9 @@ from downstream.modes import Featurizer, LayerMode
 from downstream.tasks import TaskSpec
 
 # the version of the engine a task trains in (TaskSpec.engine) is part of every run id: rows of another version of
-# it are never mixed in silently. "ctc" and "verification" 4: their whitened frames are held and read in float16
-# (the cache's precision), as the stacked engine's rows are
-ENGINE_VERSIONS: dict[str, int] = {"stacked": 3, "ctc": 4, "verification": 4}
+# it are never mixed in silently. "ctc" 4 and "verification" 5: their whitened frames are held and read in float16
+# (the cache's precision), as the stacked engine's rows are; verification rows also keep minDCF
+ENGINE_VERSIONS: dict[str, int] = {"stacked": 3, "ctc": 4, "verification": 5}
 # the global RNGs: probes built (seeded) in parallel threads must not interleave there
 INIT_LOCK = threading.Lock()
 
@@ -103,7 +103,7 @@ class ProbeConfig:
 class ProbeResult:
     dev_metric: float
     test_metric: float
-    test_utt_metric: float | None  # tasks with utt_metric: utterance accuracy from averaged frame logits
+    test_utt_metric: float | None  # the task's second_metric on test (utterance accuracy of frame logits; minDCF)
     best_step: int
     steps: int
     converged: bool  # stopped by patience (True) or by the max_steps cap / a fixed budget (False)

@@ -19,7 +19,7 @@ from corpora.labels import frame_labels
 from corpora.manifest import PROBE_SPLITS, Corpus, Utterance
 from corpora.speech_commands import keyword_ids
 from corpora.trials import TRIALS_LIST, read_trials
-from downstream.metrics import EER, FRAME_ACC, PER, UTT_ACC, Metric
+from downstream.metrics import EER, FRAME_ACC, MIN_DCF, PER, UTT_ACC, Metric
 
 # what one prediction is about: a frame, an utterance, or an utterance's label SEQUENCE (no alignment given)
 Level = Literal["frame", "utterance", "sequence"]
@@ -304,8 +304,9 @@ class TaskSpec:
     """A probe: which labels, predicted per frame, per utterance or as a sequence, by which head, trained with which
     loss by which engine, decoded how and scored by which metric (its direction: `metric.direction`).
 
-    `utt_metric` also reports, for a frame-level task with utterance labels, the utterance accuracy of frame
-    logits averaged per utterance (`test_utt_metric`).
+    `second_metric`: a second test score each row keeps (its `test_utt_metric` column): for a frame-level task with
+    utterance labels UTT_ACC, the utterance accuracy of frame logits averaged per utterance (`utt_metric`); for
+    speaker verification MIN_DCF, the minimum detection cost of the test trials.
     """
 
     name: str
@@ -316,7 +317,7 @@ class TaskSpec:
     # the head is one Linear layer under a convex loss (cross-entropy): a converged reference exists (certificate);
     # a linear CTC head is not convex in its weights
     linear: bool
-    utt_metric: bool = False
+    second_metric: Metric | None = None
     description: str = ""
     loss: Callable[..., Tensor] = cross_entropy  # the engine's loss: per example, unreduced
     decode: Callable[..., object] = argmax  # outputs -> predictions the metric scores
@@ -325,8 +326,9 @@ class TaskSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.metric, Metric):
             raise TypeError(f"task {self.name}: metric must be a downstream.metrics.Metric, got {self.metric!r}")
-        if self.utt_metric and (self.level != "frame" or self.labels.per != "utterance"):
-            raise ValueError(f"task {self.name}: utt_metric needs frame-level training on utterance labels")
+        if self.second_metric is UTT_ACC and (self.level != "frame" or self.labels.per != "utterance"):
+            raise ValueError(f"task {self.name}: an utterance score of frame logits (second_metric UTT_ACC) needs "
+                             f"frame-level training on utterance labels")
         if self.level == "utterance" and self.labels.per != "utterance":
             raise ValueError(f"task {self.name}: an utterance-level task needs utterance labels")
         if (self.level == "sequence") != (self.labels.per == "sequence"):
@@ -358,6 +360,11 @@ class TaskSpec:
         """The utterances whose features split `split` of this task reads, in order."""
         return self.labels.split_utterances(corpus, split)
 
+    @property
+    def utt_metric(self) -> bool:
+        """Whether the second score is the utterance accuracy of frame logits averaged per utterance."""
+        return self.second_metric is UTT_ACC and self.level == "frame"
+
     def check(self, corpus: Corpus) -> None:
         """ValueError, naming the file, when `corpus` cannot serve this task: call it before any extraction."""
         if self.labels.require is not None:
@@ -376,7 +383,7 @@ TASKS: dict[str, TaskSpec] = {
     "speaker_utterance": TaskSpec("speaker_utterance", SPEAKERS, "utterance", linear_head, UTT_ACC, linear=True,
                                   description="mean over valid frames -> Linear(D, speakers)"),
     "speaker_frame": TaskSpec("speaker_frame", SPEAKERS, "frame", linear_head, FRAME_ACC, linear=True,
-                              utt_metric=True, description="Linear(D, speakers) per frame"),
+                              second_metric=UTT_ACC, description="Linear(D, speakers) per frame"),
 }
 
 # SUPERB's tasks (docs/tasks.md). The harness (benchmark/) plans, runs and reports every task of ALL_TASKS; its main
@@ -387,6 +394,7 @@ SUPERB_TASKS: dict[str, TaskSpec] = {
                           description="Linear(D, phones + blank) per frame, CTC, greedy decoding"),
     "speaker_verification": TaskSpec("speaker_verification", SPEAKER_TRIALS, "utterance", xvector_head(128), EER,
                                      linear=False, decode=cosine_trials, engine="verification",
+                                     second_metric=MIN_DCF,
                                      description="mean + std pooling -> Linear(2D, 128) embedding (trained: ReLU -> "
                                                  "Linear(128, speakers)), trials scored by cosine similarity"),
     "keywords": TaskSpec("keywords", KEYWORDS, "utterance", linear_head, UTT_ACC, linear=True,

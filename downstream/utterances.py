@@ -119,6 +119,9 @@ class UtteranceEngine:
     # denominators) (ProbeResult.test_units); None: the metric is not additive over utterances
     units: Callable[[list[Probe], "UtteranceFrames", SplitLabels, torch.device],
                     list[tuple[np.ndarray, np.ndarray] | None]] | None = None
+    # (probes, a split's frames, its labels, device) -> each probe's second score on the split (TaskSpec.second_metric,
+    # the row's test_utt_metric); None: the task has none
+    second: Callable[[list[Probe], "UtteranceFrames", SplitLabels, torch.device], list[float]] | None = None
 
 
 def split_batches(frames: UtteranceFrames, device: torch.device) -> Iterator[tuple[list[int], Tensor, Tensor]]:
@@ -211,7 +214,9 @@ def fit_utterance_probes(engine: UtteranceEngine, task: TaskSpec, mode: LayerMod
     test = engine.score(models, split_frames["test"], labels["test"], device)
     units = ([None] * len(models) if engine.units is None
              else engine.units(models, split_frames["test"], labels["test"], device))
-    return [ProbeResult(dev_metric=stop.best[i], test_metric=test[i], test_utt_metric=None,
+    second: list[float | None] = ([None] * len(models) if engine.second is None or task.second_metric is None
+                                  else list(engine.second(models, split_frames["test"], labels["test"], device)))
+    return [ProbeResult(dev_metric=stop.best[i], test_metric=test[i], test_utt_metric=second[i],
                         best_step=stop.best_step[i], steps=int(stop.steps[i]), converged=stop.converged[i],
                         layer_weights=m.featurizer.layer_weights(), train_utts=0, train_frames=0, wall_seconds=0.0,
                         state={k: v.detach().cpu() for k, v in m.state_dict().items()}, test_units=units[i])

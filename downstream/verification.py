@@ -6,7 +6,8 @@ embedding to train-speaker logits (downstream.tasks.XVectorHead); it trains with
 whole training utterances, the probes of a sweep as one group (downstream.utterances) in the loop of every minibatch
 probe (downstream.loop). Dev is the equal error rate of the
 dev trials (held-out speakers, cosine similarity of embeddings) after every pass; downstream.stopping keeps its
-minimum; test is the EER of the test trials (other held-out speakers) at that point. The source's dev and test
+minimum; test is the EER of the test trials (other held-out speakers) at that point, and the row's second score
+(`test_utt_metric`) their minDCF (p_target 0.01). The source's dev and test
 splits hold the trial utterances (`TaskSpec.utterances`).
 """
 from __future__ import annotations
@@ -40,11 +41,22 @@ def _trials(labels: SplitLabels) -> np.ndarray:
     return labels.trials
 
 
-def score_trials(probes: list[Probe], frames: UtteranceFrames, labels: SplitLabels, device: torch.device) -> list[float]:
-    """The task's metric (EER) of each probe's trial scores (cosine similarity) on the split."""
+def score_trials(probes: list[Probe], frames: UtteranceFrames, labels: SplitLabels, device: torch.device,
+                 second: bool = False) -> list[float]:
+    """The task's metric (EER) of each probe's trial scores (cosine similarity) on the split; with `second`, its
+    second metric (minDCF, TaskSpec.second_metric) instead."""
     trials = _trials(labels)
-    return [float(p.task.metric(p.task.decode(e, trials), trials[:, 2]))
-            for p, e in zip(probes, embeddings(probes, frames, device))]
+    out = []
+    for p, e in zip(probes, embeddings(probes, frames, device)):
+        metric = p.task.second_metric if second else p.task.metric
+        assert metric is not None, f"task {p.task.name} has no second metric"
+        out.append(float(metric(p.task.decode(e, trials), trials[:, 2])))
+    return out
+
+
+def second_scores(probes: list[Probe], frames: UtteranceFrames, labels: SplitLabels, device: torch.device) -> list[float]:
+    """Each probe's second metric (minDCF) of the split's trials."""
+    return score_trials(probes, frames, labels, device, second=True)
 
 
 def _loss(probe: Probe, hidden: Tensor, lengths: Tensor, idx: list[int], train: SplitLabels) -> Tensor:
@@ -60,7 +72,7 @@ def _check(labels: dict[str, SplitLabels], utts: dict[str, int]) -> None:
         raise ValueError("speaker verification needs speaker labels for train and trials for dev and test")
 
 
-VERIFICATION = UtteranceEngine(_loss, score_trials, _check)
+VERIFICATION = UtteranceEngine(_loss, score_trials, _check, second=second_scores)
 
 
 def fit_verification(task: TaskSpec, mode: LayerMode, source: ArraySource | PooledSource,

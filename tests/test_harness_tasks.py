@@ -156,6 +156,9 @@ def test_phone_ctc_and_speaker_verification_run_with_their_metrics(tiny, tmp_pat
     assert metrics == {"phone_ctc": "per", "speaker_verification": "eer"}
     assert all(0 <= float(r["test_metric"]) for r in rows)
     assert all(0 <= float(r["test_metric"]) <= 1 for r in rows if r["task"] == "speaker_verification")
+    # minDCF (p_target 0.01) is verification's second score, in [0, 1]; CTC has none
+    assert all(0 <= float(r["test_utt_metric"]) <= 1 for r in rows if r["task"] == "speaker_verification")
+    assert all(r["test_utt_metric"] == "" for r in rows if r["task"] == "phone_ctc")
     ws = [r for r in rows if r["mode"] == "weighted_sum"]
     assert ws and all(len(r["layer_weights"].split(";")) == 4 for r in ws)
     for r in rows:  # PER is a sum over test utterances: kept per utterance; EER of trials is not
@@ -170,7 +173,7 @@ def test_phone_ctc_and_speaker_verification_run_with_their_metrics(tiny, tmp_pat
     assert any("-dev-speaker_trials-" in n for n in names) and any("-test-speaker_trials-" in n for n in names), names
     assert runner.run_benchmark(cfg, log=lambda *_: None).runs_done == 0  # rows found again by run id
     report = build_report(tmp_path / "results").read_text(encoding="utf-8")
-    assert "PER ↓" in report and "EER ↓" in report
+    assert "PER ↓" in report and "EER ↓" in report and "test minDCF ↓" in report
     reasons = exempt_tasks(["phone_ctc", "speaker_verification", "phone_linear"])
     assert set(reasons) == {"phone_ctc", "speaker_verification"}
     assert "not convex" in reasons["phone_ctc"] and "trials" in reasons["speaker_verification"]

@@ -30,3 +30,12 @@ def shown_bounds(name: str, scale: float = 1.0) -> tuple[float, float]:
     95 % CI of an error rate near 0 does not reach below 0, nor one of an accuracy near 100 % above it."""
     lo, hi = metric_of(name).bounds
     return lo * scale, hi * scale
+
+
+def second_metric_of(task: str) -> Metric | None:
+    """The second score a task's rows keep in `test_utt_metric` (TaskSpec.second_metric), for the task named `task`
+    or `<corpus>-<task>` (the report's name when the rows hold several corpora); None for an unknown task."""
+    spec = ALL_TASKS.get(str(task))
+    if spec is None:
+        spec = next((t for n, t in ALL_TASKS.items() if str(task).endswith("-" + n)), None)
+    return None if spec is None else spec.second_metric

@@ -24,7 +24,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "metric",  # name of the metric in dev_metric/test_metric (frame_acc, utt_acc)
     "dev_metric",
     "test_metric",
-    "test_utt_metric",  # speaker_frame: utterance accuracy from averaged frame logits; else empty
+    "test_utt_metric",  # the task's second_metric: speaker_frame's utterance accuracy of frame logits, minDCF; else empty
     "best_step",  # the training step whose dev score was best (test is evaluated there)
     "steps",  # training steps run
     "budget",  # the stopping rule: "converge" (early stopping on dev) or "steps=N" (a fixed, approximate budget)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.record.metrics import metric_of, sign
+from benchmark.record.metrics import metric_of, second_metric_of, sign
+from downstream.metrics import UTT_ACC
 from benchmark.report.plots import metric_display
 from core.io import atomic_write_text
 
@@ -85,8 +86,9 @@ def leaderboard(agg: pd.DataFrame, task: str) -> pd.DataFrame:
     return out[list(LEADERBOARD_COLUMNS)]
 
 
-def leaderboard_display(lb: pd.DataFrame) -> pd.DataFrame:
-    """A ranked table's cells as text, as REPORT.md and the HTML site show them."""
+def leaderboard_display(lb: pd.DataFrame, task: str = "") -> pd.DataFrame:
+    """A ranked table's cells as text, as REPORT.md and the HTML site show them; the task's second score
+    (benchmark.record.metrics.second_metric_of) gets a column where the rows hold it."""
     metric = str(lb["metric"].iloc[0])
     label, k = metric_display(metric)
     arrow = metric_of(metric).arrow
@@ -104,12 +106,15 @@ def leaderboard_display(lb: pd.DataFrame) -> pd.DataFrame:
         "dev": (lb["dev_mean"] * k).map(lambda v: f"{v:.2f}"), "seeds": lb["n_seeds"],
     })
     if utt:
-        show["test utterance acc (%)"] = (lb["test_utt_mean"] * 100).map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
+        second = second_metric_of(task) or UTT_ACC  # rows of an unregistered task: the utterance accuracy they held
+        name, scale = second.display
+        show[f"test {name.replace('accuracy', 'acc')} {second.arrow}"] = (lb["test_utt_mean"] * scale).map(
+            lambda v: "-" if pd.isna(v) else f"{v:.2f}" if second.percent else f"{v:.3f}")
     return show
 
 
-def leaderboard_markdown(lb: pd.DataFrame) -> str:
-    return to_markdown(leaderboard_display(lb))
+def leaderboard_markdown(lb: pd.DataFrame, task: str = "") -> str:
+    return to_markdown(leaderboard_display(lb, task))
 
 
 def write_leaderboards(agg: pd.DataFrame, tables_dir: Path) -> dict[str, pd.DataFrame]:
@@ -118,6 +123,6 @@ def write_leaderboards(agg: pd.DataFrame, tables_dir: Path) -> dict[str, pd.Data
     for task in sorted(agg["task"].unique()):
         lb = leaderboard(agg, task)
         atomic_write_text(tables_dir / f"{task}.csv", lb.to_csv(index=False))
-        atomic_write_text(tables_dir / f"{task}.md", leaderboard_markdown(lb))
+        atomic_write_text(tables_dir / f"{task}.md", leaderboard_markdown(lb, task))
         out[task] = lb
     return out

@@ -146,7 +146,7 @@ def build_site(inputs: SiteInputs, out: Path) -> Path:
         ablation=divs, bokeh_script=script, facts=facts(inputs.runs), commands=commands,
         rows_per_command=rows_per_command, unmatched=int((cmd_index < 0).sum())))
 
-    boards = {task: table(leaderboard_display(lb)) for task, lb in inputs.boards.items()}
+    boards = {task: table(leaderboard_display(lb, task)) for task, lb in inputs.boards.items()}
     fractions = {task: (float(lb["fraction"].iloc[0]), float(lb["train_utts"].iloc[0])) for task, lb in inputs.boards.items()}
     w.text("leaderboards.html", env.get_template("leaderboards.html").render(
         **common, root="", title="Leaderboards", boards=boards, fractions=fractions, bokeh_script=""))

@@ -10,12 +10,14 @@ from pathlib import Path
 import pandas as pd
 from bokeh.plotting import figure
 
+from benchmark.record.metrics import second_metric_of
 from benchmark.report.cost import cost_display
 from benchmark.report.plots import metric_display
 from benchmark.report.provenance import date_span, facts, short_list, strip_stamp
 from benchmark.report.site.figures import layer_probe_figure, layer_weight_figure
 from benchmark.report.site.overview import family
 from benchmark.report.tables import fmt_budget, fmt_count, fmt_score, fmt_seconds, unconverged_mark
+from downstream.metrics import UTT_ACC
 from upstream.registry import FAMILIES
 
 ATTENTION_STATS = Path("attention") / "attention_stats.csv"
@@ -100,13 +102,23 @@ def _scores(agg: pd.DataFrame) -> Table:
         "dev": [f"{m * kk:.2f}" for m, kk in zip(agg["dev_mean"], k)]}))
 
 
+def second(runs: pd.DataFrame) -> list[str]:
+    """Each row's second score (TaskSpec.second_metric: utterance accuracy of frame logits in %, minDCF), named."""
+    out = []
+    for task, v in zip(runs["task"], runs["test_utt_metric"]):
+        m = second_metric_of(str(task)) or UTT_ACC
+        out.append("-" if pd.isna(v) else f"{m.label or m.name} {v * m.display[1]:.2f}" if m.percent
+                   else f"{m.label or m.name} {v:.3f}")
+    return out
+
+
 def _runs(runs: pd.DataFrame, command_index: pd.Series) -> Table:
     k = [metric_display(str(m))[1] for m in runs["metric"]]
     pct = lambda col: [("-" if pd.isna(v) else f"{v * kk:.2f}") for v, kk in zip(runs[col], k)]  # noqa: E731
     return table(pd.DataFrame({
         "run id": runs["run_id"], "task": runs["task"], "mode": runs["mode"], "layer": runs["layer"],
         "fraction": runs["fraction"].map(lambda v: f"{v:g}"), "labelled utt.": runs["train_utts"].map(lambda v: f"{v:.0f}"),
-        "seed": runs["seed"], "dev": pct("dev_metric"), "test": pct("test_metric"), "test utt.": pct("test_utt_metric"),
+        "seed": runs["seed"], "dev": pct("dev_metric"), "test": pct("test_metric"), "test, 2nd score": second(runs),
         "best step": runs["best_step"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}"),
         "steps": runs["steps"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}"), "budget": runs["budget"],
         "converged": runs["converged"].map(lambda v: "yes" if v else "no"),
