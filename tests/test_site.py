@@ -134,11 +134,29 @@ def test_best_and_tied_cells_follow_the_intervals():
     cells = [Cell("", 80.0, 1.0, 3, ""), Cell("", 78.5, 0.6, 3, ""), Cell("", 70.0, 1.0, 3, ""),
              Cell("-", math.nan, math.nan, 0, ""), Cell("", 79.5, math.nan, 1, "")]
     assert [c.mark for c in mark(cells, higher=True)] == ["best", "tied", "", "", "tied"]
-    assert [c.mark for c in mark(cells, higher=False)] == ["", "", "best", "", ""]
+    # the one-seed cell has no interval: its gap to the best cannot be judged, so it ties with any best
+    assert [c.mark for c in mark(cells, higher=False)] == ["", "", "best", "", "tied"]
     assert overlaps(10.0, 1.0, 12.0, 1.0) and not overlaps(10.0, 0.9, 12.0, 1.0)
     assert not overlaps(10.0, math.nan, 10.5, math.nan) and overlaps(10.0, math.nan, 10.0, math.nan)
     two = mark([Cell("", 5.0, 0.1, 2, ""), Cell("", 5.0, 0.2, 2, "")], higher=True)
     assert [c.mark for c in two] == ["best", "best"]
+
+
+def test_zero_width_intervals_tie_unless_the_paired_test_separates_them():
+    """Every seed gave the same score (zero-width CIs): without outcomes the gap cannot be judged (tied); with them,
+    5 discordant test utterances of 120 are noise (tied) and 30 are not."""
+    import numpy as np
+
+    def utts(right: int):
+        num = np.zeros(120, dtype=np.int64)
+        num[:right] = 1
+        return (num, np.ones(120, dtype=np.int64))
+
+    best = Cell("", 100 * 90 / 120, 0.0, 3, "")
+    assert [c.mark for c in mark([best, Cell("", 100 * 85 / 120, 0.0, 3, "")], higher=True)] == ["best", "tied"]
+    best = Cell("", 100 * 90 / 120, 0.0, 3, "", (utts(90),) * 3)
+    near, far = Cell("", 100 * 85 / 120, 0.0, 3, "", (utts(85),) * 3), Cell("", 100 * 60 / 120, 0.0, 3, "", (utts(60),) * 3)
+    assert [c.mark for c in mark([best, near, far], higher=True)] == ["best", "tied", ""]
 
 
 def test_each_score_column_marks_its_best_cell(small):

@@ -117,6 +117,7 @@ def build_report(results_dir: Path) -> Path:
     if runs["corpus"].nunique() > 1:  # panels and tables are per task: keep corpora apart by naming them in it
         runs["task"] = runs["corpus"].astype(str) + "-" + runs["task"].astype(str)
     agg = aggregate_runs(runs)
+    agg["units"] = cell_outcomes(agg, runs, results_dir)  # each cell's seeds' outcomes per test utterance, or None
     plot_dir, table_dir = results_dir / "plots", results_dir / "tables"
     made: dict[str, Path] = {}
     if (agg["mode"] != "layer").any():
@@ -132,7 +133,7 @@ def build_report(results_dir: Path) -> Path:
             (plot_dir / name).unlink(missing_ok=True)
     boards = write_leaderboards(agg, table_dir)
     costs, certificate = _costs(results_dir), _certificate(results_dir)
-    checks = science_checks(agg.assign(units=cell_outcomes(agg, runs, results_dir)), costs)
+    checks = science_checks(agg, costs)
     sections = {"Attention": _attention_section(results_dir), "Studies behind the rows": _study_sections(results_dir),
                 "Cost": _cost_section(costs)}
 
@@ -149,7 +150,9 @@ def build_report(results_dir: Path) -> Path:
           "SUPERB-style: one row per upstream and probe mode, one column per task at its largest label fraction, "
           "headed with the task's metric and its direction (↑ higher is better, ↓ lower is better); test mean ± 95% "
           "CI over seeds, the best cell of each column in bold (the highest accuracy, the lowest error rate), ≈ where "
-          "a cell's CI overlaps the best one's.\n",
+          "a cell is within noise of the best one: their CIs overlap, or the paired test over test utterances cannot "
+          "tell them apart, or (without per-utterance outcomes) an interval of zero width or one seed cannot "
+          "(docs/report.md).\n",
           superb_markdown(agg),
           "## Data-size ablation\n"]
     md.append("![Data-size ablation](plots/ablation.png)\n" if "ablation.png" in made else "No ablation rows.\n")

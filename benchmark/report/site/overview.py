@@ -1,14 +1,16 @@
 """The overview table: one row per upstream checkpoint and probe mode, one column per task at its largest and its
 smallest label fraction. A cell is the seeds' mean ± 95 % CI exactly as benchmark.record.aggregate computed it and
-benchmark.report.tables prints it; the best cell of each column is marked, and so are the cells whose CI overlaps it."""
+benchmark.report.tables prints it; the best cell of each column is marked, and so are the cells within noise of it
+(`within_noise`)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from benchmark.record.metrics import metric_of
+from benchmark.report.paired import beyond_noise
 from benchmark.report.plots import UPSTREAM_COLORS, metric_display
 from benchmark.report.tables import fmt_count, fmt_score, fmt_seconds, unconverged_mark
 from upstream.registry import controlled_model
@@ -40,6 +42,7 @@ class Cell:
     ci: float  # the 95 % CI half-width as displayed; NaN with one seed
     seeds: int
     mark: str  # "best", "tied" or ""
+    units: object = field(default=None, compare=False, repr=False)  # the seeds' outcomes per test utterance
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ def _cell(r: dict | None) -> Cell:
         return Cell("-", math.nan, math.nan, 0, "")
     k = metric_display(str(r["metric"]))[1]
     text = fmt_score(r["test_mean"], r["test_ci95"], k) + unconverged_mark(r["budget"], r["n_converged"], r["n_seeds"])
-    return Cell(text, float(r["test_mean"]) * k, float(r["test_ci95"]) * k, int(r["n_seeds"]), "")
+    return Cell(text, float(r["test_mean"]) * k, float(r["test_ci95"]) * k, int(r["n_seeds"]), "", r.get("units"))
 
 
 def overlaps(a: float, ci_a: float, b: float, ci_b: float) -> bool:
@@ -90,8 +93,20 @@ def overlaps(a: float, ci_a: float, b: float, ci_b: float) -> bool:
     return abs(a - b) <= (0.0 if math.isnan(ci_a) else ci_a) + (0.0 if math.isnan(ci_b) else ci_b)
 
 
+def within_noise(c: Cell, best: Cell) -> bool:
+    """Can `c` not be told apart from `best`? Their intervals overlap; or, with both cells' outcomes per test
+    utterance, the gap is not beyond noise (benchmark.report.paired: the paired test and the seeds); or, without
+    them, an interval has zero width or is missing (one seed), which holds none of the test set's noise."""
+    if overlaps(c.value, c.ci, best.value, best.ci):
+        return True
+    if c.units is not None and best.units is not None:
+        ci = math.hypot(c.ci, best.ci)
+        return not beyond_noise(c.units, best.units, c.value - best.value, ci, c.seeds, best.seeds)[0]
+    return not (c.ci > 0 and best.ci > 0)  # NaN (one seed) compares False
+
+
 def mark(cells: list[Cell], higher: bool) -> list[Cell]:
-    """The column's best mean(s) marked "best"; the other cells whose interval overlaps a best one's "tied"."""
+    """The column's best mean(s) marked "best"; the other cells within noise of a best one "tied"."""
     vals = [c.value for c in cells if not math.isnan(c.value)]
     if not vals:
         return cells
@@ -100,8 +115,8 @@ def mark(cells: list[Cell], higher: bool) -> list[Cell]:
     out = []
     for c in cells:
         m = ("best" if c.value == top else
-             "tied" if not math.isnan(c.value) and any(overlaps(c.value, c.ci, b.value, b.ci) for b in best) else "")
-        out.append(Cell(c.text, c.value, c.ci, c.seeds, m))
+             "tied" if not math.isnan(c.value) and any(within_noise(c, b) for b in best) else "")
+        out.append(Cell(c.text, c.value, c.ci, c.seeds, m, c.units))
     return out
 
 
@@ -143,7 +158,7 @@ def fixed_text(row: Row) -> dict[str, str]:
 def superb_markdown(agg: pd.DataFrame) -> str:
     """The SUPERB-style overview as Markdown: one row per upstream checkpoint and probe mode, one column per task at
     its largest label fraction headed with its metric and direction ("phone_ctc<br>PER ↓"), the best cell of each
-    column in bold (in the metric's direction), cells whose 95 % CI overlaps it marked ≈."""
+    column in bold (in the metric's direction), cells within noise of it marked ≈ (`within_noise`)."""
     cols, rows = overview(agg)
     keep = [j for j, c in enumerate(cols) if c.end == "largest"]
     if not keep or not rows:
