@@ -30,7 +30,7 @@ from downstream.data import num_classes  # noqa: E402
 from downstream.fractions import fraction_subset  # noqa: E402
 from downstream.modes import LayerMode  # noqa: E402
 from downstream.probe import ProbeConfig  # noqa: E402
-from downstream.tasks import TASKS  # noqa: E402
+from downstream.tasks import ALL_TASKS  # noqa: E402
 from downstream.train import train_probe  # noqa: E402
 
 
@@ -53,7 +53,8 @@ def parse_set(text: str, base: ProbeConfig) -> ProbeConfig:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--upstream", default="aalbert", help="name or name:preset of a cached upstream")
-    p.add_argument("--task", default="speaker_frame", choices=list(TASKS))
+    p.add_argument("--task", default="speaker_frame",
+                   choices=[t for t, spec in ALL_TASKS.items() if spec.engine in ("stacked", "ctc")])
     p.add_argument("--mode", default="last", choices=("last", "weighted_sum"))
     p.add_argument("--fraction", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    task = TASKS[a.task]
+    task = ALL_TASKS[a.task]
     base = main_job().probe_config(a.task, False)
     try:
         variants = [("main job", base)] + [(s, parse_set(s, base)) for s in a.set]
