@@ -356,6 +356,17 @@ class TaskSpec:
         """The head's output size for `n_classes` labels (CTC adds its blank)."""
         return n_classes + 1 if self.engine == "ctc" else n_classes
 
+    def cache_splits(self, corpus: Corpus) -> dict[str, tuple[str, list[Utterance]]]:
+        """Probe split -> (feature-cache split, its utterances) this task reads: the corpus's split manifest, or,
+        where the task's split reads other utterances (speaker verification's dev and test: the trial utterances,
+        `utterances`), a cache split of its own named after the split and the task's labels ("dev-speaker_trials")."""
+        out = {}
+        for s in PROBE_SPLITS:
+            utts = self.utterances(corpus, s)
+            own = [u.id for u in utts] == [u.id for u in corpus.utterances(s)]
+            out[s] = (s if own else f"{s}-{self.labels.name}", utts)
+        return out
+
     def utterances(self, corpus: Corpus, split: str) -> list[Utterance]:
         """The utterances whose features split `split` of this task reads, in order."""
         return self.labels.split_utterances(corpus, split)

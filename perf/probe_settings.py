@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--upstream", default="aalbert", help="name or name:preset of a cached upstream")
     p.add_argument("--task", default="speaker_frame",
-                   choices=[t for t, spec in ALL_TASKS.items() if spec.engine in ("stacked", "ctc")])
+                   choices=list(ALL_TASKS))
     p.add_argument("--mode", default="last", choices=("last", "weighted_sum"))
     p.add_argument("--fraction", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)

@@ -139,7 +139,7 @@ class EntryQuery:
     def for_split(cls, corpus: Corpus, split: str, upstream: str, preset: str, ckpt_hash: str | None = None,
                   utts: list[Utterance] | None = None, **more: Any) -> EntryQuery:
         """The entries of `corpus`'s `split` as its manifest lists it now, or as `utts` lists it (a cache split of a
-        task's own, such as speaker verification's trial utterances: benchmark.plan.runs.task_splits)."""
+        task's own, such as speaker verification's trial utterances: downstream.tasks.TaskSpec.cache_splits)."""
         return cls(upstream, preset, corpus.name, split,
                    manifest_digest(corpus.utterances(split) if utts is None else utts),
                    None if ckpt_hash is None else str(ckpt_hash), dict(more))

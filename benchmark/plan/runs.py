@@ -86,24 +86,11 @@ def _modes(text: str, spec: str, num_hidden_states: int, notes: list[str]) -> li
     return modes
 
 
-def task_splits(task: TaskSpec, corpus: Corpus) -> dict[str, tuple[str, list[Utterance]]]:
-    """Probe split -> (feature-cache split, its utterances) that `task` reads: the corpus's split manifest, or, where
-    the task's split reads other utterances (speaker verification's dev and test: the trial utterances,
-    `TaskSpec.utterances`), a cache split of its own named after the split and the task's labels
-    ("dev-speaker_trials")."""
-    out = {}
-    for s in PROBE_SPLITS:
-        utts = task.utterances(corpus, s)
-        own = [u.id for u in utts] == [u.id for u in corpus.utterances(s)]
-        out[s] = (s if own else f"{s}-{task.labels.name}", utts)
-    return out
-
-
 def planned_splits(tasks: list[TaskSpec] | tuple[TaskSpec, ...], corpus: Corpus) -> dict[str, list[Utterance]]:
     """Every feature-cache split `tasks` read, with its utterances: the probe splits first, then the tasks' own."""
     out: dict[str, list[Utterance]] = {}
     for task in tasks:
-        for name, utts in task_splits(task, corpus).values():
+        for name, utts in task.cache_splits(corpus).values():
             out.setdefault(name, utts)
     return dict(sorted(out.items(), key=lambda kv: (kv[0] not in PROBE_SPLITS, kv[0])))
 

@@ -156,12 +156,16 @@ def _accuracy(x: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor
 ROWS_HINT = "run the benchmark that produced these rows first (it builds the cache)"
 
 
-def cached_entries(cache_dir: Path, row: dict | pd.Series, corpus: Corpus) -> dict[str, CacheEntry]:
-    """The cache entry of each probe split of `corpus` (its manifest as it is now) for the upstream checkpoint `row`
-    ({upstream, preset, ckpt_hash}); of several, the one holding the most hidden states (benchmark.cache.reader).
-    FileNotFoundError naming the entry asked for and --cache-dir when one is missing."""
-    return {s: find_entry(cache_dir, EntryQuery.for_split(corpus, s, row["upstream"], row["preset"], row["ckpt_hash"]),
-                          hint=ROWS_HINT) for s in PROBE_SPLITS}
+def cached_entries(cache_dir: Path, row: dict | pd.Series, corpus: Corpus,
+                   task: TaskSpec | None = None) -> dict[str, CacheEntry]:
+    """The cache entry of each probe split of `corpus` (its manifest as it is now; with `task`, the cache splits that
+    task reads, e.g. speaker verification's trial utterances: TaskSpec.cache_splits) for the upstream checkpoint
+    `row` ({upstream, preset, ckpt_hash}); of several, the one holding the most hidden states
+    (benchmark.cache.reader). FileNotFoundError naming the entry asked for and --cache-dir when one is missing."""
+    splits = task.cache_splits(corpus) if task is not None else {s: (s, None) for s in PROBE_SPLITS}
+    return {s: find_entry(cache_dir, EntryQuery.for_split(corpus, name, row["upstream"], row["preset"], row["ckpt_hash"],
+                                                          utts=utts), hint=ROWS_HINT)
+            for s, (name, utts) in splits.items()}
 
 
 def cached_identity(cache_dir: Path, spec: str, corpus: Corpus) -> dict[str, str]:
@@ -173,22 +177,25 @@ def cached_identity(cache_dir: Path, spec: str, corpus: Corpus) -> dict[str, str
     return find_entry(cache_dir, EntryQuery.for_split(corpus, "train", upstream, preset), newest=True).identity
 
 
-def cached_frames(cache_dir: Path, row: dict | pd.Series, corpus: Corpus) -> tuple[ArraySource, FrameRule]:
-    """The cached probe splits of the upstream `row` ({upstream, preset, ckpt_hash}) on `corpus`, and the frame rule
-    their hidden states were computed with: frame labels must be cut with that rule, not a default."""
-    entries = cached_entries(cache_dir, row, corpus)
+def cached_frames(cache_dir: Path, row: dict | pd.Series, corpus: Corpus,
+                  task: TaskSpec | None = None) -> tuple[ArraySource, FrameRule]:
+    """The cached probe splits (with `task`, the splits that task reads) of the upstream `row` ({upstream, preset,
+    ckpt_hash}) on `corpus`, and the frame rule their hidden states were computed with: frame labels must be cut with
+    that rule, not a default."""
+    entries = cached_entries(cache_dir, row, corpus, task)
     return ArraySource({s: e.open() for s, e in entries.items()}), entries["train"].frame_rule
 
 
 def cached_probe_inputs(cache_dir: Path, row: dict | pd.Series, corpus: Corpus,
                         task: TaskSpec) -> tuple[ArraySource | PooledSource, dict[str, SplitLabels]]:
     """What a frozen probe of `task` reads for the cached upstream `row` ({upstream, preset, ckpt_hash}) on `corpus`:
-    its source (the cached frames, or their utterance means), whitening fitted, and every split's labels cut with the
-    cache's own frame rule (the perf scripts train probes on a main job's cache this way)."""
-    frames, rule = cached_frames(cache_dir, row, corpus)
+    its source (the cached frames of the splits it reads, or their utterance means), whitening fitted, and every
+    split's labels cut with the cache's own frame rule (the perf scripts train probes on a main job's cache this
+    way)."""
+    frames, rule = cached_frames(cache_dir, row, corpus, task)
     source: ArraySource | PooledSource = PooledSource(frames) if task.pooled else frames
     source.whitening()
-    return source, {s: split_labels(corpus, corpus.utterances(s), s, task.labels, rule) for s in PROBE_SPLITS}
+    return source, {s: split_labels(corpus, task.utterances(corpus, s), s, task.labels, rule) for s in PROBE_SPLITS}
 
 
 class Certifier:

@@ -29,7 +29,7 @@ from benchmark.inputs.corpus import resolve_corpus
 from benchmark.inputs.upstream import ResolvedUpstream, resolve_upstream
 from benchmark.plan.config import BenchmarkConfig
 from benchmark.plan.runs import (PlannedRun, cache_layers, check_tasks, choose_fractions, expand_runs, planned_splits,
-                                 run_id, task_splits)
+                                 run_id)
 from benchmark.plan.shards import expected_seconds, shard_filter
 from benchmark.record.outcomes import write_outcomes
 from benchmark.record.results import RUNS_FILE, append_row, done_run_ids, write_leaderboard
@@ -52,7 +52,7 @@ def corpus_digest(corpus: Corpus) -> str:
 def _arrays(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, splits: dict[str, list[Utterance]],
             layers: tuple[int, ...], stats: RunnerStats, log) -> dict[str, SplitArrays]:
     """The hidden states `layers` of every cache split the pending tasks read (the probe splits, and a task's own such
-    as speaker verification's trial utterances: benchmark.plan.runs.task_splits): from the feature cache (extracted
+    as speaker verification's trial utterances: TaskSpec.cache_splits): from the feature cache (extracted
     into it when missing), or with cfg.use_cache False (--no-cache) extracted into memory, float16 as the cache
     stores them."""
     t0 = time.perf_counter()
@@ -131,7 +131,7 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
         log(f"{up.spec}: all {len(runs)} runs already in {runs_csv}")
         return
     specs = {r.task: get_task(r.task) for r, _, _ in pending}
-    splits = {t: task_splits(spec, corpus) for t, spec in specs.items()}  # probe split -> (cache split, utterances)
+    splits = {t: spec.cache_splits(corpus) for t, spec in specs.items()}  # probe split -> (cache split, utterances)
     frozen = [p for p in pending if not p[0].finetune]
     finetune = [p for p in pending if p[0].finetune]
     # only the hidden states the pending runs read (fine-tuning starts from a frozen last-layer probe on them too)
