@@ -50,31 +50,17 @@ def _loss(probe: Probe, hidden: Tensor, lengths: Tensor, idx: list[int], train: 
 
 
 @torch.no_grad()
-def _hypotheses(probes: list[Probe], frames: UtteranceFrames, device: torch.device) -> list[list[list[int]]]:
-    """Each probe's greedy transcription of every utterance of the split (each batch read once for all)."""
+def transcribe(probes: list[Probe], frames: UtteranceFrames, labels: SplitLabels,
+               device: torch.device) -> list[tuple[list[list[int]], list[list[int]]]]:
+    """Each probe's greedy transcriptions of every utterance of the split and the references they are scored against
+    (each batch read once for all the probes)."""
+    refs = [r.tolist() for r in _sequences(labels)]
     hyps: list[list[list[int]]] = [[] for _ in probes]
     for _, hidden, lengths in split_batches(frames, device):
         for probe, out in zip(probes, hyps):
             probe.eval()
             out += probe.task.decode(log_probs(probe, hidden, lengths), lengths)
-    return hyps
-
-
-def score_split(probes: list[Probe], frames: UtteranceFrames, labels: SplitLabels, device: torch.device) -> list[float]:
-    """The task's metric of each probe's greedy transcriptions of every utterance of the split."""
-    refs = [r.tolist() for r in _sequences(labels)]
-    return [float(p.task.metric(h, refs)) for p, h in zip(probes, _hypotheses(probes, frames, device))]
-
-
-def split_units(probes: list[Probe], frames: UtteranceFrames, labels: SplitLabels,
-                device: torch.device) -> list[tuple[np.ndarray, np.ndarray] | None]:
-    """Each probe's metric per utterance of the split: (edit distance, reference length) for PER."""
-    refs = [r.tolist() for r in _sequences(labels)]
-    out: list[tuple[np.ndarray, np.ndarray] | None] = []
-    for p, h in zip(probes, _hypotheses(probes, frames, device)):
-        units = p.task.metric.units
-        out.append(None if units is None else tuple(t.numpy() for t in units(h, refs)))  # type: ignore[misc]
-    return out
+    return [(h, refs) for h in hyps]
 
 
 def _check(labels: dict[str, SplitLabels], utts: dict[str, int]) -> None:
@@ -84,7 +70,7 @@ def _check(labels: dict[str, SplitLabels], utts: dict[str, int]) -> None:
             raise ValueError(f"a CTC probe's {s} split needs one label sequence per utterance ({n})")
 
 
-CTC = UtteranceEngine(_loss, score_split, _check, split_units)
+CTC = UtteranceEngine(_loss, transcribe, _check)
 
 
 def fit_ctc(task: TaskSpec, mode: LayerMode, source: ArraySource | PooledSource, labels: dict[str, SplitLabels],

@@ -77,6 +77,13 @@ class Metric:
         """Whether `new` beats `best` by at least `delta` (the stopping rule's min_delta) in this metric's direction."""
         return new >= best + delta if self.higher_is_better else new <= best - delta
 
+    def unit_arrays(self, predictions: Any, labels: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """(numerators, denominators) per example as arrays (`units`), or None for a metric without units."""
+        if self.units is None:
+            return None
+        num, den = self.units(predictions, labels)
+        return num.numpy(), den.numpy()
+
     def clip(self, x: float) -> float:
         return min(max(x, self.bounds[0]), self.bounds[1])
 

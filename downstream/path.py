@@ -73,13 +73,14 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
         solved &= ok
         stop.steps[0] += iters
         probe.load_state_dict(work.state_dict())  # copied into the float32 probe that is scored and kept
-        if stop.update(0, _score(probe, x["dev"], y["dev"], device)):
+        if stop.update(0, _score(probe, _predict(probe, x["dev"], y["dev"], device), y["dev"])):
             best = copy.deepcopy(probe.state_dict())
         if not cfg.fixed_steps and stop.since[0] >= cfg.patience:
             break
     probe.load_state_dict(best)
-    return ProbeResult(dev_metric=stop.best[0], test_metric=_score(probe, x["test"], y["test"], device),
-                       test_units=_units(probe, x["test"], y["test"], device),
+    test = _predict(probe, x["test"], y["test"], device)
+    return ProbeResult(dev_metric=stop.best[0], test_metric=_score(probe, test, y["test"]),
+                       test_units=probe.task.metric.unit_arrays(test, y["test"]),
                        test_utt_metric=None, best_step=stop.best_step[0], steps=int(stop.steps[0]),
                        converged=solved and not cfg.fixed_steps, layer_weights=probe.featurizer.layer_weights(),
                        train_utts=0, train_frames=0, wall_seconds=0.0,
@@ -87,24 +88,17 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
 
 
 @torch.no_grad()
-def _score(probe: Probe, x: Tensor, y: Tensor, device: torch.device) -> float:
-    """The task's metric of the probe's decoded predictions, float32 as the path has always scored."""
+def _predict(probe: Probe, x: Tensor, y: Tensor, device: torch.device) -> Tensor:
+    """The probe's decoded predictions of the examples `x` (labels `y`)."""
     probe.eval()
     if len(y) == 0:
         raise ValueError("no labelled examples to evaluate on")
+    return probe.task.decode(probe(x.to(device))).cpu()
+
+
+def _score(probe: Probe, predictions: Tensor, y: Tensor) -> float:
+    """The task's metric of the predictions, float32 as the path has always scored."""
     metric = probe.task.metric
     if metric.tally is None:
-        return metric(probe.task.decode(probe(x.to(device))).cpu(), y)
-    return float(metric.reduce(*metric.tally(probe.task.decode(probe(x.to(device))).cpu(), y)))
-
-
-@torch.no_grad()
-def _units(probe: Probe, x: Tensor, y: Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray] | None:
-    """The metric's (numerator, denominator) per example (one example per utterance: its mean), or None for a metric
-    without units."""
-    probe.eval()
-    metric = probe.task.metric
-    if metric.units is None:
-        return None
-    num, den = metric.units(probe.task.decode(probe(x.to(device))).cpu(), y)
-    return num.numpy(), den.numpy()
+        return metric(predictions, y)
+    return float(metric.reduce(*metric.tally(predictions, y)))

@@ -1,8 +1,8 @@
 """Whole utterances for the engines that read them (CTC, speaker verification): their whitened frames, minibatches
 of them, and the training of a group of such probes together.
 
-An engine of whole utterances is two functions (`UtteranceEngine`): the loss of a training minibatch and the metric
-of a split for several probes at once. `fit_utterance_probes` does the rest, the same for every such engine: the
+An engine of whole utterances is two functions (`UtteranceEngine`): the loss of a training minibatch and the
+predictions of a split for several probes at once, which the task's metrics score. `fit_utterance_probes` does the rest, the same for every such engine: the
 probes of one task and mode (every label fraction and seed) train as one group in the loop of every minibatch probe
 (downstream.loop). Each probe is its own `Probe` with its own optimiser, minibatches of its own training
 utterances in its own order, dev scored after each pass (downstream.stopping keeps the best in the metric's
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,18 +111,28 @@ class UtteranceEngine:
     # (probe, hidden (L, sum of lengths, D) on the device, lengths (B,), the batch's utterances, the train split's
     # labels) -> the minibatch's mean loss
     loss: Callable[[Probe, Tensor, Tensor, list[int], SplitLabels], Tensor]
-    # (probes, a split's frames, its labels, device) -> the task's metric of each probe on the split (every batch of
-    # the split read once for all of them)
-    score: Callable[[list[Probe], "UtteranceFrames", SplitLabels, torch.device], list[float]]
+    # (probes, a split's frames, its labels, device) -> each probe's (predictions, references) on the split, what the
+    # task's metrics score (every batch of the split read once for all the probes)
+    predict: Callable[[list[Probe], "UtteranceFrames", SplitLabels, torch.device], list[tuple[Any, Any]]]
     # (labels by split, utterances by split) -> ValueError naming what is missing, before any training
     check: Callable[[dict[str, SplitLabels], dict[str, int]], None]
-    # (probes, a split's frames, its labels, device) -> each probe's metric per utterance, (numerators,
-    # denominators) (ProbeResult.test_units); None: the metric is not additive over utterances
-    units: Callable[[list[Probe], "UtteranceFrames", SplitLabels, torch.device],
-                    list[tuple[np.ndarray, np.ndarray] | None]] | None = None
-    # (probes, a split's frames, its labels, device) -> each probe's second score on the split (TaskSpec.second_metric,
-    # the row's test_utt_metric); None: the task has none
-    second: Callable[[list[Probe], "UtteranceFrames", SplitLabels, torch.device], list[float]] | None = None
+
+    def score(self, probes: list[Probe], frames: "UtteranceFrames", labels: SplitLabels,
+              device: torch.device) -> list[float]:
+        """The task's metric of each probe on the split."""
+        predicted = self.predict(probes, frames, labels, device)
+        return [float(p.task.metric(pred, ref)) for p, (pred, ref) in zip(probes, predicted)]
+
+    def test(self, probes: list[Probe], frames: "UtteranceFrames", labels: SplitLabels,
+             device: torch.device) -> list[tuple[float, tuple[np.ndarray, np.ndarray] | None, float | None]]:
+        """Each probe's (metric, metric per utterance (ProbeResult.test_units) where the metric has units, second
+        score (TaskSpec.second_metric) where the task has one) on the split, from one prediction of it."""
+        out = []
+        for p, (pred, ref) in zip(probes, self.predict(probes, frames, labels, device)):
+            metric, second = p.task.metric, p.task.second_metric
+            out.append((float(metric(pred, ref)), metric.unit_arrays(pred, ref),
+                        None if second is None else float(second(pred, ref))))
+        return out
 
 
 def split_batches(frames: UtteranceFrames, device: torch.device) -> Iterator[tuple[list[int], Tensor, Tensor]]:
@@ -211,13 +222,9 @@ def fit_utterance_probes(engine: UtteranceEngine, task: TaskSpec, mode: LayerMod
             bar.close()
     for m, best in zip(models, group.best):
         m.load_state_dict(best)
-    test = engine.score(models, split_frames["test"], labels["test"], device)
-    units = ([None] * len(models) if engine.units is None
-             else engine.units(models, split_frames["test"], labels["test"], device))
-    second: list[float | None] = ([None] * len(models) if engine.second is None or task.second_metric is None
-                                  else list(engine.second(models, split_frames["test"], labels["test"], device)))
-    return [ProbeResult(dev_metric=stop.best[i], test_metric=test[i], test_utt_metric=second[i],
+    test = engine.test(models, split_frames["test"], labels["test"], device)
+    return [ProbeResult(dev_metric=stop.best[i], test_metric=metric, test_utt_metric=second,
                         best_step=stop.best_step[i], steps=int(stop.steps[i]), converged=stop.converged[i],
                         layer_weights=m.featurizer.layer_weights(), train_utts=0, train_frames=0, wall_seconds=0.0,
-                        state={k: v.detach().cpu() for k, v in m.state_dict().items()}, test_units=units[i])
-            for i, m in enumerate(models)]
+                        state={k: v.detach().cpu() for k, v in m.state_dict().items()}, test_units=units)
+            for i, (m, (metric, units, second)) in enumerate(zip(models, test))]

@@ -41,22 +41,12 @@ def _trials(labels: SplitLabels) -> np.ndarray:
     return labels.trials
 
 
-def score_trials(probes: list[Probe], frames: UtteranceFrames, labels: SplitLabels, device: torch.device,
-                 second: bool = False) -> list[float]:
-    """The task's metric (EER) of each probe's trial scores (cosine similarity) on the split; with `second`, its
-    second metric (minDCF, TaskSpec.second_metric) instead."""
+def trial_scores(probes: list[Probe], frames: UtteranceFrames, labels: SplitLabels,
+                 device: torch.device) -> list[tuple[object, np.ndarray]]:
+    """Each probe's trial scores (cosine similarity of embeddings) on the split and the trials' same-speaker flags
+    they are scored against (EER, and minDCF as the task's second score)."""
     trials = _trials(labels)
-    out = []
-    for p, e in zip(probes, embeddings(probes, frames, device)):
-        metric = p.task.second_metric if second else p.task.metric
-        assert metric is not None, f"task {p.task.name} has no second metric"
-        out.append(float(metric(p.task.decode(e, trials), trials[:, 2])))
-    return out
-
-
-def second_scores(probes: list[Probe], frames: UtteranceFrames, labels: SplitLabels, device: torch.device) -> list[float]:
-    """Each probe's second metric (minDCF) of the split's trials."""
-    return score_trials(probes, frames, labels, device, second=True)
+    return [(p.task.decode(e, trials), trials[:, 2]) for p, e in zip(probes, embeddings(probes, frames, device))]
 
 
 def _loss(probe: Probe, hidden: Tensor, lengths: Tensor, idx: list[int], train: SplitLabels) -> Tensor:
@@ -72,7 +62,7 @@ def _check(labels: dict[str, SplitLabels], utts: dict[str, int]) -> None:
         raise ValueError("speaker verification needs speaker labels for train and trials for dev and test")
 
 
-VERIFICATION = UtteranceEngine(_loss, score_trials, _check, second=second_scores)
+VERIFICATION = UtteranceEngine(_loss, trial_scores, _check)
 
 
 def fit_verification(task: TaskSpec, mode: LayerMode, source: ArraySource | PooledSource,

@@ -49,11 +49,11 @@ def test_identical_seeds_never_make_a_gap_certain():
     """Two cells whose every seed gave the same row (zero-width seed intervals), 5 utterances apart: within noise;
     15 apart: beyond it. One seed a side: the training noise is unmeasured, never beyond."""
     a5, a15, b = (_utts(65),) * 3, (_utts(75),) * 3, (_utts(60),) * 3
-    assert beyond_noise(a5, b, 100 * 5 / 120, 0.0, 3, 3)[0] is False
-    assert beyond_noise(a15, b, 100 * 15 / 120, 0.0, 3, 3)[0] is True
-    assert beyond_noise(a15, b, 100 * 15 / 120, float("nan"), 1, 1)[0] is False
-    assert beyond_noise(a15, b, 100 * 15 / 120, 20.0, 3, 3)[0] is False  # seeds wider than the gap
-    assert beyond_noise(None, None, 100 * 15 / 120, 0.0, 3, 3)[0] is False  # no outcomes: a zero interval says nothing
+    assert beyond_noise(a5, b, 100 * 5 / 120, 0.0, 3, 3) is False
+    assert beyond_noise(a15, b, 100 * 15 / 120, 0.0, 3, 3) is True
+    assert beyond_noise(a15, b, 100 * 15 / 120, float("nan"), 1, 1) is False
+    assert beyond_noise(a15, b, 100 * 15 / 120, 20.0, 3, 3) is False  # seeds wider than the gap
+    assert beyond_noise(None, None, 100 * 15 / 120, 0.0, 3, 3) is False  # no outcomes: a zero interval says nothing
 
 
 def test_the_harness_keeps_each_runs_outcomes_and_the_checks_read_them(tmp_path):

@@ -33,7 +33,7 @@ def _join(a: pd.DataFrame, b: pd.DataFrame, on: list[str]) -> pd.DataFrame:
     test, in points of the metric as displayed (a - b for a higher-is-better metric, b - a for an error rate);
     ci = the combined 95% CI half-widths of the seed means; clear = the gap is beyond noise
     (benchmark.report.paired.beyond_noise: a paired test on the test utterances where the rows' outcomes are in the
-    `units` column, and the seeds' spread; never on a zero-width interval alone); p = the paired test's p-value."""
+    `units` column, and the seeds' spread; never on a zero-width interval alone)."""
     m = a.merge(b, on=on, suffixes=("_a", "_b"))
     if "budget" in on:
         m["budget_a"] = m["budget_b"] = m["budget"]
@@ -44,10 +44,8 @@ def _join(a: pd.DataFrame, b: pd.DataFrame, on: list[str]) -> pd.DataFrame:
     m["ci"] = np.abs(ci)
     units_a = m["units_a"] if "units_a" in m else pd.Series([None] * len(m), index=m.index, dtype=object)
     units_b = m["units_b"] if "units_b" in m else pd.Series([None] * len(m), index=m.index, dtype=object)
-    verdicts = [beyond_noise(ua, ub, g, c, int(na), int(nb))
-                for ua, ub, g, c, na, nb in zip(units_a, units_b, m["gap"], m["ci"], m["n_seeds_a"], m["n_seeds_b"])]
-    m["clear"] = np.array([v[0] for v in verdicts], dtype=bool)
-    m["p"] = np.array([v[1] for v in verdicts], dtype=float)
+    m["clear"] = np.array([beyond_noise(ua, ub, g, c, int(na), int(nb)) for ua, ub, g, c, na, nb in
+                           zip(units_a, units_b, m["gap"], m["ci"], m["n_seeds_a"], m["n_seeds_b"])], dtype=bool)
     return m
 
 

@@ -81,12 +81,12 @@ def cell_outcomes(agg: pd.DataFrame, runs: pd.DataFrame, results_dir: Path) -> p
 
 
 def beyond_noise(units_a: tuple[Units, ...] | None, units_b: tuple[Units, ...] | None, gap: float, ci: float,
-                 seeds_a: int, seeds_b: int) -> tuple[bool, float]:
-    """(beyond noise, paired p-value; NaN without outcomes) for one pair of cells: `gap` and `ci` (the combined
-    half-width of the seed means' 95 % intervals) in the same units."""
+                 seeds_a: int, seeds_b: int) -> bool:
+    """Whether the gap between two cells is beyond noise: `gap` and `ci` (the combined half-width of the seed means'
+    95 % intervals) in the same units. The paired test runs only where the seeds allow a verdict."""
     seeds_ok = seeds_a >= 2 and seeds_b >= 2 and np.isfinite(ci)
-    seed_clear = seeds_ok and (abs(ci) == 0 or abs(gap) > abs(ci))
     if units_a is None or units_b is None:
-        return bool(seeds_ok and abs(ci) > 0 and abs(gap) > abs(ci)), float("nan")
-    p = randomization_p(seed_mean(units_a), seed_mean(units_b))
-    return bool(seed_clear and p < ALPHA), p
+        return bool(seeds_ok and abs(ci) > 0 and abs(gap) > abs(ci))
+    if not (seeds_ok and (abs(ci) == 0 or abs(gap) > abs(ci))):
+        return False
+    return randomization_p(seed_mean(units_a), seed_mean(units_b)) < ALPHA

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.record.metrics import metric_of, second_metric_of, sign
-from downstream.metrics import UTT_ACC
+from downstream.metrics import UTT_ACC, Metric
 from benchmark.report.plots import metric_display
 from core.io import atomic_write_text
 
@@ -106,11 +106,23 @@ def leaderboard_display(lb: pd.DataFrame, task: str = "") -> pd.DataFrame:
         "dev": (lb["dev_mean"] * k).map(lambda v: f"{v:.2f}"), "seeds": lb["n_seeds"],
     })
     if utt:
-        second = second_metric_of(task) or UTT_ACC  # rows of an unregistered task: the utterance accuracy they held
-        name, scale = second.display
-        show[f"test {name.replace('accuracy', 'acc')} {second.arrow}"] = (lb["test_utt_mean"] * scale).map(
-            lambda v: "-" if pd.isna(v) else f"{v:.2f}" if second.percent else f"{v:.3f}")
+        second = second_of(task)
+        show[f"test {second.display[0].replace('accuracy', 'acc')} {second.arrow}"] = [
+            fmt_second(second, v) for v in lb["test_utt_mean"]]
     return show
+
+
+def second_of(task: str) -> Metric:
+    """The metric of a task's second score (the rows' test_utt_metric); rows of an unregistered task held the
+    utterance accuracy of frame logits."""
+    return second_metric_of(task) or UTT_ACC
+
+
+def fmt_second(metric: Metric, v: float) -> str:
+    """A second score as displayed: % with 2 decimals, or the bare number with 3 (minDCF); '-' where missing."""
+    if pd.isna(v):
+        return "-"
+    return f"{v * metric.display[1]:.2f}" if metric.percent else f"{v:.3f}"
 
 
 def leaderboard_markdown(lb: pd.DataFrame, task: str = "") -> str:

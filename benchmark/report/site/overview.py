@@ -101,7 +101,7 @@ def within_noise(c: Cell, best: Cell) -> bool:
         return True
     if c.units is not None and best.units is not None:
         ci = math.hypot(c.ci, best.ci)
-        return not beyond_noise(c.units, best.units, c.value - best.value, ci, c.seeds, best.seeds)[0]
+        return not beyond_noise(c.units, best.units, c.value - best.value, ci, c.seeds, best.seeds)
     return not (c.ci > 0 and best.ci > 0)  # NaN (one seed) compares False
 
 

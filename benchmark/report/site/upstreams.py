@@ -10,14 +10,13 @@ from pathlib import Path
 import pandas as pd
 from bokeh.plotting import figure
 
-from benchmark.record.metrics import second_metric_of
 from benchmark.report.cost import cost_display
 from benchmark.report.plots import metric_display
 from benchmark.report.provenance import date_span, facts, short_list, strip_stamp
 from benchmark.report.site.figures import layer_probe_figure, layer_weight_figure
 from benchmark.report.site.overview import family
-from benchmark.report.tables import fmt_budget, fmt_count, fmt_score, fmt_seconds, unconverged_mark
-from downstream.metrics import UTT_ACC
+from benchmark.report.tables import (fmt_budget, fmt_count, fmt_score, fmt_second, fmt_seconds, second_of,
+                                     unconverged_mark)
 from upstream.registry import FAMILIES
 
 ATTENTION_STATS = Path("attention") / "attention_stats.csv"
@@ -106,9 +105,8 @@ def second(runs: pd.DataFrame) -> list[str]:
     """Each row's second score (TaskSpec.second_metric: utterance accuracy of frame logits in %, minDCF), named."""
     out = []
     for task, v in zip(runs["task"], runs["test_utt_metric"]):
-        m = second_metric_of(str(task)) or UTT_ACC
-        out.append("-" if pd.isna(v) else f"{m.label or m.name} {v * m.display[1]:.2f}" if m.percent
-                   else f"{m.label or m.name} {v:.3f}")
+        m = second_of(str(task))
+        out.append("-" if pd.isna(v) else f"{m.label or m.name} {fmt_second(m, v)}")
     return out
 
 
