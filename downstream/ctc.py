@@ -16,7 +16,8 @@ from torch.nn.utils.rnn import pad_sequence
 
 from downstream.data import SplitLabels
 from downstream.modes import LayerMode
-from downstream.probe import Probe, ProbeConfig, ProbeResult, ProbeSpec
+from downstream.config import ProbeConfig
+from downstream.probe import Probe, ProbeResult, ProbeSpec
 from downstream.sources import ArraySource, PooledSource
 from downstream.tasks import TaskSpec
 from downstream.utterances import UtteranceEngine, UtteranceFrames, fit_utterance_probes, split_batches

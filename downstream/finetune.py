@@ -16,7 +16,8 @@ from downstream.heads import Whitening, segment_mean
 from downstream.loop import Batch, TorchOptimizer, progress_bar, train_loop
 from downstream.metrics import UTT_ACC
 from downstream.modes import LayerMode
-from downstream.probe import INIT_LOCK, Probe, ProbeConfig, ProbeResult
+from downstream.config import FinetuneAdamW, ProbeConfig
+from downstream.probe import INIT_LOCK, Probe, ProbeResult
 from downstream.sources import LiveSource
 from downstream.stopping import Stopping
 from downstream.tasks import TaskSpec
@@ -120,18 +121,22 @@ def finetune_probe(task: TaskSpec, frozen: ProbeResult, whiten: Whitening, live:
     probe.to(device)
     initial = copy.deepcopy(upstream.state_dict())
     trainable = [p for p in upstream.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": list(probe.parameters()), "lr": cfg.lr},
-                             {"params": trainable, "lr": cfg.upstream_lr}], weight_decay=cfg.weight_decay)
+    mb = cfg.minibatch
+    if not isinstance(mb.optimizer, FinetuneAdamW):
+        raise ValueError(f"fine-tuning trains head and upstream with FinetuneAdamW, got {type(mb.optimizer).__name__}")
+    rates = mb.optimizer
+    opt = torch.optim.AdamW([{"params": list(probe.parameters()), "lr": rates.lr},
+                             {"params": trainable, "lr": rates.upstream_lr}], weight_decay=rates.weight_decay)
     lengths = live.lengths("train")
     targets = {s: Targets(task, labels[s], live.lengths(s), s) for s in PROBE_SPLITS}
     model = LiveModel(probe, upstream, live, targets, task, device)
-    stop = Stopping(1, cfg, task.metric, eval_every=cfg.eval_every or cfg.min_eval_steps)
+    stop = Stopping(1, cfg, task.metric, eval_every=mb.eval_every or mb.min_eval_steps)
     if stop.update(0, model.score(model.ids)[0]):  # step 0: the frozen probe
         model.snapshot(0)
     bar = progress_bar(1, progress, f"{task.name}/finetune")
     try:
-        train_loop(model, LiveFeed(lengths, list(train_idx), cfg.batch_size, seed), TorchOptimizer(opt), stop,
-                   cfg.grad_clip, cfg.lr_decay, bar)
+        train_loop(model, LiveFeed(lengths, list(train_idx), mb.batch_size, seed), TorchOptimizer(opt), stop,
+                   mb.grad_clip, mb.lr_decay, bar)
         probe.load_state_dict(model.best[0])
         upstream.load_state_dict(model.best[1])
         upstream.eval()

@@ -18,7 +18,8 @@ from downstream.heads import Whitening
 from downstream.loop import Batch, progress_bar, train_loop
 from downstream.metrics import UTT_ACC
 from downstream.modes import LayerMode
-from downstream.probe import INIT_LOCK, ProbeConfig, ProbeResult, ProbeSpec
+from downstream.config import ProbeConfig
+from downstream.probe import INIT_LOCK, ProbeResult, ProbeSpec
 from downstream.sources import ArraySource
 from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe, fast_bfloat16
 from downstream.stopping import Stopping
@@ -125,8 +126,8 @@ def tally(task: TaskSpec, heads: StackedHeads, params: list[Tensor], store: RowS
 def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[Whitening], layers: list[int],
               per_row: dict[str, np.ndarray], targets: dict[str, Targets], probes: list[ProbeSpec], n_classes: int,
               cfg: ProbeConfig, device: torch.device, memory: int | None, progress: bool) -> list[ProbeResult]:
-    """Train `probes` (SGD or AdamW, cfg.optimizer) as one batched model until each has stopped; test at each one's
-    best dev point. Their rows stay resident when they fit `memory` bytes (None: `resident_budget`)."""
+    """Train `probes` (SGD or AdamW: cfg's Minibatch trainer) as one batched model until each has stopped; test at
+    each one's best dev point. Their rows stay resident when they fit `memory` bytes (None: `resident_budget`)."""
     P = len(probes)
     member = torch.zeros(P, len(rows.lengths("train")), dtype=torch.bool)
     for p, spec in enumerate(probes):
@@ -148,13 +149,14 @@ def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
             heads.append(task.head(rows.hidden_size, n_classes))
     stacked = StackedHeads(heads, len(layers), mode.kind == "weighted_sum", device, compute)
     model = StackedModel(stacked, stores["dev"], task)
-    opt = StackedOptimizer(cfg.optimizer, stacked, cfg.lr, cfg.momentum, cfg.weight_decay)
+    mb = cfg.minibatch
+    opt = StackedOptimizer.of(mb.optimizer, stacked)
     gens = [torch.Generator().manual_seed(spec.seed * 1_000_003 + 1) for spec in probes]
-    feed = ChunkFeed(stores["train"], member, gens, cfg.batch_size, compute)
+    feed = ChunkFeed(stores["train"], member, gens, mb.batch_size, compute)
     stop = Stopping(P, cfg, task.metric)
     bar = progress_bar(P, progress, f"{task.name}/{mode.label} x{P}")
     try:
-        train_loop(model, feed, opt, stop, cfg.grad_clip, cfg.lr_decay, bar)
+        train_loop(model, feed, opt, stop, mb.grad_clip, mb.lr_decay, bar)
     finally:
         if bar is not None:
             bar.close()

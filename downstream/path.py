@@ -17,7 +17,8 @@ from core.repro import seed_everything
 from corpora.manifest import PROBE_SPLITS
 from downstream.heads import Whitening
 from downstream.modes import LayerMode
-from downstream.probe import INIT_LOCK, Probe, ProbeConfig, ProbeResult, ProbeSpec
+from downstream.config import L2Path, ProbeConfig
+from downstream.probe import INIT_LOCK, Probe, ProbeResult, ProbeSpec
 from downstream.solver import solve_l2
 from downstream.sources import ArraySource
 from downstream.stopping import Stopping
@@ -63,13 +64,17 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
     params = list(work.parameters())
     penalised = [p for name, p in work.head.named_parameters() if name.endswith("weight")]  # not biases, not the mix
     solved = True
-    for l2 in cfg.l2_grid:
+    path = cfg.trainer
+    if not isinstance(path, L2Path):
+        raise ValueError(f"the L2 path solves probes configured with L2Path, got {type(path).__name__}")
+    for l2 in path.l2_grid:
         budget = cfg.max_steps - int(stop.steps[0])
         if budget <= 0:
             solved = False
             break
         work.train()
-        iters, ok = solve_l2(params, lambda: task.loss(work(xt), yt, reduction="mean"), penalised, l2, cfg.rtol, budget)
+        iters, ok = solve_l2(params, lambda: task.loss(work(xt), yt, reduction="mean"), penalised, l2, path.rtol,
+                             budget)
         solved &= ok
         stop.steps[0] += iters
         probe.load_state_dict(work.state_dict())  # copied into the float32 probe that is scored and kept

@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from downstream.config import SGD, AdamW
+
 
 def fast_bfloat16(device: torch.device) -> bool:
     """Whether `device` multiplies bfloat16 matrices natively: a CUDA GPU with bf16 support, or a CPU with AMX or
@@ -139,6 +141,15 @@ class StackedOptimizer:
         self.t = torch.zeros(P, device=params[0].device)  # AdamW: steps taken per probe (bias correction)
         self.state = [[torch.zeros_like(p) for _ in range(1 if kind == "sgd" else 2)] for p in params]
         self._buffers: dict[tuple, tuple[Tensor, Tensor]] = {}  # AdamW's step temporaries, by parameter shape
+
+    @classmethod
+    def of(cls, opt: SGD | AdamW, heads: StackedHeads) -> "StackedOptimizer":
+        """The stacked form of a probe's minibatch optimiser (downstream.config)."""
+        if isinstance(opt, SGD):
+            return cls("sgd", heads, opt.lr, opt.momentum, opt.weight_decay)
+        if isinstance(opt, AdamW):
+            return cls("adamw", heads, opt.lr, 0.0, opt.weight_decay)
+        raise ValueError(f"frozen probes train with SGD or AdamW, got {type(opt).__name__}")
 
     def _scratch(self, p: Tensor) -> tuple[Tensor, Tensor]:
         """Two buffers of p's shape, kept between steps (views of the first len(p) probes of a larger stack)."""

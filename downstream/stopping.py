@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from downstream.metrics import Metric
-from downstream.probe import ProbeConfig
+from downstream.config import Minibatch, ProbeConfig
 
 
 class Stopping:
@@ -13,11 +13,14 @@ class Stopping:
     lower-is-better `metric`) and its step, evaluations without a gain of `min_delta` (after `patience` of them the probe has converged; every `patience // 2` of them its step is
     scaled by `lr_decay`), the `max_steps` cap (a probe stopped there has not converged), and when dev is due:
     every `eval_every` steps, or at the end of each pass over the data at least `min_eval_steps` steps after the
-    last evaluation (`eval_every` 0)."""
+    last evaluation (`eval_every` 0). The minibatch trainer's schedule (`ProbeConfig.trainer`) sets when dev is due and
+    the decay; the L2 path asks `update` only, once per point of its grid."""
 
     def __init__(self, P: int, cfg: ProbeConfig, metric: Metric, eval_every: int | None = None) -> None:
         self.cfg, self.metric = cfg, metric
-        self.eval_every = cfg.eval_every if eval_every is None else eval_every
+        if eval_every is None:
+            eval_every = cfg.trainer.eval_every if isinstance(cfg.trainer, Minibatch) else 0
+        self.eval_every = eval_every
         self.best = [metric.worst] * P
         self.best_step = [0] * P
         self.since = [0] * P  # evaluations since the last improvement of at least min_delta
@@ -46,7 +49,7 @@ class Stopping:
         """Whether to scale probe i's step by lr_decay now (after an evaluation): it settles into its optimum
         instead of hovering around it."""
         half = max(1, self.cfg.patience // 2)
-        return self.cfg.lr_decay < 1 and self.since[i] > 0 and self.since[i] % half == 0 and not self.done[i]
+        return self.cfg.minibatch.lr_decay < 1 and self.since[i] > 0 and self.since[i] % half == 0 and not self.done[i]
 
     def finished(self, ids: Tensor) -> Tensor:
         return torch.tensor([self.done[i] for i in ids.tolist()], dtype=torch.bool)
@@ -58,5 +61,5 @@ class Stopping:
         if self.eval_every:
             due |= stepped & (steps % self.eval_every == 0)
         elif pass_end:
-            due |= (steps - self.last_eval[ids]) >= self.cfg.min_eval_steps
+            due |= (steps - self.last_eval[ids]) >= self.cfg.minibatch.min_eval_steps
         return due

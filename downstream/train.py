@@ -1,13 +1,14 @@
 """Frozen probes, trained until dev stops improving: the entry point of downstream/.
 
-Frozen probes of one task and mode (every label fraction and seed of a sweep) train together:
-* minibatch SGD (Nesterov) or AdamW: as ONE batched model (downstream.groups: stacked heads over the cached hidden
-  states read in blocks, resident when the group's rows fit the memory budget and streamed from the cache when
-  not, the same rows either way), in the loop of every minibatch probe (downstream.loop); dev after every pass over
-  the data (at least `min_eval_steps` steps apart) or every `eval_every` steps; each probe stops on its own
-  (downstream.stopping): `patience` evaluations without a gain of `min_delta` (converged), or the `max_steps` cap;
-* "lbfgs", for linear heads on few examples (mean-pooled utterances): the L2 regularisation path
-  (downstream.path).
+Frozen probes of one task and mode (every label fraction and seed of a sweep) train together, by their config's
+trainer (downstream.config):
+* Minibatch (SGD with Nesterov momentum, or AdamW): as ONE batched model (downstream.groups: stacked heads over the
+  cached hidden states read in blocks, resident when the group's rows fit the memory budget and streamed from the
+  cache when not, the same rows either way), in the loop of every minibatch probe (downstream.loop); dev after
+  every pass over the data (at least `min_eval_steps` steps apart) or every `eval_every` steps; each probe stops on
+  its own (downstream.stopping): `patience` evaluations without a gain of `min_delta` (converged), or the
+  `max_steps` cap;
+* L2Path, for linear heads on few examples (mean-pooled utterances): the L2 regularisation path (downstream.path).
 That is the "stacked" engine of classification tasks; a task's spec names its engine (`TaskSpec.engine`), and
 sequence tasks train in the "ctc" engine (downstream.ctc) and speaker verification in the "verification" engine
 (downstream.verification), under the same loop and stopping rule. Test is
@@ -27,7 +28,8 @@ from downstream.ctc import fit_ctc
 from downstream.groups import fit_group
 from downstream.modes import LayerMode
 from downstream.path import fit_paths
-from downstream.probe import ProbeConfig, ProbeResult, ProbeSpec
+from downstream.config import L2Path, ProbeConfig
+from downstream.probe import ProbeResult, ProbeSpec
 from downstream.sources import ArraySource, FeatureSource, PooledSource
 from downstream.tasks import TaskSpec
 from downstream.verification import fit_verification
@@ -67,7 +69,7 @@ def fit_stacked(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: 
                 probes: list[ProbeSpec], n_classes: int, cfg: ProbeConfig, device: torch.device, memory: int | None,
                 progress: bool) -> list[ProbeResult]:
     """Classifiers of rows (frames, or utterance means for pooled tasks): one batched model (downstream.groups), or
-    the L2 path (downstream.path) with cfg.optimizer "lbfgs"."""
+    the L2 path (downstream.path) where the probe is configured with one (L2Path)."""
     layers = mode.layers_read(source.num_hidden_states)
     if isinstance(source, PooledSource):
         rows, whiten = source.rows(), source.whitening()
@@ -77,7 +79,7 @@ def fit_stacked(task: TaskSpec, mode: LayerMode, source: FeatureSource, labels: 
     whiten = [whiten[source.position(k)] for k in layers]
     targets = {s: Targets(task, labels[s], source.lengths(s), s) for s in PROBE_SPLITS}
     per_row = {s: t.rows for s, t in targets.items()}
-    if cfg.optimizer == "lbfgs":
+    if isinstance(cfg.trainer, L2Path):
         return fit_paths(task, mode, rows, whiten, layers, per_row, probes, n_classes, cfg, device)
     return fit_group(task, mode, rows, whiten, layers, per_row, targets, probes, n_classes, cfg, device, memory,
                      progress)

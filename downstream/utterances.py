@@ -29,7 +29,8 @@ from downstream.groups import resident_budget
 from downstream.heads import Whitening
 from downstream.loop import Batch, TorchOptimizer, progress_bar, train_loop
 from downstream.modes import LayerMode
-from downstream.probe import INIT_LOCK, Probe, ProbeConfig, ProbeResult, ProbeSpec
+from downstream.config import SGD, AdamW, ProbeConfig
+from downstream.probe import INIT_LOCK, Probe, ProbeResult, ProbeSpec
 from downstream.sources import ArraySource, PooledSource
 from downstream.stopping import Stopping
 from downstream.tasks import TaskSpec
@@ -94,14 +95,14 @@ class UtteranceFeed:
         self.ids = self.ids[positions]
 
 
-def optimizer(probe: nn.Module, cfg: ProbeConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(probe.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
-    raise ValueError(f"ProbeConfig.optimizer {cfg.optimizer!r}: a probe of whole utterances trains with minibatches ('adamw' or "
-                     f"'sgd'); the L2 path solves classifiers of utterance means")
+def optimizer(probe: nn.Module, opt: SGD | AdamW) -> torch.optim.Optimizer:
+    """torch's form of a probe's minibatch optimiser (downstream.config)."""
+    if isinstance(opt, AdamW):
+        return torch.optim.AdamW(probe.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    if isinstance(opt, SGD):
+        return torch.optim.SGD(probe.parameters(), lr=opt.lr, momentum=opt.momentum, nesterov=opt.momentum > 0,
+                               weight_decay=opt.weight_decay)
+    raise ValueError(f"a frozen probe of whole utterances trains with SGD or AdamW, got {type(opt).__name__}")
 
 
 @dataclass(frozen=True)
@@ -212,11 +213,12 @@ def fit_utterance_probes(engine: UtteranceEngine, task: TaskSpec, mode: LayerMod
             models.append(Probe(task, mode, frames.num_hidden_states, frames.hidden_size, task.outputs(n_classes)))
         models[-1].to(device)
     group = UtteranceGroup(models, engine, split_frames["train"], split_frames["dev"], labels, device)
+    mb = cfg.minibatch  # whole utterances train by minibatches: the L2 path solves classifiers of utterance means
     stop = Stopping(len(probes), cfg, task.metric)
     bar = progress_bar(len(probes), progress, f"{task.name}/{mode.label} x{len(probes)}")
     try:
-        train_loop(group, UtteranceFeed(probes, cfg.batch_size), TorchOptimizer(*(optimizer(m, cfg) for m in models)),
-                   stop, cfg.grad_clip, cfg.lr_decay, bar)
+        train_loop(group, UtteranceFeed(probes, mb.batch_size),
+                   TorchOptimizer(*(optimizer(m, mb.optimizer) for m in models)), stop, mb.grad_clip, mb.lr_decay, bar)
     finally:
         if bar is not None:
             bar.close()

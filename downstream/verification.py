@@ -18,7 +18,8 @@ from torch import Tensor
 
 from downstream.data import SplitLabels
 from downstream.modes import LayerMode
-from downstream.probe import Probe, ProbeConfig, ProbeResult, ProbeSpec
+from downstream.config import ProbeConfig
+from downstream.probe import Probe, ProbeResult, ProbeSpec
 from downstream.sources import ArraySource, PooledSource
 from downstream.tasks import TaskSpec
 from downstream.utterances import UtteranceEngine, UtteranceFrames, fit_utterance_probes, split_batches

@@ -102,11 +102,12 @@ def probe_fps(width: int, device: str, steps: int, hidden_states: int = 4, probe
 
     dev = torch.device(device)
     cfg = main_job().probe_config("phone_linear", False)
-    bs = cfg.batch_size
+    mb = cfg.minibatch
+    bs = mb.batch_size
     torch.manual_seed(0)
     heads = [TASKS["phone_linear"].head(width, 38) for _ in range(probes)]
     model = StackedHeads(heads, hidden_states, mix=True, device=dev)
-    opt = StackedOptimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay)
+    opt = StackedOptimizer.of(mb.optimizer, model)
     n = 16 * bs
     x = torch.randn(n, hidden_states, width).half().to(dev)  # (rows, L, D) whitened rows, resident, as stored
     y = torch.randint(38, (n,), device=dev)
@@ -120,7 +121,7 @@ def probe_fps(width: int, device: str, steps: int, hidden_states: int = 4, probe
         for p in model.params:
             p.grad = None
         loss.backward()
-        clip_per_probe(model.params, cfg.grad_clip)
+        clip_per_probe(model.params, mb.grad_clip)
         opt.step(active)
 
     sec = timed(step, dev, steps, warmup=3)

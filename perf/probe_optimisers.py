@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -33,17 +32,17 @@ from downstream.fractions import fraction_subset  # noqa: E402
 from downstream.heads import Whitening  # noqa: E402
 from downstream.modes import LayerMode  # noqa: E402
 from downstream.tasks import TASKS  # noqa: E402
-from downstream.probe import ProbeConfig  # noqa: E402
+from downstream.config import AdamW, Minibatch, ProbeConfig  # noqa: E402
 from downstream.train import train_probe  # noqa: E402
 
 # The former main-job frame probe: AdamW, dev scored at least 50 steps apart.
-ADAMW_FRAME = ProbeConfig(lr=1e-2, batch_size=4096, patience=4, min_eval_steps=50)
+ADAMW_FRAME = ProbeConfig(Minibatch(AdamW(lr=1e-2), batch_size=4096, min_eval_steps=50), patience=4)
 TRAINERS = {
     "phone_linear": {"AdamW, dev >= 50 steps apart (former main-job trainer)": (ADAMW_FRAME, "whiten"),
-                     "AdamW, dev every step": (replace(ADAMW_FRAME, min_eval_steps=1), "whiten"),
+                     "AdamW, dev every step": (ADAMW_FRAME.with_fields(min_eval_steps=1), "whiten"),
                      "SGD, dev every epoch (main job)": (FRAME_PROBE, "whiten")},
-    "speaker_utterance": {"AdamW on whitened means (former main-job trainer)": (ProbeConfig(lr=1e-2, batch_size=32,
-                                                                                            patience=10), "whiten"),
+    "speaker_utterance": {"AdamW on whitened means (former main-job trainer)": (ProbeConfig(
+                              Minibatch(AdamW(lr=1e-2), batch_size=32), patience=10), "whiten"),
                           "L2 path on standardised means (main job)": (MAIN_TASK_PROBES["speaker_utterance"],
                                                                        "standardise")},
 }

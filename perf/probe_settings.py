@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -29,25 +28,25 @@ from corpora.manifest import load_corpus  # noqa: E402
 from downstream.data import num_classes  # noqa: E402
 from downstream.fractions import fraction_subset  # noqa: E402
 from downstream.modes import LayerMode  # noqa: E402
-from downstream.probe import ProbeConfig  # noqa: E402
+from downstream.config import ProbeConfig, settable  # noqa: E402
 from downstream.tasks import ALL_TASKS  # noqa: E402
 from downstream.train import train_probe  # noqa: E402
 
 
 def parse_set(text: str, base: ProbeConfig) -> ProbeConfig:
-    """'patience=8,lr=0.1' -> base with those fields replaced (typed as the field's default)."""
-    types = {f.name: type(getattr(base, f.name)) for f in fields(ProbeConfig)}
+    """'patience=8,lr=0.1' -> base with those settings replaced (typed as the setting's value in `base`)."""
+    types = {k: type(v) for k, v in settable(base).items()}
     types = {k: t for k, t in types.items() if t in (str, int, float, bool)}  # l2_grid (a tuple) is not settable here
     kw: dict = {}
     for item in text.split(","):
         name, _, value = item.partition("=")
         if name not in types or not value:
-            raise ValueError(f"--set {text!r}: {name!r} is not a field=value of ProbeConfig's {', '.join(types)}")
+            raise ValueError(f"--set {text!r}: {name!r} is not a setting=value of this probe's {', '.join(types)}")
         t = types[name]
         if t is bool and value.lower() not in ("true", "false"):
             raise ValueError(f"--set {text!r}: {name} takes true or false")
         kw[name] = value.lower() == "true" if t is bool else int(float(value)) if t is int else t(value)
-    return replace(base, **kw)
+    return base.with_fields(**kw)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from benchmark.plan.presets import main_job  # noqa: E402
 from benchmark.report.convergence import cached_frames, cached_identity  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
+from downstream.config import Minibatch  # noqa: E402
 from downstream.data import num_classes, split_labels  # noqa: E402
 from downstream.modes import LayerMode  # noqa: E402
 from downstream.sources import PooledSource  # noqa: E402
@@ -67,7 +68,7 @@ def main() -> int:
             r = train_probe(task, LayerMode(mode), src, labels, idx, num_classes(corpus, task), cfg, seed=0)
             n = r.train_frames if task.frame_targets else r.train_utts
             # an L-BFGS iteration reads every training example (line-search evaluations not counted)
-            seen = r.steps * (n if cfg.optimizer == "lbfgs" else cfg.batch_size)
+            seen = r.steps * (cfg.trainer.batch_size if isinstance(cfg.trainer, Minibatch) else n)
             out.append({"task": task_name, "mode": mode, "examples": n, "steps": r.steps,
                         "epochs": round(seen / n, 1), "converged": r.converged, "wall_seconds": round(r.wall_seconds, 1),
                         "examples_per_second": round(seen / r.wall_seconds), "test": round(100 * r.test_metric, 2)})

@@ -19,7 +19,7 @@ from core.io import read_json
 from corpora.manifest import PROBE_SPLITS, load_corpus
 from downstream.modes import LayerMode
 from downstream.sources import ArraySource, PooledSource, SplitArrays
-from downstream.probe import ProbeConfig
+from downstream.config import AdamW, FinetuneAdamW, Minibatch, ProbeConfig
 from tests.fixtures import make_tiny_corpus
 
 QUIET = {"log": lambda *_: None}
@@ -37,7 +37,7 @@ def corpus_dir(tmp_path_factory) -> Path:
 def _cfg(corpus_dir: Path, tmp: Path, modes: str, **kw) -> BenchmarkConfig:
     base = BenchmarkConfig(corpus=str(corpus_dir), upstreams=("aalbert_random",), tasks=("phone_linear",),
                            modes=modes, fractions=(1.0,), seeds=1, finetune_ends=False,
-                           probe=ProbeConfig(lr=1e-2, max_steps=4, eval_every=2, batch_size=64),
+                           probe=ProbeConfig(Minibatch(AdamW(lr=1e-2), eval_every=2, batch_size=64), max_steps=4),
                            results_dir=tmp / "results", cache_dir=tmp / "cache", runs_dir=tmp / "runs",
                            progress=False, report=False, probe_workers=1)
     return replace(base, **kw)
@@ -113,7 +113,8 @@ def test_a_subset_lacking_the_layer_is_extended_not_served(corpus_dir, tmp_path)
 
 def test_finetune_reads_only_the_last_hidden_state_from_the_cache(corpus_dir, tmp_path):
     cfg = _cfg(corpus_dir, tmp_path, "finetune",
-               finetune_probe=ProbeConfig(batch_size=4, patience=1, eval_every=1, max_steps=1))
+               finetune_probe=ProbeConfig(Minibatch(FinetuneAdamW(), batch_size=4, eval_every=1),
+                                          patience=1, max_steps=1))
     runner.run_benchmark(cfg, **QUIET)
     held = _entries(tmp_path / "cache")
     assert all([e[1] for e in held[s]] == [[3]] for s in PROBE_SPLITS), held

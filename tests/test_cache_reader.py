@@ -17,7 +17,7 @@ from benchmark.record.results import RUNS_FILE, read_rows
 from benchmark.report.convergence import cached_entries, cached_frames, cached_identity, certify
 from core.io import read_json
 from corpora.manifest import PROBE_SPLITS
-from downstream.probe import ProbeConfig
+from downstream.config import ProbeConfig
 from downstream.sources import frame_counts
 from tests.fixtures import make_tiny_corpus
 from upstream.features import FeatureConfig

@@ -12,7 +12,7 @@ from benchmark.cli import main
 from benchmark.plan.config import BenchmarkConfig
 from benchmark.report.convergence import CONVERGENCE_FILE, certify, fit_reference, summary_markdown
 from corpora.manifest import load_corpus
-from downstream.probe import ProbeConfig
+from downstream.config import SGD, AdamW, Minibatch, ProbeConfig
 from tests.fixtures import make_tiny_corpus
 
 
@@ -77,7 +77,8 @@ def test_a_neighbouring_mix_starts_the_fit_and_changes_only_its_cost(monkeypatch
 
 def test_converged_probes_pass_and_starved_probes_fail(corpus_dir, tmp_path, monkeypatch):
     corpus = load_corpus(corpus_dir)
-    good = _run(corpus_dir, tmp_path / "good", ProbeConfig(lr=1e-1, batch_size=4096, patience=10, min_eval_steps=20),
+    good_cfg = ProbeConfig(Minibatch(AdamW(lr=1e-1), batch_size=4096, min_eval_steps=20), patience=10)
+    good = _run(corpus_dir, tmp_path / "good", good_cfg,
                 fractions=(1.0,))
     table = certify(good / "results", corpus, good / "cache", log=lambda *_: None)
     assert len(table) == 2 and (table["margin"] == 1.0).all()  # 2 tasks; one fraction, the largest
@@ -89,7 +90,7 @@ def test_converged_probes_pass_and_starved_probes_fail(corpus_dir, tmp_path, mon
     again = certify(good / "results", corpus, good / "cache", log=lambda *_: None)  # resumed: nothing refitted
     monkeypatch.undo()
     assert again[["run_id", "reference_test"]].equals(table[["run_id", "reference_test"]])
-    starved = _run(corpus_dir, tmp_path / "starved", ProbeConfig(lr=1e-4, batch_size=4).with_steps(2))
+    starved = _run(corpus_dir, tmp_path / "starved", ProbeConfig(Minibatch(AdamW(lr=1e-4), batch_size=4)).with_steps(2))
     bad = certify(starved / "results", corpus, starved / "cache", log=lambda *_: None)
     assert len(bad) == 4 and set(bad["margin"]) == {1.0, 2.0}  # largest and smallest fraction
     assert not bad["passes"].any(), bad
@@ -115,7 +116,8 @@ def test_a_probe_exactly_at_the_margin_passes_and_failures_show_dev():
 
 
 def test_certify_cli_errors_name_what_is_missing(corpus_dir, tmp_path, capsys):
-    good = _run(corpus_dir, tmp_path, ProbeConfig(lr=3e-2, batch_size=256, patience=2, min_eval_steps=5))
+    good = _run(corpus_dir, tmp_path, ProbeConfig(Minibatch(AdamW(lr=3e-2), batch_size=256, min_eval_steps=5),
+                                                  patience=2))
     assert main(["certify", "--corpus", str(corpus_dir), "--results-dir", str(good / "results"),
                  "--cache-dir", str(tmp_path / "elsewhere")]) == 2
     err = capsys.readouterr().err
@@ -194,11 +196,11 @@ def test_mlp_rows_share_the_linear_reference_and_retrained_rows_are_certified_ag
     import benchmark.report.convergence as conv
 
     corpus = load_corpus(corpus_dir)
-    frame = ProbeConfig(optimizer="sgd", lr=1e-1, batch_size=4096, patience=10, min_eval_steps=20)
+    frame = ProbeConfig(Minibatch(SGD(lr=1e-1), batch_size=4096, min_eval_steps=20), patience=10)
     cfg = BenchmarkConfig(corpus=str(corpus_dir), upstreams=("mel",), tasks=("phone_linear", "phone_1hidden"),
                           modes="last", fractions=(1.0,), seeds=1, probe=frame, finetune_ends=False,
-                          task_probes={"phone_1hidden": ProbeConfig(optimizer="adamw", lr=1e-3, batch_size=1024,
-                                                                    patience=4, min_eval_steps=20)},
+                          task_probes={"phone_1hidden": ProbeConfig(
+                              Minibatch(AdamW(lr=1e-3), batch_size=1024, min_eval_steps=20), patience=4)},
                           results_dir=tmp_path / "results", cache_dir=tmp_path / "cache", runs_dir=tmp_path / "runs",
                           progress=False, report=False)
     runner.run_benchmark(cfg, log=lambda *_: None)

@@ -122,7 +122,7 @@ def harness_rows_differ(tmp_path: Path, dev_a: str, dev_b: str) -> dict[str, flo
     import benchmark.run.runner as runner
     from benchmark.plan.config import BenchmarkConfig
     from benchmark.record.results import read_rows
-    from downstream.probe import ProbeConfig
+    from downstream.config import AdamW, Minibatch, ProbeConfig
     from tests.fixtures import make_tiny_corpus
 
     root = tmp_path / "corpus"
@@ -132,8 +132,8 @@ def harness_rows_differ(tmp_path: Path, dev_a: str, dev_b: str) -> dict[str, flo
         dev_dir = tmp_path / dev if dev_a != dev_b else tmp_path / f"{dev}-{len(out)}"
         cfg = BenchmarkConfig(corpus=str(root), upstreams=("mel", "aalbert_random"),
                               tasks=("phone_linear", "speaker_utterance"), modes="last,weighted_sum",
-                              fractions=(1.0,), seeds=1, probe=ProbeConfig(lr=1e-2, max_steps=6, eval_every=3,
-                                                                           batch_size=4),
+                              fractions=(1.0,), seeds=1,
+                              probe=ProbeConfig(Minibatch(AdamW(lr=1e-2), eval_every=3, batch_size=4), max_steps=6),
                               results_dir=dev_dir / "results", cache_dir=dev_dir / "cache",
                               runs_dir=tmp_path / "runs", progress=False, report=False, device=dev)
         runner.run_benchmark(cfg, log=lambda *_: None)

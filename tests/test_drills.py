@@ -692,11 +692,12 @@ def job_pretrain(corpus: str, out: str) -> None:
 def harness_config(corpus: str, tmp: str):
     import benchmark.run.runner as runner
     from benchmark.plan.config import BenchmarkConfig
-    from downstream.probe import ProbeConfig
+    from downstream.config import AdamW, Minibatch, ProbeConfig
 
     return runner, BenchmarkConfig(
         corpus=corpus, upstreams=("mel", "aalbert_random"), tasks=("phone_linear",), modes="last,weighted_sum",
-        fractions=(0.5, 1.0), seeds=2, probe=ProbeConfig(lr=1e-2, max_steps=6, eval_every=3, batch_size=4),
+        fractions=(0.5, 1.0), seeds=2, probe=ProbeConfig(Minibatch(AdamW(lr=1e-2), eval_every=3, batch_size=4),
+                                                         max_steps=6),
         results_dir=Path(tmp) / "results", cache_dir=Path(tmp) / "cache", runs_dir=Path(tmp) / "runs",
         progress=False, report=False, probe_workers=1, finetune_ends=False)
 

@@ -2,7 +2,6 @@
 the stacked optimisers are torch's, per probe."""
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,12 +12,13 @@ from downstream.modes import LayerMode
 from downstream.sources import ArraySource, PooledSource, SplitArrays
 from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe
 from downstream.tasks import get_task, one_hidden_head
-from downstream.probe import ProbeConfig, ProbeSpec
+from downstream.config import SGD, L2Path, Minibatch, ProbeConfig
+from downstream.probe import ProbeSpec
 from downstream.train import train_probe, train_probes
 from tests.test_probes import _labels, array_source, mel, tiny  # noqa: F401 (fixtures)
 from upstream.registry import build_upstream
 
-CFG = ProbeConfig(optimizer="sgd", lr=0.2, batch_size=64, patience=3, min_eval_steps=1)
+CFG = ProbeConfig(Minibatch(SGD(lr=0.2), batch_size=64, min_eval_steps=1), patience=3)
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +55,7 @@ def _key(r):
 def test_a_probe_gets_the_same_result_in_any_group(tiny, mj_src, task_name, mode):  # noqa: F811
     task = get_task(task_name)
     labels, n_cls = _labels(tiny, task), len(task.labels.classes(tiny))
-    cfg = CFG if task.linear else replace(CFG, optimizer="adamw", lr=3e-3, max_steps=60)
+    cfg = CFG if task.linear else CFG.with_fields(optimizer="adamw", lr=3e-3, max_steps=60)
     specs = [ProbeSpec(tuple(range(24)), 0), ProbeSpec((0, 5, 9, 14), 1), ProbeSpec(tuple(range(0, 24, 2)), 2)]
     group = train_probes(task, LayerMode(mode), mj_src, labels, specs, n_cls, cfg)
     alone = [train_probe(task, LayerMode(mode), mj_src, labels, list(s.train_idx), n_cls, cfg, s.seed) for s in specs]
@@ -150,10 +150,10 @@ def test_utterance_probes_train_batched_on_means(tiny, mj_src):  # noqa: F811
     labels, n_cls = _labels(tiny, task), len(tiny.speakers)
     pooled = PooledSource(mj_src)
     specs = [ProbeSpec(tuple(range(24)), 0), ProbeSpec(tuple(range(0, 24, 3)), 1)]
-    rs = train_probes(task, LayerMode("weighted_sum"), pooled, labels, specs, n_cls, replace(CFG, batch_size=8))
+    rs = train_probes(task, LayerMode("weighted_sum"), pooled, labels, specs, n_cls, CFG.with_fields(batch_size=8))
     assert rs[0].dev_metric > 1.5 / n_cls and rs[0].layer_weights is not None
     path = train_probes(task, LayerMode("last"), pooled, labels, specs, n_cls,
-                        ProbeConfig(optimizer="lbfgs", l2_grid=(1e-1, 1e-2), patience=2))
+                        ProbeConfig(L2Path(l2_grid=(1e-1, 1e-2)), patience=2))
     assert all(r.converged and r.steps > 0 for r in path) and path[0].train_utts == 24
 
 
@@ -178,7 +178,7 @@ def test_identical_paths_are_solved_once(tiny, mj_src, monkeypatch):  # noqa: F8
     calls = []
     real = path._path
     monkeypatch.setattr(path, "_path", lambda *a, **k: calls.append(1) or real(*a, **k))
-    cfg = ProbeConfig(optimizer="lbfgs", l2_grid=(1e-1, 1e-2), patience=2)
+    cfg = ProbeConfig(L2Path(l2_grid=(1e-1, 1e-2)), patience=2)
     specs = [ProbeSpec(tuple(range(24)), 0), ProbeSpec(tuple(range(24)), 1), ProbeSpec(tuple(range(0, 24, 2)), 0)]
     rs = train_probes(task, LayerMode("weighted_sum"), PooledSource(mj_src), labels, specs, n_cls, cfg)
     assert len(calls) == 2 and _key(rs[0]) == _key(rs[1])

@@ -15,7 +15,7 @@ from benchmark.plan.presets import MAIN_TASKS
 from benchmark.plan.runs import parse_fractions
 from benchmark.record.results import append_row, read_rows
 from benchmark.record.schema import RUN_COLUMNS
-from downstream.probe import ProbeConfig
+from downstream.config import AdamW, Minibatch, ProbeConfig
 from tests.fixtures import make_tiny_corpus
 
 
@@ -29,7 +29,8 @@ def corpus_dir(tmp_path_factory) -> Path:
 def _cfg(corpus_dir: Path, tmp: Path, **kw) -> BenchmarkConfig:
     base = BenchmarkConfig(corpus=str(corpus_dir), upstreams=("mel", "aalbert_random"),
                            tasks=("phone_linear", "speaker_frame"), modes="last,weighted_sum", fractions=(0.5, 1.0),
-                           seeds=2, probe=ProbeConfig(lr=1e-2, max_steps=6, eval_every=3, batch_size=4),
+                           seeds=2, probe=ProbeConfig(Minibatch(AdamW(lr=1e-2), eval_every=3, batch_size=4),
+                                                      max_steps=6),
                            results_dir=tmp / "results", cache_dir=tmp / "cache", runs_dir=tmp / "runs",
                            progress=False, report=False)
     return replace(base, **kw)

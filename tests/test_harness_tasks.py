@@ -30,7 +30,7 @@ from benchmark.report.site.overview import overview, superb_markdown
 from benchmark.report.tables import leaderboard
 from corpora.manifest import PROBE_SPLITS, load_corpus, read_manifest, write_manifest
 from downstream.metrics import Metric, error_rate_tally
-from downstream.probe import ProbeConfig
+from downstream.config import AdamW, Minibatch, ProbeConfig
 from downstream.sources import frame_counts
 from downstream.tasks import LabelSource, TaskSpec, ctc_greedy, ctc_loss, linear_head
 from tests.fixtures import make_tiny_corpus
@@ -41,7 +41,8 @@ QUIET = dict(progress=False, report=False)
 
 def _cfg(corpus: Path, tmp: Path, **kw) -> BenchmarkConfig:
     base = BenchmarkConfig(corpus=str(corpus), upstreams=("mel",), modes="last", fractions=(1.0,), seeds=1,
-                           probe=ProbeConfig(lr=3e-2, batch_size=4, patience=3, min_eval_steps=3, max_steps=60),
+                           probe=ProbeConfig(Minibatch(AdamW(lr=3e-2), batch_size=4, min_eval_steps=3),
+                                             patience=3, max_steps=60),
                            results_dir=tmp / "results", cache_dir=tmp / "cache", runs_dir=tmp / "runs", **QUIET)
     return replace(base, **kw)
 

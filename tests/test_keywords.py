@@ -20,7 +20,8 @@ from corpora.validate import CorpusError
 from downstream.data import split_labels
 from downstream.metrics import UTT_ACC
 from downstream.modes import LayerMode
-from downstream.probe import ProbeConfig, ProbeSpec
+from downstream.config import AdamW, Minibatch, ProbeConfig
+from downstream.probe import ProbeSpec
 from downstream.sources import PooledSource
 from downstream.tasks import SUPERB_TASKS, TASKS, get_task
 from downstream.train import train_probes
@@ -266,7 +267,7 @@ def test_keywords_probe_beats_chance(synth_kw):
     n = len(c.utterances("train"))
     probes = [ProbeSpec(tuple(range(n)), 0), ProbeSpec(tuple(range(0, n, 2)), 1)]
     results = train_probes(task, LayerMode("last"), src, labels, probes, len(CLASSES),
-                           ProbeConfig(lr=1e-2, batch_size=16, patience=5, min_eval_steps=5))
+                           ProbeConfig(Minibatch(AdamW(lr=1e-2), batch_size=16, min_eval_steps=5), patience=5))
     full, half = results
     assert full.train_utts == n and half.train_utts == len(range(0, n, 2))
     assert full.test_metric > 0.3 and half.test_metric > 0.2, (full.test_metric, half.test_metric)  # chance 0.083

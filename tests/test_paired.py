@@ -13,7 +13,7 @@ from benchmark.record.aggregate import aggregate_runs, read_runs
 from benchmark.record.outcomes import read_outcomes, write_outcomes
 from benchmark.report.checks import check_random_controls
 from benchmark.report.paired import beyond_noise, cell_outcomes, randomization_p
-from downstream.probe import ProbeConfig
+from downstream.config import AdamW, Minibatch, ProbeConfig
 from tests.fixtures import make_tiny_corpus
 
 
@@ -60,7 +60,7 @@ def test_the_harness_keeps_each_runs_outcomes_and_the_checks_read_them(tmp_path)
     corpus = make_tiny_corpus(tmp_path / "corpus", n_speakers=4, per_speaker={"train": 8, "dev": 3, "test": 3})
     cfg = BenchmarkConfig(corpus=str(tmp_path / "corpus"), upstreams=("mockingjay", "mockingjay_random"),
                           tasks=("phone_linear", "speaker_utterance"), modes="last", fractions=(1.0,), seeds=2,
-                          probe=ProbeConfig(lr=1e-1, batch_size=4096, patience=4, min_eval_steps=5),
+                          probe=ProbeConfig(Minibatch(AdamW(lr=1e-1), batch_size=4096, min_eval_steps=5), patience=4),
                           results_dir=tmp_path / "results", cache_dir=tmp_path / "cache", runs_dir=tmp_path / "runs",
                           finetune_ends=False, progress=False, report=False)
     runner.run_benchmark(cfg, log=lambda *_: None)

@@ -17,7 +17,7 @@ from downstream.sources import ArraySource, LiveSource, PooledSource, SplitArray
 from downstream.metrics import FRAME_ACC
 from downstream.tasks import PHONES, SPEAKERS, TASKS, LabelSource, TaskSpec, get_task, linear_head
 from downstream.finetune import finetune_probe
-from downstream.probe import ProbeConfig
+from downstream.config import AdamW, FinetuneAdamW, L2Path, Minibatch, ProbeConfig
 from downstream.train import train_probe
 from tests.fixtures import make_tiny_corpus
 from upstream.features import FeatureConfig, corpus_stats
@@ -147,7 +147,7 @@ def test_probe_learns_converges_and_is_deterministic(tiny, mel_src, task_name):
     task = get_task(task_name)
     src = _source(mel_src, task)
     n_cls = len(task.labels.classes(tiny))
-    cfg = ProbeConfig(lr=3e-2, batch_size=256, patience=3, min_eval_steps=5)
+    cfg = ProbeConfig(Minibatch(AdamW(lr=3e-2), batch_size=256, min_eval_steps=5), patience=3)
     train_idx = list(range(len(tiny.utterances("train"))))
     a = train_probe(task, LayerMode("last"), src, _labels(tiny, task), train_idx, n_cls, cfg, seed=0)
     b = train_probe(task, LayerMode("last"), src, _labels(tiny, task), train_idx, n_cls, cfg, seed=0)
@@ -161,10 +161,10 @@ def test_fixed_budget_and_cap_are_not_converged(tiny, mel_src):
     task = get_task("phone_linear")
     labels, n_cls = _labels(tiny, task), len(tiny.phones)
     fixed = train_probe(task, LayerMode("last"), mel_src, labels, [0, 1, 2], n_cls,
-                        ProbeConfig(lr=1e-2).with_steps(7), seed=0)
+                        ProbeConfig(Minibatch(AdamW(lr=1e-2))).with_steps(7), seed=0)
     assert fixed.steps == 7 and not fixed.converged and ProbeConfig().with_steps(7).budget == "steps=7"
     capped = train_probe(task, LayerMode("last"), mel_src, labels, [0, 1, 2], n_cls,
-                         ProbeConfig(lr=1e-4, max_steps=6, min_eval_steps=2, patience=50), seed=0)
+                         ProbeConfig(Minibatch(AdamW(lr=1e-4), min_eval_steps=2), max_steps=6, patience=50), seed=0)
     assert capped.steps == 6 and not capped.converged
 
 
@@ -201,18 +201,18 @@ def test_regularisation_path_is_the_regression_chosen_on_dev(tiny, mel_src):
     task = get_task("speaker_utterance")
     src, labels = PooledSource(mel_src), _labels(tiny, task)
     n_cls, idx = len(tiny.speakers), list(range(len(tiny.utterances("train"))))
-    cfg = ProbeConfig(optimizer="lbfgs", l2_grid=(1e-1, 1e-2, 1e-3), patience=100, rtol=0.01)
+    cfg = ProbeConfig(L2Path(l2_grid=(1e-1, 1e-2, 1e-3), rtol=0.01), patience=100)
     r = train_probe(task, LayerMode("last"), src, labels, idx, n_cls, cfg, seed=0)
     assert r.converged and r.steps > 0
     x = {s: src.examples(s)[0].numpy() for s in ("train", "dev")}
     y = {s: Targets(task, labels[s], src.lengths(s)).utt for s in ("train", "dev")}
     devs = [LogisticRegression(C=1 / (l2 * len(idx)), tol=1e-8, max_iter=10000).fit(x["train"], y["train"])
-            .score(x["dev"], y["dev"]) for l2 in cfg.l2_grid]
+            .score(x["dev"], y["dev"]) for l2 in cfg.trainer.l2_grid]
     assert r.dev_metric == pytest.approx(max(devs), abs=1.01 / len(y["dev"])), (r.dev_metric, devs)
     capped = train_probe(task, LayerMode("last"), src, labels, idx, n_cls, replace(cfg, max_steps=3), seed=0)
     assert capped.steps <= 3 and not capped.converged
     with pytest.raises(ValueError, match="l2_grid"):
-        ProbeConfig(optimizer="lbfgs", l2_grid=())
+        ProbeConfig(L2Path(l2_grid=()))
 
 
 def test_sources_whiten_frames_and_standardise_means(tiny, mel_src):
@@ -240,7 +240,7 @@ def test_a_new_task_is_one_spec(tiny, mel_src):
     task = TaskSpec("silence_linear", silence, "frame", linear_head, FRAME_ACC, linear=True)
     labels = {s: split_labels(tiny, tiny.utterances(s), s, silence, LOG_MEL) for s in ("train", "dev", "test")}
     r = train_probe(task, LayerMode("last"), mel_src, labels, list(range(len(tiny.utterances("train")))), 2,
-                    ProbeConfig(lr=3e-2, batch_size=256, patience=3, min_eval_steps=5), seed=0)
+                    ProbeConfig(Minibatch(AdamW(lr=3e-2), batch_size=256, min_eval_steps=5), patience=3), seed=0)
     majority = max(np.mean(np.concatenate(labels["test"].frames)), 1 - np.mean(np.concatenate(labels["test"].frames)))
     assert r.test_metric > majority + 0.05, (r.test_metric, majority)
 
@@ -251,14 +251,15 @@ def test_weighted_sum_and_finetune_from_the_frozen_probe(tiny, mel):
     live = LiveSource(up, tiny, {s: tiny.utterances(s) for s in ("train", "dev", "test")})
     task = get_task("phone_linear")
     labels, n_cls, idx = _labels(tiny, task), len(tiny.phones), [0, 1, 2, 3]
-    cfg = ProbeConfig(lr=1e-2, batch_size=128, patience=2, min_eval_steps=3)
+    cfg = ProbeConfig(Minibatch(AdamW(lr=1e-2), batch_size=128, min_eval_steps=3), patience=2)
     ws = train_probe(task, LayerMode("weighted_sum"), src, labels, idx, n_cls, cfg, seed=1)
     assert ws.layer_weights is not None and len(ws.layer_weights) == 4 and sum(ws.layer_weights) == pytest.approx(1)
     assert ws.layer_weights != pytest.approx([0.25] * 4, abs=1e-6)  # trained with the probe
     frozen = train_probe(task, LayerMode("last"), src, labels, idx, n_cls, cfg, seed=1)
     before = {k: v.clone() for k, v in up.state_dict().items()}
     ft = finetune_probe(task, frozen, src.whitening()[3], live, up, labels, idx, n_cls,
-                        ProbeConfig(lr=1e-3, upstream_lr=1e-4, batch_size=2, patience=1, eval_every=2, max_steps=6),
+                        ProbeConfig(Minibatch(FinetuneAdamW(lr=1e-3, upstream_lr=1e-4), batch_size=2, eval_every=2),
+                                    patience=1, max_steps=6),
                         seed=1)
     assert ft.layer_weights is None and 0 < ft.steps <= 6
     # step 0 IS the frozen probe (live float32 features instead of the float16 cache), so dev cannot fall below it

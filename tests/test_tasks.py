@@ -12,7 +12,7 @@ from core.frames import LOG_MEL
 from downstream.data import split_labels
 from downstream.metrics import EER, PER, Metric, accuracy, edit_distance, equal_error_rate, min_dcf, phone_error_rate
 from downstream.modes import LayerMode
-from downstream.probe import ProbeConfig
+from downstream.config import AdamW, L2Path, Minibatch, ProbeConfig
 from downstream.stopping import Stopping
 from downstream.tasks import (ALL_TASKS, PHONES, TASKS, LabelSource, TaskSpec, ctc_greedy, ctc_loss, get_task, linear_head,
                               phone_classes)
@@ -121,7 +121,7 @@ def test_ctc_probe_learns_and_its_per_decreases(tiny, mel_src):  # noqa: F811
     below the untrained head's (which emits nothing: PER 1), on the last layer and at a label fraction."""
     task = get_task("phone_ctc")
     labels, n_cls = _labels(tiny, task), len(phone_classes(tiny))
-    cfg = ProbeConfig(lr=3e-2, batch_size=4, patience=5, min_eval_steps=5)
+    cfg = ProbeConfig(Minibatch(AdamW(lr=3e-2), batch_size=4, min_eval_steps=5), patience=5)
     idx = list(range(len(tiny.utterances("train"))))
     r = train_probe(task, LayerMode("last"), mel_src, labels, idx, n_cls, cfg, seed=0)
     # the zero-initialised head emits only blanks (every phone deleted): PER 1
@@ -142,10 +142,11 @@ def test_ctc_on_the_weighted_sum(tiny, mel):  # noqa: F811
     src = array_source(up, tiny)
     task = get_task("phone_ctc")
     r = train_probe(task, LayerMode("weighted_sum"), src, _labels(tiny, task), list(range(24)), 3,
-                    ProbeConfig(lr=3e-2, batch_size=4, patience=2, min_eval_steps=3, max_steps=60), seed=0)
+                    ProbeConfig(Minibatch(AdamW(lr=3e-2), batch_size=4, min_eval_steps=3),
+                                patience=2, max_steps=60), seed=0)
     assert r.layer_weights is not None and sum(r.layer_weights) == pytest.approx(1.0) and r.dev_metric < 1.0
     with pytest.raises(ValueError, match="minibatches"):
-        train_probe(task, LayerMode("last"), src, _labels(tiny, task), [0, 1], 3, ProbeConfig(optimizer="lbfgs"), 0)
+        train_probe(task, LayerMode("last"), src, _labels(tiny, task), [0, 1], 3, ProbeConfig(L2Path()), 0)
 
 
 def test_a_new_task_with_a_new_level_and_a_lower_is_better_metric(tiny, mel_src):  # noqa: F811
@@ -168,7 +169,7 @@ def test_a_new_task_with_a_new_level_and_a_lower_is_better_metric(tiny, mel_src)
                         "sequence", linear_head, ser, linear=False, loss=ctc_loss, decode=ctc_greedy, engine="ctc")
     labels = {s: split_labels(tiny, tiny.utterances(s), s, seq_task.labels, LOG_MEL) for s in SPLITS}
     r = train_probe(seq_task, LayerMode("last"), mel_src, labels, list(range(24)), 2,
-                    ProbeConfig(lr=3e-2, batch_size=4, patience=5, min_eval_steps=5), seed=0)
+                    ProbeConfig(Minibatch(AdamW(lr=3e-2), batch_size=4, min_eval_steps=5), patience=5), seed=0)
     blank = {s: sentence_error([[]] * len(labels[s].seqs), labels[s].seqs) for s in ("dev", "test")}  # untrained
     assert r.dev_metric < blank["dev"] and r.test_metric < blank["test"], (r.dev_metric, r.test_metric, blank)
 
@@ -178,7 +179,7 @@ def test_a_new_task_with_a_new_level_and_a_lower_is_better_metric(tiny, mel_src)
     err = Metric("frame_err", "lower", lambda p, y: 1 - accuracy(p, y), tally=error_tally)
     frame_task = TaskSpec("phone_err", PHONES, "frame", linear_head, err, linear=True)
     labels = _labels(tiny, frame_task)
-    cfg = ProbeConfig(lr=3e-2, batch_size=256, patience=3, min_eval_steps=5)
+    cfg = ProbeConfig(Minibatch(AdamW(lr=3e-2), batch_size=256, min_eval_steps=5), patience=3)
     e = train_probe(frame_task, LayerMode("last"), mel_src, labels, list(range(24)), len(tiny.phones), cfg, seed=0)
     a = train_probe(TASKS["phone_linear"], LayerMode("last"), mel_src, labels, list(range(24)), len(tiny.phones), cfg,
                     seed=0)
@@ -264,7 +265,7 @@ def test_speaker_verification_trains_on_train_speakers_and_scores_held_out_trial
     src, labels = _source_of(mel, trial_corpus, task)
     assert labels["dev"].trials is not None and labels["dev"].trials.shape[1] == 3
     assert {u.speaker for u in task.utterances(trial_corpus, "test")}.isdisjoint(trial_corpus.speakers)
-    cfg = ProbeConfig(lr=1e-2, batch_size=8, patience=4, min_eval_steps=3)
+    cfg = ProbeConfig(Minibatch(AdamW(lr=1e-2), batch_size=8, min_eval_steps=3), patience=4)
     r = train_probe(task, LayerMode("last"), src, labels, list(range(24)), len(trial_corpus.speakers), cfg, seed=0)
     # chance is 0.5; the test trials (12, of the two speakers whose timbres this generator separates least) score
     # coarser than dev
@@ -295,9 +296,11 @@ def test_utterance_probes_of_a_sweep_train_as_one_group_with_the_results_of_each
     up = build_upstream("mockingjay_random:small", feature=mel.feature_cfg).eval()
     ctc, ver = get_task("phone_ctc"), get_task("speaker_verification")
     cases = [(ctc, array_source(up, tiny), _labels(tiny, ctc), len(phone_classes(tiny)),
-              ProbeConfig(lr=3e-2, batch_size=4, patience=2, min_eval_steps=3, max_steps=40), list(range(24))),
+              ProbeConfig(Minibatch(AdamW(lr=3e-2), batch_size=4, min_eval_steps=3),
+                          patience=2, max_steps=40), list(range(24))),
              (ver, *_source_of(mel, trial_corpus, ver), len(trial_corpus.speakers),
-              ProbeConfig(lr=1e-2, batch_size=8, patience=2, min_eval_steps=3, max_steps=40), list(range(24)))]
+              ProbeConfig(Minibatch(AdamW(lr=1e-2), batch_size=8, min_eval_steps=3),
+                          patience=2, max_steps=40), list(range(24)))]
     for task, src, labels, n_cls, cfg, idx in cases:
         specs = [ProbeSpec(tuple(idx), 0), ProbeSpec(tuple(idx[::3]), 1), ProbeSpec(tuple(idx), 2)]
         mode = LayerMode("weighted_sum" if src.num_hidden_states > 1 else "last")

@@ -17,7 +17,7 @@ from benchmark.record.results import RUNS_FILE, read_rows
 from benchmark.report.convergence import cached_frames
 from benchmark.run import runner
 from core.io import read_json
-from downstream.probe import ProbeConfig
+from downstream.config import ProbeConfig
 from tests.fixtures import make_tiny_corpus
 from upstream.checkpoint import CheckpointError
 from upstream.registry import build_upstream, upstream_identity

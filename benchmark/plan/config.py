@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.repro import default_device
-from downstream.probe import ProbeConfig
+from downstream.config import FinetuneAdamW, Minibatch, ProbeConfig
 from downstream.tasks import TASKS
 
 DEFAULT_UPSTREAMS = ("mel", "mel:stack3", "mockingjay", "aalbert", "mockingjay_random", "aalbert_random")
@@ -55,7 +55,8 @@ class BenchmarkConfig:
     # frozen-probe budget per task where it differs from `probe` (e.g. the mean-pooled speaker probe reads
     # one row per utterance, so it can afford many more steps)
     task_probes: dict[str, ProbeConfig] = field(default_factory=dict)
-    finetune_probe: ProbeConfig = ProbeConfig(batch_size=8, patience=3, eval_every=25, max_steps=400)
+    finetune_probe: ProbeConfig = ProbeConfig(Minibatch(FinetuneAdamW(), batch_size=8, eval_every=25), patience=3,
+                                              max_steps=400)
     quick: bool = False
     force: bool = False
     data_dir: Path = Path("data")

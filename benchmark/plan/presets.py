@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from benchmark.plan.config import BenchmarkConfig
-from downstream.probe import ProbeConfig
+from downstream.config import SGD, AdamW, FinetuneAdamW, L2Path, Minibatch, ProbeConfig
 from downstream.tasks import TASKS
 
-FRAME_PROBE = ProbeConfig(optimizer="sgd", lr=0.5, batch_size=4096, patience=4, min_eval_steps=1)
+FRAME_PROBE = ProbeConfig(Minibatch(SGD(lr=0.5), batch_size=4096, min_eval_steps=1), patience=4)
 # SUPERB's tasks train on whole utterances, the probes of a sweep as one group (downstream.utterances):
 # phone_ctc as s3prl's libriphone.yaml (Adam, lr 1e-2, 16 utterances a batch), speaker_verification's x-vector head
 # with AdamW at 1e-3 on 32 utterances; dev after every pass over the training subset but at least 20 steps apart
@@ -22,13 +22,13 @@ FRAME_PROBE = ProbeConfig(optimizer="sgd", lr=0.5, batch_size=4096, patience=4, 
 # of every probe
 # patience 6: with 3 the CTC heads stopped while still improving (10-ms mel at 100 %: test PER 60.1 against 52.9,
 # mockingjay's last layer 33.0 against 26.1, at 2.5-3.5x the steps; results/probe_settings_phone_ctc_*.json)
-CTC_PROBE = ProbeConfig(optimizer="adamw", lr=1e-2, batch_size=16, patience=6, min_eval_steps=20)
+CTC_PROBE = ProbeConfig(Minibatch(AdamW(lr=1e-2), batch_size=16, min_eval_steps=20), patience=6)
 # the same for verification: mockingjay's weighted sum at 100 % reached dev EER 30.8 (test 27.5) with patience 6 or 10
 # against 32.5 (30.8) with 3 (results/probe_settings_speaker_verification.json)
-VERIFICATION_PROBE = ProbeConfig(optimizer="adamw", lr=1e-3, batch_size=32, patience=6, min_eval_steps=20)
+VERIFICATION_PROBE = ProbeConfig(Minibatch(AdamW(lr=1e-3), batch_size=32, min_eval_steps=20), patience=6)
 MAIN_TASK_PROBES = {
-    "phone_1hidden": replace(FRAME_PROBE, optimizer="adamw", lr=1e-3, batch_size=2048, min_eval_steps=50),
-    "speaker_utterance": ProbeConfig(optimizer="lbfgs", patience=3),
+    "phone_1hidden": ProbeConfig(Minibatch(AdamW(lr=1e-3), batch_size=2048, min_eval_steps=50), patience=4),
+    "speaker_utterance": ProbeConfig(L2Path(), patience=3),
     "phone_ctc": CTC_PROBE,
     "speaker_verification": VERIFICATION_PROBE,
 }
@@ -49,8 +49,9 @@ MAIN_TASK_FRACTIONS: dict[str, tuple[float, ...]] = {"phone_ctc": (0.125, 1.0), 
 MAIN_TASK_SEEDS: dict[str, int] = {"phone_ctc": 1, "speaker_verification": 1}
 # fine-tuning starts from the converged frozen last-layer probe and moves the upstream gently; dev is
 # evaluated live (the upstream over all of dev) every 25 steps, so patience counts fewer, costlier evaluations
-MAIN_FINETUNE = ProbeConfig(lr=1e-3, upstream_lr=5e-5, batch_size=8, patience=2, eval_every=40, max_steps=400)
-QUICK_FINETUNE = replace(MAIN_FINETUNE, patience=2, eval_every=4, max_steps=12)
+MAIN_FINETUNE = ProbeConfig(Minibatch(FinetuneAdamW(lr=1e-3, upstream_lr=5e-5), batch_size=8, eval_every=40),
+                            patience=2, max_steps=400)
+QUICK_FINETUNE = MAIN_FINETUNE.with_fields(eval_every=4, max_steps=12)
 # --quick is a smoke test of the pipeline (<= 5 min from empty folders): the same stopping rule, with the
 # frame-level probes capped at 150 steps (a capped run is recorded converged=False and marked in the report)
 QUICK_PROBE = replace(FRAME_PROBE, max_steps=150)

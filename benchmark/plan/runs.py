@@ -9,7 +9,8 @@ from core.io import sha256_json
 from corpora.manifest import PROBE_SPLITS, Corpus, Utterance
 from downstream.fractions import MIN_DEFAULT_UTTS, default_fractions
 from downstream.modes import LayerMode, parse_modes
-from downstream.probe import ENGINE_VERSIONS, ProbeConfig
+from downstream.config import ProbeConfig
+from downstream.probe import ENGINE_VERSIONS
 from downstream.tasks import TaskSpec, get_task
 from upstream.registry import family_of
 

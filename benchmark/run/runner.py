@@ -21,7 +21,8 @@ from downstream.modes import LayerMode
 from downstream.sources import ArraySource, LiveSource, PooledSource, SplitArrays
 from downstream.tasks import TaskSpec, get_task
 from downstream.finetune import finetune_probe
-from downstream.probe import ProbeConfig, ProbeResult, ProbeSpec
+from downstream.config import ProbeConfig
+from downstream.probe import ProbeResult, ProbeSpec
 from downstream.train import train_probe, train_probes
 from benchmark.cache.extract import ensure_split, extract_arrays
 from benchmark.cache.reader import manifest_digest

@@ -1,0 +1,53 @@
+"""The typed probe configs: each trainer holds only its own settings, and a wrong one is a clear error."""
+import json
+
+import pytest
+
+from benchmark.plan.presets import MAIN_FINETUNE, MAIN_TASK_PROBES, FRAME_PROBE
+from downstream.config import SGD, AdamW, FinetuneAdamW, L2Path, Minibatch, ProbeConfig, settable
+
+
+def test_with_fields_routes_each_name_to_the_config_that_holds_it():
+    cfg = FRAME_PROBE.with_fields(patience=7, batch_size=512, lr=0.1, momentum=0.5)
+    assert cfg == ProbeConfig(Minibatch(SGD(lr=0.1, momentum=0.5), batch_size=512, min_eval_steps=1), patience=7)
+    switched = FRAME_PROBE.with_fields(optimizer="adamw", lr=3e-3)
+    assert switched.trainer == Minibatch(AdamW(lr=3e-3), batch_size=4096, min_eval_steps=1)
+    with pytest.raises(ValueError, match="'momentum' is not a setting of this probe"):
+        switched.with_fields(momentum=0.9)  # AdamW has no momentum
+    with pytest.raises(ValueError, match="'batch_size' is not a setting"):
+        MAIN_TASK_PROBES["speaker_utterance"].with_fields(batch_size=8)  # the L2 path is full-batch
+    assert "rtol" in settable(MAIN_TASK_PROBES["speaker_utterance"]) and "lr" not in settable(
+        MAIN_TASK_PROBES["speaker_utterance"])
+    assert settable(FRAME_PROBE)["optimizer"] == "sgd"
+
+
+def test_to_dict_names_each_trainer_and_optimiser_by_kind():
+    d = FRAME_PROBE.to_dict()
+    assert d["trainer"]["kind"] == "Minibatch" and d["trainer"]["optimizer"] == {"kind": "SGD", "lr": 0.5,
+                                                                                 "momentum": 0.9, "weight_decay": 0.0}
+    assert "l2_grid" not in json.dumps(d)  # no settings of other trainers in a run's identity
+    path = MAIN_TASK_PROBES["speaker_utterance"].to_dict()
+    assert path["trainer"]["kind"] == "L2Path" and "lr" not in json.dumps(path)
+    # same settings, different optimiser kind: different identities
+    assert ProbeConfig(Minibatch(SGD(lr=1e-3, momentum=0.0))).to_dict() != ProbeConfig(Minibatch(AdamW())).to_dict()
+
+
+def test_with_steps_fixes_the_budget_of_either_trainer():
+    fixed = MAIN_FINETUNE.with_steps(12)
+    assert fixed.budget == "steps=12" and fixed.trainer.eval_every == 12 and fixed.fixed_steps
+    assert MAIN_TASK_PROBES["speaker_utterance"].with_steps(5).max_steps == 5
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: SGD(lr=0), "SGD.lr must be > 0"),
+    (lambda: SGD(momentum=1.0), r"SGD.momentum must be in \[0, 1\)"),
+    (lambda: FinetuneAdamW(upstream_lr=-1), "FinetuneAdamW.upstream_lr must be > 0"),
+    (lambda: Minibatch(batch_size=0), "Minibatch.batch_size must be >= 1"),
+    (lambda: Minibatch(lr_decay=0), r"Minibatch.lr_decay must be in \(0, 1\]"),
+    (lambda: L2Path(l2_grid=(0.1, 0.0)), "L2Path.l2_grid must hold L2 strengths > 0"),
+    (lambda: ProbeConfig(patience=0), "ProbeConfig.patience must be >= 1"),
+    (lambda: ProbeConfig(L2Path()).minibatch, "this probe trains by L2Path, not by minibatches"),
+])
+def test_bad_settings_are_clear_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
