@@ -26,7 +26,7 @@ from benchmark.report.convergence import COLUMNS as CERTIFICATE_COLUMNS
 from benchmark.report.provenance import command_of_rows
 from benchmark.report.site.browser import BrowserUnavailable, chromium, console_errors, open_page
 from benchmark.report.site.figures import ablation_figures
-from benchmark.report.site.overview import ROW_KEYS, Cell, mark, overlaps
+from benchmark.report.site.overview import ROW_KEYS, Cell, filter_marks, mark, overlaps, overview
 from tests.report_synthetic import synthetic_runs
 
 SMALL = dict(upstreams=("mel", "mockingjay", "aalbert", "mockingjay_random"), tasks=("phone_linear", "speaker_utterance"),
@@ -157,6 +157,25 @@ def test_zero_width_intervals_tie_unless_the_paired_test_separates_them():
     best = Cell("", 100 * 90 / 120, 0.0, 3, "", (utts(90),) * 3)
     near, far = Cell("", 100 * 85 / 120, 0.0, 3, "", (utts(85),) * 3), Cell("", 100 * 60 / 120, 0.0, 3, "", (utts(60),) * 3)
     assert [c.mark for c in mark([best, near, far], higher=True)] == ["best", "tied", ""]
+
+
+def test_each_choice_of_the_row_filters_marks_the_best_of_the_rows_it_shows():
+    agg = aggregate_runs(validate_runs(synthetic_runs(**SMALL)))
+    cols, rows = overview(agg)
+    choices, marks = filter_marks(cols, rows)
+    assert choices[0] == "|" and "last|mockingjay" in choices and "weighted_sum|" in choices
+    assert [[m[0] for m in row] for row in marks] == [[{"best": "b", "tied": "t", "": "."}[c.mark] for c in r.cells]
+                                                       for r in rows]  # the first choice (no filter) is the page's
+    changed = 0
+    for k, choice in enumerate(choices):
+        mode, family = choice.split("|")
+        shown = [i for i, r in enumerate(rows) if mode in ("", r.mode) and family in ("", r.family)]
+        for j, c in enumerate(cols):
+            alone = mark([rows[i].cells[j] for i in shown], c.higher)
+            assert [marks[i][j][k] for i in shown] == [{"best": "b", "tied": "t", "": "."}[x.mark] for x in alone]
+            assert all(marks[i][j][k] == "." for i in range(len(rows)) if i not in shown)
+            changed += any(marks[i][j][k] != marks[i][j][0] for i in shown)
+    assert changed  # some filter moves a best or tied mark: the marks are not just the page's, hidden
 
 
 def test_each_score_column_marks_its_best_cell(small):
@@ -345,6 +364,19 @@ def _column(driver, j: int) -> list[str]:
         "return Array.from(document.querySelectorAll('#overview tbody tr'), r => r.cells[arguments[0]].dataset.v)", j)
 
 
+def _best_shown(driver, j: int) -> tuple[float, bool, list[float]]:
+    """Column j among the rows shown: its best value (in its direction), the direction, the values marked best."""
+    higher = "higher" in driver.execute_script(
+        "return document.querySelectorAll('#overview thead th')[arguments[0]].title", j)
+    cells = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#overview tbody tr')).filter(r => !r.hidden)"
+        ".map(r => [r.cells[arguments[0]].dataset.v, r.cells[arguments[0]].classList.contains('best'),"
+        " r.cells[arguments[0]].textContent.endsWith('★')])", j)
+    vals = [float(v) for v, _, _ in cells if v]
+    assert all(b == star for _, b, star in cells)
+    return (max(vals) if higher else min(vals)), higher, [float(v) for v, b, _ in cells if b]
+
+
 def _visible_rows(driver) -> int:
     return driver.execute_script("return Array.from(document.querySelectorAll('#overview tbody tr')).filter(r => !r.hidden).length")
 
@@ -371,6 +403,16 @@ def test_overview_in_chromium_renders_sorts_filters_and_opens_an_upstream(small,
     assert values == sorted(values)
 
     Select(browser.find_element(By.NAME, "mode")).select_by_value("last")
+    assert _visible_rows(browser) == len(_overview_keys(df[df["mode"] == "last"]))
+    for j in range(7, 11):  # the marks follow the rows shown: each column's best is the best of the last-layer rows
+        best, higher, marked = _best_shown(browser, j)
+        assert marked and all(v == best for v in marked), (j, best, marked)
+    search = browser.find_element(By.NAME, "q")
+    search.send_keys("MOCKING")
+    assert _visible_rows(browser) == 2  # mockingjay and mockingjay_random, last layer
+    assert browser.find_element(By.ID, "shown").text == f"2 of {n} rows"
+    search.clear()
+    search.send_keys(" ")  # an empty search shows every row the selects allow
     assert _visible_rows(browser) == len(_overview_keys(df[df["mode"] == "last"]))
     Select(browser.find_element(By.NAME, "family")).select_by_value("mockingjay")  # mockingjay and its control
     assert _visible_rows(browser) == 2

@@ -19,7 +19,7 @@ from benchmark.report.convergence import MARGIN_LARGEST, MARGIN_SMALLEST, certif
 from benchmark.report.provenance import REPORT_COMMAND, command_of_rows, date_span, facts, strip_stamp
 from benchmark.report.site.figures import ablation_figures
 from benchmark.report.site.inputs import SiteInputs
-from benchmark.report.site.overview import overview
+from benchmark.report.site.overview import filter_marks, overview
 from benchmark.report.site.upstreams import Table, table, upstream_pages
 from benchmark.report.tables import fmt_count, fmt_seconds, leaderboard_display
 from core.io import atomic_write_bytes, atomic_write_text
@@ -131,6 +131,7 @@ def build_site(inputs: SiteInputs, out: Path) -> Path:
     pages = upstream_pages(inputs, cmd_index)
     page_of = {(p.upstream, p.preset): f"upstream/{p.slug}.html" for p in pages}
     cols, rows = overview(inputs.agg)
+    mark_choices, marks = filter_marks(cols, rows)
     common = dict(n_runs=len(inputs.runs), dates=date_span(inputs.runs), report_command=REPORT_COMMAND,
                   upstream_links=[(f"{p.upstream}:{p.preset}", page_of[(p.upstream, p.preset)]) for p in pages],
                   bokeh_js=BOKEH_JS)
@@ -140,7 +141,8 @@ def build_site(inputs: SiteInputs, out: Path) -> Path:
     commands = [(i + 1, *strip_stamp(c)) for i, c in enumerate(inputs.commands)]
     rows_per_command = cmd_index.value_counts().to_dict()
     w.text("index.html", env.get_template("index.html").render(
-        **common, root="", title="Overview", columns=cols, rows=rows, page_of=page_of,
+        **common, root="", title="Overview", columns=cols, rows=rows, page_of=page_of, mark_choices=mark_choices,
+        marks=marks,
         tasks=sorted({c.task for c in cols}), modes=sorted({r.mode for r in rows}),
         families=sorted({r.family for r in rows}), budgets=len({r.budget for r in rows}) > 1,
         ablation=divs, bokeh_script=script, facts=facts(inputs.runs), commands=commands,

@@ -5,6 +5,7 @@ benchmark.report.tables prints it; the best cell of each column is marked, and s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -105,8 +106,8 @@ def within_noise(c: Cell, best: Cell) -> bool:
     return not (c.ci > 0 and best.ci > 0)  # NaN (one seed) compares False
 
 
-def mark(cells: list[Cell], higher: bool) -> list[Cell]:
-    """The column's best mean(s) marked "best"; the other cells within noise of a best one "tied"."""
+def mark(cells: list[Cell], higher: bool, tie: Callable[[Cell, Cell], bool] = within_noise) -> list[Cell]:
+    """The column's best mean(s) marked "best"; the other cells within noise of a best one (`tie`) "tied"."""
     vals = [c.value for c in cells if not math.isnan(c.value)]
     if not vals:
         return cells
@@ -115,9 +116,37 @@ def mark(cells: list[Cell], higher: bool) -> list[Cell]:
     out = []
     for c in cells:
         m = ("best" if c.value == top else
-             "tied" if not math.isnan(c.value) and any(within_noise(c, b) for b in best) else "")
+             "tied" if not math.isnan(c.value) and any(tie(c, b) for b in best) else "")
         out.append(Cell(c.text, c.value, c.ci, c.seeds, m, c.units))
     return out
+
+
+# the overview's row filters (its mode and family selects): each choice of them marks the best of the rows it shows
+MARK_CHARS = {"best": "b", "tied": "t", "": "."}
+
+
+def filter_marks(cols: list[Column], rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """The marks of every choice of the row filters: the choices as 'mode|family' ('' = all), and for each row and
+    column one character per choice ('b' best, 't' tied, '.' neither or not shown), in `mark`'s rule among the rows
+    that choice shows. Each pair of cells is judged once (the paired test is the costly part)."""
+    modes, families = ["", *sorted({r.mode for r in rows})], ["", *sorted({r.family for r in rows})]
+    choices = [(m, f) for m in modes for f in families]
+    judged: dict[tuple[int, int], bool] = {}
+
+    def tie(c: Cell, b: Cell) -> bool:
+        key = (id(c), id(b))
+        if key not in judged:
+            judged[key] = within_noise(c, b)
+        return judged[key]
+
+    chars = [[[] for _ in cols] for _ in rows]
+    for m, f in choices:
+        shown = [i for i, r in enumerate(rows) if m in ("", r.mode) and f in ("", r.family)]
+        for j, c in enumerate(cols):
+            marks = dict(zip(shown, (x.mark for x in mark([rows[i].cells[j] for i in shown], c.higher, tie))))
+            for i in range(len(rows)):
+                chars[i][j].append(MARK_CHARS[marks.get(i, "")])
+    return [f"{m}|{f}" for m, f in choices], [["".join(c) for c in row] for row in chars]
 
 
 def _row_order(keys: pd.DataFrame) -> pd.DataFrame:
