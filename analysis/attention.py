@@ -94,7 +94,7 @@ def load_models(ckpts: list[str], specs: list[str], stats_wavs: list[torch.Tenso
         if fam.architecture_from is not None:  # the architecture of the family's --ckpt, else of its reference one
             feature, encoder = control_architecture(spec, family_ckpts, Path("runs/pretrain"), False, False)
         if feature.norm == "corpus" and not feature.has_stats:
-            # A random-init control has no training corpus: normalise with the analysed audio's statistics.
+            # A control whose twin is still to be pretrained has no statistics yet: the analysed audio's stand in.
             feature = feature.with_stats(*corpus_stats(feature, stats_wavs))
         model = build_upstream(spec, feature=feature, encoder=encoder)
         if not isinstance(model, TransformerUpstream):

@@ -68,10 +68,12 @@ def test_main_job_plans_references_unless_told_to_pretrain(tmp_path):
 def test_random_control_copies_the_architecture_it_controls_for(run_dir, tmp_path):
     feature, enc = control_architecture("mockingjay_random", {"mockingjay": str(run_dir)}, tmp_path, False, False)
     meta = read_meta(run_dir)
-    assert feature.downsample == 3 and not feature.has_stats and enc.pre_layer_norm and enc.to_dict() == meta["encoder"]
+    assert feature.downsample == 3 and enc.pre_layer_norm and enc.to_dict() == meta["encoder"]
+    # its twin's input normalisation too: the statistics of the twin's pretraining corpus, not the probe corpus's
+    assert feature.to_dict() == meta["feature"] and feature.has_stats
     # before a --pretrain checkpoint exists: the shape the job's recipe will give it
     feature, enc = control_architecture("aalbert_random", {}, tmp_path, False, True)
-    assert enc.share_layers and enc.input_dim == feature.feature_dim
+    assert enc.share_layers and enc.input_dim == feature.feature_dim and not feature.has_stats
 
 
 def test_rows_written_before_the_recipe_column_are_read_as_unrecorded():

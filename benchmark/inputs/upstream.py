@@ -3,7 +3,7 @@ built from --ckpt, the shipped reference or a --pretrain checkpoint (pretrained 
 statistics for the weight-free log-mel upstreams."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +77,11 @@ def num_hidden_states_of(spec: str, ckpt: Path | None) -> int:
 
 def control_architecture(spec: str, ckpts: dict[str, str], runs_dir: Path, quick: bool, pretrain: bool
                          ) -> tuple[FeatureConfig, EncoderConfig]:
-    """Front-end (without statistics) and encoder of a random-init control of a pretrainable family
-    (`architecture_from`): those of the checkpoint that family uses in this job (so the control differs from the
-    model in the weights only), or, before a `--pretrain` checkpoint exists, those the job's pretraining recipe
-    will give it."""
+    """Front-end and encoder of a random-init control of a pretrainable family (`architecture_from`): those of the
+    checkpoint that family uses in this job, its input normalisation included (so the control differs from its twin
+    in the weights only: with the probe corpus's own statistics a control would read better-normalised input than
+    its twin on any corpus but the twin's pretraining corpus), or, before a `--pretrain` checkpoint exists, those the
+    job's pretraining recipe will give it (statistics: none yet, the corpus's pretraining split's, as the recipe's)."""
     fam, preset = family_of(spec)
     if fam.architecture_from is None:
         raise ValueError(f"--upstream {spec}: not a random-init control of a pretrainable upstream")
@@ -88,8 +89,7 @@ def control_architecture(spec: str, ckpts: dict[str, str], runs_dir: Path, quick
     model_spec = f"{model.name}:{preset}"
     ckpt = planned_checkpoint(model_spec, ckpts, runs_dir, quick, pretrain)
     if ckpt is not None and not awaits_pretraining(model, ckpt):
-        feature, encoder = model.architecture(preset, ckpt)
-        return replace(feature, norm_mean=(), norm_std=()), encoder
+        return model.architecture(preset, ckpt)
     _, feature, encoder = model_configs(model_spec, default_budget(quick))
     return feature, encoder
 
@@ -115,11 +115,12 @@ def resolve_upstream(spec: str, corpus: Corpus, ckpts: dict[str, str], runs_dir:
             log(f"{spec}: reference checkpoint {ckpt}")
         model = build_upstream(spec, ckpt=ckpt)
         meta = read_meta(ckpt)
-    elif fam.takes_front_end:  # weight-free on the log-mel front-end: normalised with this corpus's statistics
-        feature, encoder = fam.front_end(preset), None
+    elif fam.takes_front_end:  # weight-free on the log-mel front-end: mel normalised with this corpus's statistics,
+        feature, encoder = fam.front_end(preset), None  # a control with its twin's
         if fam.architecture_from is not None:
             feature, encoder = control_architecture(spec, ckpts, runs_dir, quick, pretrain)
-        feature = normalized_feature_config(corpus, feature, split=normalisation_split(corpus), progress=progress)
+        if not feature.norm_mean:
+            feature = normalized_feature_config(corpus, feature, split=normalisation_split(corpus), progress=progress)
         model = build_upstream(spec, feature=feature, encoder=encoder)
     else:  # another toolkit's model: its weights file, or a seeded initialisation
         model = build_upstream(spec, ckpt=ckpt)

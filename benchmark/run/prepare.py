@@ -84,7 +84,7 @@ def check_prepared(cfg: BenchmarkConfig) -> None:
             continue
         feature = planned_upstream(spec, cfg).feature
         assert feature is not None  # a weight-free log-mel upstream: mel or a random-init control
-        if feature.norm == "corpus" and not _has_stats(corpus.root, normalisation_split(corpus), feature.to_dict()):
+        if feature.norm == "corpus" and not feature.has_stats and not _has_stats(corpus.root, normalisation_split(corpus), feature.to_dict()):
             raise ValueError(f"--shard {cfg.shard.label}: corpus {corpus.root} has no normalisation statistics for "
                              f"{spec} yet; shards computing them at once could differ in the last bits, and so in "
                              f"run ids: {first}")
