@@ -17,13 +17,15 @@ _LAST = {"mel": 0, "mockingjay": 3, "aalbert": 3, "mockingjay_random": 3, "aalbe
 
 def row(upstream: str, test: float, *, mode: str = "last", fraction: float = 1.0, task: str = "phone_linear",
         dev: float | None = None, layer: int | None = None, budget: str = "converge", ci: float = 0.005,
-        params: int | None = None, best_step: float = 100.0) -> dict:
-    """One aggregated row (AGG_COLUMNS); accuracies in [0, 1], so 0.01 is one point."""
+        params: int | None = None, best_step: float = 100.0, period_ms: int = 10) -> dict:
+    """One aggregated row (AGG_COLUMNS); accuracies in [0, 1], so 0.01 is one point; its labelled frames those of
+    `period_ms` frames."""
     if layer is None:
         layer = -1 if mode == "weighted_sum" else _LAST[upstream]
     return dict(corpus="c", upstream=upstream, preset="default" if upstream == "mel" else "small",
                 ckpt_hash=f"{upstream}-hash", task=task, mode=mode, layer=layer, fraction=fraction, budget=budget,
-                metric="frame_acc", n_seeds=3, train_utts=round(2000 * fraction), test_mean=test,
+                metric="frame_acc", n_seeds=3, train_utts=round(2000 * fraction),
+                train_frames=round(2000 * fraction) * 300 // period_ms, test_mean=test,
                 test_std=ci, test_ci95=ci, dev_mean=test + 0.01 if dev is None else dev, dev_std=ci,
                 test_utt_mean=math.nan, steps_mean=200.0, best_step_mean=best_step, n_converged=3 if budget == "converge" else 0,
                 params=_PARAMS[upstream] if params is None else params,
@@ -89,7 +91,7 @@ def test_weighted_sum_holds_and_fails_with_the_rows():
     assert won.verdict == "holds" and "1/1 (1 beyond noise)" in won.detail
     assert _ws(0.55, 0.60).verdict == "does not hold"
     close = _ws(0.552, 0.55)  # a win inside the CIs still counts as a win, but not as beyond them
-    assert close.verdict == "holds" and "1/1 (0 beyond noise)" in close.detail
+    assert close.verdict == "holds, within noise" and "1/1 (0 beyond noise)" in close.detail
 
 
 def test_weighted_sum_compares_at_the_same_budget_and_flags_mismatches():
@@ -158,8 +160,10 @@ def _random(gaps: list[float]) -> Check:
 
 def test_random_controls_hold_only_in_every_cell():
     c = _random([0.10, 0.002])
-    assert c.verdict == "holds" and "2/2 (1 beyond noise)" in c.detail
-    assert _random([0.10, -0.02]).verdict == "mixed"
+    assert c.verdict == "holds, within noise" and "2/2 (1 beyond noise)" in c.detail  # the +0.2 is inside the CIs
+    assert _random([0.10, 0.05]).verdict == "holds"
+    mixed = _random([0.10, -0.02])
+    assert mixed.verdict == "mixed" and mixed.detail.endswith("failing: mockingjay:small/phone_linear last at 1 (-2.00, CI 0.71)")
     assert _random([-0.10, -0.02]).verdict == "does not hold"
     assert check_random_controls(agg(row("mockingjay", 0.6))).verdict == "not enough data"
 
@@ -268,3 +272,37 @@ def test_yardstick_check_reads_the_cost_table():
     assert c.verdict == "mixed" and "below in 1/2" in c.detail and "aalbert:small 0.600 vs 0.520" in c.detail
     assert check_yardstick(cost.iloc[:2]).verdict == "holds"
     assert check_yardstick(None).verdict == "not enough data"
+
+
+def test_mel_is_matched_on_frames_and_the_papers_baseline_is_stated_beside():
+    """A 30-ms Transformer meets mel:stack3 (the same labelled frames), a 10-ms one mel:default; the detail states
+    both pairings and, for the 30-ms model, the papers' comparison with 10-ms mel as well."""
+    from benchmark.report.checks import check_scarce_phones
+
+    stack3 = lambda test, fraction: {**row("mel", test, fraction=fraction, period_ms=30), "preset": "stack3"}  # noqa: E731
+    rows = [row("mel", 0.44, fraction=0.01), row("mel", 0.62), stack3(0.38, 0.01), stack3(0.66, 1.0),
+            row("aalbert", 0.40, mode="weighted_sum", fraction=0.01, period_ms=30),
+            row("aalbert", 0.68, mode="weighted_sum", period_ms=30),
+            row("mockingjay", 0.47, mode="weighted_sum", fraction=0.01),
+            row("mockingjay", 0.63, mode="weighted_sum")]
+    c = check_scarce_phones(agg(*rows))
+    assert c.verdict == "holds" and "above mel in 2/2" in c.detail
+    assert "aalbert:small/phone_linear vs mel:stack3 (30 ms) +2.00 points" in c.detail
+    assert "mockingjay:small/phone_linear vs mel:default (10 ms) +3.00 points" in c.detail
+    assert "Against the papers' 10-ms mel:default instead: above in 0/1" in c.detail
+    assert "aalbert:small/phone_linear vs mel:default -4.00 points" in c.detail
+    # no mel on a 30-ms model's frames: it is not compared with a mel on other frames
+    alone = check_scarce_phones(agg(*[r for r in rows if r["preset"] != "stack3" and r["upstream"] != "mockingjay"]))
+    assert alone.verdict == "not enough data" and "on the same frames" in alone.detail
+
+
+def test_a_mixed_verdict_names_the_failing_cells_and_holds_on_means_says_so():
+    from benchmark.report.checks import check_weighted_sum_beats_control
+
+    rows = [row("mockingjay", 0.60, mode="weighted_sum"), row("mockingjay_random", 0.55, mode="weighted_sum"),
+            row("mockingjay", 0.30, mode="weighted_sum", fraction=0.1),
+            row("mockingjay_random", 0.298, mode="weighted_sum", fraction=0.1)]
+    c = check_weighted_sum_beats_control(agg(*rows))
+    assert c.verdict == "mixed" and c.detail.endswith("failing: mockingjay:small/phone_linear at 0.1 (+0.20, CI 0.71)")
+    layers = _layers([0.50, 0.60, 0.603, 0.60])  # the dev-chosen layer 2 beats the last by 0.3 points: noise
+    assert layers.verdict == "holds, within noise" and "(0 beyond noise;" in layers.detail

@@ -102,7 +102,7 @@ def test_science_checks_follow_the_rows():
     df = validate_runs(synthetic_runs(**SMALL))
     verdicts = {c.claim: c.verdict for c in science_checks(aggregate_runs(df))}
     ws = next(k for k in verdicts if k.startswith("Weighted sum"))
-    assert verdicts[ws] == "holds"
+    assert verdicts[ws].startswith("holds")  # in every cell on the means ("holds, within noise": not beyond it)
     flipped = df.copy()
     last = flipped["mode"] == "last"
     flipped.loc[last, "test_metric"] += 0.5  # make the last layer win everywhere
@@ -117,7 +117,7 @@ def test_input_block_is_not_an_intermediate_layer():
 
     df = validate_runs(synthetic_runs(**SMALL))
     lay = df["mode"] == "layer"
-    assert check_intermediate_layers(aggregate_runs(df)).verdict == "holds"  # the rows peak in the middle
+    assert check_intermediate_layers(aggregate_runs(df)).verdict.startswith("holds")  # the rows peak in the middle
     falling = df.copy()  # every Transformer layer loses information: hidden state 0 best, then 1, 2, ...
     for col in ("dev_metric", "test_metric"):
         falling.loc[lay, col] = 0.9 - 0.1 * falling.loc[lay, "layer"]

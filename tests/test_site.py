@@ -233,7 +233,7 @@ def test_checks_page_colours_verdicts_and_lists_failing_certificate_rows(tmp_pat
     build_report(results)
     page = Page(results / "site" / "checks.html")
     checks = page.tables["table0"]
-    classes = {"holds": "ok", "mixed": "warn", "does not hold": "bad", "not enough data": "na"}
+    classes = {"holds": "ok", "holds, within noise": "warn", "mixed": "warn", "does not hold": "bad", "not enough data": "na"}
     assert len(checks) == 9
     assert all(classes[c[1][0]] in c[1][1]["class"].split() for c in checks)
     failing = page.tables["failing-rows"]

@@ -13,9 +13,9 @@ from benchmark.record.schema import LEADERBOARD_KEYS, LEGACY_VALUES, RUN_COLUMNS
 _CARRIED = ("params", "pretrain_frames", "pretrain_seconds", "pretrain_recipe")
 _NUMERIC = ("layer", "fraction", "train_utts", "train_frames", "seed", "dev_metric", "test_metric",
             "test_utt_metric", "params", "pretrain_frames", "pretrain_seconds", "best_step", "steps", "wall_seconds")
-AGG_COLUMNS: tuple[str, ...] = (*LEADERBOARD_KEYS, "metric", "n_seeds", "train_utts", "test_mean", "test_std",
-                                "test_ci95", "dev_mean", "dev_std", "test_utt_mean", "steps_mean", "best_step_mean", "n_converged",
-                                *_CARRIED)
+AGG_COLUMNS: tuple[str, ...] = (*LEADERBOARD_KEYS, "metric", "n_seeds", "train_utts", "train_frames", "test_mean",
+                                "test_std", "test_ci95", "dev_mean", "dev_std", "test_utt_mean", "steps_mean",
+                                "best_step_mean", "n_converged", *_CARRIED)
 
 
 def upgrade_legacy(df: pd.DataFrame) -> pd.DataFrame:
@@ -91,7 +91,8 @@ def aggregate_runs(df: pd.DataFrame) -> pd.DataFrame:
     gid = df.groupby(keys, sort=True, dropna=False).ngroup().to_numpy()  # numbered in sorted key order
     order = np.argsort(gid, kind="stable")  # within a key, the rows keep their order
     groups = np.split(order, np.flatnonzero(np.diff(gid[order])) + 1)
-    col = {c: df[c].to_numpy(dtype=float) for c in ("test_metric", "dev_metric", "train_utts", "steps", "best_step")}
+    col = {c: df[c].to_numpy(dtype=float) for c in ("test_metric", "dev_metric", "train_utts", "train_frames", "steps",
+                                                    "best_step")}
     utt_all = pd.to_numeric(df["test_utt_metric"], errors="coerce").to_numpy(dtype=float)
     converged = df["converged"].to_numpy()
     key_values = df[keys].to_numpy(dtype=object)
@@ -101,6 +102,7 @@ def aggregate_runs(df: pd.DataFrame) -> pd.DataFrame:
         test, dev, utt = col["test_metric"][idx], col["dev_metric"][idx], utt_all[idx]
         row = dict(zip(keys, key_values[idx[0]]))
         row.update(n_seeds=len(idx), train_utts=_nanmean(col["train_utts"][idx]),
+                   train_frames=_nanmean(col["train_frames"][idx]),
                    test_mean=float(test.mean()), test_std=float(test.std(ddof=1)) if len(test) > 1 else float("nan"),
                    test_ci95=ci95_halfwidth(test), dev_mean=float(dev.mean()),
                    dev_std=float(dev.std(ddof=1)) if len(dev) > 1 else float("nan"),

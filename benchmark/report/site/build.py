@@ -27,7 +27,8 @@ from core.io import atomic_write_bytes, atomic_write_text
 HERE = Path(__file__).resolve().parent
 BOKEH_JS = f"bokeh-{bokeh.__version__}.min.js"
 ASSETS = ("site.css", "site.js")
-VERDICT_CLASS = {"holds": "ok", "mixed": "warn", "does not hold": "bad", "not enough data": "na"}
+VERDICT_CLASS = {"holds": "ok", "holds, within noise": "warn", "mixed": "warn", "does not hold": "bad",
+                 "not enough data": "na"}
 
 
 class Writer:
