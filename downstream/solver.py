@@ -1,7 +1,7 @@
 """Full-batch L-BFGS on an L2-penalised objective, solved to a RELATIVE gradient tolerance.
 
-One solver for the two places that need a solved logistic regression: the L2-path probe (downstream.train,
-optimizer "lbfgs") and the convergence certificate's references (benchmark.report.convergence).
+One solver for the two places that need a solved logistic regression: the L2-path probe (downstream.path,
+trainer L2Path) and the convergence certificate's references (benchmark.report.convergence).
 
 Why relative: the objective f(W) = loss(W) + l2 / 2 * |W|^2 is l2-strongly convex in the penalised weights,
 so any point is within |grad f| / l2 of the optimum. Stopping at |grad f| <= rtol * l2 * max(|W|, 1) therefore

@@ -58,7 +58,7 @@ L2_GRID = (1e-1, 1e-2, 1e-3, 1e-5)
 # utterance-level rows: cheap fits, so decades down to nearly none (1,200 standardised mel means choose ~1e-4)
 UTT_L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 # each L2 point solved until within CERTIFICATE_RTOL x |W| of its unique optimum (downstream.solver), ten times
-# tighter than the lbfgs probe's rule (ProbeConfig.rtol)
+# tighter than the L2-path probe's rule (downstream.config.L2Path.rtol)
 CERTIFICATE_RTOL = 0.01
 MARGIN_LARGEST, MARGIN_SMALLEST = 1.0, 2.0  # accuracy points
 # The reference is a logistic regression: it covers the classifiers of rows (frames, or utterance means) trained with
