@@ -127,7 +127,8 @@ def test_a_registered_family_pretrains_resolves_and_controls(registered, corpus_
     assert (model.shape.num_hidden_states, model.shape.hidden_size, model.fresh, model.ckpt_hash) == \
         (3, 32, False, checkpoint_hash(ckpt)[:16])
     assert model.shape == control.shape  # the control differs from its model in the weights only
-    assert model.feature.downsample == control.feature.downsample == 3 and not control.feature.has_stats
+    assert model.feature.downsample == control.feature.downsample == 3
+    assert control.feature == model.feature and control.feature.has_stats  # its twin's input normalisation too
     corpus = load_corpus(corpus_dir)
     for spec, hidden, width in (("bert_tiny", 3, 32), ("bert_tiny_random", 3, 32), ("mel40", 1, 40),
                                 ("w2v_tiny_random", 3, 32)):
