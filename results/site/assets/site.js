@@ -1,4 +1,7 @@
-/* The site's own script: sort a table.sortable by clicking a header, and filter the overview (form#filters).
+/* The site's own script: sort a table.sortable by clicking a header, and filter the overview (form#filters): the
+   mode and family selects choose the rows and so the marks (each cell's data-marks holds its mark for every choice
+   of them, in the order of the form's data-choices: b best, t tied, . neither), the task and fraction selects the
+   columns; the search box narrows the rows shown by name and leaves the marks.
    A cell sorts by its data-v attribute where it has one, else by its text; a column whose every non-empty cell
    reads as a number (k, M, G, s, min, h units included) sorts as numbers, empty cells ("", "-") always last. */
 (function () {
@@ -38,14 +41,28 @@
     th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
   }
 
+  var MARKS = { b: ["best", " ★"], t: ["tied", " ≈"] };
+
+  function remark(table, choice) {
+    Array.prototype.forEach.call(table.querySelectorAll("td[data-marks]"), function (cell) {
+      var m = MARKS[cell.getAttribute("data-marks").charAt(choice)] || ["", ""];
+      cell.classList.toggle("best", m[0] === "best");
+      cell.classList.toggle("tied", m[0] === "tied");
+      var label = cell.querySelector(".mark");
+      if (label) label.textContent = m[1];
+    });
+  }
+
   function applyFilters(form) {
     var table = document.getElementById(form.getAttribute("data-table"));
     var f = {};
     Array.prototype.forEach.call(form.querySelectorAll("select"), function (s) { f[s.name] = s.value; });
+    var q = (form.querySelector("input[name=q]") || { value: "" }).value.trim().toLowerCase();
     var shown = 0, rows = table.tBodies[0].rows;
     Array.prototype.forEach.call(rows, function (row) {
       var hide = (f.mode && row.getAttribute("data-mode") !== f.mode) ||
-                 (f.family && row.getAttribute("data-family") !== f.family);
+                 (f.family && row.getAttribute("data-family") !== f.family) ||
+                 (q && row.cells[0].textContent.toLowerCase().indexOf(q) < 0);
       row.hidden = !!hide;
       if (!hide) shown++;
     });
@@ -55,6 +72,9 @@
     Array.prototype.forEach.call(document.querySelectorAll(".figure[data-task]"), function (fig) {
       fig.hidden = !!(f.task && fig.getAttribute("data-task") !== f.task);
     });
+    var choices = JSON.parse(form.getAttribute("data-choices") || "[]");
+    var choice = choices.indexOf((f.mode || "") + "|" + (f.family || ""));
+    if (choice >= 0) remark(table, choice);
     var counter = document.getElementById("shown");
     if (counter) counter.textContent = shown + " of " + rows.length + " rows";
   }
@@ -66,6 +86,8 @@
     var form = document.getElementById("filters");
     if (form) {
       form.addEventListener("change", function () { applyFilters(form); });
+      form.addEventListener("input", function () { applyFilters(form); });
+      form.addEventListener("submit", function (e) { e.preventDefault(); });
       applyFilters(form);
     }
   });
