@@ -30,6 +30,8 @@ def fit_paths(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
               device: torch.device) -> list[ProbeResult]:
     """The path of every probe. A path is deterministic given its examples and starting weights: probes that share
     both (every seed at 100 % of the labels, where heads and mixes start at zero) share one solve."""
+    if not isinstance(cfg.trainer, L2Path):
+        raise ValueError(f"the L2 path solves probes configured with L2Path, got {type(cfg.trainer).__name__}")
     x = {s: torch.stack([w(rows.read(s, k, 0, int(rows.splits[s].offsets[-1])).float()) for w, k in zip(whiten, layers)])
          for s in PROBE_SPLITS}  # (L, n, D) standardised rows, resident: a few thousand at most
     y = {s: torch.from_numpy(per_row[s]) for s in PROBE_SPLITS}
@@ -65,8 +67,7 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
     penalised = [p for name, p in work.head.named_parameters() if name.endswith("weight")]  # not biases, not the mix
     solved = True
     path = cfg.trainer
-    if not isinstance(path, L2Path):
-        raise ValueError(f"the L2 path solves probes configured with L2Path, got {type(path).__name__}")
+    assert isinstance(path, L2Path)  # fit_paths checked it
     for l2 in path.l2_grid:
         budget = cfg.max_steps - int(stop.steps[0])
         if budget <= 0:

@@ -98,14 +98,14 @@ def _cell(r: pd.Series, mode: bool = False) -> str:
     return f"{side('upstream')}:{side('preset')}/{r['task']}{' ' + kind if kind else ''} at {r['fraction']:g}"
 
 
-def _failing(m: pd.DataFrame, ok: pd.Series, mode: bool = False) -> str:
+def _failing(m: pd.DataFrame, ok: pd.Series, mode: bool = False, label: str = "failing") -> str:
     """'; failing: <cell> (gap, CI), ...' naming every cell where the claim fails (`ok` False), worst first: what a
     'mixed' verdict rests on."""
     bad = m[~ok.to_numpy(dtype=bool)].sort_values("gap")
     if bad.empty:
         return ""
     ci = lambda v: f"CI {v:.2f}" if np.isfinite(v) else "one seed, no CI"  # noqa: E731
-    return "; failing: " + ", ".join(f"{_cell(r, mode)} ({r['gap']:+.2f}, {ci(r['ci'])})" for _, r in bad.iterrows())
+    return f"; {label}: " + ", ".join(f"{_cell(r, mode)} ({r['gap']:+.2f}, {ci(r['ci'])})" for _, r in bad.iterrows())
 
 
 MEL_BASELINE_PRESET = "default"  # the papers' baseline: 80 log-mel on 10-ms frames
@@ -160,24 +160,25 @@ def _model_key(rows: pd.DataFrame) -> pd.Series:
     return rows[_SAME_MODEL].astype(str).agg("|".join, axis=1)
 
 
-def _frame_period(preset: str) -> str:
-    """'30 ms': a mel preset's frame period (its front-end's frame rule); '' for a preset no longer registered."""
+def _mel_name(preset: str) -> str:
+    """'mel:stack3 (30 ms)': a mel preset with its frame period (its front-end's frame rule; none for a preset no
+    longer registered)."""
     try:
         rule = FAMILIES["mel"].front_end(preset).frame_rule
     except (KeyError, ValueError, AttributeError):
-        return ""
-    return f"{1000 * rule.shift / rule.sample_rate:g} ms"
+        return f"mel:{preset}"
+    return f"mel:{preset} ({1000 * rule.shift / rule.sample_rate:g} ms)"
 
 
 def _mel_on_the_same_frames(pre: pd.DataFrame, agg: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
-    """The log-mel baseline of each pretrained checkpoint in `pre`: the mel preset (frozen last layer) whose cells
+    """The log-mel baseline of each pretrained checkpoint in `pre` (tagged with its `_model_key`): the mel preset (frozen last layer) whose cells
     were trained on the same labelled frames at the same task and fraction (counts within FRAME_MATCH), so a 30-ms
     Transformer meets mel:stack3 and a 10-ms one the papers' 10-ms mel:default (preferred where several presets
     match). Rows without frame counts (an older runs.csv) meet `_mel`'s baseline. Returns the mel rows, each tagged
-    with the checkpoint it pairs with (`_model`), and {checkpoint: "mel:PRESET (PERIOD)"} of those that have one."""
+    with the checkpoint it pairs with (`_model`), and {checkpoint: its mel preset} of those that have one."""
     mel = agg[(agg["upstream"] == "mel") & (agg["mode"] == "last")]
-    out, named = [], {}
-    for model, g in pre.assign(_model=_model_key(pre)).groupby("_model", sort=True):
+    out, baseline = [], {}
+    for model, g in pre.groupby("_model", sort=True):
         same = []
         for preset, mp in mel.groupby("preset", sort=True):
             j = g.merge(mp, on=_SCENE, suffixes=("", "_mel"))
@@ -193,10 +194,9 @@ def _mel_on_the_same_frames(pre: pd.DataFrame, agg: pd.DataFrame) -> tuple[pd.Da
         else:
             continue  # no mel preset on this checkpoint's frames
         if len(chosen):
-            preset = str(chosen["preset"].iloc[0])
-            named[model] = f"mel:{preset}" + (f" ({_frame_period(preset)})" if _frame_period(preset) else "")
+            baseline[model] = str(chosen["preset"].iloc[0])
             out.append(chosen.assign(_model=model))
-    return (pd.concat(out) if out else mel.iloc[:0].assign(_model=pd.Series(dtype=str))), named
+    return (pd.concat(out) if out else mel.iloc[:0].assign(_model=pd.Series(dtype=str))), baseline
 
 
 def _scarce_pairs(m: pd.DataFrame) -> tuple[int, int, int, list[str]]:
@@ -222,15 +222,14 @@ def _against_mel(pre: pd.DataFrame, agg: pd.DataFrame) -> tuple[pd.DataFrame, st
     """`pre`'s cells paired with the mel on their own frames (labelled with it), and with the papers' 10-ms
     mel:default where that is another preset for some checkpoint (the comparison the papers make, at 3x the
     labelled frames for a 30-ms model), each with its budget note."""
-    mel, named = _mel_on_the_same_frames(pre, agg)
     tagged = pre.assign(_model=_model_key(pre))
+    mel, baseline = _mel_on_the_same_frames(tagged, agg)
     m, note = _pairs(tagged, mel.drop(columns=["upstream", "preset", "mode", "layer"]), ["_model", *_SCENE],
                      ("pretrained", "mel"))
     if len(m):
-        m = m.assign(label=_labels(m) + " vs " + m["_model"].map(named))
+        m = m.assign(label=_labels(m) + " vs " + m["_model"].map(baseline).map(_mel_name))
     papers = agg[(agg["upstream"] == "mel") & (agg["mode"] == "last") & (agg["preset"] == MEL_BASELINE_PRESET)]
-    other = tagged.loc[tagged["_model"].map(lambda k: named.get(k, "").split(" ")[0] != f"mel:{MEL_BASELINE_PRESET}")
-                       .astype(bool)]
+    other = tagged.loc[(tagged["_model"].map(baseline) != MEL_BASELINE_PRESET).astype(bool)]
     p, p_note = _pairs(other, papers.drop(columns=["upstream", "preset", "mode", "layer"]), _SCENE,
                        ("pretrained", "mel"))
     if len(p):
@@ -334,7 +333,7 @@ def check_aalbert_vs_mockingjay(agg: pd.DataFrame) -> Check:
     return Check(claim, _verdict(within, len(judged)),
                  f"{sizes}; {within}/{len(judged)} task/mode gaps at the largest fraction within noise, "
                  f"{note} (gap = AALBERT better than Mockingjay by {_gaps(judged)})"
-                 + _failing(judged, ~judged["clear"], mode=True).replace("failing:", "beyond noise (failing):")
+                 + _failing(judged, ~judged["clear"], mode=True, label="beyond noise (failing)")
                  + (f"; {len(m) - len(judged)} cell(s) without CIs not judged" if len(judged) < len(m) else ""))
 
 

@@ -128,7 +128,8 @@ MARK_CHARS = {"best": "b", "tied": "t", "": "."}
 def filter_marks(cols: list[Column], rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """The marks of every choice of the row filters: the choices as 'mode|family' ('' = all), and for each row and
     column one character per choice ('b' best, 't' tied, '.' neither or not shown), in `mark`'s rule among the rows
-    that choice shows. Each pair of cells is judged once (the paired test is the costly part)."""
+    that choice shows. The choice of all rows is the cells' own marks (`overview` marked them by the same rule); every
+    other pair of cells is judged once (the paired test is the costly part)."""
     modes, families = ["", *sorted({r.mode for r in rows})], ["", *sorted({r.family for r in rows})]
     choices = [(m, f) for m in modes for f in families]
     judged: dict[tuple[int, int], bool] = {}
@@ -143,7 +144,9 @@ def filter_marks(cols: list[Column], rows: list[Row]) -> tuple[list[str], list[l
     for m, f in choices:
         shown = [i for i, r in enumerate(rows) if m in ("", r.mode) and f in ("", r.family)]
         for j, c in enumerate(cols):
-            marks = dict(zip(shown, (x.mark for x in mark([rows[i].cells[j] for i in shown], c.higher, tie))))
+            column = [rows[i].cells[j] for i in shown]
+            marked = column if not (m or f) else mark(column, c.higher, tie)
+            marks = dict(zip(shown, (x.mark for x in marked)))
             for i in range(len(rows)):
                 chars[i][j].append(MARK_CHARS[marks.get(i, "")])
     return [f"{m}|{f}" for m, f in choices], [["".join(c) for c in row] for row in chars]
