@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.frames import LOG_MEL, FrameRule
-from corpora.manifest import Segment, Utterance
+from corpora.manifest import Utterance
 
 
 def frame_labels(utt: Utterance, phone_index: dict[str, int], rule: FrameRule = LOG_MEL) -> np.ndarray:
@@ -19,13 +19,12 @@ def frame_labels(utt: Utterance, phone_index: dict[str, int], rule: FrameRule = 
         raise ValueError(f"utterance {utt.id} has no phone alignment")
     n = rule.num_frames_of(utt.num_samples, utt.sample_rate)
     centres = rule.centres(n) * (utt.sample_rate / rule.sample_rate)
-    segs: tuple[Segment, ...] = utt.alignment
-    starts = np.array([s.start for s in segs], dtype=np.float64)
-    ends = np.array([s.end for s in segs], dtype=np.float64)
+    phones = utt.alignment.phones
+    starts, ends = utt.alignment.bounds.astype(np.float64)
     # distance from each centre to each segment (0 inside); argmin picks the containing or nearest one
     dist = np.maximum(starts[None, :] - centres[:, None], 0) + np.maximum(centres[:, None] - (ends[None, :] - 1), 0)
     idx = dist.argmin(axis=1)
     try:
-        return np.array([phone_index[segs[i].phone] for i in idx], dtype=np.int64)
+        return np.array([phone_index[phones[i]] for i in idx], dtype=np.int64)
     except KeyError as e:
         raise ValueError(f"utterance {utt.id}: phone {e.args[0]!r} is not in the phone vocabulary") from e

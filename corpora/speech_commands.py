@@ -18,6 +18,7 @@ reads files, not ranges); where each was cut from is listed in silence.txt (`<id
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import shutil
 from collections import Counter
@@ -185,7 +186,7 @@ def read_speech_commands(cfg: SpeechCommandsConfig, stage: Path, progress: bool 
             for wav in sorted(d.glob("*.wav")):
                 u = _clip(wav, d.name, "test", issues, None)
                 if u is not None:
-                    u = Utterance(**{**u.__dict__, "id": f"test-{u.id}"})  # the test set reuses training file names
+                    u = dataclasses.replace(u, id=f"test-{u.id}")  # the test set reuses training file names
                     by_split["test"].append(u)
                     where[u.id] = str(wav)
     silence_lines: list[str] = []

@@ -7,6 +7,7 @@ TextGrid, a `.lab` file (start end phone; seconds, or HTK 100 ns ticks with lab_
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,7 @@ def prepare_manifest(out_dir: str | Path, force: bool = False, progress: bool = 
         where.append(w)
     if utts and not any(has_split):
         split_of = closed_set_splits([(u.id, u.speaker) for u in utts], cfg.seed, cfg.dev_fraction, cfg.test_fraction)
-        utts = [Utterance(**{**u.__dict__, "split": split_of.get(u.id, "train")}) for u in utts]
+        utts = [dataclasses.replace(u, split=split_of.get(u.id, "train")) for u in utts]
     info = {"source": str(src.resolve())}
     stage = build.staging_dir(out_dir)
     return build.commit(stage, out_dir, "manifest", utts, where, issues, config, info, closed_set_speakers=True,

@@ -87,7 +87,7 @@ class RowStore:
             x = torch.empty(int(self._starts[-1]), len(self.layers), source.hidden_size, dtype=self.dtype,
                             device=device)
             for k in range(self.n_blocks):
-                x[int(self._starts[k]): int(self._starts[k + 1])] = self._read(k)[0]
+                x[int(self._starts[k]): int(self._starts[k + 1])] = self._read(rows[k])
             self._resident = (x, np.concatenate(rows))
 
     def _rows(self, k: int) -> np.ndarray:
@@ -97,16 +97,16 @@ class RowStore:
             rows = rows[self.keep_utts[np.searchsorted(self.offsets, rows, side="right") - 1]]
         return rows
 
-    def _read(self, k: int) -> tuple[Tensor, np.ndarray]:
-        rows = self._rows(k)
+    def _read(self, rows: np.ndarray) -> Tensor:
+        """The whitened rows `rows` (sorted, within one block), (len(rows), L, D) in the held dtype."""
         if len(rows) == 0:
-            return torch.empty(0, len(self.layers), self.source.hidden_size, dtype=self.dtype), rows
+            return torch.empty(0, len(self.layers), self.source.hidden_size, dtype=self.dtype)
         a, b = int(rows[0]), int(rows[-1]) + 1
         sel = torch.from_numpy(rows - a)
         with torch.no_grad():
             x = [w(self.source.read(self.split, k_, a, b).index_select(0, sel).float()).to(self.dtype)
                  for k_, w in zip(self.layers, self.whiten)]
-        return torch.stack(x, 1), rows
+        return torch.stack(x, 1)
 
     def has_rows(self, k: int, utts: np.ndarray) -> bool:
         """Whether block k holds a row of one of the utterances marked in `utts` (bool, n_utts)."""
@@ -120,10 +120,15 @@ class RowStore:
             pos = np.concatenate([np.arange(self._starts[k], self._starts[k + 1]) for k in blocks])
             rows = rows_all[pos]
             at = torch.from_numpy(pos).to(self.device)
-        else:
-            parts = [self._read(k) for k in blocks]
-            x = torch.cat([p for p, _ in parts]).to(self.device)
-            rows = np.concatenate([r for _, r in parts])
+        else:  # filled block by block: one chunk in memory, not its blocks beside it
+            parts = [self._rows(k) for k in blocks]
+            x = torch.empty(sum(map(len, parts)), len(self.layers), self.source.hidden_size, dtype=self.dtype)
+            a = 0
+            for r in parts:
+                x[a: a + len(r)] = self._read(r)
+                a += len(r)
+            x = x.to(self.device)
+            rows = np.concatenate(parts)
         r = torch.from_numpy(rows)
         utt = torch.from_numpy(np.searchsorted(self.offsets, rows, side="right") - 1)
         return Chunk(x, self.labels.index_select(0, r).to(self.device), utt, at)

@@ -4,10 +4,13 @@ For each strength of `l2_grid`, strongest first and warm-started from the previo
 float64 until within `rtol` x |W| of that strength's unique optimum (downstream.solver), then dev. The path plays
 the part of training time (weak L2 = a long run): `steps` counts L-BFGS iterations, `patience` points without gain
 stop it (downstream.stopping), and the run is converged when every point it visited was solved within `max_steps`.
+The examples are held once, standardised, in float32; each evaluation of the loss converts PATH_ROWS of them at a time
+to float64, so the solver's memory is a few chunks whatever the number of utterances.
 """
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -24,6 +27,8 @@ from downstream.sources import ArraySource
 from downstream.stopping import Stopping
 from downstream.tasks import TaskSpec
 
+PATH_ROWS = 2048  # examples per float64 forward pass of the path's loss: its activations do not grow with the corpus
+
 
 def fit_paths(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[Whitening], layers: list[int],
               per_row: dict[str, np.ndarray], probes: list[ProbeSpec], n_classes: int, cfg: ProbeConfig,
@@ -32,8 +37,7 @@ def fit_paths(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
     both (every seed at 100 % of the labels, where heads and mixes start at zero) share one solve."""
     if not isinstance(cfg.trainer, L2Path):
         raise ValueError(f"the L2 path solves probes configured with L2Path, got {type(cfg.trainer).__name__}")
-    x = {s: torch.stack([w(rows.read(s, k, 0, int(rows.splits[s].offsets[-1])).float()) for w, k in zip(whiten, layers)])
-         for s in PROBE_SPLITS}  # (L, n, D) standardised rows, resident: a few thousand at most
+    x = {s: _standardised(rows, s, layers, whiten) for s in PROBE_SPLITS}
     y = {s: torch.from_numpy(per_row[s]) for s in PROBE_SPLITS}
     solved: dict[tuple, ProbeResult] = {}
     out = []
@@ -44,6 +48,17 @@ def fit_paths(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
             solved[key] = _path(probe, x, y, spec, cfg, device)
         out.append(solved[key])
     return out
+
+
+def _standardised(rows: ArraySource, split: str, layers: list[int], whiten: list[Whitening]) -> Tensor:
+    """(L, n, D) float32: the split's rows (one per utterance) of hidden states `layers`, each standardised in place as
+    it is read (no second copy of the examples)."""
+    n = int(rows.splits[split].offsets[-1])
+    x = torch.empty(len(layers), n, rows.hidden_size, dtype=torch.float32)
+    for j, (w, k) in enumerate(zip(whiten, layers)):
+        x[j] = rows.read(split, k, 0, n)
+        w.apply_(x[j])
+    return x
 
 
 def _probe(task: TaskSpec, mode: LayerMode, rows: ArraySource, n_classes: int, seed: int) -> Probe:
@@ -58,11 +73,19 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
     task = probe.task
     stop = Stopping(1, cfg, task.metric)
     best = copy.deepcopy(probe.state_dict())
-    idx = torch.as_tensor(list(spec.train_idx), dtype=torch.long)
+    idx = torch.as_tensor(list(spec.train_idx), dtype=torch.long, device=device)
     work = copy.deepcopy(probe).double()  # float32 gradients floor above the relative tolerance at weak L2
-    xt = torch.empty(x["train"].shape[0], len(idx), x["train"].shape[2], dtype=torch.float64, device=device)
-    xt.copy_(x["train"].index_select(1, idx))  # in the subset's order: the sums, and so the rows, do not change
-    yt = y["train"].index_select(0, idx).to(device)
+    xs = x["train"].to(device)
+    yt = y["train"].to(device).index_select(0, idx)
+    parts = [(a, min(len(idx), a + PATH_ROWS)) for a in range(0, len(idx), PATH_ROWS)]
+
+    def data_loss() -> Iterator[Tensor]:
+        """The mean loss over the subset (in its order: the sums, and so the rows, do not change), PATH_ROWS examples
+        at a time in float64, each part weighted by its share."""
+        for a, b in parts:
+            xt = xs.index_select(1, idx[a:b]).to(torch.float64)
+            yield task.loss(work(xt), yt[a:b], reduction="mean") * ((b - a) / len(idx))
+
     params = list(work.parameters())
     penalised = [p for name, p in work.head.named_parameters() if name.endswith("weight")]  # not biases, not the mix
     solved = True
@@ -74,8 +97,7 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
             solved = False
             break
         work.train()
-        iters, ok = solve_l2(params, lambda: task.loss(work(xt), yt, reduction="mean"), penalised, l2, path.rtol,
-                             budget)
+        iters, ok = solve_l2(params, data_loss, penalised, l2, path.rtol, budget)
         solved &= ok
         stop.steps[0] += iters
         probe.load_state_dict(work.state_dict())  # copied into the float32 probe that is scored and kept

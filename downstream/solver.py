@@ -14,7 +14,7 @@ solve in float64.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -26,11 +26,15 @@ def sq_norm(tensors: list[Tensor]) -> Tensor:
     return sum((t.detach() * t.detach()).sum() for t in tensors)
 
 
-def solve_l2(params: list[Tensor], data_loss: Callable[[], Tensor], penalised: list[Tensor], l2: float,
+def solve_l2(params: list[Tensor], data_loss: Callable[[], Iterable[Tensor]], penalised: list[Tensor], l2: float,
              rtol: float, max_iter: int) -> tuple[int, bool]:
-    """Minimise data_loss() + l2 / 2 * sum |p|^2 over `penalised` (a subset of `params`) with full-batch L-BFGS
+    """Minimise sum(data_loss()) + l2 / 2 * sum |p|^2 over `penalised` (a subset of `params`) with full-batch L-BFGS
     until |grad| <= rtol * l2 * max(|penalised|, 1); (iterations, solved). `solved` is False when `max_iter`
-    iterations ran out or the line search stopped making progress first."""
+    iterations ran out or the line search stopped making progress first.
+
+    `data_loss()` yields the data loss in terms (e.g. one per chunk of examples, each weighted by its share), each
+    back-propagated as it comes: only one term's graph is alive at a time, so the memory of an evaluation does not
+    grow with the examples. One term is the whole batch."""
     if l2 <= 0 or rtol <= 0:
         raise ValueError(f"solve_l2 needs l2 > 0 and rtol > 0 (a relative tolerance), got l2={l2}, rtol={rtol}")
     opt = torch.optim.LBFGS(params, lr=1, max_iter=CHUNK, max_eval=2 * CHUNK, history_size=30, tolerance_grad=0,
@@ -38,9 +42,15 @@ def solve_l2(params: list[Tensor], data_loss: Callable[[], Tensor], penalised: l
 
     def closure() -> Tensor:
         opt.zero_grad(set_to_none=True)
-        loss = data_loss() + 0.5 * l2 * sum((p * p).sum() for p in penalised)
-        loss.backward()
-        return loss
+        total: Tensor | None = None
+        for term in data_loss():
+            term.backward()
+            total = term.detach() if total is None else total + term.detach()
+        if total is None:
+            raise ValueError("solve_l2: the data loss has no terms (no examples)")
+        penalty = 0.5 * l2 * sum((p * p).sum() for p in penalised)
+        penalty.backward()  # its gradient adds to the data's: the same sum as one backward of both
+        return total + penalty.detach()
 
     iters = 0
     while True:

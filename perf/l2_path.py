@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 W.zero_()
                 b.zero_()
-        iters, ok = solve_l2([W, b], lambda: F.cross_entropy(x @ W + b, y), [W], l2, a.rtol, 20000)
+        iters, ok = solve_l2([W, b], lambda: [F.cross_entropy(x @ W + b, y)], [W], l2, a.rtol, 20000)
         acc = {s: 100 * float(((d[0] @ W + b).argmax(-1) == d[1]).double().mean()) for s, d in data.items()}
         print(f"l2={l2:g} iterations={iters} solved={ok} train={acc['train']:.1f} dev={acc['dev']:.2f} "
               f"test={acc['test']:.2f} |W|={float(W.norm()):.1f}")

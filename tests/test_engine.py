@@ -204,3 +204,25 @@ def test_large_freed_blocks_go_back_to_the_os():
         x = torch.ones(3_000_000, dtype=torch.float64)
         del x
     assert rss_kb() - before < 20_000  # nothing of them stays resident
+
+
+def test_l2_path_in_parts_solves_the_same_probe(tiny, mj_src, monkeypatch):  # noqa: F811
+    """The path's loss evaluated PATH_ROWS examples at a time (what keeps its float64 activations from growing with
+    the utterances) reaches the same optimum as the whole batch: the same row, weights within the tolerance."""
+    import downstream.path as path
+
+    task = get_task("speaker_utterance")
+    labels, n_cls = _labels(tiny, task), len(tiny.speakers)
+    cfg = ProbeConfig(L2Path(l2_grid=(1e-1, 1e-2)), patience=2)
+    run = lambda: train_probe(task, LayerMode("weighted_sum"), PooledSource(mj_src), labels,  # noqa: E731
+                              list(range(24)), n_cls, cfg, 0)
+    whole = run()
+    sizes = []
+    real = path.solve_l2
+    monkeypatch.setattr(path, "solve_l2", lambda p, loss, *a: sizes.append(len(list(loss()))) or real(p, loss, *a))
+    monkeypatch.setattr(path, "PATH_ROWS", 5)
+    parts = run()
+    assert sizes and set(sizes) == {5}  # 24 utterances in parts of 5
+    assert (parts.dev_metric, parts.test_metric, parts.converged) == (whole.dev_metric, whole.test_metric, True)
+    for k, w in whole.state.items():
+        assert torch.allclose(parts.state[k], w, rtol=0, atol=1e-2 * float(w.abs().max()) + 1e-6), k

@@ -1,6 +1,7 @@
 """Keyword spotting (SUPERB KS): the Speech Commands v1.0 reader, the built-in keyword corpus and the keywords task."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -230,7 +231,7 @@ def test_keywords_refuses_a_corpus_without_keyword_labels(tmp_path, synth_kw):
     copy = tmp_path / "kw"
     shutil.copytree(synth_kw.root, copy)
     dev = read_manifest(copy / "dev.jsonl")
-    write_manifest(copy / "dev.jsonl", [Utterance(**{**u.__dict__, "label": None}) if i < 3 else u
+    write_manifest(copy / "dev.jsonl", [dataclasses.replace(u, label=None) if i < 3 else u
                                         for i, u in enumerate(dev)])
     with pytest.raises(ValueError, match=rf"task keywords: .*dev\.jsonl: 3 of {len(dev)} utterances have no keyword "
                                          rf"label"):

@@ -17,7 +17,7 @@ def _separable(n=60, d=20, c=5, seed=0):
 def _solve(x, y, l2, start, rtol, max_iter=20000):
     W = start[0].clone().requires_grad_(True)
     b = start[1].clone().requires_grad_(True)
-    iters, ok = solve_l2([W, b], lambda: F.cross_entropy(x @ W + b, y), [W], l2, rtol, max_iter)
+    iters, ok = solve_l2([W, b], lambda: [F.cross_entropy(x @ W + b, y)], [W], l2, rtol, max_iter)
     return W.detach(), b.detach(), iters, ok
 
 

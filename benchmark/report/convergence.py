@@ -111,7 +111,7 @@ def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tupl
     b = torch.zeros(n_classes, dtype=torch.float64) if init is None else init[1].clone()
     W.requires_grad_(True)
     b.requires_grad_(True)
-    iters, ok = solve_l2([W, b], lambda: F.cross_entropy(x @ W + b, y), [W], l2, rtol, max_iter)
+    iters, ok = solve_l2([W, b], lambda: [F.cross_entropy(x @ W + b, y)], [W], l2, rtol, max_iter)
     return W.detach(), b.detach(), iters, ok
 
 
