@@ -1,7 +1,10 @@
-"""analysis.pretrain_budget: snapshots along one schedule are reused, tabulated against mel and plotted."""
+"""analysis.pretrain_budget: snapshots along one schedule are reused, finished runs are taken one per budget, and both
+are tabulated against mel and plotted against pretraining frames."""
 import pandas as pd
 
-from analysis.pretrain_budget import budget_table, plot_budget, snapshot_checkpoints, val_curve
+import pytest
+
+from analysis.pretrain_budget import budget_checkpoints, budget_table, plot_budget, snapshot_checkpoints
 from benchmark.record.aggregate import validate_runs
 from corpora.manifest import load_corpus
 from tests.fixtures import make_pretrain_corpus
@@ -32,10 +35,20 @@ def test_snapshots_table_and_plot(tmp_path):
     assert list(table["pretrain_step"].fillna(-1)) == [-1, 2, 3]  # mel first, then the snapshots; unknown ckpt dropped
     assert table["test_mean"].round(3).tolist() == [0.61, 0.41, 0.51] and (table["n_seeds"] == 3).all()
     assert table["val_l1_interpolate"].iloc[1] == read_meta(snaps[2])["val_baselines"]["interpolate"]
-    curve = val_curve(runs / "train")
-    assert curve["step"].tolist()[0] == 0 and curve["step"].tolist()[-1] == 3
-    out = plot_budget(table, curve, "aalbert:small", tmp_path / "budget.png")
+    assert table["pretrain_frames"].iloc[2] == read_meta(snaps[3])["pretrain_frames"] > 0
+    both = budget_table(pd.concat(rows), snaps, fractions=(0.5, 1.0))  # the smallest and largest fraction
+    assert list(zip(both["fraction"], both["pretrain_step"].fillna(-1))) == [(0.5, -1), (0.5, 2), (0.5, 3),
+                                                                             (1.0, -1), (1.0, 2), (1.0, 3)]
+    assert both["test_mean"].round(3).tolist()[:3] == [0.1, 0.1, 0.1]
+    out = plot_budget(both, "aalbert:small", tmp_path / "budget.png")
     assert out.stat().st_size > 10_000
+
+    # finished runs, one per budget: the complete one is taken, a stopped one is refused with how to finish it
+    assert budget_checkpoints(str(snaps[3]), "aalbert") == {3: snaps[3]}
+    with pytest.raises(ValueError, match=r"step-2: pretraining stopped at step 2 of 3; finish it .* --resume"):
+        budget_checkpoints(f"{snaps[3]},{snaps[2]}", "aalbert")
+    with pytest.raises(ValueError, match="holds aalbert, expected mockingjay"):
+        budget_checkpoints(str(snaps[3]), "mockingjay")
 
 
 def test_bad_arguments_stop_before_any_training(capsys):
@@ -43,5 +56,7 @@ def test_bad_arguments_stop_before_any_training(capsys):
 
     for argv, expect in ((["--snapshots", "3000", "--steps", "2000"], "must lie in 1..--steps"),
                          (["--snapshots", "a,b"], "comma list of steps"), (["--upstream", "mel"], "not a pretrainable"),
-                         (["--tasks", "asr"], "valid: phone_linear"), (["--upstream", "wav2vec"], "valid: mel")):
+                         (["--tasks", "asr"], "valid: phone_linear"), (["--upstream", "wav2vec"], "valid: mel"),
+                         (["--fractions", "0,1"], "numbers in (0, 1]"),
+                         (["--checkpoints", "no/such/dir"], "no/such/dir: not a directory")):
         assert main(argv) == 2 and expect in capsys.readouterr().err, argv
