@@ -38,8 +38,7 @@ class Segment:
 class Alignment(Sequence[Segment]):
     """An utterance's segments, read as a sequence of Segment and held compactly: the phones as one tuple of interned
     strings, the bounds as one (2, n) int64 array (starts, ends). A 100-hour corpus has millions of segments; as
-    Segment objects they cost ~160 B each in memory (138 MB for the built-in corpus's training split at 16x its
-    utterances), held this way ~25 B."""
+    Segment objects they cost ~160 B each in memory, held this way ~25 B (tests/test_manifest.py)."""
 
     __slots__ = ("phones", "bounds")
 
