@@ -148,11 +148,17 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     return utts
 
 
+def parsed_manifest(path: str | Path) -> list[Utterance]:
+    """read_manifest, parsed once per process and file version (a new list each call: the records are frozen, so
+    callers share them). A 100-hour corpus's alignments are millions of records, and a run reads its manifests from
+    planning, checking and the probes alike; the file's stat is part of the key, so a rewritten manifest is parsed
+    again."""
+    st = Path(path).stat()
+    return list(_parsed(str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+
+
 @functools.lru_cache(maxsize=16)
 def _parsed(path: str, mtime_ns: int, size: int, inode: int) -> tuple[Utterance, ...]:
-    """read_manifest, once per file version: a 100-hour corpus's alignments are millions of records, and a run reads
-    its manifests from planning, checking and the probes alike (the file's stat is part of the key, so a rewritten
-    manifest is parsed again)."""
     return tuple(read_manifest(path))
 
 
@@ -167,13 +173,9 @@ class Corpus:
     info: dict[str, Any]  # everything else corpus.json records (preparation config, version, stats)
 
     def utterances(self, split: Split) -> list[Utterance]:
-        """The split's utterances, parsed once per process and file version (a new list each call: the records
-        are frozen, so callers share them)."""
+        """The split's utterances (parsed_manifest: once per process and file version)."""
         p = self.root / f"{split}.jsonl"
-        if not p.is_file():
-            return []
-        st = p.stat()
-        return list(_parsed(str(p), st.st_mtime_ns, st.st_size, st.st_ino))
+        return parsed_manifest(p) if p.is_file() else []
 
     def audio_path(self, utt: Utterance) -> Path:
         p = Path(utt.path)

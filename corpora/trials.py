@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.io import atomic_write_text, read_text
-from corpora.manifest import Corpus, Utterance, read_manifest, write_manifest
+from corpora.manifest import Corpus, Utterance, parsed_manifest, write_manifest
 
 TRIALS_MANIFEST = "trials.jsonl"
 TRIALS_LIST = "trials.txt"
@@ -63,7 +63,7 @@ def read_trials(corpus: Corpus) -> tuple[dict[str, list[Utterance]], dict[str, l
         if not p.is_file():
             raise ValueError(f"{p}: missing: corpus {corpus.name!r} has no held-out trial speakers (speaker "
                              f"verification needs {TRIALS_MANIFEST} and {TRIALS_LIST} beside its manifests)")
-    utts = read_manifest(man)
+    utts = parsed_manifest(man)
     by_split = {s: [u for u in utts if u.split == s] for s in TRIAL_SPLITS}
     ids = {s: {u.id for u in by_split[s]} for s in TRIAL_SPLITS}
     trials: dict[str, list[Trial]] = {s: [] for s in TRIAL_SPLITS}

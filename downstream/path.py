@@ -23,7 +23,7 @@ from downstream.modes import LayerMode
 from downstream.config import L2Path, ProbeConfig
 from downstream.probe import INIT_LOCK, Probe, ProbeResult, ProbeSpec
 from downstream.solver import solve_l2
-from downstream.sources import ArraySource
+from downstream.sources import ArraySource, whitened
 from downstream.stopping import Stopping
 from downstream.tasks import TaskSpec
 
@@ -51,14 +51,13 @@ def fit_paths(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
 
 
 def _standardised(rows: ArraySource, split: str, layers: list[int], whiten: list[Whitening]) -> Tensor:
-    """(L, n, D) float32: the split's rows (one per utterance) of hidden states `layers`, each standardised in place as
-    it is read (no second copy of the examples)."""
+    """(L, n, D) float32: the split's rows (one per utterance) of hidden states `layers`, standardised in place (no
+    second copy of the examples)."""
     n = int(rows.splits[split].offsets[-1])
     x = torch.empty(len(layers), n, rows.hidden_size, dtype=torch.float32)
-    for j, (w, k) in enumerate(zip(whiten, layers)):
+    for j, k in enumerate(layers):
         x[j] = rows.read(split, k, 0, n)
-        w.apply_(x[j])
-    return x
+    return whitened(x, whiten)
 
 
 def _probe(task: TaskSpec, mode: LayerMode, rows: ArraySource, n_classes: int, seed: int) -> Probe:
