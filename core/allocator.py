@@ -1,35 +1,63 @@
-"""The C allocator's memory-return rule: large freed blocks go back to the operating system.
+"""The C allocator's rule for the probes: freed blocks stay in the heap while a probe group trains, and go back to
+the operating system when it ends.
 
-glibc serves an allocation below its mmap threshold from its heaps and keeps freed heap memory for reuse; the
-threshold starts at 128 KiB and rises, each time a larger mapped block is freed, up to 32 MiB. A full-batch
-solver that allocates and frees tensors of tens of MB at every step (the L2 path on 19,200 utterance means:
-39 MB per forward) then leaves hundreds of MB of freed memory resident, and the probes' memory seems to grow with
-the corpus. Fixing the threshold at 4 MiB maps every larger block on its own and unmaps it when freed; smaller
-blocks, where the allocator's reuse pays, are served as before (docs/scale.md).
+glibc serves a large allocation (from 128 KiB, a threshold that rises up to 32 MiB) by mapping pages of its own and
+unmaps them when the block is freed. A minibatch probe allocates and frees its activations at every step (one MLP
+group of 12 probes: several (12, 2,048, 768) tensors of 38 MB), so every step mapped them, took a page fault per
+4 KiB page to zero them and unmapped them again: a quarter of the main job's CPU time was spent in the kernel.
+`keep_freed_blocks` serves every block from the heap instead (no mapping per step: the freed activations are reused
+at the next step), and `release` hands everything freed back to the OS (`malloc_trim`) once a group is done, so the
+memory held between groups is what is live, not the largest group's slack (perf/probe_groups.py --mapped measures
+both rules on one group; perf/probe_memory.py checks that memory stays flat as the corpus grows: docs/scale.md).
 
-The price is paid in page faults: a minibatch probe's activations (a few to 30 MB a step) are mapped, faulted in and
-unmapped at every step. One MLP group took 43.8 s at 4 MiB, 37.2 s at 32 MiB and 34.8 s under glibc's own rule; but
-at 32 MiB `perf/probe_memory.py --scales 12,192` held 3.7 GB in its 16x sweep, still growing when stopped, against
-1.35 GB at 1x; 4 MiB keeps it within 1.25x (docs/scale.md). Bounded memory wins.
+Where the C library is not glibc nothing is changed: the functions return False.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from functools import lru_cache
 
-M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
-THRESHOLD = 4 << 20
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt parameter numbers (malloc.h)
+TRIM = 256 << 20  # free memory at the top of a heap kept for reuse between steps, at most
+MAPPED = 4 << 20  # `map_large_blocks`' threshold: the rule that maps every larger block (the comparison's baseline)
 
 
-def return_large_blocks(threshold: int = THRESHOLD) -> bool:
-    """Fix glibc's mmap threshold at `threshold` bytes; False where the C library is not glibc (nothing changed)."""
+@lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
-        return False
+        return None
     try:
         libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return libc
+
+
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    libc = _libc()
+    return libc is not None and all(libc.mallopt(param, value) == 1 for param, value in settings)
+
+
+def keep_freed_blocks(trim: int = TRIM) -> bool:
+    """Serve every allocation from the heap (no block is mapped on its own) and keep up to `trim` bytes freed at a
+    heap's top for the next allocation; False where the C library is not glibc (nothing changed)."""
+    return _mallopt((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, trim))
+
+
+def map_large_blocks(threshold: int = MAPPED) -> bool:
+    """The other rule, for comparison: every block of `threshold` bytes or more mapped on its own and unmapped when
+    freed (memory back at once, a page fault per page at every allocation)."""
+    return _mallopt((M_MMAP_MAX, 65536), (M_MMAP_THRESHOLD, threshold), (M_TRIM_THRESHOLD, 2 * threshold))
+
+
+def release() -> bool:
+    """Return the freed memory of every heap to the OS (glibc's malloc_trim); False where there is none to ask."""
+    libc = _libc()
+    if libc is None:
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(M_MMAP_THRESHOLD, threshold) == 1
+    libc.malloc_trim(0)
+    return True

@@ -6,7 +6,9 @@ batched model, and with --alone the same probes one at a time, in the same proce
 
 --float32 also trains the group with float32 matmuls (a group computes in bfloat16 where the hardware has bfloat16
 matrix units, downstream.stacked.fast_bfloat16) and compares time and test accuracy. --streamed also trains the group
-with a memory budget of 0 (every batch read from the cache again) and compares. Tasks of whole utterances train as a
+with a memory budget of 0 (every batch read from the cache again) and compares. --mapped also trains the group with
+every freed block of 4 MiB or more unmapped at once (core.allocator.map_large_blocks; the group itself trains as the
+harness does, freed blocks kept in the heap) and compares time and system CPU time. Tasks of whole utterances train as a
 group too (downstream.utterances), e.g. the main job's phone_ctc sweep:
 
     .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_ctc --mode weighted_sum \
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark.plan.presets import main_job  # noqa: E402
 from benchmark.report.convergence import cached_identity, cached_probe_inputs  # noqa: E402
+from core.allocator import keep_freed_blocks, map_large_blocks, release  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from core.repro import provenance  # noqa: E402
 from corpora.manifest import load_corpus  # noqa: E402
@@ -49,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alone", action="store_true", help="also train each probe alone and compare")
     p.add_argument("--float32", action="store_true", help="also train the group with float32 matmuls and compare")
     p.add_argument("--streamed", action="store_true", help="also train the group reading every batch from the cache")
+    p.add_argument("--mapped", action="store_true", help="also train the group with large freed blocks unmapped")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
@@ -67,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     specs = [ProbeSpec(fraction_subset(speakers, float(f), seed, task.labels.closed_set).indices, seed)
              for f in a.fractions.split(",") for seed in range(a.seeds)]
     cfg, mode, n_cls = main_job().probe_config(a.task, False), LayerMode(a.mode), num_classes(corpus, task)
-    t0 = time.perf_counter()
+    keep_freed_blocks()  # the harness's allocator rule (benchmark.cli)
+    t0, sys0 = time.perf_counter(), os.times().system
     group = train_probes(task, mode, source, labels, specs, n_cls, cfg)
     out = {"upstream": f"{row['upstream']}:{row['preset']}", "task": a.task, "mode": a.mode, "probes": len(specs),
            "threads": a.threads, "group_seconds": round(time.perf_counter() - t0, 1),
+           "group_system_seconds": round(os.times().system - sys0, 1),
            "test": [round(100 * r.test_metric, 2) for r in group], "steps": [r.steps for r in group]}
     if a.alone:
         t0 = time.perf_counter()
@@ -86,6 +93,17 @@ def main(argv: list[str] | None = None) -> int:
         out["streamed_over_group"] = round(out["streamed_seconds"] / out["group_seconds"], 2)
         out["streamed_same_rows"] = all((g.dev_metric, g.test_metric, g.steps) == (o.dev_metric, o.test_metric, o.steps)
                                         for g, o in zip(group, streamed))
+    if a.mapped:
+        release()
+        map_large_blocks()
+        t0, sys0 = time.perf_counter(), os.times().system
+        mapped = train_probes(task, mode, source, labels, specs, n_cls, cfg)
+        out["mapped_seconds"] = round(time.perf_counter() - t0, 1)
+        out["mapped_system_seconds"] = round(os.times().system - sys0, 1)
+        out["mapped_over_group"] = round(out["mapped_seconds"] / out["group_seconds"], 2)
+        out["mapped_same_rows"] = all((g.dev_metric, g.test_metric, g.steps) == (o.dev_metric, o.test_metric, o.steps)
+                                      for g, o in zip(group, mapped))
+        keep_freed_blocks()
     if a.float32:
         from unittest import mock
 

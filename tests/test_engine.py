@@ -186,24 +186,31 @@ def test_identical_paths_are_solved_once(tiny, mj_src, monkeypatch):  # noqa: F8
     assert _key(alone) == _key(rs[1])
 
 
-def test_large_freed_blocks_go_back_to_the_os():
-    """glibc (this project's Linux): the mmap threshold is fixed, so freed tensors of tens of MB are unmapped."""
+def test_freed_blocks_are_reused_then_released():
+    """glibc (this project's Linux): a probe's freed activations stay in the heap for the next step, and `release`
+    hands them back to the OS when the group is done."""
     import platform
 
-    from core.allocator import return_large_blocks
+    from core.allocator import keep_freed_blocks, release
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc: the allocator is left as it is")
-    assert return_large_blocks()
+    assert keep_freed_blocks()
 
     def rss_kb() -> int:
         return int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmRSS")).split()[1])
 
+    release()
     before = rss_kb()
-    for _ in range(20):  # allocate and free 24 MB blocks, as a solver's steps do
+    held = []
+    for _ in range(20):  # allocate and free 24 MB blocks, as a minibatch's activations are
         x = torch.ones(3_000_000, dtype=torch.float64)
         del x
-    assert rss_kb() - before < 20_000  # nothing of them stays resident
+        held.append(rss_kb() - before)
+    assert held[-1] > 20_000  # kept in the heap ...
+    assert max(held[10:]) - min(held[10:]) < 1_000 and held[-1] < 5 * 24_000  # ... and reused: a few blocks, not 20
+    assert release()
+    assert rss_kb() - before < 5_000  # and given back
 
 
 def test_l2_path_in_parts_solves_the_same_probe(tiny, mj_src, monkeypatch):  # noqa: F811

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from core.allocator import release
 from core.io import atomic_write_text, sha256_json
 from core.repro import provenance
 from corpora.manifest import Corpus, PROBE_SPLITS, Utterance
@@ -188,6 +189,7 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
                   for r, _, _ in group]
         results = train_probes(task, r0.mode, source_of(task), labels[task.labels.name], probes,
                                num_classes(corpus, task), pcfg, device=cfg.device, memory=cfg.probe_memory)
+        release()  # the group's freed activations back to the OS (core.allocator)
         for (r, rid, _), result in zip(group, results):
             if r.mode.kind == "last":
                 with lock:
