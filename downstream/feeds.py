@@ -199,9 +199,8 @@ def chunk_batches(member: Tensor, ids: Tensor, utt: Tensor, gens: list[torch.Gen
 
 class ChunkFeed:
     """The minibatches of a group of probes over the train split's rows, pass after pass, in the order described
-    above. A step's data: (x (A', n, L, D) in `dtype`, y (A', n), valid (A', n), positions (A',)) for the A' probes
-    that have rows left in the chunk, n <= the batch size the longest of their batches (a probe of a few utterances
-    has a few hundred rows in a chunk: once the larger probes have stopped, its steps do not pay for a full batch); a pass ends with a step of no probe. `keep` follows the probes still
+    above. A step's data: (x (A', B, L, D) in `dtype`, y (A', B), valid (A', B), positions (A',)) for the A' probes
+    that have rows left in the chunk; a pass ends with a step of no probe. `keep` follows the probes still
     training (finished ones take no more rows)."""
 
     def __init__(self, store: RowStore, member: Tensor, gens: list[torch.Generator], batch_size: int,
@@ -232,10 +231,8 @@ class ChunkFeed:
                     pos = active.nonzero().squeeze(1)
                     if len(pos) == 0:
                         continue
-                    # a probe's valid rows lead its batch: past the longest of them every probe has padding only
-                    n = int(self._valid[pos, s].sum(1).max())
-                    idx, ok = self._batches[pos, s, :n].to(dev).reshape(-1), self._valid[pos, s, :n].to(dev)
+                    idx, ok = self._batches[pos, s].to(dev).reshape(-1), self._valid[pos, s].to(dev)
                     held = idx if chunk.at is None else chunk.at[idx]
-                    x = self.buffers.gather(chunk.x, held).view(len(pos), n, *chunk.x.shape[1:])
-                    yield Batch((x, chunk.y[idx].view(len(pos), n), ok, pos), active)
+                    x = self.buffers.gather(chunk.x, held).view(len(pos), B, *chunk.x.shape[1:])
+                    yield Batch((x, chunk.y[idx].view(len(pos), B), ok, pos), active)
             yield Batch(None, torch.zeros(len(self.ids), dtype=torch.bool), pass_end=True)

@@ -86,39 +86,6 @@ def test_reads_do_not_go_through_the_memory_map(mj_src, tmp_path):  # noqa: F811
         base = getattr(base, "base", None)
 
 
-def test_a_step_is_as_long_as_its_longest_batch(tiny, mj_src):  # noqa: F811
-    """Every row of a pass reaches its probe once, and a step ends at its longest probe's last row: once the large
-    probe has stopped, a probe of four utterances does not pay for a full batch of padding."""
-    from downstream.heads import Whitening
-
-    src, n_train = mj_src, len(mj_src.lengths("train"))
-    member = torch.zeros(2, n_train, dtype=torch.bool)
-    member[0] = True
-    member[1, [0, 5, 9, 14]] = True
-    labels = np.zeros(int(src.splits["train"].offsets[-1]), dtype=np.int64)
-    store = feeds.RowStore(src, "train", [0], [Whitening(src.hidden_size)], labels, None, True, torch.device("cpu"))
-    feed = feeds.ChunkFeed(store, member, [torch.Generator().manual_seed(i) for i in range(2)], 64)
-    seen, widths = [0, 0], []
-    for batch in feed:
-        if batch.pass_end:
-            break
-        x, y, ok, pos = batch.data
-        assert x.shape[:2] == y.shape == ok.shape and bool(ok[:, -1].any())  # no column of padding only
-        for a, p in enumerate(pos.tolist()):
-            seen[p] += int(ok[a].sum())
-        widths.append((pos.tolist(), x.shape[1]))
-    rows = [int(np.diff(src.splits["train"].offsets)[m.numpy()].sum()) for m in member]
-    assert seen == rows
-    feed.keep(torch.tensor([1]))  # the large probe stops
-    alone = []
-    for batch in feed:
-        if batch.pass_end:
-            break
-        assert batch.data[0].shape[1] == int(batch.data[2].sum())
-        alone.append(batch.data[0].shape[1])
-    assert sum(alone) == rows[1] and min(alone) < 64  # its last batch of each chunk is short, and so is its step
-
-
 def test_whitening_fitted_in_one_streaming_pass_whitens():
     from downstream.heads import Whitening
 
