@@ -21,7 +21,7 @@ from downstream.modes import LayerMode
 from downstream.config import ProbeConfig
 from downstream.probe import INIT_LOCK, ProbeResult, ProbeSpec
 from downstream.sources import ArraySource
-from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe, fast_bfloat16
+from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe, fast_bfloat16, probes_of
 from downstream.stopping import Stopping
 from downstream.tasks import TaskSpec
 
@@ -51,7 +51,7 @@ class StackedModel:
 
     def loss(self, batch: Batch) -> Tensor:
         x, y, ok, pos = batch.data
-        sub = [p.index_select(0, pos.to(p.device)) for p in self.heads.params]
+        sub = [probes_of(p, pos) for p in self.heads.params]
         logits = self.heads.forward(x, sub)  # (A', B, C)
         A, B = y.shape
         per_row = self.task.loss(logits.reshape(A * B, -1), y.reshape(-1)).view(A, B)
@@ -67,7 +67,7 @@ class StackedModel:
 
     @torch.no_grad()
     def score(self, positions: Tensor) -> list[float]:
-        sub = [p.detach().index_select(0, positions.to(p.device)) for p in self.heads.params]
+        sub = [probes_of(p.detach(), positions) for p in self.heads.params]
         num, den = tally(self.task, self.heads, sub, self.dev)[0]
         return self.task.metric.reduce(num, den).tolist()  # an integer tally: float32 scores
 

@@ -29,6 +29,26 @@ def fast_bfloat16(device: torch.device) -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
 
 
+def span(idx: Tensor) -> slice | None:
+    """The slice `idx` (sorted positions) covers when they are contiguous, else None. The probes that step together
+    usually are: a group lists its probes by label fraction, and the larger subsets have rows in more of a chunk's
+    minibatches, so the probes still stepping late in a chunk are the last ones."""
+    n = len(idx)
+    if n == 0:
+        return None
+    a = int(idx[0])
+    return slice(a, a + n) if int(idx[-1]) - a == n - 1 else None
+
+
+def probes_of(t: Tensor, idx: Tensor) -> Tensor:
+    """t's probes at positions `idx` (leading axis): a view where they are contiguous (no copy of the weights, and
+    the same values as a gather), else a gather."""
+    sl = span(idx)
+    if sl is None:
+        return t.index_select(0, idx.to(t.device))
+    return t if (sl.start, sl.stop) == (0, len(t)) else t[sl]
+
+
 def _linears(head: nn.Module) -> list[nn.Module]:
     mods = list(head) if isinstance(head, nn.Sequential) else [head]
     for m in mods:
@@ -178,6 +198,14 @@ class StackedOptimizer:
             self._step(params, self.state, self.lr, self.t.add_(1))
             return
         idx = active.nonzero().squeeze(1)
+        sl = span(idx)
+        if sl is not None:  # contiguous: the same update, in place on views of the stacks
+            sub = [p.detach()[sl] for p in params]
+            for p, q in zip(sub, params):
+                p.grad = None if q.grad is None else q.grad[sl]
+            self.t[sl] += 1
+            self._step(sub, [[s[sl] for s in group] for group in self.state], self.lr[sl], self.t[sl])
+            return
         sub = [p.detach()[idx] for p in params]
         for p, q in zip(sub, params):
             p.grad = None if q.grad is None else q.grad[idx]
