@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from core.allocator import release
 from downstream.heads import Whitening
 from downstream.loop import Batch
 from downstream.sources import ArraySource
@@ -235,4 +236,5 @@ class ChunkFeed:
                     held = idx if chunk.at is None else chunk.at[idx]
                     x = self.buffers.gather(chunk.x, held).view(len(pos), B, *chunk.x.shape[1:])
                     yield Batch((x, chunk.y[idx].view(len(pos), B), ok, pos), active)
+            release()  # a pass's freed chunks and activations back to the OS (core.allocator)
             yield Batch(None, torch.zeros(len(self.ids), dtype=torch.bool), pass_end=True)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from core.allocator import release
 from core.repro import seed_everything
 from corpora.manifest import PROBE_SPLITS
 from downstream.heads import Whitening
@@ -97,6 +98,7 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
             break
         work.train()
         iters, ok = solve_l2(params, data_loss, penalised, l2, path.rtol, budget)
+        release()  # the point's freed float64 activations back to the OS (core.allocator)
         solved &= ok
         stop.steps[0] += iters
         probe.load_state_dict(work.state_dict())  # copied into the float32 probe that is scored and kept

@@ -49,6 +49,32 @@ def probes_of(t: Tensor, idx: Tensor) -> Tensor:
     return t if (sl.start, sl.stop) == (0, len(t)) else t[sl]
 
 
+class _BitReLU(torch.autograd.Function):
+    """ReLU in place on bfloat16 activations, computed on their bits: a bfloat16 whose sign bit is set (a negative
+    number or -0) is a negative int16, so clamping the int16 view at 0 zeroes exactly the values ReLU zeroes, and
+    leaves every other value's bits as they are. The same values as torch.relu_ (which keeps -0 where this gives +0,
+    an equal value; tests/test_engine.py); torch's own
+    bfloat16 clamp took 5-10x as long on this project's CPUs, 13 % of an MLP group's time. Its backward is torch's
+    ReLU backward (the gradient where the output is positive)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        x.view(torch.int16).clamp_min_(0)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, y, 0)
+
+
+def relu_(h: Tensor) -> Tensor:
+    """torch.relu_, on the bits for bfloat16 (`_BitReLU`)."""
+    return _BitReLU.apply(h) if h.dtype == torch.bfloat16 else torch.relu_(h)
+
+
 def _linears(head: nn.Module) -> list[nn.Module]:
     mods = list(head) if isinstance(head, nn.Sequential) else [head]
     for m in mods:
@@ -113,7 +139,7 @@ class StackedHeads:
         k = 2
         for op in self.ops[1:]:
             if op == "relu":
-                h = torch.relu_(h)  # in place: its backward reads the output only
+                h = relu_(h)  # in place: its backward reads the output only
             else:
                 h = torch.baddbmm(params[k + 1][:, None].to(ct), h, params[k].to(ct))
                 k += 2

@@ -145,6 +145,23 @@ def test_stacked_mlp_is_the_single_probe_module():
                                                     "featurizer.weights"}
 
 
+def test_bit_relu_is_torch_relu():
+    """The bfloat16 ReLU on the bits gives torch's values (its -0 becomes +0, an equal value) and its gradients bit
+    for bit, tiny and huge values included."""
+    from downstream.stacked import relu_
+
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(5000) * 10 ** torch.randint(-30, 30, (5000,)).float(),
+                   torch.tensor([0.0, -0.0, 1e-38, -1e-38, float("inf"), -float("inf")])]).bfloat16()
+    g = torch.randn(len(x)).bfloat16()
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = relu_(a * 1), torch.relu_(b * 1)
+    assert torch.equal(ya, yb) and int((ya != 0).sum()) == int((x > 0).sum()) > 2000
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(a.grad.view(torch.int16), b.grad.view(torch.int16))
+
+
 def test_utterance_probes_train_batched_on_means(tiny, mj_src):  # noqa: F811
     task = get_task("speaker_utterance")
     labels, n_cls = _labels(tiny, task), len(tiny.speakers)
