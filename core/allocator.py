@@ -6,9 +6,10 @@ unmaps them when the block is freed. A minibatch probe allocates and frees its a
 group of 12 probes: several (12, 2,048, 768) tensors of 38 MB), so every step mapped them, took a page fault per
 4 KiB page to zero them and unmapped them again: a quarter of the main job's CPU time was spent in the kernel.
 `keep_freed_blocks` serves every block from the heap instead (no mapping per step: the freed activations are reused
-at the next step), and `release` hands everything freed back to the OS (`malloc_trim`) once a group is done, so the
-memory held between groups is what is live, not the largest group's slack (perf/probe_groups.py --mapped measures
-both rules on one group; perf/probe_memory.py checks that memory stays flat as the corpus grows: docs/scale.md).
+at the next step), and `release` hands everything freed back to the OS (`malloc_trim`) at the end of each pass over
+a group's data, each point of an L2 path, each group and each certified row, so what a process holds is what is live
+plus one pass's slack, not the slack of everything it ran before (perf/probe_groups.py --mapped measures both rules
+on one group; perf/probe_memory.py checks that memory stays flat as the corpus grows: docs/scale.md).
 
 Where the C library is not glibc nothing is changed: the functions return False.
 """
