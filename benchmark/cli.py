@@ -29,7 +29,7 @@ from benchmark.plan.shards import shard_config
 from benchmark.record.results import RUNS_FILE, merge_shards, read_rows, results_root, rows_files, write_leaderboard
 from benchmark.run.prepare import check_prepared, prepare
 from benchmark.run.runner import build_report_if_available, run_benchmark
-from core.allocator import keep_freed_blocks
+from core.allocator import map_large_blocks
 from core.audio import AudioError
 from core.io import read_text
 from corpora.validate import CorpusError
@@ -262,7 +262,7 @@ def fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    keep_freed_blocks()  # a probe's freed activations stay in the heap for its next step (core.allocator)
+    map_large_blocks()  # large freed blocks go back to the OS; the heap keeps them while probes train (core.allocator)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:

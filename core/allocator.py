@@ -1,5 +1,5 @@
-"""The C allocator's rule for the probes: freed blocks stay in the heap while a probe group trains, and go back to
-the operating system when it ends.
+"""The C allocator's rules: freed blocks stay in the heap while probe groups train, and large blocks go back to the
+operating system as soon as they are freed the rest of the time.
 
 glibc serves a large allocation (from 128 KiB, a threshold that rises up to 32 MiB) by mapping pages of its own and
 unmaps them when the block is freed. A minibatch probe allocates and frees its activations at every step (one MLP
@@ -11,12 +11,19 @@ a group's data, each point of an L2 path, each group and each certified row, so 
 plus one pass's slack, not the slack of everything it ran before (perf/probe_groups.py --mapped measures both rules
 on one group; perf/probe_memory.py checks that memory stays flat as the corpus grows: docs/scale.md).
 
+Outside training (planning, labels, whitening, extraction, certificates) a process keeps `map_large_blocks`: every
+block of 4 MiB or more mapped on its own and unmapped when freed. Those phases allocate large transients between
+long-lived objects, and kept in the heap they stayed resident: with the heap rule everywhere, the 16x corpus's probe
+sweep peaked at 2.0 GB while it prepared its inputs, against 1.4 GB with blocks mapped (docs/scale.md).
+
 Where the C library is not glibc nothing is changed: the functions return False.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt parameter numbers (malloc.h)
@@ -50,8 +57,8 @@ def keep_freed_blocks(trim: int = TRIM) -> bool:
 
 
 def map_large_blocks(threshold: int = MAPPED) -> bool:
-    """The other rule, for comparison: every block of `threshold` bytes or more mapped on its own and unmapped when
-    freed (memory back at once, a page fault per page at every allocation)."""
+    """The rule outside training: every block of `threshold` bytes or more mapped on its own and unmapped when freed
+    (memory back at once, a page fault per page at every allocation)."""
     return _mallopt((M_MMAP_MAX, 65536), (M_MMAP_THRESHOLD, threshold), (M_TRIM_THRESHOLD, 2 * threshold))
 
 
@@ -62,3 +69,15 @@ def release() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+@contextmanager
+def heap_while_training() -> Iterator[None]:
+    """`keep_freed_blocks` inside (probe groups train), then everything freed back to the OS and
+    `map_large_blocks` again."""
+    keep_freed_blocks()
+    try:
+        yield
+    finally:
+        release()
+        map_large_blocks()

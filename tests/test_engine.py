@@ -204,15 +204,14 @@ def test_identical_paths_are_solved_once(tiny, mj_src, monkeypatch):  # noqa: F8
 
 
 def test_freed_blocks_are_reused_then_released():
-    """glibc (this project's Linux): a probe's freed activations stay in the heap for the next step, and `release`
-    hands them back to the OS when the group is done."""
+    """glibc (this project's Linux): while probes train, a step's freed activations stay in the heap for the next
+    step, and they go back to the OS when training ends."""
     import platform
 
-    from core.allocator import keep_freed_blocks, release
+    from core.allocator import heap_while_training, release
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc: the allocator is left as it is")
-    assert keep_freed_blocks()
 
     def rss_kb() -> int:
         return int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmRSS")).split()[1])
@@ -220,14 +219,14 @@ def test_freed_blocks_are_reused_then_released():
     release()
     before = rss_kb()
     held = []
-    for _ in range(20):  # allocate and free 24 MB blocks, as a minibatch's activations are
-        x = torch.ones(3_000_000, dtype=torch.float64)
-        del x
-        held.append(rss_kb() - before)
-    assert held[-1] > 20_000  # kept in the heap ...
-    assert max(held[10:]) - min(held[10:]) < 1_000 and held[-1] < 5 * 24_000  # ... and reused: a few blocks, not 20
-    assert release()
-    assert rss_kb() - before < 5_000  # and given back
+    with heap_while_training():
+        for _ in range(20):  # allocate and free 24 MB blocks, as a minibatch's activations are
+            x = torch.ones(3_000_000, dtype=torch.float64)
+            del x
+            held.append(rss_kb() - before)
+        assert held[-1] > 20_000  # kept in the heap ...
+        assert max(held[10:]) - min(held[10:]) < 1_000 and held[-1] < 5 * 24_000  # ... and reused: a few, not 20
+    assert rss_kb() - before < 5_000  # given back when training ends
 
 
 def test_l2_path_in_parts_solves_the_same_probe(tiny, mj_src, monkeypatch):  # noqa: F811

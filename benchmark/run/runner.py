@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from core.allocator import release
+from core.allocator import heap_while_training, release
 from core.io import atomic_write_text, sha256_json
 from core.repro import provenance
 from corpora.manifest import Corpus, PROBE_SPLITS, Utterance
@@ -224,8 +224,9 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
         if groups:  # groups in `probe_workers` threads with `probe_threads` torch threads each
             if cfg.probe_threads:
                 torch.set_num_threads(min(cfg.probe_threads, threads))
-            run_parallel(one_group, [(g,) for g in balance(list(groups.values()), cost, cfg.probe_workers)],
-                         cfg.probe_workers)
+            with heap_while_training():  # a step's freed activations are reused by the next (core.allocator)
+                run_parallel(one_group, [(g,) for g in balance(list(groups.values()), cost, cfg.probe_workers)],
+                             cfg.probe_workers)
         torch.set_num_threads(threads)
         run_parallel(one_finetune, finetune, 1)  # the upstream itself trains: one run at a time, every thread
     finally:
