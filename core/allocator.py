@@ -14,7 +14,7 @@ on one group; perf/probe_memory.py checks that memory stays flat as the corpus g
 Outside training (planning, labels, whitening, extraction, certificates) a process keeps `map_large_blocks`: every
 block of 4 MiB or more mapped on its own and unmapped when freed. Those phases allocate large transients between
 long-lived objects, and kept in the heap they stayed resident: with the heap rule everywhere, the 16x corpus's probe
-sweep peaked at 2.0 GB while it prepared its inputs, against 1.4 GB with blocks mapped (docs/scale.md).
+sweep peaked at 1.94 GB while it prepared its inputs, against 1.37 GB with blocks mapped (docs/scale.md).
 
 Where the C library is not glibc nothing is changed: the functions return False.
 """

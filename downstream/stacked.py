@@ -53,9 +53,9 @@ class _BitReLU(torch.autograd.Function):
     """ReLU in place on bfloat16 activations, computed on their bits: a bfloat16 whose sign bit is set (a negative
     number or -0) is a negative int16, so clamping the int16 view at 0 zeroes exactly the values ReLU zeroes, and
     leaves every other value's bits as they are. The same values as torch.relu_ (which keeps -0 where this gives +0,
-    an equal value; tests/test_engine.py); torch's own
-    bfloat16 clamp took 5-10x as long on this project's CPUs, 13 % of an MLP group's time. Its backward is torch's
-    ReLU backward (the gradient where the output is positive)."""
+    an equal value; tests/test_engine.py); torch's own bfloat16 clamp is several times slower on this project's
+    CPUs, the costliest elementwise pass of an MLP step (docs/benchmark.md). Its backward is torch's ReLU backward
+    (the gradient where the output is positive)."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
