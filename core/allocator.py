@@ -9,7 +9,7 @@ group of 12 probes: several (12, 2,048, 768) tensors of 38 MB), so every step ma
 at the next step), and `release` hands everything freed back to the OS (`malloc_trim`) at the end of each pass over
 a group's data, each point of an L2 path, each group and each certified row, so what a process holds is what is live
 plus one pass's slack, not the slack of everything it ran before (perf/probe_groups.py --mapped measures both rules
-on one group; perf/probe_memory.py checks that memory stays flat as the corpus grows: docs/scale.md).
+on one group; perf/probe_memory.py measures how memory grows with the corpus: docs/scale.md).
 
 Outside training (planning, labels, whitening, extraction, certificates) a process keeps `map_large_blocks`: every
 block of 4 MiB or more mapped on its own and unmapped when freed. Those phases allocate large transients between
