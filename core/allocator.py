@@ -7,7 +7,7 @@ group of 12 probes: several (12, 2,048, 768) tensors of 38 MB), so every step ma
 4 KiB page to zero them and unmapped them again: a quarter of the main job's CPU time was spent in the kernel.
 `keep_freed_blocks` serves every block from the heap instead (no mapping per step: the freed activations are reused
 at the next step), and `release` hands everything freed back to the OS (`malloc_trim`) at the end of each pass over
-a group's data, each point of an L2 path, each group and each certified row, so what a process holds is what is live
+a group's data, each point of an L2 path and each group, so what a process holds is what is live
 plus one pass's slack, not the slack of everything it ran before (perf/probe_groups.py --mapped measures both rules
 on one group; perf/probe_memory.py measures how memory grows with the corpus: docs/scale.md).
 
@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt parameter numbers (malloc.h)
+MMAP_MAX = 65536  # glibc's default M_MMAP_MAX: mapped blocks allowed again
 TRIM = 256 << 20  # free memory at the top of a heap kept for reuse between steps, at most
 MAPPED = 4 << 20  # `map_large_blocks`' threshold: the rule that maps every larger block (the comparison's baseline)
 
@@ -59,7 +60,7 @@ def keep_freed_blocks(trim: int = TRIM) -> bool:
 def map_large_blocks(threshold: int = MAPPED) -> bool:
     """The rule outside training: every block of `threshold` bytes or more mapped on its own and unmapped when freed
     (memory back at once, a page fault per page at every allocation)."""
-    return _mallopt((M_MMAP_MAX, 65536), (M_MMAP_THRESHOLD, threshold), (M_TRIM_THRESHOLD, 2 * threshold))
+    return _mallopt((M_MMAP_MAX, MMAP_MAX), (M_MMAP_THRESHOLD, threshold), (M_TRIM_THRESHOLD, 2 * threshold))
 
 
 def release() -> bool:

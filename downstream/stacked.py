@@ -225,23 +225,18 @@ class StackedOptimizer:
             return
         idx = active.nonzero().squeeze(1)
         sl = span(idx)
-        if sl is not None:  # contiguous: the same update, in place on views of the stacks
-            sub = [p.detach()[sl] for p in params]
-            for p, q in zip(sub, params):
-                p.grad = None if q.grad is None else q.grad[sl]
-            self.t[sl] += 1
-            self._step(sub, [[s[sl] for s in group] for group in self.state], self.lr[sl], self.t[sl])
-            return
-        sub = [p.detach()[idx] for p in params]
+        sel = idx if sl is None else sl  # contiguous probes are views of the stacks, updated in place
+        sub = [p.detach()[sel] for p in params]
         for p, q in zip(sub, params):
-            p.grad = None if q.grad is None else q.grad[idx]
-        state = [[s[idx] for s in group] for group in self.state]
-        self.t[idx] += 1
-        self._step(sub, state, self.lr[idx], self.t[idx])
-        for p, q, group, new in zip(sub, params, self.state, state):
-            q.detach().index_copy_(0, idx, p)
-            for s, n in zip(group, new):
-                s.index_copy_(0, idx, n)
+            p.grad = None if q.grad is None else q.grad[sel]
+        state = [[s[sel] for s in group] for group in self.state]
+        self.t[sel] += 1
+        self._step(sub, state, self.lr[sel], self.t[sel])
+        if sl is None:  # gathered copies: scattered back
+            for p, q, group, new in zip(sub, params, self.state, state):
+                q.detach().index_copy_(0, idx, p)
+                for s, n in zip(group, new):
+                    s.index_copy_(0, idx, n)
 
     def _step(self, params: list[Tensor], state: list[list[Tensor]], lr: Tensor, t: Tensor) -> None:
         for p, group in zip(params, state):

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark.plan.presets import main_job  # noqa: E402
 from benchmark.report.convergence import cached_identity, cached_probe_inputs  # noqa: E402
-from core.allocator import keep_freed_blocks, map_large_blocks, release  # noqa: E402
+from core.allocator import keep_freed_blocks, map_large_blocks  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from core.repro import provenance  # noqa: E402
 from corpora.manifest import load_corpus  # noqa: E402
@@ -91,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         out["mapped_over_group"] = round(out["mapped_seconds"] / out["group_seconds"], 2)
         out["mapped_same_rows"] = all((g.dev_metric, g.test_metric, g.steps) == (o.dev_metric, o.test_metric, o.steps)
                                       for g, o in zip(group, mapped))
-        release()
     if a.alone:
         t0 = time.perf_counter()
         alone = [train_probe(task, mode, source, labels, list(s.train_idx), n_cls, cfg, s.seed) for s in specs]

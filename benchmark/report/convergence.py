@@ -40,7 +40,6 @@ import torch.nn.functional as F
 
 from benchmark.cache.reader import CacheEntry, EntryQuery, find_entry
 from benchmark.record.aggregate import read_runs
-from core.allocator import release
 from core.frames import FrameRule
 from core.io import atomic_write_text
 from corpora.manifest import PROBE_SPLITS, Corpus, load_corpus
@@ -321,7 +320,6 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
         if r["mode"] in ("last", "layer"):
             fitted.setdefault(_examples_key(out[-1]), out[-1])
         atomic_write_text(path, pd.DataFrame(out, columns=list(COLUMNS)).to_csv(index=False))  # after every row
-        release()  # the reference's freed float64 blocks back to the OS (core.allocator)
         log(f"{r['upstream']} {r['task']} {r['mode']} f={r['fraction']:g} seed {r['seed']}: probe {probe_test:.2f} "
             f"reference {100 * ref.test:.2f} ({time.perf_counter() - t0:.1f} s)")
     order = {rid: i for i, rid in enumerate(runs["run_id"])}
