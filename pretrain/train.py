@@ -64,6 +64,11 @@ def model_configs(spec: str, cfg: PretrainConfig, encoder: EncoderConfig | None 
     fam, preset_name = pretrainable_family(spec)
     base_feature, base_encoder = fam.architecture(preset_name)
     feature = base_feature if cfg.downsample is None else replace(base_feature, downsample=cfg.downsample)
+    pinned = getattr(fam.presets[preset_name], "stacking", None)
+    if pinned is not None and feature.downsample != pinned:
+        raise ValueError(f"--upstream {spec}: the preset takes {pinned} frame(s) per step, but recipe {cfg.recipe!r} "
+                         f"stacks {feature.downsample} (pretrain it with a recipe that does not stack, as its reference "
+                         f"was: `python -m pretrain --upstream {spec} --recipe preln`)")
     enc = replace(encoder or base_encoder, input_dim=feature.feature_dim)
     if encoder is not None and enc != replace(base_encoder, input_dim=enc.input_dim):
         preset_name = f"{preset_name}+custom"

@@ -12,6 +12,7 @@ from core.io import sha256_file
 from pretrain import run_pretraining
 from pretrain.config import RECIPES, with_overrides
 from pretrain.release import release
+from pretrain.train import model_configs
 from tests.fixtures import make_pretrain_corpus
 from upstream.checkpoint import CheckpointError, read_meta
 from upstream.reference import SHIPPED_CHECKPOINTS, Reference, verify_reference
@@ -57,7 +58,7 @@ def test_shipped_references_verify_and_load():
 
 
 def test_main_job_plans_references_unless_told_to_pretrain(tmp_path):
-    assert planned_checkpoint("aalbert", {}, tmp_path, False) == SHIPPED_CHECKPOINTS["aalbert"].path
+    assert planned_checkpoint("aalbert", {}, tmp_path, False) == SHIPPED_CHECKPOINTS["aalbert:small"].path
     assert planned_checkpoint("aalbert", {}, tmp_path, False, pretrain=True) == tmp_path / "aalbert-small"
     assert planned_checkpoint("aalbert", {"aalbert": "x"}, tmp_path, False) == Path("x")
     assert planned_checkpoint("mel", {}, tmp_path, False) is None
@@ -74,6 +75,27 @@ def test_random_control_copies_the_architecture_it_controls_for(run_dir, tmp_pat
     # before a --pretrain checkpoint exists: the shape the job's recipe will give it
     feature, enc = control_architecture("aalbert_random", {}, tmp_path, False, True)
     assert enc.share_layers and enc.input_dim == feature.feature_dim and not feature.has_stats
+
+
+def test_ten_ms_references_are_presets_with_their_own_checkpoints_and_controls(tmp_path):
+    planned = planned_checkpoint("mockingjay:small-r1", {}, tmp_path, False)
+    assert planned == SHIPPED_CHECKPOINTS["mockingjay:small-r1"].path == Path("checkpoints").resolve() / "mockingjay-small-r1"
+    assert planned_checkpoint("aalbert:small", {}, tmp_path, False) != planned_checkpoint("aalbert:small-r1", {}, tmp_path, False)
+    for name in ("mockingjay", "aalbert"):
+        feature, enc = control_architecture(f"{name}_random:small-r1", {}, tmp_path, False, False)
+        meta = read_meta(SHIPPED_CHECKPOINTS[f"{name}:small-r1"].path)
+        assert feature.downsample == 1 and feature.to_dict() == meta["feature"] and enc.to_dict() == meta["encoder"]
+        stacked, _ = control_architecture(f"{name}_random", {}, tmp_path, False, False)
+        assert stacked.downsample == 3
+
+
+def test_ten_ms_preset_refuses_a_stacking_recipe():
+    _, feature, _ = model_configs("aalbert:small-r1", RECIPES["preln"])
+    assert feature.downsample == 1
+    with pytest.raises(ValueError, match="small-r1: the preset takes 1 frame.*'preln_stack3' stacks 3"):
+        model_configs("aalbert:small-r1", RECIPES["preln_stack3"])
+    with pytest.raises(ValueError, match="aalbert:small-r1: the preset takes 1 frame"):  # caught while planning
+        planned_checkpoint("aalbert:small-r1", {}, Path("runs"), False, pretrain=True)
 
 
 def test_rows_written_before_the_recipe_column_are_read_as_unrecorded():

@@ -27,15 +27,19 @@ class Reference:
         return CHECKPOINTS_DIR / f"{self.family}-{self.preset}"
 
 
-SHIPPED_CHECKPOINTS: dict[str, Reference] = {
-    "mockingjay": Reference("mockingjay", "small", "b69a44afd631966e2ca18cc3bcc983f568a96fba27635e7d18ecf2ab2fd7bfd6"),
-    "aalbert": Reference("aalbert", "small", "6bc20f8b5d075776c8735f9a72327d77269fa61df2b0734bfdd49e21eef77327"),
+SHIPPED_CHECKPOINTS: dict[str, Reference] = {  # "family:preset" -> its reference
+    "mockingjay:small": Reference("mockingjay", "small",
+                                  "b69a44afd631966e2ca18cc3bcc983f568a96fba27635e7d18ecf2ab2fd7bfd6"),
+    "aalbert:small": Reference("aalbert", "small", "6bc20f8b5d075776c8735f9a72327d77269fa61df2b0734bfdd49e21eef77327"),
+    # 10-ms frames (R = 1), the frame rate of Mockingjay BASE
+    "mockingjay:small-r1": Reference("mockingjay", "small-r1",
+                                     "113d80631eccaba98c5eed87df87300058fe729c3722d5cdc8cdde523285f0c2"),
+    "aalbert:small-r1": Reference("aalbert", "small-r1", "7dfcba108b7535bb7ea3fc6778e1fabb436a9e234d5a001f08c88d69e94fba9d"),
 }
 
 
 def reference_for(name: str, preset: str) -> Reference | None:
-    ref = SHIPPED_CHECKPOINTS.get(name)
-    return ref if ref is not None and ref.preset == preset else None
+    return SHIPPED_CHECKPOINTS.get(f"{name}:{preset}")
 
 
 def verify_reference(ref: Reference, path: Path | None = None) -> Path:

@@ -43,13 +43,17 @@ MEL, MEL_DELTA = FeatureConfig(), FeatureConfig(deltas=True)
 # same frames and labels, so a gap between mel and a stacked Transformer is not the frame rate or the 30-ms context
 MEL_STACK3 = FeatureConfig(downsample=3)
 
+# `small-r1`: the small encoder on 10-ms frames (R = 1, no stacking), the frame rate of Mockingjay BASE; its reference
+# checkpoint is pretrained with the `preln` recipe (upstream/reference.py, docs/pretraining.md)
 MOCKINGJAY = TransformerFamily("mockingjay", {
     "small": TransformerPreset(MEL, _small(3, False)),
+    "small-r1": TransformerPreset(MEL, _small(3, False), stacking=1),
     "base": TransformerPreset(MEL, _base(3, False)),  # hub mockingjay_960hr: 21,327,360 parameters
     "large": TransformerPreset(MEL, _base(12, False)),  # hub mockingjay: 85,118,208 parameters
 }, control="mockingjay_random")
 AALBERT = TransformerFamily("aalbert", {
     "small": TransformerPreset(MEL, _small(3, True)),
+    "small-r1": TransformerPreset(MEL, _small(3, True), stacking=1),
     "base": TransformerPreset(MEL, _base(3, True)),  # hub audio_albert: 7,151,616 parameters at any depth
     "base6": TransformerPreset(MEL, _base(6, True)),
 }, control="aalbert_random")

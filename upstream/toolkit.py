@@ -29,6 +29,9 @@ from upstream.transformer import EncoderConfig
 class TransformerPreset:
     feature: FeatureConfig
     encoder: EncoderConfig
+    # frames stacked per step that every checkpoint of this preset has (None: whatever the pretraining recipe
+    # stacks); a recipe stacking otherwise is refused (pretrain.train.model_configs)
+    stacking: int | None = None
 
 
 def seeded_identity(model: Upstream) -> str:

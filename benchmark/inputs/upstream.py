@@ -54,6 +54,7 @@ def planned_checkpoint(spec: str, ckpts: dict[str, str], runs_dir: Path, quick: 
         raise ValueError(f"--upstream {spec}: its weights come from a local file: pass --ckpt {key}=PATH "
                          f"(nothing is downloaded)")
     if pretrain:
+        model_configs(spec, default_budget(quick))  # a preset that pins its frame rate refuses the job's recipe here
         return checkpoint_dir(runs_dir, spec, quick)
     ref = reference_for(fam.name, preset)
     if ref is None:
