@@ -236,5 +236,6 @@ class ChunkFeed:
                     held = idx if chunk.at is None else chunk.at[idx]
                     x = self.buffers.gather(chunk.x, held).view(len(pos), B, *chunk.x.shape[1:])
                     yield Batch((x, chunk.y[idx].view(len(pos), B), ok, pos), active)
+                del chunk  # freed before the next is read: one streamed chunk in memory at a time, not two
             release()  # a pass's freed chunks and activations back to the OS (core.allocator)
             yield Batch(None, torch.zeros(len(self.ids), dtype=torch.bool), pass_end=True)

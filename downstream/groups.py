@@ -120,6 +120,7 @@ def tally(task: TaskSpec, heads: StackedHeads, params: list[Tensor], store: RowS
                 un, ud = metric.units(pred, y)
                 units[0].index_add_(1, utt.cpu(), un.cpu())
                 units[1].index_add_(0, utt.cpu(), ud.cpu())
+        del ch  # freed before the next is read: one chunk in memory at a time
     return (num.cpu(), den), sums, units
 
 

@@ -2,6 +2,7 @@
 the stacked optimisers are torch's, per probe."""
 from __future__ import annotations
 
+import weakref
 
 import numpy as np
 import pytest
@@ -74,6 +75,25 @@ def test_streamed_rows_give_the_resident_result(tiny, mj_src, tmp_path):  # noqa
     resident = train_probes(task, LayerMode("weighted_sum"), mj_src, labels, specs, n_cls, CFG)
     streamed = train_probes(task, LayerMode("weighted_sum"), disk, labels, specs, n_cls, CFG, memory=0)
     assert [_key(r) for r in streamed] == [_key(r) for r in resident]
+
+
+def test_a_streamed_group_holds_one_chunk_at_a_time(tiny, mj_src, tmp_path, monkeypatch):  # noqa: F811
+    """Training and evaluation read the next chunk with the last one freed: one chunk in memory, not two."""
+    task = get_task("phone_linear")
+    labels, n_cls = _labels(tiny, task), len(tiny.phones)
+    live, held_while_reading = [], []
+    read = feeds.RowStore.chunk
+
+    def chunk(self, blocks):
+        held_while_reading.append(sum(r() is not None for r in live))
+        c = read(self, blocks)
+        live.append(weakref.ref(c.x))
+        return c
+
+    monkeypatch.setattr(feeds.RowStore, "chunk", chunk)
+    train_probes(task, LayerMode("weighted_sum"), _on_disk(mj_src, tmp_path), labels, [ProbeSpec(tuple(range(24)), 0)],
+                 n_cls, CFG, memory=0)
+    assert len(held_while_reading) > 6 and max(held_while_reading) == 0
 
 
 def test_reads_do_not_go_through_the_memory_map(mj_src, tmp_path):  # noqa: F811
