@@ -39,7 +39,7 @@ from downstream.tasks import TASKS
 from pretrain import default_budget, run_pretraining
 from pretrain.config import with_overrides
 from upstream.checkpoint import META_FILE, checkpoint_hash, read_meta
-from upstream.registry import family_of
+from upstream.registry import family, family_of
 
 
 def snapshot_checkpoints(spec: str, corpus, runs: Path, steps: int, snapshots: list[int], device: str,
@@ -90,7 +90,8 @@ def budget_table(runs: pd.DataFrame, snaps: dict[int, Path], references: tuple[s
     held-out masked L1 and its yardsticks beside it. `snaps`: {pretraining step: checkpoint directory}."""
     step_of = {checkpoint_hash(p)[:16]: s for s, p in snaps.items()}
     meta = {s: read_meta(p) for s, p in snaps.items()}
-    runs = runs[runs["fraction"].isin(fractions) & (runs["ckpt_hash"].isin(step_of) | runs["upstream"].isin(references))]
+    names = {r.partition(":")[0] for r in references}
+    runs = runs[runs["fraction"].isin(fractions) & (runs["ckpt_hash"].isin(step_of) | runs["upstream"].isin(names))]
     agg = aggregate_runs(runs)
     agg["pretrain_step"] = agg["ckpt_hash"].map(step_of)
     base = {s: m.get("val_baselines") or {} for s, m in meta.items()}
@@ -127,10 +128,12 @@ def plot_budget(table: pd.DataFrame, spec: str, path: Path) -> Path:
                 lo, hi = interval(m["metric"].iloc[0], mean, m["test_ci95"].fillna(0).to_numpy(float) * scale, scale)
                 ax.errorbar(m["pretrain_frames"], mean, yerr=[mean - lo, hi - mean], fmt=style, capsize=3,
                             label=f"{spec}, {mode}")
-        for (up, mode), r in t[t["pretrain_step"].isna()].groupby(["upstream", "mode"], sort=False):
+        for (up, preset, mode), r in t[t["pretrain_step"].isna()].groupby(["upstream", "preset", "mode"], sort=False):
             what = " (input)" if up == "mel" else " (random init, 0 frames)"
-            ax.axhline(r["test_mean"].iloc[0] * scale, color=UPSTREAM_COLORS.get(up, "#777777"),
-                       ls=":" if mode == "last" else "-.", label=f"{up}, {mode}{what}")
+            name = f"{up}:{preset}" if up == "mel" and preset != "default" else up
+            color = UPSTREAM_COLORS.get(name, "#2ca02c" if up == "mel" else UPSTREAM_COLORS.get(up, "#777777"))
+            ax.axhline(r["test_mean"].iloc[0] * scale, color=color,
+                       ls=":" if mode == "last" else "-.", label=f"{name}, {mode}{what}")
         ax.set(xscale="log", xlabel="pretraining frames", ylabel=f"test {label}",
                title=f"{task} @ {fraction * 100:g} % labels")
         ax.legend(fontsize=6, loc="best")
@@ -192,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     snaps = given or snapshot_checkpoints(a.upstream, corpus, a.runs_dir, a.steps, snapshots, job.device, job.progress)
     base = replace(job, corpus=str(corpus.root), tasks=tuple(a.tasks.split(",")), fractions=fractions, seeds=a.seeds,
                    finetune_ends=False, results_dir=a.out, cache_dir=a.cache_dir, report=False)
-    references = tuple(n for n in ("mel", fam.control) if n)  # the input features and the same architecture untrained
+    # the input features (10-ms mel, and mel on the checkpoints' own frames where they stack: the papers' headline is
+    # a comparison at matched frame rate) and the same architecture untrained
+    stacked = sorted({f"stack{read_meta(p)['feature'].get('downsample', 1)}" for p in snaps.values()}
+                     & set(family("mel").presets))
+    references = tuple(n for n in ("mel", *(f"mel:{k}" for k in stacked), fam.control) if n)
     done = run_benchmark(replace(base, upstreams=references)).runs_done
     for s, snap in snaps.items():
         done += run_benchmark(replace(base, upstreams=(a.upstream,), ckpts={name: str(snap)})).runs_done
@@ -202,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     num = lambda v, f: "-" if pd.isna(v) else format(v, f)  # noqa: E731
     show = pd.DataFrame({
         "task": table["task"], "labels (%)": (table["fraction"] * 100).map(lambda v: f"{v:g}"), "mode": table["mode"],
-        "upstream": table["upstream"], "pretraining step": table["pretrain_step"].map(lambda v: num(v, ".0f")),
+        "upstream": [f"{u}:{p}" if u == "mel" and p != "default" else u for u, p in zip(table["upstream"], table["preset"])],
+        "pretraining step": table["pretrain_step"].map(lambda v: num(v, ".0f")),
         "pretraining frames": table["pretrain_frames"].map(lambda v: num(v, ",.0f")),
         "test (%)": [f"{m * 100:.1f} ± {num(c * 100, '.1f')}" for m, c in zip(table["test_mean"], table["test_ci95"])],
         "seeds": table["n_seeds"], "held-out masked L1": table["val_l1"].map(lambda v: num(v, ".3f")),

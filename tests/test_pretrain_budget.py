@@ -42,6 +42,12 @@ def test_snapshots_table_and_plot(tmp_path):
     assert both["test_mean"].round(3).tolist()[:3] == [0.1, 0.1, 0.1]
     out = plot_budget(both, "aalbert:small", tmp_path / "budget.png")
     assert out.stat().st_size > 10_000
+    # stacked checkpoints are also read against mel on their own frames (mel:stack3), a reference line of its own
+    stack = rows[0].assign(preset="stack3", ckpt_hash="s" * 16, test_metric=0.7)
+    matched = budget_table(pd.concat([*rows, stack]), snaps, ("mel", "mel:stack3"))
+    refs = matched[matched["pretrain_step"].isna()]
+    assert list(zip(refs["preset"], refs["test_mean"].round(3))) == [("default", 0.61), ("stack3", 0.7)]
+    assert plot_budget(matched, "aalbert:small", tmp_path / "matched.png").stat().st_size > 10_000
 
     # finished runs, one per budget: the complete one is taken, a stopped one is refused with how to finish it
     assert budget_checkpoints(str(snaps[3]), "aalbert") == {3: snaps[3]}
