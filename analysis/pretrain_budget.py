@@ -31,7 +31,7 @@ import pandas as pd
 from benchmark.inputs.corpus import resolve_corpus
 from benchmark.plan.presets import main_job
 from benchmark.record.aggregate import aggregate_runs, read_runs
-from benchmark.report.plots import UPSTREAM_COLORS, interval, metric_display, plt, save_figure
+from benchmark.report.plots import interval, metric_display, plt, save_figure, with_keys
 from benchmark.report.tables import to_markdown
 from benchmark.run.runner import record_command, run_benchmark
 from core.io import atomic_write_text
@@ -108,6 +108,7 @@ def plot_budget(table: pd.DataFrame, spec: str, path: Path) -> Path:
     """Left: each checkpoint's held-out masked L1 against its pretraining frames, with the yardsticks. Then one panel
     per (task, fraction): test metric against pretraining frames (log scale; mean and 95 % CI over seeds, clipped to
     the metric's range), the references (mel, the random-init control = 0 frames) as horizontal lines."""
+    table, colors = with_keys(table)  # mel:default and mel:stack3 told apart, each its own colour
     cells = list(dict.fromkeys(zip(table["task"], table["fraction"])))
     fig, axes = plt.subplots(1, 1 + len(cells), figsize=(4.6 * (1 + len(cells)), 4.2), squeeze=False)
     ax = axes[0][0]
@@ -128,12 +129,10 @@ def plot_budget(table: pd.DataFrame, spec: str, path: Path) -> Path:
                 lo, hi = interval(m["metric"].iloc[0], mean, m["test_ci95"].fillna(0).to_numpy(float) * scale, scale)
                 ax.errorbar(m["pretrain_frames"], mean, yerr=[mean - lo, hi - mean], fmt=style, capsize=3,
                             label=f"{spec}, {mode}")
-        for (up, preset, mode), r in t[t["pretrain_step"].isna()].groupby(["upstream", "preset", "mode"], sort=False):
+        for (up, key, mode), r in t[t["pretrain_step"].isna()].groupby(["upstream", "key", "mode"], sort=False):
             what = " (input)" if up == "mel" else " (random init, 0 frames)"
-            name = f"{up}:{preset}" if up == "mel" and preset != "default" else up
-            color = UPSTREAM_COLORS.get(name, "#2ca02c" if up == "mel" else UPSTREAM_COLORS.get(up, "#777777"))
-            ax.axhline(r["test_mean"].iloc[0] * scale, color=color,
-                       ls=":" if mode == "last" else "-.", label=f"{name}, {mode}{what}")
+            ax.axhline(r["test_mean"].iloc[0] * scale, color=colors[key],
+                       ls=":" if mode == "last" else "-.", label=f"{key}, {mode}{what}")
         ax.set(xscale="log", xlabel="pretraining frames", ylabel=f"test {label}",
                title=f"{task} @ {fraction * 100:g} % labels")
         ax.legend(fontsize=6, loc="best")
@@ -209,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     num = lambda v, f: "-" if pd.isna(v) else format(v, f)  # noqa: E731
     show = pd.DataFrame({
         "task": table["task"], "labels (%)": (table["fraction"] * 100).map(lambda v: f"{v:g}"), "mode": table["mode"],
-        "upstream": [f"{u}:{p}" if u == "mel" and p != "default" else u for u, p in zip(table["upstream"], table["preset"])],
+        "upstream": with_keys(table)[0]["key"],
         "pretraining step": table["pretrain_step"].map(lambda v: num(v, ".0f")),
         "pretraining frames": table["pretrain_frames"].map(lambda v: num(v, ",.0f")),
         "test (%)": [f"{m * 100:.1f} ± {num(c * 100, '.1f')}" for m, c in zip(table["test_mean"], table["test_ci95"])],
