@@ -23,6 +23,7 @@ import torch
 from core.io import read_text
 from pretrain import distributed
 from pretrain.config import DEFAULT_RECIPE, RECIPES, PretrainConfig, default_budget, with_overrides
+from pretrain.model import COMPILE_CHOICES
 from pretrain.train import run_pretraining
 from upstream.checkpoint import META_FILE, verify_checkpoint
 from upstream.registry import pretrainable_family, pretrainable_names
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-cpu-seconds", type=float, help="stop once training steps used this much CPU time")
     ap.add_argument("--device", help="cpu or cuda (default: cuda when available; under torchrun each process takes "
                                       "the GPU of its LOCAL_RANK)")
+    ap.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
+                    help="how steps run: eager (off), torch.compile (default), or compiled and replayed as CUDA graphs "
+                         "(reduce-overhead); auto: what measured fastest on one GPU, eager on CPUs (docs/scale.md)")
     ap.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S,
                     help="under torchrun: seconds a rank waits for the others before the run fails (default 1800)")
     return ap
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         device = distributed.init_from_env(args.device, args.dist_timeout) if world > 1 else args.device
         out = run_pretraining(args.upstream, args.corpus or args.audio, args.out, cfg, resume=args.resume,
                               stop_at_step=args.stop_at_step, until_yardstick=args.until_yardstick,
-                              max_cpu_seconds=args.max_cpu_seconds, device=device)
+                              max_cpu_seconds=args.max_cpu_seconds, device=device, compile=args.compile)
         finished = True
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # input errors (CheckpointError, AudioError, ...)
         print(f"error: {e}", file=sys.stderr)

@@ -1,6 +1,8 @@
 """The masked-reconstruction model: our TransformerEncoder plus the s3prl-style prediction head."""
 from __future__ import annotations
 
+from typing import Callable, Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -55,3 +57,42 @@ def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
     if step < w:
         return peak * (step + 1) / w
     return peak * max(0.0, (total - step) / max(1, total - w))
+
+
+# How a training step's forward and backward run. "off": eager PyTorch. "default": torch.compile (inductor fuses the
+# elementwise kernels). "reduce-overhead": torch.compile replayed as CUDA graphs (one launch for the whole forward,
+# one for the backward). A small model's step on a GPU is bound by kernel launches (docs/scale.md), so "auto" picks
+# AUTO_COMPILE_ON_CUDA for one process on CUDA, from perf/device_check.py's measurement (results/device_check.json),
+# and eager everywhere else (on the CPU compiling costs more than it saves at these step counts; with several ranks
+# the DDP wrapper stays eager).
+Compile = Literal["auto", "off", "default", "reduce-overhead"]
+COMPILE_CHOICES: tuple[str, ...] = ("auto", "off", "default", "reduce-overhead")
+AUTO_COMPILE_ON_CUDA = "reduce-overhead"
+BACKEND = "inductor"  # the tests trace the same path with "aot_eager" on the CPU
+
+
+def resolve_compile(choice: str, device: torch.device, several_ranks: bool = False) -> str:
+    """The compile mode a run uses: `choice`, or for "auto" the measured default on one CUDA device, else "off"."""
+    if choice not in COMPILE_CHOICES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_CHOICES)}; got {choice!r}")
+    if choice != "auto":
+        return choice
+    return AUTO_COMPILE_ON_CUDA if device.type == "cuda" and not several_ranks else "off"
+
+
+def compiled(net: nn.Module, mode: str) -> Callable[..., Tensor]:
+    """What a training step calls for `net` in compile `mode` (resolved): the module itself, or its compiled form.
+    Compiled steps see one shape (the trainer pads every batch to the crop length), so nothing recompiles."""
+    if mode == "off":
+        return net
+    kw = {} if BACKEND != "inductor" or mode == "default" else {"mode": mode}
+    return torch.compile(net, backend=BACKEND, dynamic=False, **kw)
+
+
+def pad_frames(t: Tensor, frames: int) -> Tensor:
+    """`t` (B, T, ...) zero-padded along time to `frames` (>= T): a compiled step's one shape. Padded frames are
+    beyond every utterance's length, so the key padding mask hides them and the loss mask leaves them out."""
+    extra = frames - t.shape[1]
+    if extra <= 0:
+        return t
+    return torch.cat([t, t.new_zeros((t.shape[0], extra, *t.shape[2:]))], dim=1)

@@ -25,7 +25,7 @@ from pretrain.config import PretrainConfig
 from pretrain.distributed import Ranks
 from pretrain.data import AudioSource, BucketBatcher, crop_batch, load_features, resolve_source
 from pretrain.masking import interpolate_masked, mask_batch, masked_l1
-from pretrain.model import MaskedAcousticModel, lr_at, make_optimizer
+from pretrain.model import MaskedAcousticModel, compiled, lr_at, make_optimizer, pad_frames, resolve_compile
 from pretrain.state import Progress, load_training_checkpoint, save_training_checkpoint
 from pretrain.stats import normalized_feature_config, stats_for_files
 from upstream.checkpoint import META_FILE, CheckpointError, read_meta
@@ -172,6 +172,13 @@ class Run:
     window: list[float] = field(default_factory=lambda: [0, 0.0])  # frames and seconds since the last log row
     ranks: Ranks = field(default_factory=Ranks)
     ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper of `model` with several ranks
+    compile: str = "off"  # resolved compile mode (pretrain.model.resolve_compile)
+    forward: Callable[..., torch.Tensor] | None = None  # what a step calls: `net`, or its compiled form
+
+    @property
+    def step_frames(self) -> int | None:
+        """The one time length a compiled step sees (batches padded to the crop), None when eager."""
+        return None if self.compile == "off" else self.cfg.crop_frames
 
     @property
     def net(self) -> torch.nn.Module:
@@ -199,7 +206,7 @@ def split_data(feats: list[torch.Tensor], cfg: PretrainConfig) -> tuple[list[int
 
 
 def start_run(spec: str, source: "str | Path | Corpus", out_dir: Path, cfg: PretrainConfig, resume: bool,
-              device: torch.device, encoder: EncoderConfig | None, show_progress: bool) -> Run:
+              device: torch.device, encoder: EncoderConfig | None, show_progress: bool, compile: str = "auto") -> Run:
     """Check the output directory, load the audio as features, build the model and optimiser, restore a resume.
 
     With several ranks each loads every feature (the data order is global); rank 0 alone computes the corpus
@@ -243,6 +250,9 @@ def start_run(spec: str, source: "str | Path | Corpus", out_dir: Path, cfg: Pret
         log.info("resuming %s from step %d", out_dir, run.progress.step)
     if ranks.active:
         run.ddp = distributed.wrap(model, device)
+    run.compile = resolve_compile(compile, device, ranks.active)
+    run.forward = compiled(run.net, run.compile)
+    run.meta["compile"] = run.compile  # how it ran, not what it is: not part of the identity a resume checks
     snapshot_rng(run)
     return run
 
@@ -280,10 +290,14 @@ def train_step(run: Run) -> tuple[float, int]:
         weight = 1.0  # this rank's share of the batch's mean loss, times the number of ranks
         if run.ranks.active:
             (x, lengths, inp, mask), weight = distributed.local_share((x, lengths, inp, mask), run.ranks)
+        if run.step_frames is not None:
+            x, inp, mask = (pad_frames(t, run.step_frames) for t in (x, inp, mask))
+        if run.compile == "reduce-overhead":  # a new replay: the last one's outputs are no longer read
+            torch.compiler.cudagraph_mark_step_begin()
         x, inp, lengths, mask = (t.to(run.device) for t in (x, inp, lengths, mask))
         with distributed.no_sync(run.net, sync=micro == cfg.accumulation - 1):
             with torch.autocast(run.device.type, dtype=run.amp or torch.bfloat16, enabled=run.amp is not None):
-                pred = run.net(inp, lengths)
+                pred = run.forward(inp, lengths)
             loss = masked_l1(pred, x, mask) * weight  # x 1.0 is exact: one process computes what it always did
             (loss / cfg.accumulation).backward()
         step_loss += loss.item() / cfg.accumulation / run.ranks.world
@@ -335,14 +349,16 @@ def stop_reason(run: Run, val: float | None, until_yardstick: bool, max_cpu_seco
 def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_dir: Path, cfg: PretrainConfig,
                     resume: bool = False, *, stop_at_step: int | None = None, until_yardstick: bool = False,
                     max_cpu_seconds: float | None = None, device: torch.device | str | None = None,
-                    encoder: EncoderConfig | None = None, show_progress: bool = True) -> Path:
+                    encoder: EncoderConfig | None = None, show_progress: bool = True, compile: str = "auto") -> Path:
     """Pretrain `spec` (e.g. "mockingjay:small") on a corpus's pretrain split or audio files; return the checkpoint dir.
 
     `resume` continues the checkpoint in `out_dir` (model, optimizer, schedule, RNG and data position).
     `stop_at_step` stops after that step with a checkpoint, as an interruption would (time-sliced runs);
     `until_yardstick` stops after the first evaluation below the interpolation yardstick and `max_cpu_seconds`
     once the training loop has used that much CPU time (recipe studies). None of them changes the schedule.
-    `encoder` replaces the preset's encoder config (its input_dim follows the features).
+    `encoder` replaces the preset's encoder config (its input_dim follows the features). `compile` picks how steps
+    run (pretrain.model.COMPILE_CHOICES; "auto": compiled on one GPU, eager elsewhere); it changes rounding, not
+    the model, so a run may resume with another.
 
     Inside an initialised process group of several ranks (torchrun, `python -m pretrain`) every rank calls this with
     the same arguments and its own device: `cfg.batch_size` is then the global batch, shared out between the ranks.
@@ -350,7 +366,7 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
     out_dir = Path(out_dir)
     device = torch.device(device) if device is not None else default_device()
     show_progress = show_progress and distributed.current().main
-    run = start_run(spec, corpus_root_or_audio, out_dir, cfg, resume, device, encoder, show_progress)
+    run = start_run(spec, corpus_root_or_audio, out_dir, cfg, resume, device, encoder, show_progress, compile)
     p = run.progress
     if p.step >= cfg.steps:
         return out_dir

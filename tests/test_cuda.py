@@ -1,6 +1,7 @@
 """The GPU path, checked where there is a GPU: skipped without CUDA (`requires_cuda`), run by `perf/device_check.py`.
 
-- pretraining in bfloat16 autocast tracks float32, and float32 on CUDA tracks float32 on the CPU;
+- pretraining in bfloat16 autocast tracks float32, float32 on CUDA tracks float32 on the CPU, and compiled steps
+  (torch.compile, and its CUDA-graph mode) track eager ones;
 - extraction and probes on CUDA give the CPU's result rows (the harness end to end, two result folders);
 - with two or more GPUs, 2 nccl ranks train the one-GPU run (as tests/test_ddp.py checks for gloo on CPU).
 
@@ -10,7 +11,7 @@ Tolerances (dropout 0 throughout, so the runs differ by arithmetic alone):
   at most 2e-4 (losses 0.65-1.0). The GPU's kernels round in other places, hence the 50x margin; a float32 model
   that never entered autocast, or a loss computed in bfloat16, would still pass it: the test also checks the
   recorded precision, and the loss is computed in float32 (pretrain.masking.masked_l1).
-- float32 CUDA vs CPU losses: 1e-3 (torch does not use TF32 for float32 matmuls unless asked; the rest is
+- float32 CUDA vs CPU losses, and compiled vs eager on CUDA: 1e-3 (torch does not use TF32 for float32 matmuls unless asked; the rest is
   summation order, ~1e-6 over these steps, as the DDP test measures for another order).
 - hidden states, CUDA vs CPU: 1e-4 absolute (float32 rounding through 3 layers; the features are normalised to
   unit variance); result rows: dev/test accuracy within 0.02 (a tiny test set where one frame is ~0.3 %, and a
@@ -91,6 +92,20 @@ def test_float32_pretraining_on_cuda_tracks_the_cpu(corpus, tmp_path):
     print(f"float32 CUDA vs CPU: largest loss difference {diff:.2e}")
     assert diff <= F32_TOL
     assert read_meta(cpu)["pretrain_frames"] == read_meta(gpu)["pretrain_frames"]  # same data, same order
+
+
+@requires_cuda
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_pretraining_on_cuda_tracks_eager(corpus, tmp_path, mode):
+    cfg = replace(CFG, crop_frames=150)  # utterances of 80-120 frames: every compiled batch is padded to 150
+    eager = run_pretraining("aalbert:small", corpus, tmp_path / "eager", cfg, device=GPU, encoder=ENC,
+                            show_progress=False, compile="off")
+    comp = run_pretraining("aalbert:small", corpus, tmp_path / mode, cfg, device=GPU, encoder=ENC,
+                           show_progress=False, compile=mode)
+    assert read_meta(comp)["compile"] == mode
+    diff = max_curve_diff(eager, comp)
+    print(f"compiled ({mode}) vs eager float32 on CUDA: largest loss difference {diff:.2e}")
+    assert diff <= F32_TOL
 
 
 @requires_cuda
@@ -177,6 +192,32 @@ def test_device_check_measurements_run_on_the_cpu():
     spec = importlib.util.spec_from_file_location("device_check", path)
     check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(check)
-    row = check.pretrain_fps("aalbert:small", "cpu", None, batch=2, steps=1)
-    assert row["frames_per_s"] > 0 and row["batch"] == "2 x 150 x R3"
+    row = check.pretrain_fps("aalbert:small", "cpu", None, batch=2, steps=1, peak_tflops=1.0)
+    assert row["frames_per_s"] > 0 and row["batch"] == "2 x 150 x R3" and row["share_of_bf16_peak"] > 0
     assert check.probe_fps(16, "cpu", steps=2)["frames_per_s"] > 0
+
+
+def test_device_check_counts_the_flops_that_torch_counts():
+    """perf/device_check.py's FLOPs per frame equal torch's FlopCounterMode on a real step, less attention's T x T
+    products (the CPU's fused attention kernel is not one FlopCounterMode counts; MFU counts them)."""
+    import importlib.util
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pretrain.config import DEFAULT_RECIPE, RECIPES
+    from pretrain.masking import masked_l1
+    from pretrain.model import MaskedAcousticModel
+    from pretrain.train import model_configs
+
+    path = Path(__file__).resolve().parent.parent / "perf" / "device_check.py"
+    spec = importlib.util.spec_from_file_location("device_check", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    _, feature, enc = model_configs("mockingjay:small", RECIPES[DEFAULT_RECIPE])
+    model = MaskedAcousticModel(enc, feature.feature_dim)
+    B, T = 2, 40
+    x = torch.randn(B, T, feature.feature_dim)
+    with FlopCounterMode(display=False) as counter:
+        masked_l1(model(x, torch.tensor([T, T - 5])), x, torch.ones(B, T, dtype=torch.bool)).backward()
+    attention = 3 * 2 * enc.num_layers * 2 * T * enc.hidden_size
+    assert check.train_flops_per_frame(enc, feature.feature_dim, T) - attention == counter.get_total_flops() / (B * T)
