@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                                       "the GPU of its LOCAL_RANK)")
     ap.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
                     help="how steps run: eager (off), torch.compile (default), or compiled and replayed as CUDA graphs "
-                         "(reduce-overhead); auto: what measured fastest on one GPU, eager on CPUs (docs/scale.md)")
+                         "(reduce-overhead); auto: pretrain.model.AUTO_COMPILE_ON_CUDA on one GPU, eager on CPUs")
     ap.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S,
                     help="under torchrun: seconds a rank waits for the others before the run fails (default 1800)")
     return ap
