@@ -62,6 +62,15 @@ def snapshot_checkpoints(spec: str, corpus, runs: Path, steps: int, snapshots: l
     return done
 
 
+def reference_upstreams(fam, checkpoints) -> tuple[str, ...]:
+    """What checkpoints of family `fam` are compared against: the input features (10-ms mel, and mel on the
+    checkpoints' own frames where they stack: the papers' headline is a comparison at matched frame rate) and the
+    same architecture untrained (the family's random-init control)."""
+    stacked = sorted({f"stack{read_meta(p)['feature'].get('downsample', 1)}" for p in checkpoints}
+                     & set(family("mel").presets))
+    return tuple(n for n in ("mel", *(f"mel:{k}" for k in stacked), fam.control) if n)
+
+
 def budget_checkpoints(dirs: str, family: str) -> dict[int, Path]:
     """{pretraining step: directory} of finished pretraining runs of `family` (comma list), each on its own schedule;
     ValueError naming the directory that is not one."""
@@ -194,11 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     snaps = given or snapshot_checkpoints(a.upstream, corpus, a.runs_dir, a.steps, snapshots, job.device, job.progress)
     base = replace(job, corpus=str(corpus.root), tasks=tuple(a.tasks.split(",")), fractions=fractions, seeds=a.seeds,
                    finetune_ends=False, results_dir=a.out, cache_dir=a.cache_dir, report=False)
-    # the input features (10-ms mel, and mel on the checkpoints' own frames where they stack: the papers' headline is
-    # a comparison at matched frame rate) and the same architecture untrained
-    stacked = sorted({f"stack{read_meta(p)['feature'].get('downsample', 1)}" for p in snaps.values()}
-                     & set(family("mel").presets))
-    references = tuple(n for n in ("mel", *(f"mel:{k}" for k in stacked), fam.control) if n)
+    references = reference_upstreams(fam, snaps.values())
     done = run_benchmark(replace(base, upstreams=references)).runs_done
     for s, snap in snaps.items():
         done += run_benchmark(replace(base, upstreams=(a.upstream,), ckpts={name: str(snap)})).runs_done

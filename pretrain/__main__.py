@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--crop-frames", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--precision", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--unmasked-weight", type=float,
+                    help="weight w of the L1 on unmasked frames: loss = (1 - w) masked + w unmasked (default 0)")
     ap.add_argument("--ckpt-interval", type=int)
     ap.add_argument("--eval-interval", type=int)
     ap.add_argument("--seed", type=int)
@@ -70,6 +72,7 @@ def _config(args: argparse.Namespace) -> PretrainConfig:
     try:
         return with_overrides(base, steps=args.steps, batch_size=args.batch_size, accumulation=args.accumulation,
                               crop_frames=args.crop_frames, lr=args.lr, precision=args.precision,
+                              unmasked_weight=args.unmasked_weight,
                               ckpt_interval=args.ckpt_interval, eval_interval=args.eval_interval, seed=args.seed)
     except ValueError as e:  # PretrainConfig validates its fields: name them as the flags the user typed
         raise ValueError(re.sub(r"PretrainConfig\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None

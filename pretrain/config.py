@@ -30,6 +30,8 @@ class PretrainConfig:
     mask_span: int = 7
     mask_zero: float = 0.8  # per utterance: P(zero the spans); P(random frames) = mask_random; rest unchanged
     mask_random: float = 0.1
+    # weight of the L1 on unmasked frames (pretrain.masking.reconstruction_l1): 0 = Mockingjay's masked-only loss
+    unmasked_weight: float = 0.0
     # "auto": bfloat16 autocast where measured to train as well as float32 (see docs/pretraining.md), else float32.
     precision: Precision = "auto"
     # None keeps the preset's. 0.0 lets CPU attention use the fused SDPA kernel: with dropout torch falls back
@@ -58,6 +60,8 @@ class PretrainConfig:
             raise ValueError("PretrainConfig: mask_proportion in (0, 1), warmup and val_fraction in [0, 1)")
         if self.mask_zero < 0 or self.mask_random < 0 or self.mask_zero + self.mask_random > 1:
             raise ValueError("PretrainConfig: mask_zero + mask_random must be within [0, 1]")
+        if not 0 <= self.unmasked_weight < 1:
+            raise ValueError(f"PretrainConfig.unmasked_weight must be in [0, 1), got {self.unmasked_weight}")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"PretrainConfig.lr must be a finite number > 0, got {self.lr}")
         if self.downsample is not None and self.downsample < 1:

@@ -42,6 +42,19 @@ def masked_l1(pred: Tensor, target: Tensor, loss_mask: Tensor) -> Tensor:
     return ((pred.float() - target).abs() * m).sum() / n
 
 
+def reconstruction_l1(pred: Tensor, target: Tensor, loss_mask: Tensor, lengths: Tensor,
+                      unmasked_weight: float = 0.0) -> Tensor:
+    """The pretraining loss: masked L1, or with `unmasked_weight` w > 0, (1 - w) x masked L1 + w x the L1 of the
+    unmasked frames within each utterance's length (HuBERT's loss weighting of masked and unmasked frames, alpha =
+    1 - w: Hsu et al. 2021, arXiv 2106.07447, Section II-B). w = 0 is masked_l1 itself, bit for bit."""
+    masked = masked_l1(pred, target, loss_mask)
+    if unmasked_weight == 0:
+        return masked
+    T = target.shape[1]
+    valid = torch.arange(T, device=target.device)[None, :] < lengths.to(target.device)[:, None]
+    return (1 - unmasked_weight) * masked + unmasked_weight * masked_l1(pred, target, valid & ~loss_mask)
+
+
 def interpolate_masked(x: Tensor, lengths: Tensor, loss_mask: Tensor) -> Tensor:
     """The trivial local predictor: each masked frame linearly interpolated between the nearest unmasked frames
     on either side (copied from the one side that exists at an utterance's edge; 0 if nothing is unmasked).

@@ -24,7 +24,7 @@ from pretrain import distributed
 from pretrain.config import PretrainConfig
 from pretrain.distributed import Ranks
 from pretrain.data import AudioSource, BucketBatcher, crop_batch, load_features, resolve_source
-from pretrain.masking import interpolate_masked, mask_batch, masked_l1
+from pretrain.masking import interpolate_masked, mask_batch, masked_l1, reconstruction_l1
 from pretrain.model import MaskedAcousticModel, compiled, lr_at, make_optimizer, pad_frames, resolve_compile
 from pretrain.state import Progress, load_training_checkpoint, save_training_checkpoint
 from pretrain.stats import normalized_feature_config, stats_for_files
@@ -86,6 +86,15 @@ def run_identity(spec: str, src: AudioSource, cfg: PretrainConfig, encoder: Enco
 
 
 def _mismatch(meta: dict[str, Any], ident: dict[str, Any]) -> list[str]:
+    """The identity keys in which a checkpoint's `meta` differs from `ident`. Configs are compared as the
+    dataclasses read them: a field added later, at its default, matches a checkpoint written before it existed."""
+    meta = dict(meta)
+    for key, cls in (("pretrain_config", PretrainConfig), ("encoder", EncoderConfig)):
+        if isinstance(meta.get(key), dict):
+            try:
+                meta[key] = cls.from_dict(meta[key]).to_dict()
+            except (ValueError, TypeError):
+                pass  # unreadable: left as written, so it differs
     return [k for k, v in ident.items() if meta.get(k) != v]
 
 
@@ -298,7 +307,8 @@ def train_step(run: Run) -> tuple[float, int]:
         with distributed.no_sync(run.net, sync=micro == cfg.accumulation - 1):
             with torch.autocast(run.device.type, dtype=run.amp or torch.bfloat16, enabled=run.amp is not None):
                 pred = run.forward(inp, lengths)
-            loss = masked_l1(pred, x, mask) * weight  # x 1.0 is exact: one process computes what it always did
+            # x 1.0 is exact: one process computes what it always did
+            loss = reconstruction_l1(pred, x, mask, lengths, cfg.unmasked_weight) * weight
             (loss / cfg.accumulation).backward()
         step_loss += loss.item() / cfg.accumulation / run.ranks.world
     torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip)

@@ -1,0 +1,214 @@
+"""Does one change to the pretraining recipe change what a checkpoint keeps? A baseline and an intervention
+checkpoint of one upstream (same architecture, budget and seed; the recipe differs in the fields the table names),
+probed side by side, with the random-init control and the input features as references.
+
+    python -m analysis.intervention --upstream mockingjay:small --baseline checkpoints/mockingjay-small \\
+        --intervention runs/intervention/mockingjay-small-unmasked0.5 --fractions 0.01,1 \\
+        --out results/speaker_intervention
+
+Probes (the main job's probe settings, `--seeds` seeds): `--tasks` on the last layer and the weighted sum, and
+`speaker_utterance` on every layer (mode `layers`: where speaker identity sits). Writes OUT/runs.csv (the harness's
+rows, resumable), OUT/intervention.csv and OUT/intervention.md (per cell: both checkpoints' test metric, mean and
+95 % CI over seeds, the gap and whether it is beyond noise by benchmark.report.paired's rule: a paired test on the
+test utterances and the seeds' spread), and OUT/intervention.png (per-layer speaker identification, and phones).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.pretrain_budget import reference_upstreams
+from benchmark.inputs.corpus import resolve_corpus
+from benchmark.plan.presets import main_job
+from benchmark.record.aggregate import aggregate_runs, read_runs
+from benchmark.report.paired import beyond_noise, cell_outcomes
+from benchmark.report.plots import interval, metric_display, plt, save_figure
+from benchmark.report.tables import to_markdown
+from benchmark.run.runner import record_command, run_benchmark
+from core.io import atomic_write_text
+from downstream.tasks import TASKS
+from upstream.checkpoint import checkpoint_hash, read_meta
+from upstream.registry import family_of
+
+SIDES = ("baseline", "intervention")
+CELL = ["task", "fraction", "mode", "layer"]
+
+
+def recipe_difference(baseline: Path, intervention: Path, family: str) -> dict[str, tuple]:
+    """{pretraining field: (baseline value, intervention value)} where the two finished checkpoints' recipes differ;
+    ValueError when they are not two finished runs of `family` with the same architecture and budget, or do not
+    differ at all."""
+    metas = {}
+    for side, d in zip(SIDES, (baseline, intervention)):
+        meta = read_meta(d)
+        if meta.get("upstream") != family:
+            raise ValueError(f"--{side} {d}: holds {meta.get('upstream')}, expected {family}")
+        if not meta.get("complete"):
+            raise ValueError(f"--{side} {d}: pretraining stopped at step {meta.get('step')}; finish it with "
+                             f"`python -m pretrain ... --resume`")
+        metas[side] = meta
+    b, i = metas["baseline"], metas["intervention"]
+    for key in ("encoder", "feature", "step"):
+        if b.get(key) != i.get(key):
+            raise ValueError(f"--baseline {baseline} and --intervention {intervention} differ in {key}: "
+                             f"compare one recipe change at the same architecture and budget")
+    cb, ci = b["pretrain_config"], i["pretrain_config"]
+    diff = {k: (cb.get(k), ci.get(k)) for k in sorted(set(cb) | set(ci)) if k != "recipe" and cb.get(k) != ci.get(k)}
+    if not diff:
+        raise ValueError(f"--baseline {baseline} and --intervention {intervention} were pretrained with the same recipe")
+    return diff
+
+
+def compare(runs: pd.DataFrame, hashes: dict[str, str], results_dir: Path) -> pd.DataFrame:
+    """One row per cell (task, fraction, mode, layer) probed on both checkpoints (`hashes`: {side: ckpt_hash[:16]}):
+    each side's mean, 95 % CI and seeds, the gap (intervention - baseline, in displayed points, higher = better), and
+    whether it is beyond noise (benchmark.report.paired.beyond_noise)."""
+    runs = runs[runs["ckpt_hash"].isin(hashes.values())]
+    agg = aggregate_runs(runs)
+    agg["units"] = cell_outcomes(agg, runs, results_dir)
+    agg["layer"] = agg["layer"].fillna(-1)
+    side_of = {h: s for s, h in hashes.items()}
+    agg["side"] = agg["ckpt_hash"].map(side_of)
+    a, b = (agg[agg["side"] == s].set_index(CELL) for s in SIDES)
+    m = a.merge(b, left_index=True, right_index=True, suffixes=("_b", "_i")).reset_index()
+    scale = np.array([metric_display(str(x))[1] for x in m["metric_b"]], dtype=float)
+    m["gap"] = (m["test_mean_i"] - m["test_mean_b"]).to_numpy(float) * scale
+    m["ci"] = np.sqrt(m["test_ci95_b"].astype(float) ** 2 + m["test_ci95_i"].astype(float) ** 2).to_numpy() * scale
+    m["beyond_noise"] = [beyond_noise(ub, ui, g, c, int(nb), int(ni)) for ub, ui, g, c, nb, ni in
+                         zip(m["units_b"], m["units_i"], m["gap"], m["ci"], m["n_seeds_b"], m["n_seeds_i"])]
+    return m.sort_values(["task", "fraction", "mode", "layer"]).reset_index(drop=True)
+
+
+def references(runs: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
+    """The reference upstreams' cells (the control, mel): mean test metric per (upstream, preset) and cell."""
+    agg = aggregate_runs(runs[runs["upstream"].isin({n.partition(":")[0] for n in names})])
+    agg["layer"] = agg["layer"].fillna(-1)
+    return agg
+
+
+def markdown(table: pd.DataFrame, refs: pd.DataFrame, diff: dict[str, tuple], losses: dict[str, float | None],
+             command: str) -> str:
+    num = lambda v: f"{v:.1f}"  # noqa: E731
+    pm = lambda m, c, s: f"{m * s:.1f} ± {'-' if pd.isna(c) else num(c * s)}"  # noqa: E731
+    ref_cols: dict[str, list[str]] = {}
+    keys = sorted({(u, p) for u, p in zip(refs["upstream"], refs["preset"])})
+    for u, p in keys:
+        r = refs[(refs["upstream"] == u) & (refs["preset"] == p)].set_index(CELL)["test_mean"]
+        ref_cols[f"{u}:{p}"] = [num(r[c] * 100) if c in r.index else "-" for c in
+                                zip(table["task"], table["fraction"], table["mode"], table["layer"])]
+    show = pd.DataFrame({
+        "task": table["task"], "labels (%)": (table["fraction"] * 100).map(lambda v: f"{v:g}"),
+        "mode": [f"layer {int(l)}" if m == "layer" else m for m, l in zip(table["mode"], table["layer"])],
+        "baseline (%)": [pm(m, c, 100) for m, c in zip(table["test_mean_b"], table["test_ci95_b"])],
+        "intervention (%)": [pm(m, c, 100) for m, c in zip(table["test_mean_i"], table["test_ci95_i"])],
+        "gap": table["gap"].map(lambda v: f"{v:+.1f}"),
+        "beyond noise": table["beyond_noise"].map({True: "yes", False: "no"}), **ref_cols})
+    change = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+    loss = ", ".join(f"{s} {'-' if v is None else f'{v:.3f}'}" for s, v in losses.items())
+    return (f"Recipe change: {change}. Held-out masked L1: {loss}.\n\n" + to_markdown(show) +
+            "\nTest metric, mean ± 95 % CI over seeds; gap = intervention - baseline in points; beyond noise: a paired "
+            "randomization test over test utterances at 5 % and outside the seeds' combined interval "
+            f"(benchmark.report.paired). `{command}`\n")
+
+
+def plot(table: pd.DataFrame, refs: pd.DataFrame, path: Path) -> Path:
+    """One panel per (task, fraction): per-layer test metric of both checkpoints (mean and 95 % CI over seeds,
+    clipped to the metric's range) where the layers were probed, the last layer and weighted sum as markers; the
+    references as horizontal lines (weighted sum)."""
+    cells = list(dict.fromkeys(zip(table["task"], table["fraction"])))
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.6 * len(cells), 4.2), squeeze=False)
+    for ax, (task, fraction) in zip(axes[0], cells):
+        t = table[(table["task"] == task) & (table["fraction"] == fraction)]
+        metric = str(t["metric_b"].iloc[0])
+        label, scale = metric_display(metric)
+        for suffix, side, color in (("_b", "baseline", "#1f77b4"), ("_i", "intervention", "#d62728")):
+            lay = t[t["mode"] == "layer"].sort_values("layer")
+            if len(lay):
+                mean = lay[f"test_mean{suffix}"].to_numpy(float) * scale
+                lo, hi = interval(metric, mean, lay[f"test_ci95{suffix}"].fillna(0).to_numpy(float) * scale, scale)
+                ax.errorbar(lay["layer"], mean, yerr=[mean - lo, hi - mean], fmt="o-", color=color, capsize=3,
+                            label=f"{side}, per layer")
+            for mode, marker in (("last", "^"), ("weighted_sum", "s")):
+                r = t[t["mode"] == mode]
+                if len(r):
+                    x = lay["layer"].max() + 0.6 if len(lay) else (0 if mode == "last" else 1)
+                    ax.plot([x + (0.15 if suffix == "_i" else 0)], [float(r[f"test_mean{suffix}"].iloc[0]) * scale],
+                            marker, color=color, label=f"{side}, {mode}")
+        ref = refs[(refs["task"] == task) & (refs["fraction"] == fraction) & (refs["mode"] == "weighted_sum")]
+        for (u, p), r in ref.groupby(["upstream", "preset"]):
+            ax.axhline(float(r["test_mean"].iloc[0]) * scale, color="0.5", ls=":", lw=1)
+            ax.annotate(f"{u}:{p}", (0, float(r["test_mean"].iloc[0]) * scale), fontsize=6, color="0.4")
+        ax.set(xlabel="layer (then last, weighted sum)", ylabel=f"test {label}", title=f"{task} @ {fraction * 100:g} %")
+        ax.legend(fontsize=6)
+    fig.suptitle("Pretraining intervention vs baseline (mean and 95 % CI over seeds)")
+    return save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--upstream", default="mockingjay:small")
+    p.add_argument("--baseline", type=Path, required=True, help="finished pretraining run (the recipe as it is)")
+    p.add_argument("--intervention", type=Path, required=True, help="finished run with one recipe change")
+    p.add_argument("--corpus", default="synth", help="corpus name or prepared corpus directory")
+    p.add_argument("--fractions", default="0.01,1", help="comma list of label fractions")
+    p.add_argument("--tasks", default="phone_linear,speaker_utterance")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path("results/speaker_intervention"))
+    p.add_argument("--data-dir", type=Path, default=Path("data"))
+    p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a = p.parse_args(argv)
+    try:
+        fam, _ = family_of(a.upstream)
+        bad = [t for t in a.tasks.split(",") if t not in TASKS]
+        if bad:
+            raise ValueError(f"--tasks: unknown task(s) {bad}; valid: {', '.join(TASKS)}")
+        try:
+            fractions = tuple(float(f) for f in a.fractions.split(",") if f.strip())
+        except ValueError:
+            raise ValueError(f"--fractions expects a comma list of numbers in (0, 1], got {a.fractions!r}") from None
+        if not fractions or any(not 0 < f <= 1 for f in fractions):
+            raise ValueError(f"--fractions expects a comma list of numbers in (0, 1], got {a.fractions!r}")
+        diff = recipe_difference(a.baseline, a.intervention, fam.name)
+    except ValueError as e:  # CheckpointError is one
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    job = main_job()
+    job = replace(job, device=a.device or job.device, progress=not a.no_progress)
+    corpus = resolve_corpus(a.corpus, a.data_dir, quick=False)
+    t0 = time.perf_counter()
+    base = replace(job, corpus=str(corpus.root), tasks=tuple(a.tasks.split(",")), fractions=fractions, seeds=a.seeds,
+                   finetune_ends=False, results_dir=a.out, cache_dir=a.cache_dir, report=False)
+    layers = replace(base, tasks=("speaker_utterance",), modes="layers")
+    ckpts = dict(zip(SIDES, (a.baseline, a.intervention)))
+    refs = reference_upstreams(fam, ckpts.values())
+    done = sum(run_benchmark(replace(cfg, upstreams=refs)).runs_done for cfg in (base, layers))
+    for d in ckpts.values():
+        for cfg in (base, layers):
+            done += run_benchmark(replace(cfg, upstreams=(a.upstream,), ckpts={fam.name: str(d)})).runs_done
+    rows = read_runs(a.out / "runs.csv")
+    rows = rows[rows["fraction"].isin(fractions)]
+    table = compare(rows, {s: checkpoint_hash(d)[:16] for s, d in ckpts.items()}, a.out)
+    ref_rows = references(rows, refs)
+    atomic_write_text(a.out / "intervention.csv", table.drop(columns=["units_b", "units_i"]).to_csv(index=False))
+    command = "python -m analysis.intervention " + shlex.join(sys.argv[1:] if argv is None else argv)
+    losses = {s: read_meta(d).get("val_loss") for s, d in ckpts.items()}
+    text = markdown(table, ref_rows, diff, losses, command)
+    atomic_write_text(a.out / "intervention.md", text)
+    plot(table, ref_rows, a.out / "intervention.png")
+    if done:  # as the harness does: a rerun that trained nothing is not a new result
+        record_command(a.out, command, done, time.perf_counter() - t0, job.device)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
