@@ -27,6 +27,7 @@ import pandas as pd
 from analysis.pretrain_budget import reference_upstreams
 from benchmark.inputs.corpus import resolve_corpus
 from benchmark.plan.presets import main_job
+from benchmark.plan.runs import parse_fractions
 from benchmark.record.aggregate import aggregate_runs, read_runs
 from benchmark.report.paired import beyond_noise, cell_outcomes
 from benchmark.report.plots import interval, metric_display, plt, save_figure
@@ -171,12 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = [t for t in a.tasks.split(",") if t not in TASKS]
         if bad:
             raise ValueError(f"--tasks: unknown task(s) {bad}; valid: {', '.join(TASKS)}")
-        try:
-            fractions = tuple(float(f) for f in a.fractions.split(",") if f.strip())
-        except ValueError:
-            raise ValueError(f"--fractions expects a comma list of numbers in (0, 1], got {a.fractions!r}") from None
-        if not fractions or any(not 0 < f <= 1 for f in fractions):
-            raise ValueError(f"--fractions expects a comma list of numbers in (0, 1], got {a.fractions!r}")
+        fractions = parse_fractions(a.fractions)
         diff = recipe_difference(a.baseline, a.intervention, fam.name)
     except ValueError as e:  # CheckpointError is one
         print(f"error: {e}", file=sys.stderr)

@@ -30,6 +30,7 @@ import pandas as pd
 
 from benchmark.inputs.corpus import resolve_corpus
 from benchmark.plan.presets import main_job
+from benchmark.plan.runs import parse_fractions
 from benchmark.record.aggregate import aggregate_runs, read_runs
 from benchmark.report.plots import interval, metric_display, plt, save_figure, with_keys
 from benchmark.report.tables import to_markdown
@@ -183,12 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"unknown task(s) {bad}; valid: {', '.join(TASKS)}")
         if a.steps < 1 or any(not 0 < s <= a.steps for s in snapshots):
             raise ValueError(f"--snapshots must lie in 1..--steps ({a.steps}), got {a.snapshots}")
-        try:
-            fractions = tuple(float(f) for f in a.fractions.split(",") if f.strip())
-        except ValueError:
-            raise ValueError(f"--fractions expects a comma list of numbers in (0, 1], got {a.fractions!r}") from None
-        if not fractions or any(not 0 < f <= 1 for f in fractions):
-            raise ValueError(f"--fractions expects a comma list of numbers in (0, 1], got {a.fractions!r}")
+        fractions = parse_fractions(a.fractions)
         given = None if a.checkpoints is None else budget_checkpoints(a.checkpoints, fam.name)
     except ValueError as e:  # CheckpointError is one
         print(f"error: {e}", file=sys.stderr)

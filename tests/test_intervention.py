@@ -64,7 +64,7 @@ def test_cells_are_paired_by_task_fraction_mode_and_layer(tmp_path):
 def test_bad_arguments_stop_before_any_probe(pair, capsys, tmp_path):
     argv = ["--upstream", "aalbert:small", "--baseline", str(pair["base"]), "--out", str(tmp_path / "out")]
     for extra, expect in ((["--intervention", str(pair["base"])], "same recipe"),
-                          (["--intervention", str(pair["unmasked"]), "--fractions", "0"], "numbers in (0, 1]"),
+                          (["--intervention", str(pair["unmasked"]), "--fractions", "0"], "outside (0, 1]"),
                           (["--intervention", str(pair["unmasked"]), "--tasks", "asr"], "unknown task(s) ['asr']"),
                           (["--intervention", "no/such/dir"], "no/such/dir")):
         assert main(argv + extra) == 2 and expect in capsys.readouterr().err, extra

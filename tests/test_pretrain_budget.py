@@ -63,6 +63,6 @@ def test_bad_arguments_stop_before_any_training(capsys):
     for argv, expect in ((["--snapshots", "3000", "--steps", "2000"], "must lie in 1..--steps"),
                          (["--snapshots", "a,b"], "comma list of steps"), (["--upstream", "mel"], "not a pretrainable"),
                          (["--tasks", "asr"], "valid: phone_linear"), (["--upstream", "wav2vec"], "valid: mel"),
-                         (["--fractions", "0,1"], "numbers in (0, 1]"),
+                         (["--fractions", "0,1"], "outside (0, 1]"),
                          (["--checkpoints", "no/such/dir"], "no/such/dir: not a directory")):
         assert main(argv) == 2 and expect in capsys.readouterr().err, argv
