@@ -35,10 +35,28 @@ from benchmark.report.tables import to_markdown
 from benchmark.run.runner import record_command, run_benchmark
 from core.io import atomic_write_text
 from downstream.tasks import TASKS
+from pretrain.config import PretrainConfig
 from upstream.checkpoint import checkpoint_hash, read_meta
 from upstream.registry import family_of
 
 SIDES = ("baseline", "intervention")
+# the input normalisation's corpus statistics: checkpoints of one corpus written by different versions of the toolkit
+# store them rounded differently (~1e-6 relative); larger differences are another corpus
+NORM_STATS = ("norm_mean", "norm_std")
+STATS_RTOL = 1e-4
+
+
+def stats_gap(pairs: list[tuple]) -> float:
+    """The largest relative difference between two checkpoints' normalisation statistics (inf if one lacks them)."""
+    gap = 0.0
+    for a, b in pairs:
+        if a is None and b is None:
+            continue
+        if a is None or b is None or len(a) != len(b):
+            return float("inf")
+        x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        gap = max(gap, float((np.abs(x - y) / np.maximum(np.abs(x), 1e-8)).max(initial=0.0)))
+    return gap
 CELL = ["task", "fraction", "mode", "layer"]
 
 
@@ -56,11 +74,19 @@ def recipe_difference(baseline: Path, intervention: Path, family: str) -> dict[s
                              f"`python -m pretrain ... --resume`")
         metas[side] = meta
     b, i = metas["baseline"], metas["intervention"]
-    for key in ("encoder", "feature", "step"):
-        if b.get(key) != i.get(key):
+    fb, fi = (dict(m.get("feature") or {}) for m in (b, i))
+    stats = [(fb.pop(k, None), fi.pop(k, None)) for k in NORM_STATS]
+    for key, (vb, vi) in {"encoder": (b.get("encoder"), i.get("encoder")), "feature": (fb, fi),
+                          "step": (b.get("step"), i.get("step"))}.items():
+        if vb != vi:
             raise ValueError(f"--baseline {baseline} and --intervention {intervention} differ in {key}: "
                              f"compare one recipe change at the same architecture and budget")
-    cb, ci = b["pretrain_config"], i["pretrain_config"]
+    if stats_gap(stats) > STATS_RTOL:
+        raise ValueError(f"--baseline {baseline} and --intervention {intervention} normalise their input with "
+                         f"different corpus statistics (relative difference {stats_gap(stats):.1e}): pretrain both "
+                         f"on the same corpus")
+    # as the dataclass reads them: a field added after the baseline was written counts at its default
+    cb, ci = (PretrainConfig.from_dict(m["pretrain_config"]).to_dict() for m in (b, i))
     diff = {k: (cb.get(k), ci.get(k)) for k in sorted(set(cb) | set(ci)) if k != "recipe" and cb.get(k) != ci.get(k)}
     if not diff:
         raise ValueError(f"--baseline {baseline} and --intervention {intervention} were pretrained with the same recipe")

@@ -1,5 +1,8 @@
 """analysis.intervention: two finished checkpoints that differ in one recipe field, compared cell by cell."""
+import json
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,6 +13,7 @@ from pretrain import run_pretraining
 from tests.fixtures import make_pretrain_corpus
 from tests.report_synthetic import synthetic_runs
 from tests.test_pretrain_recipes import TINY, tiny
+from upstream.checkpoint import META_FILE
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +40,20 @@ def test_the_recipe_difference_is_named_and_mismatches_are_refused(pair):
         recipe_difference(pair["base"], pair["stopped"], "aalbert")
     with pytest.raises(ValueError, match="holds aalbert, expected mockingjay"):
         recipe_difference(pair["base"], pair["unmasked"], "mockingjay")
+
+
+def test_statistics_rounded_differently_are_the_same_corpus_others_are_not(pair, tmp_path):
+    def with_stats(name: str, factor: float) -> Path:
+        d = tmp_path / name
+        shutil.copytree(pair["unmasked"], d)
+        meta = json.loads((d / META_FILE).read_text())
+        meta["feature"]["norm_mean"] = [v * factor for v in meta["feature"]["norm_mean"]]
+        (d / META_FILE).write_text(json.dumps(meta))
+        return d
+
+    assert recipe_difference(pair["base"], with_stats("rounded", 1 + 3e-5), "aalbert") == {"unmasked_weight": (0.0, 0.5)}
+    with pytest.raises(ValueError, match=r"different corpus statistics \(relative difference 1.0e-02\)"):
+        recipe_difference(pair["base"], with_stats("other", 1.01), "aalbert")
 
 
 def test_cells_are_paired_by_task_fraction_mode_and_layer(tmp_path):
