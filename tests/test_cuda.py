@@ -221,3 +221,49 @@ def test_device_check_counts_the_flops_that_torch_counts():
         masked_l1(model(x, torch.tensor([T, T - 5])), x, torch.ones(B, T, dtype=torch.bool)).backward()
     attention = 3 * 2 * enc.num_layers * 2 * T * enc.hidden_size
     assert check.train_flops_per_frame(enc, feature.feature_dim, T) - attention == counter.get_total_flops() / (B * T)
+
+
+def test_device_check_main_writes_every_part_and_survives_a_failing_mode(tmp_path, monkeypatch):
+    """perf/device_check.py's main() end to end with the GPU faked by the CPU (the measuring functions on tiny
+    sizes, "cuda" read as "cpu"): every part lands in the JSON, speedups are CUDA rows over the 2-core rows, a
+    compile mode that raises is recorded as an error row, and the main job's time budget is passed on."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parent.parent / "perf" / "device_check.py"
+    spec = importlib.util.spec_from_file_location("device_check", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    for name, value in (("is_available", lambda: True), ("is_bf16_supported", lambda: True),
+                        ("get_device_name", lambda *a: "fake GPU"), ("device_count", lambda: 1),
+                        ("empty_cache", lambda: None), ("synchronize", lambda *a: None)):
+        monkeypatch.setattr(torch.cuda, name, value)
+    cpu = lambda d: "cpu" if d == "cuda" else d  # noqa: E731
+    real_pre, real_probe = check.pretrain_fps, check.probe_fps
+
+    def pre(spec_, device, amp, batch, steps, mode="off", peak=None):
+        if mode == "reduce-overhead":
+            raise RuntimeError("CUDA graphs need a GPU")
+        with monkeypatch.context() as m:  # torch.manual_seed would seed the (absent) GPU too
+            m.setattr(torch.cuda, "is_available", lambda: False)
+            row = real_pre("aalbert:small", cpu(device), amp, 2, 1, "off", peak)
+        return {**row, "upstream": spec_, "device": device, "compile": mode}
+
+    monkeypatch.setattr(check, "pretrain_fps", pre)
+    monkeypatch.setattr(check, "probe_fps", lambda w, d, s: {**real_probe(16, cpu(d), 2), "width": w, "device": d})
+    monkeypatch.setattr(check, "bf16_matmul_tflops", lambda d: 1.0)
+    monkeypatch.setattr(check, "provenance", lambda d: {"device": "fake GPU"})
+    budgets = []
+    monkeypatch.setattr(check, "main_job_seconds", lambda d, w, t: budgets.append(t) or {"seconds": 1.0})
+    out = tmp_path / "check.json"
+    assert check.main(["--no-tests", "--out", str(out), "--main-job", "--budget-s", "1000"]) == 0
+    report = json.loads(out.read_text())
+    assert report["gpu"] == "fake GPU" and report["bf16_matmul_tflops"] == 1.0 and report["main_job"]["seconds"] == 1.0
+    assert {r["width"] for r in report["probes"]} == set(check.PROBE_WIDTHS) and len(report["probes"]) == 4
+    errors = [r for r in report["pretrain"] if "error" in r]
+    assert errors and all(r["compile"] == "reduce-overhead" and "CUDA graphs" in r["error"] for r in errors)
+    assert any(r["device"] == "cpu" for r in report["pretrain"]) and "probe width 256" in report["cuda_over_2_cpu_cores"]
+    assert any(k.startswith("pretrain mockingjay:base float32 off") for k in report["cuda_over_2_cpu_cores"])
+    assert {r["dtype"] for r in report["pretrain"] if "error" not in r} == {"float32", "bfloat16"}
+    assert all(r["share_of_bf16_peak"] > 0 for r in report["pretrain"] if "error" not in r)
+    assert len(budgets) == 1 and 30 <= budgets[0] <= 1000
