@@ -120,6 +120,12 @@ def references(runs: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
     return agg
 
 
+def ref_cell(task: str, fraction: float, mode: str, layer: float) -> tuple:
+    """Where a reference's cell sits beside a checkpoint's: its last layer beside the last layer whatever their
+    depths (mel has one hidden state), its layer K beside layer K."""
+    return (task, float(fraction), mode, int(layer) if mode == "layer" else None)
+
+
 def markdown(table: pd.DataFrame, refs: pd.DataFrame, diff: dict[str, tuple], losses: dict[str, float | None],
              command: str) -> str:
     num = lambda v: f"{v:.1f}"  # noqa: E731
@@ -127,8 +133,9 @@ def markdown(table: pd.DataFrame, refs: pd.DataFrame, diff: dict[str, tuple], lo
     ref_cols: dict[str, list[str]] = {}
     keys = sorted({(u, p) for u, p in zip(refs["upstream"], refs["preset"])})
     for u, p in keys:
-        r = refs[(refs["upstream"] == u) & (refs["preset"] == p)].set_index(CELL)["test_mean"]
-        ref_cols[f"{u}:{p}"] = [num(r[c] * 100) if c in r.index else "-" for c in
+        r = refs[(refs["upstream"] == u) & (refs["preset"] == p)]
+        score = {ref_cell(*c): m for c, m in zip(zip(r["task"], r["fraction"], r["mode"], r["layer"]), r["test_mean"])}
+        ref_cols[f"{u}:{p}"] = [num(score[k] * 100) if (k := ref_cell(*c)) in score else "-" for c in
                                 zip(table["task"], table["fraction"], table["mode"], table["layer"])]
     show = pd.DataFrame({
         "task": table["task"], "labels (%)": (table["fraction"] * 100).map(lambda v: f"{v:g}"),
@@ -145,36 +152,51 @@ def markdown(table: pd.DataFrame, refs: pd.DataFrame, diff: dict[str, tuple], lo
             f"(benchmark.report.paired). `{command}`\n")
 
 
+def _by_layer(cells: pd.DataFrame, mean: str, ci: str) -> pd.DataFrame:
+    """x position (the layer; the weighted sum one past the deepest), mean and CI of one upstream's cells in a panel:
+    per-layer rows where the layers were probed, else the last layer at its depth."""
+    lay = cells[cells["mode"] == "layer"]
+    pts = lay if len(lay) else cells[cells["mode"] == "last"]
+    depth = int(cells["layer"].max())
+    ws = cells[cells["mode"] == "weighted_sum"].assign(layer=depth + 1)
+    out = pd.concat([pts, ws])
+    return pd.DataFrame({"x": out["layer"].astype(int), "mean": out[mean].astype(float),
+                         "ci": out[ci].astype(float).fillna(0), "ws": out["mode"] == "weighted_sum"})
+
+
 def plot(table: pd.DataFrame, refs: pd.DataFrame, path: Path) -> Path:
-    """One panel per (task, fraction): per-layer test metric of both checkpoints (mean and 95 % CI over seeds,
-    clipped to the metric's range) where the layers were probed, the last layer and weighted sum as markers; the
-    references as horizontal lines (weighted sum)."""
+    """One panel per (task, fraction): test metric by layer (then the weighted sum) of both checkpoints (mean and
+    95 % CI over seeds, clipped to the metric's range) and of the random-init control; the input features (mel, one
+    hidden state) as horizontal lines."""
     cells = list(dict.fromkeys(zip(table["task"], table["fraction"])))
-    fig, axes = plt.subplots(1, len(cells), figsize=(4.6 * len(cells), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 4.0), squeeze=False)
     for ax, (task, fraction) in zip(axes[0], cells):
         t = table[(table["task"] == task) & (table["fraction"] == fraction)]
         metric = str(t["metric_b"].iloc[0])
         label, scale = metric_display(metric)
-        for suffix, side, color in (("_b", "baseline", "#1f77b4"), ("_i", "intervention", "#d62728")):
-            lay = t[t["mode"] == "layer"].sort_values("layer")
-            if len(lay):
-                mean = lay[f"test_mean{suffix}"].to_numpy(float) * scale
-                lo, hi = interval(metric, mean, lay[f"test_ci95{suffix}"].fillna(0).to_numpy(float) * scale, scale)
-                ax.errorbar(lay["layer"], mean, yerr=[mean - lo, hi - mean], fmt="o-", color=color, capsize=3,
-                            label=f"{side}, per layer")
-            for mode, marker in (("last", "^"), ("weighted_sum", "s")):
-                r = t[t["mode"] == mode]
-                if len(r):
-                    x = lay["layer"].max() + 0.6 if len(lay) else (0 if mode == "last" else 1)
-                    ax.plot([x + (0.15 if suffix == "_i" else 0)], [float(r[f"test_mean{suffix}"].iloc[0]) * scale],
-                            marker, color=color, label=f"{side}, {mode}")
-        ref = refs[(refs["task"] == task) & (refs["fraction"] == fraction) & (refs["mode"] == "weighted_sum")]
-        for (u, p), r in ref.groupby(["upstream", "preset"]):
-            ax.axhline(float(r["test_mean"].iloc[0]) * scale, color="0.5", ls=":", lw=1)
-            ax.annotate(f"{u}:{p}", (0, float(r["test_mean"].iloc[0]) * scale), fontsize=6, color="0.4")
-        ax.set(xlabel="layer (then last, weighted sum)", ylabel=f"test {label}", title=f"{task} @ {fraction * 100:g} %")
-        ax.legend(fontsize=6)
-    fig.suptitle("Pretraining intervention vs baseline (mean and 95 % CI over seeds)")
+        r = refs[(refs["task"] == task) & (refs["fraction"] == fraction)]
+        sides = [(_by_layer(t, f"test_mean{x}", f"test_ci95{x}"), name, color) for x, name, color in
+                 (("_b", "baseline", "#1f77b4"), ("_i", "intervention", "#d62728"))]
+        for (u, pre), cells_ref in r.groupby(["upstream", "preset"]):
+            if cells_ref["layer"].max() > 0:  # the same architecture untrained
+                sides.append((_by_layer(cells_ref, "test_mean", "test_ci95"), f"{u}:{pre}", "0.45"))
+            else:  # the input features: one hidden state
+                y = float(cells_ref[cells_ref["mode"] == "last"]["test_mean"].iloc[0]) * scale
+                ax.axhline(y, color="0.6", ls=":", lw=1)
+                ax.annotate(f"{u}:{pre}", (0, y), fontsize=6, color="0.35", va="bottom")
+        for pts, name, color in sides:
+            for ws, style in ((False, "o-"), (True, "s")):
+                q = pts[pts["ws"] == ws]
+                if len(q):
+                    mean = q["mean"].to_numpy(float) * scale
+                    lo, hi = interval(metric, mean, q["ci"].to_numpy(float) * scale, scale)
+                    ax.errorbar(q["x"], mean, yerr=[mean - lo, hi - mean], fmt=style, color=color, capsize=3,
+                                label=name if not ws else None)
+        depth = int(t["layer"].max())
+        ax.set_xticks(range(depth + 2), [*(f"layer {k}" for k in range(depth + 1)), "weighted\nsum"], fontsize=7)
+        ax.set(ylabel=f"test {label}", title=f"{task} @ {fraction * 100:g} %")
+        ax.legend(fontsize=7)
+    fig.suptitle("One recipe change (intervention) vs baseline: mean and 95 % CI over seeds")
     return save_figure(fig, path)
 
 

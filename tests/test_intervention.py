@@ -75,7 +75,12 @@ def test_cells_are_paired_by_task_fraction_mode_and_layer(tmp_path):
     refs = references(runs, ("mel",))
     text = markdown(table, refs, {"unmasked_weight": (0.0, 0.5)}, {"baseline": 0.6, "intervention": None}, "cmd")
     assert "unmasked_weight 0.0 -> 0.5" in text and "baseline 0.600, intervention -" in text
-    assert "mel:default" in text.splitlines()[2]  # the reference's column
+    header, *cells = [ln for ln in text.splitlines() if ln.startswith("| speaker_utterance") or "mel:default" in ln]
+    split = lambda line: [c.strip() for c in line.split("|")]  # noqa: E731
+    col = split(header).index("mel:default")
+    last = [split(c) for c in cells if " | last | " in c]
+    assert last and all(c[col] != "-" for c in last)  # mel's only layer beside the last layer
+    assert all(split(c)[col] == "-" for c in cells if " | weighted_sum | " in c)  # mel has no weighted sum
     assert plot(table, refs, tmp_path / "plot.png").stat().st_size > 10_000
 
 
