@@ -43,14 +43,23 @@ AUTO_BF16_ON_CPU = False
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # clean x, lengths, masked input, loss mask
 
 
-def autocast_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
-    """None = float32; otherwise the autocast dtype (bfloat16 on CPU, bfloat16 mixed precision on CUDA)."""
+# On CUDA "auto" takes bfloat16 autocast from this hidden size up (base and large: the step is bound by its matrix
+# products, which bf16 runs several times faster than float32), float32 below it: a small model's step is bound by
+# kernel launches, and autocast adds a cast kernel before each product. perf/device_check.py measures both dtypes
+# per size (results/device_check.json); move the threshold where it says so.
+AUTO_BF16_MIN_HIDDEN_ON_CUDA = 768
+
+
+def autocast_dtype(cfg: PretrainConfig, device: torch.device, hidden_size: int | None = None) -> torch.dtype | None:
+    """None = float32; otherwise the autocast dtype (bfloat16 on CPU, bfloat16 mixed precision on CUDA). "auto" on
+    CUDA: bfloat16 for models at least AUTO_BF16_MIN_HIDDEN_ON_CUDA wide (`hidden_size`; None: any width)."""
     if cfg.precision == "float32":
         return None
     if cfg.precision == "bfloat16":
         return torch.bfloat16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        wide = hidden_size is None or hidden_size >= AUTO_BF16_MIN_HIDDEN_ON_CUDA
+        return torch.bfloat16 if wide and torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if AUTO_BF16_ON_CPU else None
 
 
@@ -239,7 +248,7 @@ def start_run(spec: str, source: "str | Path | Corpus", out_dir: Path, cfg: Pret
     train_idx, val_batches = split_data(feats, cfg)
     model = MaskedAcousticModel(enc_cfg, feature.feature_dim).to(device)
     opt = make_optimizer(model, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay)
-    amp = autocast_dtype(cfg, device)
+    amp = autocast_dtype(cfg, device, enc_cfg.hidden_size)
     meta = {**ident, "feature": feature.to_dict(), "skipped_audio": skipped, "provenance": provenance(device),
             "train_utterances": len(train_idx), "val_utterances": len(feats) - len(train_idx),
             "val_baselines": validation_baselines(val_batches) if val_batches else None,

@@ -62,10 +62,25 @@ def corpus(tmp_path_factory):
 
 
 @requires_cuda
-def test_auto_precision_is_bfloat16_autocast_on_cuda():
+def test_auto_precision_is_bfloat16_autocast_on_cuda_for_wide_models():
     want = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    assert autocast_dtype(PretrainConfig(), torch.device(GPU)) == want
-    assert autocast_dtype(PretrainConfig(), torch.device("cpu")) is None
+    assert autocast_dtype(PretrainConfig(), torch.device(GPU), 768) == want
+    assert autocast_dtype(PretrainConfig(), torch.device(GPU), 256) is None
+    assert autocast_dtype(PretrainConfig(), torch.device("cpu"), 768) is None
+
+
+def test_auto_precision_rule_on_the_cpu_and_for_a_faked_gpu(monkeypatch):
+    """The "auto" rule itself, without a GPU: float32 on CPUs, on CUDA bfloat16 from the threshold width up."""
+    from pretrain.train import AUTO_BF16_MIN_HIDDEN_ON_CUDA as wide
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert autocast_dtype(PretrainConfig(), cuda, wide) is torch.bfloat16
+    assert autocast_dtype(PretrainConfig(), cuda, wide - 1) is None
+    assert autocast_dtype(PretrainConfig(precision="bfloat16"), cuda, 64) is torch.bfloat16  # asked for: honoured
+    assert autocast_dtype(PretrainConfig(), torch.device("cpu"), wide) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert autocast_dtype(PretrainConfig(), cuda, wide) is None
 
 
 @requires_cuda
