@@ -35,7 +35,7 @@ from benchmark.report.tables import to_markdown
 from benchmark.run.runner import record_command, run_benchmark
 from core.io import atomic_write_text
 from downstream.tasks import TASKS
-from pretrain.config import PretrainConfig
+from pretrain.train import as_read
 from upstream.checkpoint import checkpoint_hash, read_meta
 from upstream.registry import family_of
 
@@ -72,7 +72,7 @@ def recipe_difference(baseline: Path, intervention: Path, family: str) -> dict[s
         if not meta.get("complete"):
             raise ValueError(f"--{side} {d}: pretraining stopped at step {meta.get('step')}; finish it with "
                              f"`python -m pretrain ... --resume`")
-        metas[side] = meta
+        metas[side] = as_read(meta)  # configs compared as the dataclasses read them (fields added later)
     b, i = metas["baseline"], metas["intervention"]
     fb, fi = (dict(m.get("feature") or {}) for m in (b, i))
     stats = [(fb.pop(k, None), fi.pop(k, None)) for k in NORM_STATS]
@@ -85,8 +85,7 @@ def recipe_difference(baseline: Path, intervention: Path, family: str) -> dict[s
         raise ValueError(f"--baseline {baseline} and --intervention {intervention} normalise their input with "
                          f"different corpus statistics (relative difference {stats_gap(stats):.1e}): pretrain both "
                          f"on the same corpus")
-    # as the dataclass reads them: a field added after the baseline was written counts at its default
-    cb, ci = (PretrainConfig.from_dict(m["pretrain_config"]).to_dict() for m in (b, i))
+    cb, ci = b["pretrain_config"], i["pretrain_config"]
     diff = {k: (cb.get(k), ci.get(k)) for k in sorted(set(cb) | set(ci)) if k != "recipe" and cb.get(k) != ci.get(k)}
     if not diff:
         raise ValueError(f"--baseline {baseline} and --intervention {intervention} were pretrained with the same recipe")
@@ -110,7 +109,7 @@ def compare(runs: pd.DataFrame, hashes: dict[str, str], results_dir: Path) -> pd
     m["ci"] = np.sqrt(m["test_ci95_b"].astype(float) ** 2 + m["test_ci95_i"].astype(float) ** 2).to_numpy() * scale
     m["beyond_noise"] = [beyond_noise(ub, ui, g, c, int(nb), int(ni)) for ub, ui, g, c, nb, ni in
                          zip(m["units_b"], m["units_i"], m["gap"], m["ci"], m["n_seeds_b"], m["n_seeds_i"])]
-    return m.sort_values(["task", "fraction", "mode", "layer"]).reset_index(drop=True)
+    return m.sort_values(CELL).reset_index(drop=True)
 
 
 def references(runs: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:

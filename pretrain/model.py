@@ -1,7 +1,7 @@
 """The masked-reconstruction model: our TransformerEncoder plus the s3prl-style prediction head."""
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,7 @@ def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
 # wrapper stays eager). No GPU has measured the compiled modes yet, so "auto" stays eager on CUDA too until one has:
 # set AUTO_COMPILE_ON_CUDA from results/device_check.json.
 Compile = Literal["auto", "off", "default", "reduce-overhead"]
-COMPILE_CHOICES: tuple[str, ...] = ("auto", "off", "default", "reduce-overhead")
+COMPILE_CHOICES: tuple[str, ...] = get_args(Compile)
 AUTO_COMPILE_ON_CUDA = "off"
 BACKEND = "inductor"  # the tests trace the same path with "aot_eager" on the CPU
 
@@ -83,11 +83,20 @@ def resolve_compile(choice: str, device: torch.device, several_ranks: bool = Fal
 
 def compiled(net: nn.Module, mode: str) -> Callable[..., Tensor]:
     """What a training step calls for `net` in compile `mode` (resolved): the module itself, or its compiled form.
-    Compiled steps see one shape (the trainer pads every batch to the crop length), so nothing recompiles."""
+    Compiled steps see one shape (the trainer pads every batch to the crop length), so nothing recompiles. In
+    "reduce-overhead" each call starts a new CUDA-graph replay (the last call's outputs are no longer read)."""
     if mode == "off":
         return net
     kw = {} if BACKEND != "inductor" or mode == "default" else {"mode": mode}
-    return torch.compile(net, backend=BACKEND, dynamic=False, **kw)
+    fn = torch.compile(net, backend=BACKEND, dynamic=False, **kw)
+    if mode != "reduce-overhead":
+        return fn
+
+    def replay(*args, **kwargs) -> Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return fn(*args, **kwargs)
+
+    return replay
 
 
 def pad_frames(t: Tensor, frames: int) -> Tensor:

@@ -94,9 +94,9 @@ def run_identity(spec: str, src: AudioSource, cfg: PretrainConfig, encoder: Enco
             "pretrain_config": cfg.to_dict(), "corpus": src.identity}
 
 
-def _mismatch(meta: dict[str, Any], ident: dict[str, Any]) -> list[str]:
-    """The identity keys in which a checkpoint's `meta` differs from `ident`. Configs are compared as the
-    dataclasses read them: a field added later, at its default, matches a checkpoint written before it existed."""
+def as_read(meta: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's `meta` with its configs as the dataclasses read them: a field added after the checkpoint was
+    written appears at its default, so it compares equal to a run that leaves the field there."""
     meta = dict(meta)
     for key, cls in (("pretrain_config", PretrainConfig), ("encoder", EncoderConfig)):
         if isinstance(meta.get(key), dict):
@@ -104,6 +104,12 @@ def _mismatch(meta: dict[str, Any], ident: dict[str, Any]) -> list[str]:
                 meta[key] = cls.from_dict(meta[key]).to_dict()
             except (ValueError, TypeError):
                 pass  # unreadable: left as written, so it differs
+    return meta
+
+
+def _mismatch(meta: dict[str, Any], ident: dict[str, Any]) -> list[str]:
+    """The identity keys in which a checkpoint's `meta` (as read: `as_read`) differs from `ident`."""
+    meta = as_read(meta)
     return [k for k, v in ident.items() if meta.get(k) != v]
 
 
@@ -310,8 +316,6 @@ def train_step(run: Run) -> tuple[float, int]:
             (x, lengths, inp, mask), weight = distributed.local_share((x, lengths, inp, mask), run.ranks)
         if run.step_frames is not None:
             x, inp, mask = (pad_frames(t, run.step_frames) for t in (x, inp, mask))
-        if run.compile == "reduce-overhead":  # a new replay: the last one's outputs are no longer read
-            torch.compiler.cudagraph_mark_step_begin()
         x, inp, lengths, mask = (t.to(run.device) for t in (x, inp, lengths, mask))
         with distributed.no_sync(run.net, sync=micro == cfg.accumulation - 1):
             with torch.autocast(run.device.type, dtype=run.amp or torch.bfloat16, enabled=run.amp is not None):
@@ -376,8 +380,8 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
     `until_yardstick` stops after the first evaluation below the interpolation yardstick and `max_cpu_seconds`
     once the training loop has used that much CPU time (recipe studies). None of them changes the schedule.
     `encoder` replaces the preset's encoder config (its input_dim follows the features). `compile` picks how steps
-    run (pretrain.model.COMPILE_CHOICES; "auto": compiled on one GPU, eager elsewhere); it changes rounding, not
-    the model, so a run may resume with another.
+    run (pretrain.model.COMPILE_CHOICES; "auto": pretrain.model.AUTO_COMPILE_ON_CUDA on one GPU, eager elsewhere);
+    it changes rounding, not the model, so a run may resume with another.
 
     Inside an initialised process group of several ranks (torchrun, `python -m pretrain`) every rank calls this with
     the same arguments and its own device: `cfg.batch_size` is then the global batch, shared out between the ranks.

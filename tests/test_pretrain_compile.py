@@ -46,3 +46,20 @@ def test_compiled_steps_on_padded_batches_track_eager(tmp_path, monkeypatch):
     assert read_meta(eager)["compile"] == "off" and read_meta(comp)["compile"] == "default"
     assert max_curve_diff(eager, comp) <= 1e-5  # float32 on the CPU: summation order at most
     assert read_meta(eager)["pretrain_frames"] == read_meta(comp)["pretrain_frames"]  # padding is not counted
+
+
+def test_each_replayed_step_starts_a_new_cuda_graph_replay(tmp_path, monkeypatch):
+    """reduce-overhead marks a new replay before every forward (one per micro-batch), so a replay never overwrites
+    outputs that are still read; traced with aot_eager on the CPU, where the losses stay eager's."""
+    monkeypatch.setattr(pm, "BACKEND", "aot_eager")
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    corpus = make_pretrain_corpus(tmp_path / "corpus", n_utts=10, seconds=(0.8, 1.2))
+    cfg = replace(CFG, steps=3, eval_interval=3, ckpt_interval=3, crop_frames=150)
+    eager = run_pretraining("aalbert:small", corpus, tmp_path / "eager", cfg, device="cpu", encoder=ENC,
+                            show_progress=False)
+    assert not marks
+    replayed = run_pretraining("aalbert:small", corpus, tmp_path / "replayed", cfg, device="cpu", encoder=ENC,
+                               show_progress=False, compile="reduce-overhead")
+    assert len(marks) == cfg.steps * cfg.accumulation and read_meta(replayed)["compile"] == "reduce-overhead"
+    assert max_curve_diff(eager, replayed) <= 1e-5
