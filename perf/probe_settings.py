@@ -1,11 +1,14 @@
-"""Train one frozen probe of a cached upstream under the main job's settings and under variants of them, side by side
-in one process; print dev, test, steps and best step of each (does a probe that fails the certificate converge with
-more patience, another step size, another optimiser?).
+"""Train one frozen probe of a cached upstream, or one sweep of them, under the main job's settings and under variants
+of them, side by side in one process; print dev, test, steps and best step of each (does a probe that fails the
+certificate converge with more patience, another step size, another optimiser?).
 
     .venv/bin/python perf/probe_settings.py --upstream aalbert --task speaker_frame --mode last --fraction 1 \\
         --set patience=8 --set patience=16 --set lr=0.1 --set batch_size=16384,lr=2 --set optimizer=adamw,lr=0.001
 
 Each --set is one variant: comma-separated ProbeConfig fields replacing the main job's settings for that task.
+`--fraction 0.01,0.05,0.125,1 --seeds 3` trains the main job's whole sweep of that task and mode as the main job does
+(one batched group per variant) and prints each probe and, per variant, the group's seconds, its probes' steps and
+their mean test score by fraction: what a setting costs and gives across the sweep.
 Reads the feature cache the main job built (--cache-dir, --corpus). 1 torch thread unless --threads. Writes JSON
 (--out) when given.
 """
@@ -30,7 +33,8 @@ from downstream.fractions import fraction_subset  # noqa: E402
 from downstream.modes import LayerMode  # noqa: E402
 from downstream.config import ProbeConfig, settable  # noqa: E402
 from downstream.tasks import ALL_TASKS  # noqa: E402
-from downstream.train import train_probe  # noqa: E402
+from downstream.probe import ProbeSpec  # noqa: E402
+from downstream.train import train_probes  # noqa: E402
 
 
 def parse_set(text: str, base: ProbeConfig) -> ProbeConfig:
@@ -55,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default="speaker_frame",
                    choices=list(ALL_TASKS))
     p.add_argument("--mode", default="last", choices=("last", "weighted_sum"))
-    p.add_argument("--fraction", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fraction", default="1", help="a label fraction, or several (comma-separated): one group")
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per fraction (--seed, --seed + 1, ...)")
     p.add_argument("--set", action="append", default=[], help="a variant: field=value[,field=value...]")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--corpus", default="data/synth")
@@ -67,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     task = ALL_TASKS[a.task]
     base = main_job().probe_config(a.task, False)
     try:
+        try:
+            fractions = [float(f) for f in a.fraction.split(",")]
+        except ValueError:
+            raise ValueError(f"--fraction {a.fraction!r}: label fractions, comma-separated (e.g. 0.01,1)") from None
+        if a.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {a.seeds}")
         variants = [("main job", base)] + [(s, parse_set(s, base)) for s in a.set]
         corpus = load_corpus(a.corpus)
         row = cached_identity(a.cache_dir, a.upstream, corpus)
@@ -75,18 +86,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     speakers = [u.speaker for u in corpus.utterances("train")]
-    idx = list(fraction_subset(speakers, a.fraction, a.seed, task.labels.closed_set).indices)
-    out = []
+    probes = [(f, seed, ProbeSpec(tuple(fraction_subset(speakers, f, seed, task.labels.closed_set).indices), seed))
+              for f in fractions for seed in range(a.seed, a.seed + a.seeds)]
+    out, summary = [], []
     for name, cfg in variants:
         t0 = time.perf_counter()
-        r = train_probe(task, LayerMode(a.mode), source, labels, idx, num_classes(corpus, task), cfg, a.seed)
-        out.append({"variant": name, "dev": round(100 * r.dev_metric, 2), "test": round(100 * r.test_metric, 2),
-                    "steps": r.steps, "best_step": r.best_step, "converged": r.converged,
-                    "seconds": round(time.perf_counter() - t0, 1)})
-        print(json.dumps(out[-1]), flush=True)
+        results = train_probes(task, LayerMode(a.mode), source, labels, [p for _, _, p in probes],
+                               num_classes(corpus, task), cfg)
+        seconds = round(time.perf_counter() - t0, 1)
+        for (f, seed, _), r in zip(probes, results):
+            out.append({"variant": name, "fraction": f, "seed": seed, "dev": round(100 * r.dev_metric, 2),
+                        "test": round(100 * r.test_metric, 2), "steps": r.steps, "best_step": r.best_step,
+                        "converged": r.converged, "seconds": seconds})
+            print(json.dumps(out[-1]), flush=True)
+        mine = [o for o in out if o["variant"] == name]
+        summary.append({"variant": name, "seconds": seconds, "steps": sum(o["steps"] for o in mine),
+                        "test_by_fraction": {str(f): round(sum(o["test"] for o in mine if o["fraction"] == f) / a.seeds, 2)
+                                             for f in fractions}})
+        print(json.dumps(summary[-1]), flush=True)
     if a.out is not None:
         atomic_write_json(a.out, {"upstream": f"{row['upstream']}:{row['preset']}", "task": a.task, "mode": a.mode,
-                                  "fraction": a.fraction, "seed": a.seed, "variants": out,
+                                  "fractions": fractions, "seeds": list(range(a.seed, a.seed + a.seeds)), "variants": out,
+                                  "summary": summary,
                                   "provenance": provenance("cpu"),
                                   "command": " ".join(["python", "perf/probe_settings.py", *(argv or sys.argv[1:])])})
     return 0

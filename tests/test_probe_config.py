@@ -51,3 +51,18 @@ def test_with_steps_fixes_the_budget_of_either_trainer():
 def test_bad_settings_are_clear_errors(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_probe_settings_names_a_bad_fraction_list_and_exits_2(tmp_path):
+    """perf/probe_settings.py takes one fraction or a comma-separated sweep; anything else is a clear error, exit 2,
+    before it reads any cache."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for args, says in ((["--fraction", "0.01,abc"], "--fraction '0.01,abc'"), (["--seeds", "0"], "--seeds must be >= 1")):
+        done = subprocess.run([sys.executable, "perf/probe_settings.py", "--task", "phone_1hidden", "--cache-dir",
+                               str(tmp_path / "none"), *args], cwd=root, capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr
+        assert says in done.stderr

@@ -68,9 +68,9 @@ def expected_seconds(run: PlannedRun, num_hidden_states: int, hidden_size: int) 
     if task.pooled:
         return 1.5 + 9.0 * work
     if task.frame_targets:
-        # an MLP head (Linear(D, 768) first): 16-18x a linear probe's group (phone_1hidden against phone_linear, one
-        # group of each per upstream, in the main job's rows: results/runs.csv, wall_seconds)
-        return 1.5 + 16.0 * work * (1.0 if task.linear else 16.0)
+        # an MLP head (Linear(D, 768) first): 9-11x a linear probe's group (phone_1hidden against phone_linear, one
+        # group of each per upstream on the last layer, in the main job's rows: results/runs.csv, wall_seconds)
+        return 1.5 + 16.0 * work * (1.0 if task.linear else 10.0)
     return 1.5 + UTTERANCE_ENGINE_SECONDS.get(task.engine, 60.0) * work
 
 
