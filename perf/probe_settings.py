@@ -8,7 +8,7 @@ certificate converge with more patience, another step size, another optimiser?).
 Each --set is one variant: comma-separated ProbeConfig fields replacing the main job's settings for that task.
 `--fraction 0.01,0.05,0.125,1 --seeds 3` trains the main job's whole sweep of that task and mode as the main job does
 (one batched group per variant) and prints each probe and, per variant, the group's seconds, its probes' steps and
-their mean test score by fraction: what a setting costs and gives across the sweep.
+their mean dev and test scores by fraction: what a setting costs and gives across the sweep.
 Reads the feature cache the main job built (--cache-dir, --corpus). 1 torch thread unless --threads. Writes JSON
 (--out) when given.
 """
@@ -101,11 +101,12 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(out[-1]), flush=True)
         mine = [o for o in out if o["variant"] == name]
         summary.append({"variant": name, "seconds": seconds, "steps": sum(o["steps"] for o in mine),
-                        "test_by_fraction": {str(f): round(sum(o["test"] for o in mine if o["fraction"] == f) / a.seeds, 2)
-                                             for f in fractions}})
+                        **{f"{k}_by_fraction": {str(f): round(sum(o[k] for o in mine if o["fraction"] == f) / a.seeds, 2)
+                                                for f in fractions} for k in ("dev", "test")}})
         print(json.dumps(summary[-1]), flush=True)
     if a.out is not None:
-        atomic_write_json(a.out, {"upstream": f"{row['upstream']}:{row['preset']}", "task": a.task, "mode": a.mode,
+        atomic_write_json(a.out, {"upstream": f"{row['upstream']}:{row['preset']}", "ckpt_hash": row["ckpt_hash"],
+                                  "task": a.task, "mode": a.mode,
                                   "fractions": fractions, "seeds": list(range(a.seed, a.seed + a.seeds)), "variants": out,
                                   "summary": summary,
                                   "provenance": provenance("cpu"),
