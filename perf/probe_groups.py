@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark.plan.presets import main_job  # noqa: E402
+from benchmark.plan.runs import parse_fractions  # noqa: E402
 from benchmark.report.convergence import cached_identity, cached_probe_inputs  # noqa: E402
 from core.allocator import keep_freed_blocks, map_large_blocks  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
@@ -62,15 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     corpus = load_corpus(a.corpus)
     task = ALL_TASKS[a.task]
-    try:  # no cache entry for a split, or an unknown upstream/preset
+    try:  # a bad --fractions, no cache entry for a split, or an unknown upstream/preset
+        fractions = parse_fractions(a.fractions)
         row = cached_identity(a.cache_dir, a.upstream, corpus)
         source, labels = cached_probe_inputs(a.cache_dir, row, corpus, task)  # whitening fitted here: not timed
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     speakers = [u.speaker for u in corpus.utterances("train")]
-    specs = [ProbeSpec(fraction_subset(speakers, float(f), seed, task.labels.closed_set).indices, seed)
-             for f in a.fractions.split(",") for seed in range(a.seeds)]
+    specs = [ProbeSpec(fraction_subset(speakers, f, seed, task.labels.closed_set).indices, seed)
+             for f in fractions for seed in range(a.seeds)]
     cfg, mode, n_cls = main_job().probe_config(a.task, False), LayerMode(a.mode), num_classes(corpus, task)
     mapped = None
     if a.mapped:  # first, on a fresh heap: once the heap holds freed chunks, later blocks come from them whatever the rule

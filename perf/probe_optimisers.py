@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark.plan.presets import FRAME_PROBE, MAIN_TASK_PROBES  # noqa: E402
+from benchmark.plan.runs import parse_fractions  # noqa: E402
 from benchmark.report.convergence import UTT_L2_GRID, Certifier, Reference, cached_identity, fit_reference  # noqa: E402
 from core.io import atomic_write_text  # noqa: E402
 from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
@@ -101,10 +102,11 @@ def main() -> int:
     torch.set_num_threads(1)
     corpus = load_corpus(a.corpus)
     try:
+        fractions = parse_fractions(a.fractions)
         row = cached_identity(a.cache_dir, a.upstream, corpus)
         cert = Certifier(corpus, a.cache_dir)
         frames, pooled = cert.sources(row)
-    except (FileNotFoundError, ValueError) as e:  # no cache entry for a split, or an unknown upstream/preset
+    except (FileNotFoundError, ValueError) as e:  # a bad --fractions, no cache entry for a split, an unknown upstream
         print(f"error: {e}", file=sys.stderr)
         return 2
     standardised = pooled.whitening()
@@ -116,7 +118,7 @@ def main() -> int:
         labels = {s: cert.labels(task, s) for s in PROBE_SPLITS}
         n_cls = len(task.labels.classes(corpus))
         refs = {}
-        for frac in (float(f) for f in a.fractions.split(",")):
+        for frac in fractions:
             for seed in (int(s) for s in a.seeds.split(",")):
                 idx = list(fraction_subset(speakers, frac, seed, task.labels.closed_set).indices)
                 for name, (cfg, norm) in TRAINERS[task_name].items():

@@ -6,7 +6,7 @@ certificate converge with more patience, another step size, another optimiser?).
         --set patience=8 --set patience=16 --set lr=0.1 --set batch_size=16384,lr=2 --set optimizer=adamw,lr=0.001
 
 Each --set is one variant: comma-separated ProbeConfig fields replacing the main job's settings for that task.
-`--fraction 0.01,0.05,0.125,1 --seeds 3` trains the main job's whole sweep of that task and mode as the main job does
+`--fractions 0.01,0.05,0.125,1 --seeds 3` trains the main job's whole sweep of that task and mode as the main job does
 (one batched group per variant) and prints each probe and, per variant, the group's seconds, its probes' steps and
 their mean dev and test scores by fraction: what a setting costs and gives across the sweep.
 Reads the feature cache the main job built (--cache-dir, --corpus). 1 torch thread unless --threads. Writes JSON
@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark.plan.presets import main_job  # noqa: E402
+from benchmark.plan.runs import parse_fractions  # noqa: E402
 from benchmark.report.convergence import cached_identity, cached_probe_inputs  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from core.repro import provenance  # noqa: E402
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default="speaker_frame",
                    choices=list(ALL_TASKS))
     p.add_argument("--mode", default="last", choices=("last", "weighted_sum"))
-    p.add_argument("--fraction", default="1", help="a label fraction, or several (comma-separated): one group")
+    p.add_argument("--fractions", "--fraction", dest="fractions", default="1",
+                   help="a label fraction, or several (comma-separated): one group")
     p.add_argument("--seed", type=int, default=0, help="the first seed")
     p.add_argument("--seeds", type=int, default=1, help="seeds per fraction (--seed, --seed + 1, ...)")
     p.add_argument("--set", action="append", default=[], help="a variant: field=value[,field=value...]")
@@ -72,10 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     task = ALL_TASKS[a.task]
     base = main_job().probe_config(a.task, False)
     try:
-        try:
-            fractions = [float(f) for f in a.fraction.split(",")]
-        except ValueError:
-            raise ValueError(f"--fraction {a.fraction!r}: label fractions, comma-separated (e.g. 0.01,1)") from None
+        fractions = parse_fractions(a.fractions)
         if a.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {a.seeds}")
         variants = [("main job", base)] + [(s, parse_set(s, base)) for s in a.set]
@@ -94,12 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         results = train_probes(task, LayerMode(a.mode), source, labels, [p for _, _, p in probes],
                                num_classes(corpus, task), cfg)
         seconds = round(time.perf_counter() - t0, 1)
-        for (f, seed, _), r in zip(probes, results):
-            out.append({"variant": name, "fraction": f, "seed": seed, "dev": round(100 * r.dev_metric, 2),
-                        "test": round(100 * r.test_metric, 2), "steps": r.steps, "best_step": r.best_step,
-                        "converged": r.converged, "seconds": seconds})
-            print(json.dumps(out[-1]), flush=True)
-        mine = [o for o in out if o["variant"] == name]
+        mine = [{"variant": name, "fraction": f, "seed": seed, "dev": round(100 * r.dev_metric, 2),
+                 "test": round(100 * r.test_metric, 2), "steps": r.steps, "best_step": r.best_step,
+                 "converged": r.converged, "seconds": seconds} for (f, seed, _), r in zip(probes, results)]
+        for o in mine:
+            print(json.dumps(o), flush=True)
+        out += mine
         summary.append({"variant": name, "seconds": seconds, "steps": sum(o["steps"] for o in mine),
                         **{f"{k}_by_fraction": {str(f): round(sum(o[k] for o in mine if o["fraction"] == f) / a.seeds, 2)
                                                 for f in fractions} for k in ("dev", "test")}})

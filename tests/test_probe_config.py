@@ -54,14 +54,17 @@ def test_bad_settings_are_clear_errors(make, message):
 
 
 def test_probe_settings_names_a_bad_fraction_list_and_exits_2(tmp_path):
-    """perf/probe_settings.py takes one fraction or a comma-separated sweep; anything else is a clear error, exit 2,
+    """perf/probe_settings.py takes one fraction or a comma-separated sweep (--fractions, or --fraction as the
+    single-probe commands in docs spell it), read as the harness reads them; anything else is a clear error, exit 2,
     before it reads any cache."""
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    for args, says in ((["--fraction", "0.01,abc"], "--fraction '0.01,abc'"), (["--seeds", "0"], "--seeds must be >= 1")):
+    for args, says in ((["--fraction", "0.01,abc"], "--fractions: 'abc' is not a number"),
+                       (["--fractions", "0.01,5"], "--fractions: 5 is outside (0, 1]"),
+                       (["--seeds", "0"], "--seeds must be >= 1")):
         done = subprocess.run([sys.executable, "perf/probe_settings.py", "--task", "phone_1hidden", "--cache-dir",
                                str(tmp_path / "none"), *args], cwd=root, capture_output=True, text=True)
         assert done.returncode == 2, done.stderr
