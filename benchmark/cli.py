@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "float32 copy")
     p.add_argument("--runs-dir", type=Path, default=Path("runs/pretrain"))
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--workers", type=int, help="groups of frozen probes trained at once, in threads (default 2)")
+    p.add_argument("--workers", type=int, help="groups of frozen probes trained at once, in threads (default 2); with certify, "
+                        "upstream checkpoints certified at once")
     p.add_argument("--probe-memory", type=float, metavar="GB",
                    help="memory one group of frozen probes may hold resident (default: 0.54 GB (512 MiB) of host memory, or half "
                         "the free GPU memory on CUDA); larger groups stream from the feature cache, with the same "
@@ -301,7 +302,8 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
             return fail(f"--corpus {cfg.corpus}: not prepared under {cfg.data_dir}; certify reads the corpus and the "
                         f"feature cache the rows were trained on")
         try:
-            table = certify(cfg.results_dir, corpus, cfg.cache_dir, progress=cfg.progress,
+            table = certify(cfg.results_dir, corpus, cfg.cache_dir, progress=cfg.progress, workers=cfg.probe_workers,
+                            device=cfg.device,
                             # a bar on a terminal; one flushed line per row in a log on disk (--no-progress)
                             log=(lambda m: None) if cfg.progress else (lambda m: print(m, flush=True)))
         except (FileNotFoundError, ValueError) as e:

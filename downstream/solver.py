@@ -27,10 +27,13 @@ def sq_norm(tensors: list[Tensor]) -> Tensor:
 
 
 def solve_l2(params: list[Tensor], data_loss: Callable[[], Iterable[Tensor]], penalised: list[Tensor], l2: float,
-             rtol: float, max_iter: int) -> tuple[int, bool]:
+             rtol: float, max_iter: int, floor: float = 0.0) -> tuple[int, bool]:
     """Minimise sum(data_loss()) + l2 / 2 * sum |p|^2 over `penalised` (a subset of `params`) with full-batch L-BFGS
-    until |grad| <= rtol * l2 * max(|penalised|, 1); (iterations, solved). `solved` is False when `max_iter`
-    iterations ran out or the line search stopped making progress first.
+    until |grad| <= max(rtol * l2 * max(|penalised|, 1), floor); (iterations, solved). `solved` is False when
+    `max_iter` iterations ran out or the line search stopped making progress first.
+
+    `floor`: an absolute gradient norm that is close enough, for a first phase in a lower precision whose gradients
+    are not trustworthy below it (the certificate's float32 phase); 0 leaves the relative tolerance alone in charge.
 
     `data_loss()` yields the data loss in terms (e.g. one per chunk of examples, each weighted by its share), each
     back-propagated as it comes: only one term's graph is alive at a time, so the memory of an evaluation does not
@@ -56,7 +59,7 @@ def solve_l2(params: list[Tensor], data_loss: Callable[[], Iterable[Tensor]], pe
     while True:
         closure()
         grad = float(sq_norm([p.grad for p in params if p.grad is not None]).sqrt())
-        if grad <= rtol * l2 * max(float(sq_norm(penalised).sqrt()), 1.0):
+        if grad <= max(rtol * l2 * max(float(sq_norm(penalised).sqrt()), 1.0), floor):
             return iters, True
         if iters >= max_iter:
             return iters, False

@@ -1,10 +1,16 @@
-"""What shared starting points save the convergence certificate: the references of one upstream's frame-level rows at
-the largest label fraction (the costly fits), fitted cold (each L2 path from zeros) and with the certificate's warm
-starts (each row's L2 points start from the solutions of the row fitted before it on the same examples but for the
-mix of hidden states: the last-layer row, then the weighted-sum seeds), side by side in one process.
+"""What the convergence certificate's solver choices save: the references of one upstream's rows at the largest label
+fraction (the costly fits), fitted two ways side by side in one process, alternating row by row.
+
+--compare starts (default): cold (each L2 path from zeros) against the certificate's warm starts (each row's L2 points
+start from the solutions of the row fitted before it on the same examples but for the mix of hidden states: the
+last-layer row, then the weighted-sum seeds).
+--compare precision: float64 L-BFGS throughout against the certificate's float32 phase first (until the gradient
+is within benchmark.report.convergence.FLOAT32_GRAD_FLOOR), then float64 to the same tolerance.
 
     .venv/bin/python perf/certificate_starts.py --upstream mockingjay --task phone_linear,speaker_frame \\
         --out results/certificate_starts.json
+    .venv/bin/python perf/certificate_starts.py --compare precision --upstream mockingjay \\
+        --task phone_linear,speaker_frame,speaker_utterance --threads 1 --out results/certificate_precision.json
 
 Reads the rows of a results directory and the feature cache they were trained on (run the main job first). Prints
 per row the seconds, L-BFGS iterations and reference scores of both ways, and the total ratio.
@@ -30,7 +36,8 @@ from upstream.registry import parse_spec  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--upstream", default="mockingjay", help="name or name:preset")
-    p.add_argument("--task", default="phone_linear,speaker_frame", help="frame-level tasks, comma list")
+    p.add_argument("--compare", choices=("starts", "precision"), default="starts")
+    p.add_argument("--task", default="phone_linear,speaker_frame", help="certified tasks, comma list")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
@@ -53,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     corpus = load_corpus(a.corpus)
-    ways = {"cold": Certifier(corpus, a.cache_dir, warm_starts=False), "warm": Certifier(corpus, a.cache_dir)}
+    ways = ({"cold": Certifier(corpus, a.cache_dir, warm_starts=False), "warm": Certifier(corpus, a.cache_dir)}
+            if a.compare == "starts" else
+            {"float64": Certifier(corpus, a.cache_dir, float32_phase=False), "float32+64": Certifier(corpus, a.cache_dir)})
+    (first, second) = ways
     rows = []
     for _, r in runs.iterrows():
         out = {"task": r["task"], "mode": r["mode"], "seed": int(r["seed"]), "fraction": float(r["fraction"])}
@@ -64,16 +74,16 @@ def main(argv: list[str] | None = None) -> int:
             out[way] = {"seconds": round(time.perf_counter() - t0, 1), "final_iters": ref.iters, "l2": ref.l2,
                         "dev": round(100 * ref.dev, 2), "test": round(100 * ref.test, 2), "solved": ref.converged}
         rows.append(out)
-        print(f"{out['task']} {out['mode']} seed {out['seed']}: cold {out['cold']['seconds']} s "
-              f"(test {out['cold']['test']}), warm {out['warm']['seconds']} s (test {out['warm']['test']})", flush=True)
-    cold = sum(r["cold"]["seconds"] for r in rows)
-    warm = sum(r["warm"]["seconds"] for r in rows)
-    print(f"total: cold {cold:.1f} s, warm {warm:.1f} s ({cold / max(warm, 1e-9):.2f}x); largest test difference "
-          f"{max(abs(r['cold']['test'] - r['warm']['test']) for r in rows):.2f} points")
+        print(f"{out['task']} {out['mode']} seed {out['seed']}: " + ", ".join(
+            f"{w} {out[w]['seconds']} s (test {out[w]['test']}, l2 {out[w]['l2']:g})" for w in ways), flush=True)
+    secs = {w: round(sum(r[w]["seconds"] for r in rows), 1) for w in ways}
+    ratio = secs[first] / max(secs[second], 1e-9)
+    print(f"total: {first} {secs[first]:.1f} s, {second} {secs[second]:.1f} s ({ratio:.2f}x); largest test difference "
+          f"{max(abs(r[first]['test'] - r[second]['test']) for r in rows):.2f} points")
     if a.out is not None:
         atomic_write_json(a.out, {"command": " ".join(["python", "perf/certificate_starts.py", *(argv or sys.argv[1:])]),
-                                  "provenance": provenance("cpu"), "rows": rows, "cold_seconds": round(cold, 1),
-                                  "warm_seconds": round(warm, 1), "ratio": round(cold / max(warm, 1e-9), 2)})
+                                  "provenance": provenance("cpu"), "rows": rows,
+                                  **{f"{w}_seconds": v for w, v in secs.items()}, "ratio": round(ratio, 2)})
         print(f"wrote {a.out}")
     return 0
 

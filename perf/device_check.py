@@ -17,7 +17,8 @@ What it runs:
 - frozen-probe steps of the main job's phone_linear probe as the engine runs them (12 probes stacked into one
   model, weighted sum of 4 hidden states, its optimiser settings and batch, float16 rows resident on the device) on
   256- and 768-wide features, on 2 CPU cores and on CUDA;
-- with --main-job, the main job from empty folders on CUDA (wall time, its summary line, its rows).
+- with --main-job, the main job from empty folders on CUDA (wall time, its summary line, its rows), then the
+  convergence certificate of its rows on CUDA (wall time, its pass line), within --budget-s together.
 The JSON is rewritten after each part, so a run cut short keeps what it measured. "2 CPU cores" is this machine's
 CPU limited to 2 threads (the project's reference machine). Frames are 10-ms frames. Without CUDA it says so and
 exits with status 2 before doing anything.
@@ -182,30 +183,46 @@ def probe_fps(width: int, device: str, steps: int, hidden_states: int = 4, probe
             "probes": probes, "batch_frames": bs, "steps": steps, "frames_per_s": round(probes * bs / sec)}
 
 
-def main_job_seconds(device: str, workdir: Path | None = None, timeout_s: float | None = None) -> dict:
+def _job(command: list[str], device: str, root: Path, timeout_s: float | None) -> tuple[str, str, int | None, float]:
+    """run_benchmark.py `command` on `device` with every folder under `root`: (stdout, stderr, exit status or None
+    when `timeout_s` stopped it, seconds)."""
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "run_benchmark.py", *command, "--no-progress", "--device", device,
+                               "--data-dir", f"{root}/data", "--results-dir", f"{root}/results",
+                               "--cache-dir", f"{root}/cache", "--runs-dir", f"{root}/runs"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+        out, err, status = done.stdout, done.stderr, done.returncode
+    except subprocess.TimeoutExpired as e:
+        out, err, status = (e.stdout or b"").decode(), (e.stderr or b"").decode(), None
+    print(out[-3000:], err[-2000:], sep="\n", flush=True)
+    return out, err, status, time.perf_counter() - t0
+
+
+def main_job_seconds(device: str, workdir: Path | None = None, timeout_s: float | None = None,
+                     certify: bool = True) -> dict:
     """The main job from empty folders (corpus, checkpoints' statistics, extraction, probes, report) on `device`,
     in `workdir` (kept: its results/runs.csv holds the rows) or a temporary directory: its wall time, its own
-    summary line and the number of rows it wrote. `timeout_s` stops it, recorded as such."""
+    summary line and the number of rows it wrote; then (`certify`, when it finished with time left) the
+    convergence certificate of its rows, timed the same way. `timeout_s` bounds both together, recorded as such."""
+    t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         root = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         root.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        try:
-            done = subprocess.run([sys.executable, "run_benchmark.py", "--no-progress", "--device", device,
-                                   "--data-dir", f"{root}/data", "--results-dir", f"{root}/results",
-                                   "--cache-dir", f"{root}/cache", "--runs-dir", f"{root}/runs"],
-                                  cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
-            out, err, status = done.stdout, done.stderr, done.returncode
-        except subprocess.TimeoutExpired as e:
-            out, err, status = (e.stdout or b"").decode(), (e.stderr or b"").decode(), None
-        sec = time.perf_counter() - t0
+        out, _, status, sec = _job([], device, root, timeout_s)
         runs = root / "results" / "runs.csv"
         rows = len(runs.read_text().splitlines()) - 1 if runs.is_file() else 0
+        left = None if timeout_s is None else timeout_s - (time.perf_counter() - t0)
+        cert = None
+        if certify and status == 0 and (left is None or left > 10):
+            c_out, _, c_status, c_sec = _job(["certify"], device, root, left)
+            cert = {"exit_status": c_status, "timed_out_after_s": left if c_status is None else None,
+                    "seconds": round(c_sec, 1), "summary": next((ln for ln in c_out.splitlines() if "rows pass" in ln),
+                                                                None)}
     summary = [ln for ln in out.splitlines() if ln.startswith("done:")]
-    print(out[-3000:], err[-2000:], sep="\n", flush=True)
     return {"device": device, "exit_status": status, "timed_out_after_s": timeout_s if status is None else None,
             "seconds": round(sec, 1), "rows": rows, "summary": summary[-1] if summary else None,
-            "log_tail": out[-1500:]}
+            "log_tail": out[-1500:], "certificate": cert}
 
 
 def run_tests(extra: list[str]) -> dict:

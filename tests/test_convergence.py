@@ -229,3 +229,51 @@ def test_mlp_rows_share_the_linear_reference_and_retrained_rows_are_certified_ag
     assert lin["probe_test"] == pytest.approx(old["probe_test"] - 5, abs=0.01)
     assert lin["reference_test"] == old["reference_test"]
     assert mlp(third) == mlp(table)
+
+
+def test_the_float32_phase_ends_where_float64_throughout_does():
+    """The reference's L-BFGS runs in float32 first, then float64 to the tolerance: each L2 point ends within the
+    tolerance of the same optimum as a float64 fit from the start, and the float64 phase has the last word."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4000, 12, generator=g)
+    y = (x @ torch.randn(12, 4, generator=g) + torch.randn(4000, 4, generator=g)).argmax(-1)
+    splits = [(x[a:b], y[a:b]) for a, b in ((0, 3000), (3000, 3500), (3500, 4000))]
+    grid = (1e-1, 1e-3, 1e-5)
+    got: dict = {}
+    refs = {}
+    for phase in (True, False):
+        got[phase] = {}
+        refs[phase] = fit_reference(*splits, 4, grid, solutions=got[phase], float32_phase=phase)
+        assert refs[phase].converged
+    assert refs[True].l2 == refs[False].l2 and refs[True].dev == pytest.approx(refs[False].dev, abs=2e-3)
+    for l2 in grid:
+        W32, W64 = got[True][l2][0], got[False][l2][0]
+        assert W32.dtype == torch.float64  # solved last in float64
+        assert float((W32 - W64).norm()) <= 0.02 * float(W64.norm())  # both within 1 % of |W| of the optimum
+
+
+def test_workers_certify_checkpoints_side_by_side_with_the_same_table(corpus_dir, tmp_path):
+    """Two upstream checkpoints certified on two threads give the table that one thread gives, row for row (one torch
+    thread per fit both ways: another thread count sums a matmul in another order, moving an iteration count)."""
+    corpus = load_corpus(corpus_dir)
+    cfg = BenchmarkConfig(corpus=str(corpus_dir), upstreams=("mel", "mel:stack3"), tasks=("phone_linear",),
+                          modes="last", fractions=(0.25, 1.0), seeds=1, finetune_ends=False,
+                          probe=ProbeConfig(Minibatch(SGD(lr=1e-1), batch_size=4096, min_eval_steps=20), patience=4),
+                          results_dir=tmp_path / "results", cache_dir=tmp_path / "cache", runs_dir=tmp_path / "runs",
+                          progress=False, report=False)
+    runner.run_benchmark(cfg, log=lambda *_: None)
+    tables = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for workers in (1, 2):
+            (tmp_path / "results" / CONVERGENCE_FILE).unlink(missing_ok=True)
+            tables[workers] = certify(tmp_path / "results", corpus, tmp_path / "cache", log=lambda *_: None,
+                                      workers=workers, device="cpu")
+            assert torch.get_num_threads() == 1  # given back as it was
+    finally:
+        torch.set_num_threads(threads)
+    assert len(tables[1]) == 4 and tables[1]["preset"].nunique() == 2
+    pd.testing.assert_frame_equal(tables[1], tables[2])
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        certify(tmp_path / "results", corpus, tmp_path / "cache", workers=0)

@@ -3,6 +3,7 @@
 - pretraining in bfloat16 autocast tracks float32, float32 on CUDA tracks float32 on the CPU, and compiled steps
   (torch.compile, and its CUDA-graph mode) track eager ones;
 - extraction and probes on CUDA give the CPU's result rows (the harness end to end, two result folders);
+- the convergence certificate's references solved on CUDA reach the CPU's optima (both within its 1 % of |W|);
 - with two or more GPUs, 2 nccl ranks train the one-GPU run (as tests/test_ddp.py checks for gloo on CPU).
 
 Tolerances (dropout 0 throughout, so the runs differ by arithmetic alone):
@@ -138,6 +139,25 @@ def test_hidden_states_on_cuda_match_the_cpu():
     diff = max(float((a - b.cpu())[:, : int(n_cpu.min())].abs().max()) for a, b in zip(cpu, gpu))
     print(f"hidden states CUDA vs CPU: largest difference {diff:.2e}")
     assert diff <= HIDDEN_TOL
+
+
+@requires_cuda
+def test_certificate_references_on_cuda_reach_the_cpu_optima():
+    from benchmark.report.convergence import fit_reference
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6000, 16, generator=g)
+    y = (x @ torch.randn(16, 5, generator=g) + torch.randn(6000, 5, generator=g)).argmax(-1)
+    cut = ((0, 4000), (4000, 5000), (5000, 6000))
+    devices = {"cpu": "cpu", "gpu": GPU}
+    sols: dict = {k: {} for k in devices}
+    refs = {k: fit_reference(*[(x[a:b].to(dev), y[a:b].to(dev)) for a, b in cut], 5, solutions=sols[k])
+            for k, dev in devices.items()}
+    assert refs["gpu"].converged and refs["gpu"].l2 == refs["cpu"].l2
+    assert abs(refs["gpu"].test - refs["cpu"].test) <= 2e-3  # 2 of 1,000 test examples
+    for l2, (W, _) in sols["gpu"].items():  # each within 1 % of |W| of the same optimum
+        assert W.device.type == torch.device(GPU).type
+        assert float((W.cpu() - sols["cpu"][l2][0]).norm()) <= 0.02 * float(W.norm())
 
 
 @requires_cuda

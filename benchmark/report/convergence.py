@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ from benchmark.cache.reader import CacheEntry, EntryQuery, find_entry
 from benchmark.record.aggregate import read_runs
 from core.frames import FrameRule
 from core.io import atomic_write_text
+from core.parallel import run_parallel
+from core.repro import default_device
 from corpora.manifest import PROBE_SPLITS, Corpus, load_corpus
 from downstream.data import SplitLabels, Targets, flat_rows, split_labels
 from downstream.fractions import fraction_subset
@@ -60,6 +63,12 @@ UTT_L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 # each L2 point solved until within CERTIFICATE_RTOL x |W| of its unique optimum (downstream.solver), ten times
 # tighter than the L2-path probe's rule (downstream.config.L2Path.rtol)
 CERTIFICATE_RTOL = 0.01
+# a reference's L-BFGS runs in float32 until its gradient norm is this small, then in float64 to CERTIFICATE_RTOL:
+# float32 gradients of a mean cross-entropy are no longer trustworthy much below it (downstream.solver), and the
+# float64 phase, which alone decides the tolerance, starts that much closer. Mockingjay's references at 100 % of
+# the labels, 1 thread: phone_linear 152 s against 183 float64 throughout, speaker_frame 152 against 222,
+# speaker_utterance 26 against 31, at the same L2 points and accuracies (perf/certificate_precision.py)
+FLOAT32_GRAD_FLOOR = 2e-4
 MARGIN_LARGEST, MARGIN_SMALLEST = 1.0, 2.0  # accuracy points
 # The reference is a logistic regression: it covers the classifiers of rows (frames, or utterance means) trained with
 # cross-entropy, the tasks of the "stacked" engine. A task of another engine is exempt, for its engine's reason
@@ -103,16 +112,24 @@ class Reference:
 
 
 def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tuple[torch.Tensor, torch.Tensor] | None,
-         rtol: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
-    """Multinomial logistic regression on x (n, D) by full-batch L-BFGS in float64, solved to the relative
-    tolerance of downstream.solver; (W, b, iterations, solved)."""
-    x = x.double()
-    W = torch.zeros(x.shape[1], n_classes, dtype=torch.float64) if init is None else init[0].clone()
-    b = torch.zeros(n_classes, dtype=torch.float64) if init is None else init[1].clone()
-    W.requires_grad_(True)
-    b.requires_grad_(True)
-    iters, ok = solve_l2([W, b], lambda: [F.cross_entropy(x @ W + b, y)], [W], l2, rtol, max_iter)
-    return W.detach(), b.detach(), iters, ok
+         rtol: float, max_iter: int, float32_phase: bool = True) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """Multinomial logistic regression on x (n, D) by full-batch L-BFGS, solved in float64 to the relative tolerance
+    of downstream.solver; (W, b, iterations of both phases, solved). A float32 phase goes first, until its gradient
+    is within FLOAT32_GRAD_FLOOR (its matmuls take half the time); the float64 phase then solves from its point, and
+    it alone decides `solved` and the tolerance: the same guarantee as float64 from the start. `float32_phase=False`:
+    float64 throughout (perf/certificate_precision.py measures both)."""
+    W = torch.zeros(x.shape[1], n_classes, dtype=torch.float32, device=x.device) if init is None else init[0]
+    b = torch.zeros(n_classes, dtype=torch.float32, device=x.device) if init is None else init[1]
+    total = 0
+    phases = ((torch.float32, FLOAT32_GRAD_FLOOR),) if float32_phase else ()
+    for dtype, floor in (*phases, (torch.float64, 0.0)):
+        xd = x.to(dtype)
+        W = W.to(dtype).clone().requires_grad_(True)
+        b = b.to(dtype).clone().requires_grad_(True)
+        iters, ok = solve_l2([W, b], lambda: [F.cross_entropy(xd @ W + b, y)], [W], l2, rtol, max_iter, floor=floor)
+        total += iters
+        W, b = W.detach(), b.detach()
+    return W, b, total, ok
 
 
 Solutions = dict[float, tuple[torch.Tensor, torch.Tensor]]  # {l2: (W, b)} of one reference's grid
@@ -121,7 +138,7 @@ Solutions = dict[float, tuple[torch.Tensor, torch.Tensor]]  # {l2: (W, b)} of on
 def fit_reference(train: tuple[torch.Tensor, torch.Tensor], dev: tuple[torch.Tensor, torch.Tensor],
                   test: tuple[torch.Tensor, torch.Tensor], n_classes: int, grid: tuple[float, ...] = L2_GRID,
                   rtol: float = CERTIFICATE_RTOL, max_iter: int = 5000, starts: Solutions | None = None,
-                  solutions: Solutions | None = None) -> Reference:
+                  solutions: Solutions | None = None, float32_phase: bool = True) -> Reference:
     """Fit one regression per L2 strength (strongest first, each warm-starting the next); keep the best on dev.
 
     `starts`: the solutions of a neighbouring problem (the same labels and training subset, another mix of the same
@@ -134,7 +151,7 @@ def fit_reference(train: tuple[torch.Tensor, torch.Tensor], dev: tuple[torch.Ten
     for l2 in sorted(grid, reverse=True):
         if starts is not None and l2 in starts:
             init = starts[l2]
-        W, b, iters, ok = _fit(x, y, n_classes, l2, init, rtol, max_iter)
+        W, b, iters, ok = _fit(x, y, n_classes, l2, init, rtol, max_iter, float32_phase)
         init = (W, b)
         if solutions is not None:
             solutions[l2] = (W, b)
@@ -203,8 +220,10 @@ class Certifier:
     e.g. the seeds of the 100 % fraction, are reused). The examples are the probes' own: the same sources,
     the same whitening (downstream.sources)."""
 
-    def __init__(self, corpus: Corpus, cache_dir: Path, warm_starts: bool = True) -> None:
+    def __init__(self, corpus: Corpus, cache_dir: Path, warm_starts: bool = True, device: torch.device | str = "cpu",
+                 float32_phase: bool = True) -> None:
         self.corpus, self.cache_dir, self.warm_starts = corpus, Path(cache_dir), warm_starts
+        self.device, self.float32_phase = torch.device(device), float32_phase  # where and how the fits are solved
         self.utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
         self.frame_rule: FrameRule | None = None  # of the upstream loaded last (`sources`)
         self._sources: dict[tuple, tuple[ArraySource, PooledSource]] = {}
@@ -262,20 +281,25 @@ class Certifier:
                     sel = torch.from_numpy(flat_rows(frames.splits[s].offsets, idx) if task.frame_targets
                                            else np.asarray(idx, dtype=np.int64))
                     mixed, y = mixed.index_select(0, sel), y.index_select(0, sel)
-                data.append((mixed, y))
+                data.append((mixed.to(self.device), y.to(self.device)))
             grid = UTT_L2_GRID if task.pooled else L2_GRID
             near = key[:5] + key[7:]  # the same examples but for the layers read and their mix
             solutions: Solutions = {}
             self._fits[key] = fit_reference(*data, len(task.labels.classes(self.corpus)), grid,
                                             starts=self._solutions.get(near) if self.warm_starts else None,
-                                            solutions=solutions)
+                                            solutions=solutions, float32_phase=self.float32_phase)
             self._solutions[near] = solutions
         return self._fits[key]
 
 
-def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progress: bool = True) -> pd.DataFrame:
+def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progress: bool = True, workers: int = 2,
+            device: torch.device | str | None = None) -> pd.DataFrame:
     """Fit the references of every frozen-probe row at its (upstream, task)'s largest and smallest fraction and
-    write results_dir/convergence.csv; returns the table."""
+    write results_dir/convergence.csv; returns the table.
+
+    `workers` threads certify one upstream checkpoint each at a time (its cached splits loaded once; its rows' fits
+    start from each other's solutions), with the torch threads shared out between them; `device`: where the fits are
+    solved (default: CUDA when present, core.repro.default_device)."""
     runs = read_runs(Path(results_dir) / "runs.csv")
     for task, reason in exempt_tasks(runs["task"]).items():
         log(f"{task}: exempt from the certificate: {reason}")
@@ -283,17 +307,16 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
     runs = runs[runs["corpus"] == corpus.name]
     if runs.empty:
         raise ValueError(f"{results_dir}/runs.csv: no frozen-probe rows on corpus {corpus.name} to certify")
+    if workers < 1:
+        raise ValueError(f"certify: workers must be >= 1, got {workers}")
     grp = runs.groupby(["upstream", "preset", "ckpt_hash", "task"])["fraction"]
     lo, hi = grp.transform("min"), grp.transform("max")
     runs = runs[(runs["fraction"] == lo) | (runs["fraction"] == hi)].assign(_largest=(runs["fraction"] == hi))
     runs = runs.sort_values(["upstream", "preset", "ckpt_hash", "task", "fraction", "mode", "layer", "seed"])
-    cert = Certifier(corpus, cache_dir)
     path = Path(results_dir) / CONVERGENCE_FILE
     done = _previous(path, runs)  # resumable: rows certified by an interrupted call are kept
     out = [done[rid] for rid in runs["run_id"] if rid in done]
-    # the smallest fractions' rows first (seconds each), then the largest (the costly fits: minutes on 2 cores for
-    # a frame-level row): an interrupted call has certified as many rows as it could
-    todo = runs[~runs["run_id"].isin(done)].sort_values("_largest", kind="stable")
+    todo = runs[~runs["run_id"].isin(done)]
     if out:
         log(f"{path}: {len(out)} rows already certified, {len(todo)} to go")
     from tqdm import tqdm
@@ -301,31 +324,59 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
     # a fixed-layer reference depends on the examples only (not on the head): a phone_1hidden row takes the fit of
     # the phone_linear row of its layer, fraction and seed, also when that row was certified by an earlier call
     fitted = {_examples_key(o): o for o in out if o["mode"] in ("last", "layer")}
-    for _, r in tqdm(list(todo.iterrows()), desc="certificate", unit="row", disable=not progress):
-        t0 = time.perf_counter()
-        same = fitted.get(_examples_key(r)) if r["mode"] in ("last", "layer") else None
-        ref = cert.reference(r) if same is None else Reference(
-            float(same["reference_l2"]), float(same["reference_dev"]) / 100, float(same["reference_test"]) / 100,
-            int(same["reference_iters"]), bool(same["reference_converged"]))
-        margin = MARGIN_LARGEST if r["_largest"] else MARGIN_SMALLEST
-        probe_test = 100 * float(r["test_metric"])
-        out.append({"run_id": r["run_id"], "upstream": r["upstream"], "preset": r["preset"], "ckpt_hash": r["ckpt_hash"], "task": r["task"],
-                    "mode": r["mode"], "layer": int(r["layer"]), "fraction": float(r["fraction"]),
-                    "seed": int(r["seed"]), "budget": r["budget"], "converged": bool(r["converged"]),
-                    "steps": int(r["steps"]), "probe_dev": round(100 * float(r["dev_metric"]), 2),
-                    "probe_test": round(probe_test, 2), "reference_dev": round(100 * ref.dev, 2),
-                    "reference_test": round(100 * ref.test, 2), "reference_l2": ref.l2, "reference_iters": ref.iters,
-                    "reference_converged": ref.converged, "margin": margin,
-                    "passes": passes(probe_test, 100 * ref.test, margin)})
-        if r["mode"] in ("last", "layer"):
-            fitted.setdefault(_examples_key(out[-1]), out[-1])
-        atomic_write_text(path, pd.DataFrame(out, columns=list(COLUMNS)).to_csv(index=False))  # after every row
-        log(f"{r['upstream']} {r['task']} {r['mode']} f={r['fraction']:g} seed {r['seed']}: probe {probe_test:.2f} "
-            f"reference {100 * ref.test:.2f} ({time.perf_counter() - t0:.1f} s)")
+    lock = threading.Lock()
+    bar = tqdm(total=len(todo), desc="certificate", unit="row", disable=not progress)
+    dev = torch.device(device) if device is not None else default_device()
+
+    def one_checkpoint(rows: pd.DataFrame) -> None:
+        """One upstream checkpoint's rows: the smallest fractions' first (seconds each), then the largest (the costly
+        fits: minutes on 2 cores for a frame-level row), so an interrupted call has certified as many as it could."""
+        cert = Certifier(corpus, cache_dir, device=dev)
+        for _, r in rows.sort_values("_largest", kind="stable").iterrows():
+            t0 = time.perf_counter()
+            with lock:
+                same = fitted.get(_examples_key(r)) if r["mode"] in ("last", "layer") else None
+            ref = cert.reference(r) if same is None else Reference(
+                float(same["reference_l2"]), float(same["reference_dev"]) / 100, float(same["reference_test"]) / 100,
+                int(same["reference_iters"]), bool(same["reference_converged"]))
+            row = _certified(r, ref)
+            with lock:
+                out.append(row)
+                if r["mode"] in ("last", "layer"):
+                    fitted.setdefault(_examples_key(row), row)
+                atomic_write_text(path, pd.DataFrame(out, columns=list(COLUMNS)).to_csv(index=False))  # every row
+                bar.update()
+                log(f"{r['upstream']} {r['task']} {r['mode']} f={r['fraction']:g} seed {r['seed']}: probe "
+                    f"{row['probe_test']:.2f} reference {row['reference_test']:.2f} ({time.perf_counter() - t0:.1f} s)")
+
+    # the costliest checkpoints first (frame-level rows at the largest fraction), so that the workers finish together
+    jobs = [g for _, g in todo.groupby(["upstream", "preset", "ckpt_hash"], sort=False)]
+    jobs.sort(key=lambda g: -int((g["_largest"] & g["task"].map(lambda t: get_task(t).frame_targets)).sum()))
+    threads = torch.get_num_threads()
+    try:
+        if workers > 1 and dev.type == "cpu":
+            torch.set_num_threads(max(1, threads // workers))
+        run_parallel(one_checkpoint, [(g,) for g in jobs], workers if dev.type == "cpu" else 1, "certify")
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
     order = {rid: i for i, rid in enumerate(runs["run_id"])}
     table = pd.DataFrame(sorted(out, key=lambda o: order[o["run_id"]]), columns=list(COLUMNS))
     atomic_write_text(path, table.to_csv(index=False))
     return table
+
+
+def _certified(r: pd.Series, ref: Reference) -> dict:
+    """The certificate's line for run `r` against its reference."""
+    margin = MARGIN_LARGEST if r["_largest"] else MARGIN_SMALLEST
+    probe_test = 100 * float(r["test_metric"])
+    return {"run_id": r["run_id"], "upstream": r["upstream"], "preset": r["preset"], "ckpt_hash": r["ckpt_hash"],
+            "task": r["task"], "mode": r["mode"], "layer": int(r["layer"]), "fraction": float(r["fraction"]),
+            "seed": int(r["seed"]), "budget": r["budget"], "converged": bool(r["converged"]), "steps": int(r["steps"]),
+            "probe_dev": round(100 * float(r["dev_metric"]), 2), "probe_test": round(probe_test, 2),
+            "reference_dev": round(100 * ref.dev, 2), "reference_test": round(100 * ref.test, 2),
+            "reference_l2": ref.l2, "reference_iters": ref.iters, "reference_converged": ref.converged,
+            "margin": margin, "passes": passes(probe_test, 100 * ref.test, margin)}
 
 
 def _examples_key(row) -> tuple:
@@ -416,10 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--corpus", default="data/synth", help="the prepared corpus directory the rows were trained on")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
+    p.add_argument("--workers", type=int, default=2, help="upstream checkpoints certified at once, in threads")
+    p.add_argument("--device", default=None, help="where the fits are solved (default: cuda when present, else cpu)")
     a = p.parse_args(argv)
     try:
         corpus = load_corpus(a.corpus)
-        table = certify(a.results_dir, corpus, a.cache_dir)
+        table = certify(a.results_dir, corpus, a.cache_dir, workers=a.workers, device=a.device)
         exempt = exempt_tasks(read_runs(Path(a.results_dir) / "runs.csv")["task"])
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,7 +5,6 @@ import datetime as _dt
 import resource
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import torch
 
 from core.allocator import heap_while_training, release
 from core.io import atomic_write_text, sha256_json
+from core.parallel import run_parallel
 from core.repro import provenance
 from corpora.manifest import Corpus, PROBE_SPLITS, Utterance
 from downstream.data import SplitLabels, num_classes, split_labels
@@ -226,7 +226,7 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
                 torch.set_num_threads(min(cfg.probe_threads, threads))
             with heap_while_training():  # a step's freed activations are reused by the next (core.allocator)
                 run_parallel(one_group, [(g,) for g in balance(list(groups.values()), cost, cfg.probe_workers)],
-                             cfg.probe_workers)
+                             cfg.probe_workers, "probe")
         torch.set_num_threads(threads)
         run_parallel(one_finetune, finetune, 1)  # the upstream itself trains: one run at a time, every thread
     finally:
@@ -253,24 +253,6 @@ def balance(groups: list[list], cost, workers: int) -> list[list]:
         else:
             out.append(g)
     return sorted(out, key=lambda g: -sum(cost(r) for r in g))
-
-
-def run_parallel(fn, jobs: list[tuple], workers: int) -> None:
-    """fn(*job) for every job on `workers` threads (torch releases the GIL inside its ops); the first error is
-    re-raised after cancelling the jobs not yet started. Rows are appended by each job as it finishes."""
-    if workers <= 1:
-        for job in jobs:
-            fn(*job)
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
-        futures = [pool.submit(fn, *job) for job in jobs]
-        try:
-            for f in as_completed(futures):
-                f.result()
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
 
 
 def run_benchmark(cfg: BenchmarkConfig, log=print) -> RunnerStats:
