@@ -27,13 +27,16 @@ def sq_norm(tensors: list[Tensor]) -> Tensor:
 
 
 def solve_l2(params: list[Tensor], data_loss: Callable[[], Iterable[Tensor]], penalised: list[Tensor], l2: float,
-             rtol: float, max_iter: int, floor: float = 0.0) -> tuple[int, bool]:
+             rtol: float, max_iter: int, floor: float = 0.0, patience: int | None = None) -> tuple[int, bool]:
     """Minimise sum(data_loss()) + l2 / 2 * sum |p|^2 over `penalised` (a subset of `params`) with full-batch L-BFGS
     until |grad| <= max(rtol * l2 * max(|penalised|, 1), floor); (iterations, solved). `solved` is False when
     `max_iter` iterations ran out or the line search stopped making progress first.
 
     `floor`: an absolute gradient norm that is close enough, for a first phase in a lower precision whose gradients
     are not trustworthy below it (the certificate's float32 phase); 0 leaves the relative tolerance alone in charge.
+    `patience`: give up (unsolved) when that many checks in a row (every CHUNK iterations) have not halved the
+    smallest gradient norm seen: such a phase has stalled (float32 on nearly separable data can creep for thousands
+    of iterations); None runs to `max_iter`.
 
     `data_loss()` yields the data loss in terms (e.g. one per chunk of examples, each weighted by its share), each
     back-propagated as it comes: only one term's graph is alive at a time, so the memory of an evaluation does not
@@ -55,13 +58,16 @@ def solve_l2(params: list[Tensor], data_loss: Callable[[], Iterable[Tensor]], pe
         penalty.backward()  # its gradient adds to the data's: the same sum as one backward of both
         return total + penalty.detach()
 
-    iters = 0
+    iters, best, stale = 0, float("inf"), 0
     while True:
         closure()
         grad = float(sq_norm([p.grad for p in params if p.grad is not None]).sqrt())
         if grad <= max(rtol * l2 * max(float(sq_norm(penalised).sqrt()), 1.0), floor):
             return iters, True
         if iters >= max_iter:
+            return iters, False
+        best, stale = (grad, 0) if grad <= best / 2 else (best, stale + 1)
+        if patience is not None and stale >= patience:
             return iters, False
         step = min(CHUNK, max_iter - iters)
         opt.param_groups[0].update(max_iter=step, max_eval=2 * step)

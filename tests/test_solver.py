@@ -59,3 +59,22 @@ def test_needs_a_positive_l2_and_rtol():
         _solve(x, y, 0.0, zeros, 1e-3)
     with pytest.raises(ValueError, match="rtol"):
         _solve(x, y, 1e-3, zeros, 0.0)
+
+
+def test_a_floor_and_a_patience_end_a_lower_precision_phase():
+    """The certificate's float32 phase: `floor` accepts an absolute gradient norm; `patience` gives up (unsolved) on a
+    phase whose gradient norm stops halving, instead of creeping on to max_iter."""
+    x, y = _separable()
+    x32 = x.float()
+
+    def run(**kw):
+        W = torch.zeros(20, 5, requires_grad=True)
+        b = torch.zeros(5, requires_grad=True)
+        iters, ok = solve_l2([W, b], lambda: [F.cross_entropy(x32 @ W + b, y)], [W], 1e-6, 1e-12, 3000, **kw)
+        grad = torch.autograd.grad(F.cross_entropy(x32 @ W + b, y) + 0.5e-6 * (W * W).sum(), [W, b])
+        return iters, ok, float(sum((g * g).sum() for g in grad).sqrt())
+
+    iters, ok, grad = run(floor=1e-3)
+    assert ok and grad <= 1e-3 and iters < 3000
+    iters, ok, _ = run(patience=2)  # a tolerance float32 cannot reach: stopped once two checks in a row gain < 2x
+    assert not ok and iters < 3000
