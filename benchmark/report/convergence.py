@@ -65,9 +65,10 @@ UTT_L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 CERTIFICATE_RTOL = 0.01
 # a reference's L-BFGS runs in float32 until its gradient norm is this small, then in float64 to CERTIFICATE_RTOL:
 # float32 gradients of a mean cross-entropy are no longer trustworthy much below it (downstream.solver), and the
-# float64 phase, which alone decides the tolerance, starts that much closer. Mockingjay's references at 100 % of
-# the labels, 1 thread: phone_linear 152 s against 183 float64 throughout, speaker_frame 152 against 222,
-# speaker_utterance 26 against 31, at the same L2 points and accuracies (perf/certificate_precision.py)
+# float64 phase, which alone decides the tolerance, starts that much closer. Mockingjay's references at 100 % of the
+# labels, 1 thread: 659 s against 920 float64 throughout (1.40x; the last layer's phone_linear 149 against 248 s,
+# speaker_frame 162 against 236), every reference's L2 point and scores the same
+# (perf/certificate_starts.py --compare precision, results/certificate_precision.json)
 FLOAT32_GRAD_FLOOR = 2e-4
 # ... or until 10 checks in a row (200 iterations) have not halved its gradient norm: on nearly separable utterance
 # means (mockingjay's last layer, 100 %, l2 1e-4) float32 L-BFGS crept 5,000 iterations without reaching the floor
