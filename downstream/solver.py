@@ -10,7 +10,7 @@ at l2 = 1e-6 a gradient of 1e-4 (the old stopping rule) allows a point |W| = 100
 the "solution" at weak L2 was whatever the warm start left, and two paths over the same grid chose different
 points (measured on the built-in corpus: docs/benchmark.md, "The regularisation path"). Reaching the relative
 tolerance at weak L2 needs float64 (float32 gradients of a mean cross-entropy floor at ~2e-4), so callers
-solve in float64.
+finish in float64 (the certificate gets there from a float32 phase that stops at that floor: `floor`, `patience`).
 """
 from __future__ import annotations
 

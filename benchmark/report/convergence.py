@@ -3,7 +3,7 @@
 For each frozen-probe row of a results directory (phone_linear, speaker_utterance, speaker_frame, phone_1hidden; modes last,
 layer=K and weighted_sum) at the largest and the smallest label fraction of its upstream and task, a reference
 is fitted on the SAME cached features, labels and training subset: multinomial logistic regression solved to a
-tolerance, its L2 strength chosen on dev: full-batch L-BFGS in float64, each L2 point solved until within 1 % of
+tolerance, its L2 strength chosen on dev: full-batch L-BFGS (float32, then float64), each L2 point solved until within 1 % of
 |W| of its unique optimum (downstream.solver, CERTIFICATE_RTOL), L2 from `L2_GRID` for frame-level rows (up to
 ~370k frames) and `UTT_L2_GRID` for utterance-level rows (cheap
 fits). The examples are the probes'
@@ -119,9 +119,9 @@ def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tupl
          rtol: float, max_iter: int, float32_phase: bool = True) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
     """Multinomial logistic regression on x (n, D) by full-batch L-BFGS, solved in float64 to the relative tolerance
     of downstream.solver; (W, b, iterations of both phases, solved). A float32 phase goes first, until its gradient
-    is within FLOAT32_GRAD_FLOOR (its matmuls take half the time); the float64 phase then solves from its point, and
+    is within FLOAT32_GRAD_FLOOR (cheaper matmuls); the float64 phase then solves from its point, and
     it alone decides `solved` and the tolerance: the same guarantee as float64 from the start. `float32_phase=False`:
-    float64 throughout (perf/certificate_precision.py measures both)."""
+    float64 throughout (`perf/certificate_starts.py --compare precision` measures both)."""
     W = torch.zeros(x.shape[1], n_classes, dtype=torch.float32, device=x.device) if init is None else init[0]
     b = torch.zeros(n_classes, dtype=torch.float32, device=x.device) if init is None else init[1]
     total = 0
