@@ -357,11 +357,10 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
     # the costliest checkpoints first (frame-level rows at the largest fraction), so that the workers finish together
     jobs = [g for _, g in todo.groupby(["upstream", "preset", "ckpt_hash"], sort=False)]
     jobs.sort(key=lambda g: -int((g["_largest"] & g["task"].map(lambda t: get_task(t).frame_targets)).sum()))
-    threads = torch.get_num_threads()
+    threads, n = torch.get_num_threads(), workers if dev.type == "cpu" else 1  # one device: one fit at a time
     try:
-        if workers > 1 and dev.type == "cpu":
-            torch.set_num_threads(max(1, threads // workers))
-        run_parallel(one_checkpoint, [(g,) for g in jobs], workers if dev.type == "cpu" else 1, "certify")
+        torch.set_num_threads(max(1, threads // n))
+        run_parallel(one_checkpoint, [(g,) for g in jobs], n, "certify")
     finally:
         torch.set_num_threads(threads)
         bar.close()
