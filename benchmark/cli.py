@@ -157,6 +157,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         kw["task_seeds"] = {}  # --seeds applies to every task
     if args.corpus:
         kw["corpus"] = args.corpus
+        kw["task_corpora"] = {}  # --corpus applies to every task
     ckpts = {}
     for item in (c for arg in args.ckpt for c in arg.split(",") if c):
         name, sep, path = item.partition("=")
@@ -196,30 +197,34 @@ def servable_tasks(cfg: BenchmarkConfig, asked: bool) -> BenchmarkConfig:
     task asked for with --task that the corpus cannot serve (no phone transcriptions, no trial speakers, open-set
     speakers) is a ValueError naming the task and the file; a default task is left out with a note (the main job
     on LibriSpeech has no trial speakers for speaker verification). The built-in corpus, still to be built, holds
-    what every task needs."""
-    corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, prepare=False)
-    if corpus is None:
-        return cfg
-    if asked:
-        check_tasks(cfg.tasks, corpus)
-        return cfg
+    what every task needs. Each task is checked on its own corpus (BenchmarkConfig.corpus_of)."""
     kept = []
-    for t in cfg.tasks:
-        try:
-            check_tasks([t], corpus)
-            kept.append(t)
-        except ValueError as e:
-            print(f"note: default task {t} left out: {str(e).removeprefix(f'task {t}: ')}")
+    for part in cfg.by_corpus():
+        corpus = resolve_corpus(part.corpus, part.data_dir, part.quick, prepare=False)
+        if corpus is None:
+            kept += part.tasks
+            continue
+        if asked:
+            check_tasks(part.tasks, corpus)
+            kept += part.tasks
+            continue
+        for t in part.tasks:
+            try:
+                check_tasks([t], corpus)
+                kept.append(t)
+            except ValueError as e:
+                print(f"note: default task {t} left out: {str(e).removeprefix(f'task {t}: ')}")
     if not kept:
         raise ValueError(f"--corpus {cfg.corpus}: serves none of the default tasks ({', '.join(cfg.tasks)}); "
                          f"choose tasks with --task, of {','.join(ALL_TASKS)}")
-    return replace(cfg, tasks=tuple(kept))
+    return replace(cfg, tasks=tuple(t for t in cfg.tasks if t in kept))
 
 
 def check_inputs(cfg: BenchmarkConfig) -> None:
     """What can be checked before anything is built or loaded: the corpus, each --ckpt, the layer choices (the tasks:
     `servable_tasks`)."""
-    check_corpus(cfg.corpus, cfg.data_dir, cfg.quick)
+    for part in cfg.by_corpus():
+        check_corpus(part.corpus, cfg.data_dir, cfg.quick)
     check_results(Path(cfg.results_dir))
     for name, path in cfg.ckpts.items():
         check_ckpt(name, Path(path))
@@ -295,21 +300,26 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
         return 0 if build_report_if_available(cfg.results_dir) else 1
     if args.command == "certify":
         # pandas loads here (0.4 s on top of this module's imports): --list, --dry-run and prepare never need it
-        from benchmark.report.convergence import certify, exempt_tasks, summary_markdown
+        from benchmark.report.convergence import certifiable_rows, certify, exempt_tasks, summary_markdown
 
-        corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, prepare=False)
-        if corpus is None:
-            return fail(f"--corpus {cfg.corpus}: not prepared under {cfg.data_dir}; certify reads the corpus and the "
-                        f"feature cache the rows were trained on")
-        try:
-            table = certify(cfg.results_dir, corpus, cfg.cache_dir, progress=cfg.progress, workers=cfg.probe_workers,
-                            device=cfg.device,
-                            # a bar on a terminal; one flushed line per row in a log on disk (--no-progress)
-                            log=(lambda m: None) if cfg.progress else (lambda m: print(m, flush=True)))
-        except (FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(summary_markdown(table, exempt_tasks(r["task"] for r in read_rows(Path(cfg.results_dir) / RUNS_FILE))))
+        exempt = exempt_tasks(r["task"] for r in read_rows(Path(cfg.results_dir) / RUNS_FILE))
+        for part in cfg.by_corpus():  # the main corpus, then a task's own (the main job's keyword corpus)
+            corpus = resolve_corpus(part.corpus, cfg.data_dir, cfg.quick, prepare=False)
+            if part.corpus != cfg.corpus and (corpus is None or not (
+                    certifiable_rows(cfg.results_dir)["corpus"] == corpus.name).any()):
+                continue  # another corpus of the plan with no rows to certify (yet)
+            if corpus is None:
+                return fail(f"--corpus {cfg.corpus}: not prepared under {cfg.data_dir}; certify reads the corpus and "
+                            f"the feature cache the rows were trained on")
+            try:
+                table = certify(cfg.results_dir, corpus, cfg.cache_dir, progress=cfg.progress,
+                                workers=cfg.probe_workers, device=cfg.device,
+                                # a bar on a terminal; one flushed line per row in a log on disk (--no-progress)
+                                log=(lambda m: None) if cfg.progress else (lambda m: print(m, flush=True)))
+            except (FileNotFoundError, ValueError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            print(f"corpus {corpus.name}: {summary_markdown(table, exempt)}")
         return 0 if build_report_if_available(cfg.results_dir) else 1
     if args.dry_run:
         print_plan(cfg)

@@ -192,6 +192,50 @@ def test_the_main_job_plans_the_superb_tasks_and_keeps_the_legacy_ones():
         assert t not in cfg.task_fractions and t not in cfg.task_seeds
 
 
+def test_the_main_job_runs_keyword_spotting_on_the_built_in_keyword_corpus(tmp_path):
+    """keywords reads its own corpus (the speech corpus has no keyword labels): the plan splits by corpus, the main
+    corpus first; --corpus puts every task on the one corpus given (and leaves out, with a note, what it cannot serve)."""
+    from benchmark.cli import build_parser, config_from_args
+
+    cfg = main_job()
+    assert "keywords" in MAIN_TASKS and cfg.corpus_of("keywords") == "synth" + "_keywords"
+    parts = cfg.by_corpus()
+    assert [(p.corpus, p.tasks) for p in parts] == [("synth", MAIN_TASKS[:-1]), ("synth_keywords", ("keywords",))]
+    assert all(not p.task_corpora for p in parts)
+    one = replace(cfg, task_corpora={})
+    assert [p.corpus for p in one.by_corpus()] == ["synth"]
+    plain = make_tiny_corpus(tmp_path / "c", n_speakers=2, per_speaker={"train": 2, "dev": 1, "test": 1})
+    given = config_from_args(build_parser().parse_args(["--corpus", str(plain.root), "--dry-run",
+                                                        "--results-dir", str(tmp_path / "results")]))
+    assert given.task_corpora == {} and [p.corpus for p in given.by_corpus()] == [str(plain.root)]
+    assert "keywords" not in given.tasks  # no keyword labels: left out with a note
+
+
+def test_tasks_on_two_corpora_run_in_one_job_to_one_report(tiny, tmp_path):
+    """A job whose keyword task reads a Speech Commands folder and whose phone task reads the speech corpus: rows on
+    both corpora, each task under its own name in the tables (no corpus prefix: no task is on both), and 10-ms mel,
+    whose identity holds each corpus's normalisation statistics, one row of the overview with both cells."""
+    from corpora.speech_commands import prepare_speech_commands
+    from tests.test_keywords import speech_commands_folder
+
+    kw = prepare_speech_commands(tmp_path / "kw", root=str(speech_commands_folder(tmp_path / "sc")), progress=False,
+                                 workers=1)
+    cfg = _cfg(tiny, tmp_path, tasks=("phone_linear", "keywords"), task_corpora={"keywords": str(kw.root)},
+               report=True)
+    stats = runner.run_benchmark(cfg, log=lambda *_: None)
+    assert stats.runs_done == 2
+    runs = read_runs(tmp_path / "results" / "runs.csv")
+    assert dict(zip(runs["task"], runs["corpus"])) == {"phone_linear": load_corpus(tiny).name, "keywords": kw.name}
+    assert runs["ckpt_hash"].nunique() == 2  # mel's statistics differ by corpus
+    assert {p.stem for p in (tmp_path / "results" / "tables").glob("*.csv")} >= {"phone_linear", "keywords"}
+    cols, rows = overview(aggregate_runs(runs))
+    assert [c.task for c in cols] == ["keywords", "phone_linear"]
+    assert len(rows) == 1 and all(c.text != "-" for c in rows[0].cells), rows
+    assert "@" not in rows[0].name
+    again = runner.run_benchmark(cfg, log=lambda *_: None)  # both corpora's rows are found again: nothing retrained
+    assert again.runs_done == 0 and again.runs_skipped == 2
+
+
 # ---------------------------------------------------------------- a corpus that cannot serve a planned task
 
 

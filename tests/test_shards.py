@@ -30,10 +30,11 @@ RESULT_FIELDS = ("dev_metric", "test_metric", "test_utt_metric", "best_step", "s
 
 
 def main_job_plan() -> list:
-    """The main job's runs as every shard plans them (5 upstreams, 4 fractions, 3 seeds, fine-tuning at 100 %)."""
+    """The main job's runs on the speech corpus as every shard plans them (5 upstreams, 4 fractions, 3 seeds,
+    fine-tuning at 100 %); its keyword runs are sharded on their own corpus the same way."""
     from benchmark.plan.presets import main_job
 
-    cfg = main_job()
+    cfg = main_job().by_corpus()[0]
     shapes = {"mel": (1, 80), "mockingjay": (4, 256), "aalbert": (4, 256), "mockingjay_random": (4, 256),
               "aalbert_random": (4, 256)}
     return [(r, L, D) for spec, (L, D) in shapes.items()

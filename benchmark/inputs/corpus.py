@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from corpora.manifest import SPLITS, Corpus, is_prepared, load_corpus
-from corpora.registry import PREPARERS, current_default_corpus, ensure_default_corpus
+from corpora.registry import BUILT_IN, PREPARERS, builtin_dir, current_builtin, ensure_builtin
 
-DEFAULT_CORPUS = "synth"  # the built-in corpus: corpora.registry.ensure_default_corpus prepares it where it belongs
 # every other corpus is read from the user's copy: how to prepare it (docs/corpora.md)
 PREPARE_HINTS = {"librispeech": "--root /path/to/LibriSpeech", "timit": "--root /path/to/TIMIT",
                  "manifest": "--manifest your_list.csv"}
@@ -18,9 +17,9 @@ def corpus_choices() -> list[str]:
 
 
 def default_corpus_dir(corpus: str, data_dir: Path, quick: bool) -> Path:
-    """Where a corpus given by name lives under data_dir (the built-in one in synth/ or synth_quick/)."""
-    if corpus == DEFAULT_CORPUS:
-        return Path(data_dir) / ("synth_quick" if quick else "synth")
+    """Where a corpus given by name lives under data_dir (the built-in speech corpus in synth/ or synth_quick/)."""
+    if corpus in BUILT_IN:
+        return builtin_dir(corpus, data_dir, quick)
     return Path(data_dir) / corpus
 
 
@@ -42,7 +41,7 @@ def check_corpus(corpus: str, data_dir: Path, quick: bool) -> None:
                              f"known corpus; valid names: {', '.join(names) or '(no preparers installed)'}")
         path = default_corpus_dir(corpus, data_dir, quick)
         if not is_prepared(path):
-            if corpus == DEFAULT_CORPUS:
+            if corpus in BUILT_IN:
                 return  # built on demand
             raise ValueError(_unprepared(corpus, path))
     c = load_corpus(path)
@@ -64,10 +63,10 @@ def resolve_corpus(corpus: str, data_dir: Path, quick: bool, prepare: bool = Tru
         raise ValueError(f"--corpus {corpus!r}: neither a prepared corpus directory (with corpus.json) nor a known "
                          f"corpus; valid names: {', '.join(names) or '(no preparers installed)'}")
     out = default_corpus_dir(corpus, data_dir, quick)
-    if corpus == DEFAULT_CORPUS:  # the toolkit's own folder: built when missing, rebuilt when an older generator made it
-        if (current := current_default_corpus(Path(data_dir), quick)) is not None:
+    if corpus in BUILT_IN:  # the toolkit's own folder: built when missing, rebuilt when an older generator made it
+        if (current := current_builtin(corpus, Path(data_dir), quick)) is not None:
             return current
-        return ensure_default_corpus(Path(data_dir), quick=quick, progress=progress) if prepare else None
+        return ensure_builtin(corpus, Path(data_dir), quick=quick, progress=progress) if prepare else None
     if is_prepared(out):
         return load_corpus(out)
     if not prepare:

@@ -136,7 +136,12 @@ def check_cache_space(cfg: BenchmarkConfig, corpus: Corpus, specs: list[str] | N
 def check_space_for(cfg: BenchmarkConfig) -> None:
     """`check_cache_space` for what this invocation will extract: every planned upstream, or with cfg.shard those
     with runs in the shard. A corpus still to be built (the built-in one, built on demand) is not checked: its
-    caches take a few GB (docs/scale.md)."""
+    caches take a few GB (docs/scale.md). Corpus by corpus (BenchmarkConfig.by_corpus)."""
+    for part in cfg.by_corpus():
+        _check_space_on_corpus(part)
+
+
+def _check_space_on_corpus(cfg: BenchmarkConfig) -> None:
     corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, prepare=False)
     if corpus is None:
         return

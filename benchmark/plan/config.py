@@ -2,7 +2,7 @@
 benchmark.plan.presets; the runner executes it) and the `--shard I/N` it may be limited to."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.repro import default_device
@@ -34,6 +34,9 @@ class BenchmarkConfig:
     """Everything one invocation of the harness does; the CLI builds it, the runner executes it."""
 
     corpus: str = "synth"  # a corpus preparer name or a prepared corpus directory
+    # the corpus of a task where it differs from `corpus` (the main job's keyword spotting reads the built-in keyword
+    # corpus: the speech corpus has no keyword labels); --corpus applies to every task
+    task_corpora: dict[str, str] = field(default_factory=dict)
     upstreams: tuple[str, ...] = DEFAULT_UPSTREAMS
     tasks: tuple[str, ...] = tuple(TASKS)
     modes: str = DEFAULT_MODES
@@ -84,6 +87,16 @@ class BenchmarkConfig:
     report: bool = False  # build results/REPORT.md at the end (the main job does)
     command: str | None = None  # the command line, recorded in results/command.txt when the job finishes
     shard: Shard | None = None  # run only this shard's share of the plan (benchmark.plan.shards); None: all of it
+
+    def corpus_of(self, task: str) -> str:
+        return self.task_corpora.get(task, self.corpus)
+
+    def by_corpus(self) -> list[BenchmarkConfig]:
+        """One plan per corpus the tasks read, the corpus of the first task first: each with its own tasks, its corpus
+        as `corpus` and no `task_corpora`. A plan whose tasks all read `corpus` is the one plan."""
+        corpora = dict.fromkeys(self.corpus_of(t) for t in self.tasks) or {self.corpus: None}
+        return [replace(self, corpus=c, tasks=tuple(t for t in self.tasks if self.corpus_of(t) == c), task_corpora={})
+                for c in corpora]
 
     def fractions_of(self, task: str, fractions: list[float]) -> list[float]:
         """The label fractions of `task`: its own (task_fractions), else the plan's `fractions`."""

@@ -16,16 +16,26 @@ from upstream.registry import family_of
 
 
 def print_plan(cfg: BenchmarkConfig) -> int:
-    """Print what a run would do; return the number of planned runs."""
+    """Print what a run would do, corpus by corpus (BenchmarkConfig.by_corpus); return the number of planned runs."""
+    parts = cfg.by_corpus()
+    total = sum(_print_corpus_plan(part) for part in parts)
+    if len(parts) > 1:
+        print(f"in all: {total} runs on {len(parts)} corpora")
+    return total
+
+
+def _print_corpus_plan(cfg: BenchmarkConfig) -> int:
     corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, prepare=False)
     if corpus is None:
-        print(f"corpus {cfg.corpus}: not prepared yet -- would be prepared under {cfg.data_dir}")
+        print(f"corpus {cfg.corpus} ({', '.join(cfg.tasks)}): not prepared yet -- would be prepared under "
+              f"{cfg.data_dir}")
         fractions = list(cfg.fractions or PAPER_FRACTIONS)
         if cfg.fractions is None:
             print("  (default fractions are decided once the corpus exists; planning with all paper fractions)")
     else:
         n = len(corpus.utterances("train"))
-        print(f"corpus {corpus.name} at {corpus.root}: {n} train utterances, {len(corpus.speakers)} speakers")
+        print(f"corpus {corpus.name} at {corpus.root} ({', '.join(cfg.tasks)}): {n} train utterances, "
+              f"{len(corpus.speakers)} speakers")
         fractions = choose_fractions(cfg, corpus)
     notes: list[str] = []
     plans = []  # (spec, planned checkpoint, hidden states, runs) of every upstream

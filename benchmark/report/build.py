@@ -114,8 +114,10 @@ def build_report(results_dir: Path) -> Path:
     pages) from results_dir/runs.csv; returns REPORT.md's path."""
     results_dir = Path(results_dir)
     runs = read_runs(results_dir / "runs.csv")
-    if runs["corpus"].nunique() > 1:  # panels and tables are per task: keep corpora apart by naming them in it
-        runs["task"] = runs["corpus"].astype(str) + "-" + runs["task"].astype(str)
+    # panels and tables are per task: a task run on several corpora is kept apart by naming the corpus in it (a task
+    # on a corpus of its own, as the main job's keyword spotting, keeps its name)
+    shared = runs.groupby("task")["corpus"].transform("nunique") > 1
+    runs.loc[shared, "task"] = runs.loc[shared, "corpus"].astype(str) + "-" + runs.loc[shared, "task"].astype(str)
     agg = aggregate_runs(runs)
     agg["units"] = cell_outcomes(agg, runs, results_dir)  # each cell's seeds' outcomes per test utterance, or None
     plot_dir, table_dir = results_dir / "plots", results_dir / "tables"

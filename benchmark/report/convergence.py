@@ -305,11 +305,10 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
     `workers` threads certify one upstream checkpoint each at a time (its cached splits loaded once; its rows' fits
     start from each other's solutions), with the torch threads shared out between them; `device`: where the fits are
     solved (default: CUDA when present, core.repro.default_device)."""
-    runs = read_runs(Path(results_dir) / "runs.csv")
-    for task, reason in exempt_tasks(runs["task"]).items():
+    eligible = certifiable_rows(results_dir)
+    for task, reason in exempt_tasks(read_runs(Path(results_dir) / "runs.csv")["task"]).items():
         log(f"{task}: exempt from the certificate: {reason}")
-    runs = runs[runs["task"].map(certifiable) & runs["mode"].isin(["last", "layer", "weighted_sum"])]
-    runs = runs[runs["corpus"] == corpus.name]
+    runs = eligible[eligible["corpus"] == corpus.name]
     if runs.empty:
         raise ValueError(f"{results_dir}/runs.csv: no frozen-probe rows on corpus {corpus.name} to certify")
     if workers < 1:
@@ -319,6 +318,8 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
     runs = runs[(runs["fraction"] == lo) | (runs["fraction"] == hi)].assign(_largest=(runs["fraction"] == hi))
     runs = runs.sort_values(["upstream", "preset", "ckpt_hash", "task", "fraction", "mode", "layer", "seed"])
     path = Path(results_dir) / CONVERGENCE_FILE
+    # the rows of the other corpora (the main job's keyword corpus) certified by an earlier call stay in the file
+    kept = list(_previous(path, eligible[eligible["corpus"] != corpus.name]).values())
     done = _previous(path, runs)  # resumable: rows certified by an interrupted call are kept
     out = [done[rid] for rid in runs["run_id"] if rid in done]
     todo = runs[~runs["run_id"].isin(done)]
@@ -349,7 +350,7 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
                 out.append(row)
                 if r["mode"] in ("last", "layer"):
                     fitted.setdefault(_examples_key(row), row)
-                atomic_write_text(path, pd.DataFrame(out, columns=list(COLUMNS)).to_csv(index=False))  # every row
+                atomic_write_text(path, pd.DataFrame(kept + out, columns=list(COLUMNS)).to_csv(index=False))  # every row
                 bar.update()
                 log(f"{r['upstream']} {r['task']} {r['mode']} f={r['fraction']:g} seed {r['seed']}: probe "
                     f"{row['probe_test']:.2f} reference {row['reference_test']:.2f} ({time.perf_counter() - t0:.1f} s)")
@@ -366,8 +367,14 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
         bar.close()
     order = {rid: i for i, rid in enumerate(runs["run_id"])}
     table = pd.DataFrame(sorted(out, key=lambda o: order[o["run_id"]]), columns=list(COLUMNS))
-    atomic_write_text(path, table.to_csv(index=False))
+    atomic_write_text(path, pd.DataFrame(kept + table.to_dict("records"), columns=list(COLUMNS)).to_csv(index=False))
     return table
+
+
+def certifiable_rows(results_dir: Path) -> pd.DataFrame:
+    """The rows of results_dir/runs.csv the certificate covers: frozen probes of a certifiable task (`exemption`)."""
+    runs = read_runs(Path(results_dir) / "runs.csv")
+    return runs[runs["task"].map(certifiable) & runs["mode"].isin(["last", "layer", "weighted_sum"])]
 
 
 def _certified(r: pd.Series, ref: Reference) -> dict:

@@ -29,8 +29,12 @@ from upstream.registry import family_of
 def prepare(cfg: BenchmarkConfig, log=print) -> int:
     """Build everything `cfg`'s runs read, train no probe; return the number of upstreams whose cache is ready.
     An upstream whose planned runs are all recorded already (under the results folder) needs no cache. The CLI
-    checks first that the caches fit on their disk (benchmark.plan.cachesize.check_space_for)."""
+    checks first that the caches fit on their disk (benchmark.plan.cachesize.check_space_for). Corpus by corpus
+    (BenchmarkConfig.by_corpus)."""
+    return sum(_prepare_corpus(part, log) for part in cfg.by_corpus())
 
+
+def _prepare_corpus(cfg: BenchmarkConfig, log=print) -> int:
     t0 = time.perf_counter()
     corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, progress=cfg.progress)
     assert corpus is not None
@@ -65,6 +69,11 @@ def check_prepared(cfg: BenchmarkConfig) -> None:
     """ValueError naming --shard when the corpus, a --pretrain checkpoint or the corpus statistics of mel / a
     random control are missing: shards started together would each build them at once."""
 
+    for part in cfg.by_corpus():
+        _check_prepared_corpus(part)
+
+
+def _check_prepared_corpus(cfg: BenchmarkConfig) -> None:
     assert cfg.shard is not None
     first = "run `run_benchmark.py prepare` with the same flags, without --shard, first"
     corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, prepare=False)

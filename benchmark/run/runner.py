@@ -259,20 +259,9 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> RunnerStats:
     """The whole benchmark: corpus, upstreams, cached features, probes, rows, leaderboard (and report)."""
     stats = RunnerStats()
     t0 = time.perf_counter()
-    corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, progress=cfg.progress)
-    assert corpus is not None
-    check_tasks(cfg.tasks, corpus)  # a corpus that cannot serve a task: a ValueError before any extraction
-    fractions = choose_fractions(cfg, corpus, log)
     prov = provenance(cfg.device)
-    log(f"corpus {corpus.name} ({corpus.root}); fractions {', '.join(f'{f:g}' for f in fractions)}; "
-        f"seeds {cfg.seeds}; results -> {cfg.results_dir}/{RUNS_FILE}")
-    for spec in cfg.upstreams:
-        up = resolve_upstream(spec, corpus, cfg.ckpts, cfg.runs_dir, cfg.quick, log, device=cfg.device,
-                              progress=cfg.progress, pretrain=cfg.pretrain)
-        runs = shard_filter(cfg, spec, up.model.num_hidden_states, fractions,
-                            expand_runs(cfg, spec, up.model.num_hidden_states, fractions, stats.notes))
-        run_upstream(cfg, up, corpus, runs, stats, prov, log)
-        del up
+    for part in cfg.by_corpus():  # the corpus of the first task first; a task on another corpus after it
+        run_corpus(part, stats, prov, log)
     for note in dict.fromkeys(stats.notes):
         log(f"note: {note}")
     if cfg.command and stats.runs_done:
@@ -286,6 +275,23 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> RunnerStats:
         f"{stats.extract_seconds:.0f} s, probes {stats.probe_seconds:.0f} s, total {time.perf_counter() - t0:.0f} s; "
         f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     return stats
+
+
+def run_corpus(cfg: BenchmarkConfig, stats: RunnerStats, prov: dict, log=print) -> None:
+    """Every upstream's runs of the tasks that read cfg.corpus (one part of BenchmarkConfig.by_corpus)."""
+    corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, progress=cfg.progress)
+    assert corpus is not None
+    check_tasks(cfg.tasks, corpus)  # a corpus that cannot serve a task: a ValueError before any extraction
+    fractions = choose_fractions(cfg, corpus, log)
+    log(f"corpus {corpus.name} ({corpus.root}): {', '.join(cfg.tasks)}; fractions "
+        f"{', '.join(f'{f:g}' for f in fractions)}; seeds {cfg.seeds}; results -> {cfg.results_dir}/{RUNS_FILE}")
+    for spec in cfg.upstreams:
+        up = resolve_upstream(spec, corpus, cfg.ckpts, cfg.runs_dir, cfg.quick, log, device=cfg.device,
+                              progress=cfg.progress, pretrain=cfg.pretrain)
+        runs = shard_filter(cfg, spec, up.model.num_hidden_states, fractions,
+                            expand_runs(cfg, spec, up.model.num_hidden_states, fractions, stats.notes))
+        run_upstream(cfg, up, corpus, runs, stats, prov, log)
+        del up
 
 
 def record_command(results_dir: Path, command: str, runs_done: int, seconds: float, device: str) -> None:

@@ -65,9 +65,9 @@ def ablation_figures(agg: pd.DataFrame) -> dict[str, figure]:
         return {}
     rows, colors = with_keys(rows)
     order = {k: i for i, k in enumerate(colors)}
-    several = rows.groupby("key")[["ckpt_hash", "budget"]].nunique().max(axis=1) > 1  # tell their lines apart
     out = {}
     for task, t in rows.groupby("task", sort=True):
+        several = t.groupby("key")[["ckpt_hash", "budget"]].nunique().max(axis=1) > 1  # tell this panel's lines apart
         metric = str(t["metric"].iloc[0])
         label, k = metric_display(metric)
         fig = figure(height=400, sizing_mode="stretch_width", x_axis_type="log", tools=TOOLS,

@@ -159,8 +159,23 @@ def _row_order(keys: pd.DataFrame) -> pd.DataFrame:
         ["_u", "upstream", "preset", "ckpt_hash", "budget", "_m", "layer"]).drop(columns=["_u", "_m"])
 
 
+def one_per_corpus(agg: pd.DataFrame) -> pd.DataFrame:
+    """`agg` with the checkpoint of an upstream:preset that has ONE checkpoint on each corpus replaced by that of its
+    corpus with the most rows: 10-ms mel's identity holds its corpus's normalisation statistics, so on the main job's
+    two corpora (speech, keywords) it has two hashes, and it is still one row of the overview."""
+    if "corpus" not in agg or agg["corpus"].nunique() < 2:
+        return agg
+    per = agg.groupby(["upstream", "preset", "corpus"])["ckpt_hash"].nunique().groupby(level=[0, 1]).max()
+    main = (agg.assign(_n=agg.groupby(["upstream", "preset", "corpus"])["ckpt_hash"].transform("size"))
+            .sort_values("_n", ascending=False, kind="stable").drop_duplicates(["upstream", "preset"])
+            .set_index(["upstream", "preset"])["ckpt_hash"])
+    keys = pd.MultiIndex.from_frame(agg[["upstream", "preset"]])
+    merge = (per.reindex(keys) == 1).to_numpy()
+    return agg.assign(ckpt_hash=agg["ckpt_hash"].where(~merge, main.reindex(keys).to_numpy()))
+
+
 def overview(agg: pd.DataFrame) -> tuple[list[Column], list[Row]]:
-    agg = agg.assign(ckpt_hash=agg["ckpt_hash"].fillna("").astype(str))
+    agg = one_per_corpus(agg.assign(ckpt_hash=agg["ckpt_hash"].fillna("").astype(str)))
     cols = columns(agg)
     by_key = {(*(r[k] for k in ROW_KEYS), r["task"], r["fraction"]): r for r in agg.to_dict("records")}
     keys = _row_order(agg[list(ROW_KEYS)].drop_duplicates())
