@@ -37,9 +37,11 @@ def choose_fractions(cfg: BenchmarkConfig, corpus: Corpus, log=print) -> list[fl
     large enough for (downstream.fractions.default_fractions); `log` says what was dropped or raised."""
     train = corpus.utterances("train")
     n_spk = len({u.speaker for u in train})
+    # subsets of closed-set speaker tasks take one utterance per speaker at least (downstream.fractions)
+    speakers = any(get_task(t).labels.closed_set for t in cfg.tasks)
     if cfg.fractions is not None:
         for f in cfg.fractions:
-            if round(f * len(train)) < n_spk:
+            if speakers and round(f * len(train)) < n_spk:
                 log(f"fraction {f:g}: {round(f * len(train))} of {len(train)} train utterances is fewer than the "
                     f"{n_spk} speakers; speaker tasks use one utterance per speaker ({n_spk}), phone tasks "
                     f"max(1, {round(f * len(train))}) (the row's train_utts records it)")
@@ -50,7 +52,7 @@ def choose_fractions(cfg: BenchmarkConfig, corpus: Corpus, log=print) -> list[fl
             f"({len(train)} utterances) they leave fewer than {MIN_DEFAULT_UTTS} utterances; ask for them with "
             f"--fractions to run them anyway (raised to one utterance, or one per speaker for speaker tasks)")
     for f in kept:
-        if round(f * len(train)) < n_spk:
+        if speakers and round(f * len(train)) < n_spk:
             log(f"fraction {f:g}: speaker tasks are raised to one utterance per speaker ({n_spk} instead of "
                 f"{round(f * len(train))}); phone tasks use {round(f * len(train))}")
     if not kept:
