@@ -187,9 +187,12 @@ def test_quick_job_end_to_end(tmp_path):
     rows = read_rows(tmp_path / "results" / "runs.csv")
     assert {r["upstream"] for r in rows} == {"mel", "mockingjay", "aalbert", "mockingjay_random", "aalbert_random"}
     assert {r["mode"] for r in rows} == {"last", "weighted_sum", "finetune"}
-    # the four legacy probes and SUPERB's phoneme recognition and speaker verification: the main job's tasks
+    # the four legacy probes and SUPERB's phoneme recognition, speaker verification and keyword spotting: the main
+    # job's tasks, keyword spotting on the built-in keyword corpus built beside the speech corpus
     assert {r["task"] for r in rows} == {"phone_linear", "phone_1hidden", "speaker_utterance", "speaker_frame",
-                                         "phone_ctc", "speaker_verification"} == set(MAIN_TASKS)
+                                         "phone_ctc", "speaker_verification", "keywords"} == set(MAIN_TASKS)
+    assert {r["corpus"] for r in rows if r["task"] == "keywords"} == {"synth_keywords"}
+    assert {r["corpus"] for r in rows if r["task"] != "keywords"} == {"synth"}  # data/synth_quick
     assert (tmp_path / "results" / "leaderboard.csv").is_file()
     subprocess.run(argv, cwd=root, check=True, timeout=600)  # second run: everything reused, nothing added
     assert len(read_rows(tmp_path / "results" / "runs.csv")) == len(rows)
