@@ -68,16 +68,17 @@ def ensure_builtin(name: str, data_dir: str | Path, quick: bool = False, progres
     belong to the toolkit, so replacing them loses nothing the user made.
     """
     out = builtin_dir(name, data_dir, quick)
-    for force in (False, True):
-        try:
-            if name == "synth":
-                return prepare_synth_config(out, quick_config() if quick else SynthConfig(), workers=default_workers(),
-                                            progress=progress, force=force)
-            return prepare_synth_keywords(out, workers=default_workers(), progress=progress, force=force)
-        except ConfigMismatch:
-            if force:
-                raise
-    raise AssertionError("unreachable")
+
+    def build(force: bool) -> Corpus:
+        if name == "synth":
+            return prepare_synth_config(out, quick_config() if quick else SynthConfig(), workers=default_workers(),
+                                        progress=progress, force=force)
+        return prepare_synth_keywords(out, workers=default_workers(), progress=progress, force=force)
+
+    try:
+        return build(False)
+    except ConfigMismatch:
+        return build(True)
 
 
 def current_default_corpus(data_dir: str | Path, quick: bool = False) -> Corpus | None:

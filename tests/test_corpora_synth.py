@@ -150,6 +150,32 @@ def test_ensure_default_corpus_uses_existing(tmp_path, monkeypatch):
     assert calls[1][0] == "synth" and calls[1][1] == SynthConfig()
 
 
+def test_the_built_in_keyword_corpus_is_built_on_demand_in_its_own_folder(tmp_path, monkeypatch):
+    """The main job's keyword spotting asks for `synth_keywords` by name: built into data/synth_keywords when missing
+    (one folder, --quick or not), rebuilt when an older generator left another config there; a dry run builds nothing."""
+    import corpora.registry as reg
+    from benchmark.inputs.corpus import check_corpus, resolve_corpus
+    from corpora.build import ConfigMismatch
+
+    calls = []
+
+    def fake(out, workers, progress, force=False):
+        calls.append((Path(out).name, force))
+        if not force and len(calls) == 3:
+            raise ConfigMismatch("older generator")
+        return "keywords corpus"
+
+    monkeypatch.setattr(reg, "prepare_synth_keywords", fake)
+    check_corpus("synth_keywords", tmp_path, quick=False)  # planning: built on demand, nothing to check yet
+    assert resolve_corpus("synth_keywords", tmp_path, quick=False, prepare=False) is None and calls == []
+    assert resolve_corpus("synth_keywords", tmp_path, quick=False) == "keywords corpus"
+    assert resolve_corpus("synth_keywords", tmp_path, quick=True) == "keywords corpus"
+    assert reg.ensure_builtin("synth_keywords", tmp_path) == "keywords corpus"
+    assert calls == [("synth_keywords", False)] * 3 + [("synth_keywords", True)]
+    with pytest.raises(ValueError, match="'mine' is not a built-in corpus"):
+        reg.builtin_dir("mine", tmp_path)
+
+
 def test_resolve_corpus_passes_no_progress_to_the_build(tmp_path, monkeypatch):
     """`run_benchmark.py --no-progress` must silence the built-in corpus's progress bars too (logs on disk)."""
     import corpora.registry as reg
