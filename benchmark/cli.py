@@ -301,12 +301,13 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
     if args.command == "certify":
         # pandas loads here (0.4 s on top of this module's imports): --list, --dry-run and prepare never need it
         from benchmark.report.convergence import certifiable_rows, certify, exempt_tasks, summary_markdown
+        from benchmark.record.aggregate import read_runs  # pandas too: loaded for certify only, as the line above
 
-        exempt = exempt_tasks(r["task"] for r in read_rows(Path(cfg.results_dir) / RUNS_FILE))
+        rows = read_rows(Path(cfg.results_dir) / RUNS_FILE)
         for part in cfg.by_corpus():  # the main corpus, then a task's own (the main job's keyword corpus)
             corpus = resolve_corpus(part.corpus, cfg.data_dir, cfg.quick, prepare=False)
-            if part.corpus != cfg.corpus and (corpus is None or not (
-                    certifiable_rows(cfg.results_dir)["corpus"] == corpus.name).any()):
+            if part.corpus != cfg.corpus and (corpus is None or not (certifiable_rows(
+                    read_runs(Path(cfg.results_dir) / RUNS_FILE))["corpus"] == corpus.name).any()):
                 continue  # another corpus of the plan with no rows to certify (yet)
             if corpus is None:
                 return fail(f"--corpus {cfg.corpus}: not prepared under {cfg.data_dir}; certify reads the corpus and "
@@ -319,6 +320,7 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
             except (FileNotFoundError, ValueError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
+            exempt = exempt_tasks(r["task"] for r in rows if r["corpus"] == corpus.name)
             print(f"corpus {corpus.name}: {summary_markdown(table, exempt)}")
         return 0 if build_report_if_available(cfg.results_dir) else 1
     if args.dry_run:

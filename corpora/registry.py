@@ -81,11 +81,6 @@ def ensure_builtin(name: str, data_dir: str | Path, quick: bool = False, progres
         return build(True)
 
 
-def current_default_corpus(data_dir: str | Path, quick: bool = False) -> Corpus | None:
-    """The built-in speech corpus in data_dir (current_builtin)."""
-    return current_builtin("synth", data_dir, quick)
-
-
 def ensure_default_corpus(data_dir: str | Path, quick: bool = False, progress: bool = True) -> Corpus:
     """The built-in speech corpus in data_dir/"synth" (or the small data_dir/"synth_quick"): ensure_builtin."""
     return ensure_builtin("synth", data_dir, quick, progress)

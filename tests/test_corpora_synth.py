@@ -224,7 +224,7 @@ def test_a_built_in_corpus_from_an_older_generator_is_rebuilt_not_read(tmp_path,
     from tests.fixtures import make_tiny_corpus
 
     make_tiny_corpus(tmp_path / "synth_quick")  # a prepared corpus, not the one the generator makes
-    assert reg.current_default_corpus(tmp_path, quick=True) is None
+    assert reg.current_builtin("synth", tmp_path, quick=True) is None
     built = []
 
     def fake(out, cfg, workers, progress, force=False):  # as the real one: refuses a folder of another config

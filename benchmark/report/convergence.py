@@ -305,9 +305,10 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
     `workers` threads certify one upstream checkpoint each at a time (its cached splits loaded once; its rows' fits
     start from each other's solutions), with the torch threads shared out between them; `device`: where the fits are
     solved (default: CUDA when present, core.repro.default_device)."""
-    eligible = certifiable_rows(results_dir)
-    for task, reason in exempt_tasks(read_runs(Path(results_dir) / "runs.csv")["task"]).items():
+    every = read_runs(Path(results_dir) / "runs.csv")
+    for task, reason in exempt_tasks(every.loc[every["corpus"] == corpus.name, "task"]).items():
         log(f"{task}: exempt from the certificate: {reason}")
+    eligible = certifiable_rows(every)
     runs = eligible[eligible["corpus"] == corpus.name]
     if runs.empty:
         raise ValueError(f"{results_dir}/runs.csv: no frozen-probe rows on corpus {corpus.name} to certify")
@@ -371,9 +372,8 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
     return table
 
 
-def certifiable_rows(results_dir: Path) -> pd.DataFrame:
-    """The rows of results_dir/runs.csv the certificate covers: frozen probes of a certifiable task (`exemption`)."""
-    runs = read_runs(Path(results_dir) / "runs.csv")
+def certifiable_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """The rows (of runs.csv) the certificate covers: frozen probes of a certifiable task (`exemption`)."""
     return runs[runs["task"].map(certifiable) & runs["mode"].isin(["last", "layer", "weighted_sum"])]
 
 
@@ -484,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         corpus = load_corpus(a.corpus)
         table = certify(a.results_dir, corpus, a.cache_dir, workers=a.workers, device=a.device)
-        exempt = exempt_tasks(read_runs(Path(a.results_dir) / "runs.csv")["task"])
+        runs = read_runs(Path(a.results_dir) / "runs.csv")
+        exempt = exempt_tasks(runs.loc[runs["corpus"] == corpus.name, "task"])
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
