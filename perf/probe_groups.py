@@ -1,7 +1,8 @@
 """Time one group of frozen probes (one upstream, task and mode; the main job's fractions x seeds) trained as one
 batched model, and with --alone the same probes one at a time, in the same process; print both and their ratio.
 
-    .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_linear --mode weighted_sum --alone
+    .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_linear --mode weighted_sum --alone \
+        --out results/probe_groups.json
     .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_1hidden --mode last --float32
 
 --float32 also trains the group with float32 matmuls (a group computes in bfloat16 where the hardware has bfloat16
@@ -14,7 +15,7 @@ group too (downstream.utterances), e.g. the main job's phone_ctc sweep:
     .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_ctc --mode weighted_sum \
         --fractions 0.05,1 --seeds 1 --alone --streamed
 
-Reads the feature cache the main job built (run it first). 1 torch thread unless --threads. Writes JSON (--out).
+Reads the feature cache the main job built (run it first). 1 torch thread unless --threads. Prints JSON; --out also writes it.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
-    p.add_argument("--out", type=Path, default=Path("results/probe_groups.json"))
+    p.add_argument("--out", type=Path, help="also write the JSON here (default: print only)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     corpus = load_corpus(a.corpus)
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     out["provenance"] = provenance("cpu")
     out["command"] = " ".join(["python", "perf/probe_groups.py", *(argv if argv is not None else sys.argv[1:])])
     print(json.dumps({k: v for k, v in out.items() if k != "provenance"}))
-    atomic_write_json(a.out, out)
+    if a.out is not None:
+        atomic_write_json(a.out, out)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Peak memory and wall time of frozen probes as the labelled corpus grows: the built-in corpus at 1x, 4x and 16x its
 training utterances, one sweep each, every figure measured side by side in one invocation.
 
-    .venv/bin/python perf/probe_memory.py                      # 12, 48 and 192 training utterances per speaker
+    .venv/bin/python perf/probe_memory.py --out results/probe_memory.json   # 12, 48 and 192 utterances per speaker
     .venv/bin/python perf/probe_memory.py --scales 12,48 --out results/probe_memory_small.json
 
 For each scale it builds the corpus once (`python -m corpora prepare synth --train-per-speaker N`, no pretrain
@@ -9,7 +9,8 @@ split: the reference checkpoints bring their own statistics), extracts the upstr
 process (`run_benchmark.py prepare`), then runs the probe sweep in a second process with an empty results folder
 and reads that process's own peak resident memory (wait4) and wall time. The sweep: `mockingjay` x
 `phone_linear`, `speaker_utterance` x `last`, `weighted_sum`, fraction 1, 1 seed (the probes are what is
-measured, not extraction). Writes JSON with the ratios to the smallest scale, and prints a Markdown table.
+measured, not extraction). Prints a Markdown table, and the JSON with the ratios to the smallest scale (--out also
+writes it).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scales", default="12,48,192", help="training utterances per speaker, comma list")
     ap.add_argument("--data-dir", type=Path, default=ROOT / "data")
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "cache" / "features")
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "probe_memory.json")
+    ap.add_argument("--out", type=Path, help="also write the JSON here (default: print only)")
     a = ap.parse_args(argv)
     py = sys.executable
     rows = []
@@ -81,14 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         r["rss_over_smallest"] = round(r["peak_rss_mib"] / base["peak_rss_mib"], 2)
         r["wall_over_smallest"] = round(r["wall_seconds"] / base["wall_seconds"], 2)
         r["frames_over_smallest"] = round(r["train_frames"] / base["train_frames"], 2)
-    atomic_write_json(a.out, {"sweep": " ".join(SWEEP), "provenance": provenance("cpu"), "scales": rows,
-                              "command": " ".join(["python", "perf/probe_memory.py", *(argv or sys.argv[1:])])})
+    report = {"sweep": " ".join(SWEEP), "provenance": provenance("cpu"), "scales": rows,
+              "command": " ".join(["python", "perf/probe_memory.py", *(argv or sys.argv[1:])])}
+    if a.out is not None:
+        atomic_write_json(a.out, report)
+    else:
+        print(json.dumps(report))
     print("| train utt. / speaker | train frames | x frames | peak RSS (MiB) | x RSS | wall (s) | x wall |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['train_per_speaker']} | {r['train_frames']:,} | {r['frames_over_smallest']} | {r['peak_rss_mib']:,} | "
               f"{r['rss_over_smallest']} | {r['wall_seconds']} | {r['wall_over_smallest']} |")
-    print(f"wrote {a.out}")
+    if a.out is not None:
+        print(f"wrote {a.out}")
     return 0
 
 

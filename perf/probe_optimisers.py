@@ -97,7 +97,7 @@ def main() -> int:
     p.add_argument("--tasks", default="phone_linear,speaker_utterance")
     p.add_argument("--fractions", default="0.01,1")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--out", type=Path, default=Path("results/probe_optimisers.csv"))
+    p.add_argument("--out", type=Path, help="also write the CSV here (default: print the summary only)")
     a = p.parse_args()
     torch.set_num_threads(1)
     corpus = load_corpus(a.corpus)
@@ -138,10 +138,12 @@ def main() -> int:
                                  "reference_test": round(100 * ref.test, 2), "reference_l2": ref.l2})
                     print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    atomic_write_text(a.out, table.to_csv(index=False))
+    if a.out is not None:
+        atomic_write_text(a.out, table.to_csv(index=False))
     summary = table.groupby(["task", "fraction", "trainer"], sort=False)[["test", "reference_test", "wall_seconds"]].mean()
     print(summary.round(2).to_string())
-    print(f"wrote {a.out}")
+    if a.out is not None:
+        print(f"wrote {a.out}")
     return 0
 
 

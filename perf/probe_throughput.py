@@ -3,7 +3,7 @@
 Trains the main job's probe (benchmark.plan.presets) for each task x mode on an existing feature cache at 100 % of
 the labels, one torch thread (as the main job's workers do), and writes per probe: training examples (frames,
 or utterances for the mean-pooled probe) per second of training, steps and epochs to the stopping rule, wall
-time, and the one-time cost of holding the upstream's splits in memory, whitened. Run the main job (or any run
+time, and the one-time cost of holding the upstream's splits in memory, whitened (printed; --out also writes JSON). Run the main job (or any run
 that builds the cache) first.
 
     .venv/bin/python perf/probe_throughput.py --upstream mockingjay --out results/probe_throughput.json
@@ -40,7 +40,7 @@ def main() -> int:
     p.add_argument("--upstream", default="mockingjay", help="name or name:preset (default preset) with a complete cache")
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--modes", default="last,weighted_sum")
-    p.add_argument("--out", type=Path, default=Path("results/probe_throughput.json"))
+    p.add_argument("--out", type=Path, help="also write the JSON here (default: print only)")
     a = p.parse_args()
     torch.set_num_threads(1)
     corpus = load_corpus(a.corpus)
@@ -73,10 +73,13 @@ def main() -> int:
                         "epochs": round(seen / n, 1), "converged": r.converged, "wall_seconds": round(r.wall_seconds, 1),
                         "examples_per_second": round(seen / r.wall_seconds), "test": round(100 * r.test_metric, 2)})
             print(json.dumps(out[-1]), flush=True)
-    atomic_write_json(a.out, {"upstream": f"{row['upstream']}:{row['preset']}", "ckpt_hash": row["ckpt_hash"],
-                              "torch_threads": 1, "setup_seconds": round(setup, 1), "machine": platform.processor() or platform.machine(),
-                              "torch": torch.__version__, "probes": out})
-    print(f"wrote {a.out} (setup: whitening and mean statistics in {setup:.0f} s)")
+    report = {"upstream": f"{row['upstream']}:{row['preset']}", "ckpt_hash": row["ckpt_hash"], "torch_threads": 1,
+              "setup_seconds": round(setup, 1), "machine": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "probes": out}
+    if a.out is not None:
+        atomic_write_json(a.out, report)
+    print(f"{f'wrote {a.out}' if a.out is not None else 'not written (no --out)'} (setup: whitening and mean "
+          f"statistics in {setup:.0f} s)")
     return 0
 
 
