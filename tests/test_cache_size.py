@@ -134,3 +134,21 @@ def test_what_is_cached_already_is_not_counted(corpus_dir, tmp_path, capsys, mon
 def test_free_space_is_read_where_the_cache_will_be(tmp_path):
     where, free = cachesize.free_bytes(tmp_path / "not" / "yet" / "there")
     assert where == tmp_path and free == shutil.disk_usage(tmp_path).free
+
+
+def test_the_disk_check_adds_up_every_corpus_of_the_plan(corpus_dir, tmp_path, monkeypatch):
+    """A plan over two corpora (a task on its own corpus, as the main job's keyword spotting) extracts onto one disk:
+    room for either corpus's cache alone is not room for both, and the error names each corpus's part."""
+    other = tmp_path / "other"
+    shutil.copytree(corpus_dir, other)
+    cfg = BenchmarkConfig(corpus=str(corpus_dir), task_corpora={"speaker_utterance": str(other)}, upstreams=("mel",),
+                          tasks=("phone_linear", "speaker_utterance"), modes="last", fractions=(1.0,), seeds=1,
+                          data_dir=tmp_path / "data", runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache")
+    one = _frames(corpus_dir) * 80 * 2  # mel's one hidden state, on either corpus
+    monkeypatch.setattr(cachesize.shutil, "disk_usage", lambda p: Usage(10**12, 10**12 - 2 * one + 1, 2 * one - 1))
+    with pytest.raises(ValueError) as e:
+        cachesize.check_space_for(cfg)
+    assert f"needs {fmt_bytes(2 * one)} more" in str(e.value)
+    assert f"mel on {corpus_dir} " in str(e.value) and f"mel on {other} " in str(e.value)
+    monkeypatch.setattr(cachesize.shutil, "disk_usage", lambda p: Usage(10**12, 10**12 - 2 * one, 2 * one))
+    cachesize.check_space_for(cfg)  # exactly enough for both

@@ -114,19 +114,21 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def check_cache_space(cfg: BenchmarkConfig, corpus: Corpus, specs: list[str] | None = None) -> None:
-    """ValueError (one line naming --cache-dir, the figure and the options) when the caches still to extract for
-    `specs` (default: every planned upstream) do not fit in the free space of the cache's disk."""
-    needs = [n for n in cache_needs(cfg, corpus, specs) if n.missing_bytes > 0]
-    missing = sum(n.missing_bytes for n in needs)
+def check_cache_space(cfg: BenchmarkConfig, needs: list[tuple[str, CacheNeed]]) -> None:
+    """ValueError (one line naming --cache-dir, the figure and the options) when the caches still to extract,
+    (corpus name, need) pairs of every corpus of the invocation, do not fit together in the free space of the cache's
+    disk."""
+    needs = [(c, n) for c, n in needs if n.missing_bytes > 0]
+    missing = sum(n.missing_bytes for _, n in needs)
     where, free = free_bytes(Path(cfg.cache_dir))
     if missing <= free:
         return
-    parts = ", ".join(f"{n.spec} {fmt_bytes(n.missing_bytes)} ({n.missing_frames:,} frames x "
-                      f"{describe_layers(n.extract_layers, n.shape.num_hidden_states)} x {n.shape.hidden_size} x 2 B)"
-                      for n in needs)
+    several = len({c for c, _ in needs}) > 1
+    parts = ", ".join(f"{n.spec}{f' on {c}' if several else ''} {fmt_bytes(n.missing_bytes)} ({n.missing_frames:,} "
+                      f"frames x {describe_layers(n.extract_layers, n.shape.num_hidden_states)} x "
+                      f"{n.shape.hidden_size} x 2 B)" for c, n in needs)
     one_layer = ("cache one hidden state instead of all (--mode last or layer=K, no weighted_sum), "
-                 if any(len(n.extract_layers) > 1 for n in needs) else "")
+                 if any(len(n.extract_layers) > 1 for _, n in needs) else "")
     raise ValueError(f"--cache-dir {cfg.cache_dir}: the feature cache needs {fmt_bytes(missing)} more ({parts}) but "
                      f"{where} has {fmt_bytes(free)} free; give --cache-dir a disk with room, probe fewer or smaller "
                      f"upstreams at a time (--upstream), {one_layer}or run without a cache (--no-cache: every run "
@@ -135,19 +137,19 @@ def check_cache_space(cfg: BenchmarkConfig, corpus: Corpus, specs: list[str] | N
 
 def check_space_for(cfg: BenchmarkConfig) -> None:
     """`check_cache_space` for what this invocation will extract: every planned upstream, or with cfg.shard those
-    with runs in the shard. A corpus still to be built (the built-in one, built on demand) is not checked: its
-    caches take a few GB (docs/scale.md). Corpus by corpus (BenchmarkConfig.by_corpus)."""
-    for part in cfg.by_corpus():
-        _check_space_on_corpus(part)
+    with runs in the shard, on every corpus of the plan (BenchmarkConfig.by_corpus) together: they share the cache's
+    disk. A corpus still to be built (a built-in one, built on demand) is not counted: its caches take a few GB
+    (docs/scale.md)."""
+    check_cache_space(cfg, [(part.corpus, n) for part in cfg.by_corpus() for n in _needs_on_corpus(part)])
 
 
-def _check_space_on_corpus(cfg: BenchmarkConfig) -> None:
+def _needs_on_corpus(cfg: BenchmarkConfig) -> list[CacheNeed]:
     corpus = resolve_corpus(cfg.corpus, cfg.data_dir, cfg.quick, prepare=False)
     if corpus is None:
-        return
+        return []
     specs = None
     if cfg.shard is not None:
         plan = whole_plan(cfg, choose_fractions(cfg, corpus, log=lambda *_: None))
         shard_of = assign(plan, cfg.shard.count, cfg.probe_workers)
         specs = [r.upstream for r, _, _ in plan if shard_of[run_key(r)] == cfg.shard.index]
-    check_cache_space(cfg, corpus, specs)
+    return cache_needs(cfg, corpus, specs)
