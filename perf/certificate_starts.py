@@ -6,11 +6,17 @@ start from the solutions of the row fitted before it on the same examples but fo
 last-layer row, then the weighted-sum seeds).
 --compare precision: float64 L-BFGS throughout against the certificate's float32 phase first (until the gradient
 is within benchmark.report.convergence.FLOAT32_GRAD_FLOOR), then float64 to the same tolerance.
+--compare gradient: the loss by torch's cross-entropy and autograd (every evaluation allocates its (n, C) tensors)
+against the certificate's closed-form gradient in buffers allocated once per solve
+(benchmark.report.convergence.LogisticLoss); large blocks mapped as in the harness (core.allocator). Prints the
+process's system CPU time of each way too.
 
     .venv/bin/python perf/certificate_starts.py --upstream mockingjay --task phone_linear,speaker_frame \\
         --out results/certificate_starts.json
     .venv/bin/python perf/certificate_starts.py --compare precision --upstream mockingjay \\
         --task phone_linear,speaker_frame,speaker_utterance --threads 1 --out results/certificate_precision.json
+    .venv/bin/python perf/certificate_starts.py --compare gradient --upstream mockingjay \
+        --task phone_linear,speaker_frame --threads 1 --out results/certificate_gradient.json
 
 Reads the rows of a results directory and the feature cache they were trained on (run the main job first). Prints
 per row the seconds, L-BFGS iterations and reference scores of both ways, and the total ratio.
@@ -18,15 +24,21 @@ per row the seconds, L-BFGS iterations and reference scores of both ways, and th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark.record.aggregate import read_runs  # noqa: E402
+import benchmark.report.convergence as convergence  # noqa: E402
 from benchmark.report.convergence import Certifier  # noqa: E402
+from core.allocator import map_large_blocks  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from core.repro import provenance  # noqa: E402
 from corpora.manifest import load_corpus  # noqa: E402
@@ -36,7 +48,7 @@ from upstream.registry import parse_spec  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--upstream", default="mockingjay", help="name or name:preset")
-    p.add_argument("--compare", choices=("starts", "precision"), default="starts")
+    p.add_argument("--compare", choices=("starts", "precision", "gradient"), default="starts")
     p.add_argument("--task", default="phone_linear,speaker_frame", help="certified tasks, comma list")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--corpus", default="data/synth")
@@ -60,32 +72,46 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     corpus = load_corpus(a.corpus)
+    map_large_blocks()  # the harness's rule outside probe training (benchmark.cli)
     ways = ({"cold": Certifier(corpus, a.cache_dir, warm_starts=False), "warm": Certifier(corpus, a.cache_dir)}
             if a.compare == "starts" else
-            {"float64": Certifier(corpus, a.cache_dir, float32_phase=False), "float32+64": Certifier(corpus, a.cache_dir)})
+            {"float64": Certifier(corpus, a.cache_dir, float32_phase=False), "float32+64": Certifier(corpus, a.cache_dir)}
+            if a.compare == "precision" else
+            {"autograd": Certifier(corpus, a.cache_dir), "closed form": Certifier(corpus, a.cache_dir)})
     (first, second) = ways
     rows = []
     for _, r in runs.iterrows():
         out = {"task": r["task"], "mode": r["mode"], "seed": int(r["seed"]), "fraction": float(r["fraction"])}
         for way, cert in ways.items():
             cert.sources(r)  # load the cache outside the timing
-            t0 = time.perf_counter()
-            ref = cert.reference(r)
-            out[way] = {"seconds": round(time.perf_counter() - t0, 1), "final_iters": ref.iters, "l2": ref.l2,
+            t0, sys0 = time.perf_counter(), os.times().system
+            with _autograd_loss() if way == "autograd" else contextlib.nullcontext():
+                ref = cert.reference(r)
+            out[way] = {"seconds": round(time.perf_counter() - t0, 1),
+                        "system_seconds": round(os.times().system - sys0, 1), "final_iters": ref.iters, "l2": ref.l2,
                         "dev": round(100 * ref.dev, 2), "test": round(100 * ref.test, 2), "solved": ref.converged}
         rows.append(out)
         print(f"{out['task']} {out['mode']} seed {out['seed']}: " + ", ".join(
             f"{w} {out[w]['seconds']} s (test {out[w]['test']}, l2 {out[w]['l2']:g})" for w in ways), flush=True)
     secs = {w: round(sum(r[w]["seconds"] for r in rows), 1) for w in ways}
     ratio = secs[first] / max(secs[second], 1e-9)
-    print(f"total: {first} {secs[first]:.1f} s, {second} {secs[second]:.1f} s ({ratio:.2f}x); largest test difference "
+    system = {w: round(sum(r[w]["system_seconds"] for r in rows), 1) for w in ways}
+    print(f"total: {first} {secs[first]:.1f} s ({system[first]:.1f} s system), {second} {secs[second]:.1f} s "
+          f"({system[second]:.1f} s system) ({ratio:.2f}x); largest test difference "
           f"{max(abs(r[first]['test'] - r[second]['test']) for r in rows):.2f} points")
     if a.out is not None:
         atomic_write_json(a.out, {"command": " ".join(["python", "perf/certificate_starts.py", *(argv or sys.argv[1:])]),
                                   "provenance": provenance("cpu"), "rows": rows,
-                                  **{f"{w}_seconds": v for w, v in secs.items()}, "ratio": round(ratio, 2)})
+                                  **{f"{w}_seconds": v for w, v in secs.items()},
+                                  **{f"{w}_system_seconds": v for w, v in system.items()}, "ratio": round(ratio, 2)})
         print(f"wrote {a.out}")
     return 0
+
+
+def _autograd_loss():
+    """The certificate's loss as torch's cross-entropy through autograd (what it was before the closed form)."""
+    return mock.patch.object(convergence.LogisticLoss, "apply", lambda W, b, x, y, z, minus_one: F.cross_entropy(
+        torch.addmm(b, x, W), y))
 
 
 if __name__ == "__main__":

@@ -277,3 +277,34 @@ def test_workers_certify_checkpoints_side_by_side_with_the_same_table(corpus_dir
     pd.testing.assert_frame_equal(tables[1], tables[2])
     with pytest.raises(ValueError, match="workers must be >= 1"):
         certify(tmp_path / "results", corpus, tmp_path / "cache", workers=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_closed_form_loss_is_cross_entropy_in_value_and_gradient(dtype):
+    """The certificate's loss (softmax - one-hot in buffers allocated once per solve) against torch's cross-entropy
+    and autograd, on the same logits: the same value and the same gradients, evaluation after evaluation, with the
+    buffer reused (its storage never replaced)."""
+    import torch.nn.functional as F
+
+    from benchmark.report.convergence import LogisticLoss
+
+    g = torch.Generator().manual_seed(5)
+    n, d, c = 3000, 16, 7
+    x = torch.randn(n, d, generator=g, dtype=dtype) * 3
+    y = torch.randint(0, c, (n,), generator=g)
+    z, minus_one = torch.empty(n, c, dtype=dtype), torch.full((n, 1), -1.0, dtype=dtype)
+    where = z.data_ptr()
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    for step in range(3):  # a different point each time, as L-BFGS's evaluations are
+        W = (torch.randn(d, c, generator=g, dtype=dtype) * (step + 1)).requires_grad_(True)
+        b = torch.randn(c, generator=g, dtype=dtype).requires_grad_(True)
+        ours = LogisticLoss.apply(W, b, x, y, z, minus_one)
+        ours.backward()
+        got = (W.grad.clone(), b.grad.clone())
+        W.grad = b.grad = None
+        theirs = F.cross_entropy(x @ W + b, y)
+        theirs.backward()
+        torch.testing.assert_close(ours.detach(), theirs.detach(), **tol)
+        torch.testing.assert_close(got[0], W.grad, **tol)
+        torch.testing.assert_close(got[1], b.grad, **tol)
+        assert z.data_ptr() == where

@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from benchmark.cache.reader import CacheEntry, EntryQuery, find_entry
 from benchmark.record.aggregate import read_runs
@@ -115,6 +114,34 @@ class Reference:
     converged: bool  # the gradient norm reached the tolerance (not the iteration cap)
 
 
+class LogisticLoss(torch.autograd.Function):
+    """Mean cross-entropy of logits x @ W + b against labels y, with its gradient in closed form, in buffers the
+    caller allocates once per solve: `z` (n, C) holds the logits, then the softmax, then (softmax - one-hot), and
+    `minus_one` (n, 1) is -1 everywhere. A full-batch L-BFGS evaluation over all training frames then allocates
+    nothing of the examples' size: autograd's cross-entropy allocated and freed several (n, C) float64 tensors per
+    evaluation, each mapped and faulted in a page at a time (a quarter of a from-scratch certificate's CPU time was the
+    kernel's; docs/benchmark.md). The same value and gradient as F.cross_entropy (tests/test_convergence.py)."""
+
+    @staticmethod
+    def forward(ctx, W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
+                minus_one: torch.Tensor) -> torch.Tensor:
+        torch.addmm(b, x, W, out=z)
+        picked = z.gather(1, y[:, None])  # the true class's logit
+        top = z.amax(1, keepdim=True)
+        z.sub_(top).exp_()
+        total = z.sum(1, keepdim=True)
+        loss = (top + total.log() - picked).mean()  # logsumexp(z) - z_y, from the shifted exponentials
+        z.div_(total).scatter_add_(1, y[:, None], minus_one)  # softmax - one-hot
+        ctx.save_for_backward(x, z)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, z = ctx.saved_tensors
+        scale = grad / len(z)
+        return torch.mm(x.t(), z).mul_(scale), z.sum(0).mul_(scale), None, None, None, None
+
+
 def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tuple[torch.Tensor, torch.Tensor] | None,
          rtol: float, max_iter: int, float32_phase: bool = True) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
     """Multinomial logistic regression on x (n, D) by full-batch L-BFGS, solved in float64 to the relative tolerance
@@ -130,8 +157,10 @@ def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tupl
         xd = x.to(dtype)
         W = W.to(dtype).clone().requires_grad_(True)
         b = b.to(dtype).clone().requires_grad_(True)
-        iters, ok = solve_l2([W, b], lambda: [F.cross_entropy(xd @ W + b, y)], [W], l2, rtol, max_iter, floor=floor,
-                             patience=FLOAT32_PATIENCE if dtype == torch.float32 else None)
+        z = torch.empty(len(y), n_classes, dtype=dtype, device=x.device)  # one evaluation's buffers, reused by all
+        minus_one = torch.full((len(y), 1), -1.0, dtype=dtype, device=x.device)
+        iters, ok = solve_l2([W, b], lambda: [LogisticLoss.apply(W, b, xd, y, z, minus_one)], [W], l2, rtol, max_iter,
+                             floor=floor, patience=FLOAT32_PATIENCE if dtype == torch.float32 else None)
         total += iters
         W, b = W.detach(), b.detach()
     return W, b, total, ok
