@@ -303,16 +303,18 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
         from benchmark.report.convergence import certifiable_rows, certify, exempt_tasks, summary_markdown
         from benchmark.record.aggregate import read_runs  # pandas too: loaded for certify only, as the line above
 
-        rows = read_rows(Path(cfg.results_dir) / RUNS_FILE)
+        runs = None  # runs.csv, read once (by the first corpus that is there) for every corpus's part
         for part in cfg.by_corpus():  # the main corpus, then a task's own (the main job's keyword corpus)
             corpus = resolve_corpus(part.corpus, cfg.data_dir, cfg.quick, prepare=False)
-            if part.corpus != cfg.corpus and (corpus is None or not (certifiable_rows(
-                    read_runs(Path(cfg.results_dir) / RUNS_FILE))["corpus"] == corpus.name).any()):
-                continue  # another corpus of the plan with no rows to certify (yet)
             if corpus is None:
+                if part.corpus != cfg.corpus:
+                    continue  # another corpus of the plan, not built yet: no rows to certify
                 return fail(f"--corpus {cfg.corpus}: not prepared under {cfg.data_dir}; certify reads the corpus and "
                             f"the feature cache the rows were trained on")
             try:
+                runs = read_runs(Path(cfg.results_dir) / RUNS_FILE) if runs is None else runs
+                if part.corpus != cfg.corpus and not (certifiable_rows(runs)["corpus"] == corpus.name).any():
+                    continue  # another corpus of the plan with no rows to certify (yet)
                 table = certify(cfg.results_dir, corpus, cfg.cache_dir, progress=cfg.progress,
                                 workers=cfg.probe_workers, device=cfg.device,
                                 # a bar on a terminal; one flushed line per row in a log on disk (--no-progress)
@@ -320,7 +322,7 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
             except (FileNotFoundError, ValueError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
-            exempt = exempt_tasks(r["task"] for r in rows if r["corpus"] == corpus.name)
+            exempt = exempt_tasks(runs.loc[runs["corpus"] == corpus.name, "task"])
             print(f"corpus {corpus.name}: {summary_markdown(table, exempt)}")
         return 0 if build_report_if_available(cfg.results_dir) else 1
     if args.dry_run:
