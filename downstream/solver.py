@@ -9,8 +9,9 @@ bounds the distance to the unique optimum by rtol * |W|, at every L2 strength. A
 at l2 = 1e-6 a gradient of 1e-4 (the old stopping rule) allows a point |W| = 100 away from the optimum, so
 the "solution" at weak L2 was whatever the warm start left, and two paths over the same grid chose different
 points (measured on the built-in corpus: docs/benchmark.md, "The regularisation path"). Reaching the relative
-tolerance at weak L2 needs float64 (float32 gradients of a mean cross-entropy floor at ~2e-4), so callers
-finish in float64 (the certificate gets there from a float32 phase that stops at that floor: `floor`, `patience`).
+tolerance at weak L2 needs float64, so callers finish in float64 (the certificate gets there from a float32 phase
+that stops at an absolute floor: `floor`, `patience`). A float32 phase needs its loss VALUE in float64: the line
+search compares values, and a float32 scalar near 1 (spacing 1.2e-7) stalls it near a gradient norm of 2e-4.
 """
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def solve_l2(params: list[Tensor], data_loss: Callable[[], Iterable[Tensor]], pe
     until |grad| <= max(rtol * l2 * max(|penalised|, 1), floor); (iterations, solved). `solved` is False when
     `max_iter` iterations ran out or the line search stopped making progress first.
 
-    `floor`: an absolute gradient norm that is close enough, for a first phase in a lower precision whose gradients
-    are not trustworthy below it (the certificate's float32 phase); 0 leaves the relative tolerance alone in charge.
+    `floor`: an absolute gradient norm that is close enough, for a first phase in a lower precision that a later
+    phase finishes (the certificate's float32 phase); 0 leaves the relative tolerance alone in charge.
     `patience`: give up (unsolved) when that many checks in a row (every CHUNK iterations) have not halved the
     smallest gradient norm seen: such a phase has stalled (float32 on nearly separable data can creep for thousands
     of iterations); None runs to `max_iter`.

@@ -10,6 +10,9 @@ is within benchmark.report.convergence.FLOAT32_GRAD_FLOOR), then float64 to the 
 against the certificate's closed-form gradient in buffers allocated once per solve
 (benchmark.report.convergence.LogisticLoss); large blocks mapped as in the harness (core.allocator). Prints the
 process's system CPU time of each way too.
+--compare loss: the float32 phase's loss value rounded to float32, which stalls L-BFGS near a gradient norm of 2e-4
+(the floor it had), against the value summed in float64 with the phase run down to FLOAT32_GRAD_FLOOR; the float64
+phase then finishes both to the same tolerance.
 
     .venv/bin/python perf/certificate_starts.py --upstream mockingjay --task phone_linear,speaker_frame \\
         --out results/certificate_starts.json
@@ -17,6 +20,8 @@ process's system CPU time of each way too.
         --task phone_linear,speaker_frame,speaker_utterance --threads 1 --out results/certificate_precision.json
     .venv/bin/python perf/certificate_starts.py --compare gradient --upstream mockingjay \
         --task phone_linear,speaker_frame --threads 1 --out results/certificate_gradient.json
+    .venv/bin/python perf/certificate_starts.py --compare loss --upstream mockingjay \
+        --task phone_linear,speaker_frame,speaker_utterance --threads 1 --out results/certificate_loss.json
 
 Reads the rows of a results directory and the feature cache they were trained on (run the main job first). Prints
 per row the seconds, L-BFGS iterations and reference scores of both ways, and the total ratio.
@@ -48,7 +53,7 @@ from upstream.registry import parse_spec  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--upstream", default="mockingjay", help="name or name:preset")
-    p.add_argument("--compare", choices=("starts", "precision", "gradient"), default="starts")
+    p.add_argument("--compare", choices=("starts", "precision", "gradient", "loss"), default="starts")
     p.add_argument("--task", default="phone_linear,speaker_frame", help="certified tasks, comma list")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--corpus", default="data/synth")
@@ -77,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             if a.compare == "starts" else
             {"float64": Certifier(corpus, a.cache_dir, float32_phase=False), "float32+64": Certifier(corpus, a.cache_dir)}
             if a.compare == "precision" else
+            {"float32 value": Certifier(corpus, a.cache_dir), "float64 value": Certifier(corpus, a.cache_dir)}
+            if a.compare == "loss" else
             {"autograd": Certifier(corpus, a.cache_dir), "closed form": Certifier(corpus, a.cache_dir)})
     (first, second) = ways
     rows = []
@@ -85,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         for way, cert in ways.items():
             cert.sources(r)  # load the cache outside the timing
             t0, sys0 = time.perf_counter(), os.times().system
-            with _autograd_loss() if way == "autograd" else contextlib.nullcontext():
+            with (_autograd_loss() if way == "autograd" else _float32_value() if way == "float32 value"
+                  else contextlib.nullcontext()):
                 ref = cert.reference(r)
             out[way] = {"seconds": round(time.perf_counter() - t0, 1),
                         "system_seconds": round(os.times().system - sys0, 1), "final_iters": ref.iters, "l2": ref.l2,
@@ -112,6 +120,21 @@ def _autograd_loss():
     """The certificate's loss as torch's cross-entropy through autograd (what it was before the closed form)."""
     return mock.patch.object(convergence.LogisticLoss, "apply", lambda W, b, x, y, z, minus_one: F.cross_entropy(
         torch.addmm(b, x, W), y))
+
+
+# the float32 phase's floor while its loss value was a float32 scalar (it stalled there)
+FLOAT32_VALUE_FLOOR = 2e-4
+
+
+@contextlib.contextmanager
+def _float32_value():
+    """The certificate's loss value rounded to the logits' dtype (what it was before the float64 sum), with the
+    float32 phase's floor where that value let it get."""
+    apply = convergence.LogisticLoss.apply
+    with mock.patch.object(convergence, "FLOAT32_GRAD_FLOOR", FLOAT32_VALUE_FLOOR), \
+            mock.patch.object(convergence.LogisticLoss, "apply",
+                              lambda W, b, x, y, z, minus_one: apply(W, b, x, y, z, minus_one).to(x.dtype)):
+        yield
 
 
 if __name__ == "__main__":

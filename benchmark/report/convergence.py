@@ -62,13 +62,13 @@ UTT_L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 # each L2 point solved until within CERTIFICATE_RTOL x |W| of its unique optimum (downstream.solver), ten times
 # tighter than the L2-path probe's rule (downstream.config.L2Path.rtol)
 CERTIFICATE_RTOL = 0.01
-# a reference's L-BFGS runs in float32 until its gradient norm is this small, then in float64 to CERTIFICATE_RTOL:
-# float32 gradients of a mean cross-entropy are no longer trustworthy much below it (downstream.solver), and the
-# float64 phase, which alone decides the tolerance, starts that much closer. Mockingjay's references at 100 % of the
-# labels, 1 thread: 659 s against 920 float64 throughout (1.40x; the last layer's phone_linear 149 against 248 s,
-# speaker_frame 162 against 236), every reference's L2 point and scores the same
-# (perf/certificate_starts.py --compare precision, results/certificate_precision.json)
-FLOAT32_GRAD_FLOOR = 2e-4
+# a reference's L-BFGS runs in float32 until its gradient norm is this small, then in float64 to CERTIFICATE_RTOL (which
+# the float64 phase alone decides). The float32 phase's loss VALUE is summed in float64 (LogisticLoss): a float32
+# scalar near 1 cannot represent the decreases L-BFGS's line search compares below a gradient norm of ~2e-4 (its
+# spacing there is 1.2e-7), and with a float32 value the phase stalled at that floor, leaving the float64 phase 260 of
+# the 440 iterations of mockingjay's last-layer phone reference; with a float64 value it reaches 2e-5 and the float64
+# phase needs 100 (perf/certificate_starts.py --compare loss, results/certificate_loss.json)
+FLOAT32_GRAD_FLOOR = 2e-5
 # ... or until 10 checks in a row (200 iterations) have not halved its gradient norm: on nearly separable utterance
 # means (mockingjay's last layer, 100 %, l2 1e-4) float32 L-BFGS crept 5,000 iterations without reaching the floor
 FLOAT32_PATIENCE = 10
@@ -120,7 +120,9 @@ class LogisticLoss(torch.autograd.Function):
     `minus_one` (n, 1) is -1 everywhere. A full-batch L-BFGS evaluation over all training frames then allocates
     nothing of the examples' size: autograd's cross-entropy allocated and freed several (n, C) float64 tensors per
     evaluation, each mapped and faulted in a page at a time (a quarter of a from-scratch certificate's CPU time was the
-    kernel's; docs/benchmark.md). The same value and gradient as F.cross_entropy (tests/test_convergence.py)."""
+    kernel's; docs/benchmark.md). The same value and gradient as F.cross_entropy (tests/test_convergence.py). The value
+    is summed in float64 whatever the logits' dtype, so that a float32 solve's line search sees decreases below a
+    float32 scalar's resolution (FLOAT32_GRAD_FLOOR)."""
 
     @staticmethod
     def forward(ctx, W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
@@ -130,7 +132,8 @@ class LogisticLoss(torch.autograd.Function):
         top = z.amax(1, keepdim=True)
         z.sub_(top).exp_()
         total = z.sum(1, keepdim=True)
-        loss = (top + total.log() - picked).mean()  # logsumexp(z) - z_y, from the shifted exponentials
+        # logsumexp(z) - z_y, from the shifted exponentials, summed in float64
+        loss = (top + total.log() - picked).sum(dtype=torch.float64) / len(z)
         z.div_(total).scatter_add_(1, y[:, None], minus_one)  # softmax - one-hot
         ctx.save_for_backward(x, z)
         return loss
@@ -138,7 +141,7 @@ class LogisticLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, z = ctx.saved_tensors
-        scale = grad / len(z)
+        scale = float(grad) / len(z)  # the float64 value's gradient, applied in the logits' dtype
         return torch.mm(x.t(), z).mul_(scale), z.sum(0).mul_(scale), None, None, None, None
 
 
