@@ -145,6 +145,28 @@ class StackedHeads:
                 k += 2
         return h.float()
 
+    def products(self, rows: int, width: int, train: bool) -> list[tuple[int, int, int]]:
+        """(m, k, n) of every matrix product `forward` (and with `train` its backward) computes for ONE probe on
+        `rows` rows of `num_layers` hidden states of `width`: a product costs m * k * n multiply-adds. The first
+        layer's input needs no gradient (the rows are frozen features) but a weighted sum mixed first does (its
+        mix weights). The cost model of perf/probe_floor.py, checked against torch's FLOP counter
+        (tests/test_engine.py)."""
+        outs = [int(W.shape[2]) for W in self.params[0: 2 * self.ops.count("linear"): 2]]  # (P, in, out) weights
+        L = int(self.params[-1].shape[1]) if self.mix else 1
+        folded = self.mix and outs[0] <= width  # as `forward`: the mix folded into the first layer, one (L*D) GEMM
+        k = L * width if folded else width
+        out: list[tuple[int, int, int]] = []
+        if self.mix and not folded:  # the mix first: (1, L) x (L, rows * D), and its weights' gradient
+            out += [(1, L, rows * width)] + ([(1, rows * width, L)] if train else [])
+        for j, n in enumerate(outs):
+            out.append((rows, k, n))
+            if train:
+                out.append((k, rows, n))  # weight gradient
+                if j > 0 or (self.mix and not folded):
+                    out.append((rows, n, k))  # input gradient: an earlier layer, or the mix weights, need it
+            k = n
+        return out
+
     def layer_weights(self, params: list[Tensor], p: int) -> list[float] | None:
         return [float(v) for v in params[-1][p].detach().softmax(0)] if self.mix else None
 

@@ -165,6 +165,25 @@ def test_stacked_mlp_is_the_single_probe_module():
                                                     "featurizer.weights"}
 
 
+@pytest.mark.parametrize("head, mix", [("linear", False), ("linear", True), ("mlp", False), ("mlp", True),
+                                       ("narrow_mlp", True)])
+def test_products_count_what_torch_multiplies(head, mix):
+    """The cost model of perf/probe_floor.py (`StackedHeads.products`) is the FLOPs torch's own counter sees in a
+    training step (forward and backward) and in an evaluation, for each way `forward` takes: a linear or MLP head,
+    the weighted sum folded into the first layer or mixed first."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    P, B, L, D, C = 3, 10, 3 if mix else 1, 16, 5
+    make = {"linear": get_task("phone_linear").head, "mlp": one_hidden_head(32), "narrow_mlp": one_hidden_head(8)}[head]
+    model = StackedHeads([make(D, C) for _ in range(P)], L, mix, torch.device("cpu"))
+    flops = lambda train: P * sum(2 * m * k * n for m, k, n in model.products(B, D, train))  # noqa: E731
+    with FlopCounterMode(display=False) as step:
+        model.forward(torch.randn(P, B, L, D)).sum().backward()
+    with FlopCounterMode(display=False) as evaluation, torch.no_grad():
+        model.forward(torch.randn(B, L, D))
+    assert step.get_total_flops() == flops(True) > flops(False) == evaluation.get_total_flops() > 0
+
+
 def test_bit_relu_is_torch_relu():
     """The bfloat16 ReLU on the bits gives torch's values (its -0 becomes +0, an equal value) and its gradients bit
     for bit, tiny and huge values included."""

@@ -177,6 +177,12 @@ def test_build_report_includes_the_studies_beside_the_rows(tmp_path):
     assert "`python -m analysis.attention_heads --ablate mj`" in text and "`# 12 s`" not in text
     assert "\n### Attention head types" in text and "\n#### Removing heads" in text  # nested under the section
     assert "recipes.png" not in text  # a figure that is not there is not linked
+    (results / "budget_curve_aalbert").mkdir()
+    (results / "budget_curve_aalbert" / "budget.md").write_text("| task | pretraining frames |\n|---|---|\n| phone | 9 |\n")
+    (results / "budget_curve_aalbert" / "pretrain_budget.png").write_bytes(b"png")
+    text = build_report(results).read_text()
+    assert "### Pretraining budget: AALBERT" in text and "| phone | 9 |" in text
+    assert "(budget_curve_aalbert/pretrain_budget.png)" in text and "Pretraining budget: Mockingjay" not in text
 
 
 def test_cli_reports_bad_input(tmp_path, capsys):

@@ -63,11 +63,18 @@ def _nested(markdown: str) -> str:
 
 def _study_sections(results_dir: Path) -> str:
     """The studies that explain the rows, where their outputs sit beside them: the pretraining recipe study
-    (results/recipe_study/) and the attention-head classes and ablation (results/attention/heads/)."""
+    (results/recipe_study/), the pretraining-budget curves (results/budget_curve*/, analysis.pretrain_budget), the
+    speaker intervention (results/speaker_intervention/, analysis.intervention) and the attention-head classes and
+    ablation (results/attention/heads/)."""
     parts = []
+    budget = (("budget.md", None), ("pretrain_budget.png", "Probe scores vs pretraining frames"))
     for folder, title, files in (
             ("recipe_study", "Pretraining recipes: time to the interpolation yardstick",
              (("recipes.md", None), ("recipes.png", "Held-out masked L1 vs CPU seconds"))),
+            ("budget_curve", "Pretraining budget: Mockingjay", budget),
+            ("budget_curve_aalbert", "Pretraining budget: AALBERT", budget),
+            ("speaker_intervention", "Speaker identity: a loss on unmasked frames too",
+             (("intervention.md", None), ("intervention.png", "Baseline vs intervention per task and layer"))),
             ("attention/heads", "Attention heads: types and the global-head ablation",
              (("head_mix.md", None), ("head_mix.png", "Head types per layer")))):  # head_mix.md holds the ablation
         d = results_dir / folder

@@ -1,0 +1,148 @@
+"""The floor under the frozen frame probes' time: the matrix products their rows' steps must compute, at this machine's
+measured rate for those products, beside the time the rows record.
+
+    .venv/bin/python perf/probe_floor.py --results-dir results --out results/probe_floor.json
+
+For every row of a minibatch-trained frame-level probe (the stacked engine: phone_linear, phone_1hidden,
+speaker_frame) it counts, from the row's `steps` and the main job's settings (benchmark.plan.presets):
+* `computed`: what the engine multiplies in training: every step a full minibatch slot of `batch_size` rows (a probe
+  with fewer rows left in a chunk pads its batch, downstream.feeds); dev counted as in `floor`;
+* `floor`: what any engine must multiply to take the same probes through the same steps: the probe's own rows only,
+  at least steps / (ceil(rows / batch) + chunks - 1) passes over them (a pass takes at most that many steps), and
+  dev scored at least patience + 1 times (the stopping rule's fewest evaluations).
+Products per row and step come from the heads themselves (downstream.stacked.StackedHeads.products: forward, weight
+and input gradients; checked against torch's FLOP counter in tests/test_engine.py). Their rate is measured here, in
+one process, for each head shape: a group of 12 probes' batched products (torch.bmm) in the engine's compute dtype
+(bfloat16 where the CPU multiplies it natively), 1 torch thread, best of 5. The floor's seconds are worker-seconds
+(one thread each); the main job runs two workers, so its probes' wall-clock floor is half their sum. The mean-pooled
+speaker probe (L2 path on 1,200 utterance means: little arithmetic), fine-tuning and the SUPERB tasks are not counted.
+
+Reads the rows and the feature cache they were trained on (the upstreams' widths, hidden states and split sizes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmark.plan.presets import main_job  # noqa: E402
+from benchmark.record.aggregate import read_runs  # noqa: E402
+from benchmark.report.convergence import cached_frames  # noqa: E402
+from core.io import atomic_write_json  # noqa: E402
+from core.repro import provenance  # noqa: E402
+from corpora.manifest import load_corpus  # noqa: E402
+from downstream.config import Minibatch  # noqa: E402
+from downstream.data import num_classes  # noqa: E402
+from downstream.feeds import BLOCK_ROWS, CHUNK_BLOCKS, EVAL_ROWS  # noqa: E402
+from downstream.stacked import StackedHeads, fast_bfloat16  # noqa: E402
+from downstream.tasks import ALL_TASKS, TaskSpec  # noqa: E402
+
+GROUP = 12  # probes a group multiplies at once: the main job's 4 fractions x 3 seeds
+
+
+def seconds(products: list[tuple[int, int, int]], probes: int, dtype: torch.dtype) -> float:
+    """Best of 5 of the batched products (probes, m, k) x (probes, k, n), one after another."""
+    pairs = [(torch.randn(probes, m, k).to(dtype), torch.randn(probes, k, n).to(dtype)) for m, k, n in products]
+    best = math.inf
+    for _ in range(6):  # the first is a warm-up
+        t0 = time.perf_counter()
+        for a, b in pairs:
+            torch.bmm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--corpus", default="data/synth")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
+    p.add_argument("--out", type=Path, help="also write the JSON here (default: print only)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        runs = read_runs(a.results_dir / "runs.csv")
+        corpus = load_corpus(a.corpus)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cfg = main_job()
+    dtype = torch.bfloat16 if fast_bfloat16(torch.device("cpu")) else torch.float32
+
+    def counted(task: TaskSpec) -> bool:
+        return (task.engine == "stacked" and not task.pooled
+                and isinstance(cfg.probe_config(task.name, False).trainer, Minibatch))
+
+    rows = runs[(runs["mode"] != "finetune") & runs["task"].map(lambda t: t in ALL_TASKS and counted(ALL_TASKS[t]))]
+    if rows.empty:
+        print(f"error: {a.results_dir / 'runs.csv'} holds no minibatch frame-probe rows to count", file=sys.stderr)
+        return 2
+    # head shape -> seconds per probe-row of a training step and of an evaluation, multiply-adds per row of a step
+    rate: dict[tuple, tuple[float, float, int]] = {}
+    out_rows = []
+    for (up, preset, ckpt), sub in rows.groupby(["upstream", "preset", "ckpt_hash"], sort=False):
+        try:
+            source, _ = cached_frames(a.cache_dir, {"upstream": up, "preset": preset, "ckpt_hash": ckpt}, corpus)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {up}:{preset}: {e}", file=sys.stderr)
+            return 2
+        width, n_states = source.hidden_size, source.num_hidden_states
+        split_rows = {s: int(source.lengths(s).sum()) for s in ("train", "dev")}
+        chunks = math.ceil(split_rows["train"] / (BLOCK_ROWS * CHUNK_BLOCKS))
+        for r in sub.itertuples():
+            task = ALL_TASKS[r.task]
+            pcfg = cfg.probe_config(r.task, False)
+            batch = pcfg.minibatch.batch_size
+            layers = n_states if r.mode == "weighted_sum" else 1
+            heads = StackedHeads([task.head(width, num_classes(corpus, task))], layers, r.mode == "weighted_sum",
+                                 torch.device("cpu"))
+            # multiply-adds per row (every product is linear in the rows)
+            step, evaluate = (sum(m * k * n for m, k, n in heads.products(1, width, train)) for train in (True, False))
+            key = (r.task, width, layers, r.mode)
+            if key not in rate:
+                rate[key] = (seconds(heads.products(batch, width, True), GROUP, dtype) / (GROUP * batch),
+                             seconds(heads.products(EVAL_ROWS, width, False), GROUP, dtype) / (GROUP * EVAL_ROWS),
+                             step)
+            per_pass = math.ceil(r.train_frames / batch) + chunks - 1  # the most steps a pass over the probe's rows takes
+            useful = r.steps * r.train_frames / per_pass
+            evals = pcfg.patience + 1
+            dev = evals * split_rows["dev"] * evaluate
+            out_rows.append({
+                "upstream": f"{up}:{preset}", "task": r.task, "mode": r.mode, "fraction": r.fraction,
+                "computed_tflop": 2 * (r.steps * batch * step + dev) / 1e12,
+                "floor_tflop": 2 * (useful * step + dev) / 1e12,
+                "floor_seconds": useful * rate[key][0] + evals * split_rows["dev"] * rate[key][1],
+                "recorded_seconds": r.wall_seconds})
+    df = pd.DataFrame(out_rows)
+    cols = ["computed_tflop", "floor_tflop", "floor_seconds", "recorded_seconds"]
+    # per fraction without the recorded time: a group's wall time is shared equally by its probes (downstream.train)
+    by_task = df.groupby(["task", "fraction"])[cols[:3]].sum().round(2)
+    total = df[cols].sum()
+    result = {
+        "rows": len(df), "dtype": str(dtype).removeprefix("torch."), "threads": 1, "group": GROUP,
+        "by_task_fraction": [{"task": t, "fraction": f, **v} for (t, f), v in by_task.to_dict("index").items()],
+        "by_task": df.groupby("task")[cols].sum().round(1).reset_index().to_dict("records"),
+        "total": {k: round(float(v), 1) for k, v in total.items()},
+        "floor_wall_seconds_two_workers": round(float(total["floor_seconds"]) / 2, 1),
+        "recorded_over_floor": round(float(total["recorded_seconds"] / total["floor_seconds"]), 2),
+        "step_gflops": {f"{t} {m} D={w}": round(2 * macs / s / 1e9, 1) for (t, w, _, m), (s, _, macs) in rate.items()},
+        "results_dir": str(a.results_dir),
+        "provenance": provenance("cpu"),
+        "command": " ".join(["python", "perf/probe_floor.py", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    print(by_task.to_string())
+    print(json.dumps({k: v for k, v in result.items() if k not in ("provenance", "by_task_fraction")}, indent=1))
+    if a.out is not None:
+        atomic_write_json(a.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
