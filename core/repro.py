@@ -5,6 +5,8 @@ import datetime as _dt
 import platform
 import random
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,19 @@ def seed_everything(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread inside (the process-wide setting, restored after): for fits whose bits must not depend on
+    the machine's core count. LAPACK's threaded eigendecomposition (torch.linalg.eigh) returns other bits with 2
+    threads than with 1 on this project's CPUs, and a whitening fitted with other bits trains other probe rows."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def default_device() -> torch.device:

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from core.repro import one_thread
+
 
 def segment_mean(x: Tensor, lengths: Tensor) -> Tensor:
     """Per-utterance mean of FLAT frames: x (sum of lengths, D), lengths (B,) -> (B, D).
@@ -54,7 +56,12 @@ class Whitening(nn.Module):
     def fit_chunks(self, chunks: Iterable[Tensor]) -> "Whitening":
         """Statistics of the rows of every chunk (each (n, D)) in ONE streaming pass: float32 products of chunks
         centred on the first chunk's mean, summed in float64 (the shift keeps the sums well conditioned), so the
-        corpus is never held whole."""
+        corpus is never held whole. On one torch thread (core.repro.one_thread), so the transform's bits, and the
+        rows of every probe trained through it, do not depend on how many cores the fitting process has."""
+        with one_thread():
+            return self._fit(chunks)
+
+    def _fit(self, chunks: Iterable[Tensor]) -> "Whitening":
         n, s, m2, shift = 0, None, None, None
         for x in chunks:
             xc = x.float()

@@ -118,6 +118,25 @@ def test_whitening_fitted_in_one_streaming_pass_whitens():
     assert torch.allclose(torch.cov(w(xh).T), torch.eye(16), atol=5e-2)
 
 
+def test_whitening_does_not_depend_on_the_thread_count():
+    """The transform (and so every probe row trained through it) has the same bits whatever the fitting process's
+    torch thread count: LAPACK's threaded eigendecomposition gave other bits on 2 threads than on 1 for 256 dims."""
+    from downstream.heads import Whitening
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 256, generator=g) @ torch.randn(256, 256, generator=g)
+    threads = torch.get_num_threads()
+    fits = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            fits.append(Whitening(256).fit_chunks([x[:1500], x[1500:]]))
+            assert torch.get_num_threads() == n  # restored after the fit
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(f.matrix, fits[0].matrix) and torch.equal(f.mean, fits[0].mean) for f in fits[1:])
+
+
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
 def test_stacked_optimiser_is_torch_per_probe(kind):
     g = torch.Generator().manual_seed(0)
