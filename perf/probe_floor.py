@@ -47,6 +47,11 @@ from downstream.tasks import ALL_TASKS, TaskSpec  # noqa: E402
 GROUP = 12  # probes a group multiplies at once: the main job's 4 fractions x 3 seeds
 
 
+def sig(v: float) -> float:
+    """4 significant digits: a figure to read, at any scale (a tiny run's TFLOP too)."""
+    return float(f"{float(v):.4g}")
+
+
 def seconds(products: list[tuple[int, int, int]], probes: int, dtype: torch.dtype) -> float:
     """Best of 5 of the batched products (probes, m, k) x (probes, k, n), one after another."""
     pairs = [(torch.randn(probes, m, k).to(dtype), torch.randn(probes, k, n).to(dtype)) for m, k, n in products]
@@ -123,14 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.DataFrame(out_rows)
     cols = ["computed_tflop", "floor_tflop", "floor_seconds", "recorded_seconds"]
     # per fraction without the recorded time: a group's wall time is shared equally by its probes (downstream.train)
-    by_task = df.groupby(["task", "fraction"])[cols[:3]].sum().round(2)
+    by_task = df.groupby(["task", "fraction"])[cols[:3]].sum().map(sig)
     total = df[cols].sum()
     result = {
         "rows": len(df), "dtype": str(dtype).removeprefix("torch."), "threads": 1, "group": GROUP,
         "by_task_fraction": [{"task": t, "fraction": f, **v} for (t, f), v in by_task.to_dict("index").items()],
-        "by_task": df.groupby("task")[cols].sum().round(1).reset_index().to_dict("records"),
-        "total": {k: round(float(v), 1) for k, v in total.items()},
-        "floor_wall_seconds_two_workers": round(float(total["floor_seconds"]) / 2, 1),
+        "by_task": df.groupby("task")[cols].sum().map(sig).reset_index().to_dict("records"),
+        "total": {k: sig(v) for k, v in total.items()},
+        "floor_wall_seconds_two_workers": sig(total["floor_seconds"] / 2),
         "recorded_over_floor": round(float(total["recorded_seconds"] / total["floor_seconds"]), 2),
         "step_gflops": {f"{t} {m} D={w}": round(2 * macs / s / 1e9, 1) for (t, w, _, m), (s, _, macs) in rate.items()},
         "results_dir": str(a.results_dir),

@@ -209,3 +209,24 @@ def test_no_progress_silences_every_bar(tmp_path, capsys):
     err = capsys.readouterr().err
     assert list((corpus / "stats").glob("*.json")), "the statistics were computed in this run"
     assert "feature stats" not in err and "it/s" not in err and "%|" not in err, err
+
+
+def test_probe_floor_counts_the_frame_probes_of_a_run(corpus_dir, tmp_path, capsys):
+    """perf/probe_floor.py on a run's rows and cache: every frame-probe row counted, the floor (own rows only) at most
+    what the engine computes (full batch slots), and rows it cannot count an error naming the file."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("probe_floor", Path(__file__).resolve().parents[1] / "perf" /
+                                                  "probe_floor.py")
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    cfg = _cfg(corpus_dir, tmp_path)
+    args = ["--results-dir", str(tmp_path / "results"), "--corpus", str(corpus_dir), "--cache-dir", str(tmp_path / "cache")]
+    assert floor.main(args) == 2 and "runs.csv" in capsys.readouterr().err  # no run yet
+    runner.run_benchmark(cfg, log=lambda *_: None)
+    assert floor.main([*args, "--out", str(tmp_path / "floor.json")]) == 0
+    res = json.loads((tmp_path / "floor.json").read_text())
+    assert res["rows"] == (1 + 2) * 2 * 2 * 2 and {r["task"] for r in res["by_task"]} == {"phone_linear", "speaker_frame"}
+    total = res["total"]
+    assert 0 < total["floor_tflop"] <= total["computed_tflop"] and total["floor_seconds"] > 0
