@@ -65,7 +65,7 @@ def _study_sections(results_dir: Path) -> str:
     """The studies that explain the rows, where their outputs sit beside them: the pretraining recipe study
     (results/recipe_study/), the pretraining-budget curves (results/budget_curve*/, analysis.pretrain_budget), the
     speaker intervention (results/speaker_intervention/, analysis.intervention) and the attention-head classes and
-    ablation (results/attention/heads/)."""
+    ablation (results/attention/heads/, and of the recipe study's checkpoints results/attention/heads_recipes/)."""
     parts = []
     budget = (("budget.md", None), ("pretrain_budget.png", "Probe scores vs pretraining frames"))
     for folder, title, files in (
@@ -76,7 +76,9 @@ def _study_sections(results_dir: Path) -> str:
             ("speaker_intervention", "Speaker identity: a loss on unmasked frames too",
              (("intervention.md", None), ("intervention.png", "Baseline vs intervention per task and layer"))),
             ("attention/heads", "Attention heads: types and the global-head ablation",
-             (("head_mix.md", None), ("head_mix.png", "Head types per layer")))):  # head_mix.md holds the ablation
+             (("head_mix.md", None), ("head_mix.png", "Head types per layer"))),  # head_mix.md holds the ablation
+            ("attention/heads_recipes", "Attention heads of the recipe study's checkpoints",
+             (("head_mix.md", None), ("head_mix.png", "Head types per layer")))):
         d = results_dir / folder
         found = [(f, cap) for f, cap in files if (d / f).is_file()]
         if not found:
