@@ -56,8 +56,8 @@ class Whitening(nn.Module):
     def fit_chunks(self, chunks: Iterable[Tensor]) -> "Whitening":
         """Statistics of the rows of every chunk (each (n, D)) in ONE streaming pass: float32 products of chunks
         centred on the first chunk's mean, summed in float64 (the shift keeps the sums well conditioned), so the
-        corpus is never held whole. On one torch thread (core.repro.one_thread), so the transform's bits, and the
-        rows of every probe trained through it, do not depend on how many cores the fitting process has."""
+        corpus is never held whole. On one torch thread (core.repro.one_thread), so the transform's bits do not
+        depend on how many cores the fitting process has (probes trained through other bits give other rows)."""
         with one_thread():
             return self._fit(chunks)
 
