@@ -28,16 +28,17 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 @contextmanager
-def one_thread() -> Iterator[None]:
-    """torch on one thread inside (the process-wide setting, restored after): for fits whose bits must not depend on
-    the machine's core count. LAPACK's threaded eigendecomposition (torch.linalg.eigh) returns other bits with 2
-    threads than with 1 on this project's CPUs, and a whitening fitted with other bits trains other probe rows."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def torch_threads(n: int) -> Iterator[None]:
+    """torch on `n` threads inside (the process-wide setting, restored after, also on an error). One thread where a
+    fit's bits must not depend on the machine's core count: LAPACK's threaded eigendecomposition (torch.linalg.eigh)
+    returns other bits with 2 threads than with 1 on this project's CPUs, and a whitening fitted with other bits trains
+    other probe rows."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(n)
+        torch.set_num_threads(before)
 
 
 def default_device() -> torch.device:

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from core.repro import one_thread
+from core.repro import torch_threads
 
 
 def segment_mean(x: Tensor, lengths: Tensor) -> Tensor:
@@ -56,9 +56,9 @@ class Whitening(nn.Module):
     def fit_chunks(self, chunks: Iterable[Tensor]) -> "Whitening":
         """Statistics of the rows of every chunk (each (n, D)) in ONE streaming pass: float32 products of chunks
         centred on the first chunk's mean, summed in float64 (the shift keeps the sums well conditioned), so the
-        corpus is never held whole. On one torch thread (core.repro.one_thread), so the transform's bits do not
+        corpus is never held whole. On one torch thread (core.repro.torch_threads), so the transform's bits do not
         depend on how many cores the fitting process has (probes trained through other bits give other rows)."""
-        with one_thread():
+        with torch_threads(1):
             return self._fit(chunks)
 
     def _fit(self, chunks: Iterable[Tensor]) -> "Whitening":

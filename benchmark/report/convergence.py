@@ -43,7 +43,7 @@ from benchmark.record.aggregate import read_runs
 from core.frames import FrameRule
 from core.io import atomic_write_text
 from core.parallel import run_parallel
-from core.repro import default_device
+from core.repro import default_device, torch_threads
 from corpora.manifest import PROBE_SPLITS, Corpus, load_corpus
 from downstream.data import SplitLabels, Targets, flat_rows, split_labels
 from downstream.fractions import fraction_subset
@@ -391,12 +391,11 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
     # the costliest checkpoints first (frame-level rows at the largest fraction), so that the workers finish together
     jobs = [g for _, g in todo.groupby(["upstream", "preset", "ckpt_hash"], sort=False)]
     jobs.sort(key=lambda g: -int((g["_largest"] & g["task"].map(lambda t: get_task(t).frame_targets)).sum()))
-    threads, n = torch.get_num_threads(), workers if dev.type == "cpu" else 1  # one device: one fit at a time
+    n = workers if dev.type == "cpu" else 1  # one device: one fit at a time
     try:
-        torch.set_num_threads(max(1, threads // n))
-        run_parallel(one_checkpoint, [(g,) for g in jobs], n, "certify")
+        with torch_threads(max(1, torch.get_num_threads() // n)):
+            run_parallel(one_checkpoint, [(g,) for g in jobs], n, "certify")
     finally:
-        torch.set_num_threads(threads)
         bar.close()
     order = {rid: i for i, rid in enumerate(runs["run_id"])}
     table = pd.DataFrame(sorted(out, key=lambda o: order[o["run_id"]]), columns=list(COLUMNS))

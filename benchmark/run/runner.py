@@ -14,7 +14,7 @@ import torch
 from core.allocator import heap_while_training, release
 from core.io import atomic_write_text, sha256_json
 from core.parallel import run_parallel
-from core.repro import provenance
+from core.repro import provenance, torch_threads
 from corpora.manifest import Corpus, PROBE_SPLITS, Utterance
 from downstream.data import SplitLabels, num_classes, split_labels
 from downstream.fractions import fraction_subset
@@ -222,15 +222,12 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
     threads = torch.get_num_threads()
     try:
         if groups:  # groups in `probe_workers` threads with `probe_threads` torch threads each
-            if cfg.probe_threads:
-                torch.set_num_threads(min(cfg.probe_threads, threads))
-            with heap_while_training():  # a step's freed activations are reused by the next (core.allocator)
+            # a step's freed activations are reused by the next (core.allocator)
+            with torch_threads(min(cfg.probe_threads or threads, threads)), heap_while_training():
                 run_parallel(one_group, [(g,) for g in balance(list(groups.values()), cost, cfg.probe_workers)],
                              cfg.probe_workers, "probe")
-        torch.set_num_threads(threads)
         run_parallel(one_finetune, finetune, 1)  # the upstream itself trains: one run at a time, every thread
     finally:
-        torch.set_num_threads(threads)
         bar.close()
         stats.probe_seconds += time.perf_counter() - t0
 
