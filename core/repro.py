@@ -41,6 +41,22 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Subnormal floats (below 1.2e-38 in float32) read and written as zero inside, by the CALLING thread's CPU
+    (x86 FTZ/DAZ; restored after, also on an error; nothing where the CPU cannot). Arithmetic on subnormals takes a
+    slow path: a softmax of large logits underflows to them, as in a weakly regularised logistic-regression fit in
+    float32 (perf/certificate_starts.py --compare kernels measures the certificate's). A subnormal probability is
+    below anything a float32 sum of probabilities near 1 can hold, so the values of such a fit do not move. The mode
+    is per thread: torch's other intra-op threads keep theirs, so it covers a computation on one torch thread."""
+    on = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if on:
+            torch.set_flush_denormal(False)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

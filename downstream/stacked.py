@@ -75,6 +75,18 @@ def relu_(h: Tensor) -> Tensor:
     return _BitReLU.apply(h) if h.dtype == torch.bfloat16 else torch.relu_(h)
 
 
+def shared_matmul(x: Tensor, W: Tensor) -> Tensor:
+    """Rows x (n, K) shared by P probes (evaluation) times each probe's W (P, K, N) -> (P, n, N), contiguous.
+    torch.matmul broadcasts x to (P, n, K) and multiplies P times; in bfloat16 this is ONE (n, K) x (K, P * N) GEMM
+    instead, with the broadcast's bits (oneDNN sums each output over K in the same order: tests/test_engine.py) and
+    several times faster on the CPUs measured (perf/probe_groups.py --broadcast). In float32 one GEMM sums in
+    another blocked order, and float32 rows are the broadcast's: there it stays torch.matmul."""
+    if x.dtype != torch.bfloat16:
+        return torch.matmul(x, W)
+    P, K, N = W.shape
+    return torch.mm(x, W.permute(1, 0, 2).reshape(K, P * N)).view(len(x), P, N).transpose(0, 1).contiguous()
+
+
 def _linears(head: nn.Module) -> list[nn.Module]:
     mods = list(head) if isinstance(head, nn.Sequential) else [head]
     for m in mods:
@@ -126,7 +138,7 @@ class StackedHeads:
         if self.mix and W.shape[2] <= D:
             # a narrow first layer takes the mix: sum_l w_l x_l @ W = [x_1 .. x_L] @ [w_1 W; ..; w_L W], one GEMM
             A = (params[-1].softmax(-1)[:, :, None, None] * W[:, None]).reshape(P, L * D, -1).to(ct)
-            h = torch.matmul(x.reshape(-1, L * D), A) if shared else torch.bmm(x.reshape(P, -1, L * D), A)
+            h = shared_matmul(x.reshape(-1, L * D), A) if shared else torch.bmm(x.reshape(P, -1, L * D), A)
             h = h + b[:, None]
         else:
             if self.mix:  # mix first: the first layer is wider than the input
@@ -135,7 +147,7 @@ class StackedHeads:
             else:
                 z = x[..., 0, :]
             W = W.to(ct)
-            h = torch.matmul(z, W) + b[:, None] if z.dim() == 2 else torch.baddbmm(b[:, None], z, W)
+            h = shared_matmul(z, W) + b[:, None] if z.dim() == 2 else torch.baddbmm(b[:, None], z, W)
         k = 2
         for op in self.ops[1:]:
             if op == "relu":

@@ -13,6 +13,9 @@ process's system CPU time of each way too.
 --compare loss: the float32 phase's loss value rounded to float32, which stalls L-BFGS near a gradient norm of 2e-4
 (the floor it had), against the value summed in float64 with the phase run down to FLOAT32_GRAD_FLOOR; the float64
 phase then finishes both to the same tolerance.
+--compare kernels: each evaluation as it was (subnormal floats computed as such, the CPU's slow path: a weakly
+regularised float32 fit's softmax underflows to them; the gradient's product as x^T z) against the certificate's
+(subnormals flushed to zero, core.repro.flush_denormals; the product as (z^T x)^T, the same bits).
 
     .venv/bin/python perf/certificate_starts.py --upstream mockingjay --task phone_linear,speaker_frame \\
         --out results/certificate_starts.json
@@ -22,6 +25,8 @@ phase then finishes both to the same tolerance.
         --task phone_linear,speaker_frame --threads 1 --out results/certificate_gradient.json
     .venv/bin/python perf/certificate_starts.py --compare loss --upstream mockingjay \
         --task phone_linear,speaker_frame,speaker_utterance --threads 1 --out results/certificate_loss.json
+    .venv/bin/python perf/certificate_starts.py --compare kernels --upstream mockingjay \
+        --task phone_linear,speaker_frame --threads 1 --out results/certificate_kernels.json
 
 Reads the rows of a results directory and the feature cache they were trained on (run the main job first). Prints
 per row the seconds, L-BFGS iterations and reference scores of both ways, and the total ratio.
@@ -53,7 +58,7 @@ from upstream.registry import parse_spec  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--upstream", default="mockingjay", help="name or name:preset")
-    p.add_argument("--compare", choices=("starts", "precision", "gradient", "loss"), default="starts")
+    p.add_argument("--compare", choices=("starts", "precision", "gradient", "loss", "kernels"), default="starts")
     p.add_argument("--task", default="phone_linear,speaker_frame", help="certified tasks, comma list")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--corpus", default="data/synth")
@@ -84,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             if a.compare == "precision" else
             {"float32 value": Certifier(corpus, a.cache_dir), "float64 value": Certifier(corpus, a.cache_dir)}
             if a.compare == "loss" else
+            {"kernels before": Certifier(corpus, a.cache_dir), "kernels now": Certifier(corpus, a.cache_dir)}
+            if a.compare == "kernels" else
             {"autograd": Certifier(corpus, a.cache_dir), "closed form": Certifier(corpus, a.cache_dir)})
     (first, second) = ways
     rows = []
@@ -93,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             cert.sources(r)  # load the cache outside the timing
             t0, sys0 = time.perf_counter(), os.times().system
             with (_autograd_loss() if way == "autograd" else _float32_value() if way == "float32 value"
-                  else contextlib.nullcontext()):
+                  else _kernels_before() if way == "kernels before" else contextlib.nullcontext()):
                 ref = cert.reference(r)
             out[way] = {"seconds": round(time.perf_counter() - t0, 1),
                         "system_seconds": round(os.times().system - sys0, 1), "final_iters": ref.iters, "l2": ref.l2,
@@ -120,6 +127,19 @@ def _autograd_loss():
     """The certificate's loss as torch's cross-entropy through autograd (what it was before the closed form)."""
     return mock.patch.object(convergence.LogisticLoss, "apply", lambda W, b, x, y, z, minus_one: F.cross_entropy(
         torch.addmm(b, x, W), y))
+
+
+@contextlib.contextmanager
+def _kernels_before():
+    """The certificate's evaluations with subnormals computed as such and the gradient's product as x^T z."""
+    def backward(ctx, grad):
+        x, z = ctx.saved_tensors
+        scale = float(grad) / len(z)
+        return torch.mm(x.t(), z).mul_(scale), z.sum(0).mul_(scale), None, None, None, None
+
+    with mock.patch.object(convergence, "flush_denormals", contextlib.nullcontext), \
+            mock.patch.object(convergence.LogisticLoss, "backward", staticmethod(backward)):
+        yield
 
 
 # the float32 phase's floor while its loss value was a float32 scalar (it stalled there)

@@ -9,7 +9,8 @@ batched model, and with --alone the same probes one at a time, in the same proce
 matrix units, downstream.stacked.fast_bfloat16) and compares time and test accuracy. --streamed also trains the group
 with a memory budget of 0 (every batch read from the cache again) and compares. --mapped first trains the group with
 every freed block of 4 MiB or more unmapped at once (core.allocator.map_large_blocks, on a fresh heap), then as the
-harness does (freed blocks kept in the heap), and compares time and system CPU time. Tasks of whole utterances train as a
+harness does (freed blocks kept in the heap), and compares time and system CPU time. --broadcast also trains the group
+with dev and test scored through torch.matmul's broadcast of the rows all probes share, and compares. Tasks of whole utterances train as a
 group too (downstream.utterances), e.g. the main job's phone_ctc sweep:
 
     .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_ctc --mode weighted_sum \
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--float32", action="store_true", help="also train the group with float32 matmuls and compare")
     p.add_argument("--streamed", action="store_true", help="also train the group reading every batch from the cache")
     p.add_argument("--mapped", action="store_true", help="also train the group with large freed blocks unmapped")
+    p.add_argument("--broadcast", action="store_true",
+                   help="also train the group with dev and test scored through torch.matmul's broadcast of the shared "
+                        "rows (not one GEMM: downstream.stacked.shared_matmul) and compare")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
@@ -108,6 +112,18 @@ def main(argv: list[str] | None = None) -> int:
         out["streamed_over_group"] = round(out["streamed_seconds"] / out["group_seconds"], 2)
         out["streamed_same_rows"] = all((g.dev_metric, g.test_metric, g.steps) == (o.dev_metric, o.test_metric, o.steps)
                                         for g, o in zip(group, streamed))
+    if a.broadcast:
+        from unittest import mock
+
+        import downstream.stacked
+
+        t0 = time.perf_counter()
+        with mock.patch.object(downstream.stacked, "shared_matmul", torch.matmul):
+            old = train_probes(task, mode, source, labels, specs, n_cls, cfg)
+        out["broadcast_seconds"] = round(time.perf_counter() - t0, 1)
+        out["broadcast_over_group"] = round(out["broadcast_seconds"] / out["group_seconds"], 2)
+        out["broadcast_same_rows"] = all((g.dev_metric, g.test_metric, g.steps) == (o.dev_metric, o.test_metric, o.steps)
+                                         for g, o in zip(group, old))
     if a.float32:
         from unittest import mock
 

@@ -332,3 +332,46 @@ def test_the_float32_phase_reaches_its_floor_because_its_loss_value_is_float64()
         _, reached[value] = solve_l2([W, b], loss, [W], 1e-6, 0.01, 3000, floor=FLOAT32_GRAD_FLOOR,
                                      patience=FLOAT32_PATIENCE)
     assert reached == {"float32": False, "float64": True}
+
+
+def test_each_split_of_an_upstream_is_whitened_once_for_all_its_rows(corpus_dir, tmp_path, monkeypatch):
+    """The certifier whitens a split's hidden state once per upstream and every row reads it: the 25 % and 100 % rows
+    of a frame task (and the next task of the same hidden state) do not whiten the whole split again each. A row of
+    another upstream releases them; the fits are those of whitening every row afresh."""
+    import benchmark.report.convergence as conv
+    from downstream.sources import ArraySource
+
+    corpus = load_corpus(corpus_dir)
+    cfg = BenchmarkConfig(corpus=str(corpus_dir), upstreams=("mel", "mel:stack3"), tasks=("phone_linear", "speaker_frame"),
+                          modes="last", fractions=(0.25, 1.0), seeds=1, finetune_ends=False,
+                          probe=ProbeConfig(Minibatch(SGD(lr=1e-1), batch_size=4096, min_eval_steps=10), patience=2,
+                                            max_steps=40),
+                          results_dir=tmp_path / "results", cache_dir=tmp_path / "cache", runs_dir=tmp_path / "runs",
+                          progress=False, report=False)
+    runner.run_benchmark(cfg, log=lambda *_: None)
+    runs = pd.read_csv(tmp_path / "results" / "runs.csv", dtype={"run_id": str, "ckpt_hash": str})
+    runs = runs.assign(_largest=runs["fraction"] == 1.0).sort_values(["preset", "task", "fraction"])
+    calls = []
+    whitened = ArraySource.whitened
+    monkeypatch.setattr(ArraySource, "whitened", lambda self, s, k: calls.append((s, k)) or whitened(self, s, k))
+    cert = conv.Certifier(corpus, tmp_path / "cache")
+    cached = [cert.reference(r) for _, r in runs.iterrows()]
+    assert len(runs) == 8 and len(calls) == 2 * 3  # 2 upstreams x {train, dev, test}, layer 0
+    assert cert._whitened.keys() == {("train", 0), ("dev", 0), ("test", 0)}  # the last upstream's only
+    monkeypatch.setattr(conv.Certifier, "whitened", lambda self, s, k: whitened(next(iter(self._sources.values()))[0], s, k))
+    fresh = [conv.Certifier(corpus, tmp_path / "cache").reference(r) for _, r in runs.iterrows()]
+    assert cached == fresh
+
+
+def test_subnormals_are_flushed_inside_and_kept_outside():
+    """core.repro.flush_denormals: a float32 subnormal reads as zero inside (the CPU's fast path) and as itself after."""
+    from core.repro import flush_denormals
+
+    tiny = torch.tensor([1e-39])  # below float32's smallest normal, 1.18e-38
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals")
+    torch.set_flush_denormal(False)
+    assert float(tiny * 1.0) > 0
+    with flush_denormals():
+        assert float(tiny * 1.0) == 0.0
+    assert float(tiny * 1.0) > 0

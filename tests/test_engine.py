@@ -220,6 +220,24 @@ def test_bit_relu_is_torch_relu():
     assert torch.equal(a.grad.view(torch.int16), b.grad.view(torch.int16))
 
 
+@pytest.mark.parametrize("shape", [(700, 1024, 12, 38), (700, 256, 5, 100), (700, 80, 3, 768)])
+def test_shared_rows_times_every_probe_is_the_broadcast_bit_for_bit(shape):
+    """Evaluation multiplies rows shared by all probes by each probe's weights: in bfloat16 as one GEMM, with exactly
+    the bits of torch.matmul's broadcast (a probe's dev score, hence where it stops, must not move), contiguous; in
+    float32 it is torch.matmul."""
+    from downstream.stacked import fast_bfloat16, shared_matmul
+
+    n, K, P, N = shape
+    g = torch.Generator().manual_seed(0)
+    x, W = torch.randn(n, K, generator=g), torch.randn(P, K, N, generator=g) * 0.05
+    assert torch.equal(shared_matmul(x, W), torch.matmul(x, W))
+    if not fast_bfloat16(torch.device("cpu")):
+        pytest.skip("bfloat16 is emulated on this CPU: the engine computes in float32 here")
+    xb, Wb = x.bfloat16(), W.bfloat16()
+    got = shared_matmul(xb, Wb)
+    assert got.is_contiguous() and torch.equal(got, torch.matmul(xb, Wb))
+
+
 def test_utterance_probes_train_batched_on_means(tiny, mj_src):  # noqa: F811
     task = get_task("speaker_utterance")
     labels, n_cls = _labels(tiny, task), len(tiny.speakers)

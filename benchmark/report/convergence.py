@@ -43,7 +43,7 @@ from benchmark.record.aggregate import read_runs
 from core.frames import FrameRule
 from core.io import atomic_write_text
 from core.parallel import run_parallel
-from core.repro import default_device, torch_threads
+from core.repro import default_device, flush_denormals, torch_threads
 from corpora.manifest import PROBE_SPLITS, Corpus, load_corpus
 from downstream.data import SplitLabels, Targets, flat_rows, split_labels
 from downstream.fractions import fraction_subset
@@ -142,7 +142,9 @@ class LogisticLoss(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, z = ctx.saved_tensors
         scale = float(grad) / len(z)  # the float64 value's gradient, applied in the logits' dtype
-        return torch.mm(x.t(), z).mul_(scale), z.sum(0).mul_(scale), None, None, None, None
+        # x^T z as (z^T x)^T: the same bits, and BLAS runs it faster on row-major x (n, D) (perf/certificate_starts.py
+        # --compare kernels)
+        return torch.mm(z.t(), x).t().contiguous().mul_(scale), z.sum(0).mul_(scale), None, None, None, None
 
 
 def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tuple[torch.Tensor, torch.Tensor] | None,
@@ -156,16 +158,18 @@ def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tupl
     b = torch.zeros(n_classes, dtype=torch.float32, device=x.device) if init is None else init[1]
     total = 0
     phases = ((torch.float32, FLOAT32_GRAD_FLOOR),) if float32_phase else ()
-    for dtype, floor in (*phases, (torch.float64, 0.0)):
-        xd = x.to(dtype)
-        W = W.to(dtype).clone().requires_grad_(True)
-        b = b.to(dtype).clone().requires_grad_(True)
-        z = torch.empty(len(y), n_classes, dtype=dtype, device=x.device)  # one evaluation's buffers, reused by all
-        minus_one = torch.full((len(y), 1), -1.0, dtype=dtype, device=x.device)
-        iters, ok = solve_l2([W, b], lambda: [LogisticLoss.apply(W, b, xd, y, z, minus_one)], [W], l2, rtol, max_iter,
-                             floor=floor, patience=FLOAT32_PATIENCE if dtype == torch.float32 else None)
-        total += iters
-        W, b = W.detach(), b.detach()
+    # subnormal softmax probabilities of large logits (weak L2) as zero: the same values, off the CPU's slow path
+    with flush_denormals():
+        for dtype, floor in (*phases, (torch.float64, 0.0)):
+            xd = x.to(dtype)
+            W = W.to(dtype).clone().requires_grad_(True)
+            b = b.to(dtype).clone().requires_grad_(True)
+            z = torch.empty(len(y), n_classes, dtype=dtype, device=x.device)  # one evaluation's buffers, reused by all
+            minus_one = torch.full((len(y), 1), -1.0, dtype=dtype, device=x.device)
+            iters, ok = solve_l2([W, b], lambda: [LogisticLoss.apply(W, b, xd, y, z, minus_one)], [W], l2, rtol,
+                                 max_iter, floor=floor, patience=FLOAT32_PATIENCE if dtype == torch.float32 else None)
+            total += iters
+            W, b = W.detach(), b.detach()
     return W, b, total, ok
 
 
@@ -264,6 +268,7 @@ class Certifier:
         self.utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
         self.frame_rule: FrameRule | None = None  # of the upstream loaded last (`sources`)
         self._sources: dict[tuple, tuple[ArraySource, PooledSource]] = {}
+        self._whitened: dict[tuple[str, int], torch.Tensor] = {}  # of the upstream in `_sources` (`whitened`)
         self._fits: dict[tuple, Reference] = {}
         # the solutions of the last fit on each example set but the mix ({upstream, labels, level, training subset}):
         # the next mix of the same hidden states (a weighted-sum row of another seed, or after the last-layer row)
@@ -286,7 +291,18 @@ class Certifier:
         if key not in self._sources:  # one upstream in memory at a time
             frames, self.frame_rule = cached_frames(self.cache_dir, row, self.corpus)
             self._sources = {key: (frames, PooledSource(frames))}
+            self._whitened = {}
         return self._sources[key]
+
+    def whitened(self, split: str, layer: int) -> torch.Tensor:
+        """(frames, D) float32 whitened hidden state `layer` of `split` of the upstream loaded last, computed once per
+        upstream (ArraySource.whitened) and read by every row of it rather than once per row: a pass of D x D products
+        over the whole split, most of a 1 % row's fit. At most one upstream's frames in memory, released when the next
+        loads (`sources`)."""
+        frames = next(iter(self._sources.values()))[0]
+        if (split, layer) not in self._whitened:
+            self._whitened[split, layer] = frames.whitened(split, layer)
+        return self._whitened[split, layer]
 
     def reference(self, row: pd.Series) -> Reference:
         task = get_task(row["task"])
@@ -307,17 +323,20 @@ class Certifier:
             idx = list(sub.indices)
             data = []
             for s in PROBE_SPLITS:
-                if task.frame_targets:  # whitened frames in memory, float32: this path's own copy
-                    mixed = sum(w * frames.whitened(s, k) for w, k in zip(weights, layers))  # the probe's own mix
-                else:
-                    x = pooled.examples(s)
-                    mixed = sum(w * x[pooled.position(k)] for w, k in zip(weights, layers))
-                t = Targets(task, self.labels(task, s), src.lengths(s), s)
-                y = torch.from_numpy(t.rows)
+                y = torch.from_numpy(Targets(task, self.labels(task, s), src.lengths(s), s).rows)
+                sel = None  # the training subset's rows, selected before the mix (the same values: it is elementwise)
                 if s == "train":
                     sel = torch.from_numpy(flat_rows(frames.splits[s].offsets, idx) if task.frame_targets
                                            else np.asarray(idx, dtype=np.int64))
-                    mixed, y = mixed.index_select(0, sel), y.index_select(0, sel)
+                    y = y.index_select(0, sel)
+                if task.frame_targets:  # whitened frames in memory, float32: this path's own copy
+                    parts = [self.whitened(s, k) for k in layers]
+                else:
+                    x = pooled.examples(s)
+                    parts = [x[pooled.position(k)] for k in layers]
+                if sel is not None:
+                    parts = [p.index_select(0, sel) for p in parts]
+                mixed = sum(w * p for w, p in zip(weights, parts))  # the probe's own mix
                 data.append((mixed.to(self.device), y.to(self.device)))
             grid = UTT_L2_GRID if task.pooled else L2_GRID
             near = key[:5] + key[7:]  # the same examples but for the layers read and their mix
