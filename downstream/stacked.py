@@ -77,11 +77,13 @@ def relu_(h: Tensor) -> Tensor:
 
 def shared_matmul(x: Tensor, W: Tensor) -> Tensor:
     """Rows x (n, K) shared by P probes (evaluation) times each probe's W (P, K, N) -> (P, n, N), contiguous.
-    torch.matmul broadcasts x to (P, n, K) and multiplies P times; in bfloat16 this is ONE (n, K) x (K, P * N) GEMM
-    instead, with the broadcast's bits (oneDNN sums each output over K in the same order: tests/test_engine.py) and
-    several times faster on the CPUs measured (perf/probe_groups.py --broadcast). In float32 one GEMM sums in
-    another blocked order, and float32 rows are the broadcast's: there it stays torch.matmul."""
-    if x.dtype != torch.bfloat16:
+    torch.matmul broadcasts x to (P, n, K) and multiplies P times; in bfloat16, for an output no wider than the input
+    (a linear head's classes), this is ONE (n, K) x (K, P * N) GEMM instead, with the broadcast's bits (oneDNN sums
+    each output over K in the same order: tests/test_engine.py), faster on the CPUs measured (perf/probe_groups.py
+    --broadcast). A wider output (the MLP's 768 hidden units) gains nothing, as the (P, n, N) result must be
+    transposed; and in float32 one GEMM sums in another blocked order, and float32 rows are the broadcast's: both
+    stay torch.matmul."""
+    if x.dtype != torch.bfloat16 or W.shape[2] > W.shape[1]:
         return torch.matmul(x, W)
     P, K, N = W.shape
     return torch.mm(x, W.permute(1, 0, 2).reshape(K, P * N)).view(len(x), P, N).transpose(0, 1).contiguous()

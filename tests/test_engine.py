@@ -220,11 +220,11 @@ def test_bit_relu_is_torch_relu():
     assert torch.equal(a.grad.view(torch.int16), b.grad.view(torch.int16))
 
 
-@pytest.mark.parametrize("shape", [(700, 1024, 12, 38), (700, 256, 5, 100), (700, 80, 3, 768)])
+@pytest.mark.parametrize("shape", [(700, 1024, 12, 38), (700, 256, 5, 100), (700, 240, 12, 100), (700, 80, 3, 768)])
 def test_shared_rows_times_every_probe_is_the_broadcast_bit_for_bit(shape):
-    """Evaluation multiplies rows shared by all probes by each probe's weights: in bfloat16 as one GEMM, with exactly
-    the bits of torch.matmul's broadcast (a probe's dev score, hence where it stops, must not move), contiguous; in
-    float32 it is torch.matmul."""
+    """Evaluation multiplies rows shared by all probes by each probe's weights: in bfloat16 as one GEMM where the
+    output is no wider than the input, with exactly the bits of torch.matmul's broadcast (a probe's dev score, hence
+    where it stops, must not move), contiguous; otherwise it is torch.matmul."""
     from downstream.stacked import fast_bfloat16, shared_matmul
 
     n, K, P, N = shape
