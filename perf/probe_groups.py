@@ -96,22 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         out["mapped_seconds"] = round(mapped_seconds, 1)
         out["mapped_system_seconds"] = round(mapped_system, 1)
         out["mapped_over_group"] = round(out["mapped_seconds"] / out["group_seconds"], 2)
-        out["mapped_same_rows"] = all((g.dev_metric, g.test_metric, g.steps) == (o.dev_metric, o.test_metric, o.steps)
-                                      for g, o in zip(group, mapped))
+        out["mapped_same_rows"] = same_rows(group, mapped)
     if a.alone:
         t0 = time.perf_counter()
         alone = [train_probe(task, mode, source, labels, list(s.train_idx), n_cls, cfg, s.seed) for s in specs]
         out["alone_seconds"] = round(time.perf_counter() - t0, 1)
         out["alone_over_group"] = round(out["alone_seconds"] / out["group_seconds"], 2)
-        out["same_rows"] = all((g.dev_metric, g.test_metric, g.steps) == (o.dev_metric, o.test_metric, o.steps)
-                               for g, o in zip(group, alone))
+        out["same_rows"] = same_rows(group, alone)
     if a.streamed:
         t0 = time.perf_counter()
         streamed = train_probes(task, mode, source, labels, specs, n_cls, cfg, memory=0)
         out["streamed_seconds"] = round(time.perf_counter() - t0, 1)
         out["streamed_over_group"] = round(out["streamed_seconds"] / out["group_seconds"], 2)
-        out["streamed_same_rows"] = all((g.dev_metric, g.test_metric, g.steps) == (o.dev_metric, o.test_metric, o.steps)
-                                        for g, o in zip(group, streamed))
+        out["streamed_same_rows"] = same_rows(group, streamed)
     if a.broadcast:
         from unittest import mock
 
@@ -122,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             old = train_probes(task, mode, source, labels, specs, n_cls, cfg)
         out["broadcast_seconds"] = round(time.perf_counter() - t0, 1)
         out["broadcast_over_group"] = round(out["broadcast_seconds"] / out["group_seconds"], 2)
-        out["broadcast_same_rows"] = all((g.dev_metric, g.test_metric, g.steps) == (o.dev_metric, o.test_metric, o.steps)
-                                         for g, o in zip(group, old))
+        out["broadcast_same_rows"] = same_rows(group, old)
     if a.float32:
         from unittest import mock
 
@@ -144,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(a.out, out)
     return 0
 
+
+
+def same_rows(a, b) -> bool:
+    """Whether two trainings of the same probes gave every probe the same dev and test score and steps."""
+    return all((x.dev_metric, x.test_metric, x.steps) == (y.dev_metric, y.test_metric, y.steps) for x, y in zip(a, b))
 
 if __name__ == "__main__":
     sys.exit(main())
