@@ -106,7 +106,8 @@ def tally(task: TaskSpec, heads: StackedHeads, params: list[Tensor], store: RowS
     for blocks in store.chunks():
         ch = store.chunk(blocks)
         for a in range(0, len(ch.y), EVAL_ROWS):
-            logits = heads.forward(ch.rows(a, a + EVAL_ROWS), params)  # (Q, n, C)
+            # (Q, n, C); float32 where logits are summed, else the compute dtype (the task decodes an argmax)
+            logits = heads.forward(ch.rows(a, a + EVAL_ROWS), params, float32=keep_utt)
             pred, y = task.decode(logits), ch.y[a: a + EVAL_ROWS]
             n, d = metric.tally(pred, y)
             num += n

@@ -76,17 +76,17 @@ def relu_(h: Tensor) -> Tensor:
 
 
 def shared_matmul(x: Tensor, W: Tensor) -> Tensor:
-    """Rows x (n, K) shared by P probes (evaluation) times each probe's W (P, K, N) -> (P, n, N), contiguous.
+    """Rows x (n, K) shared by P probes (evaluation) times each probe's W (P, K, N) -> (P, n, N).
     torch.matmul broadcasts x to (P, n, K) and multiplies P times; in bfloat16, for an output no wider than the input
     (a linear head's classes), this is ONE (n, K) x (K, P * N) GEMM instead, with the broadcast's bits (oneDNN sums
     each output over K in the same order: tests/test_engine.py), faster on the CPUs measured (perf/probe_groups.py
-    --broadcast). A wider output (the MLP's 768 hidden units) gains nothing, as the (P, n, N) result must be
-    transposed; and in float32 one GEMM sums in another blocked order, and float32 rows are the broadcast's: both
-    stay torch.matmul."""
+    --broadcast); its (P, n, N) result is a view of the GEMM's (n, P, N) output, not copied (the bias added next makes
+    a new tensor anyway). A wider output (the MLP's 768 hidden units) gains nothing; and in float32 one GEMM sums in
+    another blocked order, and float32 rows are the broadcast's: both stay torch.matmul."""
     if x.dtype != torch.bfloat16 or W.shape[2] > W.shape[1]:
         return torch.matmul(x, W)
     P, K, N = W.shape
-    return torch.mm(x, W.permute(1, 0, 2).reshape(K, P * N)).view(len(x), P, N).transpose(0, 1).contiguous()
+    return torch.mm(x, W.permute(1, 0, 2).reshape(K, P * N)).view(len(x), P, N).transpose(0, 1)
 
 
 def _linears(head: nn.Module) -> list[nn.Module]:
@@ -128,9 +128,10 @@ class StackedHeads:
         """Keep probes `idx` (positions in the stack) only, in that order."""
         self.params = [p.detach().index_select(0, idx).requires_grad_(True) for p in self.params]
 
-    def forward(self, x: Tensor, params: list[Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, params: list[Tensor] | None = None, float32: bool = True) -> Tensor:
         """Logits of every probe. x: (P, B, L, D) a minibatch per probe, or (n, L, D) rows shared by all probes
-        (evaluation); -> (P, B, C) or (P, n, C), in float32 whatever x is stored in."""
+        (evaluation); -> (P, B, C) or (P, n, C), in float32 whatever x is stored in, or with `float32` False in the
+        compute dtype (an argmax needs no float32 copy: bfloat16 -> float32 is exact and keeps the order)."""
         ct = self.compute
         params = self.params if params is None else params
         x = x.to(ct)
@@ -157,7 +158,7 @@ class StackedHeads:
             else:
                 h = torch.baddbmm(params[k + 1][:, None].to(ct), h, params[k].to(ct))
                 k += 2
-        return h.float()
+        return h.float() if float32 else h
 
     def products(self, rows: int, width: int, train: bool) -> list[tuple[int, int, int]]:
         """(m, k, n) of every matrix product `forward` (and with `train` its backward) computes for ONE probe on

@@ -10,7 +10,8 @@ matrix units, downstream.stacked.fast_bfloat16) and compares time and test accur
 with a memory budget of 0 (every batch read from the cache again) and compares. --mapped first trains the group with
 every freed block of 4 MiB or more unmapped at once (core.allocator.map_large_blocks, on a fresh heap), then as the
 harness does (freed blocks kept in the heap), and compares time and system CPU time. --broadcast also trains the group
-with dev and test scored through torch.matmul's broadcast of the rows all probes share, and compares. Tasks of whole utterances train as a
+with dev and test scored through torch.matmul's broadcast of the rows all probes share, and compares. --decode also
+trains it with dev and test decoded as they were (float32 logits, Tensor.argmax), and compares. Tasks of whole utterances train as a
 group too (downstream.utterances), e.g. the main job's phone_ctc sweep:
 
     .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_ctc --mode weighted_sum \
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broadcast", action="store_true",
                    help="also train the group with dev and test scored through torch.matmul's broadcast of the shared "
                         "rows (not one GEMM: downstream.stacked.shared_matmul) and compare")
+    p.add_argument("--decode", action="store_true",
+                   help="also train the group with dev and test decoded as Tensor.argmax of float32 logits (not the "
+                        "first maximum's index by torch.max on the compute dtype's logits) and compare")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
@@ -104,22 +108,28 @@ def main(argv: list[str] | None = None) -> int:
         out["alone_over_group"] = round(out["alone_seconds"] / out["group_seconds"], 2)
         out["same_rows"] = same_rows(group, alone)
     if a.streamed:
-        t0 = time.perf_counter()
-        streamed = train_probes(task, mode, source, labels, specs, n_cls, cfg, memory=0)
-        out["streamed_seconds"] = round(time.perf_counter() - t0, 1)
-        out["streamed_over_group"] = round(out["streamed_seconds"] / out["group_seconds"], 2)
-        out["streamed_same_rows"] = same_rows(group, streamed)
+        compare(out, "streamed", group, lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg, memory=0))
     if a.broadcast:
         from unittest import mock
 
         import downstream.stacked
 
-        t0 = time.perf_counter()
         with mock.patch.object(downstream.stacked, "shared_matmul", torch.matmul):
-            old = train_probes(task, mode, source, labels, specs, n_cls, cfg)
-        out["broadcast_seconds"] = round(time.perf_counter() - t0, 1)
-        out["broadcast_over_group"] = round(out["broadcast_seconds"] / out["group_seconds"], 2)
-        out["broadcast_same_rows"] = same_rows(group, old)
+            compare(out, "broadcast", group, lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg))
+    if a.decode:
+        from dataclasses import replace
+        from unittest import mock
+
+        from downstream.stacked import StackedHeads
+
+        forward = StackedHeads.forward
+
+        def float32_logits(self, x, params=None, float32=True):
+            return forward(self, x, params, True)
+
+        with mock.patch.object(StackedHeads, "forward", float32_logits):  # the decode as it was: argmax of float32
+            old_task = replace(task, decode=lambda logits: logits.argmax(-1))
+            compare(out, "decode", group, lambda: train_probes(old_task, mode, source, labels, specs, n_cls, cfg))
     if a.float32:
         from unittest import mock
 
@@ -140,6 +150,16 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(a.out, out)
     return 0
 
+
+
+def compare(out: dict, name: str, group: list, train) -> None:
+    """Train the group the other way (`train()`), and record its seconds, their ratio to the group's and whether its
+    rows are the group's."""
+    t0 = time.perf_counter()
+    other = train()
+    out[f"{name}_seconds"] = round(time.perf_counter() - t0, 1)
+    out[f"{name}_over_group"] = round(out[f"{name}_seconds"] / out["group_seconds"], 2)
+    out[f"{name}_same_rows"] = same_rows(group, other)
 
 
 def same_rows(a, b) -> bool:

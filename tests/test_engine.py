@@ -224,7 +224,7 @@ def test_bit_relu_is_torch_relu():
 def test_shared_rows_times_every_probe_is_the_broadcast_bit_for_bit(shape):
     """Evaluation multiplies rows shared by all probes by each probe's weights: in bfloat16 as one GEMM where the
     output is no wider than the input, with exactly the bits of torch.matmul's broadcast (a probe's dev score, hence
-    where it stops, must not move), contiguous; otherwise it is torch.matmul."""
+    where it stops, must not move); otherwise it is torch.matmul."""
     from downstream.stacked import fast_bfloat16, shared_matmul
 
     n, K, P, N = shape
@@ -234,8 +234,25 @@ def test_shared_rows_times_every_probe_is_the_broadcast_bit_for_bit(shape):
     if not fast_bfloat16(torch.device("cpu")):
         pytest.skip("bfloat16 is emulated on this CPU: the engine computes in float32 here")
     xb, Wb = x.bfloat16(), W.bfloat16()
-    got = shared_matmul(xb, Wb)
-    assert got.is_contiguous() and torch.equal(got, torch.matmul(xb, Wb))
+    assert torch.equal(shared_matmul(xb, Wb), torch.matmul(xb, Wb))
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_evaluation_decodes_the_compute_dtypes_logits_to_the_same_classes(head):
+    """Dev and test are decoded from the logits in the compute dtype (no float32 copy) by the first maximum's index
+    (torch.max): the classes Tensor.argmax picks from float32 logits, ties included (the first of equal logits)."""
+    from downstream.tasks import argmax
+
+    torch.manual_seed(0)
+    make = get_task("phone_linear").head if head == "linear" else one_hidden_head(64)
+    model = StackedHeads([make(16, 9) for _ in range(4)], 1, False, torch.device("cpu"), torch.bfloat16)
+    x = torch.randn(3000, 1, 16).bfloat16()
+    low = model.forward(x, float32=False)
+    assert low.dtype == torch.bfloat16
+    assert torch.equal(argmax(low), model.forward(x).argmax(-1))
+    ties = torch.tensor([[1.0, 3.0, 3.0, 0.0], [0.0, -0.0, 0.0, 0.0], [float("nan"), 1.0, float("nan"), 2.0]])
+    for t in (ties, ties.bfloat16(), low.transpose(0, 1)):  # strided, as the one-GEMM logits are
+        assert torch.equal(argmax(t), t.argmax(-1))
 
 
 def test_utterance_probes_train_batched_on_means(tiny, mj_src):  # noqa: F811
