@@ -273,7 +273,7 @@ def cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "none") -> T
 
 def argmax(logits: Tensor) -> Tensor:
     """The index of each row's largest logit (the first, on a tie), as Tensor.argmax(-1) gives it; by torch.max, which
-    returns the same indices and runs 1.5-2x faster on the CPUs measured (perf/probe_groups.py --decode)."""
+    returns the same indices faster on the CPUs measured (perf/probe_groups.py --decode)."""
     return logits.max(-1).indices
 
 
