@@ -7,7 +7,8 @@ gradient, clipping, learning rate, optimiser state and best state; a finished pr
 (`keep`) so the ones still training do not pay for it. The inputs are whitened rows (downstream.feeds).
 
 The matmuls run in `compute` precision: bfloat16 on hardware with bfloat16 matrix units (`fast_bfloat16`), else
-float32; the weights, their gradients and the optimiser stay float32, and logits come back float32.
+float32; the weights, their gradients and the optimiser stay float32, and training logits come back float32 (an
+evaluation takes them in the compute dtype, to decode).
 """
 from __future__ import annotations
 
