@@ -10,6 +10,12 @@ speaker_frame) it counts, from the row's `steps` and the main job's settings (be
 * `floor`: what any engine must multiply to take the same probes through the same steps: the probe's own rows only,
   at least steps / (ceil(rows / batch) + chunks - 1) passes over them (a pass takes at most that many steps), and
   dev scored at least patience + 1 times (the stopping rule's fewest evaluations).
+* `eager_seconds`: the same rows, steps and evaluations at the rate of the engine's own step as eager PyTorch runs
+  it (downstream.groups.StackedModel's loss, its backward, the per-probe clip and the stacked optimiser, on full
+  minibatches of 12 probes and of 3, the cheaper per probe; an evaluation is the forward of shared rows and the
+  task's decoding), timed the same way: what the kernels of a step cost beyond its products (elementwise passes,
+  dtype conversions, the optimiser), without the engine's orchestration (feeding, padded batch slots, dev scored more
+  often than the fewest evaluations, the loop).
 Products per row and step come from the heads themselves (downstream.stacked.StackedHeads.products: forward, weight
 and input gradients; checked against torch's FLOP counter in tests/test_engine.py). Their rate is measured here, in
 one process, for each head shape: a group of 12 probes' batched products (torch.bmm) in the engine's compute dtype
@@ -41,10 +47,14 @@ from corpora.manifest import load_corpus  # noqa: E402
 from downstream.config import Minibatch  # noqa: E402
 from downstream.data import num_classes  # noqa: E402
 from downstream.feeds import BLOCK_ROWS, CHUNK_BLOCKS, EVAL_ROWS  # noqa: E402
-from downstream.stacked import StackedHeads, fast_bfloat16  # noqa: E402
+from core.allocator import heap_while_training  # noqa: E402
+from downstream.groups import StackedModel  # noqa: E402
+from downstream.loop import Batch  # noqa: E402
+from downstream.stacked import StackedHeads, StackedOptimizer, fast_bfloat16  # noqa: E402
 from downstream.tasks import ALL_TASKS, TaskSpec  # noqa: E402
 
 GROUP = 12  # probes a group multiplies at once: the main job's 4 fractions x 3 seeds
+LAST = 3  # ... and the probes left at the end of a group: the 3 seeds of the largest fraction
 
 
 def sig(v: float) -> float:
@@ -52,16 +62,45 @@ def sig(v: float) -> float:
     return float(f"{float(v):.4g}")
 
 
-def seconds(products: list[tuple[int, int, int]], probes: int, dtype: torch.dtype) -> float:
-    """Best of 5 of the batched products (probes, m, k) x (probes, k, n), one after another."""
-    pairs = [(torch.randn(probes, m, k).to(dtype), torch.randn(probes, k, n).to(dtype)) for m, k, n in products]
+def best_of_5(run) -> float:
     best = math.inf
     for _ in range(6):  # the first is a warm-up
         t0 = time.perf_counter()
-        for a, b in pairs:
-            torch.bmm(a, b)
+        run()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def seconds(products: list[tuple[int, int, int]], probes: int, dtype: torch.dtype) -> float:
+    """Best of 5 of the batched products (probes, m, k) x (probes, k, n), one after another."""
+    pairs = [(torch.randn(probes, m, k).to(dtype), torch.randn(probes, k, n).to(dtype)) for m, k, n in products]
+    return best_of_5(lambda: [torch.bmm(a, b) for a, b in pairs])
+
+
+def eager_seconds(task: TaskSpec, width: int, layers: int, mix: bool, n_classes: int, mb: Minibatch,
+                  dtype: torch.dtype, probes: int) -> tuple[float, float]:
+    """Best of 5 of one training step of `probes` probes as the engine takes it (StackedModel.loss, backward, the
+    per-probe clip, the stacked optimiser) on a full minibatch each, and of one evaluation of EVAL_ROWS shared rows
+    decoded by the task; rows in the compute dtype, freed blocks kept in the heap, as while groups train."""
+    heads = StackedHeads([task.head(width, n_classes) for _ in range(probes)], layers, mix, torch.device("cpu"), dtype)
+    model, opt = StackedModel(heads, None, task), StackedOptimizer.of(mb.optimizer, heads)  # no dev: never scored
+    B = mb.batch_size
+    active = torch.ones(probes, dtype=torch.bool)
+    batch = Batch((torch.randn(probes, B, layers, width).to(dtype), torch.randint(0, n_classes, (probes, B)),
+                   torch.ones(probes, B, dtype=torch.bool), torch.arange(probes)), active)
+    shared = torch.randn(EVAL_ROWS, layers, width).to(dtype)
+
+    def train() -> None:
+        model.zero_grad()
+        model.loss(batch).backward()
+        model.clip(mb.grad_clip)
+        opt.step(active)
+
+    def evaluate() -> None:
+        with torch.no_grad():
+            task.decode(heads.forward(shared, float32=False))
+
+    return best_of_5(train), best_of_5(evaluate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     if rows.empty:
         print(f"error: {a.results_dir / 'runs.csv'} holds no minibatch frame-probe rows to count", file=sys.stderr)
         return 2
-    # head shape -> seconds per probe-row of a training step and of an evaluation, multiply-adds per row of a step
-    rate: dict[tuple, tuple[float, float, int]] = {}
+    # head shape -> seconds per probe-row of a training step and of an evaluation (products alone, then the engine's
+    # eager step and evaluation), multiply-adds per row of a step
+    rate: dict[tuple, tuple[float, float, float, float, int]] = {}
     out_rows = []
     for (up, preset, ckpt), sub in rows.groupby(["upstream", "preset", "ckpt_hash"], sort=False):
         try:
@@ -112,9 +152,17 @@ def main(argv: list[str] | None = None) -> int:
             step, evaluate = (sum(m * k * n for m, k, n in heads.products(1, width, train)) for train in (True, False))
             key = (r.task, width, layers, r.mode)
             if key not in rate:
+                # the engine's step per probe-row at the cheaper of a full group and its last probes (the 3 seeds at
+                # 100 % train on alone for most of an MLP group's steps), so that the eager figure is a floor too
+                eager = []
+                for n in (GROUP, LAST):
+                    with heap_while_training():  # the allocator's rule while groups train (core.allocator)
+                        s_, e_ = eager_seconds(task, width, layers, r.mode == "weighted_sum", num_classes(corpus, task),
+                                               pcfg.minibatch, dtype, n)
+                    eager.append((s_ / (n * batch), e_ / (n * EVAL_ROWS)))
                 rate[key] = (seconds(heads.products(batch, width, True), GROUP, dtype) / (GROUP * batch),
                              seconds(heads.products(EVAL_ROWS, width, False), GROUP, dtype) / (GROUP * EVAL_ROWS),
-                             step)
+                             min(e[0] for e in eager), min(e[1] for e in eager), step)
             per_pass = math.ceil(r.train_frames / batch) + chunks - 1  # the most steps a pass over the probe's rows takes
             useful = r.steps * r.train_frames / per_pass
             evals = pcfg.patience + 1
@@ -124,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
                 "computed_tflop": 2 * (r.steps * batch * step + dev) / 1e12,
                 "floor_tflop": 2 * (useful * step + dev) / 1e12,
                 "floor_seconds": useful * rate[key][0] + evals * split_rows["dev"] * rate[key][1],
+                "eager_seconds": useful * rate[key][2] + evals * split_rows["dev"] * rate[key][3],
                 "recorded_seconds": r.wall_seconds})
     df = pd.DataFrame(out_rows)
-    cols = ["computed_tflop", "floor_tflop", "floor_seconds", "recorded_seconds"]
+    cols = ["computed_tflop", "floor_tflop", "floor_seconds", "eager_seconds", "recorded_seconds"]
     # per fraction without the recorded time: a group's wall time is shared equally by its probes (downstream.train)
-    by_task = df.groupby(["task", "fraction"])[cols[:3]].sum().map(sig)
+    by_task = df.groupby(["task", "fraction"])[cols[:4]].sum().map(sig)
     total = df[cols].sum()
     result = {
         "rows": len(df), "dtype": str(dtype).removeprefix("torch."), "threads": 1, "group": GROUP,
@@ -136,8 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         "by_task": df.groupby("task")[cols].sum().map(sig).reset_index().to_dict("records"),
         "total": {k: sig(v) for k, v in total.items()},
         "floor_wall_seconds_two_workers": sig(total["floor_seconds"] / 2),
+        "eager_wall_seconds_two_workers": sig(total["eager_seconds"] / 2),
         "recorded_over_floor": round(float(total["recorded_seconds"] / total["floor_seconds"]), 2),
-        "step_gflops": {f"{t} {m} D={w}": round(2 * macs / s / 1e9, 1) for (t, w, _, m), (s, _, macs) in rate.items()},
+        "eager_over_floor": round(float(total["eager_seconds"] / total["floor_seconds"]), 2),
+        "recorded_over_eager": round(float(total["recorded_seconds"] / total["eager_seconds"]), 2),
+        "step_gflops": {f"{t} {m} D={w}": round(2 * macs / s / 1e9, 1) for (t, w, _, m), (s, *_, macs) in rate.items()},
+        "eager_step_gflops": {f"{t} {m} D={w}": round(2 * macs / e / 1e9, 1)
+                              for (t, w, _, m), (_, _, e, _, macs) in rate.items()},
         "results_dir": str(a.results_dir),
         "provenance": provenance("cpu"),
         "command": " ".join(["python", "perf/probe_floor.py", *(argv if argv is not None else sys.argv[1:])]),

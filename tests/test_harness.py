@@ -230,3 +230,5 @@ def test_probe_floor_counts_the_frame_probes_of_a_run(corpus_dir, tmp_path, caps
     assert res["rows"] == (1 + 2) * 2 * 2 * 2 and {r["task"] for r in res["by_task"]} == {"phone_linear", "speaker_frame"}
     total = res["total"]
     assert 0 < total["floor_tflop"] <= total["computed_tflop"] and total["floor_seconds"] > 0
+    assert total["eager_seconds"] > 0 and res["recorded_over_eager"] > 0 and set(res["eager_step_gflops"]) == set(
+        res["step_gflops"])  # the engine's own step timed for every head shape the products were
