@@ -17,7 +17,8 @@ group too (downstream.utterances), e.g. the main job's phone_ctc sweep:
     .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_ctc --mode weighted_sum \
         --fractions 0.05,1 --seeds 1 --alone --streamed
 
-Reads the feature cache the main job built (run it first). 1 torch thread unless --threads. Prints JSON; --out also writes it.
+Reads the feature cache the main job built (run it first). 1 torch thread unless --threads. Prints JSON (with the
+seconds a frozen group spent scoring dev, and how many times it did); --out also writes it.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from unittest import mock
 
 import torch
 
@@ -40,6 +43,7 @@ from core.repro import provenance  # noqa: E402
 from corpora.manifest import load_corpus  # noqa: E402
 from downstream.data import num_classes  # noqa: E402
 from downstream.fractions import fraction_subset  # noqa: E402
+from downstream.groups import StackedModel  # noqa: E402
 from downstream.modes import LayerMode  # noqa: E402
 from downstream.probe import ProbeSpec  # noqa: E402
 from downstream.tasks import ALL_TASKS  # noqa: E402
@@ -90,11 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         mapped = train_probes(task, mode, source, labels, specs, n_cls, cfg)
         mapped_seconds, mapped_system = time.perf_counter() - t0, os.times().system - sys0
     keep_freed_blocks()  # the harness's allocator rule while probes train (core.allocator.heap_while_training)
-    t0, sys0 = time.perf_counter(), os.times().system
-    group = train_probes(task, mode, source, labels, specs, n_cls, cfg)
+    dev = [0.0, 0]  # seconds in the frozen group's dev scoring, and its calls
+    with mock.patch.object(StackedModel, "score", timed(StackedModel.score, dev)):
+        t0, sys0 = time.perf_counter(), os.times().system
+        group = train_probes(task, mode, source, labels, specs, n_cls, cfg)
     out = {"upstream": f"{row['upstream']}:{row['preset']}", "task": a.task, "mode": a.mode, "probes": len(specs),
            "threads": a.threads, "group_seconds": round(time.perf_counter() - t0, 1),
            "group_system_seconds": round(os.times().system - sys0, 1),
+           "dev_seconds": round(dev[0], 2), "dev_scorings": dev[1],
            "test": [round(100 * r.test_metric, 2) for r in group], "steps": [r.steps for r in group]}
     if mapped is not None:
         out["mapped_seconds"] = round(mapped_seconds, 1)
@@ -110,15 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.streamed:
         compare(out, "streamed", group, lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg, memory=0))
     if a.broadcast:
-        from unittest import mock
-
         import downstream.stacked
 
         with mock.patch.object(downstream.stacked, "shared_matmul", torch.matmul):
             compare(out, "broadcast", group, lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg))
     if a.decode:
         from dataclasses import replace
-        from unittest import mock
 
         from downstream.stacked import StackedHeads
 
@@ -131,8 +135,6 @@ def main(argv: list[str] | None = None) -> int:
             old_task = replace(task, decode=lambda logits: logits.argmax(-1))
             compare(out, "decode", group, lambda: train_probes(old_task, mode, source, labels, specs, n_cls, cfg))
     if a.float32:
-        from unittest import mock
-
         import downstream.groups
 
         t0 = time.perf_counter()
@@ -150,6 +152,18 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(a.out, out)
     return 0
 
+
+
+def timed(method, spent: list):
+    """`method` that also adds its seconds and one call to `spent` ([seconds, calls])."""
+    def wrapper(self, *args):
+        t0 = time.perf_counter()
+        try:
+            return method(self, *args)
+        finally:
+            spent[0] += time.perf_counter() - t0
+            spent[1] += 1
+    return wrapper
 
 
 def compare(out: dict, name: str, group: list, train) -> None:

@@ -232,3 +232,24 @@ def test_probe_floor_counts_the_frame_probes_of_a_run(corpus_dir, tmp_path, caps
     assert 0 < total["floor_tflop"] <= total["computed_tflop"] and total["floor_seconds"] > 0
     assert total["eager_seconds"] > 0 and res["recorded_over_eager"] > 0 and set(res["eager_step_gflops"]) == set(
         res["step_gflops"])  # the engine's own step timed for every head shape the products were
+
+
+def test_probe_groups_compares_a_group_with_its_old_decoding(corpus_dir, tmp_path, capsys):
+    """perf/probe_groups.py on a run's cache: the group trained again with dev and test decoded the old way (float32
+    logits, Tensor.argmax) gives every probe the same row, and the group's dev scoring is timed and counted."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("probe_groups", Path(__file__).resolve().parents[1] / "perf" /
+                                                  "probe_groups.py")
+    groups = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(groups)
+    runner.run_benchmark(_cfg(corpus_dir, tmp_path, upstreams=("aalbert_random",), tasks=("speaker_frame",)),
+                         log=lambda *_: None)
+    out = tmp_path / "groups.json"
+    assert groups.main(["--upstream", "aalbert_random", "--task", "speaker_frame", "--mode", "weighted_sum",
+                        "--fractions", "0.5,1", "--seeds", "2", "--corpus", str(corpus_dir), "--cache-dir",
+                        str(tmp_path / "cache"), "--decode", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["probes"] == 4 and res["decode_same_rows"] is True
+    assert res["dev_scorings"] > 0 and 0 <= res["dev_seconds"] <= res["group_seconds"] + 0.05
