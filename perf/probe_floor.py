@@ -19,7 +19,10 @@ speaker_frame) it counts, from the row's `steps` and the main job's settings (be
 Products per row and step come from the heads themselves (downstream.stacked.StackedHeads.products: forward, weight
 and input gradients; checked against torch's FLOP counter in tests/test_engine.py). Their rate is measured here, in
 one process, for each head shape: a group of 12 probes' batched products (torch.bmm) in the engine's compute dtype
-(bfloat16 where the CPU multiplies it natively), 1 torch thread, best of 5. The floor's seconds are worker-seconds
+(bfloat16 where the CPU multiplies it natively), 1 torch thread, best of 5, with freed blocks kept in the heap as
+while groups train (core.allocator.heap_while_training; with glibc's default rule every output of 32 MB or more, such
+as an MLP group's (12, 2,048, 768) activations, was mapped and faulted in a page at a time at each product: on the
+AMX Xeon that made the floor 1.6x what the products cost the engine). The floor's seconds are worker-seconds
 (one thread each); the main job runs two workers, so its probes' wall-clock floor is half their sum. The mean-pooled
 speaker probe (L2 path on 1,200 utterance means: little arithmetic), fine-tuning and the SUPERB tasks are not counted.
 
@@ -160,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                         s_, e_ = eager_seconds(task, width, layers, r.mode == "weighted_sum", num_classes(corpus, task),
                                                pcfg.minibatch, dtype, n)
                     eager.append((s_ / (n * batch), e_ / (n * EVAL_ROWS)))
-                rate[key] = (seconds(heads.products(batch, width, True), GROUP, dtype) / (GROUP * batch),
-                             seconds(heads.products(EVAL_ROWS, width, False), GROUP, dtype) / (GROUP * EVAL_ROWS),
-                             min(e[0] for e in eager), min(e[1] for e in eager), step)
+                with heap_while_training():  # as groups train: no output of a product mapped and faulted in anew
+                    prod = (seconds(heads.products(batch, width, True), GROUP, dtype) / (GROUP * batch),
+                            seconds(heads.products(EVAL_ROWS, width, False), GROUP, dtype) / (GROUP * EVAL_ROWS))
+                rate[key] = (*prod, min(e[0] for e in eager), min(e[1] for e in eager), step)
             per_pass = math.ceil(r.train_frames / batch) + chunks - 1  # the most steps a pass over the probe's rows takes
             useful = r.steps * r.train_frames / per_pass
             evals = pcfg.patience + 1
