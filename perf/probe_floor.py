@@ -20,9 +20,9 @@ Products per row and step come from the heads themselves (downstream.stacked.Sta
 and input gradients; checked against torch's FLOP counter in tests/test_engine.py). Their rate is measured here, in
 one process, for each head shape: a group of 12 probes' batched products (torch.bmm) in the engine's compute dtype
 (bfloat16 where the CPU multiplies it natively), 1 torch thread, best of 5, with freed blocks kept in the heap as
-while groups train (core.allocator.heap_while_training; with glibc's default rule every output of 32 MB or more, such
-as an MLP group's (12, 2,048, 768) activations, was mapped and faulted in a page at a time at each product: on the
-AMX Xeon that made the floor 1.6x what the products cost the engine). The floor's seconds are worker-seconds
+while groups train (core.allocator.heap_while_training; under glibc's default rule every output of 32 MB or more, such
+as an MLP group's (12, 2,048, 768) activations, is mapped and faulted in a page at a time at each product: on the
+AMX Xeon that makes the floor 1.65x what the products cost the engine). The floor's seconds are worker-seconds
 (one thread each); the main job runs two workers, so its probes' wall-clock floor is half their sum. The mean-pooled
 speaker probe (L2 path on 1,200 utterance means: little arithmetic), fine-tuning and the SUPERB tasks are not counted.
 
