@@ -36,6 +36,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -58,6 +59,17 @@ from downstream.tasks import ALL_TASKS, TaskSpec  # noqa: E402
 
 GROUP = 12  # probes a group multiplies at once: the main job's 4 fractions x 3 seeds
 LAST = 3  # ... and the probes left at the end of a group: the 3 seeds of the largest fraction
+
+
+class Rate(NamedTuple):
+    """Seconds per probe-row of one head shape: a training step's and an evaluation's products alone, then the
+    engine's eager step and evaluation; and the multiply-adds per row of a step."""
+
+    step: float
+    evaluate: float
+    eager_step: float
+    eager_evaluate: float
+    macs: int
 
 
 def sig(v: float) -> float:
@@ -84,7 +96,7 @@ def eager_seconds(task: TaskSpec, width: int, layers: int, mix: bool, n_classes:
                   dtype: torch.dtype, probes: int) -> tuple[float, float]:
     """Best of 5 of one training step of `probes` probes as the engine takes it (StackedModel.loss, backward, the
     per-probe clip, the stacked optimiser) on a full minibatch each, and of one evaluation of EVAL_ROWS shared rows
-    decoded by the task; rows in the compute dtype, freed blocks kept in the heap, as while groups train."""
+    decoded by the task; rows in the compute dtype (the caller keeps freed blocks in the heap, as groups train)."""
     heads = StackedHeads([task.head(width, n_classes) for _ in range(probes)], layers, mix, torch.device("cpu"), dtype)
     model, opt = StackedModel(heads, None, task), StackedOptimizer.of(mb.optimizer, heads)  # no dev: never scored
     B = mb.batch_size
@@ -131,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if rows.empty:
         print(f"error: {a.results_dir / 'runs.csv'} holds no minibatch frame-probe rows to count", file=sys.stderr)
         return 2
-    # head shape -> seconds per probe-row of a training step and of an evaluation (products alone, then the engine's
-    # eager step and evaluation), multiply-adds per row of a step
-    rate: dict[tuple, tuple[float, float, float, float, int]] = {}
+    rate: dict[tuple, Rate] = {}  # by head shape
     out_rows = []
     for (up, preset, ckpt), sub in rows.groupby(["upstream", "preset", "ckpt_hash"], sort=False):
         try:
@@ -155,18 +165,20 @@ def main(argv: list[str] | None = None) -> int:
             step, evaluate = (sum(m * k * n for m, k, n in heads.products(1, width, train)) for train in (True, False))
             key = (r.task, width, layers, r.mode)
             if key not in rate:
-                # the engine's step per probe-row at the cheaper of a full group and its last probes (the 3 seeds at
-                # 100 % train on alone for most of an MLP group's steps), so that the eager figure is a floor too
-                eager = []
-                for n in (GROUP, LAST):
-                    with heap_while_training():  # the allocator's rule while groups train (core.allocator)
+                # as groups train (core.allocator): no output of a product or a step mapped and faulted in anew
+                with heap_while_training():
+                    # the engine's step per probe-row at the cheaper of a full group and its last probes (the 3 seeds
+                    # at 100 % train on alone for most of an MLP group's steps), so that the eager figure is a floor too
+                    eager = []
+                    for n in (GROUP, LAST):
                         s_, e_ = eager_seconds(task, width, layers, r.mode == "weighted_sum", num_classes(corpus, task),
                                                pcfg.minibatch, dtype, n)
-                    eager.append((s_ / (n * batch), e_ / (n * EVAL_ROWS)))
-                with heap_while_training():  # as groups train: no output of a product mapped and faulted in anew
-                    prod = (seconds(heads.products(batch, width, True), GROUP, dtype) / (GROUP * batch),
-                            seconds(heads.products(EVAL_ROWS, width, False), GROUP, dtype) / (GROUP * EVAL_ROWS))
-                rate[key] = (*prod, min(e[0] for e in eager), min(e[1] for e in eager), step)
+                        eager.append((s_ / (n * batch), e_ / (n * EVAL_ROWS)))
+                    rate[key] = Rate(
+                        seconds(heads.products(batch, width, True), GROUP, dtype) / (GROUP * batch),
+                        seconds(heads.products(EVAL_ROWS, width, False), GROUP, dtype) / (GROUP * EVAL_ROWS),
+                        min(e[0] for e in eager), min(e[1] for e in eager), step)
+            rt = rate[key]
             per_pass = math.ceil(r.train_frames / batch) + chunks - 1  # the most steps a pass over the probe's rows takes
             useful = r.steps * r.train_frames / per_pass
             evals = pcfg.patience + 1
@@ -175,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                 "upstream": f"{up}:{preset}", "task": r.task, "mode": r.mode, "fraction": r.fraction,
                 "computed_tflop": 2 * (r.steps * batch * step + dev) / 1e12,
                 "floor_tflop": 2 * (useful * step + dev) / 1e12,
-                "floor_seconds": useful * rate[key][0] + evals * split_rows["dev"] * rate[key][1],
-                "eager_seconds": useful * rate[key][2] + evals * split_rows["dev"] * rate[key][3],
+                "floor_seconds": useful * rt.step + evals * split_rows["dev"] * rt.evaluate,
+                "eager_seconds": useful * rt.eager_step + evals * split_rows["dev"] * rt.eager_evaluate,
                 "recorded_seconds": r.wall_seconds})
     df = pd.DataFrame(out_rows)
     cols = ["computed_tflop", "floor_tflop", "floor_seconds", "eager_seconds", "recorded_seconds"]
@@ -193,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         "recorded_over_floor": round(float(total["recorded_seconds"] / total["floor_seconds"]), 2),
         "eager_over_floor": round(float(total["eager_seconds"] / total["floor_seconds"]), 2),
         "recorded_over_eager": round(float(total["recorded_seconds"] / total["eager_seconds"]), 2),
-        "step_gflops": {f"{t} {m} D={w}": round(2 * macs / s / 1e9, 1) for (t, w, _, m), (s, *_, macs) in rate.items()},
-        "eager_step_gflops": {f"{t} {m} D={w}": round(2 * macs / e / 1e9, 1)
-                              for (t, w, _, m), (_, _, e, _, macs) in rate.items()},
+        "step_gflops": {f"{t} {m} D={w}": round(2 * v.macs / v.step / 1e9, 1) for (t, w, _, m), v in rate.items()},
+        "eager_step_gflops": {f"{t} {m} D={w}": round(2 * v.macs / v.eager_step / 1e9, 1)
+                              for (t, w, _, m), v in rate.items()},
         "results_dir": str(a.results_dir),
         "provenance": provenance("cpu"),
         "command": " ".join(["python", "perf/probe_floor.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -11,8 +11,8 @@ with a memory budget of 0 (every batch read from the cache again) and compares. 
 every freed block of 4 MiB or more unmapped at once (core.allocator.map_large_blocks, on a fresh heap), then as the
 harness does (freed blocks kept in the heap), and compares time and system CPU time. --broadcast also trains the group
 with dev and test scored through torch.matmul's broadcast of the rows all probes share, and compares. --decode also
-trains it with dev and test decoded as they were (float32 logits, Tensor.argmax), and compares. Tasks of whole utterances train as a
-group too (downstream.utterances), e.g. the main job's phone_ctc sweep:
+trains it with dev and test decoded as they were (float32 logits, Tensor.argmax), and compares. Tasks of whole
+utterances train as a group too (downstream.utterances), e.g. the main job's phone_ctc sweep:
 
     .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_ctc --mode weighted_sum \
         --fractions 0.05,1 --seeds 1 --alone --streamed
@@ -28,7 +28,6 @@ import os
 import sys
 import time
 from pathlib import Path
-
 from unittest import mock
 
 import torch
@@ -153,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
 def timed(method, spent: list):
     """`method` that also adds its seconds and one call to `spent` ([seconds, calls])."""
     def wrapper(self, *args):
@@ -179,6 +177,7 @@ def compare(out: dict, name: str, group: list, train) -> None:
 def same_rows(a, b) -> bool:
     """Whether two trainings of the same probes gave every probe the same dev and test score and steps."""
     return all((x.dev_metric, x.test_metric, x.steps) == (y.dev_metric, y.test_metric, y.steps) for x, y in zip(a, b))
+
 
 if __name__ == "__main__":
     sys.exit(main())
