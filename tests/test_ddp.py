@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pretrain import PretrainConfig, run_pretraining
-from pretrain.distributed import Ranks, launched_with_ranks, local_share
+from pretrain.distributed import Ranks, launched_with_ranks, local_share, shutdown
 from tests.fixtures import make_pretrain_corpus
 from upstream.checkpoint import load_checkpoint, read_meta
 from upstream.registry import load_upstream
@@ -63,6 +63,7 @@ def _rank_main(rank: int, world: int, store: str, corpus: str, out: str, resume:
         device = f"cuda:{rank}"
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", init_method=f"file://{store}",
                             rank=rank, world_size=world, timeout=timedelta(seconds=TIMEOUT_S))
+    finished = False
     try:
         import pretrain.train as train
         import upstream.checkpoint as checkpoint
@@ -80,8 +81,11 @@ def _rank_main(rank: int, world: int, store: str, corpus: str, out: str, resume:
                 return real(path, obj, *a, **k)
             checkpoint.atomic_write_json = dies
         run_pretraining(SPEC, corpus, Path(out), CFG, resume=resume, device=device, encoder=MICRO, show_progress=False)
+        finished = True
     finally:
-        dist.destroy_process_group()
+        # as the CLI leaves: after a normal end, once every rank has arrived (a rank tearing its gloo connections
+        # down while rank 0 still writes the last checkpoint can abort another rank with SIGABRT)
+        shutdown(synchronise=finished)
 
 
 def run_ranks(world: int, store: Path, corpus: Path, out: Path, resume: bool = False,
