@@ -28,7 +28,8 @@ def sq_norm(tensors: list[Tensor]) -> Tensor:
 
 
 def solve_l2(params: list[Tensor], data_loss: Callable[[], Iterable[Tensor]], penalised: list[Tensor], l2: float,
-             rtol: float, max_iter: int, floor: float = 0.0, patience: int | None = None) -> tuple[int, bool]:
+             rtol: float, max_iter: int, floor: float = 0.0, patience: int | None = None,
+             reuse: bool = True) -> tuple[int, bool]:
     """Minimise sum(data_loss()) + l2 / 2 * sum |p|^2 over `penalised` (a subset of `params`) with full-batch L-BFGS
     until |grad| <= max(rtol * l2 * max(|penalised|, 1), floor); (iterations, solved). `solved` is False when
     `max_iter` iterations ran out or the line search stopped making progress first.
@@ -38,6 +39,9 @@ def solve_l2(params: list[Tensor], data_loss: Callable[[], Iterable[Tensor]], pe
     `patience`: give up (unsolved) when that many checks in a row (every CHUNK iterations) have not halved the
     smallest gradient norm seen: such a phase has stalled (float32 on nearly separable data can creep for thousands
     of iterations); None runs to `max_iter`.
+    `reuse`: an evaluation at the parameters of the latest one returns that one's value and leaves its gradients,
+    instead of computing them again (the same bits: an evaluation is a function of the parameters);
+    False computes every call (`perf/certificate_starts.py --compare evaluations` measures both).
 
     `data_loss()` yields the data loss in terms (e.g. one per chunk of examples, each weighted by its share), each
     back-propagated as it comes: only one term's graph is alive at a time, so the memory of an evaluation does not
@@ -47,7 +51,13 @@ def solve_l2(params: list[Tensor], data_loss: Callable[[], Iterable[Tensor]], pe
     opt = torch.optim.LBFGS(params, lr=1, max_iter=CHUNK, max_eval=2 * CHUNK, history_size=30, tolerance_grad=0,
                             tolerance_change=0, line_search_fn="strong_wolfe")
 
+    last: dict[str, object] = {}  # the point of the latest evaluation, its value (its gradients stay in .grad)
+
     def closure() -> Tensor:
+        # L-BFGS evaluates the point a step ended on again (the check below, then its own start), and its line search
+        # has usually evaluated that very point last: the same parameter bits give the same value and gradients
+        if reuse and last and all(torch.equal(p.detach(), q) for p, q in zip(params, last["at"])):  # type: ignore[arg-type]
+            return last["value"]  # type: ignore[return-value]
         opt.zero_grad(set_to_none=True)
         total: Tensor | None = None
         for term in data_loss():
@@ -57,7 +67,8 @@ def solve_l2(params: list[Tensor], data_loss: Callable[[], Iterable[Tensor]], pe
             raise ValueError("solve_l2: the data loss has no terms (no examples)")
         penalty = 0.5 * l2 * sum((p * p).sum() for p in penalised)
         penalty.backward()  # its gradient adds to the data's: the same sum as one backward of both
-        return total + penalty.detach()
+        last.update(at=[p.detach().clone() for p in params], value=total + penalty.detach())
+        return last["value"]  # type: ignore[return-value]
 
     iters, best, stale = 0, float("inf"), 0
     while True:

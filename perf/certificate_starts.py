@@ -16,6 +16,9 @@ phase then finishes both to the same tolerance.
 --compare kernels: each evaluation as it was (subnormal floats computed as such, the CPU's slow path: a weakly
 regularised float32 fit's softmax underflows to them; the gradient's product as x^T z) against the certificate's
 (subnormals flushed to zero, core.repro.flush_denormals; the product as (z^T x)^T, the same bits).
+--compare evaluations: every evaluation L-BFGS asks for computed (the point a step ended on is asked for again by the
+tolerance check and the next step's start, and the line search has usually evaluated it last) against the solver's
+reuse of the latest evaluation at the same parameter bits (downstream.solver.solve_l2, `reuse`; the same bits).
 
     .venv/bin/python perf/certificate_starts.py --upstream mockingjay --task phone_linear,speaker_frame \\
         --out results/certificate_starts.json
@@ -27,6 +30,8 @@ regularised float32 fit's softmax underflows to them; the gradient's product as 
         --task phone_linear,speaker_frame,speaker_utterance --threads 1 --out results/certificate_loss.json
     .venv/bin/python perf/certificate_starts.py --compare kernels --upstream mockingjay \
         --task phone_linear,speaker_frame --threads 1 --out results/certificate_kernels.json
+    .venv/bin/python perf/certificate_starts.py --compare evaluations --upstream mockingjay \
+        --task phone_linear,speaker_frame,speaker_utterance --threads 1 --out results/certificate_evaluations.json
 
 Reads the rows of a results directory and the feature cache they were trained on (run the main job first). Prints
 per row the seconds, L-BFGS iterations and reference scores of both ways, and the total ratio.
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -58,7 +64,7 @@ from upstream.registry import parse_spec  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--upstream", default="mockingjay", help="name or name:preset")
-    p.add_argument("--compare", choices=("starts", "precision", "gradient", "loss", "kernels"), default="starts")
+    p.add_argument("--compare", choices=("starts", "precision", "gradient", "loss", "kernels", "evaluations"), default="starts")
     p.add_argument("--task", default="phone_linear,speaker_frame", help="certified tasks, comma list")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--corpus", default="data/synth")
@@ -91,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             if a.compare == "loss" else
             {"kernels before": Certifier(corpus, a.cache_dir), "kernels now": Certifier(corpus, a.cache_dir)}
             if a.compare == "kernels" else
+            {"every evaluation": Certifier(corpus, a.cache_dir), "reused": Certifier(corpus, a.cache_dir)}
+            if a.compare == "evaluations" else
             {"autograd": Certifier(corpus, a.cache_dir), "closed form": Certifier(corpus, a.cache_dir)})
     (first, second) = ways
     rows = []
@@ -100,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             cert.sources(r)  # load the cache outside the timing
             t0, sys0 = time.perf_counter(), os.times().system
             with (_autograd_loss() if way == "autograd" else _float32_value() if way == "float32 value"
-                  else _kernels_before() if way == "kernels before" else contextlib.nullcontext()):
+                  else _kernels_before() if way == "kernels before"
+                  else _every_evaluation() if way == "every evaluation" else contextlib.nullcontext()):
                 ref = cert.reference(r)
             out[way] = {"seconds": round(time.perf_counter() - t0, 1),
                         "system_seconds": round(os.times().system - sys0, 1), "final_iters": ref.iters, "l2": ref.l2,
@@ -140,6 +149,11 @@ def _kernels_before():
     with mock.patch.object(convergence, "flush_denormals", contextlib.nullcontext), \
             mock.patch.object(convergence.LogisticLoss, "backward", staticmethod(backward)):
         yield
+
+
+def _every_evaluation():
+    """The certificate's solver computing every evaluation L-BFGS asks for (what it did before `reuse`)."""
+    return mock.patch.object(convergence, "solve_l2", functools.partial(convergence.solve_l2, reuse=False))
 
 
 # the float32 phase's floor while its loss value was a float32 scalar (it stalled there)

@@ -78,3 +78,26 @@ def test_a_floor_and_a_patience_end_a_lower_precision_phase():
     assert ok and grad <= 1e-3 and iters < 3000
     iters, ok, _ = run(patience=2)  # a tolerance float32 cannot reach: stopped once two checks in a row gain < 2x
     assert not ok and iters < 3000
+
+
+def test_a_point_evaluated_last_is_not_evaluated_again():
+    """L-BFGS asks for the point a step ended on again (the tolerance check, then the next step's start), usually the
+    point its line search evaluated last: those calls reuse that evaluation, with the same bits as computing it."""
+    x, y = _separable()
+
+    def run(reuse):
+        calls = []
+        W = torch.zeros(20, 5, dtype=torch.float64, requires_grad=True)
+        b = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+
+        def data_loss():
+            calls.append(1)
+            return [F.cross_entropy(x @ W + b, y)]
+        iters, ok = solve_l2([W, b], data_loss, [W], 1e-5, 1e-3, 20000, reuse=reuse)
+        return W.detach(), b.detach(), iters, ok, len(calls)
+
+    fresh, reused = run(False), run(True)
+    assert fresh[3] and reused[3] and fresh[2] == reused[2] > 40  # several chunks of CHUNK iterations
+    assert torch.equal(fresh[0], reused[0]) and torch.equal(fresh[1], reused[1])
+    # at least the check and the next start of every chunk after the first share one evaluation
+    assert reused[4] <= fresh[4] - fresh[2] // 20
