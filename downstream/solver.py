@@ -56,7 +56,8 @@ def solve_l2(params: list[Tensor], data_loss: Callable[[], Iterable[Tensor]], pe
     def closure() -> Tensor:
         # L-BFGS evaluates the point a step ended on again (the check below, then its own start), and its line search
         # has usually evaluated that very point last: the same parameter bits give the same value and gradients
-        if reuse and last and all(torch.equal(p.detach(), q) for p, q in zip(params, last["at"])):  # type: ignore[arg-type]
+        at = last.get("at")
+        if reuse and at is not None and all(torch.equal(p.detach(), q) for p, q in zip(params, at)):  # type: ignore
             return last["value"]  # type: ignore[return-value]
         opt.zero_grad(set_to_none=True)
         total: Tensor | None = None

@@ -64,7 +64,8 @@ from upstream.registry import parse_spec  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--upstream", default="mockingjay", help="name or name:preset")
-    p.add_argument("--compare", choices=("starts", "precision", "gradient", "loss", "kernels", "evaluations"), default="starts")
+    p.add_argument("--compare", default="starts",
+                   choices=("starts", "precision", "gradient", "loss", "kernels", "evaluations"))
     p.add_argument("--task", default="phone_linear,speaker_frame", help="certified tasks, comma list")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--corpus", default="data/synth")
