@@ -3,7 +3,9 @@ timbre per speaker) for the probe, cache and harness tests, and `make_pretrain_c
 'speech-like' audio (harmonic tones with moving pitch, formant-ish colouring, noise) for the pretraining tests."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import soundfile as sf
@@ -96,3 +98,11 @@ def make_pretrain_corpus(root: str | Path, n_utts: int = 24, seconds: tuple[floa
     write_manifest(root / "pretrain.jsonl", utts)
     write_corpus_info(root, "tiny-harmonic", phones=[], speakers=[], info={"generator": "tests.fixtures", "seed": seed})
     return root
+
+
+def perf_script(name: str) -> ModuleType:
+    """The script perf/<name>.py loaded as a module (perf/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "perf" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -31,7 +31,7 @@ import torch
 
 from pretrain import PretrainConfig, run_pretraining
 from pretrain.train import autocast_dtype
-from tests.fixtures import make_pretrain_corpus
+from tests.fixtures import make_pretrain_corpus, perf_script
 from upstream.checkpoint import read_meta
 from upstream.transformer import EncoderConfig
 
@@ -221,12 +221,7 @@ def test_device_check_without_cuda_says_so_and_exits_2():
 
 def test_device_check_measurements_run_on_the_cpu():
     """The measuring code of perf/device_check.py, tiny, on the CPU: it must work the day a GPU is there."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "perf" / "device_check.py"
-    spec = importlib.util.spec_from_file_location("device_check", path)
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = perf_script("device_check")
     row = check.pretrain_fps("aalbert:small", "cpu", None, batch=2, steps=1, peak_tflops=1.0)
     assert row["frames_per_s"] > 0 and row["batch"] == "2 x 150 x R3" and row["share_of_bf16_peak"] > 0
     assert check.probe_fps(16, "cpu", steps=2)["frames_per_s"] > 0
@@ -235,8 +230,6 @@ def test_device_check_measurements_run_on_the_cpu():
 def test_device_check_counts_the_flops_that_torch_counts():
     """perf/device_check.py's FLOPs per frame equal torch's FlopCounterMode on a real step, less attention's T x T
     products (the CPU's fused attention kernel is not one FlopCounterMode counts; MFU counts them)."""
-    import importlib.util
-
     from torch.utils.flop_counter import FlopCounterMode
 
     from pretrain.config import DEFAULT_RECIPE, RECIPES
@@ -244,10 +237,7 @@ def test_device_check_counts_the_flops_that_torch_counts():
     from pretrain.model import MaskedAcousticModel
     from pretrain.train import model_configs
 
-    path = Path(__file__).resolve().parent.parent / "perf" / "device_check.py"
-    spec = importlib.util.spec_from_file_location("device_check", path)
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = perf_script("device_check")
     _, feature, enc = model_configs("mockingjay:small", RECIPES[DEFAULT_RECIPE])
     model = MaskedAcousticModel(enc, feature.feature_dim)
     B, T = 2, 40
@@ -262,13 +252,9 @@ def test_device_check_main_writes_every_part_and_survives_a_failing_mode(tmp_pat
     """perf/device_check.py's main() end to end with the GPU faked by the CPU (the measuring functions on tiny
     sizes, "cuda" read as "cpu"): every part lands in the JSON, speedups are CUDA rows over the 2-core rows, a
     compile mode that raises is recorded as an error row, and the main job's time budget is passed on."""
-    import importlib.util
     import json
 
-    path = Path(__file__).resolve().parent.parent / "perf" / "device_check.py"
-    spec = importlib.util.spec_from_file_location("device_check", path)
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = perf_script("device_check")
     for name, value in (("is_available", lambda: True), ("is_bf16_supported", lambda: True),
                         ("get_device_name", lambda *a: "fake GPU"), ("device_count", lambda: 1),
                         ("empty_cache", lambda: None), ("synchronize", lambda *a: None)):

@@ -16,7 +16,7 @@ from benchmark.plan.runs import parse_fractions
 from benchmark.record.results import append_row, read_rows
 from benchmark.record.schema import RUN_COLUMNS
 from downstream.config import AdamW, Minibatch, ProbeConfig
-from tests.fixtures import make_tiny_corpus
+from tests.fixtures import make_tiny_corpus, perf_script
 
 
 @pytest.fixture(scope="module")
@@ -214,13 +214,9 @@ def test_no_progress_silences_every_bar(tmp_path, capsys):
 def test_probe_floor_counts_the_frame_probes_of_a_run(corpus_dir, tmp_path, capsys):
     """perf/probe_floor.py on a run's rows and cache: every frame-probe row counted, the floor (own rows only) at most
     what the engine computes (full batch slots), and rows it cannot count an error naming the file."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("probe_floor", Path(__file__).resolve().parents[1] / "perf" /
-                                                  "probe_floor.py")
-    floor = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(floor)
+    floor = perf_script("probe_floor")
     cfg = _cfg(corpus_dir, tmp_path)
     args = ["--results-dir", str(tmp_path / "results"), "--corpus", str(corpus_dir), "--cache-dir", str(tmp_path / "cache")]
     assert floor.main(args) == 2 and "runs.csv" in capsys.readouterr().err  # no run yet
@@ -237,13 +233,9 @@ def test_probe_floor_counts_the_frame_probes_of_a_run(corpus_dir, tmp_path, caps
 def test_probe_groups_compares_a_group_with_its_old_decoding(corpus_dir, tmp_path, capsys):
     """perf/probe_groups.py on a run's cache: the group trained again with dev and test decoded the old way (float32
     logits, Tensor.argmax) gives every probe the same row, and the group's dev scoring is timed and counted."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("probe_groups", Path(__file__).resolve().parents[1] / "perf" /
-                                                  "probe_groups.py")
-    groups = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(groups)
+    groups = perf_script("probe_groups")
     runner.run_benchmark(_cfg(corpus_dir, tmp_path, upstreams=("aalbert_random",), tasks=("speaker_frame",)),
                          log=lambda *_: None)
     out = tmp_path / "groups.json"
