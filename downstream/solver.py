@@ -51,14 +51,15 @@ def solve_l2(params: list[Tensor], data_loss: Callable[[], Iterable[Tensor]], pe
     opt = torch.optim.LBFGS(params, lr=1, max_iter=CHUNK, max_eval=2 * CHUNK, history_size=30, tolerance_grad=0,
                             tolerance_change=0, line_search_fn="strong_wolfe")
 
-    last: dict[str, object] = {}  # the point of the latest evaluation, its value (its gradients stay in .grad)
+    last_at: list[Tensor] | None = None  # the parameters of the latest evaluation (its gradients stay in .grad)
+    last_value = torch.zeros(())  # ... and its value
 
     def closure() -> Tensor:
+        nonlocal last_at, last_value
         # L-BFGS evaluates the point a step ended on again (the check below, then its own start), and its line search
         # has usually evaluated that very point last: the same parameter bits give the same value and gradients
-        at = last.get("at")
-        if reuse and at is not None and all(torch.equal(p.detach(), q) for p, q in zip(params, at)):  # type: ignore
-            return last["value"]  # type: ignore[return-value]
+        if reuse and last_at is not None and all(torch.equal(p.detach(), q) for p, q in zip(params, last_at)):
+            return last_value
         opt.zero_grad(set_to_none=True)
         total: Tensor | None = None
         for term in data_loss():
@@ -68,8 +69,8 @@ def solve_l2(params: list[Tensor], data_loss: Callable[[], Iterable[Tensor]], pe
             raise ValueError("solve_l2: the data loss has no terms (no examples)")
         penalty = 0.5 * l2 * sum((p * p).sum() for p in penalised)
         penalty.backward()  # its gradient adds to the data's: the same sum as one backward of both
-        last.update(at=[p.detach().clone() for p in params], value=total + penalty.detach())
-        return last["value"]  # type: ignore[return-value]
+        last_at, last_value = [p.detach().clone() for p in params], total + penalty.detach()
+        return last_value
 
     iters, best, stale = 0, float("inf"), 0
     while True:
