@@ -23,7 +23,7 @@ from benchmark.inputs.upstream import num_hidden_states_of, planned_checkpoint
 from benchmark.plan.cachesize import check_space_for
 from benchmark.plan.config import DEFAULT_MODES, DEFAULT_UPSTREAMS, BenchmarkConfig
 from benchmark.plan.dryrun import print_plan
-from benchmark.plan.presets import MAIN_TASKS, main_job, quick_job
+from benchmark.plan.presets import MAIN_SEEDS, MAIN_TASKS, full_job, main_job, quick_job
 from benchmark.plan.runs import check_layer_modes, check_tasks, parse_fractions
 from benchmark.plan.shards import shard_config
 from benchmark.record.results import RUNS_FILE, merge_shards, read_rows, results_root, rows_files, write_leaderboard
@@ -56,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help=f"comma list of tasks, of {','.join(ALL_TASKS)} (default: {','.join(MAIN_TASKS)})")
     p.add_argument("--mode", help=f"comma list of {', '.join(MODE_CHOICES)} (default: {DEFAULT_MODES}; "
                                   "'layers' = every hidden state as layer=K)")
-    p.add_argument("--fractions", help="comma list of label fractions in (0, 1] (default: the papers' "
-                                       "0.001,0.005,0.01,0.05,0.125,1 that the corpus is large enough for)")
-    p.add_argument("--seeds", type=int, help="seeds per configuration (default 3)")
+    p.add_argument("--fractions", help="comma list of label fractions in (0, 1] (default: the smallest and the largest of "
+                                       "the papers' 0.001,0.005,0.01,0.05,0.125,1 that the corpus is large enough for; "
+                                       "with --full, every one of them)")
+    p.add_argument("--seeds", type=int, help=f"seeds per configuration (default {MAIN_SEEDS}; 3 with --full)")
     p.add_argument("--corpus", help="corpus name or prepared corpus directory (default: synth)")
     p.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH",
                    help="weights of an upstream: a checkpoint directory (aalbert=runs/pretrain/aalbert-small), "
@@ -71,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                                             "stops improving (fast and approximate; rows say budget steps=N)")
     p.add_argument("--finetune-steps", type=int, help="a fixed number of fine-tuning steps (default: until dev stops "
                                                      "improving)")
-    p.add_argument("--no-finetune", action="store_true", help="skip the default fine-tuning runs at the end fractions")
+    p.add_argument("--no-finetune", action="store_true", help="skip --full's fine-tuning runs at the largest fraction")
+    p.add_argument("--full", action="store_true",
+                   help="the full benchmark: every default label fraction, 3 seeds and fine-tuning (the rows results/ "
+                        "ships; about 15-23 min on 2 cores) instead of the main job's two ends of the data-size ablation "
+                        f"x {MAIN_SEEDS} seeds")
     p.add_argument("--quick", action="store_true", help="reduced benchmark (small corpus, short budgets, < 5 min)")
     p.add_argument("--force", action="store_true", help="re-run configurations already in results/runs.csv")
     p.add_argument("--list", action="store_true", help="list upstreams, presets, tasks, modes and corpora, then exit")
@@ -112,7 +117,9 @@ def _names(text: str, valid: list[str], what: str) -> tuple[str, ...]:
 
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     """Validated BenchmarkConfig; ValueError with the valid choices for any bad name or value."""
-    cfg = quick_job() if args.quick else main_job()
+    if args.quick and args.full:
+        raise ValueError("--quick and --full are two different plans: give one")
+    cfg = quick_job() if args.quick else full_job() if args.full else main_job()
     kw: dict = {"data_dir": args.data_dir, "results_dir": args.results_dir, "cache_dir": args.cache_dir,
                 "runs_dir": args.runs_dir, "progress": not args.no_progress, "force": args.force,
                 "pretrain": args.pretrain, "use_cache": not args.no_cache}

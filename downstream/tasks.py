@@ -6,7 +6,7 @@ Adding a task is one entry in `TASKS` (plus its test). docs/tasks.md describes e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import numpy as np
@@ -302,6 +302,19 @@ def ctc_greedy(log_probs: Tensor, lengths: Tensor) -> list[list[int]]:
 
 
 @dataclass(frozen=True)
+class RunCost:
+    """What one run of a task is expected to cost, for scheduling only (benchmark.plan.shards.expected_seconds: the
+    order probe groups are taken in, and the shards of a sweep): seconds of one frozen probe at label fraction f,
+    `fixed + per_fraction * f`, on the last layer of a 4 x 256 upstream on the built-in corpus's 30-ms frames, with
+    the main job's settings, its group trained beside another on 2 CPU cores; a weighted sum of 4 hidden states
+    costs `weighted_sum` times that. Only the ratios matter."""
+
+    fixed: float
+    per_fraction: float
+    weighted_sum: float
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """A probe: which labels, predicted per frame, per utterance or as a sequence, by which head, trained with which
     loss by which engine, decoded how and scored by which metric (its direction: `metric.direction`).
@@ -326,6 +339,8 @@ class TaskSpec:
     # bfloat16 hardware)
     decode: Callable[..., object] = argmax
     engine: Engine = "stacked"
+    # the expected cost of one run (scheduling only); the default is a linear frame probe's
+    cost: RunCost = field(default_factory=lambda: FRAME_COST)
 
     def __post_init__(self) -> None:
         if not isinstance(self.metric, Metric):
@@ -389,16 +404,25 @@ class TaskSpec:
                 raise ValueError(f"task {self.name}: {e}") from None
 
 
+# Each task's RunCost: the per-run seconds of its groups in the main job (2 fractions x 2 seeds) and the full job (4 x
+# 3) from empty folders on an Intel Xeon with AMX, 2 workers, solved for fixed + per_fraction * f and averaged over
+# the four 4 x 256 Transformer upstreams (docs/benchmark.md, "The main job and --full"); phone_ctc and
+# speaker_verification (one fraction pair in both jobs) split by the steps their probes take at 12.5 % and 100 %.
+FRAME_COST = RunCost(0.2, 0.75, 2.5)
+
 # The four s3prl legacy probes used by TERA and AALBERT (s3prl legacy downstream tasks; TERA, TASLP 2021): docs/tasks.md.
 TASKS: dict[str, TaskSpec] = {
     "phone_linear": TaskSpec("phone_linear", PHONES, "frame", linear_head, FRAME_ACC, linear=True,
-                             description="Linear(D, phones) per frame"),
+                             description="Linear(D, phones) per frame", cost=FRAME_COST),
     "phone_1hidden": TaskSpec("phone_1hidden", PHONES, "frame", one_hidden_head(768), FRAME_ACC, linear=False,
-                              description="Linear(D, 768) -> ReLU -> Linear(768, phones) per frame"),
+                              description="Linear(D, 768) -> ReLU -> Linear(768, phones) per frame",
+                              cost=RunCost(1.9, 5.7, 2.5)),
     "speaker_utterance": TaskSpec("speaker_utterance", SPEAKERS, "utterance", linear_head, UTT_ACC, linear=True,
-                                  description="mean over valid frames -> Linear(D, speakers)"),
+                                  description="mean over valid frames -> Linear(D, speakers)",
+                                  cost=RunCost(0.1, 2.8, 1.6)),
     "speaker_frame": TaskSpec("speaker_frame", SPEAKERS, "frame", linear_head, FRAME_ACC, linear=True,
-                              second_metric=UTT_ACC, description="Linear(D, speakers) per frame"),
+                              second_metric=UTT_ACC, description="Linear(D, speakers) per frame",
+                              cost=RunCost(0.5, 1.6, 2.3)),
 }
 
 # SUPERB's tasks (docs/tasks.md). The harness (benchmark/) plans, runs and reports every task of ALL_TASKS; its main
@@ -406,14 +430,17 @@ TASKS: dict[str, TaskSpec] = {
 SUPERB_TASKS: dict[str, TaskSpec] = {
     "phone_ctc": TaskSpec("phone_ctc", PHONE_SEQUENCES, "sequence", linear_head, PER, linear=False,
                           loss=ctc_loss, decode=ctc_greedy, engine="ctc",
-                          description="Linear(D, phones + blank) per frame, CTC, greedy decoding"),
+                          description="Linear(D, phones + blank) per frame, CTC, greedy decoding",
+                          cost=RunCost(2.0, 21.0, 1.4)),
     "speaker_verification": TaskSpec("speaker_verification", SPEAKER_TRIALS, "utterance", xvector_head(128), EER,
                                      linear=False, decode=cosine_trials, engine="verification",
                                      second_metric=MIN_DCF,
                                      description="mean + std pooling -> Linear(2D, 128) embedding (trained: ReLU -> "
-                                                 "Linear(128, speakers)), trials scored by cosine similarity"),
+                                                 "Linear(128, speakers)), trials scored by cosine similarity",
+                                     cost=RunCost(0.3, 2.8, 3.5)),
     "keywords": TaskSpec("keywords", KEYWORDS, "utterance", linear_head, UTT_ACC, linear=True,
-                         description="mean over valid frames -> Linear(D, 12 keyword classes)"),
+                         description="mean over valid frames -> Linear(D, 12 keyword classes)",
+                         cost=RunCost(0.2, 0.85, 1.9)),
 }
 ALL_TASKS: dict[str, TaskSpec] = {**TASKS, **SUPERB_TASKS}
 

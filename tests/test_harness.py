@@ -75,6 +75,8 @@ def test_killed_run_leaves_no_partial_row_and_is_redone(corpus_dir, tmp_path, mo
         return real(*a, **k)
 
     monkeypatch.setattr(runner, "train_probes", dies_on_second)
+    # every run costed alike: the two groups are equal, so neither is split (benchmark.run.runner.balance)
+    monkeypatch.setattr(runner, "expected_seconds", lambda *a: 1.0)
     with pytest.raises(KeyboardInterrupt):
         runner.run_benchmark(cfg, log=lambda *_: None)
     # two worker threads: the group beside the killed one may still finish and write its (complete) rows
@@ -117,6 +119,36 @@ def test_finetune_runs_at_the_end_fractions(corpus_dir, tmp_path):
     largest = expand_runs(replace(cfg, finetune_smallest=False), "mockingjay", 4, [0.1, 0.5, 1.0], [])
     assert {(r.task, r.fraction) for r in largest if r.finetune} == {("phone_linear", 1.0)}
     assert not [r for r in expand_runs(cfg, "mel", 1, [0.1, 1.0], []) if r.finetune]
+
+
+def test_the_main_job_is_the_full_job_at_the_ends_of_the_ablation(capsys):
+    """The default plan: the full job's tasks, upstreams and settings at the smallest and largest default fraction x
+    2 seeds, no fine-tuning; its runs are the full job's (the same run ids), so the full job's rows serve it."""
+    from types import SimpleNamespace
+
+    from benchmark.cli import main
+    from benchmark.plan.presets import MAIN_SEEDS, full_job, main_job
+    from benchmark.plan.runs import choose_fractions, expand_runs
+
+    main_cfg, full = main_job(), full_job()
+    assert (main_cfg.seeds, full.seeds) == (MAIN_SEEDS, 3) == (2, 3)
+    assert main_cfg.fraction_ends and not full.fraction_ends and not main_cfg.finetune_ends and full.finetune_ends
+    assert main_cfg.tasks == full.tasks and main_cfg.upstreams == full.upstreams
+    assert main_cfg.task_probes == full.task_probes and main_cfg.probe == full.probe
+    # 1,200 train utterances of 100 speakers, as the built-in corpus: the default fractions are 1, 5, 12.5 and 100 %
+    corpus = SimpleNamespace(utterances=lambda split: [SimpleNamespace(speaker=f"s{i % 100}") for i in range(1200)])
+    logged: list[str] = []
+    ends = choose_fractions(main_cfg, corpus, log=logged.append)
+    assert ends == [0.01, 1.0] and choose_fractions(full, corpus, log=lambda *_: None) == [0.01, 0.05, 0.125, 1.0]
+    assert any("0.05, 0.125 left out" in m and "--full" in m for m in logged)
+    assert choose_fractions(replace(main_cfg, fractions=(0.05, 0.125)), corpus, log=lambda *_: None) == [0.05, 0.125]
+    small = {(r.task, r.mode.label, r.fraction, r.seed, r.finetune) for r in expand_runs(main_cfg, "mockingjay", 4, ends, [])}
+    big = {(r.task, r.mode.label, r.fraction, r.seed, r.finetune)
+           for r in expand_runs(full, "mockingjay", 4, [0.01, 0.05, 0.125, 1.0], [])}
+    assert small < big and not any(ft for *_, ft in small) and any(ft for *_, ft in big)
+    assert {f for _, _, f, _, _ in small} >= {0.125, 1.0, 0.01}  # phone_ctc / verification keep their own fractions
+    assert main(["--quick", "--full", "--dry-run"]) == 2
+    assert "--quick and --full" in capsys.readouterr().err
 
 
 def test_task_modes_narrow_one_task_and_mode_widens_them_all(corpus_dir, tmp_path):

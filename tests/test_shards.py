@@ -29,12 +29,12 @@ RESULT_FIELDS = ("dev_metric", "test_metric", "test_utt_metric", "best_step", "s
                  "train_utts", "train_frames")
 
 
-def main_job_plan() -> list:
-    """The main job's runs on the speech corpus as every shard plans them (5 upstreams, 4 fractions, 3 seeds,
+def full_job_plan() -> list:
+    """The full job's runs on the speech corpus as every shard plans them (5 upstreams, 4 fractions, 3 seeds,
     fine-tuning at 100 %); its keyword runs are sharded on their own corpus the same way."""
-    from benchmark.plan.presets import main_job
+    from benchmark.plan.presets import full_job
 
-    cfg = main_job().by_corpus()[0]
+    cfg = full_job().by_corpus()[0]
     shapes = {"mel": (1, 80), "mockingjay": (4, 256), "aalbert": (4, 256), "mockingjay_random": (4, 256),
               "aalbert_random": (4, 256)}
     return [(r, L, D) for spec, (L, D) in shapes.items()
@@ -54,8 +54,8 @@ def test_parse_shard_and_cli_errors(capsys):
 
 
 def test_assignment_is_deterministic_complete_and_balanced():
-    plan = main_job_plan()
-    # the main job's run count: mel 4 tasks x 12, each Transformer 7 groups x 12, 2 fine-tunings; phone_ctc and
+    plan = full_job_plan()
+    # the full job's run count: mel 4 tasks x 12, each Transformer 7 groups x 12, 2 fine-tunings; phone_ctc and
     # speaker_verification at 2 fractions x 1 seed: mel 2 x 2, each Transformer 2 tasks x 2 modes x 2
     assert len(plan) == 386 + 4 + 4 * 8
     for n in (1, 3, 10):
@@ -68,8 +68,9 @@ def test_assignment_is_deterministic_complete_and_balanced():
         biggest = max(shard_seconds(r, L, D, 2) + setup_seconds(L, D) for r, L, D in plan)
         assert max(loads) - min(loads) <= biggest, (n, loads)  # greedy longest-first: within one item
     shard_of = assign(plan, 10)
-    heavy = [run_key(r) for r, L, D in plan if expected_seconds(r, L, D) > 25]  # fine-tuning, 100 % weighted sum
-    assert len(heavy) >= 10 and len({shard_of[k] for k in heavy}) == 10  # spread over every shard
+    # the ten costliest runs (fine-tuning, phone_ctc at 100 %) spread over every shard
+    heavy = [run_key(r) for r, L, D in sorted(plan, key=lambda p: -expected_seconds(*p))[:10]]
+    assert len({shard_of[k] for k in heavy}) == 10
     # an upstream's runs cluster: on average a shard holds fewer upstreams than all 5 (set-up paid fewer times)
     held = [{k[0] for k, s in shard_of.items() if s == i} for i in range(10)]
     assert sum(map(len, held)) / 10 < 5
@@ -363,3 +364,22 @@ def test_rows_of_an_older_version_are_read_and_upgraded_on_append(tmp_path):
     append_row(path, _row(run_id="new"))
     assert path.read_text().splitlines()[0] == ",".join(RUN_COLUMNS)
     assert [r["run_id"] for r in read_rows(path)] == ["old", "new"] and read_rows(path)[0]["budget"] == "steps=150"
+
+
+def test_an_upstreams_groups_are_taken_costliest_first_by_their_tasks_costs():
+    """The runner hands an upstream's probe groups to its workers costliest first (benchmark.run.runner.balance),
+    costed by each task's RunCost: in the main job the two phone_ctc groups lead (their 100 % probes take thousands of
+    steps over whole utterances), the MLP group comes next and is not split (no group exceeds an even share)."""
+    from benchmark.plan.presets import main_job
+    from benchmark.run.runner import balance
+
+    cfg = main_job().by_corpus()[0]
+    groups: dict[tuple, list] = {}
+    for r in expand_runs(cfg, "aalbert_random", 4, [0.01, 1.0], []):
+        groups.setdefault((r.task, r.mode.label), []).append((r,))
+    order = balance(list(groups.values()), lambda job: expected_seconds(job[0], 4, 256), 2)
+    assert len(order) == len(groups)  # none split
+    first = [(g[0][0].task, g[0][0].mode.label) for g in order[:3]]
+    assert first == [("phone_ctc", "weighted_sum"), ("phone_ctc", "last"), ("phone_1hidden", "last")]
+    seconds = [sum(expected_seconds(j[0], 4, 256) for j in g) for g in order]
+    assert seconds == sorted(seconds, reverse=True)

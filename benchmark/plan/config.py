@@ -43,6 +43,9 @@ class BenchmarkConfig:
     # modes of a task where they differ from `modes` (the main job's MLP probe reads the last layer only)
     task_modes: dict[str, str] = field(default_factory=dict)
     fractions: tuple[float, ...] | None = None  # None: the paper fractions the corpus is large enough for
+    # with `fractions` None, only the smallest and the largest of those (the scarce and the full end of the data-size
+    # ablation: the main job); --fractions or --full runs the others
+    fraction_ends: bool = False
     seeds: int = 3
     # label fractions and seeds of a task where they differ from `fractions` / `seeds` (the main job runs the
     # whole-utterance SUPERB tasks at fewer points: benchmark.plan.presets); --fractions and --seeds override them

@@ -31,7 +31,10 @@ def _print_corpus_plan(cfg: BenchmarkConfig) -> int:
               f"{cfg.data_dir}")
         fractions = list(cfg.fractions or PAPER_FRACTIONS)
         if cfg.fractions is None:
-            print("  (default fractions are decided once the corpus exists; planning with all paper fractions)")
+            if cfg.fraction_ends:
+                fractions = [fractions[0], fractions[-1]]
+            print(f"  (default fractions are decided once the corpus exists; planning with "
+                  f"{'the smallest and largest' if cfg.fraction_ends else 'all'} paper fractions)")
     else:
         n = len(corpus.utterances("train"))
         print(f"corpus {corpus.name} at {corpus.root} ({', '.join(cfg.tasks)}): {n} train utterances, "

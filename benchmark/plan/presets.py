@@ -1,5 +1,5 @@
-"""The two packaged jobs: the default benchmark (target: every task within 10 min on 2 CPU cores from empty folders)
-and `--quick` (<= 5 min).
+"""The packaged jobs: the default benchmark (target: every task within 10 min on 2 CPU cores from empty folders, the
+four probes within 5), `--full` (every default fraction and 3 seeds: the rows results/ ships) and `--quick` (<= 5 min).
 
 Every frozen probe trains until dev stops improving (downstream.train): the budget is set by the data, not
 by the clock. The per-task settings below only change how fast a probe gets there (measured on the built-in
@@ -41,7 +41,8 @@ MAIN_TASK_PROBES = {
     "phone_ctc": CTC_PROBE,
     "speaker_verification": VERIFICATION_PROBE,
 }
-# The main job runs the four probes of the Mockingjay / AALBERT papers for every upstream, fraction and seed.
+# The full job (and the main job at its fraction ends and seeds) runs the four probes of the Mockingjay / AALBERT
+# papers for every upstream, fraction and seed.
 # phone_1hidden (an MLP head: its 768-wide hidden layer is most of the job's probe compute, in bfloat16 where the
 # hardware multiplies it natively, downstream.stacked.fast_bfloat16) reads the last layer only: it is already 60 %
 # of the job's probe time there (docs/benchmark.md), a weighted sum mixes four hidden states per row on top, and the
@@ -50,10 +51,11 @@ MAIN_TASK_PROBES = {
 # Then SUPERB's phoneme recognition (phone_ctc, PER) and speaker verification (speaker_verification, EER) on last
 # layer and weighted sum, at 12.5 % and 100 % of the labels and one seed (MAIN_TASK_FRACTIONS, MAIN_TASK_SEEDS): at
 # 5 % (60 utterances; 100 for verification, one per speaker) both were near chance for every upstream (PER 0.93-1.24,
-# EER 0.43-0.51), a point that tells the upstreams apart by noise only; and the main job's time is already over its
-# bound with the four probes alone (docs/benchmark.md).
+# EER 0.43-0.51), a point that tells the upstreams apart by noise only; and phone_ctc is already the costliest task
+# of the main job (docs/benchmark.md, "The main job and --full").
 # And SUPERB's keyword spotting (keywords, accuracy) on the built-in keyword corpus (corpora/synth/keywords.py: the
-# speech corpus has no keyword labels), built on demand beside it, at the fractions it is large enough for x 3 seeds.
+# speech corpus has no keyword labels), built on demand beside it, at the fractions it is large enough for (the main
+# job: the smallest and the largest) x the plan's seeds.
 MAIN_TASKS = (*TASKS, "phone_ctc", "speaker_verification", "keywords")
 MAIN_TASK_CORPORA = {"keywords": "synth_keywords"}
 MAIN_TASK_MODES = {"phone_1hidden": "last"}
@@ -75,15 +77,30 @@ QUICK_TASK_FRACTIONS: dict[str, tuple[float, ...]] = {"phone_ctc": (1.0,), "spea
 QUICK_TASK_SEEDS: dict[str, int] = {"phone_ctc": 1, "speaker_verification": 1}
 
 
-def main_job() -> BenchmarkConfig:
-    """The four probe tasks x {last, weighted_sum} (phone_1hidden: last) x default fractions x 3 seeds x 6 upstreams,
-    phone_ctc and speaker_verification x {last, weighted_sum} at MAIN_TASK_FRACTIONS x MAIN_TASK_SEEDS, keywords on the
-    built-in keyword corpus x {last, weighted_sum} x its fractions x 3 seeds, plus fine-tuning of Mockingjay and AALBERT (phone_linear) at the largest fraction, 1 seed."""
+def full_job() -> BenchmarkConfig:
+    """`--full`: the four probe tasks x {last, weighted_sum} (phone_1hidden: last) x every default fraction x 3 seeds x 6
+    upstreams, phone_ctc and speaker_verification x {last, weighted_sum} at MAIN_TASK_FRACTIONS x MAIN_TASK_SEEDS,
+    keywords on the built-in keyword corpus x {last, weighted_sum} x its fractions x 3 seeds, plus fine-tuning of
+    Mockingjay and AALBERT (phone_linear) at the largest fraction, 1 seed: the rows results/ ships."""
     return BenchmarkConfig(tasks=MAIN_TASKS, task_corpora=MAIN_TASK_CORPORA, task_modes=MAIN_TASK_MODES, probe=FRAME_PROBE,
                            task_probes=MAIN_TASK_PROBES,
                            task_fractions=MAIN_TASK_FRACTIONS, task_seeds=MAIN_TASK_SEEDS,
                            finetune_probe=MAIN_FINETUNE, seeds=3, finetune_seeds=1, finetune_smallest=False,
                            report=True)
+
+
+# The main job (no flags): the full job's tasks, upstreams, modes and settings at the two ends of the data-size
+# ablation (the smallest and the largest default fraction) x MAIN_SEEDS seeds, without fine-tuning, so that every task
+# fits 10 min and the four probes 5 min on 2 CPU cores from empty folders (docs/benchmark.md, "The main job and
+# --full"). Its runs are a subset of the full job's, with the same run ids: results/ (the full job's rows) holds them.
+MAIN_SEEDS = 2
+
+
+def main_job() -> BenchmarkConfig:
+    """The default benchmark: `full_job` at the smallest and largest default fraction x MAIN_SEEDS seeds (keywords the
+    same on its corpus; phone_ctc and speaker_verification as in the full job), no fine-tuning (`--mode finetune`
+    or `--full` runs it)."""
+    return replace(full_job(), seeds=MAIN_SEEDS, fraction_ends=True, finetune_ends=False)
 
 
 def quick_job() -> BenchmarkConfig:

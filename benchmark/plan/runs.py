@@ -15,7 +15,7 @@ from downstream.tasks import TaskSpec, get_task
 from upstream.registry import family_of
 
 # fine-tuning is the expensive part (the upstream runs forward+backward every step, and dev is scored live):
-# the main job fine-tunes the phone probe only
+# the full job fine-tunes the phone probe only (the main job fine-tunes nothing: benchmark.plan.presets)
 FINETUNE_TASKS = ("phone_linear",)
 
 
@@ -51,6 +51,10 @@ def choose_fractions(cfg: BenchmarkConfig, corpus: Corpus, log=print) -> list[fl
         log(f"default fractions {', '.join(f'{f:g}' for f in dropped)} dropped: on this corpus's train split "
             f"({len(train)} utterances) they leave fewer than {MIN_DEFAULT_UTTS} utterances; ask for them with "
             f"--fractions to run them anyway (raised to one utterance, or one per speaker for speaker tasks)")
+    if cfg.fraction_ends and len(kept) > 2:
+        log(f"fractions {', '.join(f'{f:g}' for f in kept[1:-1])} left out: this plan runs the smallest and the largest "
+            f"({kept[0]:g}, {kept[-1]:g}); --full or --fractions runs them")
+        kept = [kept[0], kept[-1]]
     for f in kept:
         if speakers and round(f * len(train)) < n_spk:
             log(f"fraction {f:g}: speaker tasks are raised to one utterance per speaker ({n_spk} instead of "

@@ -40,44 +40,27 @@ def run_key(run: PlannedRun) -> RunKey:
     return (run.upstream, run.task, run.mode.label, run.fraction, run.seed)
 
 
-# engines that train on whole utterances, one probe at a time (downstream.ctc, downstream.verification): seconds of
-# one run at 100 % of the labels on a 4 x 256 upstream's last layer, from mockingjay's rows on the built-in corpus
-# (phone_ctc 26 s, speaker_verification 4 s a run, 5 % and 100 % averaged, on 2 cores loaded by other jobs:
-# docs/benchmark.md); rough (a weighted sum that does not fit in the probe memory streams its hidden states from the
-# cache: 7x the last layer's time for speaker_verification, 2.5x for phone_ctc)
-UTTERANCE_ENGINE_SECONDS: dict[str, float] = {"ctc": 30.0, "verification": 8.0}
-
-
 def expected_seconds(run: PlannedRun, num_hidden_states: int, hidden_size: int) -> float:
-    """Expected wall seconds of one run on 2 CPU cores of the built-in corpus (frozen probes two at a time, as in
-    the main job): only the ratios matter.
-
-    Fitted to the per-run means of the 218-run main job that pretrained its models inside the job (SGD frame
-    probes, L2-path utterance probes; results/runs.csv at commit 45d5dbc, wall_seconds; correlation 0.96 with its
-    218 rows): phone_linear at 100 % 13-19 s (last) and 28-35 s (weighted sum), 1-3 s at 1-12.5 %;
-    speaker_utterance 4-17 s at 100 %; mel (80-d) 6 s; fine-tuning 93-129 s. Work grows with the labelled frames
-    (the fraction), the width and the hidden states read.
-    """
+    """Expected wall seconds of one run on 2 CPU cores of the built-in corpus (frozen probes two groups at a time, as
+    in the main job): only the ratios matter. A frozen probe costs its task's `RunCost` (downstream.tasks: measured
+    per run on the main and the full job's rows) at its fraction, times the weighted sum's factor where the mode mixes
+    hidden states (scaled to the number it reads, measured at 4), times the upstream's width relative to 256;
+    fine-tuning runs the upstream forward and backward at every step, so its depth and width dominate."""
     f = run.fraction
     width = hidden_size / 256
-    if run.finetune:  # the upstream's forward and backward dominate: its depth and width
+    if run.finetune:
         return 30.0 + 100.0 * f * (num_hidden_states / 4) * width
+    cost = get_task(run.task).cost
     read = len(run.mode.layers_read(num_hidden_states))
-    work = f * width * (1 + 0.35 * (read - 1))
-    task = get_task(run.task)  # the spec says what a probe reads: utterance means, frames, or whole utterances
-    if task.pooled:
-        return 1.5 + 9.0 * work
-    if task.frame_targets:
-        # an MLP head (Linear(D, 768) first): 9-11x a linear probe's group (phone_1hidden against phone_linear, one
-        # group of each per upstream on the last layer, in the main job's rows: results/runs.csv, wall_seconds)
-        return 1.5 + 16.0 * work * (1.0 if task.linear else 10.0)
-    return 1.5 + UTTERANCE_ENGINE_SECONDS.get(task.engine, 60.0) * work
+    mix = 1.0 + (cost.weighted_sum - 1.0) * (read - 1) / 3
+    return (cost.fixed + cost.per_fraction * f) * mix * width
 
 
 def setup_seconds(num_hidden_states: int, hidden_size: int) -> float:
-    """Expected seconds for a shard to take an upstream on: load its splits from the cache and whiten them
-    (15-25 s for a 4 x 256 Transformer in that 218-run main job)."""
-    return 5.0 + 20.0 * num_hidden_states * hidden_size / (4 * 256)
+    """Expected seconds for a shard to take an upstream on, in `expected_seconds`' units: map its splits from the
+    cache and fit the whitening (one streaming pass: about a second for a 4 x 256 Transformer on the built-in corpus
+    in the main job's log), plus the reads of its rows that its groups' first passes fault in."""
+    return 2.0 + 3.0 * num_hidden_states * hidden_size / (4 * 256)
 
 
 def shard_seconds(run: PlannedRun, num_hidden_states: int, hidden_size: int, workers: int) -> float:
