@@ -310,7 +310,7 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
         from benchmark.report.convergence import certifiable_rows, certify, exempt_tasks, summary_markdown
         from benchmark.record.aggregate import read_runs  # pandas too: loaded for certify only, as the line above
 
-        runs = None  # runs.csv, read once (by the first corpus that is there) for every corpus's part
+        built = []  # the plan's corpora that are built: the rows of each are certified from one queue of fits
         for part in cfg.by_corpus():  # the main corpus, then a task's own (the main job's keyword corpus)
             corpus = resolve_corpus(part.corpus, cfg.data_dir, cfg.quick, prepare=False)
             if corpus is None:
@@ -318,19 +318,24 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
                     continue  # another corpus of the plan, not built yet: no rows to certify
                 return fail(f"--corpus {cfg.corpus}: not prepared under {cfg.data_dir}; certify reads the corpus and "
                             f"the feature cache the rows were trained on")
-            try:
-                runs = read_runs(Path(cfg.results_dir) / RUNS_FILE) if runs is None else runs
-                if part.corpus != cfg.corpus and not (certifiable_rows(runs)["corpus"] == corpus.name).any():
-                    continue  # another corpus of the plan with no rows to certify (yet)
-                table = certify(cfg.results_dir, corpus, cfg.cache_dir, progress=cfg.progress,
-                                workers=cfg.probe_workers, device=cfg.device,
-                                # a bar on a terminal; one flushed line per row in a log on disk (--no-progress)
-                                log=(lambda m: None) if cfg.progress else (lambda m: print(m, flush=True)))
-            except (FileNotFoundError, ValueError) as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
+            built.append((corpus, part.corpus == cfg.corpus))
+        try:
+            runs = read_runs(Path(cfg.results_dir) / RUNS_FILE)
+            held = set(certifiable_rows(runs)["corpus"])
+            # another corpus of the plan with no rows to certify (yet) is left out
+            corpora = [c for c, main_corpus in built if main_corpus or c.name in held]
+            table = None if not corpora else certify(cfg.results_dir, corpora, cfg.cache_dir, progress=cfg.progress,
+                            workers=cfg.probe_workers, device=cfg.device,
+                            # a bar on a terminal; one flushed line per row in a log on disk (--no-progress)
+                            log=(lambda m: None) if cfg.progress else (lambda m: print(m, flush=True)))
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for corpus in corpora:
+            assert table is not None
+            ids = set(runs.loc[runs["corpus"] == corpus.name, "run_id"])
             exempt = exempt_tasks(runs.loc[runs["corpus"] == corpus.name, "task"])
-            print(f"corpus {corpus.name}: {summary_markdown(table, exempt)}")
+            print(f"corpus {corpus.name}: {summary_markdown(table[table['run_id'].isin(ids)], exempt)}")
         return 0 if build_report_if_available(cfg.results_dir) else 1
     if args.dry_run:
         print_plan(cfg)

@@ -234,6 +234,19 @@ def test_tasks_on_two_corpora_run_in_one_job_to_one_report(tiny, tmp_path):
     assert "@" not in rows[0].name
     again = runner.run_benchmark(cfg, log=lambda *_: None)  # both corpora's rows are found again: nothing retrained
     assert again.runs_done == 0 and again.runs_skipped == 2
+    # the certificate fits both corpora's references from one queue: the same lines as one call per corpus
+    from benchmark.report.convergence import CONVERGENCE_FILE, certify
+
+    speech, results = load_corpus(tiny), tmp_path / "results"
+    both = certify(results, [speech, kw], cfg.cache_dir, log=lambda *_: None, progress=False)
+    written = pd.read_csv(results / CONVERGENCE_FILE, dtype={"run_id": str, "ckpt_hash": str})
+    assert sorted(both["run_id"]) == sorted(written["run_id"]) == sorted(runs["run_id"])
+    (results / CONVERGENCE_FILE).unlink()
+    one_by_one = pd.concat([certify(results, c, cfg.cache_dir, log=lambda *_: None, progress=False)
+                            for c in (speech, kw)])
+    key = ["run_id", "reference_l2", "reference_dev", "reference_test", "reference_iters", "passes"]
+    pd.testing.assert_frame_equal(both[key].sort_values("run_id").reset_index(drop=True),
+                                  one_by_one[key].sort_values("run_id").reset_index(drop=True))
 
 
 # ---------------------------------------------------------------- a corpus that cannot serve a planned task

@@ -24,9 +24,10 @@ def test_dry_run_says_no_fine_tuning_when_none_is_planned(tmp_path, capsys):
     corpus = make_tiny_corpus(tmp_path / "c", n_speakers=2, per_speaker={"train": 2, "dev": 1, "test": 1})
     base = ["--dry-run", "--corpus", str(corpus.root), "--results-dir", str(tmp_path / "r"), "--fractions", "1",
             "--seeds", "1", "--task", "phone_linear"]
-    cases = [([], "fine-tuning: converge"),  # the main job's runs for mockingjay / aalbert
-             (["--no-finetune"], "fine-tuning: none"),
-             (["--upstream", "mel"], "fine-tuning: none"),  # nothing to fine-tune
+    cases = [([], "fine-tuning: none"),  # the main job fine-tunes nothing
+             (["--full"], "fine-tuning: converge"),  # the full job's runs for mockingjay / aalbert
+             (["--full", "--no-finetune"], "fine-tuning: none"),
+             (["--full", "--upstream", "mel"], "fine-tuning: none"),  # nothing to fine-tune
              (["--no-finetune", "--upstream", "mockingjay_random", "--mode", "last,finetune"], "fine-tuning: converge")]
     for extra, want in cases:
         assert main(base + extra) == 0, extra

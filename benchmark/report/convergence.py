@@ -348,30 +348,35 @@ class Certifier:
         return self._fits[key]
 
 
-def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progress: bool = True, workers: int = 2,
-            device: torch.device | str | None = None) -> pd.DataFrame:
-    """Fit the references of every frozen-probe row at its (upstream, task)'s largest and smallest fraction and
-    write results_dir/convergence.csv; returns the table.
+def certify(results_dir: Path, corpus: Corpus | list[Corpus], cache_dir: Path, log=print, progress: bool = True,
+            workers: int = 2, device: torch.device | str | None = None) -> pd.DataFrame:
+    """Fit the references of every frozen-probe row on `corpus` (one, or several: the main job's speech and keyword
+    corpora) at its (upstream, task)'s largest and smallest fraction and write results_dir/convergence.csv; returns
+    the table of those rows.
 
-    `workers` threads certify one upstream checkpoint each at a time (its cached splits loaded once; its rows' fits
-    start from each other's solutions), with the torch threads shared out between them; `device`: where the fits are
-    solved (default: CUDA when present, core.repro.default_device)."""
+    `workers` threads certify one upstream checkpoint of one corpus each at a time (its cached splits loaded once; its
+    rows' fits start from each other's solutions), the costliest first from ONE queue for every corpus given (a
+    corpus's cheap checkpoints fill the last minutes of another's), with the torch threads shared out between them;
+    `device`: where the fits are solved (default: CUDA when present, core.repro.default_device)."""
+    corpora = {c.name: c for c in ([corpus] if isinstance(corpus, Corpus) else corpus)}
     every = read_runs(Path(results_dir) / "runs.csv")
-    for task, reason in exempt_tasks(every.loc[every["corpus"] == corpus.name, "task"]).items():
-        log(f"{task}: exempt from the certificate: {reason}")
+    for name in corpora:
+        for task, reason in exempt_tasks(every.loc[every["corpus"] == name, "task"]).items():
+            log(f"{task}: exempt from the certificate: {reason}")
     eligible = certifiable_rows(every)
-    runs = eligible[eligible["corpus"] == corpus.name]
+    runs = eligible[eligible["corpus"].isin(list(corpora))]
     if runs.empty:
-        raise ValueError(f"{results_dir}/runs.csv: no frozen-probe rows on corpus {corpus.name} to certify")
+        raise ValueError(f"{results_dir}/runs.csv: no frozen-probe rows on corpus {', '.join(corpora)} to certify")
     if workers < 1:
         raise ValueError(f"certify: workers must be >= 1, got {workers}")
-    grp = runs.groupby(["upstream", "preset", "ckpt_hash", "task"])["fraction"]
+    grp = runs.groupby(["corpus", "upstream", "preset", "ckpt_hash", "task"])["fraction"]
     lo, hi = grp.transform("min"), grp.transform("max")
     runs = runs[(runs["fraction"] == lo) | (runs["fraction"] == hi)].assign(_largest=(runs["fraction"] == hi))
-    runs = runs.sort_values(["upstream", "preset", "ckpt_hash", "task", "fraction", "mode", "layer", "seed"])
+    runs = runs.sort_values(["corpus", "upstream", "preset", "ckpt_hash", "task", "fraction", "mode", "layer", "seed"])
+    corpus_of = dict(zip(runs["run_id"], runs["corpus"]))
     path = Path(results_dir) / CONVERGENCE_FILE
-    # the rows of the other corpora (the main job's keyword corpus) certified by an earlier call stay in the file
-    kept = list(_previous(path, eligible[eligible["corpus"] != corpus.name]).values())
+    # the rows of the other corpora certified by an earlier call stay in the file
+    kept = list(_previous(path, eligible[~eligible["corpus"].isin(list(corpora))]).values())
     done = _previous(path, runs)  # resumable: rows certified by an interrupted call are kept
     out = [done[rid] for rid in runs["run_id"] if rid in done]
     todo = runs[~runs["run_id"].isin(done)]
@@ -381,19 +386,23 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
 
     # a fixed-layer reference depends on the examples only (not on the head): a phone_1hidden row takes the fit of
     # the phone_linear row of its layer, fraction and seed, also when that row was certified by an earlier call
-    fitted = {_examples_key(o): o for o in out if o["mode"] in ("last", "layer")}
+    def examples(row) -> tuple:
+        return (corpus_of[row["run_id"]], *_examples_key(row))
+
+    fitted = {examples(o): o for o in out if o["mode"] in ("last", "layer")}
     lock = threading.Lock()
     bar = tqdm(total=len(todo), desc="certificate", unit="row", disable=not progress)
     dev = torch.device(device) if device is not None else default_device()
 
     def one_checkpoint(rows: pd.DataFrame) -> None:
-        """One upstream checkpoint's rows: the smallest fractions' first (seconds each), then the largest (the costly
-        fits: minutes on 2 cores for a frame-level row), so an interrupted call has certified as many as it could."""
-        cert = Certifier(corpus, cache_dir, device=dev)
+        """One upstream checkpoint's rows on one corpus: the smallest fractions' first (seconds each), then the largest
+        (the costly fits: minutes on 2 cores for a frame-level row), so an interrupted call has certified as many as it
+        could."""
+        cert = Certifier(corpora[rows["corpus"].iloc[0]], cache_dir, device=dev)
         for _, r in rows.sort_values("_largest", kind="stable").iterrows():
             t0 = time.perf_counter()
             with lock:
-                same = fitted.get(_examples_key(r)) if r["mode"] in ("last", "layer") else None
+                same = fitted.get(examples(r)) if r["mode"] in ("last", "layer") else None
             ref = cert.reference(r) if same is None else Reference(
                 float(same["reference_l2"]), float(same["reference_dev"]) / 100, float(same["reference_test"]) / 100,
                 int(same["reference_iters"]), bool(same["reference_converged"]))
@@ -401,14 +410,14 @@ def certify(results_dir: Path, corpus: Corpus, cache_dir: Path, log=print, progr
             with lock:
                 out.append(row)
                 if r["mode"] in ("last", "layer"):
-                    fitted.setdefault(_examples_key(row), row)
+                    fitted.setdefault(examples(row), row)
                 atomic_write_text(path, pd.DataFrame(kept + out, columns=list(COLUMNS)).to_csv(index=False))  # every row
                 bar.update()
                 log(f"{r['upstream']} {r['task']} {r['mode']} f={r['fraction']:g} seed {r['seed']}: probe "
                     f"{row['probe_test']:.2f} reference {row['reference_test']:.2f} ({time.perf_counter() - t0:.1f} s)")
 
     # the costliest checkpoints first (frame-level rows at the largest fraction), so that the workers finish together
-    jobs = [g for _, g in todo.groupby(["upstream", "preset", "ckpt_hash"], sort=False)]
+    jobs = [g for _, g in todo.groupby(["corpus", "upstream", "preset", "ckpt_hash"], sort=False)]
     jobs.sort(key=lambda g: -int((g["_largest"] & g["task"].map(lambda t: get_task(t).frame_targets)).sum()))
     n = workers if dev.type == "cpu" else 1  # one device: one fit at a time
     try:
