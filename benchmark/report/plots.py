@@ -89,8 +89,9 @@ def _legends(fig: plt.Figure, colors: dict[str, str], modes: list[str], extra: l
     up = [Line2D([], [], color=c, lw=2.5, label=k) for k, c in colors.items()]
     md = [Line2D([], [], color="0.3", ls=MODE_STYLES.get(m, ("-", "o"))[0], marker=MODE_STYLES.get(m, ("-", "o"))[1],
                  label=MODE_LABELS.get(m, m)) for m in modes] + [h for _, h in extra]
+    # at most 3 upstreams a row: the colour legend stays in the left half, clear of the mode legend on the right
     l1 = fig.legend(handles=up, title="upstream (colour)", loc="upper left", bbox_to_anchor=(0.05, 0.0),
-                    ncol=min(len(up), 5), frameon=False)
+                    ncol=min(len(up), 3), frameon=False)
     fig.add_artist(l1)
     fig.legend(handles=md, title="probe mode (line style)", loc="upper right", bbox_to_anchor=(0.97, 0.0),
                ncol=min(len(md), 2), frameon=False)
