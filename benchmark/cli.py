@@ -331,11 +331,10 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        for corpus in corpora:
-            assert table is not None
-            ids = set(runs.loc[runs["corpus"] == corpus.name, "run_id"])
-            exempt = exempt_tasks(runs.loc[runs["corpus"] == corpus.name, "task"])
-            print(f"corpus {corpus.name}: {summary_markdown(table[table['run_id'].isin(ids)], exempt)}")
+        for corpus in corpora if table is not None else []:
+            mine = runs[runs["corpus"] == corpus.name]
+            print(f"corpus {corpus.name}: "
+                  f"{summary_markdown(table[table['run_id'].isin(mine['run_id'])], exempt_tasks(mine['task']))}")
         return 0 if build_report_if_available(cfg.results_dir) else 1
     if args.dry_run:
         print_plan(cfg)

@@ -6,7 +6,7 @@ Adding a task is one entry in `TASKS` (plus its test). docs/tasks.md describes e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 import numpy as np
@@ -314,6 +314,14 @@ class RunCost:
     weighted_sum: float
 
 
+# Each task's RunCost: the per-run seconds of its groups in the main job (2 fractions x 2 seeds) and the full job (4 x
+# 3) from empty folders on an Intel Xeon with AMX, 2 workers, solved for fixed + per_fraction * f and averaged over
+# the four 4 x 256 Transformer upstreams (docs/benchmark.md, "The main job and --full"); phone_ctc and
+# speaker_verification (one fraction pair in both jobs) split by the steps their probes take at 12.5 % and 100 %.
+# A linear frame probe's (phone_linear) is the default of a task that states none.
+FRAME_COST = RunCost(0.2, 0.75, 2.5)
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A probe: which labels, predicted per frame, per utterance or as a sequence, by which head, trained with which
@@ -339,8 +347,7 @@ class TaskSpec:
     # bfloat16 hardware)
     decode: Callable[..., object] = argmax
     engine: Engine = "stacked"
-    # the expected cost of one run (scheduling only); the default is a linear frame probe's
-    cost: RunCost = field(default_factory=lambda: FRAME_COST)
+    cost: RunCost = FRAME_COST  # the expected cost of one run (scheduling only)
 
     def __post_init__(self) -> None:
         if not isinstance(self.metric, Metric):
@@ -403,12 +410,6 @@ class TaskSpec:
             except ValueError as e:
                 raise ValueError(f"task {self.name}: {e}") from None
 
-
-# Each task's RunCost: the per-run seconds of its groups in the main job (2 fractions x 2 seeds) and the full job (4 x
-# 3) from empty folders on an Intel Xeon with AMX, 2 workers, solved for fixed + per_fraction * f and averaged over
-# the four 4 x 256 Transformer upstreams (docs/benchmark.md, "The main job and --full"); phone_ctc and
-# speaker_verification (one fraction pair in both jobs) split by the steps their probes take at 12.5 % and 100 %.
-FRAME_COST = RunCost(0.2, 0.75, 2.5)
 
 # The four s3prl legacy probes used by TERA and AALBERT (s3prl legacy downstream tasks; TERA, TASLP 2021): docs/tasks.md.
 TASKS: dict[str, TaskSpec] = {
