@@ -284,21 +284,27 @@ CTC_BLANK = 0
 
 def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor) -> Tensor:
     """(T, B, C + 1) log-probabilities, (B, S) padded targets in 1..C -> (B,) losses, each divided by its target
-    length (torch's reduction 'mean', kept per utterance)."""
-    loss = F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=CTC_BLANK, reduction="none",
-                      zero_infinity=True)
+    length (torch's reduction 'mean', kept per utterance). On the CPU by the scaled float64 kernel
+    (downstream.ctcloss: several times faster than torch's there, and closer to the exact values); elsewhere, or where
+    that kernel underflows, by torch's."""
+    loss = None
+    if log_probs.device.type == "cpu" and log_probs.dtype in (torch.float32, torch.float64):
+        from downstream.ctcloss import scaled_ctc_loss  # numba, imported only where it runs (the GPU image has none)
+        loss = scaled_ctc_loss(log_probs, targets, input_lengths, target_lengths, CTC_BLANK)
+    if loss is None:
+        loss = F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=CTC_BLANK, reduction="none",
+                          zero_infinity=True)
     return loss / target_lengths.clamp_min(1).to(loss.dtype)
 
 
 def ctc_greedy(log_probs: Tensor, lengths: Tensor) -> list[list[int]]:
     """Greedy CTC decoding: the best class of every valid frame, runs merged, blanks dropped; labels 0..C-1.
     log_probs (B, T, C + 1), lengths (B,)."""
-    best = log_probs.argmax(-1).cpu()
-    out = []
-    for b, n in zip(best, lengths.tolist()):
-        seq = torch.unique_consecutive(b[:n])
-        out.append([int(k) - 1 for k in seq if int(k) != CTC_BLANK])
-    return out
+    best = log_probs.argmax(-1).cpu()  # (B, T)
+    keep = best != CTC_BLANK
+    keep[:, 1:] &= best[:, 1:] != best[:, :-1]  # the first frame of each run
+    keep &= torch.arange(best.shape[1]) < lengths.cpu()[:, None]
+    return [(b[k] - 1).tolist() for b, k in zip(best, keep)]
 
 
 @dataclass(frozen=True)

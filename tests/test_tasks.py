@@ -114,6 +114,11 @@ def test_phone_sequences_collapse_runs_and_drop_silence(tiny):  # noqa: F811
     for t, k in enumerate([0, 2, 2, 0, 2, 3, 1]):
         lp[0, t, k] = 0.0
     assert ctc_greedy(lp, torch.tensor([6])) == [[1, 1, 2]]
+    # a padded batch: each utterance decoded as alone, on its own frames
+    g = torch.Generator().manual_seed(0)
+    lp, lengths = torch.randn(5, 30, 4, generator=g), torch.tensor([30, 1, 17, 0, 29])
+    alone = [[int(k) - 1 for k in torch.unique_consecutive(b[:n].argmax(-1)) if k != 0] for b, n in zip(lp, lengths)]
+    assert ctc_greedy(lp, lengths) == alone and alone[3] == [] and sum(map(len, alone)) > 20
 
 
 def test_ctc_probe_learns_and_its_per_decreases(tiny, mel_src):  # noqa: F811
