@@ -146,6 +146,22 @@ def test_build_report_writes_everything(tmp_path):
     assert not list(results.rglob("*.tmp"))  # atomic writes leave no temp files behind
 
 
+def test_a_forced_rerun_supersedes_its_row_everywhere_in_the_report(tmp_path):
+    """A --force re-run appends its rows: the report counts, averages and plots the later row only."""
+    df = synthetic_runs(**SMALL)
+    ws = (df["mode"] == "weighted_sum") & (df["upstream"] == "mockingjay") & (df["task"] == "phone_linear")
+    rerun = df[ws].assign(layer_weights="0.7;0.1;0.1;0.1", test_metric=0.123)
+    results = _write(tmp_path, pd.concat([df, rerun]))
+    text = build_report(results).read_text()
+    assert f"{len(df)}/{len(df)} runs trained until dev stopped improving" in text
+    weights = pd.read_csv(results / "tables" / "layer_weights.csv")
+    mj = weights[(weights["upstream"] == "mockingjay") & (weights["task"] == "phone_linear")]
+    assert mj["weight_mean"].round(6).tolist() == [0.7, 0.1, 0.1, 0.1] and (mj["weight_std"] == 0).all()
+    table = pd.read_csv(results / "tables" / "phone_linear.csv")
+    assert set(table.loc[(table["upstream"] == "mockingjay") & (table["mode"] == "weighted_sum"), "test_mean"]
+               .round(3)) == {0.123}
+
+
 def test_build_report_drops_stale_plots_and_includes_cost_and_attention(tmp_path):
     df = synthetic_runs(**SMALL)
     results = _write(tmp_path, df)

@@ -77,17 +77,23 @@ def ci95_halfwidth(values: np.ndarray) -> float:
     return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
 
 
+def standing_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that stand: a configuration and seed recorded twice (a `--force` re-run) keeps its last row, so
+    tables, plots, counts and paired tests never count a seed twice or read a superseded row."""
+    return df.drop_duplicates(subset=[*LEADERBOARD_KEYS, "metric", "seed"], keep="last")
+
+
 def aggregate_runs(df: pd.DataFrame) -> pd.DataFrame:
     """One row per LEADERBOARD_KEYS (+ metric): seeds aggregated to mean, sample std and 95% CI half-width.
 
-    A repeated (key, seed) pair (a run recorded twice) keeps its last row so seeds are never double-counted.
+    A repeated (key, seed) pair (a run recorded twice) keeps its last row (`standing_rows`).
     Each key's rows are numpy slices of whole columns (a sweep of 10,000 rows has thousands of keys, and a pandas
     sub-frame per key cost most of the report's time), reduced by the same numpy calls in the rows' order.
     """
     if df.empty:
         return pd.DataFrame(columns=list(AGG_COLUMNS))
     keys = [*LEADERBOARD_KEYS, "metric"]
-    df = df.drop_duplicates(subset=[*keys, "seed"], keep="last")
+    df = standing_rows(df)
     gid = df.groupby(keys, sort=True, dropna=False).ngroup().to_numpy()  # numbered in sorted key order
     order = np.argsort(gid, kind="stable")  # within a key, the rows keep their order
     groups = np.split(order, np.flatnonzero(np.diff(gid[order])) + 1)

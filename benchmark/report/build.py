@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.record.aggregate import aggregate_runs, read_runs
+from benchmark.record.aggregate import aggregate_runs, read_runs, standing_rows
 from benchmark.record.schema import COMMAND_FILE
 from benchmark.report import plots
 from benchmark.report.checks import checks_markdown, science_checks
@@ -122,7 +122,7 @@ def build_report(results_dir: Path) -> Path:
     """Build results_dir/REPORT.md, tables/<task>.{md,csv}, plots/*.png and the HTML site (site/index.html and its
     pages) from results_dir/runs.csv; returns REPORT.md's path."""
     results_dir = Path(results_dir)
-    runs = read_runs(results_dir / "runs.csv")
+    runs = standing_rows(read_runs(results_dir / "runs.csv"))
     # panels and tables are per task: a task run on several corpora is kept apart by naming the corpus in it (a task
     # on a corpus of its own, as the main job's keyword spotting, keeps its name)
     shared = runs.groupby("task")["corpus"].transform("nunique") > 1

@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from benchmark.cache.reader import CacheEntry, EntryQuery, find_entry
-from benchmark.record.aggregate import read_runs
+from benchmark.record.aggregate import read_runs, standing_rows
 from core.frames import FrameRule
 from core.io import atomic_write_text
 from core.parallel import run_parallel
@@ -359,7 +359,7 @@ def certify(results_dir: Path, corpus: Corpus | list[Corpus], cache_dir: Path, l
     corpus's cheap checkpoints fill the last minutes of another's), with the torch threads shared out between them;
     `device`: where the fits are solved (default: CUDA when present, core.repro.default_device)."""
     corpora = {c.name: c for c in ([corpus] if isinstance(corpus, Corpus) else corpus)}
-    every = read_runs(Path(results_dir) / "runs.csv")
+    every = standing_rows(read_runs(Path(results_dir) / "runs.csv"))  # a superseded row is not certified
     for name in corpora:
         for task, reason in exempt_tasks(every.loc[every["corpus"] == name, "task"]).items():
             log(f"{task}: exempt from the certificate: {reason}")

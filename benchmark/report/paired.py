@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.record.aggregate import standing_rows
 from benchmark.record.outcomes import read_outcomes
 from benchmark.record.schema import LEADERBOARD_KEYS
 
@@ -71,7 +72,7 @@ def cell_outcomes(agg: pd.DataFrame, runs: pd.DataFrame, results_dir: Path) -> p
     """For each aggregated cell of `agg` (benchmark.record.aggregate.aggregate_runs of `runs`), its seeds' outcomes
     (a tuple of Units, in the rows' order), or None when a seed's run recorded none."""
     keys = [*LEADERBOARD_KEYS, "metric"]
-    runs = runs.drop_duplicates(subset=[*keys, "seed"], keep="last")  # the rows aggregate_runs keeps
+    runs = standing_rows(runs)  # the rows aggregate_runs keeps
     ident = lambda frame: frame[keys].astype(str).agg("\x1f".join, axis=1)  # noqa: E731  (NaN keys compare as text)
     by_cell: dict[str, tuple[Units, ...] | None] = {}
     for cell, ids in runs.groupby(ident(runs), sort=False)["run_id"]:
