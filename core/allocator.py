@@ -7,9 +7,12 @@ group of 12 probes: several (12, 2,048, 768) tensors of 38 MB), so every step ma
 4 KiB page to zero them and unmapped them again: a quarter of the main job's CPU time was spent in the kernel.
 `keep_freed_blocks` serves every block from the heap instead (no mapping per step: the freed activations are reused
 at the next step), and `release` hands everything freed back to the OS (`malloc_trim`) at the end of each pass over
-a group's data, each point of an L2 path and each group, so what a process holds is what is live
+a group's streamed data, each point of an L2 path and each group, so what a process holds is what is live
 plus one pass's slack, not the slack of everything it ran before (perf/probe_groups.py --mapped measures both rules
 on one group; perf/probe_memory.py measures how memory grows with the corpus: docs/scale.md).
+
+A pass over rows held in memory frees only its activations, which the next pass allocates again: it keeps them
+(malloc_trim drops the pages of every free block, and each page was faulted in again at the next pass's first step).
 
 Outside training (planning, labels, whitening, extraction, certificates) a process keeps `map_large_blocks`: every
 block of 4 MiB or more mapped on its own and unmapped when freed. Those phases allocate large transients between

@@ -91,6 +91,11 @@ class RowStore:
                 x[int(self._starts[k]): int(self._starts[k + 1])] = self._read(rows[k])
             self._resident = (x, np.concatenate(rows))
 
+    @property
+    def streamed(self) -> bool:
+        """Whether requests read the cache file again (else the rows are held)."""
+        return self._resident is None
+
     def _rows(self, k: int) -> np.ndarray:
         a, b = k * BLOCK_ROWS, min(self.n_rows, (k + 1) * BLOCK_ROWS)
         rows = np.arange(a, b, dtype=np.int64)
@@ -237,5 +242,6 @@ class ChunkFeed:
                     x = self.buffers.gather(chunk.x, held).view(len(pos), B, *chunk.x.shape[1:])
                     yield Batch((x, chunk.y[idx].view(len(pos), B), ok, pos), active)
                 del chunk  # freed before the next is read: one streamed chunk in memory at a time, not two
-            release()  # a pass's freed chunks and activations back to the OS (core.allocator)
+            if store.streamed:  # its freed chunks back to the OS (core.allocator); a resident store's pass frees
+                release()  # only activations, which the next pass takes again: trimmed, each page faulted back in
             yield Batch(None, torch.zeros(len(self.ids), dtype=torch.bool), pass_end=True)

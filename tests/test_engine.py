@@ -96,6 +96,21 @@ def test_a_streamed_group_holds_one_chunk_at_a_time(tiny, mj_src, tmp_path, monk
     assert len(held_while_reading) > 6 and max(held_while_reading) == 0
 
 
+def test_a_pass_returns_freed_memory_only_where_it_streamed_its_rows(tiny, mj_src, tmp_path, monkeypatch):  # noqa: F811
+    """A pass over streamed rows hands its freed chunks back to the OS (memory does not grow with the corpus); a pass
+    over rows held in memory frees only activations the next pass takes again, so it keeps them (each trim made every
+    page of them fault in again at the next pass's first step)."""
+    task = get_task("phone_linear")
+    labels, n_cls = _labels(tiny, task), len(tiny.phones)
+    passes: list[int] = []
+    monkeypatch.setattr(feeds, "release", lambda: passes.append(1))
+    specs = [ProbeSpec(tuple(range(24)), 0)]
+    held = train_probes(task, LayerMode("weighted_sum"), mj_src, labels, specs, n_cls, CFG)
+    assert passes == [] and held[0].steps > 0
+    train_probes(task, LayerMode("weighted_sum"), _on_disk(mj_src, tmp_path), labels, specs, n_cls, CFG, memory=0)
+    assert len(passes) >= 3  # one release per pass
+
+
 def test_reads_do_not_go_through_the_memory_map(mj_src, tmp_path):  # noqa: F811
     disk = _on_disk(mj_src, tmp_path)
     a = disk.read("train", 2, 10, 50)
