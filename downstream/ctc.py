@@ -32,10 +32,20 @@ def _padded(seqs: list[np.ndarray], idx: list[int]) -> tuple[Tensor, Tensor]:
     return pad_sequence(ys, batch_first=True), lengths
 
 
+def padded(rows: Tensor, lengths: Tensor) -> Tensor:
+    """(sum of lengths, C) rows of consecutive utterances -> (B, T, C), zeros past each utterance's end. One gather,
+    so its backward is one scatter: pad_sequence writes each utterance into a zero tensor in place, and autograd
+    then copied the whole gradient once per utterance (most of a CTC step's backward pass)."""
+    lengths = lengths.to(rows.device)
+    starts = torch.cumsum(lengths, 0) - lengths
+    frames = torch.arange(int(lengths.max()), device=rows.device)
+    idx = torch.where(frames < lengths[:, None], starts[:, None] + frames, len(rows))  # past the end: the zero row
+    return torch.cat([rows, rows.new_zeros(1, rows.shape[1])])[idx]
+
+
 def log_probs(probe: Probe, hidden: Tensor, lengths: Tensor) -> Tensor:
-    """Flat hidden states (L, sum of lengths, D) -> (B, T, outputs) padded log-probabilities."""
-    out = probe(hidden)  # (sum of lengths, outputs)
-    return pad_sequence(list(torch.split(out, lengths.tolist())), batch_first=True).log_softmax(-1)
+    """Flat hidden states (L, sum of lengths, D) -> (B, T, outputs) padded log-probabilities (zeros past the ends)."""
+    return padded(probe(hidden).log_softmax(-1), lengths)  # log-softmax of each frame: (sum of lengths, outputs)
 
 
 def _sequences(labels: SplitLabels) -> list[np.ndarray]:

@@ -316,3 +316,21 @@ def test_utterance_probes_of_a_sweep_train_as_one_group_with_the_results_of_each
             assert _fields(g) == _fields(alone) == _fields(s), (task.name, spec.seed)
         for a, b in ((0, 1), (0, 2)):  # three different probes (subset, seed), not one result copied
             assert any(not torch.equal(group[a].state[k], group[b].state[k]) for k in group[a].state)
+
+
+def test_ctc_padding_is_pad_sequence_with_one_gather():
+    """downstream.ctc.padded gives pad_sequence's tensor and the same gradient (one scatter, not a copy per utterance)."""
+    from torch.nn.utils.rnn import pad_sequence
+
+    from downstream.ctc import padded
+
+    lengths = torch.tensor([5, 1, 3])
+    rows = torch.randn(9, 4, generator=torch.Generator().manual_seed(0))
+    w = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for pad in (lambda r: padded(r, lengths), lambda r: pad_sequence(list(torch.split(r, [5, 1, 3])), batch_first=True)):
+        x = rows.clone().requires_grad_(True)
+        out = pad(x)
+        (out * w).sum().backward()
+        grads.append((out.detach(), x.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
