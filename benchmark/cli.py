@@ -331,7 +331,7 @@ def run_command(args: argparse.Namespace, cfg: BenchmarkConfig, argv: list[str] 
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        for corpus in corpora if table is not None else []:
+        for corpus in corpora:  # none when no corpus of the plan has rows (and certify did not run)
             mine = runs[runs["corpus"] == corpus.name]
             print(f"corpus {corpus.name}: "
                   f"{summary_markdown(table[table['run_id'].isin(mine['run_id'])], exempt_tasks(mine['task']))}")

@@ -242,6 +242,8 @@ class ChunkFeed:
                     x = self.buffers.gather(chunk.x, held).view(len(pos), B, *chunk.x.shape[1:])
                     yield Batch((x, chunk.y[idx].view(len(pos), B), ok, pos), active)
                 del chunk  # freed before the next is read: one streamed chunk in memory at a time, not two
-            if store.streamed:  # its freed chunks back to the OS (core.allocator); a resident store's pass frees
-                release()  # only activations, which the next pass takes again: trimmed, each page faulted back in
+            # a streamed pass's freed chunks go back to the OS (core.allocator); a held store's pass frees only
+            # activations, which the next pass takes again (trimmed, each of their pages would fault back in)
+            if store.streamed:
+                release()
             yield Batch(None, torch.zeros(len(self.ids), dtype=torch.bool), pass_end=True)
