@@ -3,6 +3,7 @@
     ProbeConfig(trainer, patience, min_delta, max_steps, fixed_steps)   # the stopping rule every probe shares
       trainer = Minibatch(optimizer, batch_size, grad_clip, eval_every, min_eval_steps, lr_decay)
                   optimizer = SGD(lr, momentum, weight_decay)            # frozen probes
+                            | NaturalSGD(lr, momentum, damping, fisher_decay, fisher_rows, mix_lr)  # linear probes
                             | AdamW(lr, weight_decay)                    # frozen probes
                             | FinetuneAdamW(lr, upstream_lr, weight_decay)  # fine-tuning: head and upstream
               | L2Path(l2_grid, rtol)                                    # full-batch L-BFGS, strongest L2 first
@@ -54,6 +55,38 @@ class SGD:
 
 
 @dataclass(frozen=True)
+class NaturalSGD:
+    """SGD with Nesterov momentum on the natural gradient of a linear softmax head: K-FAC (Martens & Grosse 2015,
+    "Optimizing Neural Networks with Kronecker-factored Approximate Curvature", ICML) for one layer whose inputs are
+    whitened. K-FAC approximates the Fisher of a linear layer as E[x x^T] (x) E[g g^T], g the loss gradient at the
+    logits; the whitening makes the first factor the identity, so the natural gradient is the gradient times the
+    inverse of the second, the softmax's C x C covariance E[diag(p) - p p^T] under the model's own predictions.
+    That factor is what plain SGD is slow along: with many classes and spread predictions (one of 100 speakers per
+    frame) its eigenvalues are ~1/C, and SGD's step that is stable on near-chance features crawls on informative
+    ones (docs/benchmark.md). The factor is a running average over minibatches (`fisher_decay`, bias-corrected as
+    Adam's moments) of estimates on `fisher_rows` rows of each minibatch (on all 4,096 the estimate cost as much as the
+rest of a step), damped by `damping` x its mean diagonal before it is inverted. The mix weights of a weighted
+    sum are not part of the layer: they take a plain SGD step at `mix_lr`."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    damping: float = 1e-3
+    fisher_decay: float = 0.95
+    fisher_rows: int = 512  # rows of each minibatch (its first, in its shuffled order) the factor is estimated on
+    mix_lr: float = 0.5
+
+    def __post_init__(self) -> None:
+        _positive(self, "lr")
+        _positive(self, "damping")
+        _positive(self, "mix_lr")
+        _at_least_one(self, "fisher_rows")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"NaturalSGD.momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.fisher_decay < 1:
+            raise ValueError(f"NaturalSGD.fisher_decay must be in [0, 1), got {self.fisher_decay}")
+
+
+@dataclass(frozen=True)
 class AdamW:
     """Minibatch AdamW (torch's defaults for betas and eps): the MLP head and the whole-utterance tasks."""
 
@@ -82,7 +115,7 @@ class FinetuneAdamW:
 class Minibatch:
     """Minibatch training in the loop every such probe shares (downstream.loop)."""
 
-    optimizer: SGD | AdamW | FinetuneAdamW = AdamW()
+    optimizer: SGD | NaturalSGD | AdamW | FinetuneAdamW = AdamW()
     batch_size: int = 1024  # examples per step: frames (frame-level tasks) or utterances (utterance-level)
     grad_clip: float = 1.0
     eval_every: int = 0  # steps between dev evaluations; 0 = one pass over the training subset
@@ -179,7 +212,7 @@ class ProbeConfig:
 
 
 # the minibatch optimisers by name (perf/probe_settings.py's --set optimizer=...)
-OPTIMIZERS: dict[str, type] = {"sgd": SGD, "adamw": AdamW}
+OPTIMIZERS: dict[str, type] = {"sgd": SGD, "ngd": NaturalSGD, "adamw": AdamW}
 
 
 def settable(cfg: ProbeConfig) -> dict[str, Any]:

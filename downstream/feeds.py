@@ -1,14 +1,21 @@
 """What a group of frozen probes reads, and in which order: blocks of a split's rows, resident or streamed.
 
 A split's rows (frames, or one mean per utterance for utterance-level tasks) are laid out flat, as the feature
-cache stores them, and cut into blocks of BLOCK_ROWS rows. Training pass k visits the blocks in a permutation
-fixed by k alone, CHUNK_BLOCKS blocks at a time (a chunk); inside a chunk each probe takes its own rows (those of
-its training utterances), shuffled by its own generator, in minibatches. A probe's batches therefore depend on
-its seed, its subset and the corpus only: never on which other probes train beside it, nor on where the rows
-came from. Every block is whitened as it is read (the transforms fitted on the train split in one streaming pass,
-downstream.heads.Whitening) and kept in the group's row dtype (the model's compute dtype when it is bfloat16, else the
-cache's float16), one block at a time, so a row is the same bits whether the block was read once and held or read
-again. The rows a group needs stay resident (on the GPU
+cache stores them, and grouped into blocks of BLOCK_ROWS rows: what is read, whitened and held as one unit.
+Evaluation splits are cut into contiguous blocks. The training split's blocks are SCATTERED: each is
+BLOCK_ROWS // PIECE_ROWS pieces of PIECE_ROWS consecutive rows drawn from the whole split (a fixed permutation),
+because consecutive rows are one utterance's frames and consecutive utterances one speaker's. With contiguous
+blocks a chunk of the built-in corpus's 10-ms frames held 28-48 of its 100 speakers (30-ms frames: 61-71) and none
+of the others' frames, so each stretch of minibatches pulled a speaker probe towards those; scattered, every chunk
+holds all 100 in about their proportions (perf/feed_coverage.py). The natural-gradient probe, whose step grows where
+predictions are spread thin, moved furthest off (docs/benchmark.md). Training pass k visits the
+blocks in a permutation fixed by k alone, CHUNK_BLOCKS blocks at a time (a chunk); inside a chunk each probe takes
+its own rows (those of its training utterances), shuffled by its own generator, in minibatches. A probe's batches
+therefore depend on its seed, its subset and the corpus only: never on which other probes train beside it, nor on
+where the rows came from. Every block is whitened as it is read (the transforms fitted on the train split in one
+streaming pass, downstream.heads.Whitening) and kept in the group's row dtype (the model's compute dtype when it is
+bfloat16, else the cache's float16), one block at a time, so a row is the same bits whether the block was read once
+and held or read again. The rows a group needs stay resident (on the GPU
 when there is one) when they fit in the memory budget and are read from the cache again for every chunk when
 they do not, so the memory a probe run holds does not grow with the corpus.
 """
@@ -28,7 +35,8 @@ from downstream.heads import Whitening
 from downstream.loop import Batch
 from downstream.sources import ArraySource
 
-BLOCK_ROWS = 2048  # rows a block: the unit of a pass's order (a few utterances of frames)
+BLOCK_ROWS = 2048  # rows a block: what is read, whitened and held as one unit, and the unit of a pass's order
+PIECE_ROWS = 16  # rows a piece: a training split's blocks are drawn from the whole split in pieces this long
 CHUNK_BLOCKS = 32  # blocks a chunk (65,536 rows): what is read, and shuffled within, at once
 EVAL_ROWS = 8192  # rows per evaluation matmul: bounds the (probes, rows, classes) logits held at once
 SCHEDULE_SEED = 0x5CED
@@ -66,21 +74,21 @@ class RowStore:
 
     def __init__(self, source: ArraySource, split: str, layers: list[int], whiten: list[Whitening], labels: np.ndarray,
                  keep_utts: np.ndarray | None, resident: bool, device: torch.device,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, scattered: bool = False) -> None:
         self.source, self.split, self.layers, self.whiten, self.device = source, split, list(layers), whiten, device
         stored = torch.from_numpy(np.zeros(0, dtype=source.splits[split].hidden.dtype)).dtype
         self.dtype = stored if dtype is None else dtype
         self.offsets = source.splits[split].offsets
         self.n_rows = int(self.offsets[-1])
-        self.n_blocks = max(1, math.ceil(self.n_rows / BLOCK_ROWS))
+        self._blocks, self._run = block_layout(self.n_rows, scattered), run_rows(scattered)
+        self.n_blocks = len(self._blocks)
         self.keep_utts = keep_utts
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         if len(self.labels) != self.n_rows:
             raise ValueError(f"{split}: {len(self.labels)} labels for {self.n_rows} rows")
-        # utterance range of every block, to skip blocks holding no row of the probes still training
-        starts = np.arange(self.n_blocks) * BLOCK_ROWS
-        self.block_utts = (np.searchsorted(self.offsets, starts, side="right") - 1,
-                           np.searchsorted(self.offsets, np.minimum(starts + BLOCK_ROWS, self.n_rows) - 1, side="right") - 1)
+        # the utterances of every block, to skip blocks holding no row of the probes still training
+        self.block_utts = [np.unique(np.searchsorted(self.offsets, self._span(k), side="right") - 1)
+                           for k in range(self.n_blocks)]
         self._resident: tuple[Tensor, np.ndarray] | None = None
         if resident:  # filled block by block into one allocation: never a second copy of the rows
             rows = [self._rows(k) for k in range(self.n_blocks)]
@@ -96,9 +104,13 @@ class RowStore:
         """Whether requests read the cache file again (else the rows are held)."""
         return self._resident is None
 
+    def _span(self, k: int) -> np.ndarray:
+        """Every row of block k, sorted."""
+        return block_rows(self._blocks[k], self._run, self.n_rows)
+
     def _rows(self, k: int) -> np.ndarray:
-        a, b = k * BLOCK_ROWS, min(self.n_rows, (k + 1) * BLOCK_ROWS)
-        rows = np.arange(a, b, dtype=np.int64)
+        """The rows of block k this store holds (those of `keep_utts`), sorted."""
+        rows = self._span(k)
         if self.keep_utts is not None:
             rows = rows[self.keep_utts[np.searchsorted(self.offsets, rows, side="right") - 1]]
         return rows
@@ -107,17 +119,17 @@ class RowStore:
         """The whitened rows `rows` (sorted, within one block), (len(rows), L, D) in the held dtype."""
         if len(rows) == 0:
             return torch.empty(0, len(self.layers), self.source.hidden_size, dtype=self.dtype)
-        a, b = int(rows[0]), int(rows[-1]) + 1
-        sel = torch.from_numpy(rows - a)
+        # one positioned read per run of consecutive rows (a contiguous block: one; a scattered block: a few per piece)
+        cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+        runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(rows, cuts)]
         with torch.no_grad():
-            x = [w(self.source.read(self.split, k_, a, b).index_select(0, sel).float()).to(self.dtype)
+            x = [w(torch.cat([self.source.read(self.split, k_, a, b) for a, b in runs]).float()).to(self.dtype)
                  for k_, w in zip(self.layers, self.whiten)]
         return torch.stack(x, 1)
 
     def has_rows(self, k: int, utts: np.ndarray) -> bool:
         """Whether block k holds a row of one of the utterances marked in `utts` (bool, n_utts)."""
-        lo, hi = self.block_utts[0][k], self.block_utts[1][k]
-        return bool(utts[lo: hi + 1].any())
+        return bool(utts[self.block_utts[k]].any())
 
     def chunk(self, blocks: list[int]) -> Chunk:
         at = None
@@ -142,6 +154,29 @@ class RowStore:
     def chunks(self) -> "list[list[int]]":
         """Every block in order, CHUNK_BLOCKS at a time (evaluation)."""
         return [list(range(a, min(self.n_blocks, a + CHUNK_BLOCKS))) for a in range(0, self.n_blocks, CHUNK_BLOCKS)]
+
+
+def block_layout(n_rows: int, scattered: bool) -> list[np.ndarray]:
+    """The blocks of a split of `n_rows` rows, each as the first rows of its runs (sorted) of `run_rows(scattered)`
+    consecutive rows: contiguous, one run of BLOCK_ROWS rows; `scattered`, BLOCK_ROWS // PIECE_ROWS pieces drawn from
+    the whole split by a permutation fixed by SCHEDULE_SEED alone."""
+    if not scattered:
+        return [np.array([a]) for a in range(0, max(n_rows, 1), BLOCK_ROWS)]
+    perm = torch.randperm(max(1, math.ceil(n_rows / PIECE_ROWS)),
+                          generator=torch.Generator().manual_seed(SCHEDULE_SEED)).numpy()
+    per_block = max(1, BLOCK_ROWS // PIECE_ROWS)
+    return [np.sort(perm[a: a + per_block]) * PIECE_ROWS for a in range(0, len(perm), per_block)]
+
+
+def run_rows(scattered: bool) -> int:
+    """Rows in each run of a block of `block_layout`."""
+    return PIECE_ROWS if scattered else BLOCK_ROWS
+
+
+def block_rows(starts: np.ndarray, length: int, n_rows: int) -> np.ndarray:
+    """Every row of a block given as the starts of its runs of `length` rows, sorted (the split ends at n_rows)."""
+    rows = (starts[:, None] + np.arange(length)).ravel()
+    return rows[rows < n_rows]
 
 
 def pass_order(n_blocks: int, k: int) -> list[list[int]]:

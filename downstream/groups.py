@@ -23,7 +23,7 @@ from downstream.probe import INIT_LOCK, ProbeResult, ProbeSpec
 from downstream.sources import ArraySource
 from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe, fast_bfloat16, probes_of
 from downstream.stopping import Stopping
-from downstream.tasks import TaskSpec
+from downstream.tasks import TaskSpec, cross_entropy
 
 # bytes a group of frozen probes may hold resident (its rows as stored) in host memory; larger groups stream from the
 # cache. Every group of the main job fits (the largest, a 4 x 256 weighted sum on 30-ms frames, holds 378 MB), and
@@ -44,8 +44,8 @@ def resident_budget(device: torch.device) -> int:
 class StackedModel:
     """The loop's view of a group: stacked heads, the dev rows they are scored on, each probe's best weights."""
 
-    def __init__(self, heads: StackedHeads, dev: RowStore, task: TaskSpec) -> None:
-        self.heads, self.dev, self.task = heads, dev, task
+    def __init__(self, heads: StackedHeads, dev: RowStore, task: TaskSpec, opt: StackedOptimizer) -> None:
+        self.heads, self.dev, self.task, self.opt = heads, dev, task, opt
         self.ids = torch.arange(heads.size)
         self.best = [p.detach().clone() for p in heads.params]  # every probe's weights at its best dev point
 
@@ -53,6 +53,8 @@ class StackedModel:
         x, y, ok, pos = batch.data
         sub = [probes_of(p, pos) for p in self.heads.params]
         logits = self.heads.forward(x, sub)  # (A', B, C)
+        if self.opt.wants_curvature:
+            self.opt.observe(logits, ok)
         A, B = y.shape
         per_row = self.task.loss(logits.reshape(A * B, -1), y.reshape(-1)).view(A, B)
         w = ok.float()
@@ -128,7 +130,7 @@ def tally(task: TaskSpec, heads: StackedHeads, params: list[Tensor], store: RowS
 def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[Whitening], layers: list[int],
               per_row: dict[str, np.ndarray], targets: dict[str, Targets], probes: list[ProbeSpec], n_classes: int,
               cfg: ProbeConfig, device: torch.device, memory: int | None, progress: bool) -> list[ProbeResult]:
-    """Train `probes` (SGD or AdamW: cfg's Minibatch trainer) as one batched model until each has stopped; test at
+    """Train `probes` (SGD, natural-gradient SGD or AdamW: cfg's Minibatch trainer) as one batched model until each has stopped; test at
     each one's best dev point. Their rows stay resident when they fit `memory` bytes (None: `resident_budget`)."""
     P = len(probes)
     member = torch.zeros(P, len(rows.lengths("train")), dtype=torch.bool)
@@ -142,17 +144,22 @@ def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
     # of their 11 significant bits, far below the minibatch noise); weights, gradients and optimiser stay float32
     compute = torch.bfloat16 if fast_bfloat16(device) else torch.float32
     held = compute if compute != torch.float32 else None  # float32 models read float16 rows, converted per batch
+    # the training rows in scattered blocks: a chunk holds pieces of most utterances, so its minibatches carry most
+    # classes (speakers) in proportion; dev and test are read in order
     stores = {s: RowStore(rows, s, layers, whiten, per_row[s], union if s == "train" else None, resident, device,
-                          held) for s in PROBE_SPLITS}
+                          held, scattered=s == "train") for s in PROBE_SPLITS}
     with INIT_LOCK:
         heads = []
         for spec in probes:
             seed_everything(spec.seed)
             heads.append(task.head(rows.hidden_size, n_classes))
     stacked = StackedHeads(heads, len(layers), mode.kind == "weighted_sum", device, compute)
-    model = StackedModel(stacked, stores["dev"], task)
     mb = cfg.minibatch
     opt = StackedOptimizer.of(mb.optimizer, stacked)
+    if opt.wants_curvature and task.loss is not cross_entropy:
+        raise ValueError(f"task {task.name}: natural-gradient SGD preconditions a softmax cross-entropy head; this "
+                         "task's loss is another")
+    model = StackedModel(stacked, stores["dev"], task, opt)
     gens = [torch.Generator().manual_seed(spec.seed * 1_000_003 + 1) for spec in probes]
     feed = ChunkFeed(stores["train"], member, gens, mb.batch_size, compute)
     stop = Stopping(P, cfg, task.metric)

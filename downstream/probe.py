@@ -22,6 +22,10 @@ from downstream.tasks import TaskSpec
 # it are never mixed in silently. "ctc" 4 and "verification" 5: their whitened frames are held and read in float16
 # (the cache's precision), as the stacked engine's rows are; verification rows also keep minDCF
 ENGINE_VERSIONS: dict[str, int] = {"stacked": 3, "ctc": 4, "verification": 5}
+# the version of the order in which the stacked engine feeds training rows to its minibatch probes (downstream.feeds),
+# part of the run id of every frozen minibatch probe of that engine (its L2-path probes read no minibatches): 2, the
+# training split's blocks scattered over the whole split in pieces
+FEED_VERSION = 2
 # the global RNGs: probes built (seeded) in parallel threads must not interleave there
 INIT_LOCK = threading.Lock()
 

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from downstream.config import SGD, AdamW
+from downstream.config import SGD, AdamW, NaturalSGD
 
 
 def fast_bfloat16(device: torch.device) -> bool:
@@ -212,28 +212,61 @@ def clip_per_probe(params: list[Tensor], max_norm: float) -> None:
 
 
 class StackedOptimizer:
-    """SGD (Nesterov momentum) or AdamW over the stacked parameters of `heads`, with a learning rate per probe and a
-    mask of the probes that step (a probe without examples in a chunk keeps its weights and its optimiser state)."""
+    """SGD (Nesterov momentum), natural-gradient SGD (downstream.config.NaturalSGD) or AdamW over the stacked
+    parameters of `heads`, with a learning rate per probe and a mask of the probes that step (a probe without examples
+    in a chunk keeps its weights and its optimiser state)."""
 
-    def __init__(self, kind: Literal["sgd", "adamw"], heads: StackedHeads, lr: float, momentum: float = 0.9,
-                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    def __init__(self, kind: Literal["sgd", "ngd", "adamw"], heads: StackedHeads, lr: float, momentum: float = 0.9,
+                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 damping: float = 1e-3, fisher_decay: float = 0.95, fisher_rows: int = 512,
+                 mix_lr: float | None = None) -> None:
         self.kind, self.momentum, self.weight_decay, self.betas, self.eps = kind, momentum, weight_decay, betas, eps
+        self.damping, self.fisher_decay, self.fisher_rows = damping, fisher_decay, fisher_rows
         self.heads = heads
         params = heads.params
         P = len(params[0])
+        if kind == "ngd" and heads.ops != ["linear"]:
+            raise ValueError("natural-gradient SGD preconditions a linear head (one layer); this head has "
+                             f"{heads.ops.count('linear')} linear layers")
         self.lr = torch.full((P,), lr, device=params[0].device)
-        self.t = torch.zeros(P, device=params[0].device)  # AdamW: steps taken per probe (bias correction)
-        self.state = [[torch.zeros_like(p) for _ in range(1 if kind == "sgd" else 2)] for p in params]
+        # a weighted sum's mix logits under natural-gradient SGD: their own plain-SGD step (scaled with `lr` on decay)
+        self.mix_scale = (mix_lr / lr) if (kind == "ngd" and heads.mix and mix_lr is not None) else 1.0
+        self.t = torch.zeros(P, device=params[0].device)  # steps taken per probe (AdamW's and NGD's bias corrections)
+        self.state = [[torch.zeros_like(p) for _ in range(1 if kind in ("sgd", "ngd") else 2)] for p in params]
+        C = int(params[0].shape[-1])
+        # NGD: each probe's running average of the softmax covariance (C x C), and the minibatch's, from the loss
+        self.fisher = torch.zeros(P, C, C, device=params[0].device) if kind == "ngd" else None
+        self._observed: Tensor | None = None
         self._buffers: dict[tuple, tuple[Tensor, Tensor]] = {}  # AdamW's step temporaries, by parameter shape
 
     @classmethod
-    def of(cls, opt: SGD | AdamW, heads: StackedHeads) -> "StackedOptimizer":
+    def of(cls, opt: SGD | NaturalSGD | AdamW, heads: StackedHeads) -> "StackedOptimizer":
         """The stacked form of a probe's minibatch optimiser (downstream.config)."""
         if isinstance(opt, SGD):
             return cls("sgd", heads, opt.lr, opt.momentum, opt.weight_decay)
+        if isinstance(opt, NaturalSGD):
+            return cls("ngd", heads, opt.lr, opt.momentum, damping=opt.damping, fisher_decay=opt.fisher_decay,
+                       fisher_rows=opt.fisher_rows, mix_lr=opt.mix_lr)
         if isinstance(opt, AdamW):
             return cls("adamw", heads, opt.lr, 0.0, opt.weight_decay)
-        raise ValueError(f"frozen probes train with SGD or AdamW, got {type(opt).__name__}")
+        raise ValueError(f"frozen probes train with SGD, NaturalSGD or AdamW, got {type(opt).__name__}")
+
+    @property
+    def wants_curvature(self) -> bool:
+        """Whether `observe` must be given each step's predictions (natural-gradient SGD)."""
+        return self.fisher is not None
+
+    @torch.no_grad()
+    def observe(self, logits: Tensor, valid: Tensor) -> None:
+        """The predictions of this step's minibatch: logits (A, B, C) of the probes that step next, `valid` (A, B)
+        which rows count. Kept for `step`: each probe's softmax covariance over the valid rows among its first
+        `fisher_rows`, (diag(sum p) - p^T p) / n. The probabilities are floored at 1e-15 (a change of at most 1e-15 in an entry):
+        products of smaller ones are subnormal floats, which this project's CPUs multiply many times more slowly."""
+        logits, valid = logits[:, :self.fisher_rows], valid[:, :self.fisher_rows]
+        p = logits.detach().float().softmax(-1).clamp_min_(1e-15) * valid[..., None]
+        n = valid.sum(1).clamp_min(1).float()[:, None, None]
+        cov = torch.diag_embed(p.sum(1)) - p.transpose(1, 2) @ p
+        self._observed = cov / n
 
     def _scratch(self, p: Tensor) -> tuple[Tensor, Tensor]:
         """Two buffers of p's shape, kept between steps (views of the first len(p) probes of a larger stack)."""
@@ -247,6 +280,8 @@ class StackedOptimizer:
         idx = idx.to(self.lr.device)
         self.lr, self.t = self.lr[idx], self.t[idx]
         self.state = [[s.index_select(0, idx) for s in group] for group in self.state]
+        if self.fisher is not None:
+            self.fisher = self.fisher.index_select(0, idx)
 
     def scale_lr(self, position: int, factor: float) -> None:
         self.lr[position] *= factor
@@ -259,7 +294,10 @@ class StackedOptimizer:
         """One update of the probes where `active` (P,) is True (all of them: in-place updates; some: the others'
         weights and state are left exactly as they were)."""
         if bool(active.all()):
-            self._step(params, self.state, self.lr, self.t.add_(1))
+            self.t.add_(1)
+            if self.fisher is not None:
+                self._precondition(params, self.fisher, self.t)
+            self._step(params, self.state, self.lr, self.t)
             return
         idx = active.nonzero().squeeze(1)
         sl = span(idx)
@@ -269,22 +307,49 @@ class StackedOptimizer:
             p.grad = None if q.grad is None else q.grad[sel]
         state = [[s[sel] for s in group] for group in self.state]
         self.t[sel] += 1
+        fisher = None
+        if self.fisher is not None:
+            fisher = self.fisher[sel]
+            self._precondition(sub, fisher, self.t[sel])
         self._step(sub, state, self.lr[sel], self.t[sel])
         if sl is None:  # gathered copies: scattered back
             for p, q, group, new in zip(sub, params, self.state, state):
                 q.detach().index_copy_(0, idx, p)
                 for s, n in zip(group, new):
                     s.index_copy_(0, idx, n)
+            if fisher is not None:
+                self.fisher.index_copy_(0, idx, fisher)
+
+    def _precondition(self, params: list[Tensor], fisher: Tensor, t: Tensor) -> None:
+        """Natural gradient of the head (W (A, D, C), b (A, C)) of the stepping probes: their running softmax
+        covariance `fisher` (A, C, C) takes this step's (`observe`), and the gradients are multiplied by its damped,
+        bias-corrected inverse (a Cholesky solve; the factor is symmetric positive definite once damped)."""
+        assert self._observed is not None, "natural-gradient SGD steps after `observe` of the same minibatch"
+        cov, self._observed = self._observed, None
+        if len(cov) != len(fisher):
+            raise RuntimeError(f"observed {len(cov)} probes' predictions, stepping {len(fisher)}")
+        fisher.mul_(self.fisher_decay).add_(cov, alpha=1 - self.fisher_decay)
+        f = fisher / (1 - self.fisher_decay ** t).view(-1, 1, 1)
+        diag = f.diagonal(dim1=1, dim2=2)
+        f = f + torch.diag_embed((self.damping * diag.mean(1, keepdim=True)).expand_as(diag))
+        chol = torch.linalg.cholesky(f)
+        W, b = params[0], params[1]
+        gW, gb = W.grad, b.grad
+        nW = torch.cholesky_solve(gW.transpose(1, 2), chol).transpose(1, 2)
+        nb = torch.cholesky_solve(gb[:, :, None], chol)[:, :, 0]
+        W.grad, b.grad = nW, nb
 
     def _step(self, params: list[Tensor], state: list[list[Tensor]], lr: Tensor, t: Tensor) -> None:
-        for p, group in zip(params, state):
+        for k, (p, group) in enumerate(zip(params, state)):
             if p.grad is None:
                 continue
             shape = (-1, *[1] * (p.dim() - 1))
             lr_ = lr.view(shape)
+            if self.heads.mix and k == len(params) - 1:
+                lr_ = lr_ * self.mix_scale  # the mix logits (NGD: their own step; else 1)
             g = p.grad
             p = p.detach()
-            if self.kind == "sgd":
+            if self.kind in ("sgd", "ngd"):
                 if self.weight_decay:
                     g = g + self.weight_decay * p
                 buf = group[0]

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -151,7 +150,9 @@ def probe_fps(width: int, device: str, steps: int, hidden_states: int = 4, probe
     probes stacked into one model (downstream.stacked), a minibatch each per step, gathered from rows resident on
     the device (downstream.feeds) in the cache's float16."""
     from benchmark.plan.presets import main_job
-    from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe
+    from downstream.groups import StackedModel
+    from downstream.loop import Batch
+    from downstream.stacked import StackedHeads, StackedOptimizer
     from downstream.tasks import TASKS
 
     dev = torch.device(device)
@@ -162,20 +163,22 @@ def probe_fps(width: int, device: str, steps: int, hidden_states: int = 4, probe
     heads = [TASKS["phone_linear"].head(width, 38) for _ in range(probes)]
     model = StackedHeads(heads, hidden_states, mix=True, device=dev)
     opt = StackedOptimizer.of(mb.optimizer, model)
+    engine = StackedModel(model, None, TASKS["phone_linear"], opt)  # the engine's loss (no dev: never scored)
     n = 16 * bs
     x = torch.randn(n, hidden_states, width).half().to(dev)  # (rows, L, D) whitened rows, resident, as stored
     y = torch.randint(38, (n,), device=dev)
     g = torch.Generator(device=dev).manual_seed(0)
     active = torch.ones(probes, dtype=torch.bool, device=dev)
+    ok = torch.ones(probes, bs, dtype=torch.bool, device=dev)
+    pos = torch.arange(probes, device=dev)
 
     def step() -> None:
         idx = torch.randint(n, (probes * bs,), device=dev, generator=g)
-        logits = model.forward(x.index_select(0, idx).view(probes, bs, hidden_states, width))
-        loss = F.cross_entropy(logits.reshape(-1, 38), y[idx], reduction="none").view(probes, bs).mean(1).sum()
-        for p in model.params:
-            p.grad = None
-        loss.backward()
-        clip_per_probe(model.params, mb.grad_clip)
+        batch = Batch((x.index_select(0, idx).view(probes, bs, hidden_states, width), y[idx].view(probes, bs), ok, pos),
+                      active)
+        engine.zero_grad()
+        engine.loss(batch).backward()
+        engine.clip(mb.grad_clip)
         opt.step(active)
 
     sec = timed(step, dev, steps, warmup=3)

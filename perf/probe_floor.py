@@ -98,7 +98,8 @@ def eager_seconds(task: TaskSpec, width: int, layers: int, mix: bool, n_classes:
     per-probe clip, the stacked optimiser) on a full minibatch each, and of one evaluation of EVAL_ROWS shared rows
     decoded by the task; rows in the compute dtype (the caller keeps freed blocks in the heap, as groups train)."""
     heads = StackedHeads([task.head(width, n_classes) for _ in range(probes)], layers, mix, torch.device("cpu"), dtype)
-    model, opt = StackedModel(heads, None, task), StackedOptimizer.of(mb.optimizer, heads)  # no dev: never scored
+    opt = StackedOptimizer.of(mb.optimizer, heads)
+    model = StackedModel(heads, None, task, opt)  # no dev: never scored
     B = mb.batch_size
     active = torch.ones(probes, dtype=torch.bool)
     batch = Batch((torch.randn(probes, B, layers, width).to(dtype), torch.randint(0, n_classes, (probes, B)),

@@ -33,13 +33,18 @@ from downstream.data import num_classes  # noqa: E402
 from downstream.fractions import fraction_subset  # noqa: E402
 from downstream.modes import LayerMode  # noqa: E402
 from downstream.config import ProbeConfig, settable  # noqa: E402
+from downstream import feeds  # noqa: E402
 from downstream.tasks import ALL_TASKS  # noqa: E402
 from downstream.probe import ProbeSpec  # noqa: E402
 from downstream.train import train_probes  # noqa: E402
 
 
 def parse_set(text: str, base: ProbeConfig) -> ProbeConfig:
-    """'patience=8,lr=0.1' -> base with those settings replaced (typed as the setting's value in `base`)."""
+    """'patience=8,lr=0.1' -> base with those settings replaced (typed as the setting's value in `base`, or in the
+    optimiser that `optimizer=KIND` switches to first)."""
+    kind = next((item.partition("=")[2] for item in text.split(",") if item.startswith("optimizer=")), None)
+    if kind is not None:
+        base = base.with_fields(optimizer=kind)
     types = {k: type(v) for k, v in settable(base).items()}
     types = {k: t for k, t in types.items() if t in (str, int, float, bool)}  # l2_grid (a tuple) is not settable here
     kw: dict = {}
@@ -69,8 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--piece-rows", type=int, default=None,
+                   help="the training blocks' pieces (downstream.feeds.PIECE_ROWS): how finely a pass's order "
+                        "interleaves the corpus; the block's size (BLOCK_ROWS) gives contiguous blocks")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.piece_rows is not None:
+        if a.piece_rows < 1 or feeds.BLOCK_ROWS % a.piece_rows:
+            print(f"error: --piece-rows {a.piece_rows}: must divide the block's {feeds.BLOCK_ROWS} rows", file=sys.stderr)
+            return 2
+        feeds.PIECE_ROWS = a.piece_rows
     task = ALL_TASKS[a.task]
     base = main_job().probe_config(a.task, False)
     try:
@@ -105,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary[-1]), flush=True)
     if a.out is not None:
         atomic_write_json(a.out, {"upstream": f"{row['upstream']}:{row['preset']}", "ckpt_hash": row["ckpt_hash"],
-                                  "task": a.task, "mode": a.mode,
+                                  "task": a.task, "mode": a.mode, "piece_rows": feeds.PIECE_ROWS,
                                   "fractions": fractions, "seeds": list(range(a.seed, a.seed + a.seeds)), "variants": out,
                                   "summary": summary,
                                   "provenance": provenance("cpu"),

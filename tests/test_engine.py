@@ -13,7 +13,7 @@ from downstream.modes import LayerMode
 from downstream.sources import ArraySource, PooledSource, SplitArrays
 from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe
 from downstream.tasks import get_task, one_hidden_head
-from downstream.config import SGD, L2Path, Minibatch, ProbeConfig
+from downstream.config import SGD, L2Path, Minibatch, NaturalSGD, ProbeConfig
 from downstream.probe import ProbeSpec
 from downstream.train import train_probe, train_probes
 from tests.test_probes import _labels, array_source, mel, tiny  # noqa: F401 (fixtures)
@@ -75,6 +75,29 @@ def test_streamed_rows_give_the_resident_result(tiny, mj_src, tmp_path):  # noqa
     resident = train_probes(task, LayerMode("weighted_sum"), mj_src, labels, specs, n_cls, CFG)
     streamed = train_probes(task, LayerMode("weighted_sum"), disk, labels, specs, n_cls, CFG, memory=0)
     assert [_key(r) for r in streamed] == [_key(r) for r in resident]
+
+
+def test_training_blocks_are_pieces_scattered_over_the_whole_split(mj_src, monkeypatch):  # noqa: F811
+    """The training split's blocks partition its rows into pieces of PIECE_ROWS consecutive rows drawn from the whole
+    split, so a chunk of them holds rows of many more utterances than a chunk of contiguous blocks (whose rows are a
+    few utterances' frames, one speaker's), and the same rows reach the probes either way."""
+    monkeypatch.setattr(feeds, "PIECE_ROWS", 4)  # the small blocks' pieces (the tiny corpus's utterances are short)
+    n = int(mj_src.splits["train"].offsets[-1])
+    n_utts = len(mj_src.splits["train"].offsets) - 1
+    stores = {scattered: feeds.RowStore(mj_src, "train", [0], [mj_src.whitening()[0]], np.zeros(n), None, True,
+                                        torch.device("cpu"), scattered=scattered) for scattered in (False, True)}
+    scattered = stores[True]
+    rows = np.concatenate([scattered._rows(k) for k in range(scattered.n_blocks)])
+    assert np.array_equal(np.sort(rows), np.arange(n)), "every row in exactly one block"
+    for k in range(scattered.n_blocks):
+        starts = np.unique(scattered._rows(k) // feeds.PIECE_ROWS)
+        assert len(starts) <= feeds.BLOCK_ROWS // feeds.PIECE_ROWS
+    chunk = feeds.pass_order(scattered.n_blocks, 0)[0]
+    utts = {s: len(np.unique(st.chunk(feeds.pass_order(st.n_blocks, 0)[0]).utt)) for s, st in stores.items()}
+    assert utts[True] >= 0.9 * n_utts and utts[False] <= 0.5 * n_utts, (utts, n_utts)
+    x = scattered.chunk(chunk)
+    for row, held in zip(np.concatenate([scattered._rows(k) for k in chunk])[:50], x.at[:50].tolist()):
+        assert torch.equal(x.x[held], stores[False]._resident[0][row]), "a row is the same bits in either layout"
 
 
 def test_a_streamed_group_holds_one_chunk_at_a_time(tiny, mj_src, tmp_path, monkeypatch):  # noqa: F811
@@ -357,3 +380,109 @@ def test_l2_path_in_parts_solves_the_same_probe(tiny, mj_src, monkeypatch):  # n
     assert (parts.dev_metric, parts.test_metric, parts.converged) == (whole.dev_metric, whole.test_metric, True)
     for k, w in whole.state.items():
         assert torch.allclose(parts.state[k], w, rtol=0, atol=1e-2 * float(w.abs().max()) + 1e-6), k
+
+
+def _dense_natural_step(W, b, buf_W, buf_b, x, y, lr, momentum, damping):
+    """One NaturalSGD step of one probe, written out densely: the gradient of the mean cross-entropy times the
+    inverse of the damped softmax covariance of the minibatch (the running average's first value), then Nesterov
+    momentum."""
+    logits = x @ W + b
+    p = logits.softmax(-1)
+    r = p.clone()
+    r[torch.arange(len(y)), y] -= 1
+    gW, gb = x.T @ r / len(y), r.mean(0)
+    F = torch.diag(p.mean(0)) - p.T @ p / len(y)
+    F = F + damping * F.diagonal().mean() * torch.eye(len(F))
+    nW, nb = torch.linalg.solve(F, gW.T).T, torch.linalg.solve(F, gb)
+    buf_W, buf_b = momentum * buf_W + nW, momentum * buf_b + nb
+    return W - lr * (nW + momentum * buf_W), b - lr * (nb + momentum * buf_b), buf_W, buf_b
+
+
+def test_natural_gradient_step_is_the_dense_fisher_solve():
+    """The stacked natural-gradient step of each probe is the gradient times the inverse of its softmax covariance
+    (K-FAC's output factor; the input factor is the identity on whitened rows), with momentum; a probe that does not
+    step keeps its weights and its running covariance."""
+    g = torch.Generator().manual_seed(0)
+    heads = [torch.nn.Linear(6, 5) for _ in range(3)]
+    model = StackedHeads(heads, 1, mix=False, device=torch.device("cpu"))
+    opt = StackedOptimizer.of(NaturalSGD(lr=0.3, momentum=0.9, damping=1e-2, fisher_decay=0.0), model)
+    dense = [(h.weight.detach().T.clone(), h.bias.detach().clone(), torch.zeros(6, 5), torch.zeros(5)) for h in heads]
+    for step in range(4):
+        x, y = torch.randn(3, 16, 1, 6, generator=g), torch.randint(0, 5, (3, 16), generator=g)
+        active = torch.tensor([True, step == 0, True])
+        pos = active.nonzero().squeeze(1)
+        sub = [p[pos] for p in model.params]
+        logits = model.forward(x[pos], sub)
+        opt.observe(logits, torch.ones(len(pos), 16, dtype=torch.bool))
+        for p in model.params:
+            p.grad = None
+        torch.nn.functional.cross_entropy(logits.reshape(-1, 5), y[pos].reshape(-1), reduction="sum").div(16).backward()
+        frozen = opt.fisher[1].clone()
+        opt.step(active)
+        if not active[1]:
+            assert torch.equal(opt.fisher[1], frozen)
+        for p in pos.tolist():
+            dense[p] = _dense_natural_step(*dense[p], x[p, :, 0], y[p], 0.3, 0.9, 1e-2)
+    for p in range(3):
+        st = model.state_of(model.params, p)
+        # float32 through an inverse whose condition number is ~1/damping: agreement to 1e-4 of the weights' size
+        assert torch.allclose(st["head.weight"].T, dense[p][0], atol=1e-4, rtol=1e-4), p
+        assert torch.allclose(st["head.bias"], dense[p][1], atol=1e-4, rtol=1e-4), p
+
+
+def test_natural_gradient_reaches_the_regression_that_sgd_crawls_towards():
+    """Many classes and informative whitened features (the speaker-per-frame case): the softmax's curvature is small
+    along most directions, so SGD at a step that is stable crawls; natural-gradient SGD takes the curvature out.
+    After the same 64 minibatch steps, its training loss is less than half as far above the regression's optimum
+    (full-batch L-BFGS) as SGD's (measured: 0.10 against 0.27 nats, the optimum 0.35)."""
+    g = torch.Generator().manual_seed(1)
+    C, D, N = 100, 24, 8192
+    means = 0.8 * torch.randn(C, D, generator=g)  # classes that overlap: the optimum is not at zero loss
+    y = torch.randint(0, C, (N,), generator=g)
+    x = means[y] + torch.randn(N, D, generator=g)
+    x = (x - x.mean(0)) @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(x.T))).T  # whitened
+
+    def loss(W, b):
+        return float(torch.nn.functional.cross_entropy(x @ W + b, y))
+
+    W_opt = torch.zeros(D, C, requires_grad=True)
+    b_opt = torch.zeros(C, requires_grad=True)
+    lbfgs = torch.optim.LBFGS([W_opt, b_opt], max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
+                              line_search_fn="strong_wolfe")
+
+    def closure():
+        lbfgs.zero_grad()
+        out = torch.nn.functional.cross_entropy(x @ W_opt + b_opt, y)
+        out.backward()
+        return out
+    lbfgs.step(closure)
+    optimum = loss(W_opt.detach(), b_opt.detach())
+
+    def trained(opt_cfg):
+        torch.manual_seed(0)
+        model = StackedHeads([torch.nn.Linear(D, C)], 1, mix=False, device=torch.device("cpu"))
+        opt = StackedOptimizer.of(opt_cfg, model)
+        order = torch.Generator().manual_seed(2)
+        for _ in range(4):
+            for idx in torch.randperm(N, generator=order).view(-1, 512):
+                logits = model.forward(x[idx][None, :, None])
+                if opt.wants_curvature:
+                    opt.observe(logits, torch.ones(1, 512, dtype=torch.bool))
+                for p in model.params:
+                    p.grad = None
+                torch.nn.functional.cross_entropy(logits[0], y[idx]).backward()
+                clip_per_probe(model.params, 1.0)
+                opt.step(torch.ones(1, dtype=torch.bool))
+        st = model.state_of(model.params, 0)
+        return loss(st["head.weight"].T, st["head.bias"])
+
+    ngd, sgd = trained(NaturalSGD()) - optimum, trained(SGD(lr=0.5)) - optimum
+    assert 0 < ngd < sgd / 2, (ngd, sgd, optimum)
+
+
+def test_natural_gradient_is_refused_for_a_head_it_cannot_precondition():
+    mlp = StackedHeads([one_hidden_head(16)(8, 4)], 1, mix=False, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="linear head"):
+        StackedOptimizer.of(NaturalSGD(), mlp)
+    cfg = ProbeConfig(Minibatch(SGD())).with_fields(optimizer="ngd", lr=0.02)
+    assert cfg.minibatch.optimizer == NaturalSGD(lr=0.02) and cfg.to_dict()["trainer"]["optimizer"]["kind"] == "NaturalSGD"

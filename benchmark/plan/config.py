@@ -110,3 +110,8 @@ class BenchmarkConfig:
 
     def probe_config(self, task: str, finetune: bool) -> ProbeConfig:
         return self.finetune_probe if finetune else self.task_probes.get(task, self.probe)
+
+    def start_config(self, run) -> ProbeConfig | None:
+        """The config of the frozen last-layer probe a fine-tuning `run` (a PlannedRun) starts from; None for a
+        frozen run."""
+        return self.probe_config(run.task, False) if run.finetune else None

@@ -11,10 +11,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from benchmark.plan.config import BenchmarkConfig
-from downstream.config import SGD, AdamW, FinetuneAdamW, L2Path, Minibatch, ProbeConfig
+from downstream.config import AdamW, FinetuneAdamW, L2Path, Minibatch, NaturalSGD, ProbeConfig
 from downstream.tasks import TASKS
 
-FRAME_PROBE = ProbeConfig(Minibatch(SGD(lr=0.5), batch_size=4096, min_eval_steps=1), patience=4)
+# the frame-level linear probes (phone_linear, speaker_frame): natural-gradient SGD. With SGD at lr 0.5 speaker_frame
+# stopped 2-4 points below the solved regression at 100 % on every Transformer upstream (the certificate's margin is
+# 1); no SGD step size passed every upstream, the near-chance 10-ms mel wanting a small one and the pretrained
+# features a large one. NaturalSGD at lr 0.01 passed all four tried, 3 seeds each, at the same patience and a
+# similar step count, and phone_linear scored as with SGD (docs/benchmark.md, results/probe_settings_*_ngd_*.json)
+FRAME_PROBE = ProbeConfig(Minibatch(NaturalSGD(lr=0.01), batch_size=4096, min_eval_steps=1), patience=4)
 # SUPERB's tasks train on whole utterances, the probes of a sweep as one group (downstream.utterances):
 # phone_ctc as s3prl's libriphone.yaml (Adam, lr 1e-2, 16 utterances a batch), speaker_verification's x-vector head
 # with AdamW at 1e-3 on 32 utterances; dev after every pass over the training subset but at least 20 steps apart

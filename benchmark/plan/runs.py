@@ -9,8 +9,8 @@ from core.io import sha256_json
 from corpora.manifest import PROBE_SPLITS, Corpus, Utterance
 from downstream.fractions import MIN_DEFAULT_UTTS, default_fractions
 from downstream.modes import LayerMode, parse_modes
-from downstream.config import ProbeConfig
-from downstream.probe import ENGINE_VERSIONS
+from downstream.config import Minibatch, ProbeConfig
+from downstream.probe import ENGINE_VERSIONS, FEED_VERSION
 from downstream.tasks import TaskSpec, get_task
 from upstream.registry import family_of
 
@@ -128,11 +128,25 @@ def check_layer_modes(modes: str, hidden_states: dict[str, int]) -> None:
                                  f"(0 = the input block)")
 
 
-def run_id(corpus_digest: str, identity: dict[str, str], run: PlannedRun, layer: int, probe_cfg: ProbeConfig) -> str:
-    """Stable hash of what defines a run: same inputs -> same id -> skipped when already in runs.csv."""
+def run_id(corpus_digest: str, identity: dict[str, str], run: PlannedRun, layer: int, probe_cfg: ProbeConfig,
+           start_cfg: ProbeConfig | None = None) -> str:
+    """Stable hash of what defines a run: same inputs -> same id -> skipped when already in runs.csv. A fine-tuning
+    run starts from the frozen last-layer probe trained under `start_cfg`, which is part of its identity too."""
+    if run.finetune and start_cfg is None:
+        raise ValueError(f"run {run.task} {run.mode.label}: a fine-tuning run's id needs the config of the frozen "
+                         "probe it starts from")
     return sha256_json({"corpus": corpus_digest, **identity, "task": run.task, "mode": run.mode.kind, "layer": layer,
-                        "fraction": run.fraction, "seed": run.seed, "probe": probe_cfg.to_dict(),
-                        "engine": ENGINE_VERSIONS[get_task(run.task).engine]})[:16]
+                        "fraction": run.fraction, "seed": run.seed,
+                        **_trainer_identity(run.task, probe_cfg, frozen=run.mode.frozen),
+                        **({"start": _trainer_identity(run.task, start_cfg, frozen=True)} if run.finetune else {})})[:16]
+
+
+def _trainer_identity(task: str, cfg: ProbeConfig, frozen: bool) -> dict:
+    """What decides how a probe of `task` trains: its config, its engine's version and, for a frozen minibatch probe
+    of the stacked engine, the version of the order its minibatches are fed in."""
+    engine = get_task(task).engine
+    fed = engine == "stacked" and frozen and isinstance(cfg.trainer, Minibatch)
+    return {"probe": cfg.to_dict(), "engine": ENGINE_VERSIONS[engine], **({"feed": FEED_VERSION} if fed else {})}
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:

@@ -47,8 +47,8 @@ def _prepare_corpus(cfg: BenchmarkConfig, log=print) -> int:
                               progress=cfg.progress, pretrain=cfg.pretrain)
         L = up.model.num_hidden_states
         pending = [r for r in shard_filter(cfg, spec, L, fractions, expand_runs(cfg, spec, L, fractions, []))
-                   if run_id(digest, up.identity, r, r.mode.resolved_layer(L), cfg.probe_config(r.task, r.finetune))
-                   not in done]
+                   if run_id(digest, up.identity, r, r.mode.resolved_layer(L), cfg.probe_config(r.task, r.finetune),
+                             cfg.start_config(r)) not in done]
         if not pending:
             log(f"{spec}: every planned run is recorded under {cfg.results_dir}; no feature cache needed")
             continue

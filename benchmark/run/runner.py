@@ -124,7 +124,7 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
     pending = []
     for r in runs:
         pcfg = cfg.probe_config(r.task, r.finetune)
-        rid = run_id(digest, up.identity, r, r.mode.resolved_layer(L), pcfg)
+        rid = run_id(digest, up.identity, r, r.mode.resolved_layer(L), pcfg, cfg.start_config(r))
         if rid in done:
             stats.runs_skipped += 1
         else:
