@@ -123,7 +123,7 @@ class RowStore:
         cuts = np.flatnonzero(np.diff(rows) != 1) + 1
         runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(rows, cuts)]
         with torch.no_grad():
-            x = [w(torch.cat([self.source.read(self.split, k_, a, b) for a, b in runs]).float()).to(self.dtype)
+            x = [w(self.source.read_runs(self.split, k_, runs).float()).to(self.dtype)
                  for k_, w in zip(self.layers, self.whiten)]
         return torch.stack(x, 1)
 

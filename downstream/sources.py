@@ -73,17 +73,37 @@ class SplitArrays:
         return int(self.hidden.shape[0]) if self.num_hidden_states is None else int(self.num_hidden_states)
 
     def read(self, j: int, a: int, b: int) -> np.ndarray:
-        """Rows a:b of stored hidden state j (its position in `held`), (b - a, D) as stored, in a fresh buffer.
+        """Rows a:b of stored hidden state j (its position in `held`), (b - a, D) as stored, in a fresh buffer."""
+        return self.read_runs(j, [(a, b)])
 
-        A memory-mapped cache file is read with a positioned read, not through the map: pages touched through a
-        map count in the process's resident memory until it is unmapped, so a pass over a 100-hour cache would
-        hold all of it. Reads go through the page cache like any file read."""
+    def read_runs(self, j: int, runs: list[tuple[int, int]]) -> np.ndarray:
+        """The rows of every run (a, b) of stored hidden state j, one after another, (sum of b - a, D) as stored, in
+        one fresh buffer.
+
+        A memory-mapped cache file is read with positioned reads into that buffer (the file opened once for all the
+        runs: a scattered block of the probes' feed is a hundred short runs), not through the map: pages touched
+        through a map count in the process's resident memory until it is unmapped, so a pass over a 100-hour cache
+        would hold all of it. Reads go through the page cache like any file read."""
         h = self.hidden
+        d = h.shape[2]
+        out = np.empty((sum(b - a for a, b in runs), d), dtype=h.dtype)
         if isinstance(h, np.memmap) and h.filename is not None:
-            n, d = h.shape[1], h.shape[2]
-            offset = h.offset + (j * n + a) * d * h.dtype.itemsize
-            return np.fromfile(h.filename, dtype=h.dtype, count=(b - a) * d, offset=offset).reshape(b - a, d)
-        return np.array(h[j, a:b])
+            n, size = h.shape[1], d * h.dtype.itemsize
+            flat = out.reshape(-1).view(np.uint8)
+            at = 0
+            with open(h.filename, "rb", buffering=0) as f:
+                for a, b in runs:
+                    want = (b - a) * size
+                    got = f.readinto(memoryview(flat[at: at + want])) if f.seek(h.offset + (j * n + a) * size) >= 0 else 0
+                    if got != want:
+                        raise OSError(f"{h.filename}: read {got} of {want} bytes at row {a} of hidden state {j}")
+                    at += want
+            return out
+        at = 0
+        for a, b in runs:
+            out[at: at + b - a] = h[j, a:b]
+            at += b - a
+        return out
 
 
 class ArraySource:
@@ -126,8 +146,13 @@ class ArraySource:
     def read(self, split: str, layer: int, a: int, b: int) -> Tensor:
         """Rows a:b of hidden state `layer` of the split: (b - a, D) as stored (float16 for the cache), a fresh
         tensor (SplitArrays.read: never through the memory map)."""
+        return self.read_runs(split, layer, [(a, b)])
+
+    def read_runs(self, split: str, layer: int, runs: list[tuple[int, int]]) -> Tensor:
+        """The rows of every run (a, b) of hidden state `layer` of the split, one after another, as stored, in one
+        fresh tensor (SplitArrays.read_runs)."""
         arrays = self.splits[split]
-        return torch.from_numpy(arrays.read(_position(arrays.held, layer, self.num_hidden_states), a, b))
+        return torch.from_numpy(arrays.read_runs(_position(arrays.held, layer, self.num_hidden_states), runs))
 
     def chunks(self, split: str, layer: int, chunk_rows: int = 1 << 16):
         """Every row of hidden state `layer` of the split, in order, as (start row, (n, D) tensor) chunks."""
