@@ -89,3 +89,18 @@ def test_a_malformed_outcomes_file_names_itself(tmp_path):
         read_outcomes(tmp_path, "r2")
     with pytest.raises(ValueError, match="one numerator and one denominator"):
         write_outcomes(tmp_path, "r3", (np.zeros(3), np.zeros(4)))
+
+
+def test_a_pair_of_outcomes_is_tested_once_per_process():
+    """The checks and the site ask for the same pairs: the second ask reads the first's p-value, the same number."""
+    from benchmark.report import paired
+
+    rng = np.random.default_rng(3)
+    a = (rng.integers(0, 2, 200).astype(float), np.ones(200))
+    b = (rng.integers(0, 2, 200).astype(float), np.ones(200))
+    paired._randomization_p.cache_clear()
+    first = paired.randomization_p(a, b)
+    again = paired.randomization_p((a[0].copy(), a[1].copy()), (b[0].copy(), b[1].copy()))
+    info = paired._randomization_p.cache_info()
+    assert again == first and (info.hits, info.misses) == (1, 1)
+    assert paired.randomization_p(b, a) == first and paired._randomization_p.cache_info().misses == 2  # not the same key
