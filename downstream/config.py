@@ -64,8 +64,8 @@ class NaturalSGD:
     That factor is what plain SGD is slow along: with many classes and spread predictions (one of 100 speakers per
     frame) its eigenvalues are ~1/C, and SGD's step that is stable on near-chance features crawls on informative
     ones (docs/benchmark.md). The factor is a running average over minibatches (`fisher_decay`, bias-corrected as
-    Adam's moments) of estimates on `fisher_rows` rows of each minibatch (on all 4,096 the estimate cost as much as the
-rest of a step), damped by `damping` x its mean diagonal before it is inverted. The mix weights of a weighted
+    Adam's moments) of estimates on `fisher_rows` rows of each minibatch (on all 4,096 the estimate cost as much as
+    the rest of a step), damped by `damping` x its mean diagonal before it is inverted. The mix weights of a weighted
     sum are not part of the layer: they take a plain SGD step at `mix_lr`."""
 
     lr: float = 0.01

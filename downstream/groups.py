@@ -130,8 +130,8 @@ def tally(task: TaskSpec, heads: StackedHeads, params: list[Tensor], store: RowS
 def fit_group(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[Whitening], layers: list[int],
               per_row: dict[str, np.ndarray], targets: dict[str, Targets], probes: list[ProbeSpec], n_classes: int,
               cfg: ProbeConfig, device: torch.device, memory: int | None, progress: bool) -> list[ProbeResult]:
-    """Train `probes` (SGD, natural-gradient SGD or AdamW: cfg's Minibatch trainer) as one batched model until each has stopped; test at
-    each one's best dev point. Their rows stay resident when they fit `memory` bytes (None: `resident_budget`)."""
+    """Train `probes` (SGD, natural-gradient SGD or AdamW: cfg's Minibatch trainer) as one batched model until each
+    has stopped; test at each one's best dev point. Their rows stay resident when they fit `memory` bytes (None: `resident_budget`)."""
     P = len(probes)
     member = torch.zeros(P, len(rows.lengths("train")), dtype=torch.bool)
     for p, spec in enumerate(probes):

@@ -94,7 +94,8 @@ class SplitArrays:
             with open(h.filename, "rb", buffering=0) as f:
                 for a, b in runs:
                     want = (b - a) * size
-                    got = f.readinto(memoryview(flat[at: at + want])) if f.seek(h.offset + (j * n + a) * size) >= 0 else 0
+                    f.seek(h.offset + (j * n + a) * size)
+                    got = f.readinto(memoryview(flat[at: at + want]))
                     if got != want:
                         raise OSError(f"{h.filename}: read {got} of {want} bytes at row {a} of hidden state {j}")
                     at += want

@@ -260,8 +260,9 @@ class StackedOptimizer:
     def observe(self, logits: Tensor, valid: Tensor) -> None:
         """The predictions of this step's minibatch: logits (A, B, C) of the probes that step next, `valid` (A, B)
         which rows count. Kept for `step`: each probe's softmax covariance over the valid rows among its first
-        `fisher_rows`, (diag(sum p) - p^T p) / n. The probabilities are floored at 1e-15 (a change of at most 1e-15 in an entry):
-        products of smaller ones are subnormal floats, which this project's CPUs multiply many times more slowly."""
+        `fisher_rows`, (diag(sum p) - p^T p) / n. The probabilities are floored at 1e-15 (a change of at most 1e-15
+        in an entry): products of smaller ones are subnormal floats, which this project's CPUs multiply many times
+        more slowly."""
         logits, valid = logits[:, :self.fisher_rows], valid[:, :self.fisher_rows]
         p = logits.detach().float().softmax(-1).clamp_min_(1e-15) * valid[..., None]
         n = valid.sum(1).clamp_min(1).float()[:, None, None]

@@ -31,7 +31,7 @@ from downstream.tasks import ALL_TASKS  # noqa: E402
 def coverage(offsets: np.ndarray, speakers: np.ndarray, scattered: bool, passes: int) -> dict:
     n = int(offsets[-1])
     blocks = feeds.block_layout(n, scattered)
-    whole = np.bincount(speakers, minlength=speakers.max() + 1)[speakers]  # each row's speaker's rows in the split
+    split_share = np.bincount(speakers) / n  # each speaker's share of the split's rows
     present, over = [], []
     for k in range(passes):
         for chunk in feeds.pass_order(len(blocks), k):
@@ -39,9 +39,7 @@ def coverage(offsets: np.ndarray, speakers: np.ndarray, scattered: bool, passes:
             spk = speakers[rows]
             ids, counts = np.unique(spk, return_counts=True)
             present.append(len(ids))
-            share = counts / len(rows)
-            split_share = np.array([whole[rows][spk == s][0] for s in ids]) / n
-            over.append(float((share / split_share).max()))
+            over.append(float((counts / len(rows) / split_share[ids]).max()))
     return {"speakers_per_chunk": {"mean": round(float(np.mean(present)), 1), "min": int(min(present)),
                                    "max": int(max(present))},
             "largest_share_over_split": round(float(np.mean(over)), 2), "chunks": len(present)}
@@ -98,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         speakers = np.repeat(utt_speaker, np.diff(offsets))  # each row's speaker
         for scattered in (False, True):
             o = {"upstream": spec, "rows": int(offsets[-1]), "speakers": int(utt_speaker.max() + 1),
-                 "blocks": "scattered" if scattered else "contiguous", **coverage(offsets, speakers, scattered, a.passes)}
+                 "blocks": "scattered" if scattered else "contiguous",
+                 **coverage(offsets, speakers, scattered, a.passes)}
             print(json.dumps(o), flush=True)
             out.append(o)
         if isinstance(src.splits["train"].hidden, np.memmap):

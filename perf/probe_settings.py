@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     if a.piece_rows is not None:
         if a.piece_rows < 1 or feeds.BLOCK_ROWS % a.piece_rows:
-            print(f"error: --piece-rows {a.piece_rows}: must divide the block's {feeds.BLOCK_ROWS} rows", file=sys.stderr)
+            print(f"error: --piece-rows {a.piece_rows}: must divide the block's {feeds.BLOCK_ROWS} rows",
+                  file=sys.stderr)
             return 2
         feeds.PIECE_ROWS = a.piece_rows
     task = ALL_TASKS[a.task]

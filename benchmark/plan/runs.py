@@ -135,10 +135,10 @@ def run_id(corpus_digest: str, identity: dict[str, str], run: PlannedRun, layer:
     if run.finetune and start_cfg is None:
         raise ValueError(f"run {run.task} {run.mode.label}: a fine-tuning run's id needs the config of the frozen "
                          "probe it starts from")
+    start = {"start": _trainer_identity(run.task, start_cfg, frozen=True)} if run.finetune else {}
     return sha256_json({"corpus": corpus_digest, **identity, "task": run.task, "mode": run.mode.kind, "layer": layer,
                         "fraction": run.fraction, "seed": run.seed,
-                        **_trainer_identity(run.task, probe_cfg, frozen=run.mode.frozen),
-                        **({"start": _trainer_identity(run.task, start_cfg, frozen=True)} if run.finetune else {})})[:16]
+                        **_trainer_identity(run.task, probe_cfg, frozen=run.mode.frozen), **start})[:16]
 
 
 def _trainer_identity(task: str, cfg: ProbeConfig, frozen: bool) -> dict:
