@@ -11,7 +11,10 @@ only on its arguments (fresh process, own seed), so a retry cannot change it. An
 stops the run at once with the task's traceback. Nothing waits on a dead process.
 
 Scripts that call this need the usual `if __name__ == "__main__":` guard: each child imports the caller's main
-module, as with multiprocessing's spawn.
+module, as with multiprocessing's spawn (Python 3.11's forkserver never preloads it: its server looks for a
+"main_path" that the preparation data names "init_main_from_path"). So a script keeps its top-level imports light
+and imports the rest under its guard: run_benchmark.py importing the harness at the top cost every synthesis child
+0.15 s, 19 s of a 52 s corpus build.
 """
 from __future__ import annotations
 

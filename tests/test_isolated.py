@@ -37,3 +37,18 @@ def test_bad_arguments():
         list(run_isolated(t.square, [1], ["a"], workers=0))
     with pytest.raises(ValueError, match="one name per task"):
         list(run_isolated(t.square, [1, 2], ["a"], workers=1))
+
+
+def test_the_entry_script_is_light_to_import_again():
+    """Every synthesis child imports run_benchmark.py again as its main module (multiprocessing's __mp_main__): the
+    harness (torch, pandas, the probes) must load under its guard only, or each of the corpus's 250 children pays for
+    it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import runpy, sys; runpy.run_path('run_benchmark.py', run_name='__mp_main__'); "
+            "print(sorted(m for m in ('torch', 'pandas', 'benchmark.cli') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
