@@ -4,8 +4,9 @@ For each strength of `l2_grid`, strongest first and warm-started from the previo
 float64 until within `rtol` x |W| of that strength's unique optimum (downstream.solver), then dev. The path plays
 the part of training time (weak L2 = a long run): `steps` counts L-BFGS iterations, `patience` points without gain
 stop it (downstream.stopping), and the run is converged when every point it visited was solved within `max_steps`.
-The examples are held once, standardised, in float32; each evaluation of the loss converts PATH_ROWS of them at a time
-to float64, so the solver's memory is a few chunks whatever the number of utterances.
+The examples are held once, standardised, in float32; a path's training subset is converted to float64 once when it
+is small (PATH_HELD_BYTES: the built-in corpus's 1,200 utterances are 10 MB), else each evaluation of the loss converts
+PATH_ROWS of them at a time, so the solver's memory is a few chunks whatever the number of utterances.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from downstream.stopping import Stopping
 from downstream.tasks import TaskSpec
 
 PATH_ROWS = 2048  # examples per float64 forward pass of the path's loss: its activations do not grow with the corpus
+PATH_HELD_BYTES = 64 << 20  # a training subset up to this size in float64 is converted once per path, not per evaluation
 
 
 def fit_paths(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[Whitening], layers: list[int],
@@ -79,11 +81,18 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
     yt = y["train"].to(device).index_select(0, idx)
     parts = [(a, min(len(idx), a + PATH_ROWS)) for a in range(0, len(idx), PATH_ROWS)]
 
+    def part(a: int, b: int) -> Tensor:
+        return xs.index_select(1, idx[a:b]).to(torch.float64)
+
+    # the subset's float64 parts, made once for every evaluation of the path where they fit PATH_HELD_BYTES (the
+    # conversion was a tenth of a solve's time); else made again at each evaluation, a few parts in memory at a time
+    held = [part(a, b) for a, b in parts] if xs.shape[0] * len(idx) * xs.shape[2] * 8 <= PATH_HELD_BYTES else None
+
     def data_loss() -> Iterator[Tensor]:
         """The mean loss over the subset (in its order: the sums, and so the rows, do not change), PATH_ROWS examples
         at a time in float64, each part weighted by its share."""
-        for a, b in parts:
-            xt = xs.index_select(1, idx[a:b]).to(torch.float64)
+        for k, (a, b) in enumerate(parts):
+            xt = held[k] if held is not None else part(a, b)
             yield task.loss(work(xt), yt[a:b], reduction="mean") * ((b - a) / len(idx))
 
     params = list(work.parameters())

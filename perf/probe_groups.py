@@ -7,7 +7,9 @@ batched model, and with --alone the same probes one at a time, in the same proce
 
 --float32 also trains the group with float32 matmuls (a group computes in bfloat16 where the hardware has bfloat16
 matrix units, downstream.stacked.fast_bfloat16) and compares time and test accuracy. --streamed also trains the group
-with a memory budget of 0 (every batch read from the cache again) and compares. --mapped first trains the group with
+with a memory budget of 0 (every batch read from the cache again) and compares. --per-evaluation trains an L2-path group
+(speaker_utterance, keywords) 3 more times as it is and 3 times converting its examples to float64 at every evaluation
+of the loss, alternating, and compares. --mapped first trains the group with
 every freed block of 4 MiB or more unmapped at once (core.allocator.map_large_blocks, on a fresh heap), then as the
 harness does (freed blocks kept in the heap), and compares time and system CPU time. --broadcast also trains the group
 with dev and test scored through torch.matmul's broadcast of the rows all probes share, and compares. --decode also
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode", action="store_true",
                    help="also train the group with dev and test decoded as Tensor.argmax of float32 logits (not the "
                         "first maximum's index by torch.max on the compute dtype's logits) and compare")
+    p.add_argument("--per-evaluation", action="store_true",
+                   help="also train the group (an L2-path task) converting its training subset to float64 at every "
+                        "evaluation of the loss (downstream.path.PATH_HELD_BYTES 0), not once per path, and compare")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
@@ -133,6 +138,20 @@ def main(argv: list[str] | None = None) -> int:
         with mock.patch.object(StackedHeads, "forward", float32_logits):  # the decode as it was: argmax of float32
             old_task = replace(task, decode=lambda logits: logits.argmax(-1))
             compare(out, "decode", group, lambda: train_probes(old_task, mode, source, labels, specs, n_cls, cfg))
+    if a.per_evaluation:  # alternating with the held form, 3 rounds each way: the first run of a process is slower
+        import downstream.path
+
+        held, per = [], []
+        for r in range(3):
+            for convert in ((False, True) if r % 2 else (True, False)):
+                with mock.patch.object(downstream.path, "PATH_HELD_BYTES", 0 if convert else
+                                       downstream.path.PATH_HELD_BYTES):
+                    t0 = time.perf_counter()
+                    other = train_probes(task, mode, source, labels, specs, n_cls, cfg)
+                    (per if convert else held).append(round(time.perf_counter() - t0, 2))
+                    out["per_evaluation_same_rows"] = out.get("per_evaluation_same_rows", True) and same_rows(group, other)
+        out["held_seconds"], out["per_evaluation_seconds"] = held, per
+        out["per_evaluation_over_held"] = round(sum(per) / sum(held), 2)
     if a.float32:
         import downstream.groups
 
