@@ -382,6 +382,24 @@ def test_l2_path_in_parts_solves_the_same_probe(tiny, mj_src, monkeypatch):  # n
         assert torch.allclose(parts.state[k], w, rtol=0, atol=1e-2 * float(w.abs().max()) + 1e-6), k
 
 
+def test_l2_path_held_in_float64_is_the_path_converted_per_evaluation(tiny, mj_src, monkeypatch):  # noqa: F811
+    """A small subset is converted to float64 once per path (PATH_HELD_BYTES) instead of at each evaluation: the same
+    values in the same order, so the same row and weights, bit for bit."""
+    import downstream.path as path
+
+    task = get_task("speaker_utterance")
+    labels, n_cls = _labels(tiny, task), len(tiny.speakers)
+    cfg = ProbeConfig(L2Path(l2_grid=(1e-1, 1e-2)), patience=2)
+    run = lambda: train_probe(task, LayerMode("weighted_sum"), PooledSource(mj_src), labels,  # noqa: E731
+                              list(range(24)), n_cls, cfg, 0)
+    held = run()
+    monkeypatch.setattr(path, "PATH_HELD_BYTES", 0)
+    converted = run()
+    assert (held.dev_metric, held.test_metric, held.steps) == (converted.dev_metric, converted.test_metric,
+                                                                converted.steps)
+    assert all(torch.equal(held.state[k], converted.state[k]) for k in held.state)
+
+
 def _dense_natural_step(W, b, buf_W, buf_b, x, y, lr, momentum, damping):
     """One NaturalSGD step of one probe, written out densely: the gradient of the mean cross-entropy times the
     inverse of the damped softmax covariance of the minibatch (the running average's first value), then Nesterov
