@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 CHUNK = 20  # L-BFGS iterations between two checks of the relative tolerance
+HISTORY = 30  # L-BFGS's (step, gradient change) pairs kept: each iteration reads them all twice
 
 
 def sq_norm(tensors: list[Tensor]) -> Tensor:
@@ -29,7 +30,7 @@ def sq_norm(tensors: list[Tensor]) -> Tensor:
 
 def solve_l2(params: list[Tensor], data_loss: Callable[[], Iterable[Tensor]], penalised: list[Tensor], l2: float,
              rtol: float, max_iter: int, floor: float = 0.0, patience: int | None = None,
-             reuse: bool = True) -> tuple[int, bool]:
+             reuse: bool = True, history: int = HISTORY) -> tuple[int, bool]:
     """Minimise sum(data_loss()) + l2 / 2 * sum |p|^2 over `penalised` (a subset of `params`) with full-batch L-BFGS
     until |grad| <= max(rtol * l2 * max(|penalised|, 1), floor); (iterations, solved). `solved` is False when
     `max_iter` iterations ran out or the line search stopped making progress first.
@@ -42,13 +43,15 @@ def solve_l2(params: list[Tensor], data_loss: Callable[[], Iterable[Tensor]], pe
     `reuse`: an evaluation at the parameters of the latest one returns that one's value and leaves its gradients,
     instead of computing them again (the same bits: an evaluation is a function of the parameters);
     False computes every call (`perf/certificate_starts.py --compare evaluations` measures both).
+    `history`: L-BFGS's memory, the pairs its two-loop recursion reads twice per iteration (`perf/probe_groups.py
+    --history` measures another on a group of L2-path probes).
 
     `data_loss()` yields the data loss in terms (e.g. one per chunk of examples, each weighted by its share), each
     back-propagated as it comes: only one term's graph is alive at a time, so the memory of an evaluation does not
     grow with the examples. One term is the whole batch."""
     if l2 <= 0 or rtol <= 0:
         raise ValueError(f"solve_l2 needs l2 > 0 and rtol > 0 (a relative tolerance), got l2={l2}, rtol={rtol}")
-    opt = torch.optim.LBFGS(params, lr=1, max_iter=CHUNK, max_eval=2 * CHUNK, history_size=30, tolerance_grad=0,
+    opt = torch.optim.LBFGS(params, lr=1, max_iter=CHUNK, max_eval=2 * CHUNK, history_size=history, tolerance_grad=0,
                             tolerance_change=0, line_search_fn="strong_wolfe")
 
     last_at: list[Tensor] | None = None  # the parameters of the latest evaluation (its gradients stay in .grad)

@@ -9,7 +9,7 @@ batched model, and with --alone the same probes one at a time, in the same proce
 matrix units, downstream.stacked.fast_bfloat16) and compares time and test accuracy. --streamed also trains the group
 with a memory budget of 0 (every batch read from the cache again) and compares. --per-evaluation trains an L2-path group
 (speaker_utterance, keywords) 3 more times as it is and 3 times converting its examples to float64 at every evaluation
-of the loss, alternating, and compares. --mapped first trains the group with
+of the loss, alternating, and compares; --history N the same with N L-BFGS pairs instead of 30. --mapped first trains the group with
 every freed block of 4 MiB or more unmapped at once (core.allocator.map_large_blocks, on a fresh heap), then as the
 harness does (freed blocks kept in the heap), and compares time and system CPU time. --broadcast also trains the group
 with dev and test scored through torch.matmul's broadcast of the rows all probes share, and compares. --decode also
@@ -25,6 +25,7 @@ seconds a frozen group spent scoring dev, and how many times it did); --out also
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-evaluation", action="store_true",
                    help="also train the group (an L2-path task) converting its training subset to float64 at every "
                         "evaluation of the loss (downstream.path.PATH_HELD_BYTES 0), not once per path, and compare")
+    p.add_argument("--history", type=int,
+                   help="also train the group (an L2-path task) with this many L-BFGS pairs instead of "
+                        "downstream.solver.HISTORY, alternating, and compare")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
@@ -138,20 +142,23 @@ def main(argv: list[str] | None = None) -> int:
         with mock.patch.object(StackedHeads, "forward", float32_logits):  # the decode as it was: argmax of float32
             old_task = replace(task, decode=lambda logits: logits.argmax(-1))
             compare(out, "decode", group, lambda: train_probes(old_task, mode, source, labels, specs, n_cls, cfg))
-    if a.per_evaluation:  # alternating with the held form, 3 rounds each way: the first run of a process is slower
+    if a.per_evaluation:
         import downstream.path
 
-        held, per = [], []
-        for r in range(3):
-            for convert in ((False, True) if r % 2 else (True, False)):
-                with mock.patch.object(downstream.path, "PATH_HELD_BYTES", 0 if convert else
-                                       downstream.path.PATH_HELD_BYTES):
-                    t0 = time.perf_counter()
-                    other = train_probes(task, mode, source, labels, specs, n_cls, cfg)
-                    (per if convert else held).append(round(time.perf_counter() - t0, 2))
-                    out["per_evaluation_same_rows"] = out.get("per_evaluation_same_rows", True) and same_rows(group, other)
-        out["held_seconds"], out["per_evaluation_seconds"] = held, per
-        out["per_evaluation_over_held"] = round(sum(per) / sum(held), 2)
+        alternate(out, "per_evaluation", group,
+                  lambda: mock.patch.object(downstream.path, "PATH_HELD_BYTES", 0),
+                  lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg))
+    if a.history is not None:
+        import functools
+
+        import downstream.path
+
+        solve = functools.partial(downstream.path.solve_l2, history=a.history)
+        other = alternate(out, f"history_{a.history}", group,
+                          lambda: mock.patch.object(downstream.path, "solve_l2", solve),
+                          lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg))
+        out[f"history_{a.history}_test"] = [round(100 * r.test_metric, 2) for r in other]
+        out[f"history_{a.history}_steps"] = [r.steps for r in other]
     if a.float32:
         import downstream.groups
 
@@ -191,6 +198,25 @@ def compare(out: dict, name: str, group: list, train) -> None:
     out[f"{name}_seconds"] = round(time.perf_counter() - t0, 1)
     out[f"{name}_over_group"] = round(out[f"{name}_seconds"] / out["group_seconds"], 2)
     out[f"{name}_same_rows"] = same_rows(group, other)
+
+
+def alternate(out: dict, name: str, group: list, patched, train, rounds: int = 3) -> list:
+    """Train the group `rounds` more times as it is and `rounds` times under `patched()` (a context manager),
+    alternating which goes first (the first training of a process is slower), and record both lists of seconds, their
+    ratio and whether the patched rows are the group's; return the patched rows."""
+    plain, other, patched_rows = [], [], []
+    for r in range(rounds):
+        for patch in ((True, False) if r % 2 else (False, True)):
+            with (patched() if patch else contextlib.nullcontext()):
+                t0 = time.perf_counter()
+                rows = train()
+                (other if patch else plain).append(round(time.perf_counter() - t0, 2))
+            if patch:
+                out[f"{name}_same_rows"] = out.get(f"{name}_same_rows", True) and same_rows(group, rows)
+                patched_rows = rows
+    out[f"{name}_plain_seconds"], out[f"{name}_seconds"] = plain, other
+    out[f"{name}_over_plain"] = round(sum(other) / sum(plain), 2)
+    return patched_rows
 
 
 def same_rows(a, b) -> bool:
