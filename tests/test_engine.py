@@ -360,16 +360,21 @@ def test_freed_blocks_are_reused_then_released():
     assert rss_kb() - before < 5_000  # given back when training ends
 
 
+def _weighted_sum_speaker_path(tiny, mj_src):  # noqa: F811
+    """A call that trains the L2-path speaker probe (weighted sum, 24 training utterances, two L2 points)."""
+    task = get_task("speaker_utterance")
+    labels, n_cls = _labels(tiny, task), len(tiny.speakers)
+    cfg = ProbeConfig(L2Path(l2_grid=(1e-1, 1e-2)), patience=2)
+    return lambda: train_probe(task, LayerMode("weighted_sum"), PooledSource(mj_src), labels, list(range(24)), n_cls,
+                               cfg, 0)
+
+
 def test_l2_path_in_parts_solves_the_same_probe(tiny, mj_src, monkeypatch):  # noqa: F811
     """The path's loss evaluated PATH_ROWS examples at a time (what keeps its float64 activations from growing with
     the utterances) reaches the same optimum as the whole batch: the same row, weights within the tolerance."""
     import downstream.path as path
 
-    task = get_task("speaker_utterance")
-    labels, n_cls = _labels(tiny, task), len(tiny.speakers)
-    cfg = ProbeConfig(L2Path(l2_grid=(1e-1, 1e-2)), patience=2)
-    run = lambda: train_probe(task, LayerMode("weighted_sum"), PooledSource(mj_src), labels,  # noqa: E731
-                              list(range(24)), n_cls, cfg, 0)
+    run = _weighted_sum_speaker_path(tiny, mj_src)
     whole = run()
     sizes = []
     real = path.solve_l2
@@ -387,11 +392,7 @@ def test_l2_path_held_in_float64_is_the_path_converted_per_evaluation(tiny, mj_s
     values in the same order, so the same row and weights, bit for bit."""
     import downstream.path as path
 
-    task = get_task("speaker_utterance")
-    labels, n_cls = _labels(tiny, task), len(tiny.speakers)
-    cfg = ProbeConfig(L2Path(l2_grid=(1e-1, 1e-2)), patience=2)
-    run = lambda: train_probe(task, LayerMode("weighted_sum"), PooledSource(mj_src), labels,  # noqa: E731
-                              list(range(24)), n_cls, cfg, 0)
+    run = _weighted_sum_speaker_path(tiny, mj_src)
     held = run()
     monkeypatch.setattr(path, "PATH_HELD_BYTES", 0)
     converted = run()
@@ -503,4 +504,5 @@ def test_natural_gradient_is_refused_for_a_head_it_cannot_precondition():
     with pytest.raises(ValueError, match="linear head"):
         StackedOptimizer.of(NaturalSGD(), mlp)
     cfg = ProbeConfig(Minibatch(SGD())).with_fields(optimizer="ngd", lr=0.02)
-    assert cfg.minibatch.optimizer == NaturalSGD(lr=0.02) and cfg.to_dict()["trainer"]["optimizer"]["kind"] == "NaturalSGD"
+    assert cfg.minibatch.optimizer == NaturalSGD(lr=0.02)
+    assert cfg.to_dict()["trainer"]["optimizer"]["kind"] == "NaturalSGD"
