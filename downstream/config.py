@@ -140,6 +140,9 @@ class L2Path:
 
     l2_grid: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
     rtol: float = 0.1
+    # L-BFGS in the variables of the head's Kronecker curvature, measured at each point's start (downstream.solver.
+    # Kronecker): the same optimum and tolerance, a fraction of the iterations at weak L2 on many examples
+    precondition: bool = True
 
     def __post_init__(self) -> None:
         if not self.l2_grid or any(v <= 0 for v in self.l2_grid):

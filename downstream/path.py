@@ -24,7 +24,7 @@ from downstream.heads import Whitening
 from downstream.modes import LayerMode
 from downstream.config import L2Path, ProbeConfig
 from downstream.probe import INIT_LOCK, Probe, ProbeResult, ProbeSpec
-from downstream.solver import solve_l2
+from downstream.solver import Kronecker, Preconditioned, solve_l2
 from downstream.sources import ArraySource, whitened
 from downstream.stopping import Stopping
 from downstream.tasks import TaskSpec
@@ -40,6 +40,9 @@ def fit_paths(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
     both (every seed at 100 % of the labels, where heads and mixes start at zero) share one solve."""
     if not isinstance(cfg.trainer, L2Path):
         raise ValueError(f"the L2 path solves probes configured with L2Path, got {type(cfg.trainer).__name__}")
+    if cfg.trainer.precondition and not isinstance(task.head(rows.hidden_size, n_classes), torch.nn.Linear):
+        raise ValueError(f"task {task.name}: L2Path.precondition solves in a linear head's curvature; this head is not "
+                         "linear (set precondition=False)")
     x = {s: _standardised(rows, s, layers, whiten) for s in PROBE_SPLITS}
     y = {s: torch.from_numpy(per_row[s]) for s in PROBE_SPLITS}
     solved: dict[tuple, ProbeResult] = {}
@@ -88,12 +91,22 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
     # conversion was a tenth of a solve's time); else made again at each evaluation, a few parts in memory at a time
     held = [part(a, b) for a, b in parts] if xs.shape[0] * len(idx) * xs.shape[2] * 8 <= PATH_HELD_BYTES else None
 
-    def data_loss() -> Iterator[Tensor]:
-        """The mean loss over the subset (in its order: the sums, and so the rows, do not change), PATH_ROWS examples
-        at a time in float64, each part weighted by its share."""
+    def inputs() -> Iterator[tuple[Tensor, int, int]]:
+        """The subset's float64 parts in its order (the sums, and so the rows, do not change), with their bounds."""
         for k, (a, b) in enumerate(parts):
-            xt = held[k] if held is not None else part(a, b)
+            yield (held[k] if held is not None else part(a, b)), a, b
+
+    def data_loss() -> Iterator[Tensor]:
+        """The mean loss over the subset, PATH_ROWS examples at a time in float64, each part weighted by its share."""
+        for xt, a, b in inputs():
             yield task.loss(work(xt), yt[a:b], reduction="mean") * ((b - a) / len(idx))
+
+    @torch.no_grad()
+    def head_inputs() -> Iterator[tuple[Tensor, Tensor]]:
+        """(the head's inputs, its logits) over the subset: where its Kronecker curvature is measured."""
+        for xt, _, _ in inputs():
+            h = work.featurizer(xt)
+            yield h, work.head(h)
 
     params = list(work.parameters())
     penalised = [p for name, p in work.head.named_parameters() if name.endswith("weight")]  # not biases, not the mix
@@ -106,7 +119,11 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
             solved = False
             break
         work.train()
-        iters, ok = solve_l2(params, data_loss, penalised, l2, path.rtol, budget)
+        pre = None
+        if path.precondition:  # the head's curvature at this strength (downstream.solver.Kronecker)
+            pre = Preconditioned(work.head.weight, work.head.bias, lambda l2=l2: Kronecker.fit(head_inputs(), l2),
+                                 out_first=True)
+        iters, ok = solve_l2(params, data_loss, penalised, l2, path.rtol, budget, precondition=pre)
         release()  # the point's freed float64 activations back to the OS (core.allocator)
         solved &= ok
         stop.steps[0] += iters

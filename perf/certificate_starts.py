@@ -19,6 +19,8 @@ regularised float32 fit's softmax underflows to them; the gradient's product as 
 --compare evaluations: every evaluation L-BFGS asks for computed (the point a step ended on is asked for again by the
 tolerance check and the next step's start, and the line search has usually evaluated it last) against the solver's
 reuse of the latest evaluation at the same parameter bits (downstream.solver.solve_l2, `reuse`; the same bits).
+--compare curvature: L-BFGS in the head's weights against the certificate's L-BFGS in the variables of the head's
+Kronecker curvature at each point's start (downstream.solver.Kronecker; the same optimum and tolerance).
 
     .venv/bin/python perf/certificate_starts.py --upstream mockingjay --task phone_linear,speaker_frame \\
         --out results/certificate_starts.json
@@ -32,6 +34,8 @@ reuse of the latest evaluation at the same parameter bits (downstream.solver.sol
         --task phone_linear,speaker_frame --threads 1 --out results/certificate_kernels.json
     .venv/bin/python perf/certificate_starts.py --compare evaluations --upstream mockingjay \
         --task phone_linear,speaker_frame,speaker_utterance --threads 1 --out results/certificate_evaluations.json
+    .venv/bin/python perf/certificate_starts.py --compare curvature --upstream mockingjay \
+        --task phone_linear,speaker_frame,speaker_utterance --threads 1 --out results/certificate_curvature.json
 
 Reads the rows of a results directory and the feature cache they were trained on (run the main job first). Prints
 per row the seconds, L-BFGS iterations and reference scores of both ways, and the total ratio.
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--upstream", default="mockingjay", help="name or name:preset")
     p.add_argument("--compare", default="starts",
-                   choices=("starts", "precision", "gradient", "loss", "kernels", "evaluations"))
+                   choices=("starts", "precision", "gradient", "loss", "kernels", "evaluations", "curvature"))
     p.add_argument("--task", default="phone_linear,speaker_frame", help="certified tasks, comma list")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--corpus", default="data/synth")
@@ -100,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             if a.compare == "kernels" else
             {"every evaluation": Certifier(corpus, a.cache_dir), "reused": Certifier(corpus, a.cache_dir)}
             if a.compare == "evaluations" else
+            {"weights": Certifier(corpus, a.cache_dir, precondition=False), "curvature": Certifier(corpus, a.cache_dir)}
+            if a.compare == "curvature" else
             {"autograd": Certifier(corpus, a.cache_dir), "closed form": Certifier(corpus, a.cache_dir)})
     (first, second) = ways
     rows = []

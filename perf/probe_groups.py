@@ -9,12 +9,14 @@ batched model, and with --alone the same probes one at a time, in the same proce
 matrix units, downstream.stacked.fast_bfloat16) and compares time and test accuracy. --streamed also trains the group
 with a memory budget of 0 (every batch read from the cache again) and compares. --per-evaluation trains an L2-path group
 (speaker_utterance, keywords) 3 more times as it is and 3 times converting its examples to float64 at every evaluation
-of the loss, alternating, and compares; --history N the same with N L-BFGS pairs instead of 30. --mapped first trains the group with
-every freed block of 4 MiB or more unmapped at once (core.allocator.map_large_blocks, on a fresh heap), then as the
-harness does (freed blocks kept in the heap), and compares time and system CPU time. --broadcast also trains the group
-with dev and test scored through torch.matmul's broadcast of the rows all probes share, and compares. --decode also
-trains it with dev and test decoded as they were (float32 logits, Tensor.argmax), and compares. Tasks of whole
-utterances train as a group too (downstream.utterances), e.g. the main job's phone_ctc sweep:
+of the loss, alternating, and compares; --history N the same with N L-BFGS pairs instead of 30; --weights the same
+solved in the head's own weights instead of its Kronecker curvature's variables (downstream.solver.Kronecker).
+--mapped first trains the group with every freed block of 4 MiB or more unmapped at once
+(core.allocator.map_large_blocks, on a fresh heap), then as the harness does (freed blocks kept in the heap), and
+compares time and system CPU time. --broadcast also trains the group with dev and test scored through torch.matmul's
+broadcast of the rows all probes share, and compares. --decode also trains it with dev and test decoded as they were
+(float32 logits, Tensor.argmax), and compares. Tasks of whole utterances train as a group too (downstream.utterances),
+e.g. the main job's phone_ctc sweep:
 
     .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_ctc --mode weighted_sum \
         --fractions 0.05,1 --seeds 1 --alone --streamed
@@ -76,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--history", type=int,
                    help="also train the group (an L2-path task) with this many L-BFGS pairs instead of "
                         "downstream.solver.HISTORY, alternating, and compare")
+    p.add_argument("--weights", action="store_true",
+                   help="an L2-path group: also train it 3 times solved in the head's own weights (no curvature "
+                        "preconditioning) and 3 times as it is, alternating, and compare")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
@@ -159,6 +164,21 @@ def main(argv: list[str] | None = None) -> int:
                           lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg))
         out[f"history_{a.history}_test"] = [round(100 * r.test_metric, 2) for r in other]
         out[f"history_{a.history}_steps"] = [r.steps for r in other]
+    if a.weights:  # the path solved in the head's own weights (L2Path.precondition off) against its curvature's
+        current = {"cfg": cfg}
+
+        @contextlib.contextmanager
+        def in_weights():
+            current["cfg"] = cfg.with_fields(precondition=False)
+            try:
+                yield
+            finally:
+                current["cfg"] = cfg
+
+        other = alternate(out, "weights", group, in_weights,
+                          lambda: train_probes(task, mode, source, labels, specs, n_cls, current["cfg"]))
+        out["weights_test"] = [round(100 * r.test_metric, 2) for r in other]
+        out["weights_steps"] = [r.steps for r in other]
     if a.float32:
         import downstream.groups
 

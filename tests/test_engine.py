@@ -378,7 +378,8 @@ def test_l2_path_in_parts_solves_the_same_probe(tiny, mj_src, monkeypatch):  # n
     whole = run()
     sizes = []
     real = path.solve_l2
-    monkeypatch.setattr(path, "solve_l2", lambda p, loss, *a: sizes.append(len(list(loss()))) or real(p, loss, *a))
+    monkeypatch.setattr(path, "solve_l2",
+                        lambda p, loss, *a, **kw: sizes.append(len(list(loss()))) or real(p, loss, *a, **kw))
     monkeypatch.setattr(path, "PATH_ROWS", 5)
     parts = run()
     assert sizes and set(sizes) == {5}  # 24 utterances in parts of 5

@@ -47,7 +47,7 @@ from core.repro import default_device, flush_denormals, torch_threads
 from corpora.manifest import PROBE_SPLITS, Corpus, load_corpus
 from downstream.data import SplitLabels, Targets, flat_rows, split_labels
 from downstream.fractions import fraction_subset
-from downstream.solver import solve_l2
+from downstream.solver import Kronecker, Preconditioned, solve_l2
 from downstream.sources import ArraySource, PooledSource
 from downstream.tasks import ALL_TASKS, TaskSpec, get_task
 from upstream.registry import parse_spec
@@ -148,12 +148,16 @@ class LogisticLoss(torch.autograd.Function):
 
 
 def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tuple[torch.Tensor, torch.Tensor] | None,
-         rtol: float, max_iter: int, float32_phase: bool = True) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+         rtol: float, max_iter: int, float32_phase: bool = True,
+         inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
     """Multinomial logistic regression on x (n, D) by full-batch L-BFGS, solved in float64 to the relative tolerance
     of downstream.solver; (W, b, iterations of both phases, solved). A float32 phase goes first, until its gradient
     is within FLOAT32_GRAD_FLOOR (cheaper matmuls); the float64 phase then solves from its point, and
     it alone decides `solved` and the tolerance: the same guarantee as float64 from the start. `float32_phase=False`:
-    float64 throughout (`perf/certificate_starts.py --compare precision` measures both)."""
+    float64 throughout (`perf/certificate_starts.py --compare precision` measures both).
+    `inputs`: the mean of x x^T with a constant 1 appended (downstream.solver.Kronecker.input_moment / n): both phases
+    then solve in the variables of the head's Kronecker curvature at the start (the same optimum and tolerance, fewer
+    iterations); None solves in the weights themselves (`perf/certificate_starts.py --compare curvature`)."""
     W = torch.zeros(x.shape[1], n_classes, dtype=torch.float32, device=x.device) if init is None else init[0]
     b = torch.zeros(n_classes, dtype=torch.float32, device=x.device) if init is None else init[1]
     total = 0
@@ -166,11 +170,29 @@ def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tupl
             b = b.to(dtype).clone().requires_grad_(True)
             z = torch.empty(len(y), n_classes, dtype=dtype, device=x.device)  # one evaluation's buffers, reused by all
             minus_one = torch.full((len(y), 1), -1.0, dtype=dtype, device=x.device)
+            pre = None
+            if inputs is not None:  # the curvature at the phase's current W, b (Preconditioned calls it)
+                pre = Preconditioned(W, b, lambda W=W, b=b: Kronecker(inputs, _softmax_cov(x, W.detach(), b.detach())
+                                                                       / len(y), l2).to(W.dtype))
             iters, ok = solve_l2([W, b], lambda: [LogisticLoss.apply(W, b, xd, y, z, minus_one)], [W], l2, rtol,
-                                 max_iter, floor=floor, patience=FLOAT32_PATIENCE if dtype == torch.float32 else None)
+                                 max_iter, floor=floor, patience=FLOAT32_PATIENCE if dtype == torch.float32 else None,
+                                 precondition=pre)
             total += iters
             W, b = W.detach(), b.detach()
     return W, b, total, ok
+
+
+@torch.no_grad()
+def _softmax_cov(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """The sum over the rows of x of the softmax covariance of x @ W + b (float64, C x C), a chunk of rows at a time."""
+    return sum(Kronecker.softmax_cov(x[a: a + chunk].to(W.dtype) @ W + b) for a in range(0, len(x), chunk))
+
+
+@torch.no_grad()
+def input_moment(x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """Kronecker.input_moment of x over its number of rows (float64), a chunk of rows at a time, each in float32
+    (a preconditioner's precision only decides how fast a solve gets there)."""
+    return sum(Kronecker.input_moment(x[a: a + chunk].float()).double() for a in range(0, len(x), chunk)) / len(x)
 
 
 Solutions = dict[float, tuple[torch.Tensor, torch.Tensor]]  # {l2: (W, b)} of one reference's grid
@@ -179,20 +201,23 @@ Solutions = dict[float, tuple[torch.Tensor, torch.Tensor]]  # {l2: (W, b)} of on
 def fit_reference(train: tuple[torch.Tensor, torch.Tensor], dev: tuple[torch.Tensor, torch.Tensor],
                   test: tuple[torch.Tensor, torch.Tensor], n_classes: int, grid: tuple[float, ...] = L2_GRID,
                   rtol: float = CERTIFICATE_RTOL, max_iter: int = 5000, starts: Solutions | None = None,
-                  solutions: Solutions | None = None, float32_phase: bool = True) -> Reference:
+                  solutions: Solutions | None = None, float32_phase: bool = True,
+                  precondition: bool = True) -> Reference:
     """Fit one regression per L2 strength (strongest first, each warm-starting the next); keep the best on dev.
 
     `starts`: the solutions of a neighbouring problem (the same labels and training subset, another mix of the same
     hidden states) to start each L2 point from instead of the previous point's solution. Every point is solved to
     the relative tolerance, within rtol x |W| of its unique optimum whatever the start (downstream.solver), so a
-    start only changes how many iterations that takes. `solutions` (a dict) receives this fit's own."""
+    start only changes how many iterations that takes. `solutions` (a dict) receives this fit's own. `precondition`:
+    every point solved in the variables of the head's Kronecker curvature (`_fit`), the same optimum."""
     x, y = train
+    inputs = input_moment(x) if precondition else None  # the same examples at every point
     best: Reference | None = None
     init = None
     for l2 in sorted(grid, reverse=True):
         if starts is not None and l2 in starts:
             init = starts[l2]
-        W, b, iters, ok = _fit(x, y, n_classes, l2, init, rtol, max_iter, float32_phase)
+        W, b, iters, ok = _fit(x, y, n_classes, l2, init, rtol, max_iter, float32_phase, inputs)
         init = (W, b)
         if solutions is not None:
             solutions[l2] = (W, b)
@@ -262,9 +287,10 @@ class Certifier:
     the same whitening (downstream.sources)."""
 
     def __init__(self, corpus: Corpus, cache_dir: Path, warm_starts: bool = True, device: torch.device | str = "cpu",
-                 float32_phase: bool = True) -> None:
+                 float32_phase: bool = True, precondition: bool = True) -> None:
         self.corpus, self.cache_dir, self.warm_starts = corpus, Path(cache_dir), warm_starts
-        self.device, self.float32_phase = torch.device(device), float32_phase  # where and how the fits are solved
+        # where and how the fits are solved (fit_reference)
+        self.device, self.float32_phase, self.precondition = torch.device(device), float32_phase, precondition
         self.utts = {s: corpus.utterances(s) for s in PROBE_SPLITS}
         self.frame_rule: FrameRule | None = None  # of the upstream loaded last (`sources`)
         self._sources: dict[tuple, tuple[ArraySource, PooledSource]] = {}
@@ -343,7 +369,8 @@ class Certifier:
             solutions: Solutions = {}
             self._fits[key] = fit_reference(*data, len(task.labels.classes(self.corpus)), grid,
                                             starts=self._solutions.get(near) if self.warm_starts else None,
-                                            solutions=solutions, float32_phase=self.float32_phase)
+                                            solutions=solutions, float32_phase=self.float32_phase,
+                                            precondition=self.precondition)
             self._solutions[near] = solutions
         return self._fits[key]
 
