@@ -6,7 +6,7 @@
                             | NaturalSGD(lr, momentum, damping, fisher_decay, fisher_rows, mix_lr)  # linear probes
                             | AdamW(lr, weight_decay)                    # frozen probes
                             | FinetuneAdamW(lr, upstream_lr, weight_decay)  # fine-tuning: head and upstream
-              | L2Path(l2_grid, rtol)                                    # full-batch L-BFGS, strongest L2 first
+              | L2Path(l2_grid, rtol, precondition)                      # full-batch L-BFGS, strongest L2 first
 
 Every probe trains until dev stops improving (downstream.stopping): `patience` evaluations without a gain of
 `min_delta`, or the `max_steps` cap. A minibatch trainer evaluates dev after every pass over its training subset
@@ -20,7 +20,7 @@ when a probe is done (docs/benchmark.md).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 
 def _names(obj: Any) -> set[str]:
@@ -140,15 +140,21 @@ class L2Path:
 
     l2_grid: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
     rtol: float = 0.1
-    # L-BFGS in the variables of the head's Kronecker curvature, measured at each point's start (downstream.solver.
-    # Kronecker): the same optimum and tolerance, a fraction of the iterations at weak L2 on many examples
-    precondition: bool = True
+    # "fixed_input": where the head reads one hidden state (a convex problem, one optimum), L-BFGS in the variables of
+    # its Kronecker curvature (downstream.solver.Kronecker): the same optimum and tolerance, a fraction of the
+    # iterations at weak L2 on many examples. A weighted sum's mix makes the objective non-convex and the path decides
+    # which optimum it reaches: solved in the curvature, the 1x Mockingjay's weighted sum settled on its last layer (dev
+    # 14.0 %) where the path in the weights had found its input block (dev 24.0), so a weighted sum is solved in the
+    # weights (docs/benchmark.md). "none": every path in the weights.
+    precondition: Literal["fixed_input", "none"] = "fixed_input"
 
     def __post_init__(self) -> None:
         if not self.l2_grid or any(v <= 0 for v in self.l2_grid):
             raise ValueError(f"L2Path.l2_grid must hold L2 strengths > 0 (the solver's tolerance is relative to the "
                              f"L2 strength), got {self.l2_grid}")
         _positive(self, "rtol")
+        if self.precondition not in ("fixed_input", "none"):
+            raise ValueError(f"L2Path.precondition must be 'fixed_input' or 'none', got {self.precondition!r}")
 
 
 @dataclass(frozen=True)

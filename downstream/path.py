@@ -40,9 +40,9 @@ def fit_paths(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[W
     both (every seed at 100 % of the labels, where heads and mixes start at zero) share one solve."""
     if not isinstance(cfg.trainer, L2Path):
         raise ValueError(f"the L2 path solves probes configured with L2Path, got {type(cfg.trainer).__name__}")
-    if cfg.trainer.precondition and not isinstance(task.head(rows.hidden_size, n_classes), torch.nn.Linear):
-        raise ValueError(f"task {task.name}: L2Path.precondition solves in a linear head's curvature; this head is not "
-                         "linear (set precondition=False)")
+    if cfg.trainer.precondition != "none" and not task.linear:
+        raise ValueError(f"task {task.name}: L2Path.precondition solves in a linear head's curvature, and this task's "
+                         "head is not one Linear layer (set precondition='none')")
     x = {s: _standardised(rows, s, layers, whiten) for s in PROBE_SPLITS}
     y = {s: torch.from_numpy(per_row[s]) for s in PROBE_SPLITS}
     solved: dict[tuple, ProbeResult] = {}
@@ -120,7 +120,8 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
             break
         work.train()
         pre = None
-        if path.precondition:  # the head's curvature at this strength (downstream.solver.Kronecker)
+        # the head's curvature at this strength (downstream.solver.Kronecker), where its input is fixed (no mix)
+        if path.precondition == "fixed_input" and work.featurizer.weights is None:
             pre = Preconditioned(work.head.weight, work.head.bias, lambda l2=l2: Kronecker.fit(head_inputs(), l2),
                                  out_first=True)
         iters, ok = solve_l2(params, data_loss, penalised, l2, path.rtol, budget, precondition=pre)

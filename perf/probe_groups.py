@@ -164,12 +164,12 @@ def main(argv: list[str] | None = None) -> int:
                           lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg))
         out[f"history_{a.history}_test"] = [round(100 * r.test_metric, 2) for r in other]
         out[f"history_{a.history}_steps"] = [r.steps for r in other]
-    if a.weights:  # the path solved in the head's own weights (L2Path.precondition off) against its curvature's
+    if a.weights:  # the path solved in the head's own weights (L2Path.precondition 'none') against its curvature's
         current = {"cfg": cfg}
 
         @contextlib.contextmanager
         def in_weights():
-            current["cfg"] = cfg.with_fields(precondition=False)
+            current["cfg"] = cfg.with_fields(precondition="none")
             try:
                 yield
             finally:

@@ -388,6 +388,37 @@ def test_l2_path_in_parts_solves_the_same_probe(tiny, mj_src, monkeypatch):  # n
         assert torch.allclose(parts.state[k], w, rtol=0, atol=1e-2 * float(w.abs().max()) + 1e-6), k
 
 
+def test_l2_path_solves_in_a_linear_heads_curvature_only(tiny, mj_src):  # noqa: F811
+    """The curvature's change of variables is a linear head's: an L2 path over another head is refused with a clear
+    error unless asked to solve in the weights themselves (L2Path.precondition 'none')."""
+    from dataclasses import replace
+
+    task = replace(get_task("speaker_utterance"), head=one_hidden_head(8), linear=False)
+    labels, n_cls = _labels(tiny, task), len(tiny.speakers)
+    cfg = ProbeConfig(L2Path(l2_grid=(1e-1,)), patience=1)
+
+    def run(c):
+        return train_probe(task, LayerMode("last"), PooledSource(mj_src), labels, list(range(24)), n_cls, c, 0)
+    with pytest.raises(ValueError, match="not one Linear layer"):
+        run(cfg)
+    assert run(cfg.with_fields(precondition="none")).steps > 0
+
+
+def test_a_weighted_sum_path_is_solved_in_the_weights(tiny, mj_src):  # noqa: F811
+    """The mix makes a weighted sum's objective non-convex, so the curvature (which would change the optimum it reaches)
+    is used only where the head reads one hidden state: a weighted-sum path is the same, bit for bit, either way."""
+    task = get_task("speaker_utterance")
+    labels, n_cls = _labels(tiny, task), len(tiny.speakers)
+    rows = {}
+    for how in ("fixed_input", "none"):
+        cfg = ProbeConfig(L2Path(l2_grid=(1e-1, 1e-2), precondition=how), patience=2)
+        rows[how] = train_probe(task, LayerMode("weighted_sum"), PooledSource(mj_src), labels, list(range(24)), n_cls,
+                                cfg, 0)
+    a, b = rows["fixed_input"], rows["none"]
+    assert (a.dev_metric, a.test_metric, a.steps) == (b.dev_metric, b.test_metric, b.steps)
+    assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
 def test_l2_path_held_in_float64_is_the_path_converted_per_evaluation(tiny, mj_src, monkeypatch):  # noqa: F811
     """A small subset is converted to float64 once per path (PATH_HELD_BYTES) instead of at each evaluation: the same
     values in the same order, so the same row and weights, bit for bit."""
