@@ -101,18 +101,20 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
         for xt, a, b in inputs():
             yield task.loss(work(xt), yt[a:b], reduction="mean") * ((b - a) / len(idx))
 
-    @torch.no_grad()
-    def head_inputs() -> Iterator[tuple[Tensor, Tensor]]:
-        """(the head's inputs, its logits) over the subset: where its Kronecker curvature is measured."""
+    def head_logits() -> Iterator[Tensor]:
+        """The head's logits over the subset: where its Kronecker curvature is measured (under no_grad, by the solver)."""
         for xt, _, _ in inputs():
-            h = work.featurizer(xt)
-            yield h, work.head(h)
+            yield work(xt)
 
     params = list(work.parameters())
     penalised = [p for name, p in work.head.named_parameters() if name.endswith("weight")]  # not biases, not the mix
     solved = True
     path = cfg.trainer
     assert isinstance(path, L2Path)  # fit_paths checked it
+    moment = None  # the head's inputs' second moment, where the curvature is used: measured once, they do not move
+    if path.precondition == "fixed_input" and work.featurizer.weights is None:
+        with torch.no_grad():
+            moment = Kronecker.mean_input_moment(work.featurizer(xt) for xt, _, _ in inputs())
     for l2 in path.l2_grid:
         budget = cfg.max_steps - int(stop.steps[0])
         if budget <= 0:
@@ -121,9 +123,9 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
         work.train()
         pre = None
         # the head's curvature at this strength (downstream.solver.Kronecker), where its input is fixed (no mix)
-        if path.precondition == "fixed_input" and work.featurizer.weights is None:
-            pre = Preconditioned(work.head.weight, work.head.bias, lambda l2=l2: Kronecker.fit(head_inputs(), l2),
-                                 out_first=True)
+        if moment is not None:
+            pre = Preconditioned(work.head.weight, work.head.bias,
+                                 lambda l2=l2: Kronecker.at(moment, head_logits(), l2), out_first=True)
         iters, ok = solve_l2(params, data_loss, penalised, l2, path.rtol, budget, precondition=pre)
         release()  # the point's freed float64 activations back to the OS (core.allocator)
         solved &= ok

@@ -64,17 +64,30 @@ class Kronecker:
         return (torch.diag(p.sum(0)) - p.T @ p).double()
 
     @classmethod
-    def fit(cls, batches: Iterable[tuple[Tensor, Tensor]], l2: float) -> "Kronecker":
-        """The factors from (inputs (n, D), logits (n, C)) batches of the training examples, at the current head."""
-        A = F = None
-        n = 0
-        for x, logits in batches:
-            a, f = cls.input_moment(x).double(), cls.softmax_cov(logits)
-            A, F = (a, f) if A is None else (A + a, F + f)
+    def mean_input_moment(cls, inputs: Iterable[Tensor]) -> Tensor:
+        """A: the mean of `input_moment` over batches (n, D) of the training examples, in float64. It does not move
+        with the head, so a solve whose inputs are fixed measures it once."""
+        A, n = None, 0
+        for x in inputs:
+            a = cls.input_moment(x).double()
+            A = a if A is None else A + a
             n += len(x)
         if A is None:
-            raise ValueError("Kronecker.fit: no examples")
-        return cls(A / n, F / n, l2)
+            raise ValueError("Kronecker.mean_input_moment: no examples")
+        return A / n
+
+    @classmethod
+    def at(cls, inputs: Tensor, logits: Iterable[Tensor], l2: float) -> "Kronecker":
+        """The curvature at the head's current `logits` (batches (n, C) over the training examples), with the inputs'
+        `mean_input_moment`."""
+        F, n = None, 0
+        for z in logits:
+            f = cls.softmax_cov(z)
+            F = f if F is None else F + f
+            n += len(z)
+        if F is None:
+            raise ValueError("Kronecker.at: no examples")
+        return cls(inputs, F / n, l2)
 
     def to(self, dtype: torch.dtype) -> "Kronecker":
         """The same change of variables in `dtype` (a float32 solve's)."""

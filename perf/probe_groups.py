@@ -27,7 +27,6 @@ seconds a frozen group spent scoring dev, and how many times it did); --out also
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -147,36 +146,26 @@ def main(argv: list[str] | None = None) -> int:
         with mock.patch.object(StackedHeads, "forward", float32_logits):  # the decode as it was: argmax of float32
             old_task = replace(task, decode=lambda logits: logits.argmax(-1))
             compare(out, "decode", group, lambda: train_probes(old_task, mode, source, labels, specs, n_cls, cfg))
+    def train(c=cfg):
+        return train_probes(task, mode, source, labels, specs, n_cls, c)
+
     if a.per_evaluation:
         import downstream.path
 
-        alternate(out, "per_evaluation", group,
-                  lambda: mock.patch.object(downstream.path, "PATH_HELD_BYTES", 0),
-                  lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg))
+        alternate(out, "per_evaluation", group, train,
+                  under(lambda: mock.patch.object(downstream.path, "PATH_HELD_BYTES", 0), train))
     if a.history is not None:
         import functools
 
         import downstream.path
 
         solve = functools.partial(downstream.path.solve_l2, history=a.history)
-        other = alternate(out, f"history_{a.history}", group,
-                          lambda: mock.patch.object(downstream.path, "solve_l2", solve),
-                          lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg))
+        other = alternate(out, f"history_{a.history}", group, train,
+                          under(lambda: mock.patch.object(downstream.path, "solve_l2", solve), train))
         out[f"history_{a.history}_test"] = [round(100 * r.test_metric, 2) for r in other]
         out[f"history_{a.history}_steps"] = [r.steps for r in other]
     if a.weights:  # the path solved in the head's own weights (L2Path.precondition 'none') against its curvature's
-        current = {"cfg": cfg}
-
-        @contextlib.contextmanager
-        def in_weights():
-            current["cfg"] = cfg.with_fields(precondition="none")
-            try:
-                yield
-            finally:
-                current["cfg"] = cfg
-
-        other = alternate(out, "weights", group, in_weights,
-                          lambda: train_probes(task, mode, source, labels, specs, n_cls, current["cfg"]))
+        other = alternate(out, "weights", group, train, lambda: train(cfg.with_fields(precondition="none")))
         out["weights_test"] = [round(100 * r.test_metric, 2) for r in other]
         out["weights_steps"] = [r.steps for r in other]
     if a.float32:
@@ -220,23 +209,30 @@ def compare(out: dict, name: str, group: list, train) -> None:
     out[f"{name}_same_rows"] = same_rows(group, other)
 
 
-def alternate(out: dict, name: str, group: list, patched, train, rounds: int = 3) -> list:
-    """Train the group `rounds` more times as it is and `rounds` times under `patched()` (a context manager),
+def alternate(out: dict, name: str, group: list, train, other, rounds: int = 3) -> list:
+    """Train the group `rounds` more times as it is (`train()`) and `rounds` times the other way (`other()`),
     alternating which goes first (the first training of a process is slower), and record both lists of seconds, their
-    ratio and whether the patched rows are the group's; return the patched rows."""
-    plain, other, patched_rows = [], [], []
+    ratio and whether the other way's rows are the group's; return the other way's rows."""
+    plain, changed, other_rows = [], [], []
     for r in range(rounds):
-        for patch in ((True, False) if r % 2 else (False, True)):
-            with (patched() if patch else contextlib.nullcontext()):
-                t0 = time.perf_counter()
-                rows = train()
-                (other if patch else plain).append(round(time.perf_counter() - t0, 2))
-            if patch:
+        for way in ((other, train) if r % 2 else (train, other)):
+            t0 = time.perf_counter()
+            rows = way()
+            (changed if way is other else plain).append(round(time.perf_counter() - t0, 2))
+            if way is other:
                 out[f"{name}_same_rows"] = out.get(f"{name}_same_rows", True) and same_rows(group, rows)
-                patched_rows = rows
-    out[f"{name}_plain_seconds"], out[f"{name}_seconds"] = plain, other
-    out[f"{name}_over_plain"] = round(sum(other) / sum(plain), 2)
-    return patched_rows
+                other_rows = rows
+    out[f"{name}_plain_seconds"], out[f"{name}_seconds"] = plain, changed
+    out[f"{name}_over_plain"] = round(sum(changed) / sum(plain), 2)
+    return other_rows
+
+
+def under(patch, train):
+    """`train`, run under the context manager `patch()` makes."""
+    def run():
+        with patch():
+            return train()
+    return run
 
 
 def same_rows(a, b) -> bool:

@@ -119,7 +119,8 @@ def _solve_pre(x, y, l2, rtol, precondition, refresh=100):
     b = torch.zeros(int(y.max()) + 1, dtype=torch.float64, requires_grad=True)
     pre = None
     if precondition:
-        pre = Preconditioned(W, b, lambda: Kronecker.fit([(x, x @ W + b)], l2), refresh=refresh)
+        pre = Preconditioned(W, b, lambda: Kronecker.at(Kronecker.mean_input_moment([x]), [x @ W + b], l2),
+                             refresh=refresh)
     iters, ok = solve_l2([W, b], lambda: [F.cross_entropy(x @ W + b, y)], [W], l2, rtol, 20000, precondition=pre)
     return W.detach(), b.detach(), iters, ok
 

@@ -155,7 +155,7 @@ def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tupl
     is within FLOAT32_GRAD_FLOOR (cheaper matmuls); the float64 phase then solves from its point, and
     it alone decides `solved` and the tolerance: the same guarantee as float64 from the start. `float32_phase=False`:
     float64 throughout (`perf/certificate_starts.py --compare precision` measures both).
-    `inputs`: the mean of x x^T with a constant 1 appended (downstream.solver.Kronecker.input_moment / n): both phases
+    `inputs`: the mean of x x^T with a constant 1 appended (downstream.solver.Kronecker.mean_input_moment): both phases
     then solve in the variables of the head's Kronecker curvature at the start (the same optimum and tolerance, fewer
     iterations); None solves in the weights themselves (`perf/certificate_starts.py --compare curvature`)."""
     W = torch.zeros(x.shape[1], n_classes, dtype=torch.float32, device=x.device) if init is None else init[0]
@@ -172,8 +172,9 @@ def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tupl
             minus_one = torch.full((len(y), 1), -1.0, dtype=dtype, device=x.device)
             pre = None
             if inputs is not None:  # the curvature at the phase's current W, b (Preconditioned calls it)
-                pre = Preconditioned(W, b, lambda W=W, b=b: Kronecker(inputs, _softmax_cov(x, W.detach(), b.detach())
-                                                                       / len(y), l2).to(W.dtype))
+                def curvature(W: torch.Tensor = W, b: torch.Tensor = b) -> Kronecker:
+                    return Kronecker.at(inputs, (c.to(W.dtype) @ W + b for c in _chunks(x)), l2).to(W.dtype)
+                pre = Preconditioned(W, b, curvature)
             iters, ok = solve_l2([W, b], lambda: [LogisticLoss.apply(W, b, xd, y, z, minus_one)], [W], l2, rtol,
                                  max_iter, floor=floor, patience=FLOAT32_PATIENCE if dtype == torch.float32 else None,
                                  precondition=pre)
@@ -182,17 +183,9 @@ def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tupl
     return W, b, total, ok
 
 
-@torch.no_grad()
-def _softmax_cov(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-    """The sum over the rows of x of the softmax covariance of x @ W + b (float64, C x C), a chunk of rows at a time."""
-    return sum(Kronecker.softmax_cov(x[a: a + chunk].to(W.dtype) @ W + b) for a in range(0, len(x), chunk))
-
-
-@torch.no_grad()
-def input_moment(x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-    """Kronecker.input_moment of x over its number of rows (float64), a chunk of rows at a time, each in float32
-    (a preconditioner's precision only decides how fast a solve gets there)."""
-    return sum(Kronecker.input_moment(x[a: a + chunk].float()).double() for a in range(0, len(x), chunk)) / len(x)
+def _chunks(x: torch.Tensor, rows: int = 65536) -> list[torch.Tensor]:
+    """x's rows a chunk at a time (the curvature's sums over all training frames)."""
+    return [x[a: a + rows] for a in range(0, len(x), rows)]
 
 
 Solutions = dict[float, tuple[torch.Tensor, torch.Tensor]]  # {l2: (W, b)} of one reference's grid
@@ -211,7 +204,9 @@ def fit_reference(train: tuple[torch.Tensor, torch.Tensor], dev: tuple[torch.Ten
     start only changes how many iterations that takes. `solutions` (a dict) receives this fit's own. `precondition`:
     every point solved in the variables of the head's Kronecker curvature (`_fit`), the same optimum."""
     x, y = train
-    inputs = input_moment(x) if precondition else None  # the same examples at every point
+    # the inputs' second moment, the same at every point; float32 products (a preconditioner's precision decides how
+    # fast a solve gets there, not where it ends)
+    inputs = Kronecker.mean_input_moment(c.float() for c in _chunks(x)) if precondition else None
     best: Reference | None = None
     init = None
     for l2 in sorted(grid, reverse=True):
