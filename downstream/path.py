@@ -36,8 +36,9 @@ PATH_HELD_BYTES = 64 << 20  # a training subset up to this size in float64 is co
 def fit_paths(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[Whitening], layers: list[int],
               per_row: dict[str, np.ndarray], probes: list[ProbeSpec], n_classes: int, cfg: ProbeConfig,
               device: torch.device) -> list[ProbeResult]:
-    """The path of every probe. A path is deterministic given its examples and starting weights: probes that share
-    both (every seed at 100 % of the labels, where heads and mixes start at zero) share one solve."""
+    """The path of every probe. A path is deterministic given its examples (as a set: they are summed in index order)
+    and starting weights: probes that share both (every seed at 100 % of the labels, where heads and mixes start at
+    zero) share one solve."""
     if not isinstance(cfg.trainer, L2Path):
         raise ValueError(f"the L2 path solves probes configured with L2Path, got {type(cfg.trainer).__name__}")
     if cfg.trainer.precondition != "none" and not task.linear:
@@ -78,7 +79,9 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
     task = probe.task
     stop = Stopping(1, cfg, task.metric)
     best = copy.deepcopy(probe.state_dict())
-    idx = torch.as_tensor(list(spec.train_idx), dtype=torch.long, device=device)
+    # the subset's examples in index order: the loss is a sum over them, and a sum's last bits depend on its order,
+    # so a path is a function of its subset, whatever order the seed drew it in (downstream.probe.PATH_VERSION)
+    idx = torch.as_tensor(sorted(spec.train_idx), dtype=torch.long, device=device)
     work = copy.deepcopy(probe).double()  # float32 gradients floor above the relative tolerance at weak L2
     xs = x["train"].to(device)
     yt = y["train"].to(device).index_select(0, idx)

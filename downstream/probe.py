@@ -26,6 +26,11 @@ ENGINE_VERSIONS: dict[str, int] = {"stacked": 3, "ctc": 4, "verification": 5}
 # part of the run id of every frozen minibatch probe of that engine (its L2-path probes read no minibatches): 2, the
 # training split's blocks scattered over the whole split in pieces
 FEED_VERSION = 2
+# the version of the order in which an L2-path probe (downstream.path) sums its training examples, part of the run id of
+# every L2-path probe: 2, sorted by index, so that a path is a function of its subset, not of the seed that drew it
+# (the subset of every seed at 100 % is the whole split, drawn in another order: summed in that order, the same
+# problem rounded differently and stopped a few examples apart on some seeds)
+PATH_VERSION = 2
 # the global RNGs: probes built (seeded) in parallel threads must not interleave there
 INIT_LOCK = threading.Lock()
 

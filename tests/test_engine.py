@@ -538,3 +538,21 @@ def test_natural_gradient_is_refused_for_a_head_it_cannot_precondition():
     cfg = ProbeConfig(Minibatch(SGD())).with_fields(optimizer="ngd", lr=0.02)
     assert cfg.minibatch.optimizer == NaturalSGD(lr=0.02)
     assert cfg.to_dict()["trainer"]["optimizer"]["kind"] == "NaturalSGD"
+
+
+def test_a_path_is_a_function_of_its_subset_not_of_the_order_a_seed_drew_it_in(tiny, mj_src):  # noqa: F811
+    """Every seed at 100 % of the labels draws the whole split, each in its own order. The L2 path sums its examples in
+    index order, so two probes on one subset reach the same bits, solved together or apart (apart, summed in the
+    drawn order, the same problem rounded differently and stopped elsewhere within the tolerance)."""
+    task = get_task("speaker_utterance")
+    labels, n_cls = _labels(tiny, task), len(tiny.speakers)
+    pooled = PooledSource(mj_src)
+    n = len(mj_src.lengths("train"))
+    drawn = tuple(int(i) for i in np.random.default_rng(5).permutation(n))
+    # a tight tolerance down to a weak L2: hundreds of iterations, over which summed in the drawn order the solve took
+    # 820 iterations against 740 in index order
+    cfg = ProbeConfig(L2Path(l2_grid=tuple(10.0 ** -k for k in range(1, 9)), rtol=1e-3), patience=10)
+    ordered, = train_probes(task, LayerMode("last"), pooled, labels, [ProbeSpec(tuple(range(n)), 0)], n_cls, cfg)
+    shuffled, = train_probes(task, LayerMode("last"), pooled, labels, [ProbeSpec(drawn, 1)], n_cls, cfg)
+    assert _key(ordered) == _key(shuffled)
+    assert all(torch.equal(ordered.state[k], shuffled.state[k]) for k in ordered.state)

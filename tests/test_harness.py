@@ -181,6 +181,22 @@ def test_balance_splits_a_group_that_would_hold_one_worker_alone():
     assert runner.balance([mlp, *quick], cost, workers=1) == [mlp, *quick]  # one worker: nothing to balance
 
 
+def test_balance_keeps_the_probes_of_one_solve_together_and_costs_them_once():
+    """Probes that one solve serves (the L2 path at 100 % of the labels: every seed on the same examples from the same
+    start) are never dealt to two halves, which would solve the same path twice; and they count once toward a
+    group's load, so a group of four seeds of one solve is not split beside a group that costs more than one."""
+    cost = lambda job: job[1]  # noqa: E731
+    solve = lambda job: job[2]  # noqa: E731
+    path = [tuple(j) for j in (["path", 10, "all"], ["path", 10, "all"], ["path", 1, "a"], ["path", 1, "b"])]
+    other = [tuple(j) for j in (["sgd", 9, "x"], ["sgd", 3, "y"])]  # every job its own object, as the runner's
+    out = runner.balance([path, other], cost, workers=2, solve=solve)
+    halves = [g for g in out if g[0][0] == "path"]
+    assert sum(len(g) for g in halves) == 4 and [j for g in halves for j in g].count(path[0]) == 2
+    assert all(all(j in g for j in path[:2]) or not any(j in g for j in path[:2]) for g in halves)
+    assert len(halves) == 1  # the one solve costs 10, plus 1 + 1: not more than half of 12 + 12
+    assert len([g for g in runner.balance([path, other], cost, workers=2) if g[0][0] == "path"]) == 2  # costed 22
+
+
 def test_cli_errors_list_valid_choices(capsys, corpus_dir, tmp_path):
     for argv, expect in ((["--upstream", "mel,wav2vec"], "valid: mel, mockingjay"),
                          (["--task", "asr"], "valid: phone_linear"), (["--mode", "mean"], "valid: last"),

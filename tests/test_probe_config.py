@@ -74,8 +74,9 @@ def test_probe_settings_names_a_bad_fraction_list_and_exits_2(tmp_path):
 
 
 def test_a_run_id_changes_with_what_trains_the_probe(monkeypatch):
-    """A frozen minibatch probe's id holds its config and the feed's version; a fine-tuning run's id holds the config
-    of the frozen probe it starts from, so changing the frame probes' optimiser re-trains fine-tuning too."""
+    """A frozen minibatch probe's id holds its config and the feed's version, an L2-path probe's the version of the
+    order its examples are summed in; a fine-tuning run's id holds the config of the frozen probe it starts from, so
+    changing the frame probes' optimiser re-trains fine-tuning too."""
     from benchmark.plan import runs
     from benchmark.plan.runs import PlannedRun, run_id
     from downstream.modes import LayerMode
@@ -97,5 +98,9 @@ def test_a_run_id_changes_with_what_trains_the_probe(monkeypatch):
     assert run_id("c", {}, frozen, 3, FRAME_PROBE) != ids["frozen"]
     assert run_id("c", {}, tuned, 3, MAIN_FINETUNE, FRAME_PROBE) != ids["tuned"]
     assert run_id("c", {}, utterance, 0, path) == before  # the L2 path reads no minibatches
+    frozen_id = run_id("c", {}, frozen, 3, FRAME_PROBE)
+    monkeypatch.setattr(runs, "PATH_VERSION", runs.PATH_VERSION + 1)  # the path's examples summed in another order
+    assert run_id("c", {}, utterance, 0, path) != before
+    assert run_id("c", {}, frozen, 3, FRAME_PROBE) == frozen_id  # a minibatch probe solves no path
     with pytest.raises(ValueError, match="frozen probe it starts from"):
         run_id("c", {}, tuned, 3, MAIN_FINETUNE)

@@ -9,8 +9,8 @@ from core.io import sha256_json
 from corpora.manifest import PROBE_SPLITS, Corpus, Utterance
 from downstream.fractions import MIN_DEFAULT_UTTS, default_fractions
 from downstream.modes import LayerMode, parse_modes
-from downstream.config import Minibatch, ProbeConfig
-from downstream.probe import ENGINE_VERSIONS, FEED_VERSION
+from downstream.config import L2Path, Minibatch, ProbeConfig
+from downstream.probe import ENGINE_VERSIONS, FEED_VERSION, PATH_VERSION
 from downstream.tasks import TaskSpec, get_task
 from upstream.registry import family_of
 
@@ -143,10 +143,12 @@ def run_id(corpus_digest: str, identity: dict[str, str], run: PlannedRun, layer:
 
 def _trainer_identity(task: str, cfg: ProbeConfig, frozen: bool) -> dict:
     """What decides how a probe of `task` trains: its config, its engine's version and, for a frozen minibatch probe
-    of the stacked engine, the version of the order its minibatches are fed in."""
+    of the stacked engine, the version of the order its minibatches are fed in; for an L2-path probe, the version of
+    the order its examples are summed in."""
     engine = get_task(task).engine
     fed = engine == "stacked" and frozen and isinstance(cfg.trainer, Minibatch)
-    return {"probe": cfg.to_dict(), "engine": ENGINE_VERSIONS[engine], **({"feed": FEED_VERSION} if fed else {})}
+    order = {"feed": FEED_VERSION} if fed else {"path": PATH_VERSION} if isinstance(cfg.trainer, L2Path) else {}
+    return {"probe": cfg.to_dict(), "engine": ENGINE_VERSIONS[engine], **order}
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:

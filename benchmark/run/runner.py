@@ -22,7 +22,7 @@ from downstream.modes import LayerMode
 from downstream.sources import ArraySource, LiveSource, PooledSource, SplitArrays
 from downstream.tasks import TaskSpec, get_task
 from downstream.finetune import finetune_probe
-from downstream.config import ProbeConfig
+from downstream.config import L2Path, ProbeConfig
 from downstream.probe import ProbeResult, ProbeSpec
 from downstream.train import train_probe, train_probes
 from benchmark.cache.extract import ensure_split, extract_arrays
@@ -218,38 +218,62 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
         groups.setdefault((r.task, r.mode, pcfg), []).append((r, rid, pcfg))
     width = next(iter(arrays.values())).hidden.shape[2]
     cost = lambda job: expected_seconds(job[0], L, width)  # noqa: E731
+
+    def solve_key(job: tuple[PlannedRun, str, ProbeConfig]) -> tuple | str:
+        """The L2 path's probes on the same examples share one solve (downstream.path.fit_paths); another job is
+        its own."""
+        r, rid, pcfg = job
+        if not isinstance(pcfg.trainer, L2Path):
+            return rid
+        task = get_task(r.task)
+        sub = fraction_subset(train_speakers(task), r.fraction, r.seed, task.labels.closed_set)
+        return (r.task, r.mode, pcfg, tuple(sorted(sub.indices)))
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     try:
         if groups:  # groups in `probe_workers` threads with `probe_threads` torch threads each
             # a step's freed activations are reused by the next (core.allocator)
             with torch_threads(min(cfg.probe_threads or threads, threads)), heap_while_training():
-                run_parallel(one_group, [(g,) for g in balance(list(groups.values()), cost, cfg.probe_workers)],
-                             cfg.probe_workers, "probe")
+                order = balance(list(groups.values()), cost, cfg.probe_workers, solve_key)
+                run_parallel(one_group, [(g,) for g in order], cfg.probe_workers, "probe")
         run_parallel(one_finetune, finetune, 1)  # the upstream itself trains: one run at a time, every thread
     finally:
         bar.close()
         stats.probe_seconds += time.perf_counter() - t0
 
 
-def balance(groups: list[list], cost, workers: int) -> list[list]:
+def balance(groups: list[list], cost, workers: int, solve=None) -> list[list]:
     """The groups in the order `workers` threads take them, costliest first (expected seconds of a run: `cost`), so
     that the threads finish together. A group expected to take longer than an even share of the total (the 10-ms
     mel MLP, beside three quick groups) is split in two, its probes dealt costliest first to the lighter half,
-    until no group is: a probe's row does not depend on the group it trains in (downstream.groups)."""
-    total = sum(cost(r) for g in groups for r in g)
-    share = total / max(1, workers)
+    until no group is: a probe's row does not depend on the group it trains in (downstream.groups).
+
+    `solve(job)`: a key shared by the jobs of a group that one solve serves (the L2 path's probes with the same
+    examples and start: every seed at 100 % of the labels, downstream.path.fit_paths). Such jobs are costed once and
+    never dealt to different halves, where the same path would be solved twice. None: every job is its own solve."""
+    keys = {id(j): (solve or id)(j) for g in groups for j in g}
+
+    def units(g: list) -> list[list]:
+        by_key: dict = {}
+        for j in g:
+            by_key.setdefault(keys[id(j)], []).append(j)
+        return list(by_key.values())
+
+    def load(g: list) -> float:
+        return sum(cost(u[0]) for u in units(g))
+
+    share = sum(load(g) for g in groups) / max(1, workers)
     out, todo = [], list(groups)
     while todo:
         g = todo.pop()
-        if workers > 1 and len(g) > 1 and sum(cost(r) for r in g) > share:
+        if workers > 1 and len(units(g)) > 1 and load(g) > share:
             halves: tuple[list, list] = ([], [])
-            for r in sorted(g, key=cost, reverse=True):
-                min(halves, key=lambda h: sum(cost(x) for x in h)).append(r)
+            for u in sorted(units(g), key=lambda u: cost(u[0]), reverse=True):
+                min(halves, key=load).extend(u)
             todo += list(halves)
         else:
             out.append(g)
-    return sorted(out, key=lambda g: -sum(cost(r) for r in g))
+    return sorted(out, key=lambda g: -load(g))
 
 
 def run_benchmark(cfg: BenchmarkConfig, log=print) -> RunnerStats:
