@@ -16,15 +16,20 @@ where the rows came from. Every block is whitened as it is read (the transforms 
 streaming pass, downstream.heads.Whitening) and kept in the group's row dtype (the model's compute dtype when it is
 bfloat16, else the cache's float16), one block at a time, so a row is the same bits whether the block was read once
 and held or read again. The rows a group needs stay resident (on the GPU
-when there is one) when they fit in the memory budget and are read from the cache again for every chunk when
-they do not, so the memory a probe run holds does not grow with the corpus.
+when there is one) when they fit in the memory budget; when they do not, each block is read from the cache and
+whitened once, kept on disk as whitened (`Spill`), and read back from there by every later chunk, so the memory a
+probe run holds does not grow with the corpus.
 """
 from __future__ import annotations
 
 import itertools
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,6 +45,49 @@ PIECE_ROWS = 16  # rows a piece: a training split's blocks are drawn from the wh
 CHUNK_BLOCKS = 32  # blocks a chunk (65,536 rows): what is read, and shuffled within, at once
 EVAL_ROWS = 8192  # rows per evaluation matmul: bounds the (probes, rows, classes) logits held at once
 SCHEDULE_SEED = 0x5CED
+SPILL_SPARE = 1 << 30  # free bytes a spill file leaves on its disk, beyond its own size
+
+
+class Spill:
+    """A streamed store's whitened blocks, written as the first request reads them and read back by every later one:
+    one contiguous read of a block's rows as held, where the cache needs a positioned read per run of the block's
+    scattered rows and a whitening matmul per hidden state (3.8x the resident group's time on mockingjay's
+    weighted-sum phone_linear group, 4 x 256 per row: perf/probe_groups.py --streamed). The bytes are those the
+    whitening wrote, so a row is the same bits from the spill, the cache or the held rows. An unnamed temporary file
+    beside the cache (deleted by the OS when closed, also after a crash), written and read through the page cache
+    like the cache itself: nothing of it counts in the process's resident memory."""
+
+    def __init__(self, directory: str | None, row_bytes: int) -> None:
+        self.file = tempfile.TemporaryFile(dir=directory)
+        self.row_bytes = row_bytes
+        self.at: dict[int, tuple[int, int]] = {}  # block -> (byte offset, rows)
+        self.end = 0
+
+    @classmethod
+    def beside(cls, source: ArraySource, split: str, rows: int, row_bytes: int) -> "Spill | None":
+        """A spill file for `rows` rows of `row_bytes` each, in the directory of the split's cache file (else the
+        system's temporary directory), or None where its disk lacks the room (every request then reads the cache)."""
+        hidden = source.splits[split].hidden
+        name = getattr(hidden, "filename", None)
+        directory = str(Path(name).parent) if name else None
+        free = shutil.disk_usage(directory or tempfile.gettempdir()).free
+        if free < rows * row_bytes + SPILL_SPARE:
+            return None
+        return cls(directory, row_bytes)
+
+    def put(self, k: int, x: Tensor) -> None:
+        data = x.contiguous().view(-1).view(torch.uint8).numpy()
+        os.pwrite(self.file.fileno(), memoryview(data), self.end)
+        self.at[k] = (self.end, len(x))
+        self.end += len(data)
+
+    def get(self, k: int, out: Tensor) -> None:
+        """Block k's rows into `out` (a contiguous CPU tensor of its rows, as held)."""
+        offset, _ = self.at[k]
+        view = memoryview(out.view(-1).view(torch.uint8).numpy())
+        got = os.preadv(self.file.fileno(), [view], offset)
+        if got != len(view):
+            raise OSError(f"spill file: read {got} of {len(view)} bytes of block {k}")
 
 
 @dataclass
@@ -67,7 +115,8 @@ class Chunk:
 class RowStore:
     """The rows `keep_utts` (None: all) of one split, hidden states `layers`, read block by block and whitened.
 
-    resident: read once, held on `device`; else every request reads the cache file again. `dtype`: what a whitened
+    resident: read once, held on `device`; else every request reads its blocks again, from the spill file where an
+    earlier request wrote them (`Spill`), else from the cache file. `dtype`: what a whitened
     row is held in (None: the cache's dtype). A bfloat16 model reads bfloat16 rows: converted once here, not per
     minibatch.
     """
@@ -90,6 +139,9 @@ class RowStore:
         self.block_utts = [np.unique(np.searchsorted(self.offsets, self._span(k), side="right") - 1)
                            for k in range(self.n_blocks)]
         self._resident: tuple[Tensor, np.ndarray] | None = None
+        # a streamed store's whitened blocks, kept on disk for every request after the first (Spill)
+        self._spill = None if resident else Spill.beside(
+            source, split, self.n_rows, len(self.layers) * source.hidden_size * self.dtype.itemsize)
         if resident:  # filled block by block into one allocation: never a second copy of the rows
             rows = [self._rows(k) for k in range(self.n_blocks)]
             self._starts = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
@@ -142,8 +194,13 @@ class RowStore:
             parts = [self._rows(k) for k in blocks]
             x = torch.empty(sum(map(len, parts)), len(self.layers), self.source.hidden_size, dtype=self.dtype)
             a = 0
-            for r in parts:
-                x[a: a + len(r)] = self._read(r)
+            for k, r in zip(blocks, parts):
+                if self._spill is not None and k in self._spill.at:
+                    self._spill.get(k, x[a: a + len(r)])
+                else:
+                    x[a: a + len(r)] = self._read(r)
+                    if self._spill is not None:
+                        self._spill.put(k, x[a: a + len(r)])
                 a += len(r)
             x = x.to(self.device)
             rows = np.concatenate(parts)
