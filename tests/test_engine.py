@@ -556,3 +556,32 @@ def test_a_path_is_a_function_of_its_subset_not_of_the_order_a_seed_drew_it_in(t
     shuffled, = train_probes(task, LayerMode("last"), pooled, labels, [ProbeSpec(drawn, 1)], n_cls, cfg)
     assert _key(ordered) == _key(shuffled)
     assert all(torch.equal(ordered.state[k], shuffled.state[k]) for k in ordered.state)
+
+
+def test_a_streamed_store_reads_its_blocks_back_from_the_spill_with_the_same_bits(mj_src, tmp_path, monkeypatch):  # noqa: F811
+    """A streamed store reads and whitens a block from the cache once and writes it to its spill file; a later request
+    reads those bytes back instead (no read of the cache, no whitening): the rows are the same bits as the first
+    read's and as the resident store's. Where the disk lacks the room there is no spill, and the rows are the same."""
+    disk = _on_disk(mj_src, tmp_path)
+    n = int(disk.splits["train"].offsets[-1])
+    layers = [0, 1]
+    whiten = [mj_src.whitening()[k] for k in layers]
+
+    def store(resident):
+        return feeds.RowStore(disk, "train", layers, whiten, np.arange(n) % 7, None, resident, torch.device("cpu"),
+                              torch.bfloat16, scattered=True)
+
+    streamed, held = store(False), store(True)
+    blocks = feeds.pass_order(streamed.n_blocks, 0)[0]
+    first = streamed.chunk(blocks)
+    assert streamed._spill is not None and set(streamed._spill.at) == set(blocks)
+    reads = []
+    read = feeds.RowStore._read
+    monkeypatch.setattr(feeds.RowStore, "_read", lambda self, rows: reads.append(len(rows)) or read(self, rows))
+    second = streamed.chunk(blocks)
+    assert reads == [] and torch.equal(first.x, second.x) and torch.equal(first.y, second.y)
+    resident = held.chunk(blocks)
+    assert torch.equal(resident.x.index_select(0, resident.at), second.x)
+    monkeypatch.setattr(feeds, "SPILL_SPARE", 1 << 62)  # no disk has that much room
+    no_room = store(False)
+    assert no_room._spill is None and torch.equal(no_room.chunk(blocks).x, second.x) and no_room.chunk(blocks).x.numel()
