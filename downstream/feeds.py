@@ -65,15 +65,17 @@ class Spill:
 
     @classmethod
     def beside(cls, source: ArraySource, split: str, rows: int, row_bytes: int) -> "Spill | None":
-        """A spill file for `rows` rows of `row_bytes` each, in the directory of the split's cache file (else the
-        system's temporary directory), or None where its disk lacks the room (every request then reads the cache)."""
-        hidden = source.splits[split].hidden
-        name = getattr(hidden, "filename", None)
-        directory = str(Path(name).parent) if name else None
-        free = shutil.disk_usage(directory or tempfile.gettempdir()).free
-        if free < rows * row_bytes + SPILL_SPARE:
-            return None
-        return cls(directory, row_bytes)
+        """A spill file for `rows` rows of `row_bytes` each, in the directory of the split's cache file, else (no
+        file, or a directory this process cannot write: a shared, read-only cache) in the system's temporary
+        directory; None where neither has the room or can be written (every request then reads the cache)."""
+        name = getattr(source.splits[split].hidden, "filename", None)
+        for directory in ([str(Path(name).parent)] if name else []) + [tempfile.gettempdir()]:
+            try:
+                if shutil.disk_usage(directory).free >= rows * row_bytes + SPILL_SPARE:
+                    return cls(directory, row_bytes)
+            except OSError:
+                continue
+        return None
 
     def put(self, k: int, x: Tensor) -> None:
         data = x.contiguous().view(-1).view(torch.uint8).numpy()

@@ -561,7 +561,8 @@ def test_a_path_is_a_function_of_its_subset_not_of_the_order_a_seed_drew_it_in(t
 def test_a_streamed_store_reads_its_blocks_back_from_the_spill_with_the_same_bits(mj_src, tmp_path, monkeypatch):  # noqa: F811
     """A streamed store reads and whitens a block from the cache once and writes it to its spill file; a later request
     reads those bytes back instead (no read of the cache, no whitening): the rows are the same bits as the first
-    read's and as the resident store's. Where the disk lacks the room there is no spill, and the rows are the same."""
+    read's and as the resident store's. A cache directory this process cannot write spills to the system's temporary
+    directory; where no disk has the room there is no spill; the rows are the same."""
     disk = _on_disk(mj_src, tmp_path)
     n = int(disk.splits["train"].offsets[-1])
     layers = [0, 1]
@@ -582,6 +583,16 @@ def test_a_streamed_store_reads_its_blocks_back_from_the_spill_with_the_same_bit
     assert reads == [] and torch.equal(first.x, second.x) and torch.equal(first.y, second.y)
     resident = held.chunk(blocks)
     assert torch.equal(resident.x.index_select(0, resident.at), second.x)
+    real = feeds.tempfile.TemporaryFile
+
+    def read_only(dir=None):  # noqa: A002 (tempfile's own name)
+        if dir != feeds.tempfile.gettempdir():
+            raise PermissionError(13, "Permission denied", dir)
+        return real(dir=dir)
+
+    monkeypatch.setattr(feeds.tempfile, "TemporaryFile", read_only)  # a shared cache this process cannot write
+    elsewhere = store(False)
+    assert elsewhere._spill is not None and torch.equal(elsewhere.chunk(blocks).x, second.x)
     monkeypatch.setattr(feeds, "SPILL_SPARE", 1 << 62)  # no disk has that much room
     no_room = store(False)
     assert no_room._spill is None and torch.equal(no_room.chunk(blocks).x, second.x) and no_room.chunk(blocks).x.numel()
