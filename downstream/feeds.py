@@ -51,16 +51,15 @@ SPILL_SPARE = 1 << 30  # free bytes a spill file leaves on its disk, beyond its 
 class Spill:
     """A streamed store's whitened blocks, written as the first request reads them and read back by every later one:
     one contiguous read of a block's rows as held, where the cache needs a positioned read per run of the block's
-    scattered rows and a whitening matmul per hidden state (3.8x the resident group's time on mockingjay's
+    scattered rows and a whitening matmul per hidden state (4.1x the resident group's time on mockingjay's
     weighted-sum phone_linear group, 4 x 256 per row: perf/probe_groups.py --streamed). The bytes are those the
     whitening wrote, so a row is the same bits from the spill, the cache or the held rows. An unnamed temporary file
     beside the cache (deleted by the OS when closed, also after a crash), written and read through the page cache
     like the cache itself: nothing of it counts in the process's resident memory."""
 
-    def __init__(self, directory: str | None, row_bytes: int) -> None:
+    def __init__(self, directory: str | None) -> None:
         self.file = tempfile.TemporaryFile(dir=directory)
-        self.row_bytes = row_bytes
-        self.at: dict[int, tuple[int, int]] = {}  # block -> (byte offset, rows)
+        self.at: dict[int, int] = {}  # block -> its byte offset in the file
         self.end = 0
 
     @classmethod
@@ -72,7 +71,7 @@ class Spill:
         for directory in ([str(Path(name).parent)] if name else []) + [tempfile.gettempdir()]:
             try:
                 if shutil.disk_usage(directory).free >= rows * row_bytes + SPILL_SPARE:
-                    return cls(directory, row_bytes)
+                    return cls(directory)
             except OSError:
                 continue
         return None
@@ -80,14 +79,13 @@ class Spill:
     def put(self, k: int, x: Tensor) -> None:
         data = x.contiguous().view(-1).view(torch.uint8).numpy()
         os.pwrite(self.file.fileno(), memoryview(data), self.end)
-        self.at[k] = (self.end, len(x))
+        self.at[k] = self.end
         self.end += len(data)
 
     def get(self, k: int, out: Tensor) -> None:
         """Block k's rows into `out` (a contiguous CPU tensor of its rows, as held)."""
-        offset, _ = self.at[k]
         view = memoryview(out.view(-1).view(torch.uint8).numpy())
-        got = os.preadv(self.file.fileno(), [view], offset)
+        got = os.preadv(self.file.fileno(), [view], self.at[k])
         if got != len(view):
             raise OSError(f"spill file: read {got} of {len(view)} bytes of block {k}")
 

@@ -63,31 +63,28 @@ class Kronecker:
         p = logits.softmax(-1)
         return (torch.diag(p.sum(0)) - p.T @ p).double()
 
+    @staticmethod
+    def _mean(terms: Iterable[tuple[Tensor, int]], what: str) -> Tensor:
+        """The sum of the (float64 sum over n examples, n) terms over their total n."""
+        total, n = None, 0
+        for t, k in terms:
+            total = t if total is None else total + t
+            n += k
+        if total is None:
+            raise ValueError(f"Kronecker.{what}: no examples")
+        return total / n
+
     @classmethod
     def mean_input_moment(cls, inputs: Iterable[Tensor]) -> Tensor:
         """A: the mean of `input_moment` over batches (n, D) of the training examples, in float64. It does not move
         with the head, so a solve whose inputs are fixed measures it once."""
-        A, n = None, 0
-        for x in inputs:
-            a = cls.input_moment(x).double()
-            A = a if A is None else A + a
-            n += len(x)
-        if A is None:
-            raise ValueError("Kronecker.mean_input_moment: no examples")
-        return A / n
+        return cls._mean(((cls.input_moment(x).double(), len(x)) for x in inputs), "mean_input_moment")
 
     @classmethod
     def at(cls, inputs: Tensor, logits: Iterable[Tensor], l2: float) -> "Kronecker":
         """The curvature at the head's current `logits` (batches (n, C) over the training examples), with the inputs'
         `mean_input_moment`."""
-        F, n = None, 0
-        for z in logits:
-            f = cls.softmax_cov(z)
-            F = f if F is None else F + f
-            n += len(z)
-        if F is None:
-            raise ValueError("Kronecker.at: no examples")
-        return cls(inputs, F / n, l2)
+        return cls(inputs, cls._mean(((cls.softmax_cov(z), len(z)) for z in logits), "at"), l2)
 
     def to(self, dtype: torch.dtype) -> "Kronecker":
         """The same change of variables in `dtype` (a float32 solve's)."""
