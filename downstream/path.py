@@ -1,15 +1,20 @@
 """The L2 regularisation path: the full-batch optimiser of linear probes on few examples (mean-pooled utterances).
 
-For each strength of `l2_grid`, strongest first and warm-started from the previous point, full-batch L-BFGS in
-float64 until within `rtol` x |W| of that strength's unique optimum (downstream.solver), then dev. The path plays
-the part of training time (weak L2 = a long run): `steps` counts L-BFGS iterations, `patience` points without gain
-stop it (downstream.stopping), and the run is converged when every point it visited was solved within `max_steps`.
-The examples are held once, standardised, in float32; a path's training subset is converted to float64 once when it
-is small (PATH_HELD_BYTES: the built-in corpus's 1,200 utterances are 10 MB), else each evaluation of the loss converts
-PATH_ROWS of them at a time, so the solver's memory is a few chunks whatever the number of utterances.
+For each strength of `l2_grid`, strongest first and warm-started from the previous point, full-batch L-BFGS until
+within `rtol` x |W| of that strength's unique optimum (downstream.solver), then dev. Each point is solved in the
+solver's two phases (downstream.solver.PHASES): float32 until the gradient is near float32's floor, then float64 to
+the tolerance, which the float64 phase alone decides. The path plays the part of training time (weak L2 = a long
+run): `steps` counts L-BFGS iterations of both phases, `patience` points without gain stop it
+(downstream.stopping), and the run is converged when every point it visited was solved within `max_steps`.
+The examples are held once, standardised, in float32. A phase reads a path's training subset in place where it is a
+contiguous run of the split in the phase's dtype (every subset at 100 % of the labels, in float32), else in copies
+made once per path where they fit PATH_HELD_BYTES (the built-in corpus's 1,200 utterances are 10 MB in float64),
+else made again at each evaluation of the loss PATH_ROWS examples at a time, so the solver's memory is a few chunks
+whatever the number of utterances. The values are the same bits every way, so the rows are too.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterator
 
@@ -18,19 +23,20 @@ import torch
 from torch import Tensor
 
 from core.allocator import release
-from core.repro import seed_everything
+from core.repro import flush_denormals, seed_everything
 from corpora.manifest import PROBE_SPLITS
 from downstream.heads import Whitening
 from downstream.modes import LayerMode
 from downstream.config import L2Path, ProbeConfig
 from downstream.probe import INIT_LOCK, Probe, ProbeResult, ProbeSpec
-from downstream.solver import Kronecker, Preconditioned, solve_l2
+from downstream.solver import PHASES, Kronecker, Preconditioned, solve_l2
 from downstream.sources import ArraySource, whitened
+from downstream.stacked import span
 from downstream.stopping import Stopping
 from downstream.tasks import TaskSpec
 
 PATH_ROWS = 2048  # examples per float64 forward pass of the path's loss: its activations do not grow with the corpus
-PATH_HELD_BYTES = 64 << 20  # a training subset up to this size in float64 is converted once per path, not per evaluation
+PATH_HELD_BYTES = 64 << 20  # a training subset up to this size in a phase's dtype is copied once per path, not per evaluation
 
 
 def fit_paths(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[Whitening], layers: list[int],
@@ -82,58 +88,80 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
     # the subset's examples in index order: the loss is a sum over them, and a sum's last bits depend on its order,
     # so a path is a function of its subset, whatever order the seed drew it in (downstream.probe.PATH_VERSION)
     idx = torch.as_tensor(sorted(spec.train_idx), dtype=torch.long, device=device)
-    work = copy.deepcopy(probe).double()  # float32 gradients floor above the relative tolerance at weak L2
     xs = x["train"].to(device)
     yt = y["train"].to(device).index_select(0, idx)
     parts = [(a, min(len(idx), a + PATH_ROWS)) for a in range(0, len(idx), PATH_ROWS)]
+    run = span(idx)  # a contiguous subset (every subset at 100 % of the labels): its parts are slices of the split
 
-    def part(a: int, b: int) -> Tensor:
-        return xs.index_select(1, idx[a:b]).to(torch.float64)
+    def part(a: int, b: int, dtype: torch.dtype) -> Tensor:
+        t = xs[:, run.start + a:run.start + b] if run is not None else xs.index_select(1, idx[a:b])
+        return t.to(dtype)  # a view where the slice is in `dtype` already
 
-    # the subset's float64 parts, made once for every evaluation of the path where they fit PATH_HELD_BYTES (the
-    # conversion was a tenth of a solve's time); else made again at each evaluation, a few parts in memory at a time
-    held = [part(a, b) for a, b in parts] if xs.shape[0] * len(idx) * xs.shape[2] * 8 <= PATH_HELD_BYTES else None
+    # each phase's parts made once for every evaluation of the path where they are views or fit PATH_HELD_BYTES (the
+    # conversion to float64 was a tenth of a solve's time); else made again at each evaluation, a few in memory at once
+    held = {dtype: [part(a, b, dtype) for a, b in parts]
+            if (run is not None and dtype == xs.dtype) or xs.shape[0] * len(idx) * xs.shape[2] * dtype.itemsize
+            <= PATH_HELD_BYTES else None for dtype, _, _ in PHASES}
 
-    def inputs() -> Iterator[tuple[Tensor, int, int]]:
-        """The subset's float64 parts in its order (the sums, and so the rows, do not change), with their bounds."""
+    def inputs(dtype: torch.dtype) -> Iterator[tuple[Tensor, int, int]]:
+        """The subset's parts in `dtype`, in its order (the sums, and so the rows, do not change), with their bounds."""
         for k, (a, b) in enumerate(parts):
-            yield (held[k] if held is not None else part(a, b)), a, b
+            yield (held[dtype][k] if held[dtype] is not None else part(a, b, dtype)), a, b
 
-    def data_loss() -> Iterator[Tensor]:
-        """The mean loss over the subset, PATH_ROWS examples at a time in float64, each part weighted by its share."""
-        for xt, a, b in inputs():
-            yield task.loss(work(xt), yt[a:b], reduction="mean") * ((b - a) / len(idx))
+    # the probe in each phase's dtype; the float64 one ends every point (float32 gradients floor above the relative
+    # tolerance at weak L2) and is copied into the float32 probe that is scored and kept
+    work = {dtype: copy.deepcopy(probe).to(dtype) for dtype, _, _ in PHASES}
 
-    def head_logits() -> Iterator[Tensor]:
+    def data_loss(dtype: torch.dtype):
+        def terms() -> Iterator[Tensor]:
+            """The mean loss over the subset, PATH_ROWS examples at a time, each part weighted by its share; the
+            value summed in float64 (a float32 scalar near 1 cannot show the line search the decreases it compares)."""
+            for xt, a, b in inputs(dtype):
+                yield task.loss(work[dtype](xt), yt[a:b], reduction="none").sum(dtype=torch.float64) / len(idx)
+        return terms
+
+    def head_logits(dtype: torch.dtype) -> Iterator[Tensor]:
         """The head's logits over the subset: where its Kronecker curvature is measured (under no_grad, by the solver)."""
-        for xt, _, _ in inputs():
-            yield work(xt)
+        for xt, _, _ in inputs(dtype):
+            yield work[dtype](xt)
 
-    params = list(work.parameters())
-    penalised = [p for name, p in work.head.named_parameters() if name.endswith("weight")]  # not biases, not the mix
     solved = True
     path = cfg.trainer
     assert isinstance(path, L2Path)  # fit_paths checked it
     moment = None  # the head's inputs' second moment, where the curvature is used: measured once, they do not move
-    if path.precondition == "fixed_input" and work.featurizer.weights is None:
+    if path.precondition == "fixed_input" and probe.featurizer.weights is None:
         with torch.no_grad():
-            moment = Kronecker.mean_input_moment(work.featurizer(xt) for xt, _, _ in inputs())
+            moment = Kronecker.mean_input_moment(work[torch.float64].featurizer(xt)
+                                                 for xt, _, _ in inputs(torch.float64))
+    final = work[PHASES[-1][0]]
     for l2 in path.l2_grid:
-        budget = cfg.max_steps - int(stop.steps[0])
-        if budget <= 0:
+        if cfg.max_steps - int(stop.steps[0]) <= 0:
             solved = False
             break
-        work.train()
-        pre = None
-        # the head's curvature at this strength (downstream.solver.Kronecker), where its input is fixed (no mix)
-        if moment is not None:
-            pre = Preconditioned(work.head.weight, work.head.bias,
-                                 lambda l2=l2: Kronecker.at(moment, head_logits(), l2), out_first=True)
-        iters, ok = solve_l2(params, data_loss, penalised, l2, path.rtol, budget, precondition=pre)
-        release()  # the point's freed float64 activations back to the OS (core.allocator)
-        solved &= ok
-        stop.steps[0] += iters
-        probe.load_state_dict(work.state_dict())  # copied into the float32 probe that is scored and kept
+        ok, at = False, final
+        for dtype, floor, patience in PHASES:
+            m = work[dtype]
+            with torch.no_grad():  # the phase starts where the previous one (or the previous point) ended
+                for p, q in zip(m.parameters(), at.parameters()):
+                    p.copy_(q)
+            m.train()
+            pre = None
+            # the head's curvature at this strength (downstream.solver.Kronecker), where its input is fixed (no mix)
+            if moment is not None:
+                pre = Preconditioned(m.head.weight, m.head.bias, lambda l2=l2, dtype=dtype:
+                                     Kronecker.at(moment, head_logits(dtype), l2).to(dtype), out_first=True)
+            penalised = [p for name, p in m.head.named_parameters() if name.endswith("weight")]  # not biases or mix
+            # float32 softmax probabilities of large logits (weak L2) underflow to subnormals: flushed to zero, off
+            # the CPU's slow path (5x the phase's time without it on the 4x corpus)
+            with flush_denormals() if dtype == torch.float32 else contextlib.nullcontext():
+                iters, ok = solve_l2(list(m.parameters()), data_loss(dtype), penalised, l2, path.rtol,
+                                     cfg.max_steps - int(stop.steps[0]), floor=floor, patience=patience,
+                                     precondition=pre)
+            release()  # the phase's freed activations back to the OS (core.allocator)
+            stop.steps[0] += iters
+            at = m
+        solved &= ok  # the float64 phase's: it alone decides the tolerance
+        probe.load_state_dict(final.state_dict())  # copied into the float32 probe that is scored and kept
         if stop.update(0, _score(probe, _predict(probe, x["dev"], y["dev"], device), y["dev"])):
             best = copy.deepcopy(probe.state_dict())
         if not cfg.fixed_steps and stop.since[0] >= cfg.patience:

@@ -29,8 +29,9 @@ FEED_VERSION = 2
 # the version of the order in which an L2-path probe (downstream.path) sums its training examples, part of the run id of
 # every L2-path probe: 2, sorted by index, so that a path is a function of its subset, not of the seed that drew it
 # (the subset of every seed at 100 % is the whole split, drawn in another order: summed in that order, the same
-# problem rounded differently and stopped a few examples apart on some seeds)
-PATH_VERSION = 2
+# problem rounded differently and stopped a few examples apart on some seeds); 3, each point solved in float32 first,
+# then in float64 to the tolerance (downstream.solver.PHASES), the loss summed per example in float64
+PATH_VERSION = 3
 # the global RNGs: probes built (seeded) in parallel threads must not interleave there
 INIT_LOCK = threading.Lock()
 

@@ -25,6 +25,20 @@ from torch import Tensor
 CHUNK = 20  # L-BFGS iterations between two checks of the relative tolerance
 HISTORY = 30  # L-BFGS's (step, gradient change) pairs kept: each iteration reads them all twice
 REFRESH = 100  # iterations between two measurements of a preconditioned head's curvature (`Preconditioned`)
+# A solve's two phases (dtype, floor, patience), for `solve_l2`: float32 first (half the float64 products' time)
+# until its gradient norm is FLOAT32_GRAD_FLOOR, then float64 to the relative tolerance, which the float64 phase alone
+# decides: the same guarantee as float64 from the start. The float32 phase's loss VALUE must be summed in float64: a
+# float32 scalar near 1 cannot represent the decreases L-BFGS's line search compares below a gradient norm of ~2e-4
+# (its spacing there is 1.2e-7); with a float32 value the phase stalled at that floor, leaving the float64 phase 260
+# of the 440 iterations of mockingjay's last-layer phone reference, with a float64 value it reaches 2e-5 and the
+# float64 phase needs 100 (perf/certificate_starts.py --compare loss, results/certificate_loss.json).
+FLOAT32_GRAD_FLOOR = 2e-5
+# ... or until FLOAT32_PATIENCE checks in a row (200 iterations) have not halved its gradient norm: on nearly
+# separable utterance means (mockingjay's last layer, 100 %, l2 1e-4) float32 L-BFGS crept 5,000 iterations without
+# reaching the floor
+FLOAT32_PATIENCE = 10
+PHASES: tuple[tuple[torch.dtype, float, int | None], ...] = ((torch.float32, FLOAT32_GRAD_FLOOR, FLOAT32_PATIENCE),
+                                                             (torch.float64, 0.0, None))
 
 
 def sq_norm(tensors: list[Tensor]) -> Tensor:

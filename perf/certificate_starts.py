@@ -5,7 +5,7 @@ fraction (the costly fits), fitted two ways side by side in one process, alterna
 start from the solutions of the row fitted before it on the same examples but for the mix of hidden states: the
 last-layer row, then the weighted-sum seeds).
 --compare precision: float64 L-BFGS throughout against the certificate's float32 phase first (until the gradient
-is within benchmark.report.convergence.FLOAT32_GRAD_FLOOR), then float64 to the same tolerance.
+is within downstream.solver.FLOAT32_GRAD_FLOOR), then float64 to the same tolerance.
 --compare gradient: the loss by torch's cross-entropy and autograd (every evaluation allocates its (n, C) tensors)
 against the certificate's closed-form gradient in buffers allocated once per solve
 (benchmark.report.convergence.LogisticLoss); large blocks mapped as in the harness (core.allocator). Prints the
@@ -172,7 +172,9 @@ def _float32_value():
     """The certificate's loss value rounded to the logits' dtype (what it was before the float64 sum), with the
     float32 phase's floor where that value let it get."""
     apply = convergence.LogisticLoss.apply
-    with mock.patch.object(convergence, "FLOAT32_GRAD_FLOOR", FLOAT32_VALUE_FLOOR), \
+    phases = tuple((dtype, FLOAT32_VALUE_FLOOR if dtype == torch.float32 else floor, patience)
+                   for dtype, floor, patience in convergence.PHASES)
+    with mock.patch.object(convergence, "PHASES", phases), \
             mock.patch.object(convergence.LogisticLoss, "apply",
                               lambda W, b, x, y, z, minus_one: apply(W, b, x, y, z, minus_one).to(x.dtype)):
         yield

@@ -316,7 +316,8 @@ def test_the_float32_phase_reaches_its_floor_because_its_loss_value_is_float64()
     is small: with the value rounded to float32, the float32 phase of a weakly regularised fit stalls above
     FLOAT32_GRAD_FLOOR; with the value summed in float64 (LogisticLoss) the same phase reaches it, so the float64 phase
     starts that much closer."""
-    from benchmark.report.convergence import FLOAT32_GRAD_FLOOR, FLOAT32_PATIENCE, LogisticLoss
+    from benchmark.report.convergence import LogisticLoss
+    from downstream.solver import FLOAT32_GRAD_FLOOR, FLOAT32_PATIENCE
     from downstream.solver import solve_l2
 
     g = torch.Generator().manual_seed(0)

@@ -360,12 +360,12 @@ def test_freed_blocks_are_reused_then_released():
     assert rss_kb() - before < 5_000  # given back when training ends
 
 
-def _weighted_sum_speaker_path(tiny, mj_src):  # noqa: F811
-    """A call that trains the L2-path speaker probe (weighted sum, 24 training utterances, two L2 points)."""
+def _weighted_sum_speaker_path(tiny, mj_src, subset=tuple(range(24))):  # noqa: F811
+    """A call that trains the L2-path speaker probe (weighted sum, `subset`: 24 training utterances, two L2 points)."""
     task = get_task("speaker_utterance")
     labels, n_cls = _labels(tiny, task), len(tiny.speakers)
     cfg = ProbeConfig(L2Path(l2_grid=(1e-1, 1e-2)), patience=2)
-    return lambda: train_probe(task, LayerMode("weighted_sum"), PooledSource(mj_src), labels, list(range(24)), n_cls,
+    return lambda: train_probe(task, LayerMode("weighted_sum"), PooledSource(mj_src), labels, list(subset), n_cls,
                                cfg, 0)
 
 
@@ -419,18 +419,48 @@ def test_a_weighted_sum_path_is_solved_in_the_weights(tiny, mj_src):  # noqa: F8
     assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
 
 
-def test_l2_path_held_in_float64_is_the_path_converted_per_evaluation(tiny, mj_src, monkeypatch):  # noqa: F811
-    """A small subset is converted to float64 once per path (PATH_HELD_BYTES) instead of at each evaluation: the same
-    values in the same order, so the same row and weights, bit for bit."""
+@pytest.mark.parametrize("subset", [tuple(range(24)), tuple(i for i in range(24) if i % 3)], ids=["contiguous", "scattered"])
+def test_l2_path_held_is_the_path_converted_per_evaluation(tiny, mj_src, monkeypatch, subset):  # noqa: F811
+    """A subset read in place (contiguous, float32 phase) or copied once per path into each phase's dtype
+    (PATH_HELD_BYTES) is the subset converted at each evaluation: the same values in the same order, so the same row
+    and weights, bit for bit."""
     import downstream.path as path
 
-    run = _weighted_sum_speaker_path(tiny, mj_src)
+    run = _weighted_sum_speaker_path(tiny, mj_src, subset)
     held = run()
     monkeypatch.setattr(path, "PATH_HELD_BYTES", 0)
     converted = run()
     assert (held.dev_metric, held.test_metric, held.steps) == (converted.dev_metric, converted.test_metric,
                                                                 converted.steps)
     assert all(torch.equal(held.state[k], converted.state[k]) for k in held.state)
+
+
+def test_l2_path_solves_each_point_in_float32_then_float64(tiny, mj_src, monkeypatch):  # noqa: F811
+    """Every L2 point is solved in the solver's phases (downstream.solver.PHASES): float32 down to its floor, its loss
+    value summed in float64, then float64 to the relative tolerance, from where the float32 phase ended; the float64
+    phase decides `converged`, and `steps` counts both phases' iterations."""
+    import downstream.path as path
+    from downstream.solver import FLOAT32_GRAD_FLOOR
+
+    calls = []
+    real = path.solve_l2
+
+    def spy(params, loss, penalised, l2, rtol, max_iter, floor=0.0, patience=None, precondition=None):
+        values = list(loss())
+        start = [p.detach().double().clone() for p in params]
+        iters, ok = real(params, loss, penalised, l2, rtol, max_iter, floor=floor, patience=patience,
+                         precondition=precondition)
+        calls.append({"dtype": params[0].dtype, "floor": floor, "l2": l2, "value": values[0].dtype, "iters": iters,
+                      "start": start, "end": [p.detach().double().clone() for p in params], "ok": ok})
+        return iters, ok
+    monkeypatch.setattr(path, "solve_l2", spy)
+    row = _weighted_sum_speaker_path(tiny, mj_src)()
+    assert [(c["dtype"], c["floor"]) for c in calls] == [(torch.float32, FLOAT32_GRAD_FLOOR), (torch.float64, 0.0)] * 2
+    assert all(c["value"] == torch.float64 for c in calls)  # float32 logits, the value summed in float64
+    assert calls[0]["l2"] == calls[1]["l2"] == 1e-1 and calls[2]["l2"] == calls[3]["l2"] == 1e-2
+    for a, b in zip(calls, calls[1:]):  # each phase starts where the one before it ended (float32 -> float64 exactly)
+        assert all(torch.equal(p, q) for p, q in zip(a["end"], b["start"]))
+    assert row.steps == sum(c["iters"] for c in calls) and row.converged == all(c["ok"] for c in calls[1::2])
 
 
 def _dense_natural_step(W, b, buf_W, buf_b, x, y, lr, momentum, damping):

@@ -47,7 +47,7 @@ from core.repro import default_device, flush_denormals, torch_threads
 from corpora.manifest import PROBE_SPLITS, Corpus, load_corpus
 from downstream.data import SplitLabels, Targets, flat_rows, split_labels
 from downstream.fractions import fraction_subset
-from downstream.solver import Kronecker, Preconditioned, solve_l2
+from downstream.solver import PHASES, Kronecker, Preconditioned, solve_l2
 from downstream.sources import ArraySource, PooledSource
 from downstream.tasks import ALL_TASKS, TaskSpec, get_task
 from upstream.registry import parse_spec
@@ -62,16 +62,8 @@ UTT_L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 # each L2 point solved until within CERTIFICATE_RTOL x |W| of its unique optimum (downstream.solver), ten times
 # tighter than the L2-path probe's rule (downstream.config.L2Path.rtol)
 CERTIFICATE_RTOL = 0.01
-# a reference's L-BFGS runs in float32 until its gradient norm is this small, then in float64 to CERTIFICATE_RTOL (which
-# the float64 phase alone decides). The float32 phase's loss VALUE is summed in float64 (LogisticLoss): a float32
-# scalar near 1 cannot represent the decreases L-BFGS's line search compares below a gradient norm of ~2e-4 (its
-# spacing there is 1.2e-7), and with a float32 value the phase stalled at that floor, leaving the float64 phase 260 of
-# the 440 iterations of mockingjay's last-layer phone reference; with a float64 value it reaches 2e-5 and the float64
-# phase needs 100 (perf/certificate_starts.py --compare loss, results/certificate_loss.json)
-FLOAT32_GRAD_FLOOR = 2e-5
-# ... or until 10 checks in a row (200 iterations) have not halved its gradient norm: on nearly separable utterance
-# means (mockingjay's last layer, 100 %, l2 1e-4) float32 L-BFGS crept 5,000 iterations without reaching the floor
-FLOAT32_PATIENCE = 10
+# a reference's L-BFGS runs in the solver's two phases (downstream.solver.PHASES: float32 to FLOAT32_GRAD_FLOOR, its
+# loss value summed in float64 by LogisticLoss; then float64 to CERTIFICATE_RTOL, which the float64 phase alone decides)
 MARGIN_LARGEST, MARGIN_SMALLEST = 1.0, 2.0  # accuracy points
 # The reference is a logistic regression: it covers the classifiers of rows (frames, or utterance means) trained with
 # cross-entropy, the tasks of the "stacked" engine. A task of another engine is exempt, for its engine's reason
@@ -122,7 +114,7 @@ class LogisticLoss(torch.autograd.Function):
     evaluation, each mapped and faulted in a page at a time (a quarter of a from-scratch certificate's CPU time was the
     kernel's; docs/benchmark.md). The same value and gradient as F.cross_entropy (tests/test_convergence.py). The value
     is summed in float64 whatever the logits' dtype, so that a float32 solve's line search sees decreases below a
-    float32 scalar's resolution (FLOAT32_GRAD_FLOOR)."""
+    float32 scalar's resolution (downstream.solver.FLOAT32_GRAD_FLOOR)."""
 
     @staticmethod
     def forward(ctx, W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
@@ -152,7 +144,7 @@ def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tupl
          inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
     """Multinomial logistic regression on x (n, D) by full-batch L-BFGS, solved in float64 to the relative tolerance
     of downstream.solver; (W, b, iterations of both phases, solved). A float32 phase goes first, until its gradient
-    is within FLOAT32_GRAD_FLOOR (cheaper matmuls); the float64 phase then solves from its point, and
+    is within downstream.solver.FLOAT32_GRAD_FLOOR (cheaper matmuls); the float64 phase then solves from its point, and
     it alone decides `solved` and the tolerance: the same guarantee as float64 from the start. `float32_phase=False`:
     float64 throughout (`perf/certificate_starts.py --compare precision` measures both).
     `inputs`: the mean of x x^T with a constant 1 appended (downstream.solver.Kronecker.mean_input_moment): both phases
@@ -161,10 +153,10 @@ def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tupl
     W = torch.zeros(x.shape[1], n_classes, dtype=torch.float32, device=x.device) if init is None else init[0]
     b = torch.zeros(n_classes, dtype=torch.float32, device=x.device) if init is None else init[1]
     total = 0
-    phases = ((torch.float32, FLOAT32_GRAD_FLOOR),) if float32_phase else ()
+    phases = PHASES if float32_phase else PHASES[-1:]
     # subnormal softmax probabilities of large logits (weak L2) as zero: the same values, off the CPU's slow path
     with flush_denormals():
-        for dtype, floor in (*phases, (torch.float64, 0.0)):
+        for dtype, floor, patience in phases:
             xd = x.to(dtype)
             W = W.to(dtype).clone().requires_grad_(True)
             b = b.to(dtype).clone().requires_grad_(True)
@@ -176,7 +168,7 @@ def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tupl
                     return Kronecker.at(inputs, (c.to(W.dtype) @ W + b for c in _chunks(x)), l2).to(W.dtype)
                 pre = Preconditioned(W, b, curvature)
             iters, ok = solve_l2([W, b], lambda: [LogisticLoss.apply(W, b, xd, y, z, minus_one)], [W], l2, rtol,
-                                 max_iter, floor=floor, patience=FLOAT32_PATIENCE if dtype == torch.float32 else None,
+                                 max_iter, floor=floor, patience=patience,
                                  precondition=pre)
             total += iters
             W, b = W.detach(), b.detach()
