@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -36,6 +38,10 @@ from downstream.stopping import Stopping
 from downstream.tasks import TaskSpec
 
 PATH_ROWS = 2048  # examples per float64 forward pass of the path's loss: its activations do not grow with the corpus
+# threads that evaluate a path's parts side by side; None: as many as the CPU's cores hold this process's torch threads
+# (two workers of one torch thread each on 2 cores: 2, so a path that outlasts the other worker's groups has both
+# cores; at 16x the built-in corpus's utterances the weighted sum's path took 306.5 s against 373.5, docs/scale.md)
+PATH_THREADS: int | None = None
 PATH_HELD_BYTES = 64 << 20  # a training subset up to this size in a phase's dtype is copied once per path, not per evaluation
 
 
@@ -112,12 +118,37 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
     # tolerance at weak L2) and is copied into the float32 probe that is scored and kept
     work = {dtype: copy.deepcopy(probe).to(dtype) for dtype, _, _ in PHASES}
 
+    def part_loss(dtype: torch.dtype, xt: Tensor, a: int, b: int) -> Tensor:
+        """The part's share of the mean loss over the subset, its value summed in float64 (a float32 scalar near 1
+        cannot show the line search the decreases it compares)."""
+        return task.loss(work[dtype](xt), yt[a:b], reduction="none").sum(dtype=torch.float64) / len(idx)
+
+    # several parts (more than PATH_ROWS examples): evaluated side by side on PATH_THREADS threads, their values and
+    # gradients summed in the parts' order, so the same bits as one after another (tests/test_engine.py)
+    free = (os.cpu_count() or 1) // max(1, torch.get_num_threads()) if PATH_THREADS is None else PATH_THREADS
+    threads = min(len(parts), free) if device.type == "cpu" else 1
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="path") if threads > 1 else None
+
     def data_loss(dtype: torch.dtype):
         def terms() -> Iterator[Tensor]:
-            """The mean loss over the subset, PATH_ROWS examples at a time, each part weighted by its share; the
-            value summed in float64 (a float32 scalar near 1 cannot show the line search the decreases it compares)."""
-            for xt, a, b in inputs(dtype):
-                yield task.loss(work[dtype](xt), yt[a:b], reduction="none").sum(dtype=torch.float64) / len(idx)
+            """The mean loss over the subset, PATH_ROWS examples at a time, each part weighted by its share."""
+            if pool is None:
+                for xt, a, b in inputs(dtype):
+                    yield part_loss(dtype, xt, a, b)
+                return
+            params = list(work[dtype].parameters())
+
+            def one(k: int) -> tuple[Tensor, tuple[Tensor, ...]]:
+                a, b = parts[k]
+                with _arithmetic(dtype):  # the mode is per thread: the phase's on every thread
+                    xt = held[dtype][k] if held[dtype] is not None else part(a, b, dtype)
+                    value = part_loss(dtype, xt, a, b)
+                    return value.detach(), torch.autograd.grad(value, params)
+            done = list(pool.map(one, range(len(parts))))
+            value, grads = done[0]
+            for v, g in done[1:]:  # in the parts' order: the sums the solver's backward of each part would make
+                value, grads = value + v, tuple(x + y for x, y in zip(grads, g))
+            yield _Evaluated.apply(value, grads, *params)
         return terms
 
     def head_logits(dtype: torch.dtype) -> Iterator[Tensor]:
@@ -151,9 +182,7 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
                 pre = Preconditioned(m.head.weight, m.head.bias, lambda l2=l2, dtype=dtype:
                                      Kronecker.at(moment, head_logits(dtype), l2).to(dtype), out_first=True)
             penalised = [p for name, p in m.head.named_parameters() if name.endswith("weight")]  # not biases or mix
-            # float32 softmax probabilities of large logits (weak L2) underflow to subnormals: flushed to zero, off
-            # the CPU's slow path (5x the phase's time without it on the 4x corpus)
-            with flush_denormals() if dtype == torch.float32 else contextlib.nullcontext():
+            with _arithmetic(dtype):
                 iters, ok = solve_l2(list(m.parameters()), data_loss(dtype), penalised, l2, path.rtol,
                                      cfg.max_steps - int(stop.steps[0]), floor=floor, patience=patience,
                                      precondition=pre)
@@ -166,6 +195,8 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
             best = copy.deepcopy(probe.state_dict())
         if not cfg.fixed_steps and stop.since[0] >= cfg.patience:
             break
+    if pool is not None:
+        pool.shutdown()
     probe.load_state_dict(best)
     test = _predict(probe, x["test"], y["test"], device)
     return ProbeResult(dev_metric=stop.best[0], test_metric=_score(probe, test, y["test"]),
@@ -174,6 +205,27 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
                        converged=solved and not cfg.fixed_steps, layer_weights=probe.featurizer.layer_weights(),
                        train_utts=0, train_frames=0, wall_seconds=0.0,
                        state={k: v.cpu() for k, v in probe.state_dict().items()})
+
+
+def _arithmetic(dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """A phase's floating-point mode: in float32, softmax probabilities of large logits (weak L2) underflow to
+    subnormals, flushed to zero, off the CPU's slow path (5x the phase's time without it on the 4x corpus)."""
+    return flush_denormals() if dtype == torch.float32 else contextlib.nullcontext()
+
+
+class _Evaluated(torch.autograd.Function):
+    """A loss whose value and gradients with respect to `params` were computed already (the path's parts, evaluated on
+    several threads and summed in their order): its backward hands those gradients to the parameters, which the
+    solver's backward of the loss then accumulates as it would each part's."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, grads: tuple[Tensor, ...], *params: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.grads = grads
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, out: Tensor):  # type: ignore[override]
+        return (None, None, *(g * out.to(g.dtype) for g in ctx.grads))
 
 
 @torch.no_grad()

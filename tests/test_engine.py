@@ -388,6 +388,30 @@ def test_l2_path_in_parts_solves_the_same_probe(tiny, mj_src, monkeypatch):  # n
         assert torch.allclose(parts.state[k], w, rtol=0, atol=1e-2 * float(w.abs().max()) + 1e-6), k
 
 
+@pytest.mark.parametrize("mode", ["weighted_sum", "last"])
+def test_l2_path_parts_on_threads_are_the_parts_one_after_another(tiny, mj_src, monkeypatch, mode):  # noqa: F811
+    """A path's parts evaluated side by side on threads (PATH_THREADS), their values and gradients summed in the parts'
+    order, give the row and weights of the parts evaluated one after another, bit for bit: in both phases (the float32
+    one's subnormals flushed on every thread), with and without the head's curvature."""
+    import downstream.path as path
+
+    task = get_task("speaker_utterance")
+    labels, n_cls = _labels(tiny, task), len(tiny.speakers)
+    cfg = ProbeConfig(L2Path(l2_grid=(1e-1, 1e-3, 1e-5)), patience=3)
+    monkeypatch.setattr(path, "PATH_ROWS", 5)
+    rows, pools = {}, []
+    real_pool = path.ThreadPoolExecutor
+    monkeypatch.setattr(path, "ThreadPoolExecutor", lambda *a, **kw: pools.append(a) or real_pool(*a, **kw))
+    for threads in (1, 3):
+        monkeypatch.setattr(path, "PATH_THREADS", threads)
+        rows[threads] = train_probe(task, LayerMode(mode), PooledSource(mj_src), labels, list(range(24)), n_cls, cfg, 0)
+    assert pools == [(3,)]  # one pool, for the threaded path only
+    a, b = rows[1], rows[3]
+    assert a.steps > 0 and (a.dev_metric, a.test_metric, a.steps, a.converged) == (b.dev_metric, b.test_metric,
+                                                                                  b.steps, b.converged)
+    assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
 def test_l2_path_solves_in_a_linear_heads_curvature_only(tiny, mj_src):  # noqa: F811
     """The curvature's change of variables is a linear head's: an L2 path over another head is refused with a clear
     error unless asked to solve in the weights themselves (L2Path.precondition 'none')."""
