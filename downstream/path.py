@@ -42,7 +42,7 @@ PATH_ROWS = 2048  # examples per float64 forward pass of the path's loss: its ac
 # (two workers of one torch thread each on 2 cores: 2, so a path that outlasts the other worker's groups has both
 # cores; at 16x the built-in corpus's utterances the weighted sum's path took 306.5 s against 373.5, docs/scale.md)
 PATH_THREADS: int | None = None
-PATH_HELD_BYTES = 64 << 20  # a training subset up to this size in a phase's dtype is copied once per path, not per evaluation
+PATH_HELD_BYTES = 64 << 20  # a subset up to this size in a phase's dtype is copied once per path, not per evaluation
 
 
 def fit_paths(task: TaskSpec, mode: LayerMode, rows: ArraySource, whiten: list[Whitening], layers: list[int],
@@ -165,38 +165,40 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
             moment = Kronecker.mean_input_moment(work[torch.float64].featurizer(xt)
                                                  for xt, _, _ in inputs(torch.float64))
     final = work[PHASES[-1][0]]
-    for l2 in path.l2_grid:
-        if cfg.max_steps - int(stop.steps[0]) <= 0:
-            solved = False
-            break
-        ok, at = False, final
-        for dtype, floor, patience in PHASES:
-            m = work[dtype]
-            with torch.no_grad():  # the phase starts where the previous one (or the previous point) ended
-                for p, q in zip(m.parameters(), at.parameters()):
-                    p.copy_(q)
-            m.train()
-            pre = None
-            # the head's curvature at this strength (downstream.solver.Kronecker), where its input is fixed (no mix)
-            if moment is not None:
-                pre = Preconditioned(m.head.weight, m.head.bias, lambda l2=l2, dtype=dtype:
-                                     Kronecker.at(moment, head_logits(dtype), l2).to(dtype), out_first=True)
-            penalised = [p for name, p in m.head.named_parameters() if name.endswith("weight")]  # not biases or mix
-            with _arithmetic(dtype):
-                iters, ok = solve_l2(list(m.parameters()), data_loss(dtype), penalised, l2, path.rtol,
-                                     cfg.max_steps - int(stop.steps[0]), floor=floor, patience=patience,
-                                     precondition=pre)
-            release()  # the phase's freed activations back to the OS (core.allocator)
-            stop.steps[0] += iters
-            at = m
-        solved &= ok  # the float64 phase's: it alone decides the tolerance
-        probe.load_state_dict(final.state_dict())  # copied into the float32 probe that is scored and kept
-        if stop.update(0, _score(probe, _predict(probe, x["dev"], y["dev"], device), y["dev"])):
-            best = copy.deepcopy(probe.state_dict())
-        if not cfg.fixed_steps and stop.since[0] >= cfg.patience:
-            break
-    if pool is not None:
-        pool.shutdown()
+    try:
+        for l2 in path.l2_grid:
+            if cfg.max_steps - int(stop.steps[0]) <= 0:
+                solved = False
+                break
+            ok, at = False, final
+            for dtype, floor, patience in PHASES:
+                m = work[dtype]
+                with torch.no_grad():  # the phase starts where the previous one (or the previous point) ended
+                    for p, q in zip(m.parameters(), at.parameters()):
+                        p.copy_(q)
+                m.train()
+                pre = None
+                # the head's curvature at this strength (downstream.solver.Kronecker), where its input is fixed (no mix)
+                if moment is not None:
+                    pre = Preconditioned(m.head.weight, m.head.bias, lambda l2=l2, dtype=dtype:
+                                         Kronecker.at(moment, head_logits(dtype), l2).to(dtype), out_first=True)
+                penalised = [p for name, p in m.head.named_parameters() if name.endswith("weight")]  # not biases or mix
+                with _arithmetic(dtype):
+                    iters, ok = solve_l2(list(m.parameters()), data_loss(dtype), penalised, l2, path.rtol,
+                                         cfg.max_steps - int(stop.steps[0]), floor=floor, patience=patience,
+                                         precondition=pre)
+                release()  # the phase's freed activations back to the OS (core.allocator)
+                stop.steps[0] += iters
+                at = m
+            solved &= ok  # the float64 phase's: it alone decides the tolerance
+            probe.load_state_dict(final.state_dict())  # copied into the float32 probe that is scored and kept
+            if stop.update(0, _score(probe, _predict(probe, x["dev"], y["dev"], device), y["dev"])):
+                best = copy.deepcopy(probe.state_dict())
+            if not cfg.fixed_steps and stop.since[0] >= cfg.patience:
+                break
+    finally:  # the threads end with the path, also on an error
+        if pool is not None:
+            pool.shutdown()
     probe.load_state_dict(best)
     test = _predict(probe, x["test"], y["test"], device)
     return ProbeResult(dev_metric=stop.best[0], test_metric=_score(probe, test, y["test"]),
