@@ -10,7 +10,8 @@ The examples are held once, standardised, in float32. A phase reads a path's tra
 contiguous run of the split in the phase's dtype (every subset at 100 % of the labels, in float32), else in copies
 made once per path where they fit PATH_HELD_BYTES (the built-in corpus's 1,200 utterances are 10 MB in float64),
 else made again at each evaluation of the loss PATH_ROWS examples at a time, so the solver's memory is a few chunks
-whatever the number of utterances. The values are the same bits every way, so the rows are too.
+whatever the number of utterances; the parts of an evaluation run side by side on PATH_THREADS threads, summed in
+their order. The values are the same bits every way, so the rows are too.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from downstream.stacked import span
 from downstream.stopping import Stopping
 from downstream.tasks import TaskSpec
 
-PATH_ROWS = 2048  # examples per float64 forward pass of the path's loss: its activations do not grow with the corpus
+PATH_ROWS = 2048  # examples per forward pass of the path's loss: its activations do not grow with the corpus
 # threads that evaluate a path's parts side by side; None: as many as the CPU's cores hold this process's torch threads
 # (two workers of one torch thread each on 2 cores: 2, so a path that outlasts the other worker's groups has both
 # cores; at 16x the built-in corpus's utterances the weighted sum's path took 306.5 s against 373.5, docs/scale.md)
