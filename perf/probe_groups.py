@@ -11,6 +11,14 @@ with a memory budget of 0 (every batch read from the cache again) and compares. 
 (speaker_utterance, keywords) 3 more times as it is and 3 times converting its examples to float64 at every evaluation
 of the loss, alternating, and compares; --history N the same with N L-BFGS pairs instead of 30; --weights the same
 solved in the head's own weights instead of its Kronecker curvature's variables (downstream.solver.Kronecker).
+--phases prints an L2-path group's points phase by phase (the float32 and the float64 phase of downstream.solver.PHASES:
+L2 strength, iterations, seconds); --float64 also trains the group with every point in float64 only (the path before
+its float32 phase) and --no-flush with the float32 phase's subnormals computed as such (not flushed to zero), each
+once, and compares; --path-threads N evaluates a path's parts on N threads (downstream.path.PATH_THREADS), e.g. on
+a larger corpus:
+
+    .venv/bin/python perf/probe_groups.py --corpus data/synth_train48 --upstream mockingjay --task speaker_utterance \
+        --mode weighted_sum --fractions 1 --seeds 1 --path-threads 1 --phases --float64 --no-flush
 --mapped first trains the group with every freed block of 4 MiB or more unmapped at once
 (core.allocator.map_large_blocks, on a fresh heap), then as the harness does (freed blocks kept in the heap), and
 compares time and system CPU time. --broadcast also trains the group with dev and test scored through torch.matmul's
@@ -27,6 +35,7 @@ seconds a frozen group spent scoring dev, and how many times it did); --out also
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -80,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", action="store_true",
                    help="an L2-path group: also train it 3 times solved in the head's own weights (no curvature "
                         "preconditioning) and 3 times as it is, alternating, and compare")
+    p.add_argument("--phases", action="store_true",
+                   help="an L2-path group: print its points phase by phase (L2 strength, iterations, seconds)")
+    p.add_argument("--float64", action="store_true",
+                   help="an L2-path group: also train it with every point solved in float64 only, and compare")
+    p.add_argument("--no-flush", action="store_true",
+                   help="an L2-path group: also train it without flushing the float32 phase's subnormals, and compare")
+    p.add_argument("--path-threads", type=int,
+                   help="threads that evaluate an L2 path's parts (downstream.path.PATH_THREADS; default: its own rule)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
@@ -106,8 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         mapped = train_probes(task, mode, source, labels, specs, n_cls, cfg)
         mapped_seconds, mapped_system = time.perf_counter() - t0, os.times().system - sys0
     keep_freed_blocks()  # the harness's allocator rule while probes train (core.allocator.heap_while_training)
+    import downstream.path
+
+    if a.path_threads is not None:
+        downstream.path.PATH_THREADS = a.path_threads
     dev = [0.0, 0]  # seconds in the frozen group's dev scoring, and its calls
-    with mock.patch.object(StackedModel, "score", timed(StackedModel.score, dev)):
+    phases: list[dict] = []  # an L2 path's solves, phase by phase
+    with mock.patch.object(StackedModel, "score", timed(StackedModel.score, dev)), \
+            mock.patch.object(downstream.path, "solve_l2", logged(downstream.path.solve_l2, phases)):
         t0, sys0 = time.perf_counter(), os.times().system
         group = train_probes(task, mode, source, labels, specs, n_cls, cfg)
     out = {"upstream": f"{row['upstream']}:{row['preset']}", "task": a.task, "mode": a.mode, "probes": len(specs),
@@ -115,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
            "group_system_seconds": round(os.times().system - sys0, 1),
            "dev_seconds": round(dev[0], 2), "dev_scorings": dev[1],
            "test": [round(100 * r.test_metric, 2) for r in group], "steps": [r.steps for r in group]}
+    if a.phases:
+        out["phases"] = phases
+    if a.float64:  # the path before its float32 phase: every point in float64 alone
+        with mock.patch.object(downstream.path, "PHASES", downstream.path.PHASES[-1:]):
+            alone_run(out, "float64", group, lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg))
+    if a.no_flush:  # the float32 phase with its subnormals computed as such
+        with mock.patch.object(downstream.path, "_arithmetic", lambda dtype: contextlib.nullcontext()):
+            alone_run(out, "no_flush", group, lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg))
     if mapped is not None:
         out["mapped_seconds"] = round(mapped_seconds, 1)
         out["mapped_system_seconds"] = round(mapped_system, 1)
@@ -207,6 +238,29 @@ def compare(out: dict, name: str, group: list, train) -> None:
     out[f"{name}_seconds"] = round(time.perf_counter() - t0, 1)
     out[f"{name}_over_group"] = round(out[f"{name}_seconds"] / out["group_seconds"], 2)
     out[f"{name}_same_rows"] = same_rows(group, other)
+
+
+def alone_run(out: dict, name: str, group: list, train) -> list:
+    """`compare`, with the other way's test scores and steps recorded too (its rows may differ); its rows."""
+    t0 = time.perf_counter()
+    other = train()
+    out[f"{name}_seconds"] = round(time.perf_counter() - t0, 1)
+    out[f"{name}_over_group"] = round(out[f"{name}_seconds"] / out["group_seconds"], 2)
+    out[f"{name}_test"] = [round(100 * r.test_metric, 2) for r in other]
+    out[f"{name}_steps"] = [r.steps for r in other]
+    return other
+
+
+def logged(solve, phases: list):
+    """downstream.solver.solve_l2 that also appends each solve's phase (dtype), L2 strength, iterations, whether it
+    reached its tolerance and seconds to `phases`."""
+    def wrapper(params, data_loss, penalised, l2, *args, **kw):
+        t0 = time.perf_counter()
+        iters, ok = solve(params, data_loss, penalised, l2, *args, **kw)
+        phases.append({"dtype": str(params[0].dtype).removeprefix("torch."), "l2": l2, "iterations": iters,
+                       "solved": ok, "seconds": round(time.perf_counter() - t0, 2)})
+        return iters, ok
+    return wrapper
 
 
 def alternate(out: dict, name: str, group: list, train, other, rounds: int = 3) -> list:

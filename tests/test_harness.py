@@ -293,3 +293,25 @@ def test_probe_groups_compares_a_group_with_its_old_decoding(corpus_dir, tmp_pat
     res = json.loads(out.read_text())
     assert res["probes"] == 4 and res["decode_same_rows"] is True
     assert res["dev_scorings"] > 0 and 0 <= res["dev_seconds"] <= res["group_seconds"] + 0.05
+
+
+def test_probe_groups_times_an_l2_path_phase_by_phase(corpus_dir, tmp_path):
+    """perf/probe_groups.py on an L2-path group: its points phase by phase (float32 then float64 at every L2 strength
+    it visited, their iterations the rows' steps), and the group again with every point in float64 and without the
+    flush, each with its own rows."""
+    import json
+
+    groups = perf_script("probe_groups")
+    runner.run_benchmark(_cfg(corpus_dir, tmp_path, upstreams=("mel",), tasks=("speaker_utterance",)),
+                         log=lambda *_: None)
+    out = tmp_path / "path.json"
+    assert groups.main(["--upstream", "mel", "--task", "speaker_utterance", "--mode", "last", "--fractions", "1",
+                        "--seeds", "1", "--corpus", str(corpus_dir), "--cache-dir", str(tmp_path / "cache"),
+                        "--path-threads", "1", "--phases", "--float64", "--no-flush", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    phases = res["phases"]
+    assert [p["dtype"] for p in phases] == ["float32", "float64"] * (len(phases) // 2) and len(phases) >= 2
+    assert [p["l2"] for p in phases[::2]] == [p["l2"] for p in phases[1::2]]
+    assert sum(p["iterations"] for p in phases) == res["steps"][0] > 0
+    assert res["float64_steps"][0] > 0 and res["no_flush_steps"][0] > 0
+    assert len(res["float64_test"]) == len(res["no_flush_test"]) == 1
