@@ -110,10 +110,14 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
             if (run is not None and dtype == xs.dtype) or xs.shape[0] * len(idx) * xs.shape[2] * dtype.itemsize
             <= PATH_HELD_BYTES else None for dtype, _, _ in PHASES}
 
+    def input_part(dtype: torch.dtype, k: int) -> Tensor:
+        """Part k of the subset in `dtype`: held, or made now."""
+        return held[dtype][k] if held[dtype] is not None else part(*parts[k], dtype)
+
     def inputs(dtype: torch.dtype) -> Iterator[tuple[Tensor, int, int]]:
         """The subset's parts in `dtype`, in its order (the sums, and so the rows, do not change), with their bounds."""
         for k, (a, b) in enumerate(parts):
-            yield (held[dtype][k] if held[dtype] is not None else part(a, b, dtype)), a, b
+            yield input_part(dtype, k), a, b
 
     # the probe in each phase's dtype; the float64 one ends every point (float32 gradients floor above the relative
     # tolerance at weak L2) and is copied into the float32 probe that is scored and kept
@@ -140,10 +144,8 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
             params = list(work[dtype].parameters())
 
             def one(k: int) -> tuple[Tensor, tuple[Tensor, ...]]:
-                a, b = parts[k]
                 with _arithmetic(dtype):  # the mode is per thread: the phase's on every thread
-                    xt = held[dtype][k] if held[dtype] is not None else part(a, b, dtype)
-                    value = part_loss(dtype, xt, a, b)
+                    value = part_loss(dtype, input_part(dtype, k), *parts[k])
                     return value.detach(), torch.autograd.grad(value, params)
             done = list(pool.map(one, range(len(parts))))
             value, grads = done[0]

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         mapped = train_probes(task, mode, source, labels, specs, n_cls, cfg)
         mapped_seconds, mapped_system = time.perf_counter() - t0, os.times().system - sys0
     keep_freed_blocks()  # the harness's allocator rule while probes train (core.allocator.heap_while_training)
-    import downstream.path
+    import downstream.path  # (main imports the engine's modules it patches where it needs them)
 
     if a.path_threads is not None:
         downstream.path.PATH_THREADS = a.path_threads
@@ -142,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         out["phases"] = phases
     if a.float64:  # the path before its float32 phase: every point in float64 alone
         with mock.patch.object(downstream.path, "PHASES", downstream.path.PHASES[-1:]):
-            alone_run(out, "float64", group, lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg))
+            compare(out, "float64", group, lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg))
     if a.no_flush:  # the float32 phase with its subnormals computed as such
         with mock.patch.object(downstream.path, "_arithmetic", lambda dtype: contextlib.nullcontext()):
-            alone_run(out, "no_flush", group, lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg))
+            compare(out, "no_flush", group, lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg))
     if mapped is not None:
         out["mapped_seconds"] = round(mapped_seconds, 1)
         out["mapped_system_seconds"] = round(mapped_system, 1)
@@ -181,14 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         return train_probes(task, mode, source, labels, specs, n_cls, c)
 
     if a.per_evaluation:
-        import downstream.path
-
         alternate(out, "per_evaluation", group, train,
                   under(lambda: mock.patch.object(downstream.path, "PATH_HELD_BYTES", 0), train))
     if a.history is not None:
         import functools
-
-        import downstream.path
 
         solve = functools.partial(downstream.path.solve_l2, history=a.history)
         other = alternate(out, f"history_{a.history}", group, train,
@@ -202,14 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.float32:
         import downstream.groups
 
-        t0 = time.perf_counter()
         with mock.patch.object(downstream.groups, "fast_bfloat16", lambda device: False):
-            full = train_probes(task, mode, source, labels, specs, n_cls, cfg)
+            compare(out, "float32", group, train)
         out["bfloat16"] = downstream.groups.fast_bfloat16(torch.device("cpu"))
-        out["float32_seconds"] = round(time.perf_counter() - t0, 1)
-        out["float32_over_group"] = round(out["float32_seconds"] / out["group_seconds"], 2)
-        out["float32_test"] = [round(100 * r.test_metric, 2) for r in full]
-        out["float32_steps"] = [r.steps for r in full]
     out["provenance"] = provenance("cpu")
     out["command"] = " ".join(["python", "perf/probe_groups.py", *(argv if argv is not None else sys.argv[1:])])
     print(json.dumps({k: v for k, v in out.items() if k != "provenance"}))
@@ -230,22 +221,14 @@ def timed(method, spent: list):
     return wrapper
 
 
-def compare(out: dict, name: str, group: list, train) -> None:
-    """Train the group the other way (`train()`), and record its seconds, their ratio to the group's and whether its
-    rows are the group's."""
+def compare(out: dict, name: str, group: list, train) -> list:
+    """Train the group the other way (`train()`), and record its seconds, their ratio to the group's, whether its
+    rows are the group's, and its test scores and steps (where they differ); its rows."""
     t0 = time.perf_counter()
     other = train()
     out[f"{name}_seconds"] = round(time.perf_counter() - t0, 1)
     out[f"{name}_over_group"] = round(out[f"{name}_seconds"] / out["group_seconds"], 2)
     out[f"{name}_same_rows"] = same_rows(group, other)
-
-
-def alone_run(out: dict, name: str, group: list, train) -> list:
-    """`compare`, with the other way's test scores and steps recorded too (its rows may differ); its rows."""
-    t0 = time.perf_counter()
-    other = train()
-    out[f"{name}_seconds"] = round(time.perf_counter() - t0, 1)
-    out[f"{name}_over_group"] = round(out[f"{name}_seconds"] / out["group_seconds"], 2)
     out[f"{name}_test"] = [round(100 * r.test_metric, 2) for r in other]
     out[f"{name}_steps"] = [r.steps for r in other]
     return other
