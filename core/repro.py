@@ -27,6 +27,14 @@ def seed_everything(seed: int) -> torch.Generator:
     return g
 
 
+# torch threads of every forward pass of an upstream on a CPU in the harness (feature extraction, fine-tuning),
+# whatever the machine's cores: a threaded matrix product or reduction rounds differently on another thread count
+# (the built-in corpus's dev features of mockingjay, mockingjay_random and mel differ in 0.07-0.14 % of their float16
+# values between 1 and 2 threads, docs/architecture.md), and other features train other rows. 2: the count the rows
+# in results/ were computed with (2-core machines); a machine with more cores runs several batches side by side
+UPSTREAM_THREADS = 2
+
+
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """torch on `n` threads inside (the process-wide setting, restored after, also on an error). One thread where a

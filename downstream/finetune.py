@@ -2,6 +2,7 @@
 every minibatch probe (downstream.loop) with one probe."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from core.repro import seed_everything
+from core.repro import UPSTREAM_THREADS, seed_everything, torch_threads
 from corpora.manifest import PROBE_SPLITS
 from downstream.data import SplitLabels, Targets, frame_batches, length_batches
 from downstream.heads import Whitening, segment_mean
@@ -110,8 +111,18 @@ def finetune_probe(task: TaskSpec, frozen: ProbeResult, whiten: Whitening, live:
     if not task.finetunable:
         raise ValueError(f"task {task.name}: fine-tuning trains classifiers of frames or utterance means; this task's "
                          f"{task.engine} engine trains frozen probes only")
-    t0 = time.perf_counter()
     device = torch.device(device)
+    # on a CPU the upstream's passes run on UPSTREAM_THREADS threads, as its extraction does: rows that do not depend
+    # on the machine's core count
+    with torch_threads(UPSTREAM_THREADS) if device.type == "cpu" else contextlib.nullcontext():
+        return _finetune(task, frozen, whiten, live, upstream, labels, train_idx, n_classes, cfg, seed, device,
+                         progress)
+
+
+def _finetune(task: TaskSpec, frozen: ProbeResult, whiten: Whitening, live: LiveSource, upstream: nn.Module,
+              labels: dict[str, SplitLabels], train_idx: list[int], n_classes: int, cfg: ProbeConfig,
+              seed: int, device: torch.device, progress: bool) -> ProbeResult:
+    t0 = time.perf_counter()
     assert frozen.state is not None, "fine-tuning starts from a frozen probe's weights"
     with INIT_LOCK:
         seed_everything(seed)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.cache.extract import DONE, cache_key, ensure_split
+from benchmark.cache.extract import DONE, cache_key, ensure_split, extract_arrays
 from downstream.sources import ArraySource, LiveSource, PooledSource, SplitArrays
 from tests.fixtures import make_tiny_corpus
 from upstream.features import FeatureConfig, corpus_stats
@@ -135,3 +135,28 @@ def test_extraction_failure_leaves_no_cache(setup, tmp_path, monkeypatch):
     # nothing but the (empty) lock file of the key, which is kept for the next build
     assert [p.name for p in Path(tmp_path).iterdir()] == [".locks"]
     assert [p.stat().st_size for p in (Path(tmp_path) / ".locks").iterdir()] == [0]
+
+
+def _extracted(up, corpus, utts, process_threads: int, workers: int | None) -> np.ndarray:
+    """Every hidden state of `utts`, batches of at most 2 s of audio, from a process on `process_threads` torch
+    threads and `workers` batches side by side."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(process_threads)
+    try:
+        return extract_arrays(up, corpus, utts, batch_seconds=2.0, progress=False, workers=workers).hidden
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_features_do_not_depend_on_the_core_count(setup, monkeypatch):
+    """A threaded product rounds differently on another thread count: extraction runs each batch on UPSTREAM_THREADS
+    torch threads whatever the process has, and batches side by side on workers give the same bits."""
+    import benchmark.cache.extract as extract
+    corpus, up, _ = setup
+    utts = corpus.utterances("train") + corpus.utterances("dev")
+    reference = _extracted(up, corpus, utts, 2, 1)
+    for threads, workers in [(1, 1), (3, 1), (1, 3), (3, 2), (2, None)]:
+        assert np.array_equal(_extracted(up, corpus, utts, threads, workers), reference), (threads, workers)
+    # what the pinning prevents, on this model: its features on 1 thread are other bits than on 2
+    monkeypatch.setattr(extract, "UPSTREAM_THREADS", 1)
+    assert not np.array_equal(_extracted(up, corpus, utts, 1, 1), reference)

@@ -37,6 +37,7 @@ import os
 import secrets
 import shutil
 import socket
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ from benchmark.cache.reader import (CACHE_FORMAT_VERSION, DONE, CacheEntry, Entr
                                     key_layers, manifest_digest, sampled_checksum)
 from core.audio import load_audio
 from core.io import atomic_write_json, sha256_json
+from core.parallel import run_parallel
+from core.repro import UPSTREAM_THREADS, torch_threads
 from corpora.manifest import Corpus, Utterance
 from downstream.sources import SplitArrays, frame_counts
 from upstream.interface import Upstream
@@ -84,13 +87,17 @@ def expected_lengths(upstream: Upstream, utts: list[Utterance]) -> np.ndarray:
     return frame_counts(upstream.frame_rule, utts)
 
 
-@torch.no_grad()
 def _stream(upstream: Upstream, corpus: Corpus, utts: list[Utterance], layers: tuple[int, ...],
             write: Callable[[int, int, np.ndarray], None], batch_seconds: float, progress: bool,
-            device: torch.device | str, desc: str) -> np.ndarray:
+            device: torch.device | str, desc: str, workers: int | None = None) -> np.ndarray:
     """Run `utts` through `upstream` in batches (longest first) and hand each utterance's hidden state layers[j] to
     write(j, first frame row, float16 (n, D) array); return the offsets. The one path to float16 for the cache and
-    for --no-cache, so both give the same bits."""
+    for --no-cache, so both give the same bits.
+
+    On a CPU every batch runs on core.repro.UPSTREAM_THREADS torch threads, so the features' bits do not depend on
+    the machine's core count; `workers` batches run side by side (None: as many as the cores hold, one on 2 cores).
+    A batch's features do not depend on the worker it ran on or the order batches finish: `write` puts each at its
+    own rows. On a GPU the batches run one after another."""
     lengths = expected_lengths(upstream, utts)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     upstream.eval().to(device)
@@ -110,22 +117,31 @@ def _stream(upstream: Upstream, corpus: Corpus, utts: list[Utterance], layers: t
     for x in batch_seconds_list:  # summed exactly as the updates are, so the bar never passes its total
         total += x
     bar = _bar(total, progress, desc)
-    try:
-        for batch, seconds in zip(batches, batch_seconds_list):
-            wavs = [load_audio(corpus.audio_path(utts[i]), upstream.sample_rate) for i in batch]
-            wav_len = torch.tensor([len(w) for w in wavs])
-            padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
-            hidden, out_len = upstream(padded, wav_len.to(device))
-            for b, i in enumerate(batch):
-                n = int(out_len[b])
-                if n != lengths[i]:
-                    raise ValueError(f"feature cache: utterance {utts[i].id} gave {n} frames, manifest length "
-                                     f"{utts[i].num_samples} samples implies {lengths[i]}: fix the manifest")
-                for j, layer in enumerate(layers):
-                    x = hidden[layer][b, :n].float().clamp_(-_F16_MAX, _F16_MAX).cpu().numpy().astype(np.float16)
-                    write(j, int(offsets[i]), x)
-            if bar is not None:
+    cpu = torch.device(device).type == "cpu"
+    if workers is None:
+        workers = max(1, (os.cpu_count() or 1) // UPSTREAM_THREADS) if cpu else 1
+    lock = threading.Lock()
+
+    @torch.no_grad()  # per thread in torch: inside the worker
+    def one(batch: list[int], seconds: float) -> None:
+        wavs = [load_audio(corpus.audio_path(utts[i]), upstream.sample_rate) for i in batch]
+        wav_len = torch.tensor([len(w) for w in wavs])
+        padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
+        hidden, out_len = upstream(padded, wav_len.to(device))
+        for b, i in enumerate(batch):
+            n = int(out_len[b])
+            if n != lengths[i]:
+                raise ValueError(f"feature cache: utterance {utts[i].id} gave {n} frames, manifest length "
+                                 f"{utts[i].num_samples} samples implies {lengths[i]}: fix the manifest")
+            for j, layer in enumerate(layers):
+                x = hidden[layer][b, :n].float().clamp_(-_F16_MAX, _F16_MAX).cpu().numpy().astype(np.float16)
+                write(j, int(offsets[i]), x)
+        if bar is not None:
+            with lock:
                 bar.update(seconds)
+    try:
+        with torch_threads(UPSTREAM_THREADS) if cpu else contextlib.nullcontext():
+            run_parallel(one, list(zip(batches, batch_seconds_list)), min(workers, len(batches)), "extract")
     finally:
         if bar is not None:
             bar.close()
@@ -163,9 +179,9 @@ def extract_split(upstream: Upstream, corpus: Corpus, utts: list[Utterance], out
 
 def extract_arrays(upstream: Upstream, corpus: Corpus, utts: list[Utterance], layers: Sequence[int] | None = None,
                    batch_seconds: float = 64.0, progress: bool = True, device: torch.device | str = "cpu",
-                   desc: str = "extract into memory") -> SplitArrays:
+                   desc: str = "extract into memory", workers: int | None = None) -> SplitArrays:
     """--no-cache: the hidden states `layers` (None: all) of `utts` straight into memory, float16 as the cache stores
-    them (the same batches and rounding as extract_split), nothing written to disk."""
+    them (the same batches and rounding as extract_split), nothing written to disk. `workers`: as _stream's."""
     held = layer_set(layers, upstream.num_hidden_states)
     lengths = expected_lengths(upstream, utts)
     hidden = np.empty((len(held), int(lengths.sum()), upstream.hidden_size), dtype=np.float16)
@@ -173,7 +189,7 @@ def extract_arrays(upstream: Upstream, corpus: Corpus, utts: list[Utterance], la
     def write(j: int, row: int, x: np.ndarray) -> None:
         hidden[j, row: row + len(x)] = x
 
-    offsets = _stream(upstream, corpus, utts, held, write, batch_seconds, progress, device, desc)
+    offsets = _stream(upstream, corpus, utts, held, write, batch_seconds, progress, device, desc, workers)
     return SplitArrays(hidden=hidden, offsets=offsets, layers=held, num_hidden_states=upstream.num_hidden_states)
 
 
