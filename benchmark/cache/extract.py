@@ -57,6 +57,8 @@ from upstream.interface import Upstream
 
 LOCKS = ".locks"  # one empty lock file per key, kept (deleting a lock file others may hold is a classic race)
 _F16_MAX = float(np.finfo(np.float16).max)
+# batches extracted side by side on a CPU, each on UPSTREAM_THREADS torch threads; None: as many as the cores hold
+EXTRACT_WORKERS: int | None = None
 
 
 def layer_set(layers: Sequence[int] | None, num_hidden_states: int) -> tuple[int, ...]:
@@ -119,7 +121,7 @@ def _stream(upstream: Upstream, corpus: Corpus, utts: list[Utterance], layers: t
     bar = _bar(total, progress, desc)
     cpu = torch.device(device).type == "cpu"
     if workers is None:
-        workers = max(1, (os.cpu_count() or 1) // UPSTREAM_THREADS) if cpu else 1
+        workers = (EXTRACT_WORKERS or max(1, (os.cpu_count() or 1) // UPSTREAM_THREADS)) if cpu else 1
     lock = threading.Lock()
 
     @torch.no_grad()  # per thread in torch: inside the worker
