@@ -12,7 +12,7 @@ with a memory budget of 0 (every batch read from the cache again) and compares. 
 of the loss, alternating, and compares; --history N the same with N L-BFGS pairs instead of 30; --weights the same
 solved in the head's own weights instead of its Kronecker curvature's variables (downstream.solver.Kronecker).
 --phases prints an L2-path group's points phase by phase (the float32 and the float64 phase of downstream.solver.PHASES:
-L2 strength, iterations, seconds); --float64 also trains the group with every point in float64 only (the path before
+L2 strength, iterations, seconds; with one path, e.g. --fractions 1 --seeds 1, the dev score after each point); --float64 also trains the group with every point in float64 only (the path before
 its float32 phase) and --no-flush with the float32 phase's subnormals computed as such (not flushed to zero), each
 once, and compares; --path-threads N evaluates a path's parts on N threads (downstream.path.PATH_THREADS), e.g. on
 a larger corpus:
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="an L2-path group: also train it 3 times solved in the head's own weights (no curvature "
                         "preconditioning) and 3 times as it is, alternating, and compare")
     p.add_argument("--phases", action="store_true",
-                   help="an L2-path group: print its points phase by phase (L2 strength, iterations, seconds)")
+                   help="an L2-path group: print its points phase by phase (L2 strength, iterations, seconds; the dev "
+                        "score after each point where the group is one path)")
     p.add_argument("--float64", action="store_true",
                    help="an L2-path group: also train it with every point solved in float64 only, and compare")
     p.add_argument("--no-flush", action="store_true",
@@ -129,17 +130,24 @@ def main(argv: list[str] | None = None) -> int:
         downstream.path.PATH_THREADS = a.path_threads
     dev = [0.0, 0]  # seconds in the frozen group's dev scoring, and its calls
     phases: list[dict] = []  # an L2 path's solves, phase by phase
+    scores: list[float] = []  # an L2 path's scores: dev after each point, then test
     with mock.patch.object(StackedModel, "score", timed(StackedModel.score, dev)), \
-            mock.patch.object(downstream.path, "solve_l2", logged(downstream.path.solve_l2, phases)):
+            mock.patch.object(downstream.path, "solve_l2", logged(downstream.path.solve_l2, phases)), \
+            mock.patch.object(downstream.path, "_score", kept(downstream.path._score, scores)):
         t0, sys0 = time.perf_counter(), os.times().system
         group = train_probes(task, mode, source, labels, specs, n_cls, cfg)
     out = {"upstream": f"{row['upstream']}:{row['preset']}", "task": a.task, "mode": a.mode, "probes": len(specs),
            "threads": a.threads, "group_seconds": round(time.perf_counter() - t0, 1),
            "group_system_seconds": round(os.times().system - sys0, 1),
            "dev_seconds": round(dev[0], 2), "dev_scorings": dev[1],
-           "test": [round(100 * r.test_metric, 2) for r in group], "steps": [r.steps for r in group]}
+           "test": [round(100 * r.test_metric, 2) for r in group], "dev": [round(100 * r.dev_metric, 2) for r in group],
+           "steps": [r.steps for r in group]}
     if a.phases:
         out["phases"] = phases
+        if len(group) == 1:  # one path: its dev score after each point (the float64 phase ends a point), then test
+            ends = [ph for ph in phases if ph["dtype"] == "float64"]
+            for ph, score in zip(ends, scores[:-1]):
+                ph["dev"] = round(100 * score, 2)
     if a.float64:  # the path before its float32 phase: every point in float64 alone
         with mock.patch.object(downstream.path, "PHASES", downstream.path.PHASES[-1:]):
             compare(out, "float64", group, lambda: train_probes(task, mode, source, labels, specs, n_cls, cfg))
@@ -232,6 +240,15 @@ def compare(out: dict, name: str, group: list, train) -> list:
     out[f"{name}_test"] = [round(100 * r.test_metric, 2) for r in other]
     out[f"{name}_steps"] = [r.steps for r in other]
     return other
+
+
+def kept(score, scores: list):
+    """downstream.path._score that also appends each score it returns to `scores`."""
+    def wrapper(*args, **kw):
+        value = score(*args, **kw)
+        scores.append(value)
+        return value
+    return wrapper
 
 
 def logged(solve, phases: list):

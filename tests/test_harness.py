@@ -313,5 +313,7 @@ def test_probe_groups_times_an_l2_path_phase_by_phase(corpus_dir, tmp_path):
     assert [p["dtype"] for p in phases] == ["float32", "float64"] * (len(phases) // 2) and len(phases) >= 2
     assert [p["l2"] for p in phases[::2]] == [p["l2"] for p in phases[1::2]]
     assert sum(p["iterations"] for p in phases) == res["steps"][0] > 0
+    devs = [p["dev"] for p in phases[1::2]]  # the dev score after each point: the row's is the one it kept
+    assert all("dev" not in p for p in phases[::2]) and all(0 <= d <= 100 for d in devs) and res["dev"][0] in devs
     assert res["float64_steps"][0] > 0 and res["no_flush_steps"][0] > 0
     assert len(res["float64_test"]) == len(res["no_flush_test"]) == 1
