@@ -29,9 +29,10 @@ def seed_everything(seed: int) -> torch.Generator:
 
 # torch threads of every forward pass of an upstream on a CPU in the harness (feature extraction, fine-tuning),
 # whatever the machine's cores: a threaded matrix product or reduction rounds differently on another thread count
-# (the built-in corpus's dev features of mockingjay, mockingjay_random and mel differ in 0.07-0.14 % of their float16
-# values between 1 and 2 threads, docs/architecture.md), and other features train other rows. 2: the count the rows
-# in results/ were computed with (2-core machines); a machine with more cores runs several batches side by side
+# (the built-in corpus's dev features of mel, mockingjay and mockingjay_random differ in 0.05-0.10 % of their float16
+# values between 1 and 2 threads, results/extract_threads.json), and other features train other rows. 2: the count
+# the rows in results/ were computed with (2-core machines); a machine with more cores extracts several batches side
+# by side (benchmark.cache.extract.EXTRACT_WORKERS)
 UPSTREAM_THREADS = 2
 
 
