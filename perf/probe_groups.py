@@ -12,9 +12,9 @@ with a memory budget of 0 (every batch read from the cache again) and compares. 
 of the loss, alternating, and compares; --history N the same with N L-BFGS pairs instead of 30; --weights the same
 solved in the head's own weights instead of its Kronecker curvature's variables (downstream.solver.Kronecker).
 --phases prints an L2-path group's points phase by phase (the float32 and the float64 phase of downstream.solver.PHASES:
-L2 strength, iterations, seconds; with one path, e.g. --fractions 1 --seeds 1, the dev score after each point); --float64 also trains the group with every point in float64 only (the path before
-its float32 phase) and --no-flush with the float32 phase's subnormals computed as such (not flushed to zero), each
-once, and compares; --path-threads N evaluates a path's parts on N threads (downstream.path.PATH_THREADS), e.g. on
+L2 strength, iterations, seconds; with one path, e.g. --fractions 1 --seeds 1, the dev score after each point);
+--float64 also trains the group with every point in float64 only (the path before its float32 phase) and --no-flush
+with the float32 phase's subnormals computed as such (not flushed to zero), each once, and compares; --path-threads N evaluates a path's parts on N threads (downstream.path.PATH_THREADS), e.g. on
 a larger corpus:
 
     .venv/bin/python perf/probe_groups.py --corpus data/synth_train48 --upstream mockingjay --task speaker_utterance \
@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             mock.patch.object(downstream.path, "_score", kept(downstream.path._score, scores)):
         t0, sys0 = time.perf_counter(), os.times().system
         group = train_probes(task, mode, source, labels, specs, n_cls, cfg)
-    out = {"upstream": f"{row['upstream']}:{row['preset']}", "task": a.task, "mode": a.mode, "probes": len(specs),
+    out = {"upstream": f"{row['upstream']}:{row['preset']}", "ckpt_hash": row["ckpt_hash"],  # the newest cached one
+           "task": a.task, "mode": a.mode, "probes": len(specs),
            "threads": a.threads, "group_seconds": round(time.perf_counter() - t0, 1),
            "group_system_seconds": round(os.times().system - sys0, 1),
            "dev_seconds": round(dev[0], 2), "dev_scorings": dev[1],

@@ -309,6 +309,7 @@ def test_probe_groups_times_an_l2_path_phase_by_phase(corpus_dir, tmp_path):
                         "--seeds", "1", "--corpus", str(corpus_dir), "--cache-dir", str(tmp_path / "cache"),
                         "--path-threads", "1", "--phases", "--float64", "--no-flush", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
+    assert res["upstream"] == "mel:default" and res["ckpt_hash"]  # which cached model it measured
     phases = res["phases"]
     assert [p["dtype"] for p in phases] == ["float32", "float64"] * (len(phases) // 2) and len(phases) >= 2
     assert [p["l2"] for p in phases[::2]] == [p["l2"] for p in phases[1::2]]
