@@ -14,8 +14,8 @@ solved in the head's own weights instead of its Kronecker curvature's variables 
 --phases prints an L2-path group's points phase by phase (the float32 and the float64 phase of downstream.solver.PHASES:
 L2 strength, iterations, seconds; with one path, e.g. --fractions 1 --seeds 1, the dev score after each point);
 --float64 also trains the group with every point in float64 only (the path before its float32 phase) and --no-flush
-with the float32 phase's subnormals computed as such (not flushed to zero), each once, and compares; --path-threads N evaluates a path's parts on N threads (downstream.path.PATH_THREADS), e.g. on
-a larger corpus:
+with the float32 phase's subnormals computed as such (not flushed to zero), each once, and compares; --path-threads N
+evaluates a path's parts on N threads (downstream.path.PATH_THREADS), e.g. on a larger corpus:
 
     .venv/bin/python perf/probe_groups.py --corpus data/synth_train48 --upstream mockingjay --task speaker_utterance \
         --mode weighted_sum --fractions 1 --seeds 1 --path-threads 1 --phases --float64 --no-flush
