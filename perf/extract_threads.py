@@ -9,7 +9,8 @@ the cache's own path to float16) three ways, side by side in one process:
 with the wall time of each (the pinned ones on this machine's cores: compare them with each other, not across
 machines). Writes JSON with --out.
 
-    .venv/bin/python perf/extract_threads.py --upstreams mel,mockingjay,mockingjay_random --out results/extract_threads.json
+    .venv/bin/python perf/extract_threads.py --utterances 300 --upstreams mel,mockingjay,mockingjay_random \
+        --out results/extract_threads.json
 """
 from __future__ import annotations
 
@@ -45,29 +46,36 @@ def timed(up, corpus, utts, process_threads: int, workers: int | None, pinned: b
         extract.UPSTREAM_THREADS = rule
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--split", default="dev", choices=("train", "dev", "test"))
     p.add_argument("--utterances", type=int, default=150, help="the split's first N utterances (default 150)")
     p.add_argument("--upstreams", default="mel,mockingjay,mockingjay_random")
     p.add_argument("--out", type=Path, help="also write the JSON here (default: print only)")
-    a = p.parse_args()
-    corpus = resolve_corpus(a.corpus, Path("data"), quick=False, progress=False)
-    if corpus is None:
-        print(f"error: --corpus {a.corpus}: no corpus there (build it: python -m corpora prepare synth)", file=sys.stderr)
+    a = p.parse_args(argv)
+    try:
+        corpus = resolve_corpus(a.corpus, Path("data"), quick=False, progress=False)
+    except ValueError as e:  # neither a prepared corpus directory nor a known corpus name
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    assert corpus is not None  # None only with prepare=False (dry runs): an absent built-in corpus is built
     utts = corpus.utterances(a.split)[:a.utterances]
     rows = []
     for spec in a.upstreams.split(","):
-        up = resolve_upstream(spec, corpus, {}, Path("runs/pretrain"), False, log=lambda *m: None,
-                              device=torch.device("cpu"), progress=False, pretrain=False)
+        try:
+            up = resolve_upstream(spec, corpus, {}, Path("runs/pretrain"), False, log=lambda *m: None,
+                                  device=torch.device("cpu"), progress=False, pretrain=False)
+        except (FileNotFoundError, ValueError) as e:  # an unknown upstream or preset, or a missing checkpoint
+            print(f"error: --upstreams {spec}: {e}", file=sys.stderr)
+            return 2
         one, s1 = timed(up, corpus, utts, 1, 1, pinned=False)
         two, s2 = timed(up, corpus, utts, 2, 1, pinned=False)
         ref, s_ref = timed(up, corpus, utts, 1, 1, pinned=True)
         same = {}
         seconds = {"unpinned 1 thread": s1, "unpinned 2 threads": s2, "pinned, process on 1 thread": s_ref}
-        for label, threads, workers in [("pinned, process on 3 threads", 3, 1), ("pinned, 2 batches side by side", 1, 2)]:
+        for label, threads, workers in [("pinned, process on 3 threads", 3, 1),
+                                        ("pinned, 2 batches side by side", 1, 2)]:
             h, s = timed(up, corpus, utts, threads, workers, pinned=True)
             same[label], seconds[label] = bool(np.array_equal(h, ref)), s
         row = {"upstream": spec, "values": int(one.size), "differ_1_vs_2_threads": int((one != two).sum()),
@@ -75,7 +83,7 @@ def main() -> int:
                "pinned_same_bits": same, "seconds": {k: round(v, 2) for k, v in seconds.items()}}
         print(row, flush=True)
         rows.append(row)
-    out = {"command": "python " + " ".join(sys.argv), "corpus": corpus.name, "split": a.split,
+    out = {"command": "python perf/extract_threads.py " + " ".join(sys.argv[1:] if argv is None else argv), "corpus": corpus.name, "split": a.split,
            "utterances": len(utts), "upstream_threads": extract.UPSTREAM_THREADS, "rows": rows,
            "provenance": provenance("cpu")}
     if a.out:

@@ -318,3 +318,19 @@ def test_probe_groups_times_an_l2_path_phase_by_phase(corpus_dir, tmp_path):
     assert all("dev" not in p for p in phases[::2]) and all(0 <= d <= 100 for d in devs) and res["dev"][0] in devs
     assert res["float64_steps"][0] > 0 and res["no_flush_steps"][0] > 0
     assert len(res["float64_test"]) == len(res["no_flush_test"]) == 1
+
+
+def test_extract_threads_finds_the_pinned_features_the_same_on_every_thread_count(corpus_dir, tmp_path):
+    """perf/extract_threads.py: the pinned features are the same bits from a process on 1 or 3 threads and with
+    batches side by side, and equal those of 2 unpinned threads (the rule results/ was computed under)."""
+    import json
+
+    script = perf_script("extract_threads")
+    out = tmp_path / "threads.json"
+    assert script.main(["--corpus", str(corpus_dir), "--split", "train", "--upstreams", "mel,mockingjay_random",
+                        "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [r["upstream"] for r in res["rows"]] == ["mel", "mockingjay_random"] and res["upstream_threads"] == 2
+    for r in res["rows"]:
+        assert all(r["pinned_same_bits"].values()) and 2 in r["pinned_equals_unpinned_at"] and r["values"] > 0
+    assert script.main(["--corpus", str(corpus_dir), "--upstreams", "nosuch"]) == 2  # named in a one-line error
