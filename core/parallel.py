@@ -3,8 +3,14 @@ the copies and start-up of processes. The probe groups of a run (benchmark.run.r
 convergence certificate (benchmark.report.convergence) run this way."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+
+
+def workers_for(threads: int) -> int:
+    """How many workers of `threads` torch threads each the machine's cores hold (at least one)."""
+    return max(1, (os.cpu_count() or 1) // max(1, threads))
 
 
 def run_parallel(fn: Callable[..., object], jobs: list[tuple], workers: int, name: str = "worker") -> None:

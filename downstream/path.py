@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor
 
 from core.allocator import release
+from core.parallel import workers_for
 from core.repro import flush_denormals, seed_everything
 from corpora.manifest import PROBE_SPLITS
 from downstream.heads import Whitening
@@ -130,7 +130,7 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
 
     # several parts (more than PATH_ROWS examples): evaluated side by side on PATH_THREADS threads, their values and
     # gradients summed in the parts' order, so the same bits as one after another (tests/test_engine.py)
-    free = (os.cpu_count() or 1) // max(1, torch.get_num_threads()) if PATH_THREADS is None else PATH_THREADS
+    free = workers_for(torch.get_num_threads()) if PATH_THREADS is None else PATH_THREADS
     threads = min(len(parts), free) if device.type == "cpu" else 1
     pool = ThreadPoolExecutor(threads, thread_name_prefix="path") if threads > 1 else None
 

@@ -18,6 +18,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -28,22 +29,17 @@ import benchmark.cache.extract as extract  # noqa: E402
 from benchmark.inputs.corpus import resolve_corpus  # noqa: E402
 from benchmark.inputs.upstream import resolve_upstream  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
-from core.repro import provenance  # noqa: E402
+from core.repro import provenance, torch_threads  # noqa: E402
 
 
 def timed(up, corpus, utts, process_threads: int, workers: int | None, pinned: bool) -> tuple[np.ndarray, float]:
     """(every hidden state of `utts`, seconds) from a process on `process_threads` torch threads; unpinned: each batch
     on the process's threads, as extraction ran before UPSTREAM_THREADS."""
-    before, rule = torch.get_num_threads(), extract.UPSTREAM_THREADS
-    torch.set_num_threads(process_threads)
-    extract.UPSTREAM_THREADS = rule if pinned else process_threads
-    try:
+    with torch_threads(process_threads), \
+            mock.patch.object(extract, "UPSTREAM_THREADS", extract.UPSTREAM_THREADS if pinned else process_threads):
         t0 = time.perf_counter()
         hidden = np.asarray(extract.extract_arrays(up.model, corpus, utts, progress=False, workers=workers).hidden)
         return hidden, time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(before)
-        extract.UPSTREAM_THREADS = rule
 
 
 def main(argv: list[str] | None = None) -> int:

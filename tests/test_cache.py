@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchmark.cache.extract import DONE, cache_key, ensure_split, extract_arrays
+from core.repro import torch_threads
 from downstream.sources import ArraySource, LiveSource, PooledSource, SplitArrays
 from tests.fixtures import make_tiny_corpus
 from upstream.features import FeatureConfig, corpus_stats
@@ -140,12 +141,8 @@ def test_extraction_failure_leaves_no_cache(setup, tmp_path, monkeypatch):
 def _extracted(up, corpus, utts, process_threads: int, workers: int | None) -> np.ndarray:
     """Every hidden state of `utts`, batches of at most 2 s of audio, from a process on `process_threads` torch
     threads and `workers` batches side by side."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(process_threads)
-    try:
+    with torch_threads(process_threads):
         return extract_arrays(up, corpus, utts, batch_seconds=2.0, progress=False, workers=workers).hidden
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_features_do_not_depend_on_the_core_count(setup, monkeypatch):

@@ -49,7 +49,7 @@ from benchmark.cache.reader import (CACHE_FORMAT_VERSION, DONE, CacheEntry, Entr
                                     key_layers, manifest_digest, sampled_checksum)
 from core.audio import load_audio
 from core.io import atomic_write_json, sha256_json
-from core.parallel import run_parallel
+from core.parallel import run_parallel, workers_for
 from core.repro import UPSTREAM_THREADS, torch_threads
 from corpora.manifest import Corpus, Utterance
 from downstream.sources import SplitArrays, frame_counts
@@ -121,7 +121,7 @@ def _stream(upstream: Upstream, corpus: Corpus, utts: list[Utterance], layers: t
     bar = _bar(total, progress, desc)
     cpu = torch.device(device).type == "cpu"
     if workers is None:
-        workers = (EXTRACT_WORKERS or max(1, (os.cpu_count() or 1) // UPSTREAM_THREADS)) if cpu else 1
+        workers = (EXTRACT_WORKERS or workers_for(UPSTREAM_THREADS)) if cpu else 1
     lock = threading.Lock()
 
     @torch.no_grad()  # per thread in torch: inside the worker
