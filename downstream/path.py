@@ -3,9 +3,11 @@
 For each strength of `l2_grid`, strongest first and warm-started from the previous point, full-batch L-BFGS until
 within `rtol` x |W| of that strength's unique optimum (downstream.solver), then dev. Each point is solved in the
 solver's two phases (downstream.solver.PHASES): float32 until the gradient is near float32's floor, then float64 to
-the tolerance, which the float64 phase alone decides. The path plays the part of training time (weak L2 = a long
-run): `steps` counts L-BFGS iterations of both phases, `patience` points without gain stop it
-(downstream.stopping), and the run is converged when every point it visited was solved within `max_steps`.
+the tolerance, which the float64 phase alone decides; a weighted sum's float64 phase runs in the head's curvature at
+the current mix (L2Path.precondition "finish"), a head on one hidden state is solved in its curvature throughout. The
+path plays the part of training time (weak L2 = a long run): `steps` counts L-BFGS iterations of both phases,
+`patience` points without gain stop it (downstream.stopping), and the run is converged when every point it visited
+was solved within `max_steps`.
 The examples are held once, standardised, in float32. A phase reads a path's training subset in place where it is a
 contiguous run of the split in the phase's dtype (every subset at 100 % of the labels, in float32), else in copies
 made once per path where they fit PATH_HELD_BYTES (the built-in corpus's 1,200 utterances are 10 MB in float64),
@@ -163,11 +165,13 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
     path = cfg.trainer
     assert isinstance(path, L2Path)  # fit_paths checked it
     moment = None  # the head's inputs' second moment, where the curvature is used: measured once, they do not move
-    if path.precondition == "fixed_input" and probe.featurizer.weights is None:
+    if path.precondition in ("fixed_input", "finish") and probe.featurizer.weights is None:
         with torch.no_grad():
             moment = Kronecker.mean_input_moment(work[torch.float64].featurizer(xt)
                                                  for xt, _, _ in inputs(torch.float64))
-    final = work[PHASES[-1][0]]
+    final_dtype = PHASES[-1][0]
+    final = work[final_dtype]
+    finish = path.precondition == "finish" and probe.featurizer.weights is not None
     try:
         for l2 in path.l2_grid:
             if cfg.max_steps - int(stop.steps[0]) <= 0:
@@ -185,6 +189,12 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
                 if moment is not None:
                     pre = Preconditioned(m.head.weight, m.head.bias, lambda l2=l2, dtype=dtype:
                                          Kronecker.at(moment, head_logits(dtype), l2).to(dtype), out_first=True)
+                # a weighted sum's float64 phase ("finish"): the curvature at the mix the float32 phase (in the weights)
+                # left, its inputs' moment measured again with F (the mix moves, a little, as the point finishes)
+                elif finish and dtype == final_dtype:
+                    pre = Preconditioned(m.head.weight, m.head.bias, lambda l2=l2, m=m, dtype=dtype: Kronecker.at(
+                        Kronecker.mean_input_moment(m.featurizer(xt) for xt, _, _ in inputs(dtype)),
+                        head_logits(dtype), l2).to(dtype), out_first=True)
                 penalised = [p for name, p in m.head.named_parameters() if name.endswith("weight")]  # not biases or mix
                 with _arithmetic(dtype):
                     iters, ok = solve_l2(list(m.parameters()), data_loss(dtype), penalised, l2, path.rtol,

@@ -10,7 +10,9 @@ matrix units, downstream.stacked.fast_bfloat16) and compares time and test accur
 with a memory budget of 0 (every batch read from the cache again) and compares. --per-evaluation trains an L2-path group
 (speaker_utterance, keywords) 3 more times as it is and 3 times converting its examples to float64 at every evaluation
 of the loss, alternating, and compares; --history N the same with N L-BFGS pairs instead of 30; --weights the same
-solved in the head's own weights instead of its Kronecker curvature's variables (downstream.solver.Kronecker).
+solved in the head's own weights instead of its Kronecker curvature's variables (downstream.solver.Kronecker);
+--precondition trains the group with that L2Path.precondition instead of the main job's ("fixed_input": a weighted sum
+solved in the weights throughout, as before "finish").
 --phases prints an L2-path group's points phase by phase (the float32 and the float64 phase of downstream.solver.PHASES:
 L2 strength, iterations, seconds; with one path, e.g. --fractions 1 --seeds 1, the dev score after each point);
 --float64 also trains the group with every point in float64 only (the path before its float32 phase) and --no-flush
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", action="store_true",
                    help="an L2-path group: also train it 3 times solved in the head's own weights (no curvature "
                         "preconditioning) and 3 times as it is, alternating, and compare")
+    p.add_argument("--precondition", choices=("fixed_input", "finish", "none"),
+                   help="an L2-path group: solve it with this L2Path.precondition instead of the main job's")
     p.add_argument("--phases", action="store_true",
                    help="an L2-path group: print its points phase by phase (L2 strength, iterations, seconds; the dev "
                         "score after each point where the group is one path)")
@@ -117,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     specs = [ProbeSpec(fraction_subset(speakers, f, seed, task.labels.closed_set).indices, seed)
              for f in fractions for seed in range(a.seeds)]
     cfg, mode, n_cls = main_job().probe_config(a.task, False), LayerMode(a.mode), num_classes(corpus, task)
+    if a.precondition is not None:
+        cfg = cfg.with_fields(precondition=a.precondition)
     mapped = None
     if a.mapped:  # first, on a fresh heap: once the heap holds freed chunks, later blocks come from them whatever the rule
         map_large_blocks()

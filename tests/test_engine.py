@@ -429,8 +429,9 @@ def test_l2_path_solves_in_a_linear_heads_curvature_only(tiny, mj_src):  # noqa:
 
 
 def test_a_weighted_sum_path_is_solved_in_the_weights(tiny, mj_src):  # noqa: F811
-    """The mix makes a weighted sum's objective non-convex, so the curvature (which would change the optimum it reaches)
-    is used only where the head reads one hidden state: a weighted-sum path is the same, bit for bit, either way."""
+    """The mix makes a weighted sum's objective non-convex, so with "fixed_input" the curvature (which solved from the
+    start would change the optimum it reaches) is used only where the head reads one hidden state: a weighted-sum path
+    is the same, bit for bit, as in the weights."""
     task = get_task("speaker_utterance")
     labels, n_cls = _labels(tiny, task), len(tiny.speakers)
     rows = {}
@@ -482,8 +483,9 @@ def test_l2_path_solves_each_point_in_float32_then_float64(tiny, mj_src, monkeyp
     assert [(c["dtype"], c["floor"]) for c in calls] == [(torch.float32, FLOAT32_GRAD_FLOOR), (torch.float64, 0.0)] * 2
     assert all(c["value"] == torch.float64 for c in calls)  # float32 logits, the value summed in float64
     assert calls[0]["l2"] == calls[1]["l2"] == 1e-1 and calls[2]["l2"] == calls[3]["l2"] == 1e-2
-    for a, b in zip(calls, calls[1:]):  # each phase starts where the one before it ended (float32 -> float64 exactly)
-        assert all(torch.equal(p, q) for p, q in zip(a["end"], b["start"]))
+    for a, b in zip(calls, calls[1:]):  # each phase starts where the one before it ended, in its own dtype (float32 ->
+        # float64 exactly; a weighted sum's float64 phase, in the head's curvature, leaves a head float32 rounds)
+        assert all(torch.equal(p.to(b["dtype"]).double(), q) for p, q in zip(a["end"], b["start"]))
     assert row.steps == sum(c["iters"] for c in calls) and row.converged == all(c["ok"] for c in calls[1::2])
 
 
@@ -650,3 +652,37 @@ def test_a_streamed_store_reads_its_blocks_back_from_the_spill_with_the_same_bit
     monkeypatch.setattr(feeds, "SPILL_SPARE", 1 << 62)  # no disk has that much room
     no_room = store(False)
     assert no_room._spill is None and torch.equal(no_room.chunk(blocks).x, second.x) and no_room.chunk(blocks).x.numel()
+
+
+def test_a_weighted_sum_path_finishes_each_point_in_the_curvature(tiny, mj_src, monkeypatch):  # noqa: F811
+    """L2Path.precondition "finish" (the default): each point of a weighted-sum path is solved in the weights in its
+    float32 phase, as with "fixed_input", so the mix goes where the path in the weights takes it, and finishes in the
+    head's curvature at that mix in its float64 phase; both reach the same optimum within the solver's tolerance."""
+    import downstream.path as path
+
+    task = get_task("speaker_utterance")
+    labels, n_cls = _labels(tiny, task), len(tiny.speakers)
+    seen = []
+    real = path.solve_l2
+
+    def spy(params, loss, penalised, l2, rtol, max_iter, floor=0.0, patience=None, precondition=None):
+        iters, ok = real(params, loss, penalised, l2, rtol, max_iter, floor=floor, patience=patience,
+                         precondition=precondition)
+        seen.append((params[0].dtype, precondition is not None, iters))
+        return iters, ok
+    monkeypatch.setattr(path, "solve_l2", spy)
+    rows, calls = {}, {}
+    for how in ("finish", "fixed_input"):
+        cfg = ProbeConfig(L2Path(l2_grid=(1e-2, 1e-4, 1e-6), precondition=how), patience=3)
+        rows[how] = train_probe(task, LayerMode("weighted_sum"), PooledSource(mj_src), labels, list(range(24)), n_cls,
+                                cfg, 0)
+        calls[how], seen[:] = list(seen), []
+    assert L2Path().precondition == "finish"
+    assert [c[:2] for c in calls["finish"]] == [(torch.float32, False), (torch.float64, True)] * 3
+    assert [c[:2] for c in calls["fixed_input"]] == [(torch.float32, False), (torch.float64, False)] * 3
+    assert calls["finish"][0] == calls["fixed_input"][0]  # the first float32 phase: the same solve
+    assert any(c[2] > 0 for c in calls["finish"][1::2])  # a float64 phase had work to do in the curvature
+    a, b = rows["finish"], rows["fixed_input"]
+    assert a.converged and b.converged
+    assert (a.dev_metric, a.test_metric) == (b.dev_metric, b.test_metric)
+    assert np.allclose(a.layer_weights, b.layer_weights, atol=0.02)
