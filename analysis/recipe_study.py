@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     probes = None
     if probe:
-        torch.set_num_threads(os.cpu_count() or 1)  # the timed part is over: extraction may use every core
+        torch.set_num_threads(os.cpu_count() or 1)  # the timed part is over: the probes and extraction may use every core
         probes = probe_checkpoints({k: v for k, v in ckpts.items() if k[1] in probe}, a.corpus, a.out, a.probe_seeds)
         table = table.merge(probes, on=["upstream", "recipe"], how="left")
     atomic_write_text(a.out / "recipes.csv", table.to_csv(index=False))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmark.report.convergence import cached_frames, cached_identity  # noqa: E402
+from benchmark.report.convergence import CACHED_UPSTREAM_HELP, cached_frames, cached_identity  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from core.repro import provenance  # noqa: E402
 from corpora.manifest import load_corpus  # noqa: E402
@@ -75,7 +75,7 @@ def read_costs(arrays, n_blocks: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--upstream", action="append", default=None, help="a cached upstream (repeatable)")
+    p.add_argument("--upstream", action="append", default=None, help=f"{CACHED_UPSTREAM_HELP} (repeatable)")
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
     p.add_argument("--passes", type=int, default=4)

@@ -31,7 +31,8 @@ e.g. the main job's phone_ctc sweep:
     .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_ctc --mode weighted_sum \
         --fractions 0.05,1 --seeds 1 --alone --streamed
 
-Reads the feature cache the main job built (run it first). 1 torch thread unless --threads. Prints JSON (with the
+Reads the feature cache the main job built (run it first): the upstream's newest cache, or with --upstream NAME@HASH
+the cache of that checkpoint (runs.csv's ckpt_hash). 1 torch thread unless --threads. Prints JSON (with the
 seconds a frozen group spent scoring dev, and how many times it did); --out also writes it.
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark.plan.presets import main_job  # noqa: E402
 from benchmark.plan.runs import parse_fractions  # noqa: E402
-from benchmark.report.convergence import cached_identity, cached_probe_inputs  # noqa: E402
+from benchmark.report.convergence import CACHED_UPSTREAM_HELP, cached_identity, cached_probe_inputs  # noqa: E402
 from core.allocator import keep_freed_blocks, map_large_blocks  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from core.repro import provenance  # noqa: E402
@@ -66,7 +67,7 @@ from downstream.train import train_probe, train_probes  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--upstream", default="mockingjay", help="name or name:preset of a cached upstream")
+    p.add_argument("--upstream", default="mockingjay", help=CACHED_UPSTREAM_HELP)
     p.add_argument("--task", default="phone_linear",
                    choices=list(ALL_TASKS))
     p.add_argument("--mode", default="weighted_sum", choices=("last", "weighted_sum"))
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             mock.patch.object(downstream.path, "_score", kept(downstream.path._score, scores)):
         t0, sys0 = time.perf_counter(), os.times().system
         group = train_probes(task, mode, source, labels, specs, n_cls, cfg)
-    out = {"upstream": f"{row['upstream']}:{row['preset']}", "ckpt_hash": row["ckpt_hash"],  # the newest cached one
+    out = {"upstream": f"{row['upstream']}:{row['preset']}", "ckpt_hash": row["ckpt_hash"],  # the cache measured
            "task": a.task, "mode": a.mode, "probes": len(specs),
            "threads": a.threads, "group_seconds": round(time.perf_counter() - t0, 1),
            "group_system_seconds": round(os.times().system - sys0, 1),

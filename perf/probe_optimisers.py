@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark.plan.presets import FRAME_PROBE, MAIN_TASK_PROBES  # noqa: E402
 from benchmark.plan.runs import parse_fractions  # noqa: E402
-from benchmark.report.convergence import UTT_L2_GRID, Certifier, Reference, cached_identity, fit_reference  # noqa: E402
+from benchmark.report.convergence import (  # noqa: E402
+    CACHED_UPSTREAM_HELP, Certifier, Reference, UTT_L2_GRID, cached_identity, fit_reference)
 from core.io import atomic_write_text  # noqa: E402
 from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
 from downstream.data import Targets, flat_rows  # noqa: E402
@@ -93,7 +94,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
-    p.add_argument("--upstream", default="mockingjay", help="name or name:preset (default preset) with a complete cache")
+    p.add_argument("--upstream", default="mockingjay", help=CACHED_UPSTREAM_HELP)
     p.add_argument("--tasks", default="phone_linear,speaker_utterance")
     p.add_argument("--fractions", default="0.01,1")
     p.add_argument("--seeds", default="0,1,2")

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark.plan.presets import main_job  # noqa: E402
 from benchmark.plan.runs import parse_fractions  # noqa: E402
-from benchmark.report.convergence import cached_identity, cached_probe_inputs  # noqa: E402
+from benchmark.report.convergence import CACHED_UPSTREAM_HELP, cached_identity, cached_probe_inputs  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from core.repro import provenance  # noqa: E402
 from corpora.manifest import load_corpus  # noqa: E402
@@ -61,7 +61,7 @@ def parse_set(text: str, base: ProbeConfig) -> ProbeConfig:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--upstream", default="aalbert", help="name or name:preset of a cached upstream")
+    p.add_argument("--upstream", default="aalbert", help=CACHED_UPSTREAM_HELP)
     p.add_argument("--task", default="speaker_frame",
                    choices=list(ALL_TASKS))
     p.add_argument("--mode", default="last", choices=("last", "weighted_sum"))

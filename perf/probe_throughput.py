@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark.plan.presets import main_job  # noqa: E402
-from benchmark.report.convergence import cached_frames, cached_identity  # noqa: E402
+from benchmark.report.convergence import CACHED_UPSTREAM_HELP, cached_frames, cached_identity  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from corpora.manifest import PROBE_SPLITS, load_corpus  # noqa: E402
 from downstream.config import Minibatch  # noqa: E402
@@ -37,7 +37,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default="data/synth")
     p.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
-    p.add_argument("--upstream", default="mockingjay", help="name or name:preset (default preset) with a complete cache")
+    p.add_argument("--upstream", default="mockingjay", help=CACHED_UPSTREAM_HELP)
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--modes", default="last,weighted_sum")
     p.add_argument("--out", type=Path, help="also write the JSON here (default: print only)")

@@ -105,3 +105,21 @@ def test_the_reader_serves_only_complete_intact_entries_and_says_why(mel_entry):
     (d / DONE).unlink()
     with pytest.raises(FileNotFoundError, match=r"no done-marker .*; run the benchmark first"):
         find_entry(cache, query)
+
+
+def test_a_perf_script_takes_the_newest_checkpoint_or_the_one_it_names(tmp_path):
+    """`cached_identity` (the perf scripts' --upstream): the newest cache of the upstream, whichever checkpoint it is
+    of, or with `@HASH` the cache of checkpoint HASH; a hash with no cache is an error that names what is there."""
+    corpus = make_tiny_corpus(tmp_path / "c", n_speakers=2, per_speaker={"train": 1, "dev": 1, "test": 1})
+    up = build_upstream("mel", feature=FeatureConfig(norm="none"))
+    for h in ("older", "newer"):
+        ident = {"upstream": "mel", "preset": "default", "ckpt_hash": h}
+        ensure_split(tmp_path / "cache", ident, up, corpus, "train", corpus.utterances("train"), progress=False,
+                     **QUIET)
+    older = find_entry(tmp_path / "cache", EntryQuery.for_split(corpus, "train", "mel", "default", "older")).path
+    os.utime(older / "meta.json", (1e9, 1e9))  # written long before the other, whatever the clock's resolution
+    assert cached_identity(tmp_path / "cache", "mel", corpus)["ckpt_hash"] == "newer"
+    assert cached_identity(tmp_path / "cache", "mel@older", corpus) == {"upstream": "mel", "preset": "default",
+                                                                       "ckpt_hash": "older"}
+    with pytest.raises(FileNotFoundError, match=r"mel:default \(checkpoint gone\).*there instead: .*checkpoint older"):
+        cached_identity(tmp_path / "cache", "mel@gone", corpus)

@@ -238,13 +238,21 @@ def cached_entries(cache_dir: Path, row: dict | pd.Series, corpus: Corpus,
             for s, (name, utts) in splits.items()}
 
 
+# the perf scripts' --upstream, as cached_identity reads it
+CACHED_UPSTREAM_HELP = ("name or name:preset of a cached upstream: its newest cache, or with name@HASH the cache of "
+                        "checkpoint HASH (a row's ckpt_hash in runs.csv)")
+
+
 def cached_identity(cache_dir: Path, spec: str, corpus: Corpus) -> dict[str, str]:
     """{upstream, preset, ckpt_hash} of the newest feature cache of upstream `spec` (`name` or `name:preset`,
     the name's default preset when none is given) on `corpus`'s train split (perf scripts: measure on whatever
-    checkpoint the last run cached). The preset and the split's manifest are matched: `mel` and `mel:stack3` share a
+    checkpoint the last run cached), or with `spec` ending in `@HASH` the cache of the checkpoint whose `ckpt_hash`
+    (as runs.csv records it) is HASH. The preset and the split's manifest are matched: `mel` and `mel:stack3` share a
     directory prefix, and so do corpora of one name."""
+    spec, _, ckpt_hash = spec.partition("@")
     upstream, preset = parse_spec(spec)
-    return find_entry(cache_dir, EntryQuery.for_split(corpus, "train", upstream, preset), newest=True).identity
+    query = EntryQuery.for_split(corpus, "train", upstream, preset, ckpt_hash or None)
+    return find_entry(cache_dir, query, newest=True).identity
 
 
 def cached_frames(cache_dir: Path, row: dict | pd.Series, corpus: Corpus,
