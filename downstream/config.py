@@ -20,7 +20,7 @@ when a probe is done (docs/benchmark.md).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 
 def _names(obj: Any) -> set[str]:
@@ -130,6 +130,10 @@ class Minibatch:
             raise ValueError(f"Minibatch.lr_decay must be in (0, 1], got {self.lr_decay}")
 
 
+Precondition = Literal["fixed_input", "finish", "none"]  # L2Path.precondition (its comment there)
+PRECONDITIONS: tuple[str, ...] = get_args(Precondition)
+
+
 @dataclass(frozen=True)
 class L2Path:
     """The L2 regularisation path with full-batch L-BFGS (linear heads, few examples: mean-pooled utterances),
@@ -152,15 +156,15 @@ class L2Path:
     # rows kept their mix (within 0.007) and 74 their test score (the other 10 one or two test examples apart); on 16x
     # the built-in corpus's utterances the weighted-sum path took 63 s against 387 (docs/benchmark.md). "none": every
     # path in the weights.
-    precondition: Literal["fixed_input", "finish", "none"] = "finish"
+    precondition: Precondition = "finish"
 
     def __post_init__(self) -> None:
         if not self.l2_grid or any(v <= 0 for v in self.l2_grid):
             raise ValueError(f"L2Path.l2_grid must hold L2 strengths > 0 (the solver's tolerance is relative to the "
                              f"L2 strength), got {self.l2_grid}")
         _positive(self, "rtol")
-        if self.precondition not in ("fixed_input", "finish", "none"):
-            raise ValueError(f"L2Path.precondition must be 'fixed_input', 'finish' or 'none', got "
+        if self.precondition not in PRECONDITIONS:
+            raise ValueError(f"L2Path.precondition must be one of {', '.join(PRECONDITIONS)}, got "
                              f"{self.precondition!r}")
 
 

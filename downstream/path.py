@@ -156,6 +156,10 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
             yield _Evaluated.apply(value, grads, *params)
         return terms
 
+    def input_moment(m: Probe, dtype: torch.dtype) -> Tensor:
+        """The second moment of the head's inputs over the subset at `m`'s current mix (downstream.solver.Kronecker)."""
+        return Kronecker.mean_input_moment(m.featurizer(xt) for xt, _, _ in inputs(dtype))
+
     def head_logits(dtype: torch.dtype) -> Iterator[Tensor]:
         """The head's logits over the subset: where its Kronecker curvature is measured (under no_grad, by the solver)."""
         for xt, _, _ in inputs(dtype):
@@ -167,8 +171,7 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
     moment = None  # the head's inputs' second moment, where the curvature is used: measured once, they do not move
     if path.precondition in ("fixed_input", "finish") and probe.featurizer.weights is None:
         with torch.no_grad():
-            moment = Kronecker.mean_input_moment(work[torch.float64].featurizer(xt)
-                                                 for xt, _, _ in inputs(torch.float64))
+            moment = input_moment(work[torch.float64], torch.float64)
     final_dtype = PHASES[-1][0]
     final = work[final_dtype]
     finish = path.precondition == "finish" and probe.featurizer.weights is not None
@@ -185,16 +188,13 @@ def _path(probe: Probe, x: dict[str, Tensor], y: dict[str, Tensor], spec: ProbeS
                         p.copy_(q)
                 m.train()
                 pre = None
-                # the head's curvature at this strength (downstream.solver.Kronecker), where its input is fixed (no mix)
-                if moment is not None:
-                    pre = Preconditioned(m.head.weight, m.head.bias, lambda l2=l2, dtype=dtype:
-                                         Kronecker.at(moment, head_logits(dtype), l2).to(dtype), out_first=True)
-                # a weighted sum's float64 phase ("finish"): the curvature at the mix the float32 phase (in the weights)
-                # left, its inputs' moment measured again with F (the mix moves, a little, as the point finishes)
-                elif finish and dtype == final_dtype:
+                # the head's curvature at this strength (downstream.solver.Kronecker): every phase where its input is
+                # fixed (no mix); a weighted sum's float64 phase ("finish") at the mix its float32 phase (in the
+                # weights) left, the inputs' moment measured again with F (the mix moves a little as the point ends)
+                if moment is not None or (finish and dtype == final_dtype):
                     pre = Preconditioned(m.head.weight, m.head.bias, lambda l2=l2, m=m, dtype=dtype: Kronecker.at(
-                        Kronecker.mean_input_moment(m.featurizer(xt) for xt, _, _ in inputs(dtype)),
-                        head_logits(dtype), l2).to(dtype), out_first=True)
+                        moment if moment is not None else input_moment(m, dtype), head_logits(dtype), l2).to(dtype),
+                        out_first=True)
                 penalised = [p for name, p in m.head.named_parameters() if name.endswith("weight")]  # not biases or mix
                 with _arithmetic(dtype):
                     iters, ok = solve_l2(list(m.parameters()), data_loss(dtype), penalised, l2, path.rtol,

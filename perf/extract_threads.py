@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                "pinned_same_bits": same, "seconds": {k: round(v, 2) for k, v in seconds.items()}}
         print(row, flush=True)
         rows.append(row)
-    out = {"command": "python perf/extract_threads.py " + " ".join(sys.argv[1:] if argv is None else argv), "corpus": corpus.name, "split": a.split,
-           "utterances": len(utts), "upstream_threads": extract.UPSTREAM_THREADS, "rows": rows,
-           "provenance": provenance("cpu")}
+    out = {"command": "python perf/extract_threads.py " + " ".join(sys.argv[1:] if argv is None else argv),
+           "corpus": corpus.name, "split": a.split, "utterances": len(utts),
+           "upstream_threads": extract.UPSTREAM_THREADS, "rows": rows, "provenance": provenance("cpu")}
     if a.out:
         atomic_write_json(a.out, out)
     return 0 if all(all(r["pinned_same_bits"].values()) for r in rows) else 1

@@ -56,6 +56,7 @@ from core.allocator import keep_freed_blocks, map_large_blocks  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from core.repro import provenance  # noqa: E402
 from corpora.manifest import load_corpus  # noqa: E402
+from downstream.config import PRECONDITIONS  # noqa: E402
 from downstream.data import num_classes  # noqa: E402
 from downstream.fractions import fraction_subset  # noqa: E402
 from downstream.groups import StackedModel  # noqa: E402
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", action="store_true",
                    help="an L2-path group: also train it 3 times solved in the head's own weights (no curvature "
                         "preconditioning) and 3 times as it is, alternating, and compare")
-    p.add_argument("--precondition", choices=("fixed_input", "finish", "none"),
+    p.add_argument("--precondition", choices=PRECONDITIONS,
                    help="an L2-path group: solve it with this L2Path.precondition instead of the main job's")
     p.add_argument("--phases", action="store_true",
                    help="an L2-path group: print its points phase by phase (L2 strength, iterations, seconds; the dev "
