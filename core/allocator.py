@@ -1,5 +1,5 @@
-"""The C allocator's rules: freed blocks stay in the heap while probe groups train, and large blocks go back to the
-operating system as soon as they are freed the rest of the time.
+"""The C allocator's rules: freed blocks stay in the heap while probe groups train and while batches are extracted,
+and large blocks go back to the operating system as soon as they are freed the rest of the time.
 
 glibc serves a large allocation (from 128 KiB, a threshold that rises up to 32 MiB) by mapping pages of its own and
 unmaps them when the block is freed. A minibatch probe allocates and frees its activations at every step (one MLP
@@ -14,10 +14,15 @@ on one group; perf/probe_memory.py measures how memory grows with the corpus: do
 A pass over rows held in memory frees only its activations, which the next pass allocates again: it keeps them
 (malloc_trim drops the pages of every free block, and each page was faulted in again at the next pass's first step).
 
-Outside training (planning, labels, whitening, extraction, certificates) a process keeps `map_large_blocks`: every
-block of 4 MiB or more mapped on its own and unmapped when freed. Those phases allocate large transients between
-long-lived objects, and kept in the heap they stayed resident: with the heap rule everywhere, the 16x corpus's probe
-sweep peaked at 1.94 GB while it prepared its inputs, against 1.37 GB with blocks mapped (docs/scale.md).
+Extraction is the same shape: every batch allocates and frees the upstream's activations, and a base-sized model's
+are large (wav2vec 2.0 BASE's convolutions over 64 s of audio a batch). Mapped, a third of its CPU time was the
+kernel's; kept, the same bits come 1.3x faster, the freed activations of the one or two batches in flight held
+(perf/extract_allocator.py).
+
+Outside those (planning, labels, whitening, certificates) a process keeps `map_large_blocks`: every block of 4 MiB
+or more mapped on its own and unmapped when freed. Those phases allocate large transients between long-lived
+objects, and kept in the heap they stayed resident: with the heap rule everywhere, the 16x corpus's probe sweep
+peaked at 1.94 GB while it prepared its inputs, against 1.37 GB with blocks mapped (docs/scale.md).
 
 Where the C library is not glibc nothing is changed: the functions return False.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -75,13 +81,24 @@ def release() -> bool:
     return True
 
 
+_depth = 0  # reuse_freed_blocks contexts open: the outermost sets the rule and restores it
+_depth_lock = threading.Lock()
+
+
 @contextmanager
-def heap_while_training() -> Iterator[None]:
-    """`keep_freed_blocks` inside (probe groups train), then everything freed back to the OS and
-    `map_large_blocks` again."""
-    keep_freed_blocks()
+def reuse_freed_blocks() -> Iterator[None]:
+    """`keep_freed_blocks` inside (probe groups train, batches are extracted), then everything freed back to the OS
+    and `map_large_blocks` again. Reentrant: only the outermost context changes the rule."""
+    global _depth
+    with _depth_lock:
+        _depth += 1
+        if _depth == 1:
+            keep_freed_blocks()
     try:
         yield
     finally:
-        release()
-        map_large_blocks()
+        with _depth_lock:
+            _depth -= 1
+            if _depth == 0:
+                release()
+                map_large_blocks()

@@ -20,7 +20,7 @@ Products per row and step come from the heads themselves (downstream.stacked.Sta
 and input gradients; checked against torch's FLOP counter in tests/test_engine.py). Their rate is measured here, in
 one process, for each head shape: a group of 12 probes' batched products (torch.bmm) in the engine's compute dtype
 (bfloat16 where the CPU multiplies it natively), 1 torch thread, best of 5, with freed blocks kept in the heap as
-while groups train (core.allocator.heap_while_training; under glibc's default rule every output of 32 MB or more, such
+while groups train (core.allocator.reuse_freed_blocks; under glibc's default rule every output of 32 MB or more, such
 as an MLP group's (12, 2,048, 768) activations, is mapped and faulted in a page at a time at each product: on the
 AMX Xeon that makes the floor 1.65x what the products cost the engine). The floor's seconds are worker-seconds
 (one thread each); the main job runs two workers, so its probes' wall-clock floor is half their sum. The mean-pooled
@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark.plan.presets import main_job  # noqa: E402
 from benchmark.record.aggregate import read_runs  # noqa: E402
 from benchmark.report.convergence import cached_frames  # noqa: E402
-from core.allocator import heap_while_training  # noqa: E402
+from core.allocator import reuse_freed_blocks  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
 from core.repro import provenance  # noqa: E402
 from corpora.manifest import load_corpus  # noqa: E402
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             key = (r.task, width, layers, r.mode)
             if key not in rate:
                 # as groups train (core.allocator): no output of a product or a step mapped and faulted in anew
-                with heap_while_training():
+                with reuse_freed_blocks():
                     # the engine's step per probe-row at the cheaper of a full group and its last probes (the 3 seeds
                     # at 100 % train on alone for most of an MLP group's steps), so that the eager figure is a floor too
                     eager = []

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         t0, sys0 = time.perf_counter(), os.times().system
         mapped = train_probes(task, mode, source, labels, specs, n_cls, cfg)
         mapped_seconds, mapped_system = time.perf_counter() - t0, os.times().system - sys0
-    keep_freed_blocks()  # the harness's allocator rule while probes train (core.allocator.heap_while_training)
+    keep_freed_blocks()  # the harness's allocator rule while probes train (core.allocator.reuse_freed_blocks)
     import downstream.path  # (main imports the engine's modules it patches where it needs them)
 
     if a.path_threads is not None:

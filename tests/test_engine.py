@@ -339,7 +339,7 @@ def test_freed_blocks_are_reused_then_released():
     step, and they go back to the OS when training ends."""
     import platform
 
-    from core.allocator import heap_while_training, release
+    from core.allocator import reuse_freed_blocks, release
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc: the allocator is left as it is")
@@ -350,7 +350,7 @@ def test_freed_blocks_are_reused_then_released():
     release()
     before = rss_kb()
     held = []
-    with heap_while_training():
+    with reuse_freed_blocks():
         for _ in range(20):  # allocate and free 24 MB blocks, as a minibatch's activations are
             x = torch.ones(3_000_000, dtype=torch.float64)
             del x
@@ -358,6 +358,31 @@ def test_freed_blocks_are_reused_then_released():
         assert held[-1] > 20_000  # kept in the heap ...
         assert max(held[10:]) - min(held[10:]) < 1_000 and held[-1] < 5 * 24_000  # ... and reused: a few, not 20
     assert rss_kb() - before < 5_000  # given back when training ends
+
+
+def test_freed_blocks_rule_holds_until_the_outermost_context_ends():
+    """Extraction inside a probe group's context (or any nesting): the inner context's end leaves the heap rule in
+    place; the outermost one gives the memory back."""
+    import platform
+
+    from core.allocator import release, reuse_freed_blocks
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc: the allocator is left as it is")
+
+    def rss_kb() -> int:
+        return int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmRSS")).split()[1])
+
+    release()
+    before = rss_kb()
+    with reuse_freed_blocks():
+        with reuse_freed_blocks():
+            pass
+        for _ in range(5):  # freed 24 MB blocks: kept (the rule still holds), not unmapped
+            x = torch.ones(3_000_000, dtype=torch.float64)
+            del x
+        assert rss_kb() - before > 20_000
+    assert rss_kb() - before < 5_000
 
 
 def _weighted_sum_speaker_path(tiny, mj_src, subset=tuple(range(24))):  # noqa: F811

@@ -47,6 +47,7 @@ import torch
 
 from benchmark.cache.reader import (CACHE_FORMAT_VERSION, DONE, CacheEntry, EntryQuery, entry_problem, find_entries,
                                     key_layers, manifest_digest, sampled_checksum)
+from core.allocator import reuse_freed_blocks
 from core.audio import load_audio
 from core.io import atomic_write_json, sha256_json
 from core.parallel import run_parallel, workers_for
@@ -141,8 +142,8 @@ def _stream(upstream: Upstream, corpus: Corpus, utts: list[Utterance], layers: t
         if bar is not None:
             with lock:
                 bar.update(seconds)
-    try:
-        with torch_threads(UPSTREAM_THREADS) if cpu else contextlib.nullcontext():
+    try:  # each batch's freed activations are reused by the next (core.allocator)
+        with torch_threads(UPSTREAM_THREADS) if cpu else contextlib.nullcontext(), reuse_freed_blocks():
             run_parallel(one, list(zip(batches, batch_seconds_list)), min(workers, len(batches)), "extract")
     finally:
         if bar is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from core.allocator import heap_while_training, release
+from core.allocator import reuse_freed_blocks, release
 from core.io import atomic_write_text, sha256_json
 from core.parallel import run_parallel
 from core.repro import provenance, torch_threads
@@ -233,7 +233,7 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
     try:
         if groups:  # groups in `probe_workers` threads with `probe_threads` torch threads each
             # a step's freed activations are reused by the next (core.allocator)
-            with torch_threads(min(cfg.probe_threads or threads, threads)), heap_while_training():
+            with torch_threads(min(cfg.probe_threads or threads, threads)), reuse_freed_blocks():
                 order = balance(list(groups.values()), cost, cfg.probe_workers, solve_key)
                 run_parallel(one_group, [(g,) for g in order], cfg.probe_workers, "probe")
         run_parallel(one_finetune, finetune, 1)  # the upstream itself trains: one run at a time, every thread
