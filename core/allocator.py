@@ -15,7 +15,7 @@ A pass over rows held in memory frees only its activations, which the next pass 
 (malloc_trim drops the pages of every free block, and each page was faulted in again at the next pass's first step).
 
 Extraction is the same shape: every batch allocates and frees the upstream's activations, and a base-sized model's
-are large (wav2vec 2.0 BASE's convolutions over 64 s of audio a batch). Mapped, a third of its CPU time was the
+are large (wav2vec 2.0 BASE's convolutions over 64 s of audio a batch). Mapped, a quarter of its CPU time was the
 kernel's; kept, the same bits come 1.3x faster, the freed activations of the one or two batches in flight held
 (perf/extract_allocator.py).
 
