@@ -334,20 +334,25 @@ def test_identical_paths_are_solved_once(tiny, mj_src, monkeypatch):  # noqa: F8
     assert _key(alone) == _key(rs[1])
 
 
-def test_freed_blocks_are_reused_then_released():
-    """glibc (this project's Linux): while probes train, a step's freed activations stay in the heap for the next
-    step, and they go back to the OS when training ends."""
+@pytest.fixture
+def rss_kb():
+    """The process's resident memory (kB) as a function, after everything freed went back to the OS; glibc only
+    (this project's Linux): elsewhere the allocator is left as it is."""
     import platform
 
-    from core.allocator import reuse_freed_blocks, release
+    from core.allocator import release
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc: the allocator is left as it is")
-
-    def rss_kb() -> int:
-        return int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmRSS")).split()[1])
-
     release()
+    return lambda: int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmRSS")).split()[1])
+
+
+def test_freed_blocks_are_reused_then_released(rss_kb):
+    """While probes train, a step's freed activations stay in the heap for the next step, and they go back to the OS
+    when training ends."""
+    from core.allocator import reuse_freed_blocks
+
     before = rss_kb()
     held = []
     with reuse_freed_blocks():
@@ -360,20 +365,11 @@ def test_freed_blocks_are_reused_then_released():
     assert rss_kb() - before < 5_000  # given back when training ends
 
 
-def test_freed_blocks_rule_holds_until_the_outermost_context_ends():
+def test_freed_blocks_rule_holds_until_the_outermost_context_ends(rss_kb):
     """Extraction inside a probe group's context (or any nesting): the inner context's end leaves the heap rule in
     place; the outermost one gives the memory back."""
-    import platform
+    from core.allocator import reuse_freed_blocks
 
-    from core.allocator import release, reuse_freed_blocks
-
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("not glibc: the allocator is left as it is")
-
-    def rss_kb() -> int:
-        return int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmRSS")).split()[1])
-
-    release()
     before = rss_kb()
     with reuse_freed_blocks():
         with reuse_freed_blocks():
