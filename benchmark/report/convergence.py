@@ -140,8 +140,8 @@ class LogisticLoss(torch.autograd.Function):
 
 
 def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tuple[torch.Tensor, torch.Tensor] | None,
-         rtol: float, max_iter: int, float32_phase: bool = True,
-         inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+         rtol: float, max_iter: int, float32_phase: bool = True, inputs: torch.Tensor | None = None,
+         casts: dict[torch.dtype, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
     """Multinomial logistic regression on x (n, D) by full-batch L-BFGS, solved in float64 to the relative tolerance
     of downstream.solver; (W, b, iterations of both phases, solved). A float32 phase goes first, until its gradient
     is within downstream.solver.FLOAT32_GRAD_FLOOR (cheaper matmuls); the float64 phase then solves from its point, and
@@ -149,23 +149,28 @@ def _fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, init: tupl
     float64 throughout (`perf/certificate_starts.py --compare precision` measures both).
     `inputs`: the mean of x x^T with a constant 1 appended (downstream.solver.Kronecker.mean_input_moment): both phases
     then solve in the variables of the head's Kronecker curvature at the start (the same optimum and tolerance, fewer
-    iterations); None solves in the weights themselves (`perf/certificate_starts.py --compare curvature`)."""
+    iterations); None solves in the weights themselves (`perf/certificate_starts.py --compare curvature`).
+    `casts`: x in each phase's dtype, filled on first use and kept by the caller for its next point (a reference's
+    points share one float64 copy of x instead of converting it at every point: the same values)."""
     W = torch.zeros(x.shape[1], n_classes, dtype=torch.float32, device=x.device) if init is None else init[0]
     b = torch.zeros(n_classes, dtype=torch.float32, device=x.device) if init is None else init[1]
     total = 0
     phases = PHASES if float32_phase else PHASES[-1:]
     # subnormal softmax probabilities of large logits (weak L2) as zero: the same values, off the CPU's slow path
     with flush_denormals():
+        casts = {} if casts is None else casts
         for dtype, floor, patience in phases:
-            xd = x.to(dtype)
+            xd = casts.get(dtype)
+            if xd is None:
+                xd = casts[dtype] = x.to(dtype)
             W = W.to(dtype).clone().requires_grad_(True)
             b = b.to(dtype).clone().requires_grad_(True)
             z = torch.empty(len(y), n_classes, dtype=dtype, device=x.device)  # one evaluation's buffers, reused by all
             minus_one = torch.full((len(y), 1), -1.0, dtype=dtype, device=x.device)
             pre = None
             if inputs is not None:  # the curvature at the phase's current W, b (Preconditioned calls it)
-                def curvature(W: torch.Tensor = W, b: torch.Tensor = b) -> Kronecker:
-                    return Kronecker.at(inputs, (c.to(W.dtype) @ W + b for c in _chunks(x)), l2).to(W.dtype)
+                def curvature(W: torch.Tensor = W, b: torch.Tensor = b, xd: torch.Tensor = xd) -> Kronecker:
+                    return Kronecker.at(inputs, (c @ W + b for c in _chunks(xd)), l2).to(W.dtype)
                 pre = Preconditioned(W, b, curvature)
             iters, ok = solve_l2([W, b], lambda: [LogisticLoss.apply(W, b, xd, y, z, minus_one)], [W], l2, rtol,
                                  max_iter, floor=floor, patience=patience,
@@ -201,10 +206,11 @@ def fit_reference(train: tuple[torch.Tensor, torch.Tensor], dev: tuple[torch.Ten
     inputs = Kronecker.mean_input_moment(c.float() for c in _chunks(x)) if precondition else None
     best: Reference | None = None
     init = None
+    casts: dict[torch.dtype, torch.Tensor] = {}  # x in each phase's dtype, shared by the points
     for l2 in sorted(grid, reverse=True):
         if starts is not None and l2 in starts:
             init = starts[l2]
-        W, b, iters, ok = _fit(x, y, n_classes, l2, init, rtol, max_iter, float32_phase, inputs)
+        W, b, iters, ok = _fit(x, y, n_classes, l2, init, rtol, max_iter, float32_phase, inputs, casts)
         init = (W, b)
         if solutions is not None:
             solutions[l2] = (W, b)
