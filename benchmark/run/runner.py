@@ -236,7 +236,8 @@ def run_upstream(cfg: BenchmarkConfig, up: ResolvedUpstream, corpus: Corpus, run
             with torch_threads(min(cfg.probe_threads or threads, threads)), reuse_freed_blocks():
                 order = balance(list(groups.values()), cost, cfg.probe_workers, solve_key)
                 run_parallel(one_group, [(g,) for g in order], cfg.probe_workers, "probe")
-        run_parallel(one_finetune, finetune, 1)  # the upstream itself trains: one run at a time, every thread
+        with reuse_freed_blocks():  # the upstream itself trains: one run at a time, every thread
+            run_parallel(one_finetune, finetune, 1)
     finally:
         bar.close()
         stats.probe_seconds += time.perf_counter() - t0
