@@ -37,6 +37,24 @@ UPSTREAM_THREADS = 2
 
 
 @contextmanager
+def deterministic_kernels(device: torch.device | str) -> Iterator[None]:
+    """torch's deterministic algorithms inside, on a CPU (the process-wide setting, restored after). Pretraining on 2
+    threads trained other weights at every run of the same command without them, from its first steps (mockingjay:small,
+    60 steps: another held-out loss each time), and the same bits with them, at the same speed; on 1 thread both ways
+    were the same. On CUDA nothing changes: its deterministic cuBLAS needs a workspace setting made before the process
+    starts, and bit-identical results are not promised there (docs/architecture.md, "Determinism")."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+@contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """torch on `n` threads inside (the process-wide setting, restored after, also on an error). One thread where a
     fit's bits must not depend on the machine's core count: LAPACK's threaded eigendecomposition (torch.linalg.eigh)

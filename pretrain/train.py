@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from core.io import atomic_write_text
-from core.repro import default_device, provenance, seed_everything
+from core.repro import default_device, deterministic_kernels, provenance, seed_everything
 from corpora.manifest import Corpus
 from pretrain import distributed
 from pretrain.config import PretrainConfig
@@ -401,37 +401,38 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
                  run.meta["val_baselines"]["mean"], run.meta["val_baselines"]["interpolate"])
     run.model.train()
     bar = tqdm(total=cfg.steps, initial=p.step, desc=f"pretrain {spec}", unit="step", disable=not show_progress)
-    try:
-        while p.step < last:
-            wall, cpu = time.perf_counter(), time.process_time()
-            loss, frames = train_step(run)
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu  # evaluation and saving not counted
-            if run.ranks.active:  # the batch's loss, and the CPU time of all ranks (the same on each: same stops)
-                loss, cpu = distributed.all_sum([loss, cpu], run.device)
-            p.seconds, p.cpu_seconds = p.seconds + wall, p.cpu_seconds + cpu
-            run.window = [run.window[0] + frames, run.window[1] + wall]
-            val = evaluate(run) if p.step % cfg.eval_interval == 0 or p.step == cfg.steps else None
-            reason = stop_reason(run, val, until_yardstick, max_cpu_seconds)
-            if p.step % cfg.log_interval == 0 or val is not None or p.step == last or reason:
-                bar.set_postfix(loss=f"{loss:.4f}", val="-" if p.val_loss is None else f"{p.val_loss:.4f}",
-                                fps=f"{run.window[0] / max(run.window[1], 1e-9):.0f}")
-                log_row(run, loss, val)
-            bar.update(1)
-            if p.step % cfg.ckpt_interval == 0 or p.step == last:
-                save(run)
-            if reason:
-                run.meta["stopped"] = reason  # recorded in the checkpoint; a resumed run clears it
-                save(run)
-                if run.ranks.main:
-                    log.info("%s: stopping at step %d: %s", out_dir, p.step, reason)
-                break
-    except KeyboardInterrupt:
-        if run.ranks.main:
-            log.warning("interrupted: saving step %d to %s (continue with --resume)", p.step, out_dir)
-        save(run)
-        raise
-    finally:
-        bar.close()
+    with deterministic_kernels(run.device):  # the same command trains the same bits (core.repro)
+        try:
+            while p.step < last:
+                wall, cpu = time.perf_counter(), time.process_time()
+                loss, frames = train_step(run)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu  # evaluation and saving not counted
+                if run.ranks.active:  # the batch's loss, and the CPU time of all ranks (the same on each: same stops)
+                    loss, cpu = distributed.all_sum([loss, cpu], run.device)
+                p.seconds, p.cpu_seconds = p.seconds + wall, p.cpu_seconds + cpu
+                run.window = [run.window[0] + frames, run.window[1] + wall]
+                val = evaluate(run) if p.step % cfg.eval_interval == 0 or p.step == cfg.steps else None
+                reason = stop_reason(run, val, until_yardstick, max_cpu_seconds)
+                if p.step % cfg.log_interval == 0 or val is not None or p.step == last or reason:
+                    bar.set_postfix(loss=f"{loss:.4f}", val="-" if p.val_loss is None else f"{p.val_loss:.4f}",
+                                    fps=f"{run.window[0] / max(run.window[1], 1e-9):.0f}")
+                    log_row(run, loss, val)
+                bar.update(1)
+                if p.step % cfg.ckpt_interval == 0 or p.step == last:
+                    save(run)
+                if reason:
+                    run.meta["stopped"] = reason  # recorded in the checkpoint; a resumed run clears it
+                    save(run)
+                    if run.ranks.main:
+                        log.info("%s: stopping at step %d: %s", out_dir, p.step, reason)
+                    break
+        except KeyboardInterrupt:
+            if run.ranks.main:
+                log.warning("interrupted: saving step %d to %s (continue with --resume)", p.step, out_dir)
+            save(run)
+            raise
+        finally:
+            bar.close()
     base = run.meta["val_baselines"]
     if run.ranks.main and p.step >= cfg.steps and base and p.val_loss is not None and p.val_loss > base["interpolate"]:
         log.warning("%s: held-out masked L1 %.4f is still above linear interpolation between unmasked neighbours "

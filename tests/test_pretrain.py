@@ -47,6 +47,26 @@ def test_tiny_model_learns(corpus, tmp_path):
     assert len(hidden) == 3 and hidden[-1].shape == (2, 51, 64)
 
 
+def test_cpu_training_steps_run_with_deterministic_kernels(corpus, tmp_path, monkeypatch):
+    """Every CPU training step runs with torch's deterministic algorithms (core.repro.deterministic_kernels: on 2
+    threads the same command otherwise trained other weights each time), and the process's setting is restored after;
+    a CUDA device is left as it is."""
+    import pretrain.train as train
+    from core.repro import deterministic_kernels
+
+    seen = []
+    step = train.train_step
+    monkeypatch.setattr(train, "train_step", lambda run: (seen.append(torch.are_deterministic_algorithms_enabled()),
+                                                          step(run))[1])
+    cfg = PretrainConfig(steps=3, batch_size=4, crop_frames=50, val_fraction=0.25, val_max_utterances=4,
+                         eval_interval=3, ckpt_interval=3, precision="float32")
+    assert not torch.are_deterministic_algorithms_enabled()
+    run_pretraining("mockingjay:small", corpus, tmp_path / "ckpt", cfg, device="cpu", encoder=TINY)
+    assert seen == [True, True, True] and not torch.are_deterministic_algorithms_enabled()
+    with deterministic_kernels("cuda"):
+        assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_interpolation_baseline_is_exact_on_lines_and_respects_padding():
     T = 12
     x = torch.stack([torch.arange(T, dtype=torch.float32) * 0.5, -torch.arange(T, dtype=torch.float32)], -1)
