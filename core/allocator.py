@@ -1,6 +1,6 @@
-"""The C allocator's rules: freed blocks stay in the heap while probe groups train, an upstream fine-tunes or
-batches are extracted, and large blocks go back to the operating system as soon as they are freed the rest of the
-time.
+"""The C allocator's rules: freed blocks stay in the heap while probe groups train, an upstream pretrains or
+fine-tunes, or batches are extracted, and large blocks go back to the operating system as soon as they are freed the
+rest of the time.
 
 glibc serves a large allocation (from 128 KiB, a threshold that rises up to 32 MiB) by mapping pages of its own and
 unmaps them when the block is freed. A minibatch probe allocates and frees its activations at every step (one MLP
@@ -88,8 +88,9 @@ _depth_lock = threading.Lock()
 
 @contextmanager
 def reuse_freed_blocks() -> Iterator[None]:
-    """`keep_freed_blocks` inside (probe groups train, an upstream fine-tunes, batches are extracted), then everything
-    freed back to the OS and `map_large_blocks` again. Reentrant: only the outermost context changes the rule."""
+    """`keep_freed_blocks` inside (probe groups train, an upstream pretrains or fine-tunes, batches are extracted), then
+    everything freed back to the OS and `map_large_blocks` again. Reentrant: only the outermost context changes the
+    rule."""
     global _depth
     with _depth_lock:
         _depth += 1

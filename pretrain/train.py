@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
+from core.allocator import reuse_freed_blocks
 from core.io import atomic_write_text
 from core.repro import default_device, deterministic_kernels, provenance, seed_everything
 from corpora.manifest import Corpus
@@ -401,7 +402,8 @@ def run_pretraining(spec: str, corpus_root_or_audio: "str | Path | Corpus", out_
                  run.meta["val_baselines"]["mean"], run.meta["val_baselines"]["interpolate"])
     run.model.train()
     bar = tqdm(total=cfg.steps, initial=p.step, desc=f"pretrain {spec}", unit="step", disable=not show_progress)
-    with deterministic_kernels(run.device):  # the same command trains the same bits (core.repro)
+    # the same command trains the same bits (core.repro); each step's freed activations serve the next (core.allocator)
+    with deterministic_kernels(run.device), reuse_freed_blocks():
         try:
             while p.step < last:
                 wall, cpu = time.perf_counter(), time.process_time()
