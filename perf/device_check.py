@@ -43,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from core.io import atomic_write_json  # noqa: E402
-from core.repro import provenance  # noqa: E402
+from core.repro import provenance, torch_threads  # noqa: E402
 from pretrain.config import DEFAULT_RECIPE, RECIPES  # noqa: E402
 from pretrain.masking import mask_batch, masked_l1  # noqa: E402
 from pretrain.model import MaskedAcousticModel, compiled, make_optimizer  # noqa: E402
@@ -68,17 +68,6 @@ def timed(step: Callable[[], None], device: torch.device, steps: int, warmup: in
         step()
     sync()
     return (time.perf_counter() - t0) / steps
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int):
-    """torch's CPU threads set to `n` inside the block."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def bf16_matmul_tflops(device: str, n: int = 8192, reps: int = 10) -> float:
@@ -296,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     probes = []
     for width in PROBE_WIDTHS:
         for device in ("cpu", "cuda"):
-            with cpu_threads(CPU_THREADS):  # a CPU step is ~100x a GPU one: a fifth of the steps suffices
+            with torch_threads(CPU_THREADS):  # a CPU step is ~100x a GPU one: a fifth of the steps suffices
                 probes.append(probe_fps(width, device, args.probe_steps if device == "cuda" else args.probe_steps // 5))
             print(json.dumps(probes[-1]), flush=True)
     speedups = {f"probe width {r['width']}": round(r["frames_per_s"] / c["frames_per_s"], 1) for r in probes
@@ -308,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         if amp is not None and not torch.cuda.is_bf16_supported():
             continue
         try:
-            with cpu_threads(CPU_THREADS) if device == "cpu" else contextlib.nullcontext():
+            with torch_threads(CPU_THREADS) if device == "cpu" else contextlib.nullcontext():
                 pre.append(pretrain_fps(spec, device, amp, batch, steps, mode, peak))
         except Exception as e:  # a compile mode that fails here is a finding, not the end of the check
             pre.append({"upstream": spec, "device": device, "dtype": str(amp), "batch": batch, "compile": mode,
