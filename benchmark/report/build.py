@@ -161,9 +161,10 @@ def build_report(results_dir: Path) -> Path:
           "SUPERB-style: one row per upstream and probe mode, one column per task at its largest label fraction, "
           "headed with the task's metric and its direction (↑ higher is better, ↓ lower is better); test mean ± 95% "
           "CI over seeds, the best cell of each column in bold (the highest accuracy, the lowest error rate), ≈ where "
-          "a cell is within noise of the best one: their CIs overlap, or the paired test over test utterances cannot "
-          "tell them apart, or (without per-utterance outcomes) an interval of zero width or one seed cannot "
-          "(docs/report.md).\n",
+          "a cell is within noise of the best one (their CIs overlap, or the paired test over test utterances and the "
+          "seeds cannot tell them apart), ? where its gap is beyond the noise measured but one of the two has one seed "
+          "(or a zero-width interval and no per-utterance outcomes), so the gap is not judged; unmarked cells are "
+          "beyond noise (docs/report.md).\n",
           superb_markdown(agg),
           "## Data-size ablation\n"]
     md.append("![Data-size ablation](plots/ablation.png)\n" if "ablation.png" in made else "No ablation rows.\n")

@@ -1,7 +1,7 @@
 """The overview table: one row per upstream checkpoint and probe mode, one column per task at its largest and its
 smallest label fraction. A cell is the seeds' mean ± 95 % CI exactly as benchmark.record.aggregate computed it and
 benchmark.report.tables prints it; the best cell of each column is marked, and so are the cells within noise of it
-(`within_noise`)."""
+and those whose gap to it cannot be judged (`judge`)."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from benchmark.record.metrics import metric_of
-from benchmark.report.paired import beyond_noise
+from benchmark.report.paired import ALPHA, beyond_noise, randomization_p, seed_mean
 from benchmark.report.plots import UPSTREAM_COLORS, metric_display
 from benchmark.report.tables import fmt_count, fmt_score, fmt_seconds, unconverged_mark
 from upstream.registry import controlled_model
@@ -42,7 +42,7 @@ class Cell:
     value: float  # the mean as displayed (%, for accuracies); NaN where there is no row
     ci: float  # the 95 % CI half-width as displayed; NaN with one seed
     seeds: int
-    mark: str  # "best", "tied" or ""
+    mark: str  # "best", "tied", "open" or "" (`mark`)
     units: object = field(default=None, compare=False, repr=False)  # the seeds' outcomes per test utterance
 
 
@@ -94,20 +94,26 @@ def overlaps(a: float, ci_a: float, b: float, ci_b: float) -> bool:
     return abs(a - b) <= (0.0 if math.isnan(ci_a) else ci_a) + (0.0 if math.isnan(ci_b) else ci_b)
 
 
-def within_noise(c: Cell, best: Cell) -> bool:
-    """Can `c` not be told apart from `best`? Their intervals overlap; or, with both cells' outcomes per test
-    utterance, the gap is not beyond noise (benchmark.report.paired: the paired test and the seeds); or, without
-    them, an interval has zero width or is missing (one seed), which holds none of the test set's noise."""
+def judge(c: Cell, best: Cell) -> str:
+    """How `c` stands against `best`. "tied": the noise that was measured cannot tell them apart (their intervals
+    overlap, or the paired test over test utterances does not reject: noise not measured could only widen it);
+    "apart": the gap is beyond noise (benchmark.report.paired.beyond_noise: the paired test and both cells' seed
+    intervals); "open": the gap is beyond the noise that was measured, but not all of it was: a cell with one seed, or
+    an interval of zero width without outcomes per test utterance, says nothing of its training noise."""
     if overlaps(c.value, c.ci, best.value, best.ci):
-        return True
+        return "tied"
+    seeds_ok = c.seeds >= 2 and best.seeds >= 2 and math.isfinite(c.ci) and math.isfinite(best.ci)
     if c.units is not None and best.units is not None:
-        ci = math.hypot(c.ci, best.ci)
-        return not beyond_noise(c.units, best.units, c.value - best.value, ci, c.seeds, best.seeds)
-    return not (c.ci > 0 and best.ci > 0)  # NaN (one seed) compares False
+        if seeds_ok:
+            ci = math.hypot(c.ci, best.ci)
+            return "apart" if beyond_noise(c.units, best.units, c.value - best.value, ci, c.seeds, best.seeds) else "tied"
+        return "tied" if randomization_p(seed_mean(c.units), seed_mean(best.units)) >= ALPHA else "open"
+    return "apart" if seeds_ok and c.ci > 0 and best.ci > 0 else "open"
 
 
-def mark(cells: list[Cell], higher: bool, tie: Callable[[Cell, Cell], bool] = within_noise) -> list[Cell]:
-    """The column's best mean(s) marked "best"; the other cells within noise of a best one (`tie`) "tied"."""
+def mark(cells: list[Cell], higher: bool, judged: Callable[[Cell, Cell], str] = judge) -> list[Cell]:
+    """The column's best mean(s) marked "best"; each other cell "tied" where it is within noise of a best one
+    (`judged`), else "open" where its gap to one cannot be judged, else "" (beyond noise of every best one)."""
     vals = [c.value for c in cells if not math.isnan(c.value)]
     if not vals:
         return cells
@@ -115,37 +121,43 @@ def mark(cells: list[Cell], higher: bool, tie: Callable[[Cell, Cell], bool] = wi
     best = [c for c in cells if c.value == top]
     out = []
     for c in cells:
-        m = ("best" if c.value == top else
-             "tied" if not math.isnan(c.value) and any(tie(c, b) for b in best) else "")
+        if c.value == top:
+            m = "best"
+        elif math.isnan(c.value):
+            m = ""
+        else:
+            verdicts = {judged(c, b) for b in best}
+            m = "tied" if "tied" in verdicts else "open" if "open" in verdicts else ""
         out.append(Cell(c.text, c.value, c.ci, c.seeds, m, c.units))
     return out
 
 
 # the overview's row filters (its mode and family selects): each choice of them marks the best of the rows it shows
-MARK_CHARS = {"best": "b", "tied": "t", "": "."}
+MARK_CHARS = {"best": "b", "tied": "t", "open": "o", "": "."}
+OPEN_OR_TIED = {"tied": "≈", "open": "?"}  # what a Markdown cell shows after its score
 
 
 def filter_marks(cols: list[Column], rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """The marks of every choice of the row filters: the choices as 'mode|family' ('' = all), and for each row and
-    column one character per choice ('b' best, 't' tied, '.' neither or not shown), in `mark`'s rule among the rows
+    column one character per choice ('b' best, 't' tied, 'o' open, '.' none or not shown), in `mark`'s rule among the rows
     that choice shows. The choice of all rows is the cells' own marks (`overview` marked them by the same rule); every
     other pair of cells is judged once (the paired test is the costly part)."""
     modes, families = ["", *sorted({r.mode for r in rows})], ["", *sorted({r.family for r in rows})]
     choices = [(m, f) for m in modes for f in families]
-    judged: dict[tuple[int, int], bool] = {}
+    verdicts: dict[tuple[int, int], str] = {}
 
-    def tie(c: Cell, b: Cell) -> bool:
+    def judged(c: Cell, b: Cell) -> str:
         key = (id(c), id(b))
-        if key not in judged:
-            judged[key] = within_noise(c, b)
-        return judged[key]
+        if key not in verdicts:
+            verdicts[key] = judge(c, b)
+        return verdicts[key]
 
     chars = [[[] for _ in cols] for _ in rows]
     for m, f in choices:
         shown = [i for i, r in enumerate(rows) if m in ("", r.mode) and f in ("", r.family)]
         for j, c in enumerate(cols):
             column = [rows[i].cells[j] for i in shown]
-            marked = column if not (m or f) else mark(column, c.higher, tie)
+            marked = column if not (m or f) else mark(column, c.higher, judged)
             marks = dict(zip(shown, (x.mark for x in marked)))
             for i in range(len(rows)):
                 chars[i][j].append(MARK_CHARS[marks.get(i, "")])
@@ -205,7 +217,8 @@ def fixed_text(row: Row) -> dict[str, str]:
 def superb_markdown(agg: pd.DataFrame) -> str:
     """The SUPERB-style overview as Markdown: one row per upstream checkpoint and probe mode, one column per task at
     its largest label fraction headed with its metric and direction ("phone_ctc<br>PER ↓"), the best cell of each
-    column in bold (in the metric's direction), cells within noise of it marked ≈ (`within_noise`)."""
+    column in bold (in the metric's direction), cells within noise of it marked ≈, cells whose gap to it cannot be
+    judged (one seed) marked ? (`judge`)."""
     cols, rows = overview(agg)
     keep = [j for j, c in enumerate(cols) if c.end == "largest"]
     if not keep or not rows:
@@ -216,6 +229,7 @@ def superb_markdown(agg: pd.DataFrame) -> str:
         cells = []
         for j in keep:
             c = r.cells[j]
-            cells.append(f"**{c.text}**" if c.mark == "best" else f"{c.text} ≈" if c.mark == "tied" else c.text)
+            cells.append(f"**{c.text}**" if c.mark == "best" else f"{c.text} {OPEN_OR_TIED[c.mark]}" if c.mark in OPEN_OR_TIED
+                         else c.text)
         lines.append("| " + " | ".join([r.name, r.mode_label, *(c.replace("|", "\\|") for c in cells)]) + " |")
     return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 /* The site's own script: sort a table.sortable by clicking a header, and filter the overview (form#filters): the
    mode and family selects choose the rows and so the marks (each cell's data-marks holds its mark for every choice
-   of them, in the order of the form's data-choices: b best, t tied, . neither), the task and fraction selects the
+   of them, in the order of the form's data-choices: b best, t tied, o open, . none), the task and fraction selects the
    columns; the search box narrows the rows shown by name and leaves the marks.
    A cell sorts by its data-v attribute where it has one, else by its text; a column whose every non-empty cell
    reads as a number (k, M, G, s, min, h units included) sorts as numbers, empty cells ("", "-") always last. */
@@ -41,13 +41,14 @@
     th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
   }
 
-  var MARKS = { b: ["best", " ★"], t: ["tied", " ≈"] };
+  var MARKS = { b: ["best", " ★"], t: ["tied", " ≈"], o: ["open", " ?"] };
 
   function remark(table, choice) {
     Array.prototype.forEach.call(table.querySelectorAll("td[data-marks]"), function (cell) {
       var m = MARKS[cell.getAttribute("data-marks").charAt(choice)] || ["", ""];
       cell.classList.toggle("best", m[0] === "best");
       cell.classList.toggle("tied", m[0] === "tied");
+      cell.classList.toggle("open", m[0] === "open");
       var label = cell.querySelector(".mark");
       if (label) label.textContent = m[1];
     });
