@@ -88,6 +88,17 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def fast_bfloat16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 matrices natively: a CUDA GPU with bf16 support, or a CPU with AMX or
+    AVX512-BF16 (there oneDNN's bf16 GEMM is several times as fast as float32; elsewhere bf16 is emulated and
+    slower). Probe groups (downstream.groups) and pretraining's "auto" precision (pretrain.train) compute in bfloat16
+    where it holds."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.repro import seed_everything
+from core.repro import fast_bfloat16, seed_everything
 from corpora.manifest import PROBE_SPLITS
 from downstream.data import Targets
 from downstream.feeds import EVAL_ROWS, ChunkFeed, RowStore, stored_bytes
@@ -21,7 +21,7 @@ from downstream.modes import LayerMode
 from downstream.config import ProbeConfig
 from downstream.probe import INIT_LOCK, ProbeResult, ProbeSpec
 from downstream.sources import ArraySource
-from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe, fast_bfloat16, probes_of
+from downstream.stacked import StackedHeads, StackedOptimizer, clip_per_probe, probes_of
 from downstream.stopping import Stopping
 from downstream.tasks import TaskSpec, cross_entropy
 

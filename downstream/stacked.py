@@ -6,7 +6,7 @@ minibatches is one `torch.baddbmm`. Each probe still has its own initialisation 
 gradient, clipping, learning rate, optimiser state and best state; a finished probe leaves the stack
 (`keep`) so the ones still training do not pay for it. The inputs are whitened rows (downstream.feeds).
 
-The matmuls run in `compute` precision: bfloat16 on hardware with bfloat16 matrix units (`fast_bfloat16`), else
+The matmuls run in `compute` precision: bfloat16 on hardware with bfloat16 matrix units (core.repro.fast_bfloat16), else
 float32; the weights, their gradients and the optimiser stay float32, and training logits come back float32 (an
 evaluation takes them in the compute dtype, to decode).
 """
@@ -18,16 +18,6 @@ import torch
 from torch import Tensor, nn
 
 from downstream.config import SGD, AdamW, NaturalSGD
-
-
-def fast_bfloat16(device: torch.device) -> bool:
-    """Whether `device` multiplies bfloat16 matrices natively: a CUDA GPU with bf16 support, or a CPU with AMX or
-    AVX512-BF16 (there oneDNN's bf16 GEMM is several times as fast as float32; elsewhere bf16 is emulated and
-    slower)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    cpu = torch.cpu
-    return any(getattr(cpu, name, lambda: False)() for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
 
 
 def span(idx: Tensor) -> slice | None:

@@ -47,14 +47,14 @@ from benchmark.record.aggregate import read_runs  # noqa: E402
 from benchmark.report.convergence import cached_frames  # noqa: E402
 from core.allocator import reuse_freed_blocks  # noqa: E402
 from core.io import atomic_write_json  # noqa: E402
-from core.repro import provenance  # noqa: E402
+from core.repro import fast_bfloat16, provenance  # noqa: E402
 from corpora.manifest import load_corpus  # noqa: E402
 from downstream.config import Minibatch  # noqa: E402
 from downstream.data import num_classes  # noqa: E402
 from downstream.feeds import BLOCK_ROWS, CHUNK_BLOCKS, EVAL_ROWS  # noqa: E402
 from downstream.groups import StackedModel  # noqa: E402
 from downstream.loop import Batch  # noqa: E402
-from downstream.stacked import StackedHeads, StackedOptimizer, fast_bfloat16  # noqa: E402
+from downstream.stacked import StackedHeads, StackedOptimizer  # noqa: E402
 from downstream.tasks import ALL_TASKS, TaskSpec  # noqa: E402
 
 GROUP = 12  # probes a group multiplies at once: the main job's 4 fractions x 3 seeds

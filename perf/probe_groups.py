@@ -6,7 +6,7 @@ batched model, and with --alone the same probes one at a time, in the same proce
     .venv/bin/python perf/probe_groups.py --upstream mockingjay --task phone_1hidden --mode last --float32
 
 --float32 also trains the group with float32 matmuls (a group computes in bfloat16 where the hardware has bfloat16
-matrix units, downstream.stacked.fast_bfloat16) and compares time and test accuracy. --streamed also trains the group
+matrix units, core.repro.fast_bfloat16) and compares time and test accuracy. --streamed also trains the group
 with a memory budget of 0 (every batch read from the cache again) and compares. --per-evaluation trains an L2-path group
 (speaker_utterance, keywords) 3 more times as it is and 3 times converting its examples to float64 at every evaluation
 of the loss, alternating, and compares; --history N the same with N L-BFGS pairs instead of 30; --weights the same

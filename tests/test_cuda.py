@@ -30,6 +30,7 @@ import pytest
 import torch
 
 from pretrain import PretrainConfig, run_pretraining
+from core.repro import fast_bfloat16
 from pretrain.train import autocast_dtype
 from tests.fixtures import make_pretrain_corpus, perf_script
 from upstream.checkpoint import read_meta
@@ -67,11 +68,14 @@ def test_auto_precision_is_bfloat16_autocast_on_cuda_for_wide_models():
     want = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     assert autocast_dtype(PretrainConfig(), torch.device(GPU), 768) == want
     assert autocast_dtype(PretrainConfig(), torch.device(GPU), 256) is None
-    assert autocast_dtype(PretrainConfig(), torch.device("cpu"), 768) is None
+    cpu = torch.bfloat16 if fast_bfloat16(torch.device("cpu")) else None
+    assert autocast_dtype(PretrainConfig(), torch.device("cpu"), 768) is cpu
 
 
 def test_auto_precision_rule_on_the_cpu_and_for_a_faked_gpu(monkeypatch):
-    """The "auto" rule itself, without a GPU: float32 on CPUs, on CUDA bfloat16 from the threshold width up."""
+    """The "auto" rule itself, without a GPU: on a CPU bfloat16 where it multiplies bfloat16 natively (AMX,
+    AVX512-BF16), else float32; on CUDA bfloat16 from the threshold width up."""
+    import pretrain.train
     from pretrain.train import AUTO_BF16_MIN_HIDDEN_ON_CUDA as wide
 
     cuda = torch.device("cuda")
@@ -79,7 +83,10 @@ def test_auto_precision_rule_on_the_cpu_and_for_a_faked_gpu(monkeypatch):
     assert autocast_dtype(PretrainConfig(), cuda, wide) is torch.bfloat16
     assert autocast_dtype(PretrainConfig(), cuda, wide - 1) is None
     assert autocast_dtype(PretrainConfig(precision="bfloat16"), cuda, 64) is torch.bfloat16  # asked for: honoured
-    assert autocast_dtype(PretrainConfig(), torch.device("cpu"), wide) is None
+    for native, want in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(pretrain.train, "fast_bfloat16", lambda device, native=native: native)
+        assert autocast_dtype(PretrainConfig(), torch.device("cpu"), 64) is want
+        assert autocast_dtype(PretrainConfig(precision="float32"), torch.device("cpu"), 64) is None  # asked for
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert autocast_dtype(PretrainConfig(), cuda, wide) is None
 

@@ -263,7 +263,8 @@ def test_shared_rows_times_every_probe_is_the_broadcast_bit_for_bit(shape):
     """Evaluation multiplies rows shared by all probes by each probe's weights: in bfloat16 as one GEMM where the
     output is no wider than the input, with exactly the bits of torch.matmul's broadcast (a probe's dev score, hence
     where it stops, must not move); otherwise it is torch.matmul."""
-    from downstream.stacked import fast_bfloat16, shared_matmul
+    from core.repro import fast_bfloat16
+    from downstream.stacked import shared_matmul
 
     n, K, P, N = shape
     g = torch.Generator().manual_seed(0)

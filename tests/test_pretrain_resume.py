@@ -53,3 +53,21 @@ def test_ensure_pretrained_reuses_resumes_or_retrains(tmp_path):
     ensure_pretrained("mockingjay:small", corpus, out, other, encoder=MICRO)  # different config: old one moved aside
     assert read_meta(out)["pretrain_config"]["seed"] == 1
     assert len(list(tmp_path.glob("ckpt.replaced-*"))) == 1
+
+
+def test_a_resumed_run_keeps_its_precision_where_auto_would_pick_another(tmp_path, monkeypatch):
+    """"auto" is bfloat16 autocast on CPUs that multiply bfloat16 natively and float32 elsewhere: a run started on one
+    kind of machine and resumed on the other keeps the precision it started in."""
+    import pretrain.train
+
+    corpus = make_pretrain_corpus(tmp_path / "corpus", n_utts=10, seconds=(0.8, 1.2))
+    auto = PretrainConfig(**{**CFG.to_dict(), "precision": "auto", "betas": tuple(CFG.betas)})
+    monkeypatch.setattr(pretrain.train, "fast_bfloat16", lambda device: False)
+    out = run_pretraining("aalbert:small", corpus, tmp_path / "run", auto, device="cpu", encoder=MICRO, stop_at_step=4)
+    assert read_meta(out)["precision"] == "float32"
+    monkeypatch.setattr(pretrain.train, "fast_bfloat16", lambda device: True)
+    assert pretrain.train.autocast_dtype(auto, torch.device("cpu")) is torch.bfloat16  # a fresh run would take bf16
+    run_pretraining("aalbert:small", corpus, out, auto, resume=True, device="cpu", encoder=MICRO)
+    assert read_meta(out)["precision"] == "float32" and read_meta(out)["step"] == 8
+    fresh = run_pretraining("aalbert:small", corpus, tmp_path / "fresh", auto, device="cpu", encoder=MICRO)
+    assert read_meta(fresh)["precision"] == "bfloat16"

@@ -49,7 +49,7 @@ MAIN_TASK_PROBES = {
 # The full job (and the main job at its fraction ends and seeds) runs the four probes of the Mockingjay / AALBERT
 # papers for every upstream, fraction and seed.
 # phone_1hidden (an MLP head: its 768-wide hidden layer is most of the job's probe compute, in bfloat16 where the
-# hardware multiplies it natively, downstream.stacked.fast_bfloat16) reads the last layer only: it is already 60 %
+# hardware multiplies it natively, core.repro.fast_bfloat16) reads the last layer only: it is already 60 %
 # of the job's probe time there (docs/benchmark.md), a weighted sum mixes four hidden states per row on top, and the
 # linear probes already ask the weighted-sum question. `--mode` runs it on any mode. speaker_frame takes the frame
 # rule.
