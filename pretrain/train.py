@@ -242,12 +242,13 @@ def start_run(spec: str, source: "str | Path | Corpus", out_dir: Path, cfg: Pret
     has_ckpt = (out_dir / META_FILE).is_file()
     if has_ckpt and not resume:
         raise FileExistsError(f"{out_dir} already holds a checkpoint: pass --resume to continue it, or use another --out")
-    if has_ckpt and (bad := _mismatch(read_meta(out_dir), ident)):
+    previous = read_meta(out_dir) if has_ckpt else {}
+    if has_ckpt and (bad := _mismatch(previous, ident)):
         raise CheckpointError(f"checkpoint {out_dir} was trained with a different {', '.join(bad)}: cannot resume")
-    if has_ckpt and cfg.precision == "auto" and read_meta(out_dir).get("precision") in ("float32", "bfloat16"):
+    if cfg.precision == "auto" and previous.get("precision") in ("float32", "bfloat16"):
         # "auto" resolves per machine (autocast_dtype): a resumed run keeps the precision it was trained in, on this
         # machine or another, unless a precision is asked for
-        cfg = replace(cfg, precision=read_meta(out_dir)["precision"])
+        cfg = replace(cfg, precision=previous["precision"])
     _, base_feature, enc_cfg = model_configs(spec, cfg, encoder)
     if ranks.active:
         feature = distributed.broadcast(_with_stats(src, base_feature, show_progress) if ranks.main else None, ranks)

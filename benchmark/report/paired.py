@@ -91,11 +91,17 @@ def cell_outcomes(agg: pd.DataFrame, runs: pd.DataFrame, results_dir: Path) -> p
     return pd.Series([by_cell.get(c) for c in ident(agg)], index=agg.index, dtype=object)
 
 
+def seeds_allow(seeds_a: int, seeds_b: int, ci: float) -> bool:
+    """Whether two cells' seeds can bound their training noise: both have at least two seeds, so `ci` (the combined
+    half-width of their seed means' 95 % intervals) is finite."""
+    return seeds_a >= 2 and seeds_b >= 2 and bool(np.isfinite(ci))
+
+
 def beyond_noise(units_a: tuple[Units, ...] | None, units_b: tuple[Units, ...] | None, gap: float, ci: float,
                  seeds_a: int, seeds_b: int) -> bool:
     """Whether the gap between two cells is beyond noise: `gap` and `ci` (the combined half-width of the seed means'
     95 % intervals) in the same units. The paired test runs only where the seeds allow a verdict."""
-    seeds_ok = seeds_a >= 2 and seeds_b >= 2 and np.isfinite(ci)
+    seeds_ok = seeds_allow(seeds_a, seeds_b, ci)
     if units_a is None or units_b is None:
         return bool(seeds_ok and abs(ci) > 0 and abs(gap) > abs(ci))
     if not (seeds_ok and (abs(ci) == 0 or abs(gap) > abs(ci))):

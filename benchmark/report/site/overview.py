@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from benchmark.record.metrics import metric_of
-from benchmark.report.paired import ALPHA, beyond_noise, randomization_p, seed_mean
+from benchmark.report.paired import ALPHA, beyond_noise, randomization_p, seed_mean, seeds_allow
 from benchmark.report.plots import UPSTREAM_COLORS, metric_display
 from benchmark.report.tables import fmt_count, fmt_score, fmt_seconds, unconverged_mark
 from upstream.registry import controlled_model
@@ -102,10 +102,10 @@ def judge(c: Cell, best: Cell) -> str:
     an interval of zero width without outcomes per test utterance, says nothing of its training noise."""
     if overlaps(c.value, c.ci, best.value, best.ci):
         return "tied"
-    seeds_ok = c.seeds >= 2 and best.seeds >= 2 and math.isfinite(c.ci) and math.isfinite(best.ci)
+    ci = math.hypot(c.ci, best.ci)
+    seeds_ok = seeds_allow(c.seeds, best.seeds, ci)
     if c.units is not None and best.units is not None:
         if seeds_ok:
-            ci = math.hypot(c.ci, best.ci)
             return "apart" if beyond_noise(c.units, best.units, c.value - best.value, ci, c.seeds, best.seeds) else "tied"
         return "tied" if randomization_p(seed_mean(c.units), seed_mean(best.units)) >= ALPHA else "open"
     return "apart" if seeds_ok and c.ci > 0 and best.ci > 0 else "open"
